@@ -1,0 +1,93 @@
+"""The contract between the generic connection loop (``collectors.base``) and a venue module.
+
+A venue module (``collectors/venues/<name>.py``) knows one exchange's wire format and nothing
+about sockets. It exposes a module-level ``VENUE: VenueSpec``. The spec says where to connect
+and builds one :class:`VenueSession` per connection; the session turns the venue's frames into
+normalized :class:`~shared.models.Liquidation` objects and says what to send (subscriptions,
+application-level pings, replies to server pings).
+
+Rules every session follows:
+
+- ``on_message`` is pure apart from the session's own small state (Bitfinex chanId map,
+  OKX/BitMEX snapshot flags). It never does I/O and never sleeps.
+- A frame that cannot be decoded raises :class:`shared.errors.ParseError`; the loop counts it,
+  logs a truncated sample and carries on with the same connection.
+- Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output.
+- A replayed snapshot on (re)subscribe is returned like any other data; the loop removes
+  duplicates by ``Liquidation.event_id`` across reconnects (``collectors.dedupe``). Only
+  frames that a venue documents as history-only snapshots (Lighter ``subscribed/trade``,
+  BitMEX ``partial``) are skipped by the session itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from shared.models import Liquidation
+
+FeedSemantics = Literal["complete", "sampled", "aggregated", "partial"]
+Outgoing = str | bytes
+
+
+@dataclass(frozen=True)
+class SessionOutput:
+    """What one incoming frame produced: liquidations and frames to send back."""
+
+    liquidations: list[Liquidation] = field(default_factory=list)
+    replies: list[Outgoing] = field(default_factory=list)
+
+
+EMPTY = SessionOutput()
+
+
+class VenueSession(Protocol):
+    """One connection's protocol state machine."""
+
+    def on_open(self) -> list[Outgoing]:
+        """Frames to send right after the WebSocket opens (subscribe, set_heartbeat, …)."""
+        ...
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        """Decode one frame (already decompressed) into liquidations and replies."""
+        ...
+
+    def heartbeat(self) -> Outgoing | None:
+        """The application-level ping to send every ``heartbeat_s``; None = WebSocket pings."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """One WebSocket connection a collector keeps open: its URL and how to build its session."""
+
+    url: str
+    label: str
+    new_session: Callable[[], VenueSession]
+
+
+@dataclass(frozen=True)
+class VenueSpec:
+    """Static facts about a venue plus the factory of its connections."""
+
+    name: str
+    """CLI and stream name, e.g. ``binance_usdm`` (also ``Liquidation.exchange``)."""
+    live_url: str
+    markets: str
+    """Human summary, e.g. ``USD-M perpetuals and dated futures``."""
+    semantics: FeedSemantics
+    semantics_note: str
+    """e.g. ``at most 1 liquidation per symbol per second (snapshot)``."""
+    heartbeat_s: float
+    """Seconds between application pings (or WebSocket pings when ``heartbeat`` is None)."""
+    usual_gap_s: float
+    """Longest silence that is normal on a busy day; ``suspect`` after several times this."""
+    plans: Callable[[str, Sequence[str]], list[ConnectionPlan]]
+    """``plans(base_url, symbols)``: the connections to open (Bybit shards topics over several)."""
+    new_parser: Callable[[], VenueSession]
+    """A session with default subscriptions, used by ``liq parse`` and ``liq replay``."""
+    gzip: bool = False
+    """Frames arrive gzip-compressed (HTX)."""
+    default_symbols: tuple[str, ...] = ()
+    """Native symbols subscribed when none are given (venues without an all-symbol channel)."""

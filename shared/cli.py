@@ -1,0 +1,74 @@
+"""The ``liq`` command: one click group whose subcommands live in the components.
+
+Subcommands are named by string and imported only when invoked, so a collector never imports
+numpy or psycopg, and ``shared`` never imports a component at module load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from shared.errors import ConfigError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("shared.up", "up"),
+    "status": ("shared.status", "status"),
+    "bench": ("shared.bench", "bench"),
+    "collect": ("collectors.cli", "collect"),
+    "venues": ("collectors.cli", "venues"),
+    "parse": ("collectors.cli", "parse"),
+    "replay": ("collectors.cli", "replay"),
+    "simulate": ("collectors.sim.cli", "simulate"),
+    "detect": ("detector.cli", "detect"),
+    "evaluate": ("detector.cli", "evaluate"),
+    "aggregate": ("aggregator.cli", "aggregate"),
+    "write": ("writer.cli", "write"),
+    "migrate": ("writer.cli", "migrate"),
+}
+
+HELP: dict[str, str] = {
+    "up": "Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, run every process.",
+    "status": "Streams, consumer groups, venues, keys and table counts of a running system.",
+    "bench": "Measure throughput and latency of each stage against a bare baseline.",
+    "collect": "Run one venue's collector.",
+    "venues": "List every venue: endpoint, markets, feed semantics, health.",
+    "parse": "Normalize raw frames (JSON lines on stdin) to liquidations (JSON lines).",
+    "replay": "Feed a recorded frame file back through the parsers into the pipeline.",
+    "simulate": "Run the local exchange simulator (WebSocket servers on 127.0.0.1).",
+    "detect": "Run the cascade detector (or --replay a file offline).",
+    "evaluate": "Score the detector on labelled scenarios: precision, recall, delay.",
+    "aggregate": "Run the price-level / time-bucket aggregator.",
+    "write": "Run the database writer.",
+    "migrate": "Apply SQL migrations (TimescaleDB or plain PostgreSQL).",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(SUBCOMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        if ctx.resilient_parsing or "--help" in sys.argv[1:2]:
+            return click.Command(cmd_name, help=HELP[cmd_name], callback=lambda: None)
+        module = importlib.import_module(target[0])
+        command = getattr(module, target[1])
+        assert isinstance(command, click.Command)
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=LazyGroup)
+def cli() -> None:
+    """Multi-exchange crypto liquidation aggregator."""

@@ -1,0 +1,54 @@
+"""Encoding of stream payloads: one ``d`` field per Redis stream entry, msgspec JSON inside.
+
+JSON (not msgpack) keeps entries readable with plain ``redis-cli XRANGE``. Encoders and typed
+decoders are built once at import, never per message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.models import CascadeEvent, CascadeMember, Liquidation
+
+PAYLOAD_FIELD = b"d"
+
+_encoder = msgspec.json.Encoder()
+_liquidation_decoder = msgspec.json.Decoder(Liquidation)
+_cascade_decoder = msgspec.json.Decoder(CascadeEvent)
+_member_decoder = msgspec.json.Decoder(CascadeMember)
+
+T = TypeVar("T")
+
+
+def encode(obj: msgspec.Struct) -> bytes:
+    """Serialize a Struct to the bytes stored in a stream entry's ``d`` field."""
+    return _encoder.encode(obj)
+
+
+def entry_payload(fields: dict[Any, Any]) -> bytes:
+    """Return the payload bytes of a stream entry, whatever the client's decode setting."""
+    raw = fields.get(PAYLOAD_FIELD)
+    if raw is None:
+        raw = fields.get("d")
+    if raw is None:
+        raise ValueError("stream entry has no 'd' field")
+    return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
+def decode_liquidation(data: bytes) -> Liquidation:
+    return _liquidation_decoder.decode(data)
+
+
+def decode_cascade(data: bytes) -> CascadeEvent:
+    return _cascade_decoder.decode(data)
+
+
+def decode_member(data: bytes) -> CascadeMember:
+    return _member_decoder.decode(data)
+
+
+def to_jsonable(obj: msgspec.Struct) -> Any:
+    """Plain builtins for printing (``liq parse``, ``liq detect --replay``)."""
+    return msgspec.to_builtins(obj)

@@ -1,0 +1,44 @@
+"""The project's exception tree.
+
+::
+
+    LiqError
+    ├── ConfigError        a setting is missing or malformed (names the variable)
+    ├── ParseError         a venue frame could not be decoded (counted and skipped)
+    ├── ServerError        an embedded Redis/PostgreSQL server could not be started
+    └── SinkError          a side effect (Redis write, database commit) failed; retried
+"""
+
+from __future__ import annotations
+
+
+class LiqError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(LiqError):
+    def __init__(self, variable: str, expected: str, got: str | None = None) -> None:
+        self.variable = variable
+        self.expected = expected
+        self.got = got
+        detail = f" (got {got!r})" if got is not None else ""
+        super().__init__(f"{variable}: expected {expected}{detail}")
+
+
+class ParseError(LiqError):
+    """A frame that is not valid for its venue; carries a truncated sample for the log."""
+
+    def __init__(self, venue: str, reason: str, sample: bytes | str = b"") -> None:
+        self.venue = venue
+        self.reason = reason
+        text = sample.decode("utf-8", "replace") if isinstance(sample, bytes) else sample
+        self.sample = text[:200]
+        super().__init__(f"{venue}: {reason}: {self.sample!r}")
+
+
+class ServerError(LiqError):
+    """An embedded server did not start."""
+
+
+class SinkError(LiqError):
+    """A side effect failed and will be retried."""

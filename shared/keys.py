@@ -1,0 +1,85 @@
+"""Every Redis name the system uses: streams, consumer groups, hash keys, their TTLs and caps.
+
+No other module builds a key with an f-string. Keys readable with plain ``redis-cli``:
+
+- ``liq:{s<k>}:events``                      event stream of shard k (hash tag = one cluster slot)
+- ``liq:cascades``                           cascade lifecycle stream (start/escalate/end)
+- ``liq:cascade:members``                    liquidations that belong to a cascade
+- ``liq:cascade:status:{SYMBOL}``            current cascade state of a symbol (hash)
+- ``liq:levels:{SYMBOL}:{LEVEL}:{SIDE}``     price-level cluster (hash), 1 h TTL
+- ``liq:agg:{SYMBOL}:60s:{BUCKET_MS}``       1-minute bucket (hash), 1 h TTL
+- ``liq:venue:{VENUE}``                      collector health (hash)
+- ``liq:proc:{NAME}``                        process heartbeat (hash with TTL)
+
+Events are sharded by a stable CRC32 of the canonical symbol, so that one detector consumer
+per shard sees every venue's events for a symbol in order.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from shared.models import Side
+
+PREFIX = "liq"
+CASCADE_STREAM = "liq:cascades"
+CASCADE_MEMBER_STREAM = "liq:cascade:members"
+DEAD_LETTER_SUFFIX = ":dlq"
+
+DETECTOR_GROUP = "detector"
+AGGREGATOR_GROUP = "aggregator"
+WRITER_GROUP = "writer"
+
+EVENT_STREAM_MAXLEN = 1_000_000
+CASCADE_STREAM_MAXLEN = 100_000
+L2_TTL_SECONDS = 3600
+VENUE_HEALTH_TTL_SECONDS = 24 * 3600
+PROCESS_HEARTBEAT_TTL_SECONDS = 15
+BUCKET_MS = 60_000
+
+
+def shard_of(symbol: str, shards: int) -> int:
+    """Stable shard index of a canonical symbol (Python's ``hash`` is salted per process)."""
+    return zlib.crc32(symbol.encode()) % shards
+
+
+def event_stream(shard: int) -> str:
+    return f"{PREFIX}:{{s{shard}}}:events"
+
+
+def event_streams(shards: int) -> list[str]:
+    return [event_stream(k) for k in range(shards)]
+
+
+def dead_letter_stream(stream: str) -> str:
+    return stream + DEAD_LETTER_SUFFIX
+
+
+def cascade_status(symbol: str) -> str:
+    return f"{PREFIX}:cascade:status:{symbol}"
+
+
+def price_level(symbol: str, level: int | float, side: Side) -> str:
+    level_text = str(int(level)) if float(level).is_integer() else repr(float(level))
+    return f"{PREFIX}:levels:{symbol}:{level_text}:{side.upper()}"
+
+
+def time_bucket(symbol: str, bucket_start_ms: int) -> str:
+    return f"{PREFIX}:agg:{symbol}:60s:{bucket_start_ms}"
+
+
+def venue_health(venue: str) -> str:
+    return f"{PREFIX}:venue:{venue}"
+
+
+def process_heartbeat(name: str) -> str:
+    return f"{PREFIX}:proc:{name}"
+
+
+KEY_KINDS: dict[str, str] = {
+    "levels": f"{PREFIX}:levels:*",
+    "agg": f"{PREFIX}:agg:*",
+    "cascade_status": f"{PREFIX}:cascade:status:*",
+    "venue": f"{PREFIX}:venue:*",
+    "proc": f"{PREFIX}:proc:*",
+}

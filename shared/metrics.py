@@ -1,0 +1,48 @@
+"""Every Prometheus metric, defined once (prefix ``liq_``), and the per-process HTTP endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+EVENTS_IN = Counter("liq_events_in", "Entries or frames received", ["component", "source"])
+EVENTS_OUT = Counter("liq_events_out", "Items emitted (XADDed, written, flagged)", ["component", "sink"])
+ERRORS = Counter("liq_errors", "Errors by kind", ["component", "kind"])
+PARSE_ERRORS = Counter("liq_parse_errors", "Malformed venue frames skipped", ["venue"])
+DUPLICATES = Counter("liq_duplicates_dropped", "Replayed liquidations dropped", ["venue"])
+BATCH_SECONDS = Histogram(
+    "liq_batch_seconds",
+    "Time to handle one batch, side effect included",
+    ["component"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+VENUE_CONNECTED = Gauge("liq_venue_connected", "1 when the venue connection is up", ["venue", "conn"])
+VENUE_LAST_EVENT_MS = Gauge("liq_venue_last_event_ms", "Exchange time of the last liquidation", ["venue"])
+RECONNECTS = Counter("liq_reconnects", "WebSocket reconnects", ["venue"])
+DEAD_LETTERS = Counter("liq_dead_letters", "Entries moved to a dead-letter stream", ["component"])
+CASCADES = Counter("liq_cascades", "Cascade lifecycle messages published", ["phase"])
+DETECT_SECONDS = Histogram(
+    "liq_detect_event_seconds",
+    "Detector hot-path time per event",
+    buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3),
+)
+
+
+def start_metrics_server(host: str, port: int | None) -> int | None:
+    """Serve /metrics on ``host:port``; returns the bound port, or None when it could not bind.
+
+    A busy port is logged and skipped: metrics must never stop a collector or consumer.
+    """
+    if port is None:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=host)
+    except OSError as exc:
+        logger.warning("metrics disabled: cannot bind %s:%s (%s)", host, port, exc)
+        return None
+    bound = int(server.server_address[1])
+    logger.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound

@@ -1,0 +1,120 @@
+"""Typed settings from ``LIQ_*`` environment variables, read once and passed down.
+
+Each component declares a frozen Struct of its own settings (``detector.config``,
+``writer.config``, …) and loads it with :func:`load`. A field ``foo_bar`` is read from
+``LIQ_FOO_BAR``. Values are coerced leniently (``"5"`` → 5, ``"true"`` → True); lists are
+comma-separated (``BTCUSDT,ETHUSDT``) and mappings are ``KEY=VALUE`` pairs
+(``BTCUSDT=250000,ETHUSDT=100000``). A bad value stops the process with a
+:class:`~shared.errors.ConfigError` that names the variable and the expected form.
+
+Tests build settings with :func:`load` on a plain dict; nothing here reads ``os.environ``
+unless asked to.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "LIQ_"
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings every process shares: where Redis is, how events are sharded, metrics, logs."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    shards: int = 4
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+    data_dir: str = ".liq"
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _expected_form(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        return "comma-separated KEY=VALUE pairs, e.g. BTCUSDT=250000,ETHUSDT=100000"
+    if origin is list:
+        return "a comma-separated list, e.g. BTCUSDT,ETHUSDT"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "a whole number"
+    if tp is float:
+        return "a number"
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(args) == 1:
+        return _expected_form(args[0])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    return "a value of type " + getattr(tp, "__name__", str(tp))
+
+
+def _split_value(raw: str, tp: Any) -> Any:
+    """Turn the env string into the shape msgspec can convert (lists and mappings)."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        if raw.strip() == "":
+            return None
+        return _split_value(raw, args[0])
+    if origin is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if origin is dict:
+        pairs: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{part!r} is not KEY=VALUE")
+            pairs[key.strip()] = value.strip()
+        return pairs
+    return raw
+
+
+def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: Any) -> S:
+    """Build ``cls`` from ``LIQ_*`` variables in ``environ`` (``os.environ`` when None).
+
+    ``overrides`` (already-typed values, e.g. from CLI options) win over the environment.
+    """
+    env = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in msgspec.structs.fields(cls):
+        name = env_name(field.name)
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+            continue
+        if name not in env:
+            continue
+        raw = env[name]
+        tp = hints[field.name]
+        try:
+            values[field.name] = msgspec.convert(_split_value(raw, tp), tp, strict=False)
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise ConfigError(name, _expected_form(tp), raw) from exc
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_field_env_from_error(cls, str(exc)), "a valid value", str(exc)) from exc
+
+
+def _field_env_from_error(cls: type[msgspec.Struct], message: str) -> str:
+    for field in msgspec.structs.fields(cls):
+        if f"`$.{field.name}`" in message:
+            return env_name(field.name)
+    return ENV_PREFIX + "*"

@@ -1,0 +1,228 @@
+"""Redis Streams plumbing: publishing, and the one consumer-group loop every consumer uses.
+
+Delivery semantics (at-least-once):
+
+1. ``ensure_groups`` creates each group idempotently (``BUSYGROUP`` is success).
+2. On start, a consumer first re-reads its own pending entries (ID ``0``), then new ones (``>``).
+3. The handler's side effect must be committed when it returns; only then are the entries
+   XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
+   so a Redis or database outage loses nothing.
+4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM.
+5. An entry whose payload cannot be decoded, or that was delivered more than
+   ``max_deliveries`` times, is copied to ``<stream>:dlq`` and acked in one MULTI.
+6. ``run_until_idle`` processes everything currently in the streams and returns: tests and
+   one-shot backfills drain without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from shared import codec, keys
+from shared.backoff import Backoff
+from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Message(Generic[T]):
+    stream: str
+    id: str
+    value: T
+
+
+Handler = Callable[[list[Message[T]]], Awaitable[None]]
+
+
+async def publish(
+    redis: aioredis.Redis, items: Sequence[tuple[str, msgspec.Struct]], maxlen: int
+) -> list[str]:
+    """XADD every (stream, struct) in one non-transactional pipeline, trimming with MAXLEN ~."""
+    if not items:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for stream, obj in items:
+        pipe.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(obj)}, maxlen=maxlen, approximate=True)
+    ids = await pipe.execute()
+    return [_text(i) for i in ids]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    batches: int = 0
+    dead_lettered: int = 0
+    claimed: int = 0
+    retries: int = 0
+
+
+@dataclass
+class StreamConsumer(Generic[T]):
+    """One consumer of a group over one or more streams.
+
+    ``decode`` turns an entry's payload into ``T``; ``handler`` performs the side effect for a
+    batch and returns only when it is committed.
+    """
+
+    redis: aioredis.Redis
+    group: str
+    consumer: str
+    streams: list[str]
+    decode: Callable[[bytes], T]
+    handler: Handler[T]
+    component: str
+    count: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    claim_every_s: float = 15.0
+    max_deliveries: int = 5
+    start_id: str = "0"
+    backoff: Backoff = field(default_factory=Backoff)
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+    _pending_first: bool = True
+    _last_claim: float = 0.0
+
+    async def ensure_groups(self) -> None:
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is finished and acked first."""
+        await self._with_retry(self.ensure_groups, stop)
+        while not stop.is_set():
+            await self._with_retry(lambda: self._step(block=True), stop)
+
+    async def run_until_idle(self) -> int:
+        """Handle everything in the streams now (pending, claimable, new); return the count."""
+        await self.ensure_groups()
+        before = self.stats.handled
+        self._last_claim = 0.0
+        while await self._step(block=False):
+            pass
+        return self.stats.handled - before
+
+    async def _with_retry(self, op: Callable[[], Awaitable[Any]], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await op()
+                return
+            except (RedisError, OSError, SinkRetry) as exc:
+                delay = self.backoff.next_delay()
+                self.stats.retries += 1
+                ERRORS.labels(self.component, type(exc).__name__).inc()
+                logger.warning("%s: %s; retrying in %.1fs", self.component, exc, delay)
+                self._pending_first = True
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+
+    async def _step(self, block: bool) -> bool:
+        """Read and handle one batch; returns False when there was nothing to do."""
+        if await self._claim_if_due():
+            return True
+        start_ids = "0" if self._pending_first else ">"
+        reply = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {s: start_ids for s in self.streams},
+            count=self.count,
+            block=self.block_ms if (block and not self._pending_first) else None,
+        )
+        entries = [(_text(s), _text(i), f) for s, msgs in (reply or []) for i, f in msgs]
+        if self._pending_first and not entries:
+            self._pending_first = False
+            return True
+        if not entries:
+            return False
+        await self._handle(entries)
+        return True
+
+    async def _claim_if_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_claim < self.claim_every_s:
+            return False
+        self._last_claim = now
+        claimed: list[tuple[str, str, dict[Any, Any]]] = []
+        for stream in self.streams:
+            reply = await self.redis.xautoclaim(
+                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.count
+            )
+            # Redis 6.2 answers [cursor, entries]; Redis 7 adds a third element (deleted ids).
+            for entry_id, entry_fields in reply[1] if len(reply) > 1 else []:
+                if entry_fields is not None:
+                    claimed.append((stream, _text(entry_id), entry_fields))
+        if not claimed:
+            return False
+        self.stats.claimed += len(claimed)
+        logger.info("%s: claimed %d entries idle on dead consumers", self.component, len(claimed))
+        await self._handle(claimed)
+        return True
+
+    async def _handle(self, entries: list[tuple[str, str, dict[Any, Any]]]) -> None:
+        started = time.perf_counter()
+        good: list[Message[T]] = []
+        poison: list[tuple[str, str, dict[Any, Any], str]] = []
+        for stream, entry_id, entry_fields in entries:
+            try:
+                good.append(Message(stream, entry_id, self.decode(codec.entry_payload(entry_fields))))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                poison.append((stream, entry_id, entry_fields, str(exc)))
+        for stream in {m.stream for m in good}:
+            EVENTS_IN.labels(self.component, stream).inc(sum(1 for m in good if m.stream == stream))
+        if good:
+            await self.handler(good)
+        if poison:
+            await self._dead_letter(poison)
+        await self._ack(good)
+        self.backoff.reset()
+        self.stats.handled += len(good)
+        self.stats.batches += 1
+        BATCH_SECONDS.labels(self.component).observe(time.perf_counter() - started)
+
+    async def _ack(self, messages: list[Message[T]]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for m in messages:
+            by_stream.setdefault(m.stream, []).append(m.id)
+        if not by_stream:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        await pipe.execute()
+
+    async def _dead_letter(self, poison: list[tuple[str, str, dict[Any, Any], str]]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        for stream, entry_id, entry_fields, reason in poison:
+            body = {**entry_fields, b"reason": reason.encode()[:500], b"source_id": entry_id.encode()}
+            pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=100_000, approximate=True)
+            pipe.xack(stream, self.group, entry_id)
+        await pipe.execute()
+        self.stats.dead_lettered += len(poison)
+        DEAD_LETTERS.labels(self.component).inc(len(poison))
+        logger.warning("%s: dead-lettered %d undecodable entries (first: %s)",
+                       self.component, len(poison), poison[0][3][:200])
+
+
+class SinkRetry(Exception):
+    """Raised by a handler when its side effect failed transiently (e.g. database down)."""
