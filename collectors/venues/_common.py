@@ -1,0 +1,205 @@
+"""Parsing helpers shared by every venue module: numbers, ids, dates, URLs and the Liquidation builder.
+
+The API is small and stable; venue modules import only these names:
+
+- ``decode(decoder, raw, venue)``: run a module-level msgspec Decoder; any decode or validation
+  failure becomes :class:`shared.errors.ParseError` carrying a sample of the frame.
+- ``num(value, venue, name)``: a wire number (``"0.014"``, ``836``, ``9910.0``) as float; an
+  empty string, ``None`` or garbage raises ParseError naming the field.
+- ``event_digest(symbol_native, timestamp_ms, side, price, quantity_native)``: the deterministic
+  event_id for venues without their own id (same liquidation → same id on every replay).
+- ``make_liquidation(venue, inst, side=..., price=..., quantity_native=..., native_unit=..., ...)``:
+  the one place that turns a native quantity into base units and USD notional.
+  ``native_unit`` says what the exchange's number counts:
+
+  * ``"base"``: base asset (Binance USD-M ``z``, Bybit linear ``v``); notional = qty × price;
+  * ``"contracts"``: contracts of ``inst.contract_value`` ``inst.contract_value_unit``
+    (a base code / ``"base"`` → base = n × cv; ``"USD"`` or a USD-like quote → notional = n × cv,
+    base = notional / price). Unknown size → quantity stays in contracts, notional unknown;
+  * ``"USD"`` or a quote code: a value (Deribit inverse ``amount``, Bitget ``amount``):
+    base = value / price, notional = value when the code is USD-like.
+
+  A notional is only known in USD when the quote (or the value unit) is USD-like
+  (``instruments.USD_QUOTES``: USDT and USDC count as 1 USD).
+- ``yymmdd_expiry("200925")`` → ``"2020-09-25"``; ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms.
+- ``market_type(linear, expiry)``: the MarketType literal for a perpetual or a dated future.
+- ``with_default_path(base_url, path)``: ``base_url`` + ``path`` when ``base_url`` has no path.
+- ``liquidation_to_row(liq)``: the flat JSON-able dict ``liq parse`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+
+from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
+from shared.errors import ParseError
+from shared.models import Liquidation, MarketType, QuantityUnit, Side, TimestampSource
+
+T = TypeVar("T")
+ExtraValue = str | float | int | None
+
+
+def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, venue: str) -> T:
+    """Decode one frame with a prebuilt Decoder; invalid JSON or shape → ParseError."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise ParseError(venue, str(exc), raw) from exc
+
+
+def num(value: str | float | None, venue: str, name: str) -> float:
+    """A wire number (string or JSON number) as float; missing or malformed → ParseError."""
+    if value is None or isinstance(value, bool):
+        raise ParseError(venue, f"missing number {name}")
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ParseError(venue, f"bad number {name}={value!r}") from exc
+
+
+def event_digest(
+    symbol_native: str, timestamp_ms: int, side: str, price: float, quantity_native: float
+) -> str:
+    """Deterministic 32-hex-digit id from the liquidation's own facts (never the receive time)."""
+    key = f"{symbol_native}|{timestamp_ms}|{side}|{float(price)!r}|{float(quantity_native)!r}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def yymmdd_expiry(code: str) -> str:
+    """``"200925"`` → ``"2020-09-25"``; raises ValueError when it is not a date."""
+    return datetime.strptime(code, "%y%m%d").date().isoformat()
+
+
+def iso_ms(text: str) -> int:
+    """ISO-8601 time (``Z`` or offset) → ms since epoch; raises ValueError when malformed."""
+    return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def market_type(linear: bool, expiry: str | None) -> MarketType:
+    """Perpetual or dated future, linear or inverse."""
+    if expiry is None:
+        return "linear_perpetual" if linear else "inverse_perpetual"
+    return "linear_future" if linear else "inverse_future"
+
+
+def with_default_path(base_url: str, path: str) -> str:
+    """``base_url`` unchanged when it has a path or query, else ``base_url`` + ``path``."""
+    parts = urlsplit(base_url)
+    if parts.path.strip("/") or parts.query:
+        return base_url
+    return base_url.rstrip("/") + path
+
+
+def _usd_like(code: str | None) -> bool:
+    return code is not None and canonical_asset(code) in USD_QUOTES
+
+
+class _Amounts(msgspec.Struct, frozen=True):
+    quantity: float
+    unit: QuantityUnit
+    notional: float
+    known: bool
+    contract_value: float | None = None
+    contract_value_unit: str | None = None
+
+
+def _from_base(inst: Instrument, qty: float, price: float) -> _Amounts:
+    known = _usd_like(inst.quote)
+    return _Amounts(qty, "base", qty * price if known else 0.0, known)
+
+
+def _from_value(inst: Instrument, value: float, code: str, price: float, venue: str) -> _Amounts:
+    if price <= 0:
+        raise ParseError(venue, f"price {price} cannot convert a {code} value to base")
+    known = _usd_like(code)
+    return _Amounts(value / price, "base", value if known else 0.0, known)
+
+
+def _from_contracts(inst: Instrument, n: float, price: float, venue: str) -> _Amounts:
+    cv, unit = inst.contract_value, inst.contract_value_unit
+    if cv is None or unit is None:
+        return _Amounts(n, "contracts", 0.0, False)
+    base = canonical_asset(inst.base)
+    if unit == "base" or canonical_asset(unit) == base:
+        out = _from_base(inst, n * cv, price)
+        return msgspec.structs.replace(out, contract_value=cv, contract_value_unit=base)
+    if _usd_like(unit):
+        out = _from_value(inst, n * cv, unit, price, venue)
+        return msgspec.structs.replace(out, contract_value=cv, contract_value_unit=unit)
+    return _Amounts(n, "contracts", 0.0, False)
+
+
+def _amounts(inst: Instrument, qty: float, native_unit: str, price: float, venue: str) -> _Amounts:
+    if native_unit == "base":
+        return _from_base(inst, qty, price)
+    if native_unit == "contracts":
+        return _from_contracts(inst, qty, price, venue)
+    return _from_value(inst, qty, native_unit, price, venue)
+
+
+def make_liquidation(
+    venue: str,
+    inst: Instrument,
+    *,
+    side: Side,
+    side_raw: str,
+    price: float,
+    quantity_native: float,
+    native_unit: str,
+    timestamp_ms: int,
+    event_id: str = "",
+    received_ms: int = 0,
+    timestamp_source: TimestampSource = "exchange",
+    sampled: bool = False,
+    extra: Mapping[str, ExtraValue] | None = None,
+) -> Liquidation:
+    """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`"."""
+    qty_native = abs(quantity_native)
+    amounts = _amounts(inst, qty_native, native_unit, price, venue)
+    return Liquidation(
+        exchange=venue,
+        symbol=inst.symbol,
+        symbol_native=inst.symbol_native,
+        base=canonical_asset(inst.base),
+        quote=canonical_asset(inst.quote),
+        market_type=inst.market_type,
+        side=side,
+        price=price,
+        quantity=amounts.quantity,
+        notional_usd=amounts.notional,
+        timestamp_ms=timestamp_ms,
+        event_id=event_id or event_digest(inst.symbol_native, timestamp_ms, side, price, qty_native),
+        side_raw=side_raw,
+        quantity_unit=amounts.unit,
+        quantity_native=qty_native,
+        quantity_native_unit=native_unit,
+        contract_value=amounts.contract_value,
+        contract_value_unit=amounts.contract_value_unit,
+        notional_known=amounts.known,
+        expiry=inst.expiry,
+        timestamp_source=timestamp_source,
+        received_ms=received_ms,
+        sampled=sampled,
+        extra=dict(extra or {}),
+    )
+
+
+def liquidation_to_row(liq: Liquidation) -> dict[str, Any]:
+    """Flat JSON-able dict: every field but ``extra``, extra keys merged at top level.
+
+    ``notional_usd`` is None when the notional is unknown.
+    """
+    row: dict[str, Any] = {
+        name: getattr(liq, name) for name in liq.__struct_fields__ if name != "extra"
+    }
+    if not liq.notional_known:
+        row["notional_usd"] = None
+    for key, value in liq.extra.items():
+        row.setdefault(key, value)
+    return row

@@ -1,0 +1,49 @@
+"""Process lifecycle: SIGINT/SIGTERM become a stop event; services drain, then log a summary.
+
+``run_service(name, main)`` is what every ``liq <process>`` command calls: it configures logs,
+runs ``main(stop)`` under asyncio, and returns the exit code. ``main`` must return soon after
+``stop`` is set, having finished (and acked) the batch in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from shared import logs
+
+logger = logging.getLogger(__name__)
+
+ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _request_stop, stop, sig)
+
+
+def _request_stop(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set():
+        logger.info("received %s, stopping after the current batch", sig.name)
+    stop.set()
+
+
+async def _main(main: ServiceMain) -> None:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await main(stop)
+
+
+def run_service(name: str, main: ServiceMain, log_level: str = "INFO") -> int:
+    """Run a long-lived process until SIGINT/SIGTERM; 0 on a clean stop."""
+    logs.configure(log_level, name)
+    logger.info("%s starting", name)
+    try:
+        asyncio.run(_main(main))
+    except KeyboardInterrupt:
+        pass
+    logger.info("%s stopped", name)
+    return 0
