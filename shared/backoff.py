@@ -21,7 +21,7 @@ class Backoff:
     def next_delay(self) -> float:
         ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempts, 30)))
         self.attempts += 1
-        return ceiling * (0.5 + 0.5 * self.rng.random())
+        return float(ceiling * (0.5 + 0.5 * self.rng.random()))
 
     def reset(self) -> None:
         self.attempts = 0

@@ -142,14 +142,16 @@ class StreamConsumer(Generic[T]):
         if await self._claim_if_due():
             return True
         start_ids = "0" if self._pending_first else ">"
-        reply = await self.redis.xreadgroup(
+        reply: Any = await self.redis.xreadgroup(
             self.group,
             self.consumer,
             {s: start_ids for s in self.streams},
             count=self.count,
             block=self.block_ms if (block and not self._pending_first) else None,
         )
-        entries = [(_text(s), _text(i), f) for s, msgs in (reply or []) for i, f in msgs]
+        entries: list[tuple[str, str, dict[Any, Any]]] = [
+            (_text(s), _text(i), f) for s, msgs in (reply or []) for i, f in msgs
+        ]
         if self._pending_first and not entries:
             self._pending_first = False
             return True
@@ -165,11 +167,12 @@ class StreamConsumer(Generic[T]):
         self._last_claim = now
         claimed: list[tuple[str, str, dict[Any, Any]]] = []
         for stream in self.streams:
-            reply = await self.redis.xautoclaim(
+            reply: list[Any] = await self.redis.xautoclaim(
                 stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.count
             )
             # Redis 6.2 answers [cursor, entries]; Redis 7 adds a third element (deleted ids).
-            for entry_id, entry_fields in reply[1] if len(reply) > 1 else []:
+            pairs: list[tuple[Any, Any]] = reply[1] if len(reply) > 1 else []
+            for entry_id, entry_fields in pairs:
                 if entry_fields is not None:
                     claimed.append((stream, _text(entry_id), entry_fields))
         if not claimed:

@@ -1,0 +1,40 @@
+"""``liq aggregate``: run one aggregator consumer until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from aggregator.buckets import DEFAULT_LEVEL_SIZES
+from aggregator.service import Aggregator, make_consumer
+from shared import runtime
+from shared.metrics import start_metrics_server
+from shared.redisconn import make_async_redis
+from shared.settings import CommonSettings, load
+
+METRICS_PORT = 9421
+
+
+class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
+    """``LIQ_LEVEL_SIZES=BTC=100,ETH=10`` sets price-level sizes per base asset."""
+
+    level_sizes: dict[str, float] = {}
+
+
+@click.command()
+def aggregate() -> None:
+    """Maintain liq:levels:* and liq:agg:* hashes from the event streams."""
+    settings = load(AggregatorSettings)
+    sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
+
+    async def main(stop: asyncio.Event) -> None:
+        start_metrics_server(settings.metrics_host, settings.metrics_port or METRICS_PORT)
+        redis = make_async_redis(settings.redis_url)
+        try:
+            await make_consumer(redis, settings.shards, Aggregator(redis, sizes)).run(stop)
+        finally:
+            await redis.aclose()
+
+    sys.exit(runtime.run_service("aggregate", main, settings.log_level))

@@ -1,0 +1,317 @@
+"""The one connection loop every collector runs: connect, subscribe, heartbeat, parse, publish.
+
+For each :class:`~collectors.venue.ConnectionPlan` of a venue, a task keeps one WebSocket open:
+it sends the session's subscribe frames, the venue's application ping every ``heartbeat_s``
+(WebSocket pings otherwise), decompresses gzip frames (HTX), hands each frame to the session,
+sends its replies, drops replayed liquidations (``collectors.dedupe``) and queues the rest.
+
+- A malformed frame is counted (``liq_parse_errors``), logged with a truncated sample (at most
+  once per 10 s per venue) and skipped. It never closes the connection.
+- A dropped or failed connection is retried with exponential backoff and jitter
+  (``shared.backoff``), reset once a connection has been healthy for a while.
+- One publisher task drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
+  event shard of each liquidation's symbol; a Redis outage keeps the batch and retries.
+- Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
+- ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+
+from collectors.dedupe import RecentIds
+from collectors.health import VenueHealth
+from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
+from shared import keys
+from shared.backoff import Backoff
+from shared.clock import SYSTEM_CLOCK, Clock
+from shared.errors import ParseError
+from shared.metrics import (
+    DUPLICATES,
+    ERRORS,
+    EVENTS_IN,
+    EVENTS_OUT,
+    PARSE_ERRORS,
+    RECONNECTS,
+    VENUE_CONNECTED,
+    VENUE_LAST_EVENT_MS,
+)
+from shared.models import Liquidation
+from shared.streams import publish
+
+logger = logging.getLogger(__name__)
+
+HEALTHY_AFTER_S = 30.0
+PUBLISH_BATCH = 500
+PARSE_LOG_EVERY_S = 10.0
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class FrameRecord(msgspec.Struct):
+    """One line of a ``--record`` file."""
+
+    venue: str
+    conn: str
+    received_ms: int
+    frame: str
+    binary: bool = False
+
+
+@dataclass
+class CollectorConfig:
+    venue: VenueSpec
+    redis: aioredis.Redis
+    shards: int
+    base_url: str
+    symbols: Sequence[str] = ()
+    record_path: Path | None = None
+    clock: Clock = SYSTEM_CLOCK
+    open_timeout_s: float = 10.0
+    health_every_s: float = 1.0
+
+
+@dataclass
+class Collector:
+    """State of one venue's collector process (all its connections)."""
+
+    config: CollectorConfig
+    plans: list[ConnectionPlan] = field(default_factory=list)
+    queue: asyncio.Queue[Liquidation] = field(default_factory=asyncio.Queue)
+    dedupe: RecentIds = field(default_factory=RecentIds)
+    health: VenueHealth = field(init=False)
+    published: int = 0
+    _record: IO[str] | None = None
+    _last_parse_log: float = 0.0
+    _logged_state: str = ""
+
+    def __post_init__(self) -> None:
+        spec = self.config.venue
+        self.plans = spec.plans(self.config.base_url, self.config.symbols)
+        self.health = VenueHealth(spec.name, spec.usual_gap_s, len(self.plans),
+                                  started_ms=self.config.clock.now_ms())
+        if self.config.record_path is not None:
+            self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
+            self._record = self.config.record_path.open("a", encoding="utf-8")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every connection, the publisher and the health reporter until ``stop``."""
+        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in self.plans]
+        publisher = asyncio.create_task(self._publisher(stop))
+        reporter = asyncio.create_task(self._health_loop(stop))
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await publisher
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            await self._write_health()
+            if self._record is not None:
+                self._record.close()
+            logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
+                        self.config.venue.name, self.published, self.health.parse_errors,
+                        self.health.duplicates)
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _connection_loop(self, plan: ConnectionPlan, stop: asyncio.Event) -> None:
+        backoff = Backoff()
+        venue = self.config.venue.name
+        while not stop.is_set():
+            opened_at = time.monotonic()
+            try:
+                await self._session(plan)
+                reason = "closed by server"
+            except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+            self.health.disconnected(plan.label, reason)
+            VENUE_CONNECTED.labels(venue, plan.label).set(0)
+            RECONNECTS.labels(venue).inc()
+            if time.monotonic() - opened_at > HEALTHY_AFTER_S:
+                backoff.reset()
+            delay = backoff.next_delay()
+            logger.warning("%s[%s]: disconnected (%s); reconnecting in %.1fs",
+                           venue, plan.label, reason, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _session(self, plan: ConnectionPlan) -> None:
+        session = plan.new_session()
+        spec = self.config.venue
+        ws_ping = spec.heartbeat_s if session.heartbeat() is None else 20.0
+        async with connect(plan.url, open_timeout=self.config.open_timeout_s, max_size=2**24,
+                           ping_interval=ws_ping, ping_timeout=max(ws_ping, 20.0),
+                           close_timeout=2) as ws:
+            for frame in session.on_open():
+                await ws.send(frame)
+            self.health.connected(plan.label, self.config.clock.now_ms())
+            VENUE_CONNECTED.labels(spec.name, plan.label).set(1)
+            logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
+            heartbeat = asyncio.create_task(self._heartbeat(ws, session))
+            try:
+                async for raw in ws:
+                    await self._on_frame(ws, session, plan.label, raw)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+
+    async def _heartbeat(self, ws: ClientConnection, session: VenueSession) -> None:
+        interval = self.config.venue.heartbeat_s
+        while True:
+            await asyncio.sleep(interval)
+            ping = session.heartbeat()
+            if ping is None:
+                return
+            await ws.send(ping)
+
+    async def _on_frame(self, ws: ClientConnection, session: VenueSession, label: str,
+                        raw: str | bytes) -> None:
+        now_ms = self.config.clock.now_ms()
+        venue = self.config.venue.name
+        self.health.last_message_ms = now_ms
+        EVENTS_IN.labels("collector", venue).inc()
+        if isinstance(raw, bytes) and raw[:2] == GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+        self._record_frame(label, now_ms, raw)
+        try:
+            output = session.on_message(raw, now_ms)
+        except ParseError as exc:
+            self._parse_error(exc)
+            return
+        for reply in output.replies:
+            await ws.send(reply)
+        self._accept(output.liquidations, now_ms)
+
+    def _accept(self, liquidations: list[Liquidation], now_ms: int) -> None:
+        if not liquidations:
+            return
+        fresh, dropped = self.dedupe.fresh(liquidations)
+        if dropped:
+            self.health.duplicates += dropped
+            DUPLICATES.labels(self.config.venue.name).inc(dropped)
+        for liq in fresh:
+            self.queue.put_nowait(liq)
+            self.health.events += 1
+            self.health.last_event_ms = max(self.health.last_event_ms, liq.timestamp_ms)
+        if fresh:
+            self.health.last_liquidation_received_ms = now_ms
+            VENUE_LAST_EVENT_MS.labels(self.config.venue.name).set(self.health.last_event_ms)
+
+    def _parse_error(self, exc: ParseError) -> None:
+        self.health.parse_errors += 1
+        self.health.last_error_sample = exc.sample
+        PARSE_ERRORS.labels(self.config.venue.name).inc()
+        now = time.monotonic()
+        if now - self._last_parse_log >= PARSE_LOG_EVERY_S:
+            self._last_parse_log = now
+            logger.warning("%s: skipped malformed frame (%d so far): %s",
+                           self.config.venue.name, self.health.parse_errors, exc)
+
+    def _record_frame(self, label: str, now_ms: int, raw: str | bytes) -> None:
+        if self._record is None:
+            return
+        if isinstance(raw, bytes):
+            try:
+                text, binary = raw.decode("utf-8"), False
+            except UnicodeDecodeError:
+                text, binary = raw.hex(), True
+        else:
+            text, binary = raw, False
+        record = FrameRecord(self.config.venue.name, label, now_ms, text, binary)
+        self._record.write(msgspec.json.encode(record).decode() + "\n")
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def _publisher(self, stop: asyncio.Event) -> None:
+        """Move queued liquidations to Redis in batches; on stop, flush what is queued."""
+        backoff = Backoff()
+        batch: list[Liquidation] = []
+        while True:
+            if not batch:
+                batch = await self._next_batch(stop)
+                if not batch:
+                    return
+            try:
+                await self._publish(batch)
+                batch = []
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                ERRORS.labels("collector", type(exc).__name__).inc()
+                if stop.is_set():
+                    logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
+                                 self.config.venue.name, exc, len(batch) + self.queue.qsize())
+                    return
+                delay = backoff.next_delay()
+                logger.warning("%s: redis unavailable (%s); %d queued, retrying in %.1fs",
+                               self.config.venue.name, exc, len(batch) + self.queue.qsize(), delay)
+                await asyncio.sleep(delay)
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[Liquidation]:
+        while self.queue.empty():
+            if stop.is_set():
+                return []
+            getter = asyncio.create_task(self.queue.get())
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter in done:
+                batch = [getter.result()]
+                break
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
+        else:
+            batch = []
+        while len(batch) < PUBLISH_BATCH and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    async def _publish(self, batch: list[Liquidation]) -> None:
+        shards = self.config.shards
+        items = [(keys.event_stream(keys.shard_of(liq.symbol, shards)), liq) for liq in batch]
+        await publish(self.config.redis, items, keys.EVENT_STREAM_MAXLEN)
+        self.published += len(batch)
+        EVENTS_OUT.labels("collector", self.config.venue.name).inc(len(batch))
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def _health_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(RedisError, OSError):
+                await self._write_health()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.config.health_every_s)
+
+    async def _write_health(self) -> None:
+        now_ms = self.config.clock.now_ms()
+        state = self.health.compute_state(now_ms)
+        self.health.state = state
+        if state != self._logged_state:
+            level = logging.INFO if state in ("up", "connecting") else logging.WARNING
+            logger.log(level, "%s: state %s%s", self.config.venue.name, state,
+                       f" ({self.health.reason})" if self.health.reason and state != "up" else "")
+            self._logged_state = state
+        key = keys.venue_health(self.config.venue.name)
+        pipe = self.config.redis.pipeline(transaction=False)
+        fields: dict[Any, Any] = dict(self.health.as_fields(now_ms))
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, keys.VENUE_HEALTH_TTL_SECONDS)
+        await pipe.execute()

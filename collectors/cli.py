@@ -1,0 +1,230 @@
+"""``liq collect``, ``liq venues``, ``liq parse`` and ``liq replay``: the collectors' commands."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+import msgspec
+from redis.exceptions import RedisError
+
+from collectors import VENUES, load_venue
+from collectors.base import GZIP_MAGIC, Collector, CollectorConfig, FrameRecord
+from collectors.dedupe import RecentIds
+from collectors.venue import VenueSession
+from shared import keys, logs, runtime
+from shared.errors import ConfigError, ParseError
+from shared.metrics import start_metrics_server
+from shared.models import Liquidation
+from shared.redisconn import make_async_redis, make_sync_redis
+from shared.settings import CommonSettings, load
+from shared.streams import publish
+
+METRICS_PORT_BASE = 9401
+
+
+class CollectorSettings(CommonSettings, frozen=True, kw_only=True):
+    """``LIQ_VENUE_URLS=bybit=ws://127.0.0.1:9001,okx=…`` points venues at other servers."""
+
+    venue_urls: dict[str, str] = {}
+    record_dir: str | None = None
+
+
+def _venue_option(name: str) -> str:
+    if name not in VENUES:
+        raise click.BadParameter(f"unknown venue {name!r}; one of: {', '.join(VENUES)}")
+    return name
+
+
+@click.command()
+@click.argument("venue", callback=lambda _c, _p, v: _venue_option(v))
+@click.option("--url", help="Connect here instead of the live endpoint (e.g. the simulator).")
+@click.option("--symbols", default="", help="Comma-separated native symbols (venues without a wildcard).")
+@click.option("--record", "record_path", type=click.Path(path_type=Path),
+              help="Append every raw frame to this JSON-lines file (for liq replay).")
+def collect(venue: str, url: str | None, symbols: str, record_path: Path | None) -> None:
+    """Run one venue's collector until Ctrl-C."""
+    settings = load(CollectorSettings)
+    spec = load_venue(venue)
+    base_url = url or settings.venue_urls.get(venue) or spec.live_url
+    if record_path is None and settings.record_dir:
+        record_path = Path(settings.record_dir) / f"{venue}.jsonl"
+    symbol_list = [s for s in symbols.split(",") if s] or list(spec.default_symbols)
+    port = settings.metrics_port
+    if port is None:
+        port = METRICS_PORT_BASE + list(VENUES).index(venue)
+
+    async def main(stop: asyncio.Event) -> None:
+        start_metrics_server(settings.metrics_host, port)
+        redis = make_async_redis(settings.redis_url)
+        config = CollectorConfig(venue=spec, redis=redis, shards=settings.shards, base_url=base_url,
+                                 symbols=symbol_list, record_path=record_path)
+        try:
+            await Collector(config).run(stop)
+        finally:
+            await redis.aclose()
+
+    sys.exit(runtime.run_service(f"collect-{venue}", main, settings.log_level))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def venues(as_json: bool) -> None:
+    """Every venue: endpoint, markets, feed semantics and current health (from Redis)."""
+    health = _read_health()
+    rows = []
+    for name in VENUES:
+        spec = load_venue(name)
+        h = health.get(name, {})
+        rows.append({
+            "venue": name, "endpoint": spec.live_url, "markets": spec.markets,
+            "semantics": spec.semantics, "semantics_note": spec.semantics_note,
+            "state": h.get("state", "not running"), "reason": h.get("reason", ""),
+            "events": int(h.get("events", "0") or 0),
+            "last_event_age_s": _age_s(h.get("last_liquidation_received_ms")),
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        age = row["last_event_age_s"]
+        click.echo(f"{row['venue']:<15} {row['state']:<11} {row['semantics']:<10} "
+                   f"events={row['events']:<7} last={'-' if age is None else f'{age:.0f}s ago':<10} "
+                   f"{row['endpoint']}")
+        click.echo(f"{'':<15} {row['markets']}; {row['semantics_note']}"
+                   + (f"; reason: {row['reason']}" if row["reason"] else ""))
+
+
+def _read_health() -> dict[str, dict[str, str]]:
+    try:
+        settings = load(CommonSettings)
+        client = make_sync_redis(settings.redis_url)
+        out = {}
+        for name in VENUES:
+            raw = client.hgetall(keys.venue_health(name))
+            if raw:
+                out[name] = {k.decode(): v.decode() for k, v in raw.items()}
+        client.close()
+        return out
+    except (OSError, ConfigError, RedisError):
+        return {}
+
+
+def _age_s(ms: str | None) -> float | None:
+    if not ms or ms == "0":
+        return None
+    return max(0.0, time.time() - int(ms) / 1000)
+
+
+@click.command()
+@click.argument("venue", callback=lambda _c, _p, v: _venue_option(v))
+@click.option("--dedupe", is_flag=True, help="Drop liquidations already printed (replayed snapshots).")
+@click.option("--received-ms", type=int, default=None,
+              help="Receive time to assume (default: now); used only by venues that send no time.")
+def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
+    """Normalize raw frames read from stdin (one JSON frame per line) to JSON lines on stdout."""
+    from collectors.venues._common import liquidation_to_row
+
+    session = load_venue(venue).new_parser()
+    seen = RecentIds() if dedupe else None
+    errors = 0
+    for line_no, line in enumerate(sys.stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            liquidations = _parse_one(session, line.rstrip("\n"), received_ms)
+        except ParseError as exc:
+            errors += 1
+            click.echo(f"line {line_no}: {exc}", err=True)
+            continue
+        if seen is not None:
+            liquidations, _ = seen.fresh(liquidations)
+        for liq in liquidations:
+            click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
+    if errors:
+        click.echo(f"{errors} malformed frame(s) skipped", err=True)
+
+
+def _parse_one(session: VenueSession, frame: str | bytes, received_ms: int | None) -> list[Liquidation]:
+    now = received_ms if received_ms is not None else time.time_ns() // 1_000_000
+    if isinstance(frame, bytes) and frame[:2] == GZIP_MAGIC:
+        frame = gzip.decompress(frame)
+    return session.on_message(frame, now).liquidations
+
+
+_record_decoder = msgspec.json.Decoder(FrameRecord)
+
+
+def read_records(stream: TextIO) -> Iterator[FrameRecord]:
+    for line in stream:
+        if line.strip():
+            yield _record_decoder.decode(line)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="1 = original pace, 10 = ten times faster, 0 = as fast as possible.")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Print liquidations instead of publishing.")
+def replay(file: Path, speed: float, to_stdout: bool) -> None:
+    """Feed a recorded frame file (liq collect --record) back through the parsers."""
+    logs.configure("INFO", "replay")
+    settings = load(CommonSettings)
+    counts = asyncio.run(_replay(file, speed, to_stdout, settings))
+    click.echo(json.dumps(counts), err=True)
+
+
+async def _replay(file: Path, speed: float, to_stdout: bool, settings: CommonSettings) -> dict[str, Any]:
+    from collectors.venues._common import liquidation_to_row
+
+    sessions: dict[tuple[str, str], VenueSession] = {}
+    seen = RecentIds()
+    redis = None if to_stdout else make_async_redis(settings.redis_url)
+    counts = {"frames": 0, "liquidations": 0, "duplicates": 0, "parse_errors": 0}
+    first_ms: int | None = None
+    started = time.monotonic()
+    try:
+        with file.open(encoding="utf-8") as handle:
+            for rec in read_records(handle):
+                first_ms = rec.received_ms if first_ms is None else first_ms
+                await _pace(rec.received_ms - first_ms, started, speed)
+                key = (rec.venue, rec.conn)
+                if key not in sessions:
+                    sessions[key] = load_venue(rec.venue).new_parser()
+                frame: str | bytes = bytes.fromhex(rec.frame) if rec.binary else rec.frame
+                counts["frames"] += 1
+                try:
+                    liqs = _parse_one(sessions[key], frame, rec.received_ms)
+                except ParseError:
+                    counts["parse_errors"] += 1
+                    continue
+                fresh, dropped = seen.fresh(liqs)
+                counts["duplicates"] += dropped
+                counts["liquidations"] += len(fresh)
+                if redis is None:
+                    for liq in fresh:
+                        click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
+                else:
+                    items = [(keys.event_stream(keys.shard_of(liq.symbol, settings.shards)), liq)
+                             for liq in fresh]
+                    await publish(redis, items, keys.EVENT_STREAM_MAXLEN)
+    finally:
+        if redis is not None:
+            await redis.aclose()
+    return counts
+
+
+async def _pace(offset_ms: int, started: float, speed: float) -> None:
+    if speed <= 0:
+        return
+    due = started + offset_ms / 1000 / speed
+    delay = due - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

@@ -1,0 +1,82 @@
+"""Venue health as a collector sees it, and the rules that turn it into a state.
+
+States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq status``):
+
+- ``connecting``: no connection up yet (first attempt, or reconnecting after a drop);
+- ``up``: every connection is open and subscribed;
+- ``degraded``: some connections of a sharded venue are up, some are not;
+- ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
+  usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
+  acking subscriptions and sent nothing) shows up here; ``liq status`` also compares it with
+  the other venues' activity;
+- ``down``: nothing connected and the last attempt failed; ``reason`` says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUSPECT_FACTOR = 5.0
+
+
+@dataclass
+class VenueHealth:
+    venue: str
+    usual_gap_s: float
+    connections_total: int
+    connections_up: set[str] = field(default_factory=set)
+    state: str = "connecting"
+    reason: str = ""
+    started_ms: int = 0
+    up_since_ms: int = 0
+    last_message_ms: int = 0
+    last_liquidation_received_ms: int = 0
+    last_event_ms: int = 0
+    events: int = 0
+    parse_errors: int = 0
+    duplicates: int = 0
+    reconnects: int = 0
+    last_error_sample: str = ""
+
+    def connected(self, label: str, now_ms: int) -> None:
+        if not self.connections_up:
+            self.up_since_ms = now_ms
+        self.connections_up.add(label)
+        self.reason = ""
+
+    def disconnected(self, label: str, reason: str) -> None:
+        self.connections_up.discard(label)
+        self.reason = reason
+        self.reconnects += 1
+
+    def compute_state(self, now_ms: int) -> str:
+        """The state this health record implies at ``now_ms``."""
+        up = len(self.connections_up)
+        if up == 0:
+            return "down" if self.reason else "connecting"
+        if up < self.connections_total:
+            return "degraded"
+        silent_since = max(self.last_liquidation_received_ms, self.up_since_ms)
+        if now_ms - silent_since > SUSPECT_FACTOR * self.usual_gap_s * 1000:
+            return "suspect"
+        return "up"
+
+    def as_fields(self, now_ms: int) -> dict[str, str]:
+        """Flat string fields for the Redis hash (``HGETALL liq:venue:<venue>``)."""
+        silent_since = max(self.last_liquidation_received_ms, self.up_since_ms)
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "connections": f"{len(self.connections_up)}/{self.connections_total}",
+            "usual_gap_s": f"{self.usual_gap_s:g}",
+            "silent_s": f"{max(0, now_ms - silent_since) / 1000:.1f}" if self.connections_up else "",
+            "last_message_ms": str(self.last_message_ms),
+            "last_event_ms": str(self.last_event_ms),
+            "last_liquidation_received_ms": str(self.last_liquidation_received_ms),
+            "events": str(self.events),
+            "parse_errors": str(self.parse_errors),
+            "duplicates": str(self.duplicates),
+            "reconnects": str(self.reconnects),
+            "last_error_sample": self.last_error_sample,
+            "updated_ms": str(now_ms),
+        }

@@ -1,0 +1,45 @@
+"""Pure bucket math of the aggregator."""
+
+from __future__ import annotations
+
+import pytest
+
+from aggregator.buckets import bucket_start, fold, level_size, price_level
+from tests.factories import liq
+
+
+@pytest.mark.parametrize(("base", "price", "size"), [
+    ("BTC", 67234.5, 100.0), ("ETH", 3456.7, 10.0), ("SOL", 150.2, 1.0),
+    ("DOGE", 0.15, 0.001), ("XRP", 2.5, 0.01), ("BNB", 600.0, 1.0),
+])
+def test_level_size(base: str, price: float, size: float) -> None:
+    assert level_size(base, price) == pytest.approx(size)
+
+
+@pytest.mark.parametrize(("price", "size", "level"), [
+    (67234.5, 100.0, 67200.0), (67200.0, 100.0, 67200.0), (67299.99, 100.0, 67200.0),
+    (0.15349, 0.001, 0.153), (3459.99, 10.0, 3450.0),
+])
+def test_price_level_edges(price: float, size: float, level: float) -> None:
+    assert price_level(price, size) == pytest.approx(level)
+
+
+def test_bucket_start_is_minute_aligned() -> None:
+    assert bucket_start(1_729_512_059_999) == 1_729_512_000_000
+    assert bucket_start(1_729_512_060_000) == 1_729_512_060_000
+
+
+def test_fold_sums_per_key_and_side() -> None:
+    batch = [
+        liq(price=67234.5, quantity=1.0, side="long", exchange="bybit"),
+        liq(price=67250.0, quantity=2.0, side="long", exchange="okx"),
+        liq(price=67250.0, quantity=0.5, side="short", exchange="okx"),
+    ]
+    deltas = fold(batch)
+    level = deltas["liq:levels:BTCUSDT:67200:LONG"]
+    assert level.counts == {"count": 2, "count:bybit": 1, "count:okx": 1}
+    assert level.sums["value_usd"] == pytest.approx(67234.5 + 134500.0)
+    bucket = deltas["liq:agg:BTCUSDT:60s:1699999980000"]
+    assert bucket.counts["count"] == 3 and bucket.counts["short_count"] == 1
+    assert bucket.sums["short_usd"] == pytest.approx(33625.0)
+    assert "liq:levels:BTCUSDT:67200:SHORT" in deltas

@@ -1,0 +1,43 @@
+"""The aggregator against a real Redis: exact hash contents, TTL, exactly-once per batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis as syncredis
+
+from aggregator.service import Aggregator, make_consumer
+from shared import keys
+from shared.redisconn import make_async_redis
+from shared.streams import publish
+from tests.factories import liq
+
+pytestmark = pytest.mark.integration
+
+
+def test_aggregates_exact_sums_and_sets_ttl(redis_url: str) -> None:
+    events = [liq(price=67200.0 + i, quantity=0.5, side="long" if i % 3 else "short",
+                  timestamp_ms=1_729_512_000_000 + i * 1000) for i in range(90)]
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        items = [(keys.event_stream(keys.shard_of(e.symbol, 4)), e) for e in events]
+        await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+        handled = await make_consumer(client, 4, Aggregator(client), name="a1").run_until_idle()
+        again = await make_consumer(client, 4, Aggregator(client), name="a2").run_until_idle()
+        await client.aclose()
+        return handled + again
+
+    assert asyncio.run(run()) == 90
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    longs = [e for e in events if e.side == "long"]
+    level = r.hgetall("liq:levels:BTCUSDT:67200:LONG")
+    assert int(level["count"]) == len(longs)
+    assert float(level["value_usd"]) == pytest.approx(sum(e.notional_usd for e in longs))
+    first_minute = [e for e in events if e.timestamp_ms < 1_729_512_060_000]
+    bucket = r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")
+    assert int(bucket["count"]) == len(first_minute) == 60
+    assert int(bucket["short_count"]) == sum(1 for e in first_minute if e.side == "short")
+    assert 0 < r.ttl("liq:agg:BTCUSDT:60s:1729512000000") <= keys.L2_TTL_SECONDS
+    assert int(r.hgetall("liq:agg:BTCUSDT:60s:1729512060000")["count"]) == 30

@@ -1,0 +1,54 @@
+"""Settings: defaults, coercion, lists/maps, and errors that name the variable."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import CommonSettings, load
+
+
+class Demo(CommonSettings, frozen=True, kw_only=True):
+    threshold_usd: float = 100_000.0
+    symbols: list[str] = []
+    by_symbol: dict[str, float] = {}
+    enabled: bool = False
+    mode: str = "auto"
+
+
+def test_defaults_without_environment() -> None:
+    s = load(Demo, {})
+    assert s.shards == 4 and s.redis_url.startswith("redis://") and s.symbols == []
+
+
+def test_coercion_lists_and_mappings() -> None:
+    s = load(Demo, {"LIQ_SHARDS": "8", "LIQ_THRESHOLD_USD": "250000", "LIQ_ENABLED": "true",
+                    "LIQ_SYMBOLS": "BTCUSDT, ETHUSDT", "LIQ_BY_SYMBOL": "BTCUSDT=250000,ETHUSDT=1e5"})
+    assert (s.shards, s.threshold_usd, s.enabled) == (8, 250000.0, True)
+    assert s.symbols == ["BTCUSDT", "ETHUSDT"]
+    assert s.by_symbol == {"BTCUSDT": 250000.0, "ETHUSDT": 100000.0}
+
+
+@pytest.mark.parametrize(("var", "value", "expected"), [
+    ("LIQ_SHARDS", "many", "a whole number"),
+    ("LIQ_THRESHOLD_USD", "lots", "a number"),
+    ("LIQ_ENABLED", "perhaps", "true or false"),
+    ("LIQ_BY_SYMBOL", "BTCUSDT:5", "KEY=VALUE"),
+    ("LIQ_METRICS_PORT", "http", "a whole number"),
+])
+def test_bad_value_names_variable_and_form(var: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(Demo, {var: value})
+    assert err.value.variable == var
+    assert expected in str(err.value) and value in str(err.value)
+
+
+def test_invalid_shard_count_names_variable() -> None:
+    with pytest.raises((ConfigError, msgspec.ValidationError)) as err:
+        load(Demo, {"LIQ_SHARDS": "0"})
+    assert "LIQ_SHARDS" in str(err.value)
+
+
+def test_overrides_win_over_environment() -> None:
+    assert load(Demo, {"LIQ_SHARDS": "8"}, shards=2).shards == 2

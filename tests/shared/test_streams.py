@@ -1,0 +1,154 @@
+"""The shared consumer loop against a real Redis: ack only after the side effect, retries,
+dead letters, reclaiming from a dead consumer, until-idle draining."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis as syncredis
+
+from shared import codec, keys
+from shared.models import Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import Message, SinkRetry, StreamConsumer, publish
+from tests.factories import liq
+
+pytestmark = pytest.mark.integration
+STREAM = keys.event_stream(0)
+
+
+def _consumer(client, handler, name="c1", **kw):  # type: ignore[no-untyped-def]
+    return StreamConsumer(redis=client, group="g", consumer=name, streams=[STREAM],
+                          decode=codec.decode_liquidation, handler=handler, component="test", **kw)
+
+
+async def _seed(url: str, n: int) -> list[Liquidation]:
+    client = make_async_redis(url)
+    items = [liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i) for i in range(n)]
+    await publish(client, [(STREAM, x) for x in items], keys.EVENT_STREAM_MAXLEN)
+    await client.aclose()
+    return items
+
+
+def _pending(url: str) -> int:
+    info = syncredis.Redis.from_url(url).xpending(STREAM, "g")
+    return int(info["pending"])
+
+
+def test_until_idle_handles_every_entry_once_and_acks(redis_url: str) -> None:
+    async def run() -> list[Liquidation]:
+        sent = await _seed(redis_url, 1234)
+        seen: list[Liquidation] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            seen.extend(m.value for m in batch)
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, handler, count=500)
+        assert await consumer.run_until_idle() == 1234
+        assert await consumer.run_until_idle() == 0
+        await client.aclose()
+        assert seen == sent
+        return seen
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 0
+
+
+def test_failed_handler_acks_nothing_and_the_retry_sees_the_same_entries(redis_url: str) -> None:
+    async def run() -> None:
+        await _seed(redis_url, 10)
+        calls: list[int] = []
+
+        async def flaky(batch: list[Message[Liquidation]]) -> None:
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise SinkRetry("database down")
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, flaky)
+        with pytest.raises(SinkRetry):
+            await consumer.run_until_idle()
+        assert _pending(redis_url) == 10
+        consumer._pending_first = True
+        assert await consumer.run_until_idle() == 10
+        await client.aclose()
+        assert calls == [10, 10]
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 0
+
+
+def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> None:
+    async def run() -> None:
+        await _seed(redis_url, 7)
+        stop = asyncio.Event()
+        attempts = 0
+        stored: list[Liquidation] = []
+
+        async def sink(batch: list[Message[Liquidation]]) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts < 3:
+                raise SinkRetry("still down")
+            stored.extend(m.value for m in batch)
+            stop.set()
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, sink, block_ms=50)
+        consumer.backoff.base_s = 0.001
+        await asyncio.wait_for(consumer.run(stop), timeout=30)
+        await client.aclose()
+        assert attempts == 3 and len(stored) == 7 and consumer.stats.retries == 2
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 0
+
+
+def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(redis_url: str) -> None:
+    sync = syncredis.Redis.from_url(redis_url)
+
+    async def run() -> int:
+        await _seed(redis_url, 3)
+        sync.xadd(STREAM, {"d": b"{not json"})
+        seen: list[Liquidation] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            seen.extend(m.value for m in batch)
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, handler)
+        await consumer.run_until_idle()
+        await client.aclose()
+        return len(seen)
+
+    assert asyncio.run(run()) == 3
+    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 1
+    assert _pending(redis_url) == 0
+
+
+def test_entries_of_a_dead_consumer_are_claimed_by_another(redis_url: str) -> None:
+    async def run() -> None:
+        await _seed(redis_url, 5)
+        client = make_async_redis(redis_url)
+
+        async def crash(batch: list[Message[Liquidation]]) -> None:
+            raise SinkRetry("process died mid-batch")
+
+        dead = _consumer(client, crash, name="dead")
+        with pytest.raises(SinkRetry):
+            await dead.run_until_idle()
+        assert _pending(redis_url) == 5
+        got: list[Liquidation] = []
+
+        async def ok(batch: list[Message[Liquidation]]) -> None:
+            got.extend(m.value for m in batch)
+
+        alive = _consumer(client, ok, name="alive", claim_idle_ms=0)
+        assert await alive.run_until_idle() == 5
+        assert alive.stats.claimed == 5 and len(got) == 5
+        await client.aclose()
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 0
