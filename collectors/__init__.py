@@ -9,25 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from shared.venues import VENUE_NAMES
+
 if TYPE_CHECKING:
     from collectors.venue import VenueSpec
 
-VENUES: dict[str, str] = {
-    "binance_usdm": "collectors.venues.binance_usdm",
-    "binance_coinm": "collectors.venues.binance_coinm",
-    "bybit": "collectors.venues.bybit",
-    "okx": "collectors.venues.okx",
-    "bitmex": "collectors.venues.bitmex",
-    "deribit": "collectors.venues.deribit",
-    "bitfinex": "collectors.venues.bitfinex",
-    "htx": "collectors.venues.htx",
-    "gate": "collectors.venues.gate",
-    "bitget": "collectors.venues.bitget",
-    "kraken_futures": "collectors.venues.kraken_futures",
-    "dydx": "collectors.venues.dydx",
-    "hyperliquid": "collectors.venues.hyperliquid",
-    "lighter": "collectors.venues.lighter",
-}
+VENUES: dict[str, str] = {name: f"collectors.venues.{name}" for name in VENUE_NAMES}
 
 
 def load_venue(name: str) -> VenueSpec:

@@ -109,3 +109,17 @@ def corpus_dir() -> Path:
     if not CORPUS.is_dir():
         raise FileNotFoundError(f"peer corpus not found at {CORPUS} (expected ../shared/peer-corpus)")
     return CORPUS
+
+
+REAL_SERVER_MARKERS = ("integration", "e2e", "timescale")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """In CI (``CI=true``) a skipped integration, e2e or TimescaleDB test is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("CI", "").lower() in ("1", "true", "yes") and report.skipped
+            and any(item.get_closest_marker(m) for m in REAL_SERVER_MARKERS)):
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped in CI (counts as a failure): {report.longrepr}"

@@ -1,0 +1,191 @@
+"""``liq status``: one screen (or JSON document) describing a running system.
+
+Streams (length, consumer groups with pending and lag), venues (connection state, reason,
+last-event age), ``liq:*`` keys by kind, cascade states, and the database (row counts of the
+main tables and the storage mode report of ``liq_storage_status()``).
+
+Where to look: ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when set, otherwise the URLs that ``liq up``
+wrote to ``<data_dir>/up.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+import redis
+from redis.exceptions import RedisError
+
+from shared import keys
+from shared.redisconn import make_sync_redis
+from shared.settings import CommonSettings, load
+from shared.venues import VENUE_NAMES
+
+TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
+          "exchange_comparison", "liquidation_cascades")
+STALE_HEALTH_MS = 10_000
+
+
+def discover(settings: CommonSettings, environ: dict[str, str]) -> tuple[str | None, str | None]:
+    """Redis URL and PostgreSQL DSN: environment first, then ``liq up``'s file."""
+    redis_url = environ.get("LIQ_REDIS_URL")
+    pg_dsn = environ.get("LIQ_PG_DSN")
+    up_file = Path(settings.data_dir) / "up.json"
+    if up_file.exists():
+        info = json.loads(up_file.read_text())
+        redis_url = redis_url or info.get("redis_url")
+        pg_dsn = pg_dsn or info.get("pg_dsn")
+    return redis_url, pg_dsn
+
+
+def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"redis_url": redis_url, "pg_dsn": pg_dsn}
+    if redis_url:
+        try:
+            client = make_sync_redis(redis_url)
+            report.update(redis_status(client, shards))
+            client.close()
+        except (RedisError, OSError) as exc:
+            report["redis_error"] = str(exc)
+    if pg_dsn:
+        report["database"] = database_status(pg_dsn)
+    return report
+
+
+def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
+    now_ms = time.time_ns() // 1_000_000
+    streams = keys.event_streams(shards) + [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
+    return {
+        "streams": [_stream_info(client, s) for s in streams],
+        "venues": _venues(client, now_ms),
+        "keys": {kind: _count_keys(client, pattern) for kind, pattern in keys.KEY_KINDS.items()},
+        "cascades": _cascade_states(client),
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"stream": stream, "length": int(client.xlen(stream)), "groups": []}
+    if not client.exists(stream):
+        return info
+    for group in client.xinfo_groups(stream):
+        lag = group.get("lag")
+        info["groups"].append({
+            "group": _text(group["name"]),
+            "consumers": int(group["consumers"]),
+            "pending": int(group["pending"]),
+            "lag": None if lag is None else int(lag),
+        })
+    return info
+
+
+def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
+    rows = []
+    for name in VENUE_NAMES:
+        raw = client.hgetall(keys.venue_health(name))
+        if not raw:
+            continue
+        h = {_text(k): _text(v) for k, v in raw.items()}
+        state = h.get("state", "?")
+        if now_ms - int(h.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
+            state = "stopped"
+        last = int(h.get("last_liquidation_received_ms", "0") or 0)
+        rows.append({
+            "venue": name, "state": state, "reason": h.get("reason", ""),
+            "connections": h.get("connections", ""), "events": int(h.get("events", "0") or 0),
+            "parse_errors": int(h.get("parse_errors", "0") or 0),
+            "duplicates": int(h.get("duplicates", "0") or 0),
+            "reconnects": int(h.get("reconnects", "0") or 0),
+            "last_event_age_s": round((now_ms - last) / 1000, 1) if last else None,
+        })
+    return rows
+
+
+def _count_keys(client: redis.Redis, pattern: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+
+
+def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
+    out = []
+    for key in client.scan_iter(match=keys.KEY_KINDS["cascade_status"], count=1000):
+        fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+        out.append({"symbol": _text(key).rsplit(":", 1)[-1], **fields})
+    return sorted(out, key=lambda r: r["symbol"])
+
+
+def database_status(pg_dsn: str) -> dict[str, Any]:
+    try:
+        with psycopg.connect(pg_dsn, connect_timeout=5, autocommit=True) as conn:
+            counts = {}
+            for table in TABLES:
+                row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+                if row and row[0]:
+                    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    counts[table] = int(count[0]) if count else 0
+            storage = {}
+            has_fn = conn.execute("SELECT to_regprocedure('liq_storage_status()') IS NOT NULL").fetchone()
+            if has_fn and has_fn[0]:
+                storage = {str(k): str(v) for k, v in conn.execute("SELECT * FROM liq_storage_status()")}
+            return {"rows": counts, "storage": storage}
+    except psycopg.Error as exc:
+        return {"error": str(exc).strip()}
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Streams, consumer groups, venues, keys and table counts of a running system."""
+    import os
+
+    settings = load(CommonSettings)
+    redis_url, pg_dsn = discover(settings, dict(os.environ))
+    if not redis_url and not pg_dsn:
+        raise click.ClickException("no running system found: set LIQ_REDIS_URL/LIQ_PG_DSN or run liq up")
+    report = collect_status(redis_url, pg_dsn, settings.shards)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render(report))
+
+
+def _group_text(group: dict[str, Any]) -> str:
+    lag = "n/a" if group["lag"] is None else group["lag"]
+    return f"{group['group']}: pending={group['pending']} lag={lag}"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"redis: {report.get('redis_url')}   postgres: {report.get('pg_dsn')}"]
+    if "redis_error" in report:
+        lines.append(f"REDIS UNREACHABLE: {report['redis_error']}")
+    lines.append("\nSTREAMS")
+    for s in report.get("streams", []):
+        groups = "  ".join(_group_text(g) for g in s["groups"]) or "(no groups)"
+        lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")
+    lines.append("\nVENUES")
+    for v in report.get("venues", []):
+        age = "-" if v["last_event_age_s"] is None else f"{v['last_event_age_s']}s"
+        reason = f"  reason: {v['reason']}" if v["reason"] else ""
+        lines.append(f"  {v['venue']:<15} {v['state']:<10} conn={v['connections']:<5} events={v['events']:<7}"
+                     f" last={age:<8} parse_errors={v['parse_errors']} dups={v['duplicates']}"
+                     f" reconnects={v['reconnects']}{reason}")
+    lines.append("\nKEYS  " + "  ".join(f"{k}={n}" for k, n in report.get("keys", {}).items()))
+    lines.append("\nCASCADES")
+    for c in report.get("cascades", []):
+        lines.append(f"  {c['symbol']:<12} " + " ".join(f"{k}={v}" for k, v in c.items() if k != "symbol"))
+    db = report.get("database")
+    if db is not None:
+        lines.append("\nDATABASE")
+        if "error" in db:
+            lines.append(f"  UNREACHABLE: {db['error']}")
+        for table, n in db.get("rows", {}).items():
+            lines.append(f"  {table:<26} {n} rows")
+        for k, v in db.get("storage", {}).items():
+            lines.append(f"  {k}: {v}")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""``liq up``: the whole system on one machine with one command.
+
+1. Redis and PostgreSQL: ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when set, otherwise embedded
+   servers started here with their data in ``.liq/`` (``shared.servers``).
+2. ``liq migrate`` against the database.
+3. With ``--simulate``: ``liq simulate`` (local exchange servers) and collectors pointed at it;
+   otherwise collectors connect to the live exchanges.
+4. One OS process per job (``liq collect <venue>`` for each venue, ``liq detect``,
+   ``liq aggregate``, ``liq write``), each restarted with backoff if it dies. Their output is
+   printed with a name prefix, as honcho does.
+5. Ctrl-C (or ``--for SECONDS``) stops every child with SIGTERM (SIGKILL after a grace
+   period), then the servers. The URLs in use are written to ``.liq/up.json`` so that
+   ``liq status`` finds a running system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from shared import logs
+from shared.backoff import Backoff
+from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
+from shared.settings import CommonSettings, load
+from shared.venues import VENUE_NAMES
+
+logger = logging.getLogger("up")
+
+STOP_GRACE_S = 15.0
+UP_FILE = "up.json"
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, cap_s=30.0))
+
+
+def liq_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shared", *args]
+
+
+@click.command()
+@click.option("--simulate", is_flag=True, help="Connect collectors to the local exchange simulator.")
+@click.option("--venues", default="", help="Comma-separated venues (default: all).")
+@click.option("--for", "duration", type=float, default=None, help="Stop by itself after SECONDS.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Simulator market seed.")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulator speed factor.")
+def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: float) -> None:
+    """Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, and run every process."""
+    settings = load(CommonSettings)
+    logs.configure(settings.log_level, "up")
+    chosen = [v for v in venues.split(",") if v] or list(VENUE_NAMES)
+    unknown = sorted(set(chosen) - set(VENUE_NAMES))
+    if unknown:
+        raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
+    data_dir = Path(settings.data_dir).resolve()
+    code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed))
+    sys.exit(code)
+
+
+async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float | None,
+              seed: int, speed: float) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    redis_server: RedisServer | None = None
+    pg_server: PostgresServer | None = None
+    children: list[Child] = []
+    try:
+        redis_url, redis_server = _redis(data_dir)
+        pg_dsn, pg_server = _postgres(data_dir)
+        env = {**os.environ, "LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn,
+               "LIQ_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+        if await _run_once("migrate", liq_command("migrate"), env) != 0:
+            logger.error("migrations failed; not starting the pipeline")
+            return 1
+        if simulate:
+            sim = await _start_simulator(data_dir, venues, seed, speed, env, stop)
+            if sim is None:
+                return 1
+            children.append(sim[0])
+            env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
+        children += _pipeline_children(venues, env)
+        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues)
+        _print_banner(redis_url, pg_dsn, simulate, venues)
+        tasks = [asyncio.create_task(_supervise(c, stop)) for c in children if c.process is None]
+        if duration is not None:
+            loop.call_later(duration, stop.set)
+        await stop.wait()
+        logger.info("stopping %d processes", len(children))
+        await _stop_children(children)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+    finally:
+        await _stop_children(children)
+        if pg_server is not None:
+            pg_server.stop()
+        if redis_server is not None:
+            redis_server.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / UP_FILE).unlink()
+        logger.info("all stopped")
+
+
+def _redis(data_dir: Path) -> tuple[str, RedisServer | None]:
+    if os.environ.get("LIQ_REDIS_URL"):
+        return os.environ["LIQ_REDIS_URL"], None
+    server = start_redis(data_dir / "redis", port=int(os.environ.get("LIQ_EMBEDDED_REDIS_PORT", "0")))
+    return server.url, server
+
+
+def _postgres(data_dir: Path) -> tuple[str, PostgresServer | None]:
+    if os.environ.get("LIQ_PG_DSN"):
+        return os.environ["LIQ_PG_DSN"], None
+    server = start_postgres(data_dir / "pg", port=int(os.environ.get("LIQ_EMBEDDED_PG_PORT", "0")))
+    return server.dsn, server
+
+
+def _pipeline_children(venues: list[str], env: dict[str, str]) -> list[Child]:
+    children = [Child(f"collect-{v}", liq_command("collect", v), env) for v in venues]
+    children += [Child("detect", liq_command("detect"), env),
+                 Child("aggregate", liq_command("aggregate"), env),
+                 Child("write", liq_command("write"), env)]
+    return children
+
+
+async def _start_simulator(data_dir: Path, venues: list[str], seed: int, speed: float,
+                           env: dict[str, str], stop: asyncio.Event
+                           ) -> tuple[Child, dict[str, str]] | None:
+    ports_file = data_dir / "sim" / "ports.json"
+    with contextlib.suppress(FileNotFoundError):
+        ports_file.unlink()
+    args = liq_command("simulate", "--venues", ",".join(venues), "--seed", str(seed),
+                       "--speed", str(speed), "--ports-file", str(ports_file))
+    child = Child("simulate", args, env)
+    await _spawn(child)
+    deadline = time.monotonic() + 30
+    while not ports_file.exists():
+        if child.process is None or child.process.returncode is not None or time.monotonic() > deadline:
+            logger.error("the simulator did not start (see its output above)")
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.05)
+        if stop.is_set():
+            return None
+    urls: dict[str, str] = json.loads(ports_file.read_text())
+    asyncio.get_running_loop().create_task(_supervise(child, stop))
+    return child, urls
+
+
+async def _run_once(name: str, args: list[str], env: dict[str, str]) -> int:
+    child = Child(name, args, env)
+    await _spawn(child)
+    assert child.process is not None
+    return await child.process.wait()
+
+
+async def _spawn(child: Child) -> None:
+    child.process = await asyncio.create_subprocess_exec(
+        *child.args, env=child.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    asyncio.get_running_loop().create_task(_pump(child.name, child.process))
+
+
+async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
+    assert process.stdout is not None
+    while line := await process.stdout.readline():
+        sys.stdout.write(f"{name:<22}| {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+async def _supervise(child: Child, stop: asyncio.Event) -> None:
+    """Keep a child running until ``stop``; restart it with backoff when it dies."""
+    while not stop.is_set():
+        if child.process is None or child.process.returncode is not None:
+            await _spawn(child)
+        assert child.process is not None
+        started = time.monotonic()
+        waiter = asyncio.create_task(child.process.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if stop.is_set():
+            waiter.cancel()
+            return
+        if time.monotonic() - started > 60:
+            child.backoff.reset()
+        delay = child.backoff.next_delay()
+        child.restarts += 1
+        logger.warning("%s exited with %s; restart %d in %.1fs", child.name,
+                       child.process.returncode, child.restarts, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        child.process = None
+
+
+async def _stop_children(children: list[Child]) -> None:
+    running = [c for c in children if c.process is not None and c.process.returncode is None]
+    for child in running:
+        assert child.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(signal.SIGTERM)
+    for child in running:
+        assert child.process is not None
+        try:
+            await asyncio.wait_for(child.process.wait(), timeout=STOP_GRACE_S)
+        except TimeoutError:
+            logger.warning("%s did not stop in %.0fs; killing it", child.name, STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+            await child.process.wait()
+
+
+def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, simulate: bool, venues: list[str]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    info = {"redis_url": redis_url, "pg_dsn": pg_dsn, "simulate": simulate, "venues": venues,
+            "pid": os.getpid(), "started_ms": time.time_ns() // 1_000_000}
+    (data_dir / UP_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _print_banner(redis_url: str, pg_dsn: str, simulate: bool, venues: list[str]) -> None:
+    mode = "SIMULATED exchanges" if simulate else "LIVE exchanges"
+    logger.info("pipeline up on %s: %s", mode, ", ".join(venues))
+    logger.info("redis: %s   (redis-cli -u %s)", redis_url, redis_url)
+    logger.info("postgres: %s   (psql '%s')", pg_dsn, pg_dsn)
+    logger.info("state: liq status   stop: Ctrl-C")

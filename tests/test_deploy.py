@@ -1,0 +1,55 @@
+"""The Procfile is the single list of processes: supervisord and compose run the same commands,
+every venue has a collector line, and every command is a real ``liq`` subcommand."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from shared.cli import SUBCOMMANDS, cli
+from shared.venues import VENUE_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def procfile() -> dict[str, str]:
+    lines = (REPO / "Procfile").read_text().splitlines()
+    return {name.strip(): cmd.strip() for name, cmd in (line.split(":", 1) for line in lines if line)}
+
+
+def test_procfile_has_every_process_and_venue() -> None:
+    procs = procfile()
+    assert {"collect-binance", "collect-bybit", "detect", "aggregate", "write"} <= set(procs)
+    collected = {shlex.split(cmd)[2] for name, cmd in procs.items() if name.startswith("collect-")}
+    assert collected == set(VENUE_NAMES)
+    for cmd in procs.values():
+        argv = shlex.split(cmd)
+        assert argv[0] == "liq" and argv[1] in SUBCOMMANDS
+
+
+def test_supervisord_runs_exactly_the_procfile() -> None:
+    text = (REPO / "deploy" / "supervisord.conf").read_text()
+    programs = dict(re.findall(r"\[program:([^\]]+)\]\ncommand=(.+)", text))
+    assert programs == procfile()
+
+
+def test_compose_runs_every_procfile_command() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    commands = {" ".join(["liq", *re.findall(r'"([^"]+)"', m)])
+                for m in re.findall(r"command: \[([^\]]+)\]", text)}
+    for name, cmd in procfile().items():
+        if name == "detect":
+            assert any(c.startswith("liq detect --shards") for c in commands)
+        else:
+            assert cmd in commands, name
+    assert "image: redis:7" in text and "timescale/timescaledb" in text
+
+
+def test_every_subcommand_loads_and_has_help() -> None:
+    runner = CliRunner()
+    for name in SUBCOMMANDS:
+        result = runner.invoke(cli, [name, "--help"], catch_exceptions=False)
+        assert result.exit_code == 0, (name, result.output)
