@@ -22,7 +22,7 @@ import contextlib
 import gzip
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -97,6 +97,7 @@ class Collector:
     _record: IO[str] | None = None
     _last_parse_log: float = 0.0
     _logged_state: str = ""
+    _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def __post_init__(self) -> None:
         spec = self.config.venue
@@ -142,6 +143,7 @@ class Collector:
             except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:300]
             self.health.disconnected(plan.label, reason)
+            await self._notify()
             VENUE_CONNECTED.labels(venue, plan.label).set(0)
             RECONNECTS.labels(venue).inc()
             if time.monotonic() - opened_at > HEALTHY_AFTER_S:
@@ -162,6 +164,7 @@ class Collector:
             for frame in session.on_open():
                 await ws.send(frame)
             self.health.connected(plan.label, self.config.clock.now_ms())
+            await self._notify()
             VENUE_CONNECTED.labels(spec.name, plan.label).set(1)
             logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
@@ -195,10 +198,24 @@ class Collector:
             output = session.on_message(raw, now_ms)
         except ParseError as exc:
             self._parse_error(exc)
+            await self._notify()
             return
         for reply in output.replies:
             await ws.send(reply)
         self._accept(output.liquidations, now_ms)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def wait_until(self, predicate: Callable[[Collector], bool]) -> None:
+        """Await (woken by frames and connection changes) until ``predicate(self)`` holds.
+
+        Callers bound it with ``asyncio.timeout``.
+        """
+        async with self._progress:
+            await self._progress.wait_for(lambda: predicate(self))
 
     def _accept(self, liquidations: list[Liquidation], now_ms: int) -> None:
         if not liquidations:
@@ -315,3 +332,4 @@ class Collector:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, keys.VENUE_HEALTH_TTL_SECONDS)
         await pipe.execute()
+        await self._notify()

@@ -1,0 +1,234 @@
+"""``liq bench``: throughput and latency of every stage, each next to a baseline run alongside it.
+
+These machines are noisy, so absolute figures mean little: every result is reported with a
+baseline measured in the same run, and the ratio between them.
+
+- **streams**: a bare redis-py loop (pipelined XADD of the same payloads, then XREADGROUP
+  COUNT 500 + XACK) is the baseline. The pipeline's stages are measured through the real code:
+  ``publish`` (what collectors do), then the aggregator, detector and writer consumers each
+  draining the stream alone, then **end to end**: the producer and the three consumers as
+  separate processes at once, timed until every group has acked every event.
+- **parsers**: frames/s per venue parser on single-event frames (target > 100k on one core).
+- **detector**: per-event hot-path latency p50/p99 and events/s of the pure engine.
+- **writer**: rows/s of the writer's COPY + ON CONFLICT path against a bare binary COPY.
+
+Components are loaded by module name, so ``shared`` imports none of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+
+from shared import codec, keys, logs
+from shared.models import Liquidation
+from shared.redisconn import make_async_redis
+from shared.servers import start_postgres, start_redis
+from shared.streams import publish
+
+BATCH = 500
+SECTIONS = ("streams", "parsers", "detector", "writer")
+
+
+def synthetic(n: int, symbols: int = 20, start_ms: int = 1_700_000_000_000) -> list[Liquidation]:
+    venues = ("binance_usdm", "bybit", "okx", "bitmex")
+    out = []
+    for i in range(n):
+        sym = f"S{i % symbols}USDT"
+        price = 100.0 + (i % 97)
+        qty = 1.0 + (i % 13)
+        out.append(Liquidation(
+            exchange=venues[i % 4], symbol=sym, symbol_native=sym, base=f"S{i % symbols}", quote="USDT",
+            market_type="linear_perpetual", side="long" if i % 3 else "short", price=price, quantity=qty,
+            notional_usd=price * qty * (2000 if i % 50 == 0 else 1), timestamp_ms=start_ms + i * 5,
+            event_id=f"bench-{i}"))
+    return out
+
+
+def bare_loop(url: str, payloads: list[bytes]) -> float:
+    """Events/s of a plain redis-py XADD (pipelined) → XREADGROUP + XACK loop."""
+    client = redis.Redis.from_url(url)
+    stream = "bench:bare"
+    client.delete(stream)
+    client.xgroup_create(stream, "g", id="0", mkstream=True)
+    started = time.perf_counter()
+    for i in range(0, len(payloads), BATCH):
+        pipe = client.pipeline(transaction=False)
+        for p in payloads[i:i + BATCH]:
+            pipe.xadd(stream, {b"d": p}, maxlen=keys.EVENT_STREAM_MAXLEN, approximate=True)
+        pipe.execute()
+    done = 0
+    while done < len(payloads):
+        reply = client.xreadgroup("g", "c", {stream: ">"}, count=BATCH)
+        ids = [i for _s, msgs in reply for i, f in msgs if codec.decode_liquidation(f[b"d"])]
+        client.xack(stream, "g", *ids)
+        done += len(ids)
+    elapsed = time.perf_counter() - started
+    client.delete(stream)
+    client.close()
+    return len(payloads) / elapsed
+
+
+def _consumer_factories(redis_url: str, pg_dsn: str | None) -> dict[str, Callable[[Any], Any]]:
+    aggregator = importlib.import_module("aggregator.service")
+    detector = importlib.import_module("detector.service")
+    factories: dict[str, Callable[[Any], Any]] = {
+        "aggregator": lambda r: aggregator.make_consumer(r, 1, aggregator.Aggregator(r), name="bench"),
+        "detector": lambda r: detector.bench_consumer(r, 1),
+    }
+    if pg_dsn:
+        writer = importlib.import_module("writer.service")
+        factories["writer"] = lambda r: writer.bench_consumer(r, 1, pg_dsn)
+    return factories
+
+
+async def _drain(url: str, make: Callable[[Any], Any]) -> int:
+    client = make_async_redis(url)
+    try:
+        consumer = make(client)
+        result = await consumer.run_until_idle()
+        await getattr(consumer, "aclose", _noop)()
+        return int(result)
+    finally:
+        await client.aclose()
+
+
+async def _noop() -> None:
+    return None
+
+
+def _consume_process(url: str, pg_dsn: str | None, name: str, target: int, ready: Any) -> None:
+    make = _consumer_factories(url, pg_dsn)[name]
+
+    async def loop() -> None:
+        client = make_async_redis(url)
+        consumer = make(client)
+        await consumer.ensure_groups()
+        ready.release()
+        done = 0
+        while done < target:
+            done += await consumer.run_until_idle()
+        await getattr(consumer, "aclose", _noop)()
+        await client.aclose()
+
+    asyncio.run(loop())
+
+
+def stream_section(url: str, pg_dsn: str | None, n: int) -> dict[str, Any]:
+    events = synthetic(n)
+    baseline = bare_loop(url, [codec.encode(e) for e in events])
+    result: dict[str, Any] = {"events": n, "bare_xadd_xreadgroup_per_s": round(baseline)}
+    client = redis.Redis.from_url(url)
+    stream = keys.event_stream(0)
+
+    async def produce() -> float:
+        r = make_async_redis(url)
+        started = time.perf_counter()
+        for i in range(0, n, BATCH):
+            await publish(r, [(stream, e) for e in events[i:i + BATCH]], keys.EVENT_STREAM_MAXLEN)
+        elapsed = time.perf_counter() - started
+        await r.aclose()
+        return n / elapsed
+
+    client.flushdb()
+    result["publish_per_s"] = round(asyncio.run(produce()))
+    for name, make in _consumer_factories(url, pg_dsn).items():
+        started = time.perf_counter()
+        handled = asyncio.run(_drain(url, make))
+        result[f"{name}_per_s"] = round(handled / (time.perf_counter() - started))
+    client.flushdb()
+    result["end_to_end_per_s"] = round(_end_to_end(url, pg_dsn, n, produce))
+    result["end_to_end_vs_bare"] = round(result["end_to_end_per_s"] / baseline, 3)
+    client.flushdb()
+    client.close()
+    return result
+
+
+def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]) -> float:
+    ctx = mp.get_context("spawn")
+    names = list(_consumer_factories(url, pg_dsn))
+    ready = ctx.Semaphore(0)
+    procs = [ctx.Process(target=_consume_process, args=(url, pg_dsn, name, n, ready)) for name in names]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    started = time.perf_counter()
+    asyncio.run(produce())
+    for p in procs:
+        p.join()
+    return n / (time.perf_counter() - started)
+
+
+@contextmanager
+def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    redis_url = os.environ.get("LIQ_REDIS_URL")
+    pg_dsn = os.environ.get("LIQ_PG_DSN")
+    started = []
+    if not redis_url:
+        r = start_redis(workdir / "redis")
+        started.append(r)
+        redis_url = r.url
+    if not pg_dsn:
+        try:
+            pg = start_postgres(workdir / "pg")
+            started.append(pg)
+            pg_dsn = pg.dsn
+        except Exception as exc:  # noqa: BLE001 - the writer section is then reported as skipped
+            click.echo(f"postgres unavailable, writer stage skipped: {exc}", err=True)
+    try:
+        yield redis_url, pg_dsn
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@click.command()
+@click.option("--events", type=int, default=100_000, show_default=True, help="Events through the streams.")
+@click.option("--rows", type=int, default=100_000, show_default=True, help="Rows for the writer stage.")
+@click.option("--only", default=",".join(SECTIONS), show_default=True, help="Sections to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def bench(events: int, rows: int, only: str, as_json: bool) -> None:
+    """Measure throughput and latency of each stage against a bare baseline in the same run."""
+    logs.configure("WARNING", "bench")
+    wanted = [s for s in only.split(",") if s]
+    report: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    workdir = Path(tempfile.mkdtemp(prefix="liq-bench-"))
+    try:
+        with servers(workdir) as (redis_url, pg_dsn):
+            if pg_dsn:
+                importlib.import_module("writer.migrate").migrate_dsn(pg_dsn)
+            if "parsers" in wanted:
+                report["parsers"] = importlib.import_module("collectors.bench").run()
+            if "detector" in wanted:
+                report["detector"] = importlib.import_module("detector.bench").run(events)
+            if "writer" in wanted and pg_dsn:
+                report["writer"] = importlib.import_module("writer.bench").run(pg_dsn, rows)
+            if "streams" in wanted:
+                report["streams"] = stream_section(redis_url, pg_dsn, events)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"liq bench on {report['cpu_count']} cores"]
+    for row in report.get("parsers", []):
+        lines.append(f"  parser {row['venue']:<15} {row['frames_per_s']:>10,} frames/s")
+    for section in ("detector", "writer", "streams"):
+        if section in report:
+            lines.append(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in report[section].items()))
+    return "\n".join(lines)

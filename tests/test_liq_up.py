@@ -1,0 +1,79 @@
+"""``liq up --simulate`` as a user runs it: real processes, embedded servers, Ctrl-C.
+
+Within the time limit, ``liq status --json`` must show events in the streams, ``liq:levels:*``
+and ``liq:agg:*`` keys, a cascade status and rows in PostgreSQL; after SIGINT, no process that
+``liq up`` started may be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _status(env: dict[str, str]) -> dict[str, Any] | None:
+    result = subprocess.run([sys.executable, "-m", "shared", "status", "--json"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=60, check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _ready(report: dict[str, Any] | None) -> bool:
+    if not report or "streams" not in report:
+        return False
+    events = sum(s["length"] for s in report["streams"] if s["stream"].endswith(":events"))
+    rows = report.get("database", {}).get("rows", {})
+    return (events > 0 and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
+            and report["keys"]["cascade_status"] > 0
+            and rows.get("liquidations_significant", 0) > 0 and rows.get("cascade_events", 0) > 0)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(tmp_path / "liq"), "LIQ_METRICS_PORT": "0",
+                "LIQ_SIGNIFICANT_USD": "50000"})
+    proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--simulate", "--speed", "5",
+                             "--for", "240"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    report: dict[str, Any] | None = None
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = _descendants(proc.pid) or children
+            report = _status(env)
+            if _ready(report):
+                break
+        assert _ready(report), json.dumps(report, indent=1)[:4000]
+        children = _descendants(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            output, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    assert proc.returncode == 0, output[-4000:]
+    assert len(children) >= 6, "liq up must start servers, simulator, collectors and consumers"
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left behind: {[p.info if hasattr(p, 'info') else p.pid for p in alive]}"
+    assert "all stopped" in output
+    assert not (tmp_path / "liq" / "pg" / "data" / "postmaster.pid").exists(), "postgres still running"
