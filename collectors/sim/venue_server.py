@@ -1,0 +1,223 @@
+"""One simulated venue: its WebSocket server, clients, heartbeats, snapshot replay, truth log and faults.
+
+:class:`collectors.sim.server.ExchangeSimulator` runs one :class:`VenueServer` per venue; the
+delivery and truth semantics are described there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import importlib
+import importlib.util
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from collectors import VENUES
+from collectors.sim.protocol import Outgoing, SimClient, SimItem, SimVenue
+from shared.market import MarketEvent
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+RECENT_SIZE = 200
+WILDCARD = "*"
+GZIP_MAGIC = b"\x1f\x8b"
+VenueError = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+"""What a venue module may raise on a client frame it does not understand (logged, skipped)."""
+
+
+def load_sim(name: str) -> SimVenue:
+    """The ``SIM`` of ``collectors/sim/<name>.py``."""
+    sim: SimVenue = importlib.import_module(f"collectors.sim.{name}").SIM
+    return sim
+
+
+def available_venues() -> list[str]:
+    """Venues (in ``collectors.VENUES`` order) whose simulator module exists."""
+    return [name for name in VENUES if importlib.util.find_spec(f"collectors.sim.{name}") is not None]
+
+
+def wants(client: SimClient, item: SimItem) -> bool:
+    return item.topic in client.subscriptions or WILDCARD in client.subscriptions
+
+
+class VenueServer:
+    """One venue's WebSocket server: clients, sequence counter, recent items and truth log."""
+
+    def __init__(self, sim: SimVenue, port: int = 0, recent_size: int = RECENT_SIZE) -> None:
+        self.sim = sim
+        self.name = sim.name
+        self.port = port
+        self.clients: dict[ServerConnection, SimClient] = {}
+        self.recent: deque[SimItem] = deque(maxlen=recent_size)
+        self.sent: list[Liquidation] = []
+        self.unsent: list[Liquidation] = []
+        self.seq = 0
+        self.paused = False
+        self.refusing = False
+        self._server: Server | None = None
+        self._changed = asyncio.Condition()
+
+    @property
+    def url(self) -> str:
+        return f"ws://{HOST}:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle, HOST, self.port, process_request=self._process_request, compression=None
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    # ------------------------------------------------------------------ connections
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if not self.refusing:
+            return None
+        return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{self.name} is down\n")
+
+    async def _handle(self, conn: ServerConnection) -> None:
+        client = SimClient(path=conn.request.path if conn.request else "/")
+        self.clients[conn] = client
+        beat = asyncio.create_task(self._heartbeat(conn, client)) if self.sim.heartbeat_s > 0 else None
+        try:
+            await self._after_change(conn, client, set(), self._on_connect(client))
+            async for message in conn:
+                await self._on_message(conn, client, message)
+        except ConnectionClosed:
+            pass
+        finally:
+            if beat is not None:
+                beat.cancel()
+            del self.clients[conn]
+            await self._notify()
+
+    def _on_connect(self, client: SimClient) -> list[Outgoing]:
+        hook: Callable[[SimClient], list[Outgoing]] | None = getattr(self.sim, "on_connect", None)
+        return hook(client) if hook is not None else []
+
+    async def _on_message(self, conn: ServerConnection, client: SimClient, message: str | bytes) -> None:
+        before = set(client.subscriptions)
+        try:
+            replies = self.sim.on_client_message(client, message)
+        except VenueError as exc:
+            logger.warning("%s: client frame not understood (%s): %.200r", self.name, exc, message)
+            return
+        await self._after_change(conn, client, before, replies)
+
+    async def _after_change(
+        self, conn: ServerConnection, client: SimClient, before: set[str], replies: Sequence[Outgoing]
+    ) -> None:
+        """Send replies; on new subscriptions replay the snapshot and wake ``wait_subscribed``."""
+        for reply in replies:
+            await self.send(conn, reply)
+        if client.subscriptions - before and not self.paused:
+            recent = [item for item in self.recent if wants(client, item)]
+            for frame in self.sim.snapshot(recent, client):
+                await self.send(conn, frame)
+        if client.subscriptions != before:
+            await self._notify()
+
+    async def _heartbeat(self, conn: ServerConnection, client: SimClient) -> None:
+        while True:
+            await asyncio.sleep(self.sim.heartbeat_s)
+            frame = None if self.paused else self.sim.heartbeat(client)
+            if frame is not None:
+                await self.send(conn, frame)
+
+    def _wire(self, frame: Outgoing) -> Outgoing:
+        """Gzip venues send binary frames; compress anything a venue left uncompressed."""
+        if not self.sim.gzip:
+            return frame
+        data = frame.encode() if isinstance(frame, str) else frame
+        return data if data.startswith(GZIP_MAGIC) else gzip.compress(data, mtime=0)
+
+    async def send(self, conn: ServerConnection, frame: Outgoing, raw: bool = False) -> bool:
+        """Send one frame; False when the client has gone (never raises for a closed socket)."""
+        try:
+            await conn.send(frame if raw else self._wire(frame))
+        except ConnectionClosed:
+            return False
+        return True
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ------------------------------------------------------------------ market data
+
+    def materialize(self, events: Iterable[MarketEvent]) -> list[SimItem]:
+        items = []
+        for event in events:
+            self.seq += 1
+            item = self.sim.materialize(event, self.seq)
+            if item is not None:
+                items.append(item)
+        return items
+
+    async def push(self, items: Sequence[SimItem]) -> list[Liquidation]:
+        """Send ``items`` to every subscribed client; record the truth; return what was sent."""
+        delivered: set[int] = set()
+        if not self.paused:
+            clients = list(self.clients.items())
+            await asyncio.gather(*(self._push_client(c, client, items, delivered) for c, client in clients))
+        sent: list[Liquidation] = []
+        for index, item in enumerate(items):
+            if index in delivered:
+                self.recent.append(item)
+                sent.extend(item.expected)
+            else:
+                self.unsent.extend(item.expected)
+        self.sent.extend(sent)
+        return sent
+
+    async def _push_client(
+        self, conn: ServerConnection, client: SimClient, items: Sequence[SimItem], delivered: set[int]
+    ) -> None:
+        indexes = [i for i, item in enumerate(items) if wants(client, item)]
+        if not indexes:
+            return
+        delivered.update(indexes)
+        for frame in self.sim.frames([items[i] for i in indexes], client):
+            await self.send(conn, frame)
+
+    # ------------------------------------------------------------------ faults and waits
+
+    async def drop(self, code: int | None = None) -> int:
+        """Close every client abruptly (TCP abort → 1006, or a close frame with ``code``)."""
+        dropped = set(self.clients)
+        for conn in dropped:
+            if code is None:
+                conn.transport.abort()
+            else:
+                await conn.close(code, "simulated failure")
+        async with self._changed:
+            await self._changed.wait_for(lambda: not dropped & self.clients.keys())
+        return len(dropped)
+
+    async def send_raw(self, frame: Outgoing) -> int:
+        """Send ``frame`` unchanged (no gzip) to every client; the number that got it."""
+        results = await asyncio.gather(*(self.send(conn, frame, raw=True) for conn in list(self.clients)))
+        return sum(results)
+
+    def subscribed(self, topic: str | None = None) -> int:
+        subs = [client.subscriptions for client in self.clients.values()]
+        return sum(1 for s in subs if (topic in s if topic is not None else s))
+
+    async def wait_subscribed(self, count: int, topic: str | None = None) -> None:
+        """Wait until ``count`` connected clients have subscriptions (to ``topic``); no timeout."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.subscribed(topic) >= count)

@@ -1,0 +1,114 @@
+"""``liq simulate``: option handling, and one whole run (ports file, subscriber wait, truth file)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import pytest
+from click.testing import CliRunner
+from websockets.asyncio.client import connect
+
+from collectors import load_venue
+from collectors.sim import cli, driver
+from collectors.sim.driver import read_truth
+from collectors.sim.server import available_venues
+from shared.clock import SYSTEM_CLOCK
+from shared.market import MarketEvent
+
+VENUE = next((v for v in available_venues() if v in ("htx", "gate", "bitget", "kraken_futures")), None)
+
+
+def test_unknown_venue_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli.simulate, ["--venues", "nasdaq"])
+    assert result.exit_code == 2
+    assert "unknown venue(s) nasdaq" in result.output
+
+
+def test_choose_venues_keeps_only_simulated_ones() -> None:
+    assert cli.choose_venues("") == available_venues()
+
+
+@pytest.mark.skipif(VENUE is None, reason="no simulated venue module yet")
+def test_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert VENUE is not None
+    name: str = VENUE
+    t0 = SYSTEM_CLOCK.now_ms()
+    events = [MarketEvent(venue=name, base="BTC", side="long", price=60_000.0, notional_usd=30_000.0,
+                          timestamp_ms=t0 + i, cascade_id="c1") for i in range(5)]
+
+    def fake_market(
+        seed: int, venues: list[str], start_ms: int, until_ms: int | None
+    ) -> Iterable[MarketEvent]:
+        assert venues == [name]
+        return events
+
+    monkeypatch.setattr(cli, "market_events", fake_market)
+    options = cli.SimulateOptions(
+        venues=[name], seed=1, speed=0, duration_s=None, max_events=3, ports_file=tmp_path / "ports.json",
+        truth_file=tmp_path / "truth.jsonl", base_port=0, wait_clients=True, exit_when_done=True,
+    )
+
+    async def body() -> None:
+        listening = asyncio.Event()
+
+        def write_ports(path: Path, urls: dict[str, str]) -> None:
+            driver.write_ports(path, urls)
+            listening.set()
+
+        monkeypatch.setattr(cli, "write_ports", write_ports)
+        run = asyncio.ensure_future(cli.serve_market(options, asyncio.Event()))
+        await asyncio.wait_for(listening.wait(), 10)
+        url = json.loads(options.ports_file.read_text())[name]
+        spec = load_venue(name)
+        plan = spec.plans(url, spec.default_symbols)[0]
+        async with connect(plan.url) as ws:
+            for frame in plan.new_session().on_open():
+                await ws.send(frame)
+            await asyncio.wait_for(run, 10)
+
+    asyncio.run(asyncio.wait_for(body(), 30))
+    assert not options.ports_file.exists()
+    truth = read_truth(tmp_path / "truth.jsonl")
+    assert 1 <= len(truth) <= 3
+    assert {liq.timestamp_ms for liq in truth} <= {t0, t0 + 1, t0 + 2}
+
+
+def test_liq_simulate_process_serves_until_sigterm(tmp_path: Path) -> None:
+    """The real command: ports file once listening, one log line per venue, clean exit on SIGTERM."""
+    venues = available_venues()[:2]
+    if not venues:
+        pytest.skip("no simulated venue module yet")
+    ports_file = tmp_path / "ports.json"
+    args = [sys.executable, "-m", "shared", "simulate", "--venues", ",".join(venues), "--speed", "0",
+            "--max-events", "20", "--ports-file", str(ports_file), "--truth-file", str(tmp_path / "t.jsonl")]
+    env = {**os.environ, "LIQ_DATA_DIR": str(tmp_path)}
+    with subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path) as proc:
+        assert proc.stderr is not None
+        listening = _lines_until(proc.stderr, "simulated on", len(venues))
+        urls = json.loads(ports_file.read_text())
+        assert sorted(urls) == sorted(venues)
+        assert all(urls[v] in line for v, line in zip(venues, listening, strict=True))
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=20)
+        assert proc.returncode == 0, rest
+        assert "market done:" in rest
+    assert not ports_file.exists()
+
+
+def _lines_until(stream: IO[str], marker: str, count: int) -> list[str]:
+    """Read lines (blocking, bounded by the test timeout) until ``count`` contain ``marker``."""
+    found: list[str] = []
+    for line in stream:
+        if marker in line:
+            found.append(line)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"the process ended before {count} lines with {marker!r}")
