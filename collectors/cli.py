@@ -108,7 +108,7 @@ def _read_health() -> dict[str, dict[str, str]]:
         client = make_sync_redis(settings.redis_url)
         out = {}
         for name in VENUES:
-            raw = client.hgetall(keys.venue_health(name))
+            raw: dict[bytes, bytes] = client.hgetall(keys.venue_health(name))  # type: ignore[assignment]
             if raw:
                 out[name] = {k.decode(): v.decode() for k, v in raw.items()}
         client.close()

@@ -36,7 +36,7 @@ import redis
 from shared import codec, keys, logs
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
-from shared.servers import start_postgres, start_redis
+from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from shared.streams import publish
 
 BATCH = 500
@@ -72,7 +72,7 @@ def bare_loop(url: str, payloads: list[bytes]) -> float:
         pipe.execute()
     done = 0
     while done < len(payloads):
-        reply = client.xreadgroup("g", "c", {stream: ">"}, count=BATCH)
+        reply: Any = client.xreadgroup("g", "c", {stream: ">"}, count=BATCH)
         ids = [i for _s, msgs in reply for i, f in msgs if codec.decode_liquidation(f[b"d"])]
         client.xack(stream, "g", *ids)
         done += len(ids)
@@ -177,7 +177,7 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
 def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
     redis_url = os.environ.get("LIQ_REDIS_URL")
     pg_dsn = os.environ.get("LIQ_PG_DSN")
-    started = []
+    started: list[RedisServer | PostgresServer] = []
     if not redis_url:
         r = start_redis(workdir / "redis")
         started.append(r)

@@ -4,8 +4,12 @@ The API is small and stable; venue modules import only these names:
 
 - ``decode(decoder, raw, venue)``: run a module-level msgspec Decoder; any decode or validation
   failure becomes :class:`shared.errors.ParseError` carrying a sample of the frame.
+- ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
+  frame (a bad date, a bad enum) into ParseError with the frame's sample.
 - ``num(value, venue, name)``: a wire number (``"0.014"``, ``836``, ``9910.0``) as float; an
   empty string, ``None`` or garbage raises ParseError naming the field.
+- ``position_side(raw, long_if=..., short_if=..., venue=...)``: the liquidated position from a
+  raw side string (case-insensitive), e.g. Binance ``long_if="SELL"``; anything else → ParseError.
 - ``event_digest(symbol_native, timestamp_ms, side, price, quantity_native)``: the deterministic
   event_id for venues without their own id (same liquidation → same id on every replay).
 - ``make_liquidation(venue, inst, side=..., price=..., quantity_native=..., native_unit=..., ...)``:
@@ -21,7 +25,9 @@ The API is small and stable; venue modules import only these names:
 
   A notional is only known in USD when the quote (or the value unit) is USD-like
   (``instruments.USD_QUOTES``: USDT and USDC count as 1 USD).
-- ``yymmdd_expiry("200925")`` → ``"2020-09-25"``; ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms.
+- ``yymmdd_expiry("200925")`` → ``"2020-09-25"``; ``ddmmmyy_expiry("27DEC25")`` → ``"2025-12-27"``;
+  ``month_code_expiry("Z", "25")`` → last Friday of that month (BitMEX/Bybit quarterlies);
+  ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms.
 - ``market_type(linear, expiry)``: the MarketType literal for a perpetual or a dated future.
 - ``with_default_path(base_url, path)``: ``base_url`` + ``path`` when ``base_url`` has no path.
 - ``liquidation_to_row(liq)``: the flat JSON-able dict ``liq parse`` prints.
@@ -30,8 +36,9 @@ The API is small and stable; venue modules import only these names:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -53,6 +60,15 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, venue: str) -> T:
         raise ParseError(venue, str(exc), raw) from exc
 
 
+@contextmanager
+def frame_errors(venue: str, raw: bytes | str) -> Iterator[None]:
+    """Re-raise a ValueError from parsing ``raw`` as ParseError (the loop counts and skips it)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ParseError(venue, str(exc), raw) from exc
+
+
 def num(value: str | float | None, venue: str, name: str) -> float:
     """A wire number (string or JSON number) as float; missing or malformed → ParseError."""
     if value is None or isinstance(value, bool):
@@ -61,6 +77,16 @@ def num(value: str | float | None, venue: str, name: str) -> float:
         return float(value)
     except ValueError as exc:
         raise ParseError(venue, f"bad number {name}={value!r}") from exc
+
+
+def position_side(raw: str | None, *, long_if: str, short_if: str, venue: str) -> Side:
+    """``"long"`` when ``raw`` equals ``long_if``, ``"short"`` for ``short_if`` (case-insensitive)."""
+    value = (raw or "").lower()
+    if value == long_if.lower():
+        return "long"
+    if value == short_if.lower():
+        return "short"
+    raise ParseError(venue, f"unknown side {raw!r}")
 
 
 def event_digest(
@@ -74,6 +100,22 @@ def event_digest(
 def yymmdd_expiry(code: str) -> str:
     """``"200925"`` → ``"2020-09-25"``; raises ValueError when it is not a date."""
     return datetime.strptime(code, "%y%m%d").date().isoformat()
+
+
+def ddmmmyy_expiry(code: str) -> str:
+    """``"27DEC25"`` or ``"7MAR25"`` → ISO date; raises ValueError when it is not a date."""
+    return datetime.strptime(code.upper().zfill(7), "%d%b%y").date().isoformat()
+
+
+MONTH_CODES = "FGHJKMNQUVXZ"
+
+
+def month_code_expiry(letter: str, yy: str) -> str:
+    """Futures month code (``H`` = March) and 2-digit year → last Friday of that month."""
+    month = MONTH_CODES.index(letter.upper()) + 1
+    year = 2000 + int(yy)
+    last = date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
+    return (last - timedelta(days=(last.weekday() - 4) % 7)).isoformat()
 
 
 def iso_ms(text: str) -> int:
@@ -195,9 +237,7 @@ def liquidation_to_row(liq: Liquidation) -> dict[str, Any]:
 
     ``notional_usd`` is None when the notional is unknown.
     """
-    row: dict[str, Any] = {
-        name: getattr(liq, name) for name in liq.__struct_fields__ if name != "extra"
-    }
+    row: dict[str, Any] = {name: getattr(liq, name) for name in liq.__struct_fields__ if name != "extra"}
     if not liq.notional_known:
         row["notional_usd"] = None
     for key, value in liq.extra.items():

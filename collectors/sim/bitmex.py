@@ -1,0 +1,111 @@
+"""Simulated BitMEX: the ``liquidation`` table (XBTUSD, and quanto ETHUSD), insert then delete per order.
+
+Wire: a welcome ``info`` frame on connect; ``{"op":"subscribe","args":["liquidation"]}`` →
+``{"success":true,"subscribe":"liquidation",…}`` followed by a ``partial`` holding the recent
+orders (which a collector must not count); each push is an ``insert`` of the new orders and a
+``delete`` of the same orderIDs (filled). The text ``ping`` is answered ``pong``.
+
+XBTUSD: inverse, 1 USD per contract, price tick 0.5 (other contracts: 0.001); contracts =
+round(notional), ≥ 1.
+Expected Liquidation: ``side`` is the order side (Buy = short liquidated); quantity =
+leavesQty / price; notional = leavesQty; event_id = orderID. Every other base is rendered on
+``<BASE>USD`` (a quanto contract whose USD value a collector cannot know): contracts =
+round(notional / 10), expected quantity in contracts with the notional unknown. The message
+carries no time: the
+expected ``timestamp_ms`` is the market event's time with ``timestamp_source="receive"``, so a
+comparison must allow for the collector's receive time there.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+
+import msgspec
+
+from collectors.sim.binance_usdm import tick
+from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from shared.market import MarketEvent
+from shared.models import Liquidation
+
+TOPIC = "liquidation"
+SYMBOL = "XBTUSD"
+
+
+class BitmexSim:
+    name = "bitmex"
+    gzip = False
+    heartbeat_s = 0.0
+
+    def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        price = round(event.price * 2) / 2 if event.base == "BTC" else tick(event.price)
+        order_id = str(uuid.UUID(int=seq))
+        side = "Sell" if event.side == "long" else "Buy"
+        symbol = SYMBOL if event.base == "BTC" else f"{event.base}USD"
+        contracts = max(1, round(event.notional_usd / (1 if symbol == SYMBOL else 10)))
+        native = {"orderID": order_id, "symbol": symbol, "side": side, "price": price, "leavesQty": contracts}
+        common = Liquidation(
+            exchange=self.name, symbol=f"{event.base}USD", symbol_native=symbol, base=event.base,
+            quote="USD", market_type="linear_perpetual", side=event.side, price=price,
+            quantity=float(contracts), notional_usd=0.0, timestamp_ms=event.timestamp_ms,
+            event_id=order_id, side_raw=side, quantity_unit="contracts",
+            quantity_native=float(contracts), quantity_native_unit="contracts", notional_known=False,
+            timestamp_source="receive", extra={"exchange_id": order_id},
+        )  # fmt: skip
+        expected = common if symbol != SYMBOL else _inverse(common, contracts * 1.0 / price)
+        return SimItem(native=native, expected=[expected], topic=TOPIC)
+
+    def on_connect(self, client: SimClient) -> list[Outgoing]:
+        welcome = {
+            "info": "Welcome to the BitMEX Realtime API.",
+            "version": "sim",
+            "limit": {"remaining": 39},
+        }
+        return [json.dumps(welcome)]
+
+    def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
+        if message in ("ping", b"ping"):
+            return ["pong"]
+        request = json.loads(message)
+        op, args = request["op"], request["args"]
+        if op not in ("subscribe", "unsubscribe"):
+            raise ValueError(f"unknown op {op!r}")
+        topics = {TOPIC for arg in args if arg.split(":")[0] == TOPIC}
+        if op == "subscribe":
+            client.subscriptions.update(topics)
+        else:
+            client.subscriptions.difference_update(topics)
+        return [json.dumps({"success": True, op: arg, "request": request}) for arg in args]
+
+    def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        if not items:
+            return []
+        inserted = [item.native for item in items]
+        deleted = [{"orderID": row["orderID"], "symbol": row["symbol"]} for row in inserted]
+        return [_table("insert", inserted), _table("delete", deleted)]
+
+    def snapshot(self, recent: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        return [_table("partial", [item.native for item in recent], keys=["orderID"])]
+
+    def heartbeat(self, client: SimClient) -> Outgoing | None:
+        return None
+
+
+def _inverse(liq: Liquidation, quantity: float) -> Liquidation:
+    """XBTUSD: 1 USD per contract, so the notional is the contract count."""
+    return msgspec.structs.replace(
+        liq, market_type="inverse_perpetual", quantity=quantity, quantity_unit="base",
+        notional_usd=liq.quantity_native, notional_known=True, contract_value=1.0,
+        contract_value_unit="USD",
+    )  # fmt: skip
+
+
+def _table(action: str, data: list[dict[str, object]], keys: list[str] | None = None) -> str:
+    frame: dict[str, object] = {"table": TOPIC, "action": action, "data": data}
+    if keys is not None:
+        frame["keys"] = keys
+    return json.dumps(frame)
+
+
+SIM = BitmexSim()

@@ -1,0 +1,85 @@
+"""Simulated Bybit v5: ``allLiquidation.<BASE>USDT`` topics on the linear endpoint, batched per topic.
+
+Wire: ``{"topic":"allLiquidation.BTCUSDT","type":"snapshot","ts":…,"data":[{"T","s","S","v","p"}]}``,
+one frame per topic with every item of the push in ``data``. ``{"op":"subscribe"}`` gets the
+v5 ack, ``{"op":"ping"}`` the linear/inverse pong. No replay, no server heartbeat.
+
+Expected Liquidation: ``S`` is the position side (Buy = long); quantity = ``v`` (base, lot
+rounded); price = ``p``; notional = v × p; timestamp = ``T``; event_id = digest of
+(symbol, T, side, p, v).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from collectors.sim.binance_usdm import base_step, lots, tick, wire
+from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.venues._common import event_digest
+from shared.market import MarketEvent
+from shared.models import Liquidation
+
+
+class BybitSim:
+    name = "bybit"
+    gzip = False
+    heartbeat_s = 0.0
+
+    def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        symbol, price = f"{event.base}USDT", tick(event.price)
+        qty = lots(event.notional_usd / price, base_step(price))
+        side_raw = "Buy" if event.side == "long" else "Sell"
+        native = {"T": event.timestamp_ms, "s": symbol, "S": side_raw, "v": wire(qty), "p": wire(price)}
+        expected = Liquidation(
+            exchange=self.name, symbol=symbol, symbol_native=symbol, base=event.base, quote="USDT",
+            market_type="linear_perpetual", side=event.side, price=price, quantity=qty,
+            notional_usd=qty * price, timestamp_ms=event.timestamp_ms,
+            event_id=event_digest(symbol, event.timestamp_ms, event.side, price, qty),
+            side_raw=side_raw, quantity_native=qty,
+        )  # fmt: skip
+        return SimItem(native=native, expected=[expected], topic=f"allLiquidation.{symbol}")
+
+    def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
+        request = json.loads(message)
+        op = request["op"]
+        if op == "subscribe":
+            client.subscriptions.update(request["args"])
+        elif op == "unsubscribe":
+            client.subscriptions.difference_update(request["args"])
+        elif op != "ping":
+            raise ValueError(f"unknown op {op!r}")
+        ret_msg = "pong" if op == "ping" else ""
+        reply = {
+            "success": True,
+            "ret_msg": ret_msg,
+            "conn_id": "sim",
+            "req_id": request.get("req_id", ""),
+            "op": op,
+        }
+        return [json.dumps(reply)]
+
+    def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        by_topic: dict[str, list[SimItem]] = {}
+        for item in items:
+            by_topic.setdefault(item.topic, []).append(item)
+        return [
+            json.dumps(
+                {
+                    "topic": topic,
+                    "type": "snapshot",
+                    "ts": max(i.native["T"] for i in batch) + 200,
+                    "data": [i.native for i in batch],
+                }
+            )
+            for topic, batch in by_topic.items()
+        ]
+
+    def snapshot(self, recent: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        return []
+
+    def heartbeat(self, client: SimClient) -> Outgoing | None:
+        return None
+
+
+SIM = BybitSim()

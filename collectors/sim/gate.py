@@ -1,0 +1,125 @@
+"""Simulated Gate futures: ``futures.public_liquidates`` updates batched per contract, ``futures.ping``.
+
+Contracts (USDT-settled, ``/v4/ws/usdt``): BTC → ``BTC_USDT`` (quanto 0.0001 BTC), ETH →
+``ETH_USDT`` (0.01 ETH); SOL is not simulated (its multiplier is not in our sources). ``size``
+is a signed whole number of contracts: negative = sell order = a long was liquidated. ``time``
+is ms (the post-2026-08-20 format). Expected: base = |size| × multiplier, notional = base ×
+price, event_id = the digest. ``!all`` on the USDT endpoint subscribes every simulated contract;
+at most 20 rows go in one frame, as Gate flushes a contract's buffer at 20.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from collectors.sim.binance_usdm import tick, wire
+from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.venues._common import event_digest
+from shared.market import MarketEvent
+from shared.models import Liquidation
+
+CHANNEL = "futures.public_liquidates"
+ALL = "!all"
+MAX_ROWS = 20
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    base: str
+    multiplier: float
+
+
+CONTRACTS = {
+    "BTC": Contract("BTC_USDT", "BTC", 0.0001),
+    "ETH": Contract("ETH_USDT", "ETH", 0.01),
+}
+
+
+def _envelope(channel: str, event: str, **fields: Any) -> str:
+    now = time.time()
+    return json.dumps({"time": int(now), "time_ms": int(now * 1000), "channel": channel,
+                       "event": event, **fields})
+
+
+class GateSim:
+    """Gate rows carry no id (collectors digest them), so a contract's rows get distinct times:
+    a row that would repeat one is moved 1 ms later."""
+
+    name = "gate"
+    gzip = False
+    heartbeat_s = 0.0
+
+    def __init__(self) -> None:
+        self._last_ms: dict[str, int] = {}
+
+    def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        c = CONTRACTS.get(event.base)
+        if c is None:
+            return None
+        ms = max(event.timestamp_ms, self._last_ms.get(c.name, 0) + 1)
+        self._last_ms[c.name] = ms
+        event = msgspec.structs.replace(event, timestamp_ms=ms)
+        price = tick(event.price)
+        contracts = max(1, round(event.notional_usd / (price * c.multiplier)))
+        size = -contracts if event.side == "long" else contracts
+        native = {"price": wire(price), "size": size, "time": event.timestamp_ms, "contract": c.name}
+        qty = contracts * c.multiplier
+        expected = Liquidation(
+            exchange="gate",
+            symbol=c.base + "USDT",
+            symbol_native=c.name,
+            base=c.base,
+            quote="USDT",
+            market_type="linear_perpetual",
+            side=event.side,
+            price=price,
+            quantity=qty,
+            notional_usd=qty * price,
+            timestamp_ms=event.timestamp_ms,
+            event_id=event_digest(c.name, event.timestamp_ms, event.side, price, float(contracts)),
+            side_raw=str(size),
+            quantity_native=float(contracts),
+            quantity_native_unit="contracts",
+            contract_value=c.multiplier,
+            contract_value_unit=c.base,
+        )
+        return SimItem(native=native, expected=[expected], topic=c.name)
+
+    def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
+        msg = json.loads(message)
+        channel, event = msg.get("channel"), msg.get("event")
+        if channel == "futures.ping":
+            return [_envelope("futures.pong", "", result=None)]
+        if channel == CHANNEL and event == "subscribe":
+            payload = [str(p) for p in msg["payload"]]
+            client.subscriptions.update(payload)
+            if ALL in payload and not client.path.rstrip("/").endswith("/btc"):
+                client.subscriptions.update(c.name for c in CONTRACTS.values())  # all USDT-settled
+            return [_envelope(CHANNEL, "subscribe", payload=payload, result={"status": "success"})]
+        raise ValueError(f"unknown request {channel!r}/{event!r}")
+
+    def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        by_contract: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            by_contract.setdefault(item.topic, []).append(item.native)
+        return [
+            _envelope(CHANNEL, "update", result=rows[i : i + MAX_ROWS])
+            for rows in by_contract.values()
+            for i in range(0, len(rows), MAX_ROWS)
+        ]
+
+    def snapshot(self, recent: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        return []
+
+    def heartbeat(self, client: SimClient) -> Outgoing | None:
+        return None
+
+
+SIM = GateSim()

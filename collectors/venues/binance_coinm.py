@@ -1,0 +1,108 @@
+"""Binance COIN-M (inverse) futures: ``forceOrder`` on ``dstream``, quantities in USD contracts.
+
+Docs: developers.binance.com/docs/derivatives/coin-margined-futures/websocket-market-streams.
+Same event as USD-M (see :mod:`collectors.venues.binance_usdm`) plus ``o.ps`` (the pair)::
+
+    {"e":"forceOrder","E":1591154240950,"o":{"s":"BTCUSD_200925","ps":"BTCUSD","S":"SELL",
+     "q":"1","p":"9425.5","ap":"9496.5","X":"FILLED","l":"1","z":"1","T":1591154240949}}
+
+Side rule: Binance ``o.S`` is the liquidation ORDER side: SELL means a long was liquidated.
+
+Quantity: ``o.z`` contracts of ``contractSize`` USD (exchangeInfo: 100 USD for BTC, 10 USD for
+every other coin). notional = contracts × size; base = notional / ``o.p`` (the corpus price).
+Sampled like USD-M: at most one liquidation per symbol per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from collectors.instruments import Instrument, InstrumentTable, canonical_asset
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import frame_errors, make_liquidation, market_type, num, yymmdd_expiry
+from collectors.venues.binance_usdm import (
+    ALL_STREAM,
+    Order,
+    filled,
+    force_order,
+    order_extra,
+    order_side,
+    stream_plans,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+NAME = "binance_coinm"
+
+
+def contract_size_usd(base: str) -> float:
+    """COIN-M ``contractSize``: 100 USD for BTC, 10 USD for the other coins (exchangeInfo)."""
+    return 100.0 if canonical_asset(base) == "BTC" else 10.0
+
+
+def inverse_instrument(symbol: str, pair: str = "") -> Instrument:
+    """``BTCUSD_PERP`` / ``ETHUSD_250926`` → inverse Instrument with its USD contract size."""
+    head, _, tail = symbol.partition("_")
+    pair = pair or head
+    dated = tail.isdigit() and len(tail) == 6
+    if not pair.endswith("USD") or len(pair) <= 3 or not (dated or tail in ("", "PERP")):
+        raise ParseError(NAME, f"unknown symbol {symbol!r}")
+    base = pair[:-3]
+    expiry = yymmdd_expiry(tail) if dated else None
+    return Instrument(symbol, base, "USD", market_type(False, expiry), contract_size_usd(base), "USD", expiry)
+
+
+class CoinmSession:
+    """Binance COIN-M: streams are in the URL, so nothing to send; WebSocket pings only."""
+
+    def __init__(self, table: InstrumentTable | None = None) -> None:
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return []
+
+    def heartbeat(self) -> Outgoing | None:
+        return None
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        order = force_order(raw, NAME)
+        if order is None:
+            return EMPTY
+        with frame_errors(NAME, raw):
+            return SessionOutput([self._liquidation(order, received_ms)])
+
+    def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
+        inst = self.table.get(order.s) or inverse_instrument(order.s, order.ps)
+        return make_liquidation(
+            NAME,
+            inst,
+            side=order_side(order, NAME),
+            side_raw=order.S,
+            price=num(order.p, NAME, "o.p"),
+            quantity_native=filled(order, NAME),
+            native_unit="contracts",
+            timestamp_ms=order.T,
+            received_ms=received_ms,
+            sampled=True,
+            extra=order_extra(order, NAME),
+        )
+
+
+TABLE = InstrumentTable.load(NAME)
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    return stream_plans(NAME, base_url, "", symbols, CoinmSession)
+
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url=f"wss://dstream.binance.com/stream?streams={ALL_STREAM}",
+    markets="COIN-M inverse perpetuals and quarterly futures (all symbols)",
+    semantics="sampled",
+    semantics_note="at most 1 liquidation per symbol per second (latest-in-1000ms snapshot)",
+    heartbeat_s=60.0,
+    usual_gap_s=300.0,
+    plans=_plans,
+    new_parser=CoinmSession,
+)

@@ -1,0 +1,146 @@
+"""BitMEX: the ``liquidation`` table (active liquidation orders), counted on ``insert`` only.
+
+Docs: bitmex.com/app/wsAPI; swagger ``definitions.Liquidation``. A table diff stream::
+
+    {"table":"liquidation","action":"insert","data":[{"orderID":"dd9cea25-207c-0dab-15b5-b88da776f500",
+     "symbol":"XBTUSD","side":"Buy","price":10106,"leavesQty":9214}]}
+
+Side rule: BitMEX ``side`` is the liquidation ORDER side: Buy means a short was liquidated.
+
+Only ``insert`` is a new liquidation (``leavesQty`` is then the full size). ``partial`` (the
+snapshot after subscribing), ``update`` (``leavesQty`` shrinking) and ``delete`` (order gone)
+produce nothing. The message has no time: ``timestamp_ms`` is the receive time and
+``timestamp_source="receive"``; ``event_id`` is ``orderID``. XBTUSD and the XBT quarterlies are
+inverse, 1 USD per contract; other contracts (quanto, linear) keep contracts, notional unknown.
+Heartbeat: the text ``ping``, answered by ``pong``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import (
+    decode,
+    frame_errors,
+    make_liquidation,
+    month_code_expiry,
+    num,
+    position_side,
+    with_default_path,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+NAME = "bitmex"
+_DATED = re.compile(r"^([A-Z]+?)(USDT)?([FGHJKMNQUVXZ])(\d\d)$")
+
+
+class Row(msgspec.Struct):
+    orderID: str = ""
+    symbol: str | None = None
+    side: str | None = None
+    price: float | str | None = None
+    leavesQty: float | str | None = None
+
+
+class Frame(msgspec.Struct):
+    table: str | None = None
+    action: str | None = None
+    data: list[Row] | None = None
+    info: str | None = None
+    success: bool | None = None
+    error: str | None = None
+
+
+_frame = msgspec.json.Decoder(Frame)
+
+
+def parse_symbol(symbol: str) -> Instrument:
+    """XBT inverse contracts have 1 USD faces; anything else keeps an unknown contract size."""
+    dated = _DATED.match(symbol)
+    if dated:
+        base, quote = dated[1], dated[2] or "USD"
+        expiry = month_code_expiry(dated[3], dated[4])
+        if base == "XBT" and quote == "USD":
+            return Instrument(symbol, base, quote, "inverse_future", 1.0, "USD", expiry)
+        return Instrument(symbol, base, quote, "linear_future", expiry=expiry)
+    for quote in ("USDT", "USDC", "USD"):
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            base = symbol[: -len(quote)]
+            if base == "XBT" and quote == "USD":
+                return Instrument(symbol, base, quote, "inverse_perpetual", 1.0, "USD")
+            return Instrument(symbol, base, quote, "linear_perpetual")
+    raise ParseError(NAME, f"unknown symbol {symbol!r}")
+
+
+class BitmexSession:
+    """One BitMEX realtime connection subscribed to the ``liquidation`` table."""
+
+    def __init__(self, symbols: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
+        self.args = [f"liquidation:{s}" for s in symbols] or ["liquidation"]
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return [json.dumps({"op": "subscribe", "args": self.args})]
+
+    def heartbeat(self) -> Outgoing | None:
+        return "ping"
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        if raw in ("pong", b"pong"):
+            return EMPTY
+        frame = decode(_frame, raw, NAME)
+        if frame.table is None:
+            if frame.info is None and frame.success is None and frame.error is None:
+                raise ParseError(NAME, "neither a table frame nor a control reply", raw)
+            return EMPTY
+        if frame.table != "liquidation" or frame.action != "insert":
+            return EMPTY
+        with frame_errors(NAME, raw):
+            return SessionOutput([self._liquidation(r, received_ms) for r in frame.data or []])
+
+    def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
+        if not row.orderID or row.symbol is None:
+            raise ParseError(NAME, f"insert row lacks orderID/symbol: {row!r}")
+        inst = self.table.get(row.symbol) or parse_symbol(row.symbol)
+        return make_liquidation(
+            NAME,
+            inst,
+            side=position_side(row.side, long_if="Sell", short_if="Buy", venue=NAME),
+            side_raw=row.side or "",
+            price=num(row.price, NAME, "price"),
+            quantity_native=num(row.leavesQty, NAME, "leavesQty"),
+            native_unit="contracts",
+            timestamp_ms=received_ms,
+            event_id=row.orderID,
+            received_ms=received_ms,
+            timestamp_source="receive",
+            extra={"exchange_id": row.orderID},
+        )
+
+
+TABLE = InstrumentTable.load(NAME)
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    url = with_default_path(base_url, "/realtime")
+    return [ConnectionPlan(url, f"{NAME}:liquidation", lambda: BitmexSession(symbols))]
+
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://ws.bitmex.com/realtime",
+    markets="XBT inverse perpetual and quarterlies (others: contracts, notional unknown)",
+    semantics="complete",
+    semantics_note="every liquidation order entering the book (insert); no timestamp, receive time used",
+    heartbeat_s=30.0,
+    usual_gap_s=900.0,
+    plans=_plans,
+    new_parser=BitmexSession,
+)

@@ -1,0 +1,150 @@
+"""dYdX v4 (indexer WebSocket): liquidations are the ``LIQUIDATED`` trades of ``v4_trades``.
+
+Docs: docs.dydx.exchange (indexer WebSocket, ``v4_trades``). One subscription per market
+(``{"type":"subscribe","channel":"v4_trades","id":"BTC-USD"}``); every trade of that market
+arrives, and only ``type == "LIQUIDATED"`` ones are liquidations::
+
+    {"type":"channel_data","id":"BTC-USD","channel":"v4_trades","contents":{"trades":[
+     {"id":"014f495a0000000200000005","side":"SELL","size":"3.9","price":"22.87",
+      "type":"LIQUIDATED","createdAt":"2024-08-04T07:34:50.628Z"}]}}
+
+Side rule: ``side`` is the taker side, and the taker is the liquidated account: SELL means a
+long was liquidated.
+
+Snapshot policy: the ``subscribed`` reply carries recent trades, old ``LIQUIDATED`` ones
+included. They are returned like live data (the indexer documents no live/history split) and
+removed downstream by ``event_id`` = the trade id, which is stable across reconnects.
+
+Units: ``size`` is base, ``price`` USD (USDC collateral); canonical symbol ``BTC-USD`` → ``BTCUSD``.
+Timestamp: ``createdAt`` (ISO-8601). ``channel_batch_data`` (``batched: true``) is a list of
+contents and is handled the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import (
+    decode,
+    frame_errors,
+    iso_ms,
+    make_liquidation,
+    num,
+    position_side,
+    with_default_path,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+NAME = "dydx"
+PATH = "/v4/ws"
+CHANNEL = "v4_trades"
+DEFAULT_MARKETS = ("BTC-USD", "ETH-USD", "SOL-USD")
+_CONTROL = frozenset({"connected", "unsubscribed", "error"})
+
+
+class Trade(msgspec.Struct):
+    id: str
+    side: str
+    size: str | float
+    price: str | float
+    type: str
+    createdAt: str
+
+
+class Contents(msgspec.Struct):
+    trades: list[Trade] = []
+
+
+class Frame(msgspec.Struct):
+    type: str
+    channel: str = ""
+    id: str = ""
+    contents: Contents | list[Contents] | None = None
+    message: str = ""
+
+
+_frame = msgspec.json.Decoder(Frame)
+
+
+def market_instrument(market: str) -> Instrument:
+    """``BTC-USD`` → BTC/USD linear perpetual (sizes are base, so no contract size is needed)."""
+    base, sep, quote = market.partition("-")
+    if not sep or not base or not quote:
+        raise ParseError(NAME, f"unknown market {market!r}")
+    return Instrument(market, base, quote, "linear_perpetual")
+
+
+class DydxSession:
+    """One connection subscribed to ``v4_trades`` of several markets; WebSocket pings only."""
+
+    def __init__(self, markets: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
+        self.markets = list(markets) or list(DEFAULT_MARKETS)
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return [json.dumps({"type": "subscribe", "channel": CHANNEL, "id": m}) for m in self.markets]
+
+    def heartbeat(self) -> Outgoing | None:
+        return None
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        frame = decode(_frame, raw, NAME)
+        if frame.type == "error":
+            logger.warning("%s: server error: %s", NAME, frame.message[:200])
+        if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
+            return EMPTY
+        batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]
+        with frame_errors(NAME, raw):
+            liquidations = [
+                self._liquidation(frame.id, trade, received_ms)
+                for batch in batches
+                for trade in batch.trades
+                if trade.type == "LIQUIDATED"
+            ]
+        return SessionOutput(liquidations) if liquidations else EMPTY
+
+    def _liquidation(self, market: str, trade: Trade, received_ms: int) -> Liquidation:
+        return make_liquidation(
+            NAME,
+            self.table.get(market) or market_instrument(market),
+            side=position_side(trade.side, long_if="SELL", short_if="BUY", venue=NAME),
+            side_raw=trade.side,
+            price=num(trade.price, NAME, "price"),
+            quantity_native=num(trade.size, NAME, "size"),
+            native_unit="base",
+            timestamp_ms=iso_ms(trade.createdAt),
+            event_id=trade.id,
+            received_ms=received_ms,
+            extra={"exchange_id": trade.id},
+        )
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    markets = list(symbols) or list(DEFAULT_MARKETS)
+    url = with_default_path(base_url, PATH)
+    return [ConnectionPlan(url, f"{NAME}:trades", lambda: DydxSession(markets))]
+
+
+TABLE = InstrumentTable.load(NAME)
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://indexer.dydx.trade" + PATH,
+    markets="dYdX v4 perpetuals (one v4_trades subscription per market)",
+    semantics="complete",
+    semantics_note="every LIQUIDATED trade of the subscribed markets; subscribe snapshot replays old ones",
+    heartbeat_s=30.0,
+    usual_gap_s=3600.0,
+    plans=_plans,
+    new_parser=DydxSession,
+    default_symbols=DEFAULT_MARKETS,
+)

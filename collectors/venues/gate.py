@@ -1,0 +1,164 @@
+"""Gate futures v4: the ``futures.public_liquidates`` channel on the USDT- and BTC-settled endpoints.
+
+Docs: gate.com/docs/developers/futures/ws (``futures.public_liquidates``). Subscribing with the
+payload ``["!all"]`` covers every contract of a settle currency; since 2026-08-20 every
+liquidation is pushed, batched per contract per ~1 s (no peer recording exists, so this frame is
+built from the docs)::
+
+    {"time":1781000000,"time_ms":1781000000123,"channel":"futures.public_liquidates",
+     "event":"update","result":[{"price":"65000.5","size":-124,"time":1781000000045,
+     "contract":"BTC_USDT"}]}
+
+Side rule: ``size`` is the signed size of the liquidation ORDER (Gate's order convention):
+negative = sell = a long was liquidated, positive = a short (inference, exchanges.md 1.7).
+
+Units: ``|size|`` contracts × ``quanto_multiplier`` (the instrument table's contract value in
+base) for USDT contracts; BTC-settled inverse contracts are 1 USD each. A contract missing
+from the table keeps its quantity in contracts with the notional unknown. ``size`` is an
+integer, or a string with the ``X-Gate-Size-Decimal`` header. ``time`` was seconds before the
+change and is ms after it (older rows carry ``time_ms``), so it is read by magnitude.
+No exchange id: ``event_id`` is the digest. Heartbeat: ``futures.ping`` → ``futures.pong``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import decode, make_liquidation, num
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+NAME = "gate"
+CHANNEL = "futures.public_liquidates"
+ALL = "!all"
+WS_PATH = "/v4/ws/"
+SETTLES = {"usdt": "_USDT", "btc": "_USD"}
+SECONDS_BELOW = 100_000_000_000  # a time below this (year 5138 in s, 1973 in ms) is in seconds
+
+
+class Row(msgspec.Struct):
+    contract: str
+    size: int | float | str
+    price: float | str
+    time: int | float | None = None
+    time_ms: int | None = None
+
+
+class Frame(msgspec.Struct):
+    channel: str = ""
+    event: str = ""
+    result: list[Row] | dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+_frame = msgspec.json.Decoder(Frame)
+
+
+def contract_instrument(contract: str) -> Instrument:
+    """``X_USDT`` → linear perpetual, size unknown; ``X_USD`` → inverse, 1 USD per contract."""
+    base, _, quote = contract.rpartition("_")
+    if not base or quote not in ("USDT", "USD"):
+        raise ParseError(NAME, f"unknown contract {contract!r}")
+    if quote == "USD":
+        return Instrument(contract, base, "USD", "inverse_perpetual", 1.0, "USD")
+    return Instrument(contract, base, quote, "linear_perpetual")
+
+
+def row_time_ms(row: Row) -> int:
+    """``time_ms`` when present, else ``time`` read as seconds or ms by its magnitude."""
+    if row.time_ms is not None:
+        return row.time_ms
+    if row.time is None:
+        raise ParseError(NAME, f"liquidation of {row.contract} without time")
+    return round(row.time * 1000) if row.time < SECONDS_BELOW else round(row.time)
+
+
+class GateSession:
+    """One connection to one settle endpoint, subscribed to ``!all`` or a contract list."""
+
+    def __init__(self, contracts: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
+        self.contracts = list(contracts) or [ALL]
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return [json.dumps({"time": int(time.time()), "channel": CHANNEL, "event": "subscribe",
+                            "payload": self.contracts})]
+
+    def heartbeat(self) -> Outgoing | None:
+        return json.dumps({"time": int(time.time()), "channel": "futures.ping"})
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        frame = decode(_frame, raw, NAME)
+        if frame.error is not None:
+            logger.warning("%s: server error: %s", NAME, str(frame.error)[:200])
+        if frame.channel != CHANNEL or frame.event != "update" or not isinstance(frame.result, list):
+            return EMPTY
+        return SessionOutput([self._liquidation(row, received_ms) for row in frame.result])
+
+    def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
+        size = num(row.size, NAME, "size")
+        if size == 0:
+            raise ParseError(NAME, f"liquidation of {row.contract} with size 0")
+        return make_liquidation(
+            NAME,
+            self.table.get(row.contract) or contract_instrument(row.contract),
+            side="long" if size < 0 else "short",
+            side_raw=str(row.size),
+            price=num(row.price, NAME, "price"),
+            quantity_native=abs(size),
+            native_unit="contracts",
+            timestamp_ms=row_time_ms(row),
+            received_ms=received_ms,
+        )
+
+
+def settle_url(base_url: str, settle: str) -> str:
+    """``.../v4/ws/{settle}`` on ``base_url``'s host, keeping any prefix path before it."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    for known in SETTLES:
+        path = path.removesuffix(WS_PATH + known)
+    return f"{parts.scheme}://{parts.netloc}{path}{WS_PATH}{settle}"
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    """One connection per settle currency: ``!all``, or the given contracts of that settle."""
+    plans = []
+    for settle, suffix in SETTLES.items():
+        contracts = [s for s in symbols if s.endswith(suffix)]
+        if symbols and not contracts:
+            continue
+        plans.append(
+            ConnectionPlan(settle_url(base_url, settle), f"{NAME}:{settle}", _factory(contracts))
+        )
+    return plans
+
+
+def _factory(contracts: list[str]) -> Callable[[], GateSession]:
+    return lambda: GateSession(contracts)
+
+
+TABLE = InstrumentTable.load(NAME)
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://fx-ws.gateio.ws/v4/ws/usdt",
+    markets="Gate USDT-settled and BTC-settled perpetuals (all contracts via !all)",
+    semantics="complete",
+    semantics_note="every liquidation since 2026-08-20, batched per contract per ~1 s (before: 1/s/contract)",
+    heartbeat_s=10.0,
+    usual_gap_s=120.0,
+    plans=_plans,
+    new_parser=GateSession,
+)

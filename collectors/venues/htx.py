@@ -1,0 +1,223 @@
+"""HTX (Huobi) derivatives: ``public.{code}.liquidation_orders`` on the three notification endpoints.
+
+Docs: HTX USDT-M / coin-M swap / coin-M futures WebSocket, "liquidation orders" topic. One
+``{"op":"sub","cid":…,"topic":"public.BTC-USDT.liquidation_orders"}`` per contract (coin-M
+futures subscribe by symbol, ``public.BTC.liquidation_orders``). Frames are gzip-compressed;
+the connection loop inflates them, and this parser also accepts the raw gzip bytes::
+
+    {"op":"notify","topic":"public.BTC.liquidation_orders","ts":1593561769911,"data":[
+     {"symbol":"BTC","contract_code":"BTC200703","direction":"sell","offset":"close",
+      "volume":1450,"price":9062.71,"created_at":1593561769833}]}
+
+Side rule: ``direction`` is the liquidation ORDER direction: ``sell`` means a long was liquidated.
+
+Units: ``volume`` is contracts. Coin-margined contracts are 100 USD (BTC) or 10 USD (other
+coins), so notional = volume × size and base = notional / price; ``BTC200703`` is the
+inverse future expiring 2020-07-03. USDT-margined frames also carry ``amount`` (base) and
+``trade_turnover`` (USDT), which are used as quantity and notional (BTC-USDT is 0.001 BTC per
+contract). Timestamp: ``created_at`` (ms). No exchange id: ``event_id`` is the digest.
+Heartbeat: the server sends ``{"op":"ping","ts":…}`` (old endpoints ``{"ping":…}``) and
+expects the same ``ts`` back in ``{"op":"pong"}`` (``{"pong":…}``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import (
+    decode,
+    frame_errors,
+    make_liquidation,
+    market_type,
+    num,
+    position_side,
+    yymmdd_expiry,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+NAME = "htx"
+GZIP_MAGIC = b"\x1f\x8b"
+ENDPOINTS = {  # path → which contract codes it serves
+    "/linear-swap-notification": "linear",
+    "/swap-notification": "swap",
+    "/futures-notification": "futures",
+}
+DEFAULT_CODES = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "BTC-USD", "ETH-USD", "SOL-USD", "BTC", "ETH")
+_CODE = re.compile(r"^(?P<base>[A-Z0-9]+?)(?:-(?P<quote>USDT|USD))?(?:-?(?P<date>\d{6}))?$")
+
+
+class Order(msgspec.Struct):
+    contract_code: str
+    direction: str
+    volume: float | str
+    price: float | str
+    created_at: int
+    symbol: str = ""
+    amount: float | str | None = None
+    trade_turnover: float | str | None = None
+
+
+class Frame(msgspec.Struct):
+    op: str = ""
+    topic: str = ""
+    ts: int | str | None = None
+    data: list[Order] | None = None
+    ping: int | str | None = None
+    err_code: int = msgspec.field(default=0, name="err-code")
+    err_msg: str = msgspec.field(default="", name="err-msg")
+
+
+_frame = msgspec.json.Decoder(Frame)
+
+
+def endpoint_of(code: str) -> str:
+    """Which endpoint serves a code: ``BTC-USDT`` linear, ``BTC-USD`` swap, ``BTC`` futures."""
+    if code.endswith("-USDT") or "-USDT-" in code:
+        return "linear"
+    return "swap" if "-USD" in code else "futures"
+
+
+def coin_margined_value(base: str) -> float:
+    """HTX coin-margined contract size in USD: 100 for BTC, 10 for every other coin."""
+    return 100.0 if base == "BTC" else 10.0
+
+
+def code_instrument(code: str, symbol: str = "") -> Instrument:
+    """``BTC-USDT`` / ``BTC-USDT-250627`` / ``ETH-USD`` / ``BTC200703`` → Instrument by HTX's rules."""
+    match = _CODE.match(code)
+    if match is None or (match["quote"] is None and match["date"] is None):
+        raise ParseError(NAME, f"unknown contract_code {code!r}")
+    base = symbol or match["base"]
+    expiry = yymmdd_expiry(match["date"]) if match["date"] else None  # ValueError when not a date
+    if match["quote"] == "USDT":  # size unknown here; the frame's own amount gives base
+        return Instrument(code, base, "USDT", market_type(True, expiry), expiry=expiry)
+    cv = coin_margined_value(base)
+    return Instrument(code, base, "USD", market_type(False, expiry), cv, "USD", expiry)
+
+
+def inflate(raw: bytes | str) -> bytes | str:
+    """Raw gzip bytes (as HTX sends them) → JSON; anything else unchanged."""
+    if not isinstance(raw, bytes) or not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ParseError(NAME, f"bad gzip frame: {exc}", raw[:40]) from exc
+
+
+class HtxSession:
+    """One connection to one notification endpoint, one ``sub`` per contract code."""
+
+    def __init__(self, codes: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
+        self.codes = list(codes) or list(DEFAULT_CODES)
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return [
+            json.dumps({"op": "sub", "cid": str(n), "topic": f"public.{code}.liquidation_orders"})
+            for n, code in enumerate(self.codes, start=1)
+        ]
+
+    def heartbeat(self) -> Outgoing | None:
+        return None
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        frame = decode(_frame, inflate(raw), NAME)
+        if frame.op == "ping":
+            return SessionOutput(replies=[json.dumps({"op": "pong", "ts": frame.ts})])
+        if frame.ping is not None:
+            return SessionOutput(replies=[json.dumps({"pong": frame.ping})])
+        if frame.err_code or frame.op in ("error", "close"):
+            logger.warning("%s: %s %s: %s", NAME, frame.op, frame.err_code, frame.err_msg[:200])
+        if frame.op != "notify" or not frame.topic.endswith(".liquidation_orders") or not frame.data:
+            return EMPTY
+        with frame_errors(NAME, raw):
+            return SessionOutput([self._liquidation(order, received_ms) for order in frame.data])
+
+    def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
+        inst = self.table.get(order.contract_code) or code_instrument(order.contract_code, order.symbol)
+        liq = make_liquidation(
+            NAME,
+            inst,
+            side=position_side(order.direction, long_if="sell", short_if="buy", venue=NAME),
+            side_raw=order.direction,
+            price=num(order.price, NAME, "price"),
+            quantity_native=num(order.volume, NAME, "volume"),
+            native_unit="contracts",
+            timestamp_ms=order.created_at,
+            received_ms=received_ms,
+        )
+        return _with_frame_amounts(liq, order) if inst.quote == "USDT" else liq
+
+
+def _with_frame_amounts(liq: Liquidation, order: Order) -> Liquidation:
+    """USDT-margined: the frame's ``amount`` (base) and ``trade_turnover`` (USDT) win.
+
+    A contract missing from the table gets its size from the frame itself (amount / volume).
+    """
+    if order.amount is None:
+        return liq
+    qty = num(order.amount, NAME, "amount")
+    turnover = order.trade_turnover
+    notional = num(turnover, NAME, "trade_turnover") if turnover is not None else qty * liq.price
+    cv, cv_unit = liq.contract_value, liq.contract_value_unit
+    if cv is None and liq.quantity_native > 0:
+        cv, cv_unit = float(f"{qty / liq.quantity_native:.12g}"), liq.base
+    return msgspec.structs.replace(
+        liq, quantity=qty, quantity_unit="base", notional_usd=notional, notional_known=True,
+        contract_value=cv, contract_value_unit=cv_unit,
+    )
+
+
+def endpoint_url(base_url: str, path: str) -> str:
+    """``path`` on ``base_url``'s host, replacing a known endpoint path, keeping any other prefix."""
+    parts = urlsplit(base_url)
+    prefix = parts.path.rstrip("/")
+    for known in ENDPOINTS:
+        prefix = prefix.removesuffix(known)
+    return f"{parts.scheme}://{parts.netloc}{prefix}{path}"
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    """One connection per endpoint that serves at least one of the codes."""
+    codes = list(symbols) or list(DEFAULT_CODES)
+    plans = []
+    for path, kind in ENDPOINTS.items():
+        mine = [c for c in codes if endpoint_of(c) == kind]
+        if mine:
+            plans.append(ConnectionPlan(endpoint_url(base_url, path), f"{NAME}:{kind}", _factory(mine)))
+    return plans
+
+
+def _factory(codes: list[str]) -> Callable[[], HtxSession]:
+    return lambda: HtxSession(codes)
+
+
+TABLE = InstrumentTable.load(NAME)
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://api.hbdm.com/linear-swap-notification",
+    markets="HTX USDT-margined swaps, coin-margined swaps and coin-margined futures",
+    semantics="complete",
+    semantics_note="every liquidation order of the subscribed contracts, real time",
+    heartbeat_s=30.0,
+    usual_gap_s=300.0,
+    plans=_plans,
+    new_parser=HtxSession,
+    gzip=True,
+    default_symbols=DEFAULT_CODES,
+)

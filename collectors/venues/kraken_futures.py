@@ -1,0 +1,148 @@
+"""Kraken Futures (ws/v1): liquidations are the ``type == "liquidation"`` entries of the trade feed.
+
+Docs: docs.kraken.com/exchange/api-reference/futures-websocket/trade. One subscription
+(``{"event":"subscribe","feed":"trade","product_ids":[...]}``) per connection; each trade is
+its own frame, and a ``trade_snapshot`` of recent trades arrives first (skipped: history)::
+
+    {"feed":"trade","product_id":"PI_XRPUSD","uid":"3ee209b8-bc9f-4ed5-965b-8c6208b26411",
+     "side":"sell","type":"liquidation","seq":41799,"time":1593561965283,"qty":12000,"price":0.1736}
+
+Side rule: ``side`` is the taker side and the liquidated account is assumed to be the taker
+(tardis-node; peer-corpus doubt 4): taker ``sell`` means a long was liquidated.
+
+Units: ``PF_``/``FF_`` (linear) ``qty`` is base; ``PI_``/``FI_`` (inverse) ``qty`` is contracts of
+1 USD, so base = qty / price and notional = qty. ``time`` is ms. ``event_id`` = ``uid``.
+Keep-alive: the server wants traffic at least every 60 s; WebSocket pings plus the public
+``heartbeat`` feed provide it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import (
+    decode,
+    frame_errors,
+    make_liquidation,
+    market_type,
+    num,
+    position_side,
+    with_default_path,
+    yymmdd_expiry,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+NAME = "kraken_futures"
+PATH = "/ws/v1"
+DEFAULT_PRODUCTS = ("PF_XBTUSD", "PF_ETHUSD", "PF_SOLUSD", "PI_XBTUSD", "PI_ETHUSD")
+INVERSE_PREFIXES = ("PI_", "FI_")
+LINEAR_PREFIXES = ("PF_", "FF_")
+
+
+class Envelope(msgspec.Struct):
+    """Just enough of any frame to route it (events, snapshots, heartbeats, trades)."""
+
+    feed: str = ""
+    event: str = ""
+    type: str = ""
+    message: str = ""
+
+
+class Trade(msgspec.Struct):
+    product_id: str
+    uid: str
+    side: str
+    type: str
+    time: int
+    qty: float
+    price: float
+
+
+_envelope = msgspec.json.Decoder(Envelope)
+_trade = msgspec.json.Decoder(Trade)
+
+
+def product_instrument(product_id: str) -> Instrument:
+    """``PI_XBTUSD``, ``PF_ETHUSD``, ``FI_XBTUSD_240628`` → Instrument by the prefix rule."""
+    prefix, body = product_id[:3], product_id[3:]
+    inverse = prefix in INVERSE_PREFIXES
+    pair, _, date = body.partition("_")
+    if not (inverse or prefix in LINEAR_PREFIXES) or len(pair) <= 3 or not pair.endswith("USD"):
+        raise ParseError(NAME, f"unknown product {product_id!r}")
+    expiry = yymmdd_expiry(date) if date else None  # ValueError when not a date
+    cv, unit = (1.0, "USD") if inverse else (None, None)
+    return Instrument(product_id, pair[:-3], "USD", market_type(not inverse, expiry), cv, unit, expiry)
+
+
+class KrakenFuturesSession:
+    """One connection: the trade feed of some products plus the heartbeat feed."""
+
+    def __init__(self, products: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
+        self.products = list(products) or list(DEFAULT_PRODUCTS)
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        return [
+            json.dumps({"event": "subscribe", "feed": "trade", "product_ids": self.products}),
+            json.dumps({"event": "subscribe", "feed": "heartbeat"}),
+        ]
+
+    def heartbeat(self) -> Outgoing | None:
+        return None
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        envelope = decode(_envelope, raw, NAME)
+        if envelope.event in ("alert", "error", "subscribed_failed"):
+            logger.warning("%s: %s: %s", NAME, envelope.event, envelope.message[:200])
+        if envelope.feed != "trade" or envelope.type != "liquidation":
+            return EMPTY
+        trade = decode(_trade, raw, NAME)
+        with frame_errors(NAME, raw):
+            return SessionOutput([self._liquidation(trade, received_ms)])
+
+    def _liquidation(self, trade: Trade, received_ms: int) -> Liquidation:
+        inst = self.table.get(trade.product_id) or product_instrument(trade.product_id)
+        return make_liquidation(
+            NAME,
+            inst,
+            side=position_side(trade.side, long_if="sell", short_if="buy", venue=NAME),
+            side_raw=trade.side,
+            price=num(trade.price, NAME, "price"),
+            quantity_native=trade.qty,
+            native_unit="contracts" if inst.market_type.startswith("inverse") else "base",
+            timestamp_ms=trade.time,
+            event_id=trade.uid,
+            received_ms=received_ms,
+            extra={"exchange_id": trade.uid},
+        )
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    products = list(symbols) or list(DEFAULT_PRODUCTS)
+    url = with_default_path(base_url, PATH)
+    return [ConnectionPlan(url, f"{NAME}:trade", lambda: KrakenFuturesSession(products))]
+
+
+TABLE = InstrumentTable.load(NAME)
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://futures.kraken.com" + PATH,
+    markets="Kraken Futures linear (PF_) and inverse (PI_) perpetuals and dated futures",
+    semantics="complete",
+    semantics_note="every trade of type liquidation on the subscribed products (trade feed)",
+    heartbeat_s=30.0,
+    usual_gap_s=1800.0,
+    plans=_plans,
+    new_parser=KrakenFuturesSession,
+    default_symbols=DEFAULT_PRODUCTS,
+)

@@ -1,0 +1,245 @@
+"""OKX v5: the ``liquidation-orders`` channel for every SWAP and FUTURES instrument.
+
+Docs: okx.com/docs-v5 ``#public-data-websocket-liquidation-orders-channel``. One subscription per
+``instType`` covers every instrument; frames nest ``data[]`` (instrument) × ``details[]``::
+
+    {"arg":{"channel":"liquidation-orders","instType":"FUTURES"},"data":[{"instId":"XRP-USD-230929",
+     "instType":"FUTURES","uly":"XRP-USD","details":[{"bkLoss":"0","bkPx":"0.55205","posSide":"short",
+     "side":"buy","sz":"39","ts":"1680173247614"}]}]}
+
+Side rule: OKX ``details[].side`` is the liquidation ORDER side: sell means a long was liquidated
+(``posSide`` is ``net`` in net mode, so it is only a fallback).
+
+Quantity: ``sz`` contracts × ``ctVal``. Inverse (``*-USD-*``): 100 USD per BTC contract, 10 USD
+for other coins. Linear: ``ctVal`` in base from the instrument table (0.01 BTC for BTC-USDT);
+a linear contract not in the table keeps its quantity in contracts with the notional unknown.
+Price = ``bkPx`` (bankruptcy price), timestamp = ``details[].ts``.
+
+The first push after subscribing may replay recent liquidations. It is NOT dropped: event ids
+are deterministic digests, so the downstream dedupe removes replays. Also parsed, because
+recorded data holds them: tardis "generated" v3 REST envelopes (``futures/liquidation``,
+``swap/liquidation``; ``type`` 3 = long closed, 4 = short closed) and v5 REST envelopes
+(``arg.channel == "liquidations"``, ``arg.instId``). Heartbeat: the literal ``ping`` → ``pong``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import msgspec
+
+from collectors.instruments import Instrument, InstrumentTable, canonical_asset
+from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venues._common import (
+    decode,
+    frame_errors,
+    iso_ms,
+    make_liquidation,
+    market_type,
+    num,
+    position_side,
+    with_default_path,
+    yymmdd_expiry,
+)
+from shared.errors import ParseError
+from shared.models import Liquidation, Side
+
+NAME = "okx"
+INST_TYPES = ("SWAP", "FUTURES")
+V3_TABLES = ("futures/liquidation", "swap/liquidation")
+V3_SIDES: dict[str, Side] = {"3": "long", "4": "short"}
+
+Number = str | float | None
+
+
+class Detail(msgspec.Struct):
+    side: str | None = None
+    posSide: str | None = None
+    bkPx: Number = None
+    sz: Number = None
+    ts: str | int | None = None
+    bkLoss: Number = None
+
+
+class Item(Detail):
+    """A ``data[]`` entry: a v5 instrument with ``details``, a v5 REST row, or a v3 REST row."""
+
+    instId: str | None = None
+    instType: str | None = None
+    details: list[Detail] | None = None
+    instrument_id: str | None = None
+    type: str | None = None
+    size: Number = None
+    price: Number = None
+    created_at: str | None = None
+    loss: Number = None
+
+
+class Arg(msgspec.Struct):
+    channel: str = ""
+    instType: str | None = None
+    instId: str | None = None
+
+
+class Frame(msgspec.Struct):
+    event: str | None = None
+    arg: Arg | None = None
+    table: str | None = None
+    data: list[Item] | None = None
+
+
+_frame = msgspec.json.Decoder(Frame)
+
+
+def parse_inst_id(inst_id: str, table: InstrumentTable) -> Instrument | None:
+    """Instrument for an OKX instId; None for options and other unsupported kinds."""
+    known = table.get(inst_id)
+    if known is not None:
+        return known
+    parts = inst_id.split("-")
+    if len(parts) == 2:
+        return Instrument(inst_id, parts[0], parts[1], "spot_margin")
+    if len(parts) != 3:
+        return None
+    base, quote, tail = parts
+    if tail != "SWAP" and not (tail.isdigit() and len(tail) == 6):
+        return None
+    expiry = None if tail == "SWAP" else yymmdd_expiry(tail)
+    if quote == "USD":
+        size = 100.0 if canonical_asset(base) == "BTC" else 10.0
+        return Instrument(inst_id, base, quote, market_type(False, expiry), size, "USD", expiry)
+    family = table.get(f"{base}-{quote}-SWAP")  # ctVal is set per family: swap == futures
+    value, unit = (family.contract_value, family.contract_value_unit) if family else (None, None)
+    return Instrument(inst_id, base, quote, market_type(True, expiry), value, unit, expiry)
+
+
+def order_side(side: str | None, pos_side: str | None) -> Side:
+    """``side`` is the order side; ``posSide`` (long/short, or net) only when ``side`` is empty."""
+    if side:
+        return position_side(side, long_if="sell", short_if="buy", venue=NAME)
+    return position_side(pos_side, long_if="long", short_if="short", venue=NAME)
+
+
+class OkxSession:
+    """One OKX public connection: ``liquidation-orders`` for SWAP and FUTURES; text ``ping``."""
+
+    def __init__(self, table: InstrumentTable | None = None) -> None:
+        self.table = table or TABLE
+
+    def on_open(self) -> list[Outgoing]:
+        args = [{"channel": "liquidation-orders", "instType": t} for t in INST_TYPES]
+        return [json.dumps({"id": "liq", "op": "subscribe", "args": args})]
+
+    def heartbeat(self) -> Outgoing | None:
+        return "ping"
+
+    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
+        if raw in ("pong", b"pong"):
+            return EMPTY
+        frame = decode(_frame, raw, NAME)
+        with frame_errors(NAME, raw):
+            return self._frame(frame, raw, received_ms)
+
+    def _frame(self, frame: Frame, raw: bytes | str, received_ms: int) -> SessionOutput:
+        if frame.event is not None:
+            return EMPTY
+        if frame.table in V3_TABLES:
+            return SessionOutput(self._v3(frame.data or [], received_ms))
+        if frame.arg is None:
+            raise ParseError(NAME, "neither an event, a channel push nor a v3 table", raw)
+        if frame.arg.channel == "liquidation-orders":
+            return SessionOutput(self._nested(frame.data or [], received_ms))
+        if frame.arg.channel == "liquidations" and frame.arg.instId:
+            rows: list[tuple[str, Detail, str | None]] = [
+                (frame.arg.instId, item, item.instType) for item in frame.data or []
+            ]
+            return SessionOutput(self._rows(rows, received_ms))
+        return EMPTY
+
+    def _nested(self, items: list[Item], received_ms: int) -> list[Liquidation]:
+        rows = []
+        for item in items:
+            if item.instId is None:
+                raise ParseError(NAME, f"liquidation-orders entry without instId: {item!r}")
+            rows += [(item.instId, d, item.instType) for d in item.details or []]
+        return self._rows(rows, received_ms)
+
+    def _rows(self, rows: list[tuple[str, Detail, str | None]], received_ms: int) -> list[Liquidation]:
+        out = []
+        for inst_id, detail, inst_type in rows:
+            inst = parse_inst_id(inst_id, self.table)
+            if inst is not None:
+                out.append(self._v5(inst, detail, inst_type == "MARGIN", received_ms))
+        return out
+
+    def _v5(self, inst: Instrument, d: Detail, margin: bool, received_ms: int) -> Liquidation:
+        if d.ts is None:
+            raise ParseError(NAME, f"liquidation detail without ts: {d!r}")
+        return make_liquidation(
+            NAME,
+            inst,
+            side=order_side(d.side, d.posSide),
+            side_raw=d.side or d.posSide or "",
+            price=num(d.bkPx, NAME, "bkPx"),
+            quantity_native=num(d.sz, NAME, "sz"),
+            native_unit="base" if margin or inst.market_type == "spot_margin" else "contracts",
+            timestamp_ms=int(num(d.ts, NAME, "ts")),
+            received_ms=received_ms,
+            extra=_loss(d.bkLoss) | ({"pos_side": d.posSide} if d.posSide else {}),
+        )
+
+    def _v3(self, items: list[Item], received_ms: int) -> list[Liquidation]:
+        out = []
+        for item in items:
+            inst = parse_inst_id(item.instrument_id or "", self.table)
+            if inst is None or item.type not in V3_SIDES or item.created_at is None:
+                raise ParseError(NAME, f"unusable v3 liquidation row: {item!r}")
+            out.append(
+                make_liquidation(
+                    NAME,
+                    inst,
+                    side=V3_SIDES[item.type],
+                    side_raw=item.type,
+                    price=num(item.price, NAME, "price"),
+                    quantity_native=num(item.size, NAME, "size"),
+                    native_unit="contracts",
+                    timestamp_ms=_iso(item.created_at),
+                    received_ms=received_ms,
+                    extra=_loss(item.loss),
+                )
+            )
+        return out
+
+
+def _loss(value: Number) -> dict[str, str | float | int | None]:
+    return {} if value in (None, "") else {"bankruptcy_loss": num(value, NAME, "loss")}
+
+
+def _iso(text: str) -> int:
+    try:
+        return iso_ms(text)
+    except ValueError as exc:
+        raise ParseError(NAME, f"bad created_at {text!r}") from exc
+
+
+TABLE = InstrumentTable.load(NAME)
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    """One connection: the channel is per instType, so ``symbols`` are not needed."""
+    url = with_default_path(base_url, "/ws/v5/public")
+    return [ConnectionPlan(url, f"{NAME}:public", OkxSession)]
+
+
+VENUE = VenueSpec(
+    name=NAME,
+    live_url="wss://ws.okx.com:8443/ws/v5/public",
+    markets="SWAP and FUTURES, linear and inverse (all instruments)",
+    semantics="partial",
+    semantics_note="OKX: the feed 'doesn't represent the total number of liquidations'",
+    heartbeat_s=20.0,
+    usual_gap_s=120.0,
+    plans=_plans,
+    new_parser=OkxSession,
+)

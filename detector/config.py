@@ -1,0 +1,90 @@
+"""Detector settings (``LIQ_*``), read once in the CLI and passed down; validated on load."""
+
+from __future__ import annotations
+
+import msgspec
+
+from detector.scoring import DEFAULT_BAND_EDGES, DEFAULT_WEIGHTS, FACTOR_NAMES, ScoringParams
+from shared.errors import ConfigError
+from shared.settings import CommonSettings
+
+METRICS_PORT = 9422
+
+
+class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
+    """The cascade rule, the lifecycle, the score (see ``detector.scoring``) and the live shell.
+
+    - ``window_s`` / ``min_count`` / ``min_usd``: the original rule, ≥ 5 liquidations and
+      ≥ $100K within 60 s (exchange time) on one canonical symbol.
+    - ``quiet_s``: a cascade ends when the rule has not held for this long (event time in
+      replay, event time carried forward by the clock in live mode).
+    - ``ring_capacity``: events kept per symbol; beyond it the oldest are overwritten.
+    - ``sampled_weight`` / ``sampled_gap_ms``: how sampled feeds count (``detector.scoring``).
+    - ``weights``: per-factor overrides, e.g. ``LIQ_WEIGHTS=cross_exchange=0.6``.
+    - ``band_edges``: three ascending edges between low/moderate/high/extreme.
+    - ``detect_shards``: the shard streams this process consumes (empty: all of
+      ``range(LIQ_SHARDS)``); ``liq detect --shards`` overrides it.
+    - ``tick_s`` / ``tick_lag_s``: live mode checks for ended cascades every ``tick_s`` and lets
+      exchange time lag the wall clock by ``tick_lag_s``.
+    """
+
+    window_s: float = 60.0
+    min_count: int = 5
+    min_usd: float = 100_000.0
+    institutional_usd: float = 100_000.0
+    quiet_s: float = 30.0
+    ring_capacity: int = 4096
+    sampled_weight: float = 2.0
+    sampled_gap_ms: int = 1500
+    weights: dict[str, float] = {}
+    band_edges: list[float] = msgspec.field(default_factory=lambda: list(DEFAULT_BAND_EDGES))
+    volume_floor_usd: float = 10_000.0
+    volume_cap_usd: float = 10_000_000.0
+    rate_cap_per_min: float = 120.0
+    price_band_bps: float = 25.0
+    cross_full_venues: int = 3
+    cross_tau_s: float = 20.0
+    detect_shards: list[int] = []
+    tick_s: float = 1.0
+    tick_lag_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = sorted(set(self.weights) - set(FACTOR_NAMES))
+        if unknown:
+            raise ConfigError("LIQ_WEIGHTS", "FACTOR=WEIGHT pairs for " + ", ".join(FACTOR_NAMES),
+                              ",".join(unknown))
+        edges = self.band_edges
+        if len(edges) != 3 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ConfigError("LIQ_BAND_EDGES", "three ascending numbers, e.g. 0.7,1.0,1.5", str(edges))
+        checks = (("LIQ_WINDOW_S", self.window_s > 0), ("LIQ_MIN_COUNT", self.min_count >= 1),
+                  ("LIQ_QUIET_S", self.quiet_s > 0), ("LIQ_RING_CAPACITY", self.ring_capacity >= 16),
+                  ("LIQ_SAMPLED_WEIGHT", self.sampled_weight >= 1.0),
+                  ("LIQ_CROSS_FULL_VENUES", self.cross_full_venues >= 2))
+        for name, ok in checks:
+            if not ok:
+                raise ConfigError(name, "a positive value in range (see detector.config)")
+        bad = [k for k in self.detect_shards if not 0 <= k < self.shards]
+        if bad:
+            raise ConfigError("LIQ_DETECT_SHARDS", f"shard numbers in 0..{self.shards - 1}", str(bad))
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window_s * 1000)
+
+    @property
+    def quiet_ms(self) -> int:
+        return int(self.quiet_s * 1000)
+
+    def scoring(self) -> ScoringParams:
+        weights = {**DEFAULT_WEIGHTS, **self.weights}
+        return ScoringParams(
+            weights=tuple(weights[n] for n in FACTOR_NAMES), band_edges=tuple(self.band_edges),
+            window_s=self.window_s, min_count=self.min_count, institutional_usd=self.institutional_usd,
+            volume_floor_usd=self.volume_floor_usd, volume_cap_usd=self.volume_cap_usd,
+            rate_cap_per_min=self.rate_cap_per_min, price_band_bps=self.price_band_bps,
+            cross_full_venues=self.cross_full_venues, cross_tau_s=self.cross_tau_s,
+        )
+
+    def shard_set(self) -> list[int]:
+        return sorted(set(self.detect_shards)) or list(range(self.shards))

@@ -1,0 +1,235 @@
+"""One symbol's cascade rule and lifecycle (idle → start → escalate* → end); pure.
+
+- **Start**: an event makes the window hold the rule (weighted count ≥ ``min_count`` and
+  notional ≥ ``min_usd``). The cascade's id is ``SYMBOL-<time of the window's oldest event>``;
+  the start message is followed by every event of the window as a member.
+- **Member**: every later event of the symbol while the cascade is active.
+- **Escalate**: the score's band rises above the highest band published so far for this
+  cascade (once per band: a band that falls and rises again is not re-announced).
+- **End**: the rule has not held for ``quiet_ms`` (the last time it held is
+  ``last_hold_ms``), checked against event time (replay) or a clock tick (live). The end
+  message carries the last score as ``risk_score`` and the band of the peak score as ``band``.
+  The window is then cleared, so the ended cascade's events can never start another one.
+
+Events older than the window (relative to the newest one of the symbol) and repeated
+``event_id`` values inside the window are ignored (``late``/``duplicates`` count them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from detector import scoring
+from detector.ring import Ring
+from detector.scoring import BAND_RANK, BANDS, ScoringParams
+from shared.models import CascadeEvent, CascadeMember, CascadePhase, FactorScores, Liquidation
+
+Output = CascadeEvent | CascadeMember
+NO_OUTPUT: tuple[Output, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rules:
+    window_ms: int = 60_000
+    min_count: int = 5
+    min_usd: float = 100_000.0
+    quiet_ms: int = 30_000
+    sampled_weight: float = 2.0
+    sampled_gap_ms: int = 1500
+    capacity: int = 4096
+
+
+@dataclass(slots=True)
+class Cascade:
+    """What the detector knows about one active cascade."""
+
+    cascade_id: str
+    symbol: str
+    start_ms: int
+    detected_ms: int
+    last_event_ms: int
+    last_hold_ms: int
+    count: int = 0
+    total_usd: float = 0.0
+    long_usd: float = 0.0
+    short_usd: float = 0.0
+    venues: set[str] = field(default_factory=set)
+    score: float = 0.0
+    peak: float = 0.0
+    factors: FactorScores = field(default_factory=FactorScores)
+    band_rank: int = 0
+
+    def add(self, liq: Liquidation) -> None:
+        usd = liq.notional_usd if liq.notional_known else 0.0
+        self.count += 1
+        self.total_usd += usd
+        if liq.side == "long":
+            self.long_usd += usd
+        else:
+            self.short_usd += usd
+        self.venues.add(liq.exchange)
+        if liq.timestamp_ms > self.last_event_ms:
+            self.last_event_ms = liq.timestamp_ms
+
+    def rescore(self, factors: FactorScores, value: float) -> None:
+        self.factors = factors
+        self.score = value
+        if value > self.peak:
+            self.peak = value
+
+    def message(self, phase: CascadePhase, published_ms: int, edges: tuple[float, ...]) -> CascadeEvent:
+        shown = self.peak if phase == "end" else self.score
+        return CascadeEvent(
+            cascade_id=self.cascade_id, symbol=self.symbol, phase=phase, start_ms=self.start_ms,
+            end_ms=self.last_event_ms, venues=sorted(self.venues), count=self.count,
+            total_notional_usd=round(self.total_usd, 2), long_notional_usd=round(self.long_usd, 2),
+            short_notional_usd=round(self.short_usd, 2), risk_score=self.score,
+            peak_risk_score=self.peak, band=scoring.band(shown, edges), factors=self.factors,
+            cross_exchange=len(self.venues) >= 2, published_ms=published_ms,
+        )
+
+
+class SymbolDetector:
+    """The window and the cascade state of one canonical symbol."""
+
+    __slots__ = ("cascade", "duplicates", "last_cascade_id", "late", "params", "ring", "rules", "symbol")
+
+    def __init__(self, symbol: str, rules: Rules, params: ScoringParams, n_venues: int) -> None:
+        self.symbol = symbol
+        self.rules = rules
+        self.params = params
+        self.ring = Ring(rules.capacity, n_venues, params.institutional_usd)
+        self.cascade: Cascade | None = None
+        self.last_cascade_id = ""
+        self.late = 0
+        self.duplicates = 0
+
+    # -- the window ---------------------------------------------------------------------------
+
+    def holds(self) -> bool:
+        ring = self.ring
+        return ring.count >= self.rules.min_count - 1e-9 and ring.total_usd >= self.rules.min_usd - 1e-6
+
+    def score_window(self) -> tuple[FactorScores, float]:
+        f = scoring.factors(self.ring.stats(), self.params)
+        return f, scoring.score(f, self.params)
+
+    def _admit(self, liq: Liquidation, venue: int) -> bool:
+        """Put the event in the window; False when it is a duplicate or too late."""
+        ring = self.ring
+        if liq.event_id in ring:
+            self.duplicates += 1
+            return False
+        ts = liq.timestamp_ms
+        newest = max(ring.newest_ms, ts)
+        if ts <= newest - self.rules.window_ms:
+            self.late += 1
+            return False
+        ring.evict(newest - self.rules.window_ms)
+        weight = 1.0
+        if liq.sampled:
+            gap = abs(ts - ring.last_sampled[venue])
+            weight = scoring.sampled_weight(True, gap, self.rules.sampled_gap_ms, self.rules.sampled_weight)
+            if ts > ring.last_sampled[venue]:
+                ring.last_sampled[venue] = ts
+        ring.push(liq, venue, weight)
+        return True
+
+    # -- the lifecycle ------------------------------------------------------------------------
+
+    def on_event(self, liq: Liquidation, venue: int) -> tuple[Output, ...] | list[Output]:
+        if not self._admit(liq, venue):
+            return NO_OUTPUT
+        c = self.cascade
+        holds = self.holds()
+        if c is None:
+            return self._start(liq) if holds else NO_OUTPUT
+        c.add(liq)
+        if holds and liq.timestamp_ms > c.last_hold_ms:
+            c.last_hold_ms = liq.timestamp_ms
+        f, value = self.score_window()
+        c.rescore(f, value)
+        out: list[Output] = [CascadeMember(cascade_id=c.cascade_id, risk_score=value, liquidation=liq)]
+        rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
+        if rank > c.band_rank:
+            c.band_rank = rank
+            out.append(c.message("escalate", liq.timestamp_ms, self.params.band_edges))
+        return out
+
+    def _start(self, trigger: Liquidation) -> list[Output]:
+        items = self.ring.live_items()
+        start_ms = min(item.timestamp_ms for item in items)  # the window's oldest event
+        ts = trigger.timestamp_ms
+        c = Cascade(cascade_id=f"{self.symbol}-{start_ms}", symbol=self.symbol, start_ms=start_ms,
+                    detected_ms=ts, last_event_ms=ts, last_hold_ms=ts)
+        for item in items:
+            c.add(item)
+        f, value = self.score_window()
+        c.rescore(f, value)
+        c.band_rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
+        self.cascade = c
+        out: list[Output] = [c.message("start", ts, self.params.band_edges)]
+        out += [CascadeMember(cascade_id=c.cascade_id, risk_score=value, liquidation=item) for item in items]
+        return out
+
+    def due(self, now_ms: int) -> bool:
+        c = self.cascade
+        return c is not None and now_ms - c.last_hold_ms >= self.rules.quiet_ms
+
+    def end(self, now_ms: int) -> CascadeEvent | None:
+        c = self.cascade
+        if c is None:
+            return None
+        message = c.message("end", now_ms, self.params.band_edges)
+        self.last_cascade_id = c.cascade_id
+        self.cascade = None
+        self.ring.clear()
+        return message
+
+    def fence(self) -> None:
+        """Forget the window and any cascade without a message (used after a warm restart)."""
+        if self.cascade is not None:
+            self.last_cascade_id = self.cascade.cascade_id
+        self.cascade = None
+        self.ring.clear()
+
+    # -- the status hash ----------------------------------------------------------------------
+
+    def status(self, updated_ms: int) -> dict[str, str]:
+        """The ``liq:cascade:status:{SYMBOL}`` fields (cascade totals while active, else window's)."""
+        c = self.cascade
+        if c is not None:
+            return {
+                "state": "active", "cascade_id": c.cascade_id, "risk_score": f"{c.score:.4f}",
+                "peak_risk_score": f"{c.peak:.4f}", "band": scoring.band(c.score, self.params.band_edges),
+                "published_band": BANDS[c.band_rank], "count": str(c.count),
+                "total_usd": f"{c.total_usd:.2f}", "long_usd": f"{c.long_usd:.2f}",
+                "short_usd": f"{c.short_usd:.2f}", "venues": ",".join(sorted(c.venues)),
+                "start_ms": str(c.start_ms), "detected_ms": str(c.detected_ms),
+                "last_event_ms": str(c.last_event_ms), "updated_ms": str(updated_ms),
+            }
+        _, value = self.score_window()
+        names = sorted({item.exchange for item in self.ring.live_items()})
+        return {
+            "state": "idle", "cascade_id": self.last_cascade_id, "risk_score": f"{value:.4f}",
+            "band": scoring.band(value, self.params.band_edges), "count": str(len(self.ring)),
+            "total_usd": f"{self.ring.total_usd:.2f}", "venues": ",".join(names),
+            "updated_ms": str(updated_ms),
+        }
+
+    def adopt(self, fields: dict[str, str]) -> None:
+        """Continue the active cascade a status hash describes (published before a restart)."""
+        last = int(fields.get("last_event_ms") or fields.get("updated_ms") or 0)
+        c = Cascade(
+            cascade_id=fields["cascade_id"], symbol=self.symbol, start_ms=int(fields.get("start_ms") or last),
+            detected_ms=int(fields.get("detected_ms") or last), last_event_ms=last,
+            last_hold_ms=max(last, self.cascade.last_hold_ms if self.cascade else last),
+            count=int(fields.get("count") or 0), total_usd=float(fields.get("total_usd") or 0.0),
+            long_usd=float(fields.get("long_usd") or 0.0), short_usd=float(fields.get("short_usd") or 0.0),
+            venues={v for v in (fields.get("venues") or "").split(",") if v},
+            score=float(fields.get("risk_score") or 0.0), peak=float(fields.get("peak_risk_score") or 0.0),
+            band_rank=BAND_RANK.get(fields.get("published_band") or fields.get("band") or "low", 0),
+        )
+        if self.cascade is not None:
+            c.factors = self.cascade.factors
+        self.cascade = c

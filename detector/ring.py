@@ -1,0 +1,227 @@
+"""Preallocated numpy ring buffer over one symbol's last window of liquidations; pure.
+
+Columns (one numpy array each, allocated once): exchange time, notional, price, side
+(1 = long liquidated), venue index, and the event's weight for the count rule (1.0, or more
+for a sampled feed whose 1-per-second cap is binding, see ``detector.scoring``). A parallel
+Python list keeps the Liquidation objects, so the detector can publish a window's events as
+cascade members without copying them.
+
+Running sums move by O(1) on every push and eviction, so neither the cascade rule nor the
+risk score scans an array: weighted count, notional (total, long, short, institutional),
+weighted long count, per-venue event counts and time sums, and the notional-weighted first
+two moments of price relative to a reference price (unknown notionals weigh $1). They are
+reset to exact zeros whenever the window empties; :func:`stats_from_columns` recomputes
+them from the columns with numpy (the tests hold the two equal, wraparound included).
+
+Eviction is in arrival order: an event leaves when it reaches the tail and its time is at or
+before ``newest - window`` (the window is ``(newest - window, newest]``). An event that arrives
+late, but still inside the window, stays until the events ahead of it leave. When more than
+``capacity`` events are live, the oldest is overwritten (wraparound keeps the newest) and
+``overflowed`` counts it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from detector.scoring import WindowStats
+from shared.models import Liquidation
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+G = TypeVar("G", bound=np.generic)
+_NEVER = -(2**62)
+
+
+class Ring:
+    """The live window of one symbol."""
+
+    __slots__ = (
+        "_ids", "_m", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t", "capacity", "count",
+        "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
+        "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
+        "venue", "venues_live", "weight",
+    )
+
+    def __init__(self, capacity: int, n_venues: int, institutional_usd: float) -> None:
+        if capacity < 2:
+            raise ValueError("ring capacity must be at least 2")
+        self.capacity = capacity
+        self.institutional_usd = institutional_usd
+        self.ts: IntArray = np.zeros(capacity, dtype=np.int64)
+        self.notional: FloatArray = np.zeros(capacity, dtype=np.float64)
+        self.price: FloatArray = np.zeros(capacity, dtype=np.float64)
+        self.is_long: npt.NDArray[np.bool_] = np.zeros(capacity, dtype=np.bool_)
+        self.venue: npt.NDArray[np.int16] = np.zeros(capacity, dtype=np.int16)
+        self.weight: FloatArray = np.zeros(capacity, dtype=np.float64)
+        self.items: list[Liquidation | None] = [None] * capacity
+        self.last_sampled: list[int] = [_NEVER] * n_venues
+        self._venue_n: list[int] = [0] * n_venues
+        self._venue_t: list[float] = [0.0] * n_venues
+        self.venues_live: set[int] = set()
+        self._ids: set[str] = set()
+        self.tail = 0
+        self.size = 0
+        self.overflowed = 0
+        self.newest_ms = _NEVER
+        self._zero_sums()
+
+    def _zero_sums(self) -> None:
+        self.count = 0.0
+        self.long_count = 0.0
+        self.total_usd = 0.0
+        self.long_usd = 0.0
+        self.short_usd = 0.0
+        self.inst_usd = 0.0
+        self._m = 0.0
+        self._mq = 0.0
+        self._mqq = 0.0
+        self._p0 = 0.0
+        self._t0 = 0
+        for v in self.venues_live:
+            self._venue_n[v] = 0
+            self._venue_t[v] = 0.0
+        self.venues_live.clear()
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._ids
+
+    def push(self, item: Liquidation, venue: int, weight: float) -> None:
+        """Append one event (the caller has checked it is not a duplicate and not too late)."""
+        if self.size == self.capacity:
+            self._drop_tail()
+            self.overflowed += 1
+        if self.size == 0:
+            self._p0 = item.price if item.price > 0 else 1.0
+            self._t0 = item.timestamp_ms
+        i = (self.tail + self.size) % self.capacity
+        usd = item.notional_usd if item.notional_known else 0.0
+        is_long = item.side == "long"
+        ts = item.timestamp_ms
+        self.ts[i] = ts
+        self.notional[i] = usd
+        self.price[i] = item.price
+        self.is_long[i] = is_long
+        self.venue[i] = venue
+        self.weight[i] = weight
+        self.items[i] = item
+        self._ids.add(item.event_id)
+        self.size += 1
+        self._move(usd, item.price, is_long, venue, weight, ts, 1)
+        if ts > self.newest_ms:
+            self.newest_ms = ts
+
+    def _move(self, usd: float, price: float, is_long: bool, venue: int, weight: float, ts: int,
+              sign: int) -> None:
+        """Add (sign 1) or remove (sign -1) one event's contribution to the running sums."""
+        self.count += sign * weight
+        self.total_usd += sign * usd
+        if is_long:
+            self.long_usd += sign * usd
+            self.long_count += sign * weight
+        else:
+            self.short_usd += sign * usd
+        if usd >= self.institutional_usd:
+            self.inst_usd += sign * usd
+        mass = usd if usd > 0 else 1.0
+        q = price / self._p0 - 1.0
+        self._m += sign * mass
+        self._mq += sign * mass * q
+        self._mqq += sign * mass * q * q
+        n = self._venue_n[venue] + sign
+        self._venue_n[venue] = n
+        self._venue_t[venue] += sign * (ts - self._t0)
+        if n == 0:
+            self.venues_live.discard(venue)
+        elif sign > 0 and n == 1:
+            self.venues_live.add(venue)
+
+    def _drop_tail(self) -> None:
+        i = self.tail
+        item = self.items[i]
+        if item is not None:
+            self._ids.discard(item.event_id)
+        self.items[i] = None
+        self.tail = (i + 1) % self.capacity
+        self.size -= 1
+        if self.size == 0:
+            self._zero_sums()  # exact zeros: no drift from float subtraction
+            return
+        self._move(float(self.notional[i]), float(self.price[i]), bool(self.is_long[i]), int(self.venue[i]),
+                   float(self.weight[i]), int(self.ts[i]), -1)
+
+    def evict(self, cutoff_ms: int) -> int:
+        """Drop events at the tail whose time is <= ``cutoff_ms``; return how many left."""
+        dropped = 0
+        while self.size and self.ts[self.tail] <= cutoff_ms:
+            self._drop_tail()
+            dropped += 1
+        return dropped
+
+    def clear(self) -> None:
+        for k in range(self.size):
+            item = self.items[(self.tail + k) % self.capacity]
+            self.items[(self.tail + k) % self.capacity] = None
+            if item is not None:
+                self._ids.discard(item.event_id)
+        self.tail = 0
+        self.size = 0
+        self._zero_sums()
+
+    def column(self, values: npt.NDArray[G]) -> npt.NDArray[G]:
+        """The live part of a column in arrival order: a view, or a copy when it wraps around."""
+        end = self.tail + self.size
+        if end <= self.capacity:
+            return values[self.tail:end]
+        return np.concatenate((values[self.tail:], values[:end - self.capacity]))
+
+    def live_items(self) -> list[Liquidation]:
+        """The live Liquidations, oldest first."""
+        out: list[Liquidation] = []
+        for k in range(self.size):
+            item = self.items[(self.tail + k) % self.capacity]
+            if item is not None:
+                out.append(item)
+        return out
+
+    def oldest_ms(self) -> int:
+        """Time of the first-arrived live event (0 when empty)."""
+        return int(self.ts[self.tail]) if self.size else 0
+
+    def stats(self) -> WindowStats:
+        """The window's running sums, in the form the score needs."""
+        mean_q = self._mq / self._m if self._m > 0 else 0.0
+        var_q = max(0.0, self._mqq / self._m - mean_q * mean_q) if self._m > 0 else 0.0
+        venue_times = [self._t0 + self._venue_t[v] / self._venue_n[v] for v in self.venues_live]
+        return WindowStats(
+            size=self.size, count=self.count, long_count=self.long_count, total_usd=self.total_usd,
+            long_usd=self.long_usd, short_usd=self.short_usd, inst_usd=self.inst_usd,
+            span_ms=(self.newest_ms - int(self.ts[self.tail])) if self.size else 0,
+            price_rel_std=math.sqrt(var_q) / (1.0 + mean_q) if self.size else 0.0,
+            venue_times=venue_times,
+        )
+
+
+def stats_from_columns(ring: Ring) -> WindowStats:
+    """The same sums recomputed from the columns with numpy (exact; for tests and audits)."""
+    ts, usd = ring.column(ring.ts), ring.column(ring.notional)
+    price, is_long = ring.column(ring.price), ring.column(ring.is_long)
+    venue, weight = ring.column(ring.venue), ring.column(ring.weight)
+    if len(ts) == 0:
+        return WindowStats()
+    mass = np.where(usd > 0, usd, 1.0)
+    mean = float((mass * price).sum() / mass.sum())
+    std = float(np.sqrt((mass * (price - mean) ** 2).sum() / mass.sum()))
+    return WindowStats(
+        size=len(ts), count=float(weight.sum()), long_count=float(weight[is_long].sum()),
+        total_usd=float(usd.sum()), long_usd=float(usd[is_long].sum()), short_usd=float(usd[~is_long].sum()),
+        inst_usd=float(usd[usd >= ring.institutional_usd].sum()), span_ms=int(ts.max() - ts[0]),
+        price_rel_std=std / mean, venue_times=[float(ts[venue == v].mean()) for v in np.unique(venue)],
+    )

@@ -1,0 +1,288 @@
+"""The detector process: shard streams → engine → ``liq:cascades``, members and status hashes.
+
+Scale-out (``reference/storage.md`` §2.5): a process owns a set of shards and runs **one
+consumer per shard stream** in group ``detector``, named ``detector-s<k>`` (stable, so a
+restart re-reads its own pending entries). A symbol's events all land in one shard, so its
+window lives in exactly one process. Processes with disjoint shard sets run side by side.
+
+Publication: the messages one batch (or tick) caused, and the status hash of every symbol the
+batch touched, go out in one MULTI/EXEC; the entries are acked after it (``StreamConsumer``).
+The status hash is rewritten whole (DEL + HSET, TTL 1 h), so ``redis-cli HGETALL
+liq:cascade:status:BTCUSDT`` always shows the current state.
+
+Warm restart: before consuming, each shard's window is rebuilt from its stream, without
+publishing anything:
+
+1. the range is the entries from ``window + quiet + 10 s`` before the group's last-delivered
+   entry up to that entry (XRANGE by entry time, paged), minus the entries still pending,
+   which the consumer re-reads and publishes as usual;
+2. then every ``state=active`` status hash of the process's shards is *adopted*: the engine
+   continues that cascade under its published id, totals and band, so neither the start nor
+   an escalation already announced is published again, and its end will be;
+3. a cascade the rebuild opened that no active status hash confirms was published and ended
+   before (or never reached the rule live), so it is dropped with its window, silently.
+
+Live end-of-cascade: a ticker calls ``engine.tick`` every ``tick_s`` with exchange time
+carried forward by the clock since the last event, capped at ``now - tick_lag_s``, so a
+cascade that simply stops gets its end message while a backlog being drained does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from detector.config import DetectorSettings
+from detector.engine import Engine
+from detector.lifecycle import Output
+from shared import codec, keys
+from shared.clock import SYSTEM_CLOCK, Clock
+from shared.metrics import CASCADES, DETECT_SECONDS, EVENTS_OUT
+from shared.models import CascadeEvent, Liquidation
+from shared.streams import Message, StreamConsumer
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "detector"
+REBUILD_SLACK_MS = 10_000
+PAGE = 1000
+
+
+def consumer_name(shard: int) -> str:
+    return f"detector-s{shard}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Detector:
+    """The shell around one :class:`Engine` for a set of shards."""
+
+    def __init__(self, redis: aioredis.Redis, settings: DetectorSettings, shards: Sequence[int] | None = None,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.shards = sorted(set(shards)) if shards is not None else settings.shard_set()
+        self.clock = clock
+        self.engine = Engine(settings, clock)
+        self.lock = asyncio.Lock()
+        self.consumers = [
+            StreamConsumer(redis=redis, group=keys.DETECTOR_GROUP, consumer=consumer_name(k),
+                           streams=[keys.event_stream(k)], decode=codec.decode_liquidation,
+                           handler=self.handle, component=COMPONENT)
+            for k in self.shards
+        ]
+        self.name = "detect-s" + ",".join(str(k) for k in self.shards)
+        self.warmed = False
+        self.rebuilt = 0
+        self.published: dict[str, int] = {"start": 0, "escalate": 0, "end": 0, "member": 0}
+        self._last_feed = clock.monotonic()
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def handle(self, messages: list[Message[Liquidation]]) -> None:
+        async with self.lock:
+            outputs: list[Output] = []
+            touched: set[str] = set()
+            feed = self.engine.feed
+            for m in messages:
+                started = time.perf_counter()
+                out = feed(m.value)
+                DETECT_SECONDS.observe(time.perf_counter() - started)
+                if out:
+                    outputs.extend(out)
+                touched.add(m.value.symbol)
+            self._last_feed = self.clock.monotonic()
+            await self._publish(outputs, touched)
+
+    def tick_time(self) -> int:
+        """Exchange time now: the watermark carried forward by the clock, at most now - lag."""
+        carried = self.engine.watermark + int((self.clock.monotonic() - self._last_feed) * 1000)
+        return min(carried, self.clock.now_ms() - int(self.settings.tick_lag_s * 1000))
+
+    async def tick(self) -> int:
+        """End the cascades that have gone quiet; returns how many end messages were published."""
+        async with self.lock:
+            out = self.engine.tick(self.tick_time())
+            if out:
+                await self._publish(out, {o.symbol for o in out if isinstance(o, CascadeEvent)})
+            return len(out)
+
+    async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
+        if not outputs and not touched:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        members = 0
+        for o in outputs:
+            payload = {codec.PAYLOAD_FIELD: codec.encode(o)}
+            if isinstance(o, CascadeEvent):
+                pipe.xadd(keys.CASCADE_STREAM, payload,  # type: ignore[arg-type]
+                          maxlen=keys.CASCADE_STREAM_MAXLEN, approximate=True)
+            else:
+                members += 1
+                pipe.xadd(keys.CASCADE_MEMBER_STREAM, payload,  # type: ignore[arg-type]
+                          maxlen=keys.CASCADE_STREAM_MAXLEN, approximate=True)
+        now = self.clock.now_ms()
+        for symbol in sorted(touched):
+            key = keys.cascade_status(symbol)
+            pipe.delete(key)
+            pipe.hset(key, mapping=self.engine.status(symbol, now))  # type: ignore[arg-type]
+            pipe.expire(key, keys.L2_TTL_SECONDS)
+        await pipe.execute()
+        self._count(outputs, members)
+
+    def _count(self, outputs: list[Output], members: int) -> None:
+        for o in outputs:
+            if isinstance(o, CascadeEvent):
+                self.published[o.phase] += 1
+                CASCADES.labels(o.phase).inc()
+                logger.info("cascade %s %s: %s, %d liquidations, $%.0f, score %.2f (%s), venues %s",
+                            o.phase, o.cascade_id, o.symbol, o.count, o.total_notional_usd, o.risk_score,
+                            o.band, ",".join(o.venues))
+        if members:
+            self.published["member"] += members
+            EVENTS_OUT.labels(COMPONENT, keys.CASCADE_MEMBER_STREAM).inc(members)
+        if len(outputs) > members:
+            EVENTS_OUT.labels(COMPONENT, keys.CASCADE_STREAM).inc(len(outputs) - members)
+
+    # -- warm restart -------------------------------------------------------------------------
+
+    async def warm_start(self) -> None:
+        """Rebuild the windows of this process's shards and adopt published cascades (once)."""
+        if self.warmed:
+            return
+        for shard in self.shards:
+            self.rebuilt += await self._rebuild(keys.event_stream(shard))
+        adopted: set[str] = set()
+        async for symbol, fields in self._statuses():
+            if fields.get("state") == "active" and fields.get("cascade_id"):
+                self.engine.adopt(symbol, fields)
+                adopted.add(symbol)
+        for symbol in [s for s in self.engine.active if s not in adopted]:
+            self.engine.fence(symbol)
+        self._last_feed = self.clock.monotonic()
+        self.warmed = True
+        if self.rebuilt or adopted:
+            logger.info("%s: rebuilt windows from %d entries, continuing %d active cascade(s)",
+                        self.name, self.rebuilt, len(adopted))
+
+    async def _rebuild(self, stream: str) -> int:
+        last_id = await self._last_delivered(stream)
+        if last_id is None:
+            return 0
+        pending = await self._pending(stream)
+        reach_ms = self.settings.window_ms + self.settings.quiet_ms + REBUILD_SLACK_MS
+        since_ms = int(last_id.split("-")[0]) - reach_ms
+        fed = 0
+        async for entry_id, fields in self._range(stream, f"{max(0, since_ms)}-0", last_id):
+            if entry_id in pending:
+                continue
+            try:
+                liq = codec.decode_liquidation(codec.entry_payload(fields))
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                continue
+            self.engine.feed(liq)
+            fed += 1
+        return fed
+
+    async def _last_delivered(self, stream: str) -> str | None:
+        try:
+            groups: list[dict[Any, Any]] = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return None  # no such stream yet
+        for group in groups:
+            if _text(group.get("name", group.get(b"name", ""))) == keys.DETECTOR_GROUP:
+                last = _text(group.get("last-delivered-id", group.get(b"last-delivered-id", "0-0")))
+                return None if last == "0-0" else last
+        return None
+
+    async def _pending(self, stream: str) -> set[str]:
+        ids: set[str] = set()
+        start = "-"
+        while True:
+            rows: list[dict[str, Any]] = await self.redis.xpending_range(
+                stream, keys.DETECTOR_GROUP, min=start, max="+", count=PAGE)
+            ids.update(_text(r["message_id"]) for r in rows)
+            if len(rows) < PAGE:
+                return ids
+            start = "(" + _text(rows[-1]["message_id"])
+
+    async def _range(self, stream: str, start: str, end: str) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
+        while True:
+            rows: Any = await self.redis.xrange(stream, min=start, max=end, count=PAGE)
+            for entry_id, fields in rows:
+                yield _text(entry_id), fields
+            if len(rows) < PAGE:
+                return
+            start = "(" + _text(rows[-1][0])
+
+    async def _statuses(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        prefix = keys.cascade_status("")
+        async for raw_key in self.redis.scan_iter(match=keys.cascade_status("*"), count=500):
+            symbol = _text(raw_key)[len(prefix):]
+            if keys.shard_of(symbol, self.settings.shards) not in self.shards:
+                continue
+            raw: dict[Any, Any] = await self.redis.hgetall(raw_key)
+            yield symbol, {_text(k): _text(v) for k, v in raw.items()}
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def ensure_groups(self) -> None:
+        for consumer in self.consumers:
+            await consumer.ensure_groups()
+
+    async def run_until_idle(self) -> int:
+        """Warm start (first call), then drain every shard; returns the entries handled."""
+        await self.warm_start()
+        handled = 0
+        for consumer in self.consumers:
+            handled += await consumer.run_until_idle()
+        return handled
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Warm start, then one consumer per shard and the ticker, until ``stop`` is set."""
+        while not self.warmed and not stop.is_set():
+            try:
+                await self.warm_start()
+            except (RedisError, OSError) as exc:
+                logger.warning("%s: warm start failed (%s); retrying", self.name, exc)
+                await _wait(stop, 1.0)
+        await asyncio.gather(*(c.run(stop) for c in self.consumers), self._ticker(stop))
+        logger.info("%s: %d events, published %s", self.name, self.engine.events, self.published)
+
+    async def _ticker(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _wait(stop, self.settings.tick_s)
+            try:
+                await self.tick()
+                await self._heartbeat()
+            except (RedisError, OSError) as exc:
+                logger.warning("%s: tick failed (%s)", self.name, exc)
+
+    async def _heartbeat(self) -> None:
+        key = keys.process_heartbeat(self.name)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"updated_ms": self.clock.now_ms(), "events": self.engine.events,
+                                "active": len(self.engine.active), "shards": ",".join(map(str, self.shards))})
+        pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass
+
+
+def bench_consumer(redis: aioredis.Redis, shards: int) -> Detector:
+    """The detector over ``shards`` shard streams, for ``liq bench`` (drained with run_until_idle)."""
+    return Detector(redis, DetectorSettings(shards=shards), list(range(shards)))

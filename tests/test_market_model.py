@@ -1,0 +1,172 @@
+"""The market model: determinism, order, realistic prices, and labels that mean what they say."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+import pytest
+
+from shared.market import MarketEvent
+from shared.market_model import (
+    BASES,
+    PRICE_RANGE,
+    SAMPLED_VENUES,
+    SCENARIO_KINDS,
+    TICK,
+    VENUES,
+    MarketModel,
+    canonical_symbol_for,
+    rule_holds,
+    scenario,
+    to_liquidation,
+)
+
+START = 1_700_000_000_000
+HOUR = 3_600_000
+
+
+def _model(seed: int = 7, venues: tuple[str, ...] = VENUES) -> MarketModel:
+    return MarketModel(seed=seed, venues=venues, start_ms=START)
+
+
+def test_same_seed_same_events_and_other_seed_differs() -> None:
+    a = list(_model(7).events(START + HOUR))
+    b = list(_model(7).events(START + HOUR))
+    c = list(_model(8).events(START + HOUR))
+    assert a == b
+    assert a != c
+    assert len(a) > 100
+
+
+def test_endless_stream_is_lazy_and_matches_bounded_events() -> None:
+    bounded = list(_model().events(START + 600_000))
+    head = list(itertools.islice(_model().stream(), len(bounded)))
+    assert head == bounded
+
+
+def test_events_are_time_ordered_within_bounds_and_use_known_venues() -> None:
+    events = list(_model(venues=("bybit", "okx", "binance_usdm")).events(START + 2 * HOUR))
+    times = [e.timestamp_ms for e in events]
+    assert times == sorted(times)
+    assert START <= times[0] and times[-1] < START + 2 * HOUR
+    assert {e.venue for e in events} <= {"bybit", "okx", "binance_usdm"}
+    assert {e.base for e in events} == set(BASES)
+
+
+def test_prices_stay_realistic_and_on_the_tick() -> None:
+    for e in _model(3).events(START + 3 * HOUR):
+        lo, hi = PRICE_RANGE[e.base]
+        assert lo * 0.9 <= e.price <= hi * 1.1
+        ticks = e.price / TICK[e.base]
+        assert abs(ticks - round(ticks)) < 1e-6, e
+        assert float(repr(e.price)) == e.price and len(repr(e.price).split(".")[1]) <= 3
+        assert round(e.notional_usd, 2) == e.notional_usd > 0
+
+
+def test_binance_publishes_at_most_one_liquidation_per_symbol_per_second() -> None:
+    events = list(_model(11).events(START + 6 * HOUR))
+    seen: set[tuple[str, str, int]] = set()
+    sampled = [e for e in events if e.venue in SAMPLED_VENUES]
+    assert sampled
+    for e in sampled:
+        key = (e.venue, e.base, e.timestamp_ms // 1000)
+        assert key not in seen
+        seen.add(key)
+
+
+def test_stream_cascades_hit_several_venues_within_seconds() -> None:
+    sc = _model(5).labelled(START + 6 * HOUR)
+    assert len(sc.cascades) >= 5
+    multi = [c for c in sc.cascades if len(c.venues) >= 2]
+    assert len(multi) >= len(sc.cascades) // 2
+    for c in multi:
+        firsts = [min(e.timestamp_ms for e in sc.events if e.cascade_id == c.cascade_id and e.venue == v)
+                  for v in c.venues if any(e.cascade_id == c.cascade_id and e.venue == v for e in sc.events)]
+        assert max(firsts) - min(firsts) < 60_000
+
+
+@pytest.mark.parametrize("kind", SCENARIO_KINDS)
+def test_scenarios_are_deterministic(kind: str) -> None:
+    assert scenario(kind, 3, START) == scenario(kind, 3, START)
+    assert scenario(kind, 3, START).events != scenario(kind, 4, START).events
+
+
+def _by_symbol(events: list[MarketEvent]) -> dict[str, list[MarketEvent]]:
+    out: dict[str, list[MarketEvent]] = defaultdict(list)
+    for e in events:
+        out[canonical_symbol_for(e.venue, e.base)].append(e)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_scenario_labels_are_consistent(seed: int) -> None:
+    expected = {"quiet": 0, "slow_grind": 0, "whale_alone": 0}
+    for kind in SCENARIO_KINDS:
+        sc = scenario(kind, seed, START)
+        times = [e.timestamp_ms for e in sc.events]
+        assert times == sorted(times)
+        assert all(sc.start_ms <= t < sc.end_ms for t in times)
+        assert all(e.scenario == kind for e in sc.events)
+        if kind in expected:
+            assert sc.cascades == [], kind
+            assert not any(e.cascade_id for e in sc.events)
+        else:
+            assert sc.cascades, kind
+        ids = {e.cascade_id for e in sc.events if e.cascade_id}
+        assert ids == {c.cascade_id for c in sc.cascades if c.published}
+        for label in sc.cascades:
+            mine = [e for e in sc.events if e.cascade_id == label.cascade_id]
+            assert {canonical_symbol_for(e.venue, e.base) for e in mine} == {label.symbol}
+            assert {e.venue for e in mine} <= set(label.venues)
+            assert label.start_ms <= label.first_ms <= label.fifth_ms <= label.end_ms
+            assert label.count >= label.published == len(mine)
+            assert label.count >= 5 and label.notional_usd >= 100_000
+        if kind == "cross_venue_cascade":
+            assert any(len(c.venues) >= 2 for c in sc.cascades)
+        if kind == "feed_dropout":
+            assert sc.true_count > len(sc.events)
+            assert any(len(c.venues) >= 3 for c in sc.cascades)
+        if kind == "single_venue_burst":
+            assert len(sc.cascades) == 1 and len(sc.cascades[0].venues) == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_grind_and_whale_never_meet_the_rule_on_their_symbol(seed: int) -> None:
+    for kind in ("slow_grind", "whale_alone"):
+        sc = scenario(kind, seed, START)
+        for symbol, events in _by_symbol(sc.events).items():
+            assert not rule_holds([e.timestamp_ms for e in events], [e.notional_usd for e in events]), (
+                kind, symbol)
+    whale = scenario("whale_alone", seed, START)
+    assert max(e.notional_usd for e in whale.events) >= 1_500_000
+
+
+def test_rule_holds_edges() -> None:
+    assert rule_holds([0, 1, 2, 3, 4], [20_000.0] * 5)
+    assert not rule_holds([0, 1, 2, 3], [50_000.0] * 4)
+    assert not rule_holds([0, 1, 2, 3, 4], [20_000.0, 20_000.0, 20_000.0, 20_000.0, 19_999.0])
+    assert not rule_holds([0, 15_000, 30_000, 45_000, 60_000], [50_000.0] * 5)
+    assert rule_holds([1, 15_000, 30_000, 45_000, 60_000], [50_000.0] * 5)
+
+
+def test_canonical_symbols_and_liquidations() -> None:
+    assert canonical_symbol_for("bybit", "BTC") == "BTCUSDT"
+    assert canonical_symbol_for("binance_coinm", "ETH") == "ETHUSD"
+    assert canonical_symbol_for("dydx", "SOL") == "SOLUSD"
+    assert canonical_symbol_for("hyperliquid", "BTC") == "BTCUSDC"
+    event = MarketEvent(venue="binance_usdm", base="BTC", side="long", price=80_000.1,
+                        notional_usd=40_000.05, timestamp_ms=START)
+    liq = to_liquidation(event)
+    assert (liq.exchange, liq.symbol, liq.side, liq.sampled) == ("binance_usdm", "BTCUSDT", "long", True)
+    assert liq.notional_usd == 40_000.05 and abs(liq.quantity * liq.price - 40_000.05) < 0.01
+    assert liq.event_id == to_liquidation(event).event_id
+    assert to_liquidation(MarketEvent(venue="bitmex", base="BTC", side="short", price=1.0, notional_usd=1.0,
+                                      timestamp_ms=START)).market_type == "inverse_perpetual"
+
+
+def test_unknown_venue_and_kind_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown venue"):
+        list(MarketModel(seed=1, venues=("nope",), start_ms=START).events(START + 1000))
+    with pytest.raises(ValueError, match="unknown scenario kind"):
+        scenario("nope", 1, START)

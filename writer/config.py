@@ -1,0 +1,57 @@
+"""The writer's settings (``LIQ_*``), loaded once in the CLI and passed down.
+
+``pg_dsn`` is optional here so that ``load`` never fails for unrelated commands; the commands
+that need a database call :func:`require_dsn`, which names ``LIQ_PG_DSN`` when it is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from shared.errors import ConfigError
+from shared.settings import CommonSettings, env_name
+
+StorageMode = Literal["auto", "timescale", "native"]
+
+
+class WriterSettings(CommonSettings, frozen=True, kw_only=True):
+    pg_dsn: str = ""
+    storage_mode: StorageMode = "auto"
+    significant_usd: float = 100_000.0
+    significant_usd_by_symbol: dict[str, float] = {}
+    batch_size: int = 500
+    batch_age_ms: int = 100
+    retention_days: int = 90
+    rollup_retention_days: int = 365
+    compress_after_days: int = 7
+    partitions_ahead_days: int = 2
+    janitor_interval_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("batch_age_ms", self.batch_age_ms, 0)
+        _at_least("retention_days", self.retention_days, 1)
+        _at_least("rollup_retention_days", self.rollup_retention_days, 1)
+        _at_least("compress_after_days", self.compress_after_days, 1)
+        _at_least("partitions_ahead_days", self.partitions_ahead_days, 0)
+        _at_least("janitor_interval_s", self.janitor_interval_s, 1)
+        _at_least("significant_usd", self.significant_usd, 0)
+        for symbol, usd in self.significant_usd_by_symbol.items():
+            if usd < 0:
+                raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
+
+
+def _at_least(field: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise ConfigError(env_name(field), f"a number >= {minimum:g}", str(value))
+
+
+def require_dsn(settings: WriterSettings) -> str:
+    """The DSN, or a :class:`ConfigError` naming ``LIQ_PG_DSN``."""
+    if not settings.pg_dsn.strip():
+        raise ConfigError(
+            "LIQ_PG_DSN", "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq",
+            None,
+        )
+    return settings.pg_dsn

@@ -1,0 +1,168 @@
+"""Decoded stream payloads → staging rows for one database batch (pure).
+
+Rules applied here, besides significance (``writer.significance``):
+
+- a liquidation whose UTC day lies entirely before ``now - retention_days`` is not stored: its
+  partition/chunk is (or is about to be) dropped by retention, and re-creating it would resurrect
+  data the rollups already forgot; the same cutoff applies to cascades by their start time;
+- rows with a non-finite or absurd price, quantity or notional are skipped (they would abort the
+  whole COPY), and NUL characters are removed from text (PostgreSQL text cannot hold them);
+- of several messages about one cascade in a batch, only the furthest along (phase, then
+  ``published_ms``, then stream order) is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from shared.models import CascadeEvent, CascadeMember, Liquidation
+from writer.significance import SignificanceRules
+
+Payload = Liquidation | CascadeEvent | CascadeMember
+
+DAY_MS = 86_400_000
+MAX_ABS_VALUE = 1e15
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PHASE_RANK = {"start": 1, "escalate": 2, "end": 3}
+
+EVENT_COLUMNS = (
+    "time", "exchange", "symbol", "symbol_native", "base", "market_type", "side", "price",
+    "quantity", "value_usd", "notional_known", "is_cascade", "risk_score", "cascade_id",
+    "event_id", "sampled", "received_at",
+)
+EVENT_TYPES = (
+    "timestamptz", "text", "text", "text", "text", "text", "text", "float8",
+    "float8", "float8", "bool", "bool", "float8", "text",
+    "text", "bool", "timestamptz",
+)
+CASCADE_COLUMNS = (
+    "cascade_id", "symbol", "start_time", "end_time", "venues", "event_count", "total_value_usd",
+    "long_value_usd", "short_value_usd", "risk_score", "peak_risk_score", "band",
+    "volume_concentration", "time_compression", "price_clustering", "side_imbalance",
+    "institutional_ratio", "cross_exchange_correlation", "cross_exchange", "phase", "published_at",
+)
+CASCADE_TYPES = (
+    "text", "text", "timestamptz", "timestamptz", "text[]", "int4", "float8",
+    "float8", "float8", "float8", "float8", "text",
+    "float8", "float8", "float8", "float8",
+    "float8", "float8", "bool", "text", "timestamptz",
+)
+
+EventRow = tuple[object, ...]
+CascadeRow = tuple[object, ...]
+
+
+@dataclass
+class Batch:
+    """Everything one transaction writes, plus what was left out and why."""
+
+    events: list[EventRow] = field(default_factory=list)
+    cascades: list[CascadeRow] = field(default_factory=list)
+    days: set[date] = field(default_factory=set)
+    members: int = 0
+    insignificant: int = 0
+    expired: int = 0
+    invalid: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.events and not self.cascades
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def utc_day(ms: int) -> date:
+    return ms_to_datetime(ms - ms % DAY_MS).date()
+
+
+def expired(ts_ms: int, now_ms: int, retention_days: int) -> bool:
+    """True when the UTC day of ``ts_ms`` ends at or before ``now - retention``."""
+    day_end = ts_ms - ts_ms % DAY_MS + DAY_MS
+    return day_end <= now_ms - retention_days * DAY_MS
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) and abs(v) < MAX_ABS_VALUE for v in values)
+
+
+def _score(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def event_row(liq: Liquidation, member: CascadeMember | None = None) -> EventRow:
+    value = liq.notional_usd if liq.notional_known else 0.0
+    return (
+        ms_to_datetime(liq.timestamp_ms), _text(liq.exchange), _text(liq.symbol),
+        _text(liq.symbol_native), _text(liq.base), liq.market_type, liq.side, liq.price,
+        liq.quantity, value, liq.notional_known, member is not None,
+        _score(member.risk_score) if member else None, _text(member.cascade_id) if member else None,
+        _text(liq.event_id), liq.sampled, ms_to_datetime(liq.received_ms) if liq.received_ms > 0 else None,
+    )
+
+
+def cascade_row(ev: CascadeEvent) -> CascadeRow:
+    f = ev.factors
+    return (
+        _text(ev.cascade_id), _text(ev.symbol), ms_to_datetime(ev.start_ms),
+        ms_to_datetime(max(ev.end_ms, ev.start_ms)), [_text(v) for v in ev.venues], ev.count,
+        ev.total_notional_usd, ev.long_notional_usd, ev.short_notional_usd, ev.risk_score,
+        ev.peak_risk_score, ev.band, f.volume_concentration, f.time_compression,
+        f.price_clustering, f.side_imbalance, f.institutional_ratio, f.cross_exchange,
+        ev.cross_exchange, ev.phase, ms_to_datetime(ev.published_ms) if ev.published_ms > 0 else None,
+    )
+
+
+def latest_cascades(events: Iterable[CascadeEvent]) -> list[CascadeEvent]:
+    """One message per cascade id: the furthest phase, then the latest published, then the last."""
+    best: dict[str, CascadeEvent] = {}
+    for ev in events:
+        held = best.get(ev.cascade_id)
+        rank = (PHASE_RANK[ev.phase], ev.published_ms)
+        if held is None or rank >= (PHASE_RANK[held.phase], held.published_ms):
+            best[ev.cascade_id] = ev
+    return list(best.values())
+
+
+def _valid_cascade(ev: CascadeEvent) -> bool:
+    f = ev.factors
+    return _finite(ev.total_notional_usd, ev.long_notional_usd, ev.short_notional_usd, ev.risk_score,
+                   ev.peak_risk_score, f.volume_concentration, f.time_compression, f.price_clustering,
+                   f.side_imbalance, f.institutional_ratio, f.cross_exchange) and ev.count >= 0
+
+
+def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: int,
+                retention_days: int) -> Batch:
+    batch = Batch()
+    cascades: list[CascadeEvent] = []
+    for payload in payloads:
+        if isinstance(payload, CascadeEvent):
+            if expired(payload.start_ms, now_ms, retention_days):
+                batch.expired += 1
+            elif not _valid_cascade(payload):
+                batch.invalid += 1
+            else:
+                cascades.append(payload)
+            continue
+        member = payload if isinstance(payload, CascadeMember) else None
+        liq = payload.liquidation if isinstance(payload, CascadeMember) else payload
+        if member is None and not rules.is_significant(liq):
+            batch.insignificant += 1
+        elif expired(liq.timestamp_ms, now_ms, retention_days):
+            batch.expired += 1
+        elif not _finite(liq.price, liq.quantity, liq.notional_usd):
+            batch.invalid += 1
+        else:
+            batch.events.append(event_row(liq, member))
+            batch.days.add(utc_day(liq.timestamp_ms))
+            batch.members += member is not None
+    batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]
+    return batch

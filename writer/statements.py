@@ -1,0 +1,190 @@
+"""Every SQL statement the writer runs per batch, in one place (tests replay the same text).
+
+Per batch, in one transaction:
+
+1. COPY (binary) the rows into the session's temp staging tables (emptied at COMMIT);
+2. ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into ``liquidations_significant``. In native mode
+   this is a data-modifying CTE whose ``RETURNING`` (only the rows really inserted) feeds
+   additive upserts of ``liquidations_hourly`` and ``liquidation_heatmap``: a replayed batch
+   inserts nothing and so adds nothing;
+3. cascade upgrade: an ``UPDATE … WHERE NOT is_cascade`` marks existing rows that a cascade
+   member names; in native mode its ``RETURNING`` moves their value into the hourly cascade
+   columns (each row is upgraded, and counted, once). This is a separate statement because
+   PostgreSQL 15 cannot return ``xmax`` from a partitioned table, so one ``ON CONFLICT DO
+   UPDATE`` could not tell an inserted row from an upgraded one;
+4. cascades: rows whose start moved are replaced, then an upsert where the furthest phase (then
+   the latest ``published_at``) wins; in native mode the touched ``(hour, symbol)`` rows of
+   ``liquidation_cascades`` are then recomputed from ``cascade_events``.
+
+Hours are ``date_bin('1 hour', t, TIMESTAMPTZ '2000-01-03')``, identical to ``time_bucket``.
+"""
+
+from __future__ import annotations
+
+from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS
+
+HOUR = "date_bin('1 hour', {col}, TIMESTAMPTZ '2000-01-03')"
+
+STAGE_EVENTS_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS liq_stage (
+    time timestamptz, exchange text, symbol text, symbol_native text, base text, market_type text,
+    side text, price float8, quantity float8, value_usd float8, notional_known boolean,
+    is_cascade boolean, risk_score float8, cascade_id text, event_id text, sampled boolean,
+    received_at timestamptz
+) ON COMMIT DELETE ROWS"""
+
+STAGE_CASCADES_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS liq_cascade_stage (
+    cascade_id text, symbol text, start_time timestamptz, end_time timestamptz, venues text[],
+    event_count int4, total_value_usd float8, long_value_usd float8, short_value_usd float8,
+    risk_score float8, peak_risk_score float8, band text, volume_concentration float8,
+    time_compression float8, price_clustering float8, side_imbalance float8,
+    institutional_ratio float8, cross_exchange_correlation float8, cross_exchange boolean,
+    phase text, published_at timestamptz
+) ON COMMIT DELETE ROWS"""
+
+COPY_EVENTS = f"COPY liq_stage ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+COPY_CASCADES = f"COPY liq_cascade_stage ({', '.join(CASCADE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+# One row per key; a cascade member's version wins over the plain event's.
+_DEDUPED_STAGE = """
+    SELECT DISTINCT ON (time, exchange, event_id) *
+    FROM liq_stage
+    ORDER BY time, exchange, event_id, is_cascade DESC, risk_score DESC NULLS LAST"""
+
+_INSERT_RAW = f"""
+INSERT INTO liquidations_significant (
+    time, exchange, symbol, symbol_native, base, market_type, side, price, quantity, value_usd,
+    notional_known, price_level, is_cascade, risk_score, cascade_id, event_id, sampled, received_at)
+SELECT time, exchange, symbol, symbol_native, base, market_type, side, price::numeric,
+       quantity::numeric, value_usd::numeric, notional_known, liq_price_level(base, price::numeric),
+       is_cascade, risk_score, cascade_id, event_id, sampled, received_at
+FROM ({_DEDUPED_STAGE}) AS src
+ON CONFLICT (time, exchange, event_id) DO NOTHING"""
+
+INSERT_EVENTS_TIMESCALE = _INSERT_RAW
+
+INSERT_EVENTS_NATIVE = f"""
+WITH ins AS ({_INSERT_RAW}
+    RETURNING time, exchange, symbol, side, value_usd, quantity, price_level, is_cascade
+), hourly AS (
+    INSERT INTO liquidations_hourly AS h (
+        hour, exchange, symbol, side, event_count, total_value_usd, max_value_usd,
+        total_quantity, cascade_event_count, cascade_value_usd)
+    SELECT {HOUR.format(col="time")}, exchange, symbol, side, count(*), sum(value_usd),
+           max(value_usd), sum(quantity), count(*) FILTER (WHERE is_cascade),
+           coalesce(sum(value_usd) FILTER (WHERE is_cascade), 0)
+    FROM ins
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (hour, exchange, symbol, side) DO UPDATE SET
+        event_count = h.event_count + EXCLUDED.event_count,
+        total_value_usd = h.total_value_usd + EXCLUDED.total_value_usd,
+        max_value_usd = GREATEST(h.max_value_usd, EXCLUDED.max_value_usd),
+        total_quantity = h.total_quantity + EXCLUDED.total_quantity,
+        cascade_event_count = h.cascade_event_count + EXCLUDED.cascade_event_count,
+        cascade_value_usd = h.cascade_value_usd + EXCLUDED.cascade_value_usd
+    RETURNING 1
+), heatmap AS (
+    INSERT INTO liquidation_heatmap AS m (
+        hour, symbol, price_level, side, event_count, total_value_usd, max_value_usd)
+    SELECT {HOUR.format(col="time")}, symbol, price_level, side, count(*), sum(value_usd), max(value_usd)
+    FROM ins
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (hour, symbol, price_level, side) DO UPDATE SET
+        event_count = m.event_count + EXCLUDED.event_count,
+        total_value_usd = m.total_value_usd + EXCLUDED.total_value_usd,
+        max_value_usd = GREATEST(m.max_value_usd, EXCLUDED.max_value_usd)
+    RETURNING 1
+)
+SELECT count(*) FROM ins"""
+
+_UPGRADE = """
+UPDATE liquidations_significant AS t
+SET is_cascade = true, cascade_id = s.cascade_id, risk_score = s.risk_score
+FROM (
+    SELECT DISTINCT ON (time, exchange, event_id) time, exchange, event_id, cascade_id, risk_score
+    FROM liq_stage
+    WHERE is_cascade
+    ORDER BY time, exchange, event_id, risk_score DESC NULLS LAST
+) AS s
+WHERE t.time = s.time AND t.exchange = s.exchange AND t.event_id = s.event_id AND NOT t.is_cascade"""
+
+UPGRADE_MEMBERS_TIMESCALE = _UPGRADE
+
+UPGRADE_MEMBERS_NATIVE = f"""
+WITH up AS ({_UPGRADE}
+    RETURNING t.time, t.exchange, t.symbol, t.side, t.value_usd
+), hourly AS (
+    UPDATE liquidations_hourly AS h
+    SET cascade_event_count = h.cascade_event_count + u.n,
+        cascade_value_usd = h.cascade_value_usd + u.v
+    FROM (SELECT {HOUR.format(col="time")} AS hour, exchange, symbol, side,
+                 count(*) AS n, sum(value_usd) AS v
+          FROM up GROUP BY 1, 2, 3, 4) AS u
+    WHERE h.hour = u.hour AND h.exchange = u.exchange AND h.symbol = u.symbol AND h.side = u.side
+    RETURNING 1
+)
+SELECT count(*) FROM up"""
+
+# Serializes cascade writes between writer processes (the native recompute reads what others wrote).
+LOCK_CASCADES = "SELECT pg_advisory_xact_lock(hashtext('liq_cascades'))"
+
+_NOT_OLDER = """(liq_phase_rank({new}.phase), coalesce({new}.published_at, '-infinity'))
+        >= (liq_phase_rank({old}.phase), coalesce({old}.published_at, '-infinity'))"""
+
+# A cascade whose start time changed: drop the row under the old start (if this message is not
+# older than it); returns the (hour, symbol) it counted in.
+DELETE_MOVED_CASCADES = f"""
+DELETE FROM cascade_events AS c
+USING liq_cascade_stage AS s
+WHERE c.cascade_id = s.cascade_id AND c.start_time <> s.start_time
+  AND {_NOT_OLDER.format(new="s", old="c")}
+RETURNING {HOUR.format(col="c.start_time")} AS hour, c.symbol"""
+
+_CASCADE_SET = ", ".join(
+    f"{c} = EXCLUDED.{c}" for c in CASCADE_COLUMNS if c not in ("cascade_id", "start_time")
+)
+
+UPSERT_CASCADES = f"""
+INSERT INTO cascade_events AS c ({', '.join(CASCADE_COLUMNS)}, status, updated_at)
+SELECT s.cascade_id, s.symbol, s.start_time, s.end_time, s.venues, s.event_count,
+       s.total_value_usd::numeric, s.long_value_usd::numeric, s.short_value_usd::numeric,
+       s.risk_score, s.peak_risk_score, s.band, s.volume_concentration, s.time_compression,
+       s.price_clustering, s.side_imbalance, s.institutional_ratio, s.cross_exchange_correlation,
+       s.cross_exchange, s.phase, s.published_at,
+       CASE WHEN s.phase = 'end' THEN 'ended' ELSE 'active' END, now()
+FROM liq_cascade_stage AS s
+WHERE NOT EXISTS (SELECT 1 FROM cascade_events AS o
+                  WHERE o.cascade_id = s.cascade_id AND o.start_time <> s.start_time)
+ORDER BY s.start_time, s.cascade_id
+ON CONFLICT (start_time, cascade_id) DO UPDATE SET {_CASCADE_SET},
+    status = EXCLUDED.status, updated_at = EXCLUDED.updated_at
+WHERE {_NOT_OLDER.format(new="EXCLUDED", old="c")}"""
+
+STAGED_CASCADE_KEYS = f"SELECT DISTINCT {HOUR.format(col='start_time')}, symbol FROM liq_cascade_stage"
+
+_KEYS = "unnest(%(hours)s::timestamptz[], %(symbols)s::text[]) AS k(hour, symbol)"
+
+DELETE_CASCADE_ROLLUP = f"""
+DELETE FROM liquidation_cascades AS l
+USING {_KEYS}
+WHERE l.hour = k.hour AND l.symbol = k.symbol"""
+
+INSERT_CASCADE_ROLLUP = f"""
+INSERT INTO liquidation_cascades (
+    hour, symbol, cascade_count, liquidation_count, total_value_usd, long_value_usd,
+    short_value_usd, max_risk_score, avg_risk_score, cross_exchange_count, max_venues)
+SELECT {HOUR.format(col="c.start_time")}, c.symbol, count(*), sum(c.event_count),
+       sum(c.total_value_usd), sum(c.long_value_usd), sum(c.short_value_usd),
+       max(c.peak_risk_score), avg(c.risk_score), count(*) FILTER (WHERE c.cross_exchange),
+       max(cardinality(c.venues))
+FROM cascade_events AS c
+JOIN (SELECT DISTINCT hour, symbol FROM {_KEYS}) AS k
+  ON c.symbol = k.symbol AND c.start_time >= k.hour AND c.start_time < k.hour + INTERVAL '1 hour'
+GROUP BY 1, 2
+ORDER BY 1, 2"""
+
+ENSURE_PARTITIONS = "SELECT liq_ensure_partitions(%s::date[])"
+READ_MODE = "SELECT value FROM schema_meta WHERE key = 'mode'"
