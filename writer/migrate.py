@@ -299,3 +299,9 @@ def _record_meta(conn: psycopg.Connection[tuple[object, ...]], mode: Mode, versi
             "WHERE schema_meta.value IS DISTINCT FROM EXCLUDED.value",
             (key, value),
         )
+
+
+def migrate_dsn(dsn: str, requested: StorageMode = "auto", params: PlanParams | None = None) -> MigrateResult:
+    """Open an autocommit connection to ``dsn`` and :func:`migrate` it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return migrate(conn, requested, params)
