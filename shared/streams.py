@@ -117,6 +117,7 @@ class StreamConsumer(Generic[T]):
         await self.ensure_groups()
         before = self.stats.handled
         self._last_claim = 0.0
+        self._pending_first = True
         while await self._step(block=False):
             pass
         return self.stats.handled - before

@@ -1,0 +1,250 @@
+"""The writer against real Redis and PostgreSQL (plain-PostgreSQL mode).
+
+Every check compares exact counts and sums: the stored rows against what was published, and
+every rollup against a direct aggregate over the raw rows, after replays, cascade upgrades,
+an outage and partition drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared import keys, servers
+from shared.clock import FakeClock
+from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import SinkRetry, publish
+from tests.factories import liq
+from writer.config import WriterSettings
+from writer.migrate import migrate_dsn
+from writer.service import Writer
+
+pytestmark = pytest.mark.integration
+
+HOUR_MS = 3_600_000
+NOW_MS = 1_767_225_600_000 + 10 * HOUR_MS  # 2026-01-01 10:00 UTC
+SHARDS = 2
+
+
+def settings(dsn: str, **over: Any) -> WriterSettings:
+    return WriterSettings(pg_dsn=dsn, shards=SHARDS, batch_age_ms=0, batch_size=7, **over)
+
+
+def events() -> list[Liquidation]:
+    """12 liquidations over three hours, two venues, two symbols; 8 are >= $100K."""
+    out = []
+    for i in range(12):
+        symbol = "BTCUSDT" if i % 2 else "ETHUSDT"
+        price = 67_250.0 + 37 * i if symbol == "BTCUSDT" else 3_455.0 + i
+        usd = 60_000.0 if i % 3 == 0 else 150_000.0 + 1_000 * i
+        out.append(liq(exchange="bybit" if i % 4 < 2 else "okx", symbol=symbol, price=price,
+                       quantity=round(usd / price, 6), side="long" if i % 5 else "short",
+                       timestamp_ms=NOW_MS - 3 * HOUR_MS + i * 900_000, event_id=f"e{i}"))
+    return out
+
+
+def cascade(phase: str, count: int, total: float, end_offset_ms: int, published: int) -> CascadeEvent:
+    return CascadeEvent(
+        cascade_id="BTCUSDT-1", symbol="BTCUSDT", phase=phase,  # type: ignore[arg-type]
+        start_ms=NOW_MS - HOUR_MS, end_ms=NOW_MS - HOUR_MS + end_offset_ms,
+        venues=["bybit", "okx"], count=count, total_notional_usd=total, long_notional_usd=total * 0.75,
+        short_notional_usd=total * 0.25, risk_score=1.2, peak_risk_score=1.4, band="high",
+        factors=FactorScores(volume_concentration=0.5, time_compression=0.4, price_clustering=0.9,
+                             side_imbalance=0.5, institutional_ratio=0.6, cross_exchange=0.7),
+        cross_exchange=True, published_ms=published)
+
+
+async def publish_all(url: str, items: list[tuple[str, Any]]) -> None:
+    client = make_async_redis(url)
+    try:
+        await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+    finally:
+        await client.aclose()
+
+
+def to_shard(events_: list[Liquidation]) -> list[tuple[str, Any]]:
+    return [(keys.event_stream(keys.shard_of(e.symbol, SHARDS)), e) for e in events_]
+
+
+async def drain(url: str, dsn: str, **over: Any) -> Writer:
+    client = make_async_redis(url)
+    writer = Writer(client, settings(dsn, **over), dsn, clock=FakeClock(NOW_MS))
+    try:
+        await writer.run_until_idle()
+    finally:
+        await writer.aclose()
+        await client.aclose()
+    return writer
+
+
+def rows(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+HOURLY_FROM_RAW = """
+SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03'), exchange, symbol, side, count(*), sum(value_usd),
+       max(value_usd), sum(quantity), count(*) FILTER (WHERE is_cascade),
+       coalesce(sum(value_usd) FILTER (WHERE is_cascade), 0)
+FROM liquidations_significant GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
+HOURLY = """
+SELECT hour, exchange, symbol, side, event_count, total_value_usd, max_value_usd, total_quantity,
+       cascade_event_count, cascade_value_usd
+FROM liquidations_hourly WHERE event_count > 0 ORDER BY 1, 2, 3, 4"""
+HEATMAP_FROM_RAW = """
+SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03'), symbol, price_level, side, count(*),
+       sum(value_usd), max(value_usd)
+FROM liquidations_significant GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
+HEATMAP = """
+SELECT hour, symbol, price_level, side, event_count, total_value_usd, max_value_usd
+FROM liquidation_heatmap WHERE event_count > 0 ORDER BY 1, 2, 3, 4"""
+CASCADES_FROM_RAW = """
+SELECT date_bin('1 hour', start_time, TIMESTAMPTZ '2000-01-03'), symbol, count(*), sum(event_count),
+       sum(total_value_usd), max(peak_risk_score), count(*) FILTER (WHERE cross_exchange)
+FROM cascade_events GROUP BY 1, 2 ORDER BY 1, 2"""
+CASCADES = """
+SELECT hour, symbol, cascade_count, liquidation_count, total_value_usd, max_risk_score, cross_exchange_count
+FROM liquidation_cascades ORDER BY 1, 2"""
+
+
+def assert_rollups_match_raw(dsn: str) -> None:
+    assert rows(dsn, HOURLY) == rows(dsn, HOURLY_FROM_RAW)
+    assert rows(dsn, HEATMAP) == rows(dsn, HEATMAP_FROM_RAW)
+    assert rows(dsn, CASCADES) == rows(dsn, CASCADES_FROM_RAW)
+
+
+@pytest.fixture
+def db(pg_dsn: str) -> Iterator[str]:
+    assert migrate_dsn(pg_dsn, "native").mode == "native"
+    yield pg_dsn
+
+
+def test_significant_events_are_stored_once_and_rollups_match(redis_url: str, db: str) -> None:
+    evs = events()
+    asyncio.run(publish_all(redis_url, to_shard(evs)))
+    writer = asyncio.run(drain(redis_url, db))
+    significant = [e for e in evs if e.notional_usd >= 100_000]
+    assert len(significant) == 8
+    assert writer.skipped["insignificant"] == 4
+    stored = rows(db, "SELECT event_id, exchange, symbol, side, value_usd, is_cascade"
+                      " FROM liquidations_significant ORDER BY time")
+    assert [r[0] for r in stored] == [e.event_id for e in significant]
+    assert sum(r[4] for r in stored) == sum(Decimal(str(round(e.notional_usd, 2))) for e in significant)
+    assert not any(r[5] for r in stored)
+    assert_rollups_match_raw(db)
+    # The same events published again (a collector replay) and redelivered: nothing doubles.
+    asyncio.run(publish_all(redis_url, to_shard(evs)))
+    asyncio.run(drain(redis_url, db))
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+    assert_rollups_match_raw(db)
+
+
+def test_per_symbol_threshold(redis_url: str, db: str) -> None:
+    asyncio.run(publish_all(redis_url, to_shard(events())))
+    asyncio.run(drain(redis_url, db, significant_usd_by_symbol={"ETHUSDT": 1e9}))
+    assert rows(db, "SELECT DISTINCT symbol FROM liquidations_significant") == [("BTCUSDT",)]
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(4,)]
+
+
+def test_cascade_members_upgrade_rows_and_cascade_rollup(redis_url: str, db: str) -> None:
+    evs = events()
+    asyncio.run(publish_all(redis_url, to_shard(evs)))
+    asyncio.run(drain(redis_url, db))
+    btc = [e for e in evs if e.symbol == "BTCUSDT"]
+    # Members: two already stored (>= $100K), one small one that only a cascade makes stored.
+    members = [CascadeMember(cascade_id="BTCUSDT-1", risk_score=1.2, liquidation=e) for e in btc[:3]]
+    start = cascade("start", 5, 500_000.0, 10_000, NOW_MS - HOUR_MS + 10_000)
+    end = cascade("end", 9, 900_000.0, 60_000, NOW_MS - HOUR_MS + 90_000)
+    items: list[tuple[str, Any]] = [(keys.CASCADE_MEMBER_STREAM, m) for m in members]
+    items += [(keys.CASCADE_STREAM, end), (keys.CASCADE_STREAM, start)]  # out of order on purpose
+    for _ in range(2):  # the second round is a full redelivery
+        asyncio.run(publish_all(redis_url, items))
+        asyncio.run(drain(redis_url, db))
+        flagged = rows(db, "SELECT event_id, cascade_id, risk_score FROM liquidations_significant"
+                           " WHERE is_cascade ORDER BY time")
+        assert flagged == [(m.liquidation.event_id, "BTCUSDT-1", 1.2) for m in members]
+        assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(9,)]
+        stored = rows(db, "SELECT phase, status, event_count, total_value_usd, venues FROM cascade_events")
+        assert stored == [("end", "ended", 9, Decimal("900000.00"), ["bybit", "okx"])]
+        assert_rollups_match_raw(db)
+
+
+def test_retention_cutoff_and_janitor_drop_whole_partitions(redis_url: str, db: str) -> None:
+    old = liq(symbol="BTCUSDT", price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS - 91 * 24 * HOUR_MS,
+              event_id="too-old")
+    edge = liq(symbol="BTCUSDT", price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS - 89 * 24 * HOUR_MS,
+               event_id="kept")
+    asyncio.run(publish_all(redis_url, to_shard([old, edge, *events()])))
+    writer = asyncio.run(drain(redis_url, db))
+    assert writer.skipped["expired"] == 1
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(9,)]
+
+    async def maintain(days_later: int) -> Any:
+        client = make_async_redis(redis_url)
+        w = Writer(client, settings(db), db, clock=FakeClock(NOW_MS + days_later * 24 * HOUR_MS))
+        try:
+            return await w.maintain()
+        finally:
+            await w.aclose()
+            await client.aclose()
+
+    report = asyncio.run(maintain(0))
+    assert report.dropped == []
+    assert len(report.created) == 2  # today exists already (events), tomorrow and the day after
+    report = asyncio.run(maintain(2))  # the partition of "kept" now lies entirely past 90 days
+    assert report.dropped == ["liquidations_significant_p20251004"]
+    assert rows(db, "SELECT count(*) FROM liquidations_significant WHERE event_id = 'kept'") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+    # Rollups keep the dropped partition's hour (a year of rollups outlives 90 days of raw rows).
+    assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(9,)]
+
+
+def test_database_outage_holds_entries_and_resumes_without_loss(redis_url: str) -> None:
+    # Its own server (the postgres user must reach the data dir, so not under pytest's tmp_path).
+    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-outage-{uuid.uuid4().hex[:8]}"
+    server = servers.start_postgres(base)
+    try:
+        migrate_dsn(server.dsn, "native")
+        evs = events()
+        asyncio.run(publish_all(redis_url, to_shard(evs[:6])))
+        asyncio.run(drain(redis_url, server.dsn))
+        assert rows(server.dsn, "SELECT count(*) FROM liquidations_significant") == [(4,)]
+        server.stop()
+        asyncio.run(publish_all(redis_url, to_shard(evs[6:])))
+        with pytest.raises(SinkRetry):
+            asyncio.run(drain(redis_url, server.dsn))
+        assert pending(redis_url) > 0, "entries must stay un-acked while the database is down"
+        server = servers.start_postgres(base, port=server.port)
+        asyncio.run(drain(redis_url, server.dsn))
+        assert pending(redis_url) == 0
+        assert rows(server.dsn, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+        assert_rollups_match_raw(server.dsn)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def pending(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return sum(int(client.xpending(s, keys.WRITER_GROUP)["pending"]) for s in keys.event_streams(SHARDS))
+    finally:
+        client.close()
+
+
+def test_writer_refuses_an_unmigrated_database(redis_url: str, pg_dsn: str) -> None:
+    asyncio.run(publish_all(redis_url, to_shard(events())))
+    with pytest.raises(SinkRetry, match="liq migrate"):
+        asyncio.run(drain(redis_url, pg_dsn))

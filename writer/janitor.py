@@ -1,0 +1,81 @@
+"""Native-mode maintenance: what TimescaleDB's job scheduler does, run by the writer process.
+
+Every ``janitor_interval_s`` (and once at start), on its own connection:
+
+- create the UTC-day partitions from today to ``today + partitions_ahead_days``;
+- retention: detach and drop every partition lying entirely before ``now - retention_days``
+  (whole-partition semantics, like ``drop_chunks``), and delete older ``cascade_events`` rows;
+- rollup retention: delete rollup rows older than ``now - rollup_retention_days``.
+
+Compression has no plain-PostgreSQL equivalent; nothing is done for it (``liq status`` says so).
+In TimescaleDB mode the janitor does nothing: the extension's policies do all of this.
+The functions it calls are SQL (``sql/006_maintenance.native.sql``), safe to run from several
+writers at once. :func:`plan_run` is the pure part (which days and cutoffs), tested on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from writer.config import WriterSettings
+
+logger = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class JanitorRun:
+    days_ahead: list[date]
+    raw_cutoff: datetime
+    rollup_cutoff: datetime
+
+
+@dataclass
+class JanitorReport:
+    created: list[str]
+    dropped: list[str]
+    cascades_purged: int
+    rollups_purged: int
+
+
+def plan_run(now: datetime, settings: WriterSettings) -> JanitorRun:
+    """Days to pre-create and the retention cutoffs for a run at ``now`` (UTC)."""
+    today = now.astimezone(UTC).date()
+    return JanitorRun(
+        days_ahead=[today + timedelta(days=k) for k in range(settings.partitions_ahead_days + 1)],
+        raw_cutoff=now - timedelta(days=settings.retention_days),
+        rollup_cutoff=now - timedelta(days=settings.rollup_retention_days),
+    )
+
+
+async def run_once(conn: Conn, run: JanitorRun) -> JanitorReport:
+    """Apply one :class:`JanitorRun` (``conn`` in autocommit; each step its own transaction)."""
+    async with conn.transaction():
+        created = await _names(conn, "SELECT liq_ensure_partitions(%s::date[])", (run.days_ahead,))
+    async with conn.transaction():
+        dropped = await _names(conn, "SELECT liq_drop_partitions_before(%s)", (run.raw_cutoff,))
+    async with conn.transaction():
+        cascades = await _scalar(conn, "SELECT liq_purge_cascades(%s)", (run.raw_cutoff,))
+    async with conn.transaction():
+        rollups = await _scalar(conn, "SELECT liq_purge_rollups(%s)", (run.rollup_cutoff,))
+    report = JanitorReport(created, dropped, cascades, rollups)
+    if created or dropped or cascades or rollups:
+        logger.info("janitor: created %s, dropped %s, purged %d cascades and %d rollup rows",
+                    created or "no partitions", dropped or "no partitions", cascades, rollups)
+    return report
+
+
+async def _names(conn: Conn, query: str, params: tuple[Any, ...]) -> list[str]:
+    rows = await (await conn.execute(query, params)).fetchall()
+    return [str(r[0]) for r in rows if r[0]]
+
+
+async def _scalar(conn: Conn, query: str, params: tuple[Any, ...]) -> int:
+    row = await (await conn.execute(query, params)).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0

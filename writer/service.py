@@ -1,0 +1,152 @@
+"""The writer process: event shards, cascades and cascade members → PostgreSQL/TimescaleDB.
+
+Three consumers in group ``writer`` (one per payload type: the event shard streams,
+``liq:cascades`` and ``liq:cascade:members``) share one :class:`~writer.sink.DatabaseSink`
+behind a lock. Each read is turned into rows (``writer.rows.build_batch``: significance,
+retention cutoff, validity), split into chunks of at most ``batch_size`` rows by the
+:class:`~writer.batcher.Batcher`, and each chunk is committed before the handler returns; the
+consumer acks only then. After a read that did not fill a batch, the handler waits out the rest
+of ``batch_age_ms`` so that quiet periods commit at most once per batch age.
+
+Any number of writers can share the group: the natural keys make every insert idempotent and an
+advisory lock serializes cascade writes. In native mode the writer also runs the janitor
+(``writer.janitor``) and creates partitions on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import codec, keys
+from shared.clock import SYSTEM_CLOCK, Clock
+from shared.streams import Message, StreamConsumer
+from writer import janitor
+from writer.batcher import Batcher
+from writer.config import WriterSettings
+from writer.rows import Payload, build_batch
+from writer.significance import SignificanceRules
+from writer.sink import COMPONENT, DatabaseSink
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+
+
+def consumer_name() -> str:
+    return f"writer-{socket.gethostname()}-{os.getpid()}"
+
+
+class Writer:
+    """The shell: consumers → rows → sink, plus the janitor and the heartbeat."""
+
+    def __init__(self, redis: aioredis.Redis, settings: WriterSettings, dsn: str,
+                 clock: Clock = SYSTEM_CLOCK, name: str | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.clock = clock
+        self.sink = DatabaseSink(dsn)
+        self.rules = SignificanceRules.from_settings(settings)
+        self.batcher = Batcher(settings.batch_size, settings.batch_age_ms, clock)
+        self.lock = asyncio.Lock()
+        self.name = name or consumer_name()
+        self.skipped = {"insignificant": 0, "expired": 0, "invalid": 0}
+        self.consumers = [
+            self._consumer(keys.event_streams(settings.shards), codec.decode_liquidation),
+            self._consumer([keys.CASCADE_STREAM], codec.decode_cascade),
+            self._consumer([keys.CASCADE_MEMBER_STREAM], codec.decode_member),
+        ]
+
+    def _consumer(self, streams: list[str], decode: Callable[[bytes], Payload]) -> StreamConsumer[Payload]:
+        return StreamConsumer(redis=self.redis, group=keys.WRITER_GROUP, consumer=self.name,
+                              streams=streams, decode=decode, handler=self.handle, component=COMPONENT,
+                              count=self.settings.batch_size)
+
+    async def handle(self, messages: list[Message[Payload]]) -> None:
+        """Commit every significant row of one read, chunk by chunk; then wait out the batch age."""
+        async with self.lock:
+            self.batcher.read_started()
+            for chunk in self.batcher.split([m.value for m in messages]):
+                batch = build_batch(chunk, self.rules, self.clock.now_ms(), self.settings.retention_days)
+                self.skipped["insignificant"] += batch.insignificant
+                self.skipped["expired"] += batch.expired
+                self.skipped["invalid"] += batch.invalid
+                await self.sink.write(batch)
+            pause = self.batcher.pause_after(len(messages))
+        if pause > 0:
+            await asyncio.sleep(pause)
+
+    async def ensure_groups(self) -> None:
+        for consumer in self.consumers:
+            await consumer.ensure_groups()
+
+    async def run_until_idle(self) -> int:
+        """Drain every stream the writer reads (tests, backfills); returns the entries handled."""
+        total = 0
+        while True:
+            handled = 0
+            for consumer in self.consumers:
+                handled += await consumer.run_until_idle()
+            total += handled
+            if handled == 0:
+                return total
+
+    async def maintain(self) -> janitor.JanitorReport | None:
+        """One janitor run (native mode only); None in TimescaleDB mode."""
+        async with self.lock:
+            conn = await self.sink.connect()
+            if self.sink.mode != "native":
+                return None
+            now = datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=UTC)
+            run = janitor.plan_run(now, self.settings)
+            report = await janitor.run_once(conn, run)
+            self.sink.forget_days_before(run.raw_cutoff.date())
+            return report
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume every stream until ``stop``; the janitor and heartbeat run alongside."""
+        await asyncio.gather(*(c.run(stop) for c in self.consumers),
+                             self._every(stop, self.settings.janitor_interval_s, self.maintain),
+                             self._every(stop, HEARTBEAT_S, self._heartbeat))
+        logger.info("writer: %d batches, %d rows inserted, %d upgraded to cascade, %d cascade upserts, "
+                    "skipped %s", self.sink.stats.batches, self.sink.stats.inserted,
+                    self.sink.stats.upgraded, self.sink.stats.cascades, self.skipped)
+
+    async def _every(self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        while not stop.is_set():
+            try:
+                await job()
+            except (psycopg.Error, RedisError, OSError) as exc:
+                logger.warning("writer: %s failed (%s); next try in %.0fs", job.__name__, exc, seconds)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=seconds)
+            except TimeoutError:
+                pass
+
+    async def _heartbeat(self) -> None:
+        key = keys.process_heartbeat(f"write-{self.name}")
+        stats = self.sink.stats
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping={"updated_ms": self.clock.now_ms(), "mode": self.sink.mode or "unknown",
+                                "inserted": stats.inserted, "cascades": stats.cascades,
+                                "failures": stats.failures})
+        pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
+        await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self.sink.aclose()
+
+
+def bench_consumer(redis: aioredis.Redis, shards: int, dsn: str) -> Writer:
+    """The writer over ``shards`` shard streams, for ``liq bench`` (every event significant)."""
+    settings = WriterSettings(shards=shards, pg_dsn=dsn, significant_usd=0.0, batch_age_ms=0)
+    return Writer(redis, settings, dsn, name="bench")

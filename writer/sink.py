@@ -1,0 +1,182 @@
+"""The database side of the writer: one connection, one transaction per :class:`~writer.rows.Batch`.
+
+:meth:`DatabaseSink.write` runs the statements of ``writer.statements`` for the storage mode
+recorded by ``liq migrate`` and returns only after COMMIT, so the stream consumer acks the
+batch's entries only once its rows are durable:
+
+1. native mode: the UTC-day partitions the batch needs are created first, in their own short
+   transaction (``liq_ensure_partitions``), and remembered;
+2. one transaction: binary COPY into the temp staging tables, ``INSERT … ON CONFLICT DO
+   NOTHING`` (native: with the rollup CTE), the cascade-member upgrade, then the cascades under
+   an advisory lock (native: the touched ``liquidation_cascades`` rows recomputed).
+
+A lost connection or any database error rolls the transaction back and raises
+:class:`~shared.streams.SinkRetry`: the consumer backs off and re-reads its pending entries, and
+the next :meth:`write` reconnects. Replaying a batch is harmless (the natural keys dedupe it).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import psycopg
+
+from shared.metrics import ERRORS, EVENTS_OUT
+from shared.streams import SinkRetry
+from writer import statements as sql
+from writer.migrate import Mode
+from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "writer"
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+@dataclass
+class WriteResult:
+    inserted: int = 0
+    upgraded: int = 0
+    cascades: int = 0
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    inserted: int = 0
+    upgraded: int = 0
+    cascades: int = 0
+    failures: int = 0
+    partitions_created: list[str] = field(default_factory=list)
+
+
+class NotMigrated(psycopg.Error):
+    """The database has no recorded storage mode: ``liq migrate`` was never run on it."""
+
+
+class DatabaseSink:
+    """Owns the writer's connection; reconnects lazily after a failure."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: Conn | None = None
+        self.mode: Mode | None = None
+        self.known_days: set[date] = set()
+        self.stats = SinkStats()
+
+    async def connect(self) -> Conn:
+        if self.conn is not None and not self.conn.closed:
+            return self.conn
+        conn: Conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+        try:
+            row = await (await conn.execute(sql.READ_MODE)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+        if row is None:
+            await conn.close()
+            raise NotMigrated("the database has no schema_meta mode: run `liq migrate` first")
+        self.mode = "timescale" if row[0] == "timescale" else "native"
+        await conn.execute(sql.STAGE_EVENTS_DDL)
+        await conn.execute(sql.STAGE_CASCADES_DDL)
+        self.conn = conn
+        logger.info("connected to PostgreSQL (%s mode)", self.mode)
+        return conn
+
+    async def aclose(self) -> None:
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Commit ``batch``; raises :class:`SinkRetry` when it could not be committed."""
+        if batch.empty:
+            return WriteResult()
+        try:
+            conn = await self.connect()
+            if self.mode == "native":
+                await self._ensure_partitions(conn, batch.days)
+            async with conn.transaction():
+                result = await self._write_in_transaction(conn, batch)
+        except psycopg.Error as exc:
+            await self._fail(exc)
+            raise SinkRetry(f"database write failed: {type(exc).__name__}: {exc}") from exc
+        self._count(result)
+        return result
+
+    async def _write_in_transaction(self, conn: Conn, batch: Batch) -> WriteResult:
+        result = WriteResult()
+        if batch.events:
+            await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, batch.events)
+            native = self.mode == "native"
+            result.inserted = await _count_or_rowcount(
+                conn, sql.INSERT_EVENTS_NATIVE if native else sql.INSERT_EVENTS_TIMESCALE, native)
+            if batch.members:
+                result.upgraded = await _count_or_rowcount(
+                    conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
+        if batch.cascades:
+            result.cascades = await self._write_cascades(conn, batch.cascades)
+        return result
+
+    async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:
+        await conn.execute(sql.LOCK_CASCADES)
+        await _copy(conn, sql.COPY_CASCADES, CASCADE_TYPES, rows)
+        moved = await (await conn.execute(sql.DELETE_MOVED_CASCADES)).fetchall()
+        upserted = (await conn.execute(sql.UPSERT_CASCADES)).rowcount
+        if self.mode == "native":
+            staged = await (await conn.execute(sql.STAGED_CASCADE_KEYS)).fetchall()
+            touched = sorted({(r[0], r[1]) for r in [*moved, *staged]})
+            params = {"hours": [h for h, _ in touched], "symbols": [s for _, s in touched]}
+            await conn.execute(sql.DELETE_CASCADE_ROLLUP, params)
+            await conn.execute(sql.INSERT_CASCADE_ROLLUP, params)
+        return max(upserted, 0)
+
+    async def _ensure_partitions(self, conn: Conn, days: set[date]) -> None:
+        missing = sorted(days - self.known_days)
+        if not missing:
+            return
+        async with conn.transaction():
+            created = await (await conn.execute(sql.ENSURE_PARTITIONS, (missing,))).fetchall()
+        for (name,) in created:
+            if name:
+                logger.info("created partition %s", name)
+                self.stats.partitions_created.append(str(name))
+        self.known_days.update(missing)
+
+    def forget_days_before(self, cutoff: date) -> None:
+        """Drop cached partition days that retention removed (the janitor calls this)."""
+        self.known_days = {d for d in self.known_days if d >= cutoff}
+
+    async def _fail(self, exc: psycopg.Error) -> None:
+        self.stats.failures += 1
+        ERRORS.labels(COMPONENT, type(exc).__name__).inc()
+        if isinstance(exc, psycopg.OperationalError | NotMigrated) or (
+                self.conn is not None and self.conn.broken):
+            await self.aclose()
+            self.known_days.clear()
+
+    def _count(self, result: WriteResult) -> None:
+        self.stats.batches += 1
+        self.stats.inserted += result.inserted
+        self.stats.upgraded += result.upgraded
+        self.stats.cascades += result.cascades
+        EVENTS_OUT.labels(COMPONENT, "liquidations_significant").inc(result.inserted)
+        EVENTS_OUT.labels(COMPONENT, "cascade_events").inc(result.cascades)
+
+
+async def _copy(conn: Conn, statement: str, types: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:
+    async with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)
+
+
+async def _count_or_rowcount(conn: Conn, statement: str, returns_count: bool) -> int:
+    """Rows affected: the native CTE statements end in ``SELECT count(*)``, the others don't."""
+    cur = await conn.execute(statement)
+    if returns_count:
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+    return max(cur.rowcount, 0)
