@@ -4,6 +4,7 @@
 -- base asset: BTC 100 USD, ETH 10, SOL 1; any other asset 10^(floor(log10(price)) - 2), i.e.
 -- about 1 % of the price rounded down to a power of ten (DOGE at 0.15 -> 0.001, XRP at 2.3 ->
 -- 0.01). The aggregator (aggregator/buckets.py) uses the same rule for its Redis levels.
+-- The exponent is found with float8 log10 (numeric log is ~10x slower and this runs per row).
 
 CREATE OR REPLACE FUNCTION liq_level_size(base text, price numeric) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -12,7 +13,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN 'ETH' THEN 10::numeric
         WHEN 'SOL' THEN 1::numeric
         ELSE CASE WHEN $2 IS NULL OR $2 <= 0 THEN 1::numeric
-                  ELSE trim_scale(power(10::numeric, floor(log($2)) - 2)) END
+                  ELSE trim_scale(power(10::numeric, (floor(log($2::float8)) - 2)::int)) END
     END
 $$;
 

@@ -1,0 +1,108 @@
+"""Writer throughput (``liq bench``'s writer section): rows/s next to a bare COPY of the same rows.
+
+Both runs commit the same rows in transactions of ``batch`` rows on the same server:
+
+- **bare**: binary COPY of the staging rows into a table with the same primary key and index
+  as ``liquidations_significant`` (not partitioned), no staging, no dedup, no rollups: the
+  floor cost of getting these rows indexed into PostgreSQL;
+- **writer**: :meth:`writer.sink.DatabaseSink.write` of the batches ``writer.rows.build_batch``
+  makes, i.e. COPY into the staging table, ``INSERT … ON CONFLICT DO NOTHING`` into the
+  partitioned table and the rollups kept in step (native mode), then a replay of the first
+  batches, which must insert nothing.
+
+Called as ``run(dsn, rows)`` on a migrated database; the rows it inserts are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+
+from shared.clock import SYSTEM_CLOCK
+from shared.models import Liquidation
+from writer import statements as sql
+from writer.rows import EVENT_COLUMNS, EVENT_TYPES, build_batch
+from writer.significance import SignificanceRules
+from writer.sink import DatabaseSink
+
+BARE_TABLE = "liq_bench_bare"
+
+
+def workload(n: int, start_ms: int) -> list[Liquidation]:
+    venues = ("binance_usdm", "bybit", "okx", "bitmex")
+    return [
+        Liquidation(exchange=venues[i % 4], symbol=f"S{i % 20}USDT", symbol_native=f"S{i % 20}USDT",
+                    base=f"S{i % 20}", quote="USDT", market_type="linear_perpetual",
+                    side="long" if i % 3 else "short", price=100.0 + i % 97, quantity=1000.0 + i % 13,
+                    notional_usd=(100.0 + i % 97) * (1000.0 + i % 13), timestamp_ms=start_ms + i,
+                    event_id=f"bench-{i}")
+        for i in range(n)
+    ]
+
+
+async def _bare(dsn: str, batches: list[list[tuple[object, ...]]]) -> float:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(f"DROP TABLE IF EXISTS {BARE_TABLE}")
+        ddl = sql.STAGE_EVENTS_DDL.replace("TEMP TABLE IF NOT EXISTS liq_stage", f"TABLE {BARE_TABLE}")
+        await conn.execute(ddl.replace("ON COMMIT DELETE ROWS", ""))
+        await conn.execute(f"ALTER TABLE {BARE_TABLE} ADD PRIMARY KEY (time, exchange, event_id)")
+        await conn.execute(f"CREATE INDEX ON {BARE_TABLE} (symbol, time DESC)")
+        copy_sql = f"COPY {BARE_TABLE} ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        started = time.perf_counter()
+        for rows in batches:
+            async with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                copy.set_types(list(EVENT_TYPES))
+                for row in rows:
+                    await copy.write_row(row)
+        elapsed = time.perf_counter() - started
+        await conn.execute(f"DROP TABLE {BARE_TABLE}")
+    return elapsed
+
+
+async def _writer(dsn: str, events: list[Liquidation], batch: int) -> tuple[float, int, int]:
+    sink = DatabaseSink(dsn)
+    rules = SignificanceRules(default_usd=0.0)
+    now = SYSTEM_CLOCK.now_ms()
+    batches = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
+    try:
+        await sink.connect()
+        started = time.perf_counter()
+        inserted = 0
+        for b in batches:
+            inserted += (await sink.write(b)).inserted
+        elapsed = time.perf_counter() - started
+        replayed = 0
+        for b in batches[:10]:
+            replayed += (await sink.write(b)).inserted
+    finally:
+        await sink.aclose()
+    return elapsed, inserted, replayed
+
+
+async def _cleanup(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("DELETE FROM liquidations_significant WHERE event_id LIKE 'bench-%'")
+        await conn.execute("DELETE FROM liquidations_hourly WHERE symbol ~ '^S[0-9]+USDT$'")
+        await conn.execute("DELETE FROM liquidation_heatmap WHERE symbol ~ '^S[0-9]+USDT$'")
+
+
+def run(dsn: str, rows: int = 100_000, batch: int = 500) -> dict[str, Any]:
+    events = workload(rows, SYSTEM_CLOCK.now_ms() - 3_600_000)
+    rules = SignificanceRules(default_usd=0.0)
+    now = SYSTEM_CLOCK.now_ms()
+    bare_batches = [build_batch(events[i:i + batch], rules, now, 90).events for i in range(0, rows, batch)]
+    bare_s = asyncio.run(_bare(dsn, bare_batches))
+    writer_s, inserted, replayed = asyncio.run(_writer(dsn, events, batch))
+    asyncio.run(_cleanup(dsn))
+    return {
+        "rows": rows,
+        "batch": batch,
+        "bare_copy_rows_per_s": round(rows / bare_s),
+        "writer_rows_per_s": round(rows / writer_s),
+        "writer_vs_bare": round(bare_s / writer_s, 3),
+        "inserted": inserted,
+        "replayed_inserted": replayed,
+    }
