@@ -8,7 +8,8 @@ from detector.scoring import DEFAULT_BAND_EDGES, DEFAULT_WEIGHTS, FACTOR_NAMES, 
 from shared.errors import ConfigError
 from shared.settings import CommonSettings
 
-METRICS_PORT = 9422
+METRICS_PORT = 9411
+"""The detector's Prometheus port (README: collectors 9401+, detector 9411, aggregator 9421)."""
 
 
 class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
@@ -54,6 +55,9 @@ class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
         if unknown:
             raise ConfigError("LIQ_WEIGHTS", "FACTOR=WEIGHT pairs for " + ", ".join(FACTOR_NAMES),
                               ",".join(unknown))
+        negative = sorted(k for k, v in self.weights.items() if not 0.0 <= v < float("inf"))
+        if negative:
+            raise ConfigError("LIQ_WEIGHTS", "non-negative finite weights", ",".join(negative))
         edges = self.band_edges
         if len(edges) != 3 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ConfigError("LIQ_BAND_EDGES", "three ascending numbers, e.g. 0.7,1.0,1.5", str(edges))

@@ -12,7 +12,9 @@
   The window is then cleared, so the ended cascade's events can never start another one.
 
 Events older than the window (relative to the newest one of the symbol) and repeated
-``event_id`` values inside the window are ignored (``late``/``duplicates`` count them).
+``event_id`` values are ignored (``late``/``duplicates`` count them): an id is remembered
+while it is in the window, and after the window is cleared (end, fence) for as long as it
+could still be inside one, so a redelivered event of an ended cascade cannot start another.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ class Cascade:
 class SymbolDetector:
     """The window and the cascade state of one canonical symbol."""
 
-    __slots__ = ("cascade", "duplicates", "last_cascade_id", "late", "params", "ring", "rules", "symbol")
+    __slots__ = ("cascade", "cleared_ids", "duplicates", "last_cascade_id", "late", "params", "ring", "rules",
+                 "symbol")
 
     def __init__(self, symbol: str, rules: Rules, params: ScoringParams, n_venues: int) -> None:
         self.symbol = symbol
@@ -103,6 +106,8 @@ class SymbolDetector:
         self.last_cascade_id = ""
         self.late = 0
         self.duplicates = 0
+        self.cleared_ids: dict[str, int] = {}
+        """Ids of events dropped by ``end``/``fence`` → their time, while they could be redelivered."""
 
     # -- the window ---------------------------------------------------------------------------
 
@@ -117,7 +122,7 @@ class SymbolDetector:
     def _admit(self, liq: Liquidation, venue: int) -> bool:
         """Put the event in the window; False when it is a duplicate or too late."""
         ring = self.ring
-        if liq.event_id in ring:
+        if liq.event_id in ring or liq.event_id in self.cleared_ids:
             self.duplicates += 1
             return False
         ts = liq.timestamp_ms
@@ -183,15 +188,24 @@ class SymbolDetector:
         message = c.message("end", now_ms, self.params.band_edges)
         self.last_cascade_id = c.cascade_id
         self.cascade = None
-        self.ring.clear()
+        self._clear_window()
         return message
+
+    def _clear_window(self) -> None:
+        """Empty the window, remembering its ids while they are not yet too late to arrive."""
+        cutoff = self.ring.newest_ms - self.rules.window_ms
+        kept = {k: t for k, t in self.cleared_ids.items() if t > cutoff}
+        for item in self.ring.live_items():
+            kept[item.event_id] = item.timestamp_ms
+        self.cleared_ids = kept
+        self.ring.clear()
 
     def fence(self) -> None:
         """Forget the window and any cascade without a message (used after a warm restart)."""
         if self.cascade is not None:
             self.last_cascade_id = self.cascade.cascade_id
         self.cascade = None
-        self.ring.clear()
+        self._clear_window()
 
     # -- the status hash ----------------------------------------------------------------------
 

@@ -3,9 +3,12 @@
 Input is what ``liq parse`` prints (``collectors.venues._common.liquidation_to_row``): fields
 ``exchange, symbol, symbol_native, side, price, quantity, notional_usd, timestamp_ms`` and
 possibly others; ``notional_usd`` may be null (unknown notional: counts as an event worth
-$0). Decoding is lenient: unknown fields are ignored, numbers may be strings, and a missing
-``event_id`` is derived from (exchange, symbol, side, price, quantity, time). A line that
-still does not decode is counted and skipped.
+$0), and when the field is absent altogether it is ``price × quantity`` for a base quantity.
+Decoding is lenient: unknown fields are ignored, numbers may be strings, ``side`` is
+case-insensitive, ``base``/``quote`` default to the split of ``symbol`` at a USD-like quote
+(``BTCUSDT`` → BTC/USDT), ``market_type`` to ``linear_perpetual``, and a missing ``event_id``
+is derived from (exchange, symbol, side, price, quantity, time). A line that still does not
+decode is counted (with its line number and reason, see :class:`ReplayStats`) and skipped.
 
 Events are fed in file order, any venues mixed, through the same :class:`Engine` as live;
 the engine's clock is the newest exchange time seen. Each cascade is written when it ends, or
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, get_args
 
 import msgspec
@@ -28,16 +31,21 @@ from detector.lifecycle import Output
 from shared.models import CascadeEvent, Liquidation, MarketType, Side
 
 MARKET_TYPES: frozenset[str] = frozenset(get_args(MarketType))
+SIDES: frozenset[str] = frozenset(get_args(Side))
+QUOTES: tuple[str, ...] = ("FDUSD", "USDT", "USDC", "BUSD", "USD")
+"""Quote suffixes, longest first, that ``split_symbol`` recognises."""
+MAX_BAD_SAMPLES = 5
 
 
 class ReplayRow(msgspec.Struct, kw_only=True):
     exchange: str
     symbol: str
-    side: Side
+    side: str
     price: float
     timestamp_ms: int
     quantity: float = 0.0
-    notional_usd: float | None = None
+    notional_usd: float | None | msgspec.UnsetType = msgspec.UNSET
+    quantity_unit: str = "base"
     symbol_native: str = ""
     base: str = ""
     quote: str = ""
@@ -56,13 +64,37 @@ def derive_event_id(row: ReplayRow) -> str:
     return "replay-" + hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
 
 
+def split_symbol(symbol: str) -> tuple[str, str]:
+    """``BTCUSDT`` → (``BTC``, ``USDT``); a symbol without a known quote → (symbol, "")."""
+    for quote in QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    return symbol, ""
+
+
+def _notional(row: ReplayRow) -> float | None:
+    """The row's notional, None when unknown (null, or absent without a base quantity)."""
+    if isinstance(row.notional_usd, msgspec.UnsetType):
+        if row.quantity_unit == "base" and row.quantity > 0 and row.price > 0:
+            return row.price * row.quantity
+        return None
+    return row.notional_usd
+
+
 def to_liquidation(row: ReplayRow) -> Liquidation:
-    known = row.notional_known and row.notional_usd is not None
+    """A decoded row as a Liquidation; ValueError for a side that is neither long nor short."""
+    side = row.side.strip().lower()
+    if side not in SIDES:
+        raise ValueError(f"side must be long or short, got {row.side!r}")
+    notional = _notional(row)
+    known = row.notional_known and notional is not None
     market_type: MarketType = row.market_type if row.market_type in MARKET_TYPES else "linear_perpetual"  # type: ignore[assignment]
+    base, quote = split_symbol(row.symbol)
     return Liquidation(
         exchange=row.exchange, symbol=row.symbol, symbol_native=row.symbol_native or row.symbol,
-        base=row.base, quote=row.quote, market_type=market_type, side=row.side, price=row.price,
-        quantity=row.quantity, notional_usd=float(row.notional_usd or 0.0) if known else 0.0,
+        base=row.base or base, quote=row.quote or quote, market_type=market_type,
+        side=side,  # type: ignore[arg-type]
+        price=row.price, quantity=row.quantity, notional_usd=float(notional or 0.0) if known else 0.0,
         notional_known=known, timestamp_ms=row.timestamp_ms,
         event_id=row.event_id or derive_event_id(row), sampled=row.sampled,
     )
@@ -87,10 +119,18 @@ def cascade_row(end: CascadeEvent, start: CascadeEvent | None, ended: str) -> di
 
 @dataclass
 class ReplayStats:
+    """What a replay read: non-blank lines, events fed, bad lines (the first few with reasons)."""
+
     lines: int = 0
     events: int = 0
     bad_lines: int = 0
     cascades: int = 0
+    bad_samples: list[tuple[int, str]] = field(default_factory=list)
+
+    def bad(self, line_no: int, reason: str) -> None:
+        self.bad_lines += 1
+        if len(self.bad_samples) < MAX_BAD_SAMPLES:
+            self.bad_samples.append((line_no, reason[:200]))
 
 
 def replay(lines: Iterable[str | bytes], settings: DetectorSettings | None = None,
@@ -99,14 +139,14 @@ def replay(lines: Iterable[str | bytes], settings: DetectorSettings | None = Non
     engine = Engine(settings or DetectorSettings())
     stats = stats if stats is not None else ReplayStats()
     starts: dict[str, CascadeEvent] = {}
-    for line in lines:
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         stats.lines += 1
         try:
             liq = decode_line(line)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            stats.bad_lines += 1
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            stats.bad(line_no, str(exc))
             continue
         stats.events += 1
         yield from _rows(engine.feed(liq), starts, "quiet", stats)

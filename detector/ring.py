@@ -18,6 +18,11 @@ before ``newest - window`` (the window is ``(newest - window, newest]``). An eve
 late, but still inside the window, stays until the events ahead of it leave. When more than
 ``capacity`` events are live, the oldest is overwritten (wraparound keeps the newest) and
 ``overflowed`` counts it.
+
+``newest_ms`` is the newest time ever pushed (it survives ``clear``, so the caller can keep
+rejecting late events); the window's span is measured from the newest time pushed since the
+window was last empty (if an overflow overwrites that very event, the span keeps it: a
+window of ``capacity`` events that all arrived late is not worth a scan).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class Ring:
     """The live window of one symbol."""
 
     __slots__ = (
-        "_ids", "_m", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t", "capacity", "count",
+        "_ids", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t", "capacity", "count",
         "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
         "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
         "venue", "venues_live", "weight",
@@ -82,6 +87,7 @@ class Ring:
         self._mqq = 0.0
         self._p0 = 0.0
         self._t0 = 0
+        self._max_ms = _NEVER
         for v in self.venues_live:
             self._venue_n[v] = 0
             self._venue_t[v] = 0.0
@@ -117,6 +123,8 @@ class Ring:
         self._move(usd, item.price, is_long, venue, weight, ts, 1)
         if ts > self.newest_ms:
             self.newest_ms = ts
+        if ts > self._max_ms:
+            self._max_ms = ts
 
     def _move(self, usd: float, price: float, is_long: bool, venue: int, weight: float, ts: int,
               sign: int) -> None:
@@ -203,7 +211,7 @@ class Ring:
         return WindowStats(
             size=self.size, count=self.count, long_count=self.long_count, total_usd=self.total_usd,
             long_usd=self.long_usd, short_usd=self.short_usd, inst_usd=self.inst_usd,
-            span_ms=(self.newest_ms - int(self.ts[self.tail])) if self.size else 0,
+            span_ms=(self._max_ms - int(self.ts[self.tail])) if self.size else 0,
             price_rel_std=math.sqrt(var_q) / (1.0 + mean_q) if self.size else 0.0,
             venue_times=venue_times,
         )

@@ -14,13 +14,20 @@ Warm restart: before consuming, each shard's window is rebuilt from its stream, 
 publishing anything:
 
 1. the range is the entries from ``window + quiet + 10 s`` before the group's last-delivered
-   entry up to that entry (XRANGE by entry time, paged), minus the entries still pending,
-   which the consumer re-reads and publishes as usual;
+   entry up to that entry (XRANGE by entry time, paged), minus the entries still pending
+   that were never published, which the consumer re-reads and publishes as usual;
 2. then every ``state=active`` status hash of the process's shards is *adopted*: the engine
    continues that cascade under its published id, totals and band, so neither the start nor
    an escalation already announced is published again, and its end will be;
 3. a cascade the rebuild opened that no active status hash confirms was published and ended
    before (or never reached the rule live), so it is dropped with its window, silently.
+
+Exactly-once publication across a crash: each status hash carries ``entry_id``, the newest
+stream entry of that symbol whose outputs it was written with (same MULTI/EXEC). An entry
+still pending after a restart but at or before its symbol's ``entry_id`` was published and
+only its XACK was lost: the rebuild feeds it (silently) and the consumer acks it without
+feeding or publishing it again, so neither a start nor a member is repeated and the
+cascade's count is not inflated.
 
 Live end-of-cascade: a ticker calls ``engine.tick`` every ``tick_s`` with exchange time
 carried forward by the clock since the last event, capped at ``now - tick_lag_s``, so a
@@ -63,6 +70,12 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair (``"1700-3"`` → (1700, 3))."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class Detector:
     """The shell around one :class:`Engine` for a set of shards."""
 
@@ -85,6 +98,11 @@ class Detector:
         self.rebuilt = 0
         self.published: dict[str, int] = {"start": 0, "escalate": 0, "end": 0, "member": 0}
         self._last_feed = clock.monotonic()
+        self.entry_ids: dict[str, str] = {}
+        """Per symbol, the newest stream entry fed (written to its status hash as ``entry_id``)."""
+        self.committed: dict[str, tuple[int, int]] = {}
+        """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
+        self.skipped = 0
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -94,14 +112,23 @@ class Detector:
             touched: set[str] = set()
             feed = self.engine.feed
             for m in messages:
+                symbol = m.value.symbol
+                if self._already_published(symbol, m.id):
+                    self.skipped += 1
+                    continue
                 started = time.perf_counter()
                 out = feed(m.value)
                 DETECT_SECONDS.observe(time.perf_counter() - started)
                 if out:
                     outputs.extend(out)
-                touched.add(m.value.symbol)
+                touched.add(symbol)
+                self.entry_ids[symbol] = m.id
             self._last_feed = self.clock.monotonic()
             await self._publish(outputs, touched)
+
+    def _already_published(self, symbol: str, entry_id: str) -> bool:
+        mark = self.committed.get(symbol)
+        return mark is not None and entry_key(entry_id) <= mark
 
     def tick_time(self) -> int:
         """Exchange time now: the watermark carried forward by the clock, at most now - lag."""
@@ -134,7 +161,10 @@ class Detector:
         for symbol in sorted(touched):
             key = keys.cascade_status(symbol)
             pipe.delete(key)
-            pipe.hset(key, mapping=self.engine.status(symbol, now))  # type: ignore[arg-type]
+            status = self.engine.status(symbol, now)
+            if symbol in self.entry_ids:
+                status["entry_id"] = self.entry_ids[symbol]
+            pipe.hset(key, mapping=status)  # type: ignore[arg-type]
             pipe.expire(key, keys.L2_TTL_SECONDS)
         await pipe.execute()
         self._count(outputs, members)
@@ -159,10 +189,12 @@ class Detector:
         """Rebuild the windows of this process's shards and adopt published cascades (once)."""
         if self.warmed:
             return
+        statuses = {symbol: fields async for symbol, fields in self._statuses()}
+        self.committed = {s: entry_key(f["entry_id"]) for s, f in statuses.items() if f.get("entry_id")}
         for shard in self.shards:
             self.rebuilt += await self._rebuild(keys.event_stream(shard))
         adopted: set[str] = set()
-        async for symbol, fields in self._statuses():
+        for symbol, fields in statuses.items():
             if fields.get("state") == "active" and fields.get("cascade_id"):
                 self.engine.adopt(symbol, fields)
                 adopted.add(symbol)
@@ -183,13 +215,14 @@ class Detector:
         since_ms = int(last_id.split("-")[0]) - reach_ms
         fed = 0
         async for entry_id, fields in self._range(stream, f"{max(0, since_ms)}-0", last_id):
-            if entry_id in pending:
-                continue
             try:
                 liq = codec.decode_liquidation(codec.entry_payload(fields))
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
                 continue
+            if entry_id in pending and not self._already_published(liq.symbol, entry_id):
+                continue  # never published: the consumer re-reads it and publishes it
             self.engine.feed(liq)
+            self.entry_ids[liq.symbol] = entry_id
             fed += 1
         return fed
 

@@ -1,0 +1,131 @@
+"""The cascade lifecycle through the pure engine: start, members, escalate, end, dedup, sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detector.config import DetectorSettings
+from detector.engine import Engine
+from detector.lifecycle import Output
+from shared.models import CascadeEvent, CascadeMember, Liquidation
+from tests.detector.helpers import T0, ev
+
+
+def phases(out: Sequence[Output]) -> list[str]:
+    return [o.phase if isinstance(o, CascadeEvent) else "member" for o in out]
+
+
+def feed_all(engine: Engine, events: Sequence[Liquidation]) -> list[Output]:
+    return [o for e in events for o in engine.feed(e)]
+
+
+def test_starts_once_at_fifth_event_with_members() -> None:
+    engine = Engine()
+    events = [ev(k * 10, venue="bybit" if k % 2 else "okx") for k in range(5)]  # 5 × $25K over 40 s
+    assert feed_all(engine, events[:4]) == []
+    out = list(engine.feed(events[4]))
+    assert phases(out) == ["start"] + ["member"] * 5
+    start = out[0]
+    assert isinstance(start, CascadeEvent)
+    assert (start.cascade_id, start.start_ms, start.end_ms, start.published_ms) == (
+        f"BTCUSDT-{T0}", T0, T0 + 40_000, T0 + 40_000)
+    assert (start.count, start.total_notional_usd, start.long_notional_usd) == (5, 125_000.0, 125_000.0)
+    assert start.venues == ["bybit", "okx"] and start.cross_exchange is True
+    members = [o for o in out if isinstance(o, CascadeMember)]
+    assert [m.liquidation.event_id for m in members] == [e.event_id for e in events]
+    assert {m.cascade_id for m in members} == {start.cascade_id}
+    sixth = list(engine.feed(ev(41)))
+    assert phases(sixth) == ["member"] and engine.active["BTCUSDT"].cascade is not None
+    assert engine.active["BTCUSDT"].cascade.count == 6
+
+
+def test_rule_needs_both_count_and_notional_within_the_window() -> None:
+    engine = Engine()
+    assert feed_all(engine, [ev(k, 19_000.0) for k in range(5)]) == []  # 5 events, $95K
+    assert phases(engine.feed(ev(5, 5_000.0))) == ["start"] + ["member"] * 6  # $100K at the 6th
+    late_start = Engine()
+    outs = feed_all(late_start, [ev(0, 30_000.0), ev(20, 30_000.0), ev(40, 30_000.0), ev(55, 30_000.0),
+                                 ev(60, 30_000.0)])
+    assert outs == []  # at 60 s the event at 0 s is out ((newest - 60 s, newest] is open on the left)
+    assert phases(late_start.feed(ev(61, 30_000.0))) == ["start"] + ["member"] * 5
+
+
+def test_one_venue_is_not_cross_exchange() -> None:
+    out = feed_all(Engine(), [ev(k) for k in range(5)])
+    start = out[0]
+    assert isinstance(start, CascadeEvent) and start.cross_exchange is False and start.venues == ["bybit"]
+    assert start.factors.cross_exchange == 0.0 and start.factors.side_imbalance == 1.0
+
+
+def test_escalates_once_per_band_rise() -> None:
+    # score = volume_concentration only, bands at 0.35 / 0.45 / 0.55 (log10(total / $10K) / 3)
+    weights = {"volume_concentration": 1.0, **{n: 0.0 for n in (
+        "time_compression", "price_clustering", "side_imbalance", "institutional_ratio", "cross_exchange")}}
+    engine = Engine(DetectorSettings(weights=weights, band_edges=[0.35, 0.45, 0.55]))
+    out = feed_all(engine, [ev(k) for k in range(5)])  # $125K → 0.3656, moderate
+    assert isinstance(out[0], CascadeEvent) and out[0].band == "moderate"
+    assert phases(engine.feed(ev(5))) == ["member"]  # $150K → 0.392, still moderate
+    out = list(engine.feed(ev(6, 200_000.0)))  # $350K → 0.5147, high
+    assert phases(out) == ["member", "escalate"]
+    assert isinstance(out[1], CascadeEvent) and (out[1].band, out[1].count) == ("high", 7)
+    assert phases(engine.feed(ev(7, 10_000.0))) == ["member"]  # still high: not announced again
+    out = list(engine.feed(ev(8, 1_000_000.0)))  # $1.36M → 0.711, extreme
+    assert phases(out) == ["member", "escalate"] and out[1].band == "extreme"  # type: ignore[union-attr]
+    assert phases(engine.feed(ev(9, 1.0))) == ["member"]
+
+
+def test_ends_after_the_quiet_period_by_event_time() -> None:
+    engine = Engine()
+    feed_all(engine, [ev(k) for k in range(5)])  # rule last holds at 4 s
+    assert engine.tick(T0 + 33_999) == []
+    assert phases(engine.feed(ev(20, symbol="ETHUSDT"))) == []
+    end = engine.feed(ev(34, 1_000.0, symbol="ETHUSDT"))  # another symbol moves event time to 34 s
+    assert phases(end) == ["end"]
+    msg = end[0]
+    assert isinstance(msg, CascadeEvent)
+    assert (msg.cascade_id, msg.start_ms, msg.end_ms, msg.count) == (f"BTCUSDT-{T0}", T0, T0 + 4000, 5)
+    assert (msg.total_notional_usd, msg.published_ms) == (125_000.0, T0 + 34_000)
+    assert msg.band == "moderate" and msg.peak_risk_score >= msg.risk_score
+    assert "BTCUSDT" not in engine.active and len(engine.symbols["BTCUSDT"].ring) == 0
+    # the ended cascade's events can never start another one
+    assert phases(feed_all(engine, [ev(35), ev(36), ev(37), ev(38)])) == []
+
+
+def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:
+    engine = Engine()
+    feed_all(engine, [ev(k) for k in range(5)])
+    feed_all(engine, [ev(k, symbol="ETHUSDT") for k in range(10, 15)])
+    out = engine.tick(T0 + 34_000)
+    assert [(o.phase, o.symbol) for o in out if isinstance(o, CascadeEvent)] == [("end", "BTCUSDT")]
+    flushed = engine.flush()
+    assert [(o.phase, o.symbol, o.end_ms) for o in flushed if isinstance(o, CascadeEvent)] == [
+        ("end", "ETHUSDT", T0 + 14_000)]
+    assert engine.active == {}
+
+
+def test_duplicates_and_late_events_are_ignored() -> None:
+    engine = Engine()
+    events = [ev(60 + k) for k in range(4)]
+    feed_all(engine, events)
+    det = engine.symbols["BTCUSDT"]
+    assert engine.feed(events[1]) == () and det.duplicates == 1
+    assert engine.feed(ev(3)) == () and det.late == 1  # 60 s before the newest (63 s): out
+    assert len(det.ring) == 4
+    out = list(engine.feed(ev(64)))
+    assert phases(out) == ["start"] + ["member"] * 5
+    assert engine.feed(events[0]) == () and det.duplicates == 2  # already a member
+    end = engine.tick(T0 + 200_000)
+    assert phases(end) == ["end"] and end[0].count == 5  # type: ignore[union-attr]
+    assert engine.feed(events[2]) == () and det.duplicates == 3  # redelivered after the end
+
+
+def test_sampled_feed_counts_double_when_the_cap_binds() -> None:
+    engine = Engine()
+    binance = [ev(k, 40_000.0, venue="binance_usdm", sampled=True) for k in range(3)]  # 1 s apart
+    out = feed_all(engine, binance)
+    assert engine.symbols["BTCUSDT"].ring.count == 5.0  # 1 + 2 + 2
+    assert phases(out) == ["start"] + ["member"] * 3
+    assert out[0].count == 3  # type: ignore[union-attr]  # the count reported is what was seen
+    spaced = Engine()
+    assert feed_all(spaced, [ev(2 * k, 40_000.0, venue="binance_usdm", sampled=True) for k in range(4)]) == []
+    assert spaced.symbols["BTCUSDT"].ring.count == 4.0  # 2 s gaps: the cap did not bind

@@ -1,0 +1,78 @@
+"""The ring buffer: push, evict, wraparound, overflow; running sums equal the numpy recomputation."""
+
+from __future__ import annotations
+
+import pytest
+
+from detector.ring import Ring, stats_from_columns
+from detector.scoring import WindowStats
+from tests.detector.helpers import T0, ev
+
+
+def assert_same(a: WindowStats, b: WindowStats) -> None:
+    assert (a.size, a.count, a.long_count, a.span_ms) == (b.size, b.count, b.long_count, b.span_ms)
+    for name in ("total_usd", "long_usd", "short_usd", "inst_usd", "price_rel_std"):
+        assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-9, abs=1e-9), name
+    assert sorted(a.venue_times) == pytest.approx(sorted(b.venue_times))
+
+
+def test_push_and_evict_in_arrival_order() -> None:
+    ring = Ring(16, 4, 100_000.0)
+    for k in range(5):
+        ring.push(ev(k, 10_000.0 * (k + 1)), venue=k % 2, weight=1.0)
+    assert len(ring) == 5 and ring.total_usd == pytest.approx(150_000.0)
+    assert ring.evict(T0 + 1000) == 2  # times <= cutoff leave: seconds 0 and 1
+    assert len(ring) == 3 and ring.oldest_ms() == T0 + 2000
+    assert ring.total_usd == pytest.approx(120_000.0)
+    assert [x.timestamp_ms for x in ring.live_items()] == [T0 + 2000, T0 + 3000, T0 + 4000]
+    assert ring.evict(T0 + 10_000) == 3
+    assert (len(ring), ring.count, ring.total_usd, ring.venues_live) == (0, 0.0, 0.0, set())
+    assert stats_from_columns(ring) == WindowStats() and ring.stats().size == 0
+
+
+def test_wraparound_overflow_keeps_newest_and_sums_match_columns() -> None:
+    ring = Ring(16, 4, 100_000.0)
+    events = [ev(k, 150_000.0 if k % 5 == 0 else 20_000.0 + 1_000.0 * k, side="long" if k % 3 else "short",
+                 price=50_000.0 + 10 * k) for k in range(23)]
+    for k, e in enumerate(events):
+        ring.push(e, venue=k % 3, weight=2.0 if k % 4 == 0 else 1.0)
+    assert ring.overflowed == 7 and len(ring) == 16 and ring.tail == 7
+    assert [x.timestamp_ms for x in ring.live_items()] == [T0 + 1000 * k for k in range(7, 23)]
+    column = ring.column(ring.ts)
+    assert column.tolist() == [T0 + 1000 * k for k in range(7, 23)]  # wrapped: a concatenated copy
+    assert events[6].event_id not in ring and events[7].event_id in ring  # overwritten id forgotten
+    stats = ring.stats()
+    assert stats.count == sum(2.0 if k % 4 == 0 else 1.0 for k in range(7, 23)) == 20.0
+    assert stats.span_ms == 15_000
+    assert_same(stats, stats_from_columns(ring))
+    ring.evict(T0 + 12_000)  # evictions across the wrap point
+    assert len(ring) == 10
+    assert_same(ring.stats(), stats_from_columns(ring))
+
+
+def test_running_sums_return_to_exact_zero_and_restart_cleanly() -> None:
+    ring = Ring(16, 2, 100_000.0)
+    for k in range(10):
+        ring.push(ev(k, 12_345.678 * (k + 1), price=50_000.0 + k), venue=k % 2, weight=1.0)
+    ring.evict(T0 + 100_000)
+    assert (ring.total_usd, ring.long_usd, ring.inst_usd, ring.count) == (0.0, 0.0, 0.0, 0.0)
+    ring.push(ev(200, 30_000.0, price=60_000.0), venue=1, weight=1.0)
+    stats = ring.stats()
+    assert (stats.size, stats.total_usd, stats.span_ms, stats.price_rel_std) == (1, 30_000.0, 0, 0.0)
+    assert stats.venue_times == [T0 + 200_000]
+    assert_same(stats, stats_from_columns(ring))
+
+
+def test_clear_forgets_ids_but_keeps_newest_time() -> None:
+    ring = Ring(16, 2, 100_000.0)
+    first = ev(5)
+    ring.push(first, venue=0, weight=1.0)
+    ring.clear()
+    assert first.event_id not in ring and len(ring) == 0 and ring.newest_ms == T0 + 5000
+    ring.push(ev(3), venue=0, weight=1.0)  # late but in the window: span from live events only
+    assert ring.stats().span_ms == 0 and stats_from_columns(ring).span_ms == 0
+
+
+def test_capacity_below_two_is_rejected() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        Ring(1, 1, 100_000.0)

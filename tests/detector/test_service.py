@@ -1,0 +1,205 @@
+"""The detector against a real Redis: exact stream messages and status hashes, shards, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pytest
+import redis as syncredis
+import redis.asyncio as aioredis
+
+from detector.config import DetectorSettings
+from detector.service import Detector, consumer_name
+from shared import codec, keys
+from shared.clock import FakeClock
+from shared.models import CascadeEvent, CascadeMember, Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import publish
+from tests.detector.helpers import T0, ev
+
+pytestmark = pytest.mark.integration
+
+R = TypeVar("R")
+BTC_SHARD = keys.shard_of("BTCUSDT", 4)  # 3
+ETH_SHARD = keys.shard_of("ETHUSDT", 4)  # 0
+CLOCK_START = T0 + 60_000
+
+
+def run(redis_url: str, body: Callable[[aioredis.Redis], Awaitable[R]]) -> R:
+    async def main() -> R:
+        client = make_async_redis(redis_url)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+    return asyncio.run(main())
+
+
+async def put(client: aioredis.Redis, events: Sequence[Liquidation]) -> list[str]:
+    items = [(keys.event_stream(keys.shard_of(e.symbol, 4)), e) for e in events]
+    return await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+
+
+def detector(client: aioredis.Redis, shards: list[int], clock: FakeClock | None = None) -> Detector:
+    return Detector(client, DetectorSettings(shards=4), shards, clock or FakeClock(CLOCK_START))
+
+
+def cascades(r: syncredis.Redis) -> list[CascadeEvent]:
+    rows: Any = r.xrange(keys.CASCADE_STREAM)
+    return [codec.decode_cascade(codec.entry_payload(f)) for _, f in rows]
+
+
+def members(r: syncredis.Redis) -> list[CascadeMember]:
+    rows: Any = r.xrange(keys.CASCADE_MEMBER_STREAM)
+    return [codec.decode_member(codec.entry_payload(f)) for _, f in rows]
+
+
+def status(r: syncredis.Redis, symbol: str) -> dict[str, str]:
+    raw: Any = r.hgetall(keys.cascade_status(symbol))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+@pytest.fixture
+def r(redis_url: str) -> Any:
+    client = syncredis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+BTC = [ev(k * 5, venue="bybit" if k % 2 else "okx") for k in range(5)]  # $125K in 20 s, 2 venues
+
+
+def test_start_members_status_and_end(redis_url: str, r: syncredis.Redis) -> None:
+    clock = FakeClock(CLOCK_START)
+
+    async def body(client: aioredis.Redis) -> tuple[int, int, list[str]]:
+        ids = await put(client, BTC)
+        det = detector(client, [BTC_SHARD], clock)
+        handled = await det.run_until_idle()
+        clock.advance(40.0)  # event time carried 40 s past the last event: quiet for > 30 s
+        ended = await det.tick()
+        return handled, ended, ids
+
+    handled, ended, ids = run(redis_url, body)
+    assert (handled, ended) == (5, 1)
+    start, end = cascades(r)
+    assert (start.phase, start.cascade_id, start.count, start.total_notional_usd) == (
+        "start", f"BTCUSDT-{T0}", 5, 125_000.0)
+    assert (start.start_ms, start.end_ms, start.venues, start.cross_exchange) == (
+        T0, T0 + 20_000, ["bybit", "okx"], True)
+    assert start.published_ms == CLOCK_START  # the injected clock stamps live messages
+    assert (end.phase, end.cascade_id, end.count, end.end_ms, end.published_ms) == (
+        "end", start.cascade_id, 5, T0 + 20_000, CLOCK_START + 40_000)
+    assert end.peak_risk_score == start.risk_score and end.band == start.band
+    assert [(m.cascade_id, m.liquidation) for m in members(r)] == [(start.cascade_id, e) for e in BTC]
+    assert status(r, "BTCUSDT") == {
+        "state": "idle", "cascade_id": start.cascade_id, "risk_score": "0.0000", "band": "low", "count": "0",
+        "total_usd": "0.00", "venues": "", "updated_ms": str(CLOCK_START + 40_000), "entry_id": ids[-1]}
+    assert 0 < r.ttl(keys.cascade_status("BTCUSDT")) <= keys.L2_TTL_SECONDS
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
+def test_active_status_hash_is_exact(redis_url: str, r: syncredis.Redis) -> None:
+    async def body(client: aioredis.Redis) -> list[str]:
+        ids = await put(client, BTC)
+        await detector(client, [BTC_SHARD]).run_until_idle()
+        return ids
+
+    ids = run(redis_url, body)
+    (start,) = cascades(r)
+    assert status(r, "BTCUSDT") == {
+        "state": "active", "cascade_id": f"BTCUSDT-{T0}", "risk_score": f"{start.risk_score:.4f}",
+        "peak_risk_score": f"{start.peak_risk_score:.4f}", "band": start.band, "published_band": start.band,
+        "count": "5", "total_usd": "125000.00", "long_usd": "125000.00", "short_usd": "0.00",
+        "venues": "bybit,okx", "start_ms": str(T0), "detected_ms": str(T0 + 20_000),
+        "last_event_ms": str(T0 + 20_000), "updated_ms": str(CLOCK_START), "entry_id": ids[-1]}
+
+
+def test_two_detectors_on_disjoint_shards(redis_url: str, r: syncredis.Redis) -> None:
+    eth = [ev(k, 30_000.0, symbol="ETHUSDT") for k in range(5)]
+
+    async def body(client: aioredis.Redis) -> tuple[dict[str, int], dict[str, int], int]:
+        await put(client, BTC + eth)
+        a, b = detector(client, [BTC_SHARD]), detector(client, [ETH_SHARD])
+        handled = await a.run_until_idle() + await b.run_until_idle()
+        return a.published, b.published, handled
+
+    pa, pb, handled = run(redis_url, body)
+    assert handled == 10
+    assert pa == pb == {"start": 1, "escalate": 0, "end": 0, "member": 5}
+    assert sorted(c.symbol for c in cascades(r)) == ["BTCUSDT", "ETHUSDT"]
+    assert status(r, "ETHUSDT")["total_usd"] == "150000.00" and status(r, "BTCUSDT")["count"] == "5"
+    groups = {g["name"].decode(): g for g in r.xinfo_groups(keys.event_stream(ETH_SHARD))}
+    assert [c["name"].decode() for c in r.xinfo_consumers(keys.event_stream(ETH_SHARD), "detector")] == [
+        consumer_name(ETH_SHARD)]
+    assert groups["detector"]["pending"] == 0
+
+
+def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: syncredis.Redis) -> None:
+    clock = FakeClock(CLOCK_START)
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        await detector(client, [BTC_SHARD], clock).run_until_idle()
+        await put(client, [ev(25, venue="okx"), ev(26, venue="deribit")])
+        again = detector(client, [BTC_SHARD], clock)  # a new process: fresh engine
+        await again.run_until_idle()
+        clock.advance(40.0)
+        await again.tick()
+        return again
+
+    again = run(redis_url, body)
+    assert again.rebuilt == 5 and again.published == {"start": 0, "escalate": 0, "end": 1, "member": 2}
+    window = again.engine.symbols["BTCUSDT"]
+    seen = [*BTC, ev(25, venue="okx"), ev(26, venue="deribit")]
+    assert window.cleared_ids.keys() == {e.event_id for e in seen}
+    phases = [(c.phase, c.count) for c in cascades(r)]
+    assert phases == [("start", 5), ("end", 7)]
+    end = cascades(r)[-1]
+    assert end.venues == ["bybit", "deribit", "okx"] and end.total_notional_usd == 175_000.0
+    assert len(members(r)) == 7
+
+
+def test_redelivery_after_a_crash_before_the_ack_publishes_nothing_twice(
+        redis_url: str, r: syncredis.Redis) -> None:
+    async def body(client: aioredis.Redis) -> tuple[int, Detector]:
+        await put(client, BTC)
+        crashed = detector(client, [BTC_SHARD])
+
+        async def no_ack(_: Any) -> None:  # published, then died before XACK
+            return None
+        crashed.consumers[0]._ack = no_ack  # type: ignore[method-assign,assignment]
+        await crashed.run_until_idle()
+        pending = (await client.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP))["pending"]
+        again = detector(client, [BTC_SHARD])
+        await again.run_until_idle()
+        await put(client, [ev(21)])
+        await again.run_until_idle()
+        return pending, again
+
+    pending, again = run(redis_url, body)
+    assert pending == 5 and again.skipped == 5
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC] + [ev(21).event_id]
+    assert status(r, "BTCUSDT")["count"] == "6"
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
+def test_redelivery_after_a_crash_before_publishing_publishes_once(
+        redis_url: str, r: syncredis.Redis) -> None:
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        stream = keys.event_stream(BTC_SHARD)
+        await client.xgroup_create(stream, keys.DETECTOR_GROUP, id="0", mkstream=True)
+        read: Any = await client.xreadgroup(keys.DETECTOR_GROUP, consumer_name(BTC_SHARD), {stream: ">"})
+        assert len(read[0][1]) == 5  # delivered, then the process died: nothing published
+        again = detector(client, [BTC_SHARD])
+        await again.run_until_idle()
+        return again
+
+    again = run(redis_url, body)
+    assert again.rebuilt == 0 and again.skipped == 0
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert len(members(r)) == 5 and status(r, "BTCUSDT")["state"] == "active"
