@@ -3,8 +3,10 @@
 Products: BTC → ``PF_XBTUSD``, ETH → ``PF_ETHUSD``, SOL → ``PF_SOLUSD`` (linear perpetuals,
 ``qty`` in base, whole lots of a few significant digits). ``side`` is the taker side and the
 liquidated account is the taker, so a liquidated long is a taker ``sell``. Expected: quantity =
-qty, notional = qty × price, event_id = ``uid``. The ``heartbeat`` feed, once subscribed, ticks
-every ``heartbeat_s``; the ``trade_snapshot`` replay of recent trades must be skipped by collectors.
+qty, notional = qty × price, event_id = ``uid``. Each connection is greeted with
+``{"event":"info","version":1}``; acks are ``{"event":"subscribed",…}``. The ``heartbeat``
+feed, once subscribed, ticks every ``heartbeat_s``; the ``trade_snapshot`` replay of recent
+trades must be skipped by collectors.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class KrakenFuturesSim:
             extra={"exchange_id": uid},
         )
         return SimItem(native=native, expected=[expected], topic=topic_of(product_id))
+
+    def on_connect(self, client: SimClient) -> list[Outgoing]:
+        return [json.dumps({"event": "info", "version": 1})]
 
     def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
         msg = json.loads(message)

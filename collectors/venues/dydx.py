@@ -17,7 +17,8 @@ removed downstream by ``event_id`` = the trade id, which is stable across reconn
 
 Units: ``size`` is base, ``price`` USD (USDC collateral); canonical symbol ``BTC-USD`` → ``BTCUSD``.
 Timestamp: ``createdAt`` (ISO-8601). ``channel_batch_data`` (``batched: true``) is a list of
-contents and is handled the same way.
+contents and is handled the same way. Heartbeat: WebSocket-level pings from the indexer,
+answered by the client library; there is no application ping.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Docs: hyperliquid.gitbook.io (WebSocket subscriptions, ``WsFill``). The public ``trades``
 channel carries no liquidation marker; a fill carries a ``liquidation`` object only on the
 per-account channels of the accounts involved. So this venue watches a few addresses given as
-``symbols`` (by default the HLP liquidator vault, which sees backstop liquidations only; at
-most 10 users per IP), one connection per address subscribed to ``userEvents`` (channel ``user``, whose frames
-do not name the account); ``userFills`` frames, which do, are parsed too::
+``symbols`` (by default the HLP liquidator vault, which sees backstop liquidations only), one
+connection per address subscribed to ``userEvents`` (channel ``user``, whose frames do not name
+the account); ``userFills`` frames, which do, are parsed too::
 
     {"channel":"user","data":{"fills":[{"coin":"BTC","px":"66653.0","sz":"0.001","side":"A",
      "time":1781528065899,"dir":"Open Short","tid":745210434703679,"liquidation":{
@@ -16,15 +16,20 @@ account is ``liquidatedUser``, ``A`` means a long was liquidated; otherwise the 
 counterparty and the rule inverts (``A`` → a short was liquidated). An unknown account counts
 as the counterparty, as in the peer corpus.
 
-Limits (semantics "partial"): only liquidations that touch a subscribed account are seen, and
-one liquidation spanning several fills yields one record per fill (quantity = that fill's
-``sz``). Units: ``sz`` base, ``px`` USDC; canonical ``BTCUSDC``. ``event_id`` = ``tid``.
+Limits (semantics "partial"): only liquidations that touch a subscribed account are seen
+(market-method liquidations against other makers are invisible), and one liquidation spanning
+several fills yields one record per fill (quantity = that fill's ``sz``). Per IP Hyperliquid
+allows 10 connections, 10 distinct users in user subscriptions (extra addresses are dropped
+with a warning), 1000 subscriptions and 2000 messages a minute. Units: ``sz`` base, ``px``
+USDC; canonical ``BTCUSDC``. ``event_id`` = ``tid``. A ``userFills`` snapshot
+(``isSnapshot: true``, the account's past fills replayed on subscribe) is skipped as history.
 Heartbeat: ``{"method":"ping"}`` → ``{"channel":"pong"}``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -35,6 +40,8 @@ from collectors.venues._common import decode, make_liquidation, num, position_si
 from shared.errors import ParseError
 from shared.models import Liquidation, Side
 
+logger = logging.getLogger(__name__)
+
 NAME = "hyperliquid"
 PATH = "/ws"
 QUOTE = "USDC"
@@ -42,6 +49,8 @@ HLP_LIQUIDATOR = "0x2e3d94f0562703b25c83308a05046ddaf9a8dd14"
 """Watched by default: the HLP liquidator vault as a third-party project names it. UNCONFIRMED
 (not in Hyperliquid's docs); check it against a ``method: "backstop"`` fill, override with symbols."""
 FILL_CHANNELS = ("user", "userFills")
+MAX_USERS = 10
+"""Distinct users across user-specific subscriptions per IP (also 10 connections per IP)."""
 PING = json.dumps({"method": "ping"})
 
 
@@ -64,6 +73,7 @@ class Fill(msgspec.Struct, kw_only=True):
 class FillData(msgspec.Struct):
     fills: list[Fill] = []
     user: str = ""
+    isSnapshot: bool = False
 
 
 class Frame(msgspec.Struct):
@@ -112,6 +122,8 @@ class HyperliquidSession:
         if frame.channel not in FILL_CHANNELS:
             return EMPTY
         data = decode(_fill_data, bytes(frame.data), NAME)
+        if data.isSnapshot:  # userFills replays the account's past fills on subscribe: history only
+            return EMPTY
         account = (data.user or self.address).lower()
         liquidations = [
             self._liquidation(fill, account, received_ms)
@@ -145,9 +157,17 @@ class HyperliquidSession:
 
 
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
-    """One connection per watched address (the HLP liquidator vault when none is given)."""
+    """One connection per watched address (the HLP liquidator vault when none is given).
+
+    Hyperliquid allows at most ``MAX_USERS`` distinct users in user subscriptions per IP; the
+    addresses beyond that are dropped with a warning rather than refused by the server.
+    """
     url = with_default_path(base_url, PATH)
-    addresses = list(symbols) or [HLP_LIQUIDATOR]
+    addresses = list(dict.fromkeys(a.lower() for a in symbols)) or [HLP_LIQUIDATOR]
+    if len(addresses) > MAX_USERS:
+        logger.warning("%s: %d addresses given, watching the first %d (per-IP user limit)",
+                       NAME, len(addresses), MAX_USERS)
+        addresses = addresses[:MAX_USERS]
     return [ConnectionPlan(url, f"{NAME}:{a[:10]}", _factory(a)) for a in addresses]
 
 

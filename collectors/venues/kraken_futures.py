@@ -11,7 +11,8 @@ Side rule: ``side`` is the taker side and the liquidated account is assumed to b
 (tardis-node; peer-corpus doubt 4): taker ``sell`` means a long was liquidated.
 
 Units: ``PF_``/``FF_`` (linear) ``qty`` is base; ``PI_``/``FI_`` (inverse) ``qty`` is contracts of
-1 USD, so base = qty / price and notional = qty. ``time`` is ms. ``event_id`` = ``uid``.
+1 USD, so base = qty / price and notional = qty. ``time`` is ms. ``event_id`` = ``uid`` (the
+digest when a trade carries none: tardis-node types ``uid`` as optional).
 Keep-alive: the server wants traffic at least every 60 s; WebSocket pings plus the public
 ``heartbeat`` feed provide it.
 """
@@ -59,12 +60,12 @@ class Envelope(msgspec.Struct):
 
 class Trade(msgspec.Struct):
     product_id: str
-    uid: str
     side: str
     type: str
     time: int
     qty: float
     price: float
+    uid: str | None = None
 
 
 _envelope = msgspec.json.Decoder(Envelope)
@@ -120,9 +121,9 @@ class KrakenFuturesSession:
             quantity_native=trade.qty,
             native_unit="contracts" if inst.market_type.startswith("inverse") else "base",
             timestamp_ms=trade.time,
-            event_id=trade.uid,
+            event_id=trade.uid or "",
             received_ms=received_ms,
-            extra={"exchange_id": trade.uid},
+            extra={"exchange_id": trade.uid} if trade.uid else None,
         )
 
 

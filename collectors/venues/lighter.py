@@ -16,14 +16,16 @@ so a short was liquidated (``false``: a long).
 Units: ``size`` base, ``price`` and ``usd_amount`` USDC. ``market_id`` → symbol via the
 instrument table (1 = BTC, 0 = ETH, 2 = SOL; canonical ``BTCUSDC``); a liquidation on a market
 the table does not know is dropped with a warning rather than named by guess.
-``event_id`` = ``trade_id``. Keep-alive: ``{"type":"ping"}`` at least every 2 minutes.
+``event_id`` = ``trade_id``. Keep-alive: ``{"type":"ping"}`` at least every 2 minutes (a server
+``ping`` is answered with ``pong``). Limits per IP: 100 connections, 100 subscriptions per
+connection (so markets are spread over connections of at most 100), 1000 subscriptions.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 NAME = "lighter"
 PATH = "/stream"
 DEFAULT_MARKETS = ("0", "1", "2")
+SUBS_PER_CONNECTION = 100
+"""Lighter's per-connection subscription limit (per IP: 100 connections, 1000 subscriptions)."""
 PING = json.dumps({"type": "ping"})
 PONG = json.dumps({"type": "pong"})
 
@@ -117,9 +121,18 @@ class LighterSession:
 
 
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    """The markets' trade channels, at most ``SUBS_PER_CONNECTION`` per connection."""
     markets = list(symbols) or list(DEFAULT_MARKETS)
     url = with_default_path(base_url, PATH)
-    return [ConnectionPlan(url, f"{NAME}:trade", lambda: LighterSession(markets))]
+    chunks = [markets[i : i + SUBS_PER_CONNECTION] for i in range(0, len(markets), SUBS_PER_CONNECTION)]
+    return [
+        ConnectionPlan(url, f"{NAME}:trade" + (f":{n}" if n else ""), _factory(chunk))
+        for n, chunk in enumerate(chunks)
+    ]
+
+
+def _factory(markets: list[str]) -> Callable[[], LighterSession]:
+    return lambda: LighterSession(markets)
 
 
 TABLE = InstrumentTable.load(NAME)

@@ -190,3 +190,13 @@ def test_hyperliquid_fills_reach_every_watched_account() -> None:
             sim.on_client_message(client, message)
         assert client.state["user"] == json.loads(plan.new_session().on_open()[0])["subscription"]["user"]
         assert handle(session, sim.frames(items, client)) == [i.expected[0] for i in items]
+
+
+def test_kraken_greets_with_info_and_acks_subscriptions() -> None:
+    sim = load_sim("kraken_futures")
+    session = load_venue("kraken_futures").new_parser()
+    client = SimClient(path="/ws/v1")
+    frames = subscribe(sim, client, session, [])
+    events = [json.loads(f)["event"] for f in frames]
+    assert events == ["info", "subscribed", "subscribed"]
+    assert handle(session, frames) == []

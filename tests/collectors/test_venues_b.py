@@ -343,8 +343,18 @@ def test_kraken_control_frames_and_ordinary_trades_give_nothing() -> None:
         {"feed": "trade_snapshot", "product_id": "PI_XBTUSD", "trades": [kraken_trade()]},
         kraken_trade(type="fill"),
     )
-    assert_malformed(parser("kraken_futures"), kraken_trade(uid=None), kraken_trade(side="flat"),
+    assert_malformed(parser("kraken_futures"), kraken_trade(side="flat"), kraken_trade(qty=None),
                      kraken_trade(product_id="XX_FOO"), kraken_trade(product_id="FI_XBTUSD_999999"))
+
+
+def test_kraken_trade_without_uid_gets_the_digest() -> None:
+    """``uid`` is optional in the trade feed (tardis-node types it so): the event still counts."""
+    trade = kraken_trade()
+    del trade["uid"]
+    liq = one(parser("kraken_futures"), trade)
+    assert len(liq.event_id) == 32 and "exchange_id" not in liq.extra
+    assert (liq.side, liq.notional_usd) == ("long", 12_000.0)
+    assert one(parser("kraken_futures"), trade).event_id == liq.event_id
 
 
 @pytest.mark.parametrize(("taker", "side"), [("sell", "long"), ("buy", "short")])
@@ -488,6 +498,20 @@ def test_hyperliquid_user_fills_name_the_account() -> None:
     assert one(parser("hyperliquid"), frame).side == "short"  # OTHER was liquidated and bought
 
 
+def test_hyperliquid_user_fills_snapshot_is_history() -> None:
+    """``userFills`` replays the account's past fills first (``isSnapshot: true``): not counted."""
+    data = {"isSnapshot": True, "user": OTHER, "fills": [hl_fill(side="B")]}
+    assert_control(parser("hyperliquid"), {"channel": "userFills", "data": data})
+
+
+def test_hyperliquid_watches_at_most_ten_users() -> None:
+    """Per IP, user subscriptions may name at most 10 distinct users."""
+    addresses = [f"0x{n:040x}" for n in range(12)]
+    plans = load_venue("hyperliquid").plans("ws://127.0.0.1:9", addresses + [addresses[0].upper()])
+    users = [json.loads(p.new_session().on_open()[0])["subscription"]["user"] for p in plans]
+    assert users == addresses[: hyperliquid.MAX_USERS] and hyperliquid.MAX_USERS == 10
+
+
 def test_hyperliquid_units_and_extra() -> None:
     liq = one(parser("hyperliquid"), hl_user(hl_fill(coin="ETH", px="2500", sz="2")))
     assert (liq.symbol, liq.quote, liq.quantity, liq.notional_usd, liq.event_id) == (
@@ -515,6 +539,15 @@ def test_lighter_subscribes_and_pings() -> None:
     assert json.loads(str(session.heartbeat())) == {"type": "ping"}
     out = session.on_message('{"type":"ping"}', RX)
     assert out.liquidations == [] and [json.loads(r) for r in out.replies] == [{"type": "pong"}]
+
+
+def test_lighter_spreads_markets_over_connections_of_100_subscriptions() -> None:
+    markets = [str(n) for n in range(250)]
+    plans = lighter.VENUE.plans("ws://127.0.0.1:9", markets)
+    subs = [[json.loads(m)["channel"] for m in p.new_session().on_open()] for p in plans]
+    assert [len(s) for s in subs] == [100, 100, 50]
+    assert sum(subs, []) == [f"trade/{m}" for m in markets]
+    assert len({p.label for p in plans}) == 3 and plans[0].label == "lighter:trade"
 
 
 def test_lighter_snapshot_and_control_frames_give_nothing() -> None:
