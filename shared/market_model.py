@@ -16,7 +16,8 @@ The model (all rates and sizes live in :class:`ModelParams`):
   for BTC / ETH / SOL when all 14 venues are simulated, split by each venue's share of the flow
   (:data:`VENUE_SHARE`; a subset of venues sees proportionally fewer). Sizes are log-normal,
   median $2,000, sigma 1.1, capped at $250,000. Sides are 50/50.
-- **Cascades.** In the endless stream, cascades start as a Poisson process (3 per hour; base
+- **Cascades.** In the endless stream, cascades start as a Poisson process (3 per hour, the
+  first one optionally at a fixed ``first_cascade_s``, so a demo shows one at once; base
   BTC 50 %, ETH 30 %, SOL 20 %). A cascade hits 2-6 venues (at least two quoting the same
   canonical symbol whenever possible): 12-60 liquidations over 15-90 s, front-loaded in time
   (Beta(1.3, 2.6)), each venue joining with a lag of up to 3 s, sizes log-normal (median
@@ -163,6 +164,7 @@ class ModelParams:
     quiet_sigma: float = 1.1
     quiet_max_usd: float = 250_000.0
     cascades_per_hour: float = 3.0
+    first_cascade_s: float | None = None
     cascade_base_weight: tuple[tuple[str, float], ...] = (("BTC", 0.5), ("ETH", 0.3), ("SOL", 0.2))
     cascade_events: tuple[int, int] = (12, 60)
     cascade_duration_s: tuple[float, float] = (15.0, 90.0)
@@ -316,7 +318,11 @@ class _Market:
         self.n_cascades = 0
         self.true_count = 0
         rate_h = params.cascades_per_hour
-        self.next_cascade_ms = start_ms + self._exp_ms(rate_h) if scheduled_cascades and rate_h > 0 else None
+        self.next_cascade_ms: int | None = None
+        if scheduled_cascades and rate_h > 0:
+            first = params.first_cascade_s
+            delay_ms = int(first * 1000) if first is not None else self._exp_ms(rate_h)
+            self.next_cascade_ms = start_ms + delay_ms
 
     # -- helpers ------------------------------------------------------------------------------
 

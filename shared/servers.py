@@ -5,7 +5,10 @@ Redis: the machine's ``redis-server`` when on PATH, else the binary shipped in t
 
 PostgreSQL: the newest ``/usr/lib/postgresql/<v>/bin`` (Debian) or ``pg_ctl`` on PATH. As root,
 initdb and the server run as the ``postgres`` system user (PostgreSQL refuses root); the data
-directory stays in the project folder (``.liq/pg`` by default), owned by that user.
+directory stays in the project folder (``.liq/pg`` by default), owned by that user. When that
+user cannot reach the folder (a project under ``/root``, whose mode is 0700), the data goes to
+``/var/lib/liq/pg-<hash of the folder>`` instead, with a log line saying so: no permission on
+the user's directories is widened.
 
 Both listen on 127.0.0.1 only, keep their data in the given directory, and are stopped by
 ``stop()`` (also registered for interpreter exit by the callers that want it).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import logging
 import os
 import pwd
@@ -31,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "liq"
+FALLBACK_PG_ROOT = Path("/var/lib/liq")
 
 
 def free_port() -> int:
@@ -122,14 +127,34 @@ def postgres_bin_dir() -> Path:
     )
 
 
+def _reachable(user: str, path: Path) -> bool:
+    where = str(path)
+    check = ["runuser", "-u", user, "--", "test", "-r", where, "-a", "-w", where, "-a", "-x", where]
+    return subprocess.run(check, capture_output=True, check=False, timeout=30).returncode == 0
+
+
+def _owned_data_dir(data_dir: Path, user: str) -> Path:
+    """``data_dir`` owned by ``user``, or a fallback under /var/lib/liq when the user can't reach it."""
+    entry = pwd.getpwnam(user)
+    os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    if _reachable(user, data_dir):
+        return data_dir
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    fallback = FALLBACK_PG_ROOT / f"pg-{digest}"
+    fallback.mkdir(parents=True, exist_ok=True)
+    os.chmod(FALLBACK_PG_ROOT, 0o755)
+    os.chown(fallback, entry.pw_uid, entry.pw_gid)
+    logger.warning("the %s user cannot reach %s; PostgreSQL data kept in %s", user, data_dir, fallback)
+    return fallback
+
+
 def start_postgres(data_dir: Path, port: int = 0) -> PostgresServer:
     """Init (first time) and start PostgreSQL in ``data_dir``; creates database ``liq``."""
     bin_dir = postgres_bin_dir()
     run_as = PG_SUPERUSER if os.geteuid() == 0 else None
     data_dir.mkdir(parents=True, exist_ok=True)
     if run_as:
-        entry = pwd.getpwnam(run_as)
-        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+        data_dir = _owned_data_dir(data_dir, run_as)
     port = port or free_port()
     server = PostgresServer(dsn=f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}",
                             port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as)

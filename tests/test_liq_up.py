@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import psycopg
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -76,4 +77,6 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, f"left behind: {[p.info if hasattr(p, 'info') else p.pid for p in alive]}"
     assert "all stopped" in output
-    assert not (tmp_path / "liq" / "pg" / "data" / "postmaster.pid").exists(), "postgres still running"
+    assert report is not None
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(report["pg_dsn"], connect_timeout=3).close()  # the embedded server is gone

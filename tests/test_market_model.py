@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import defaultdict
 
@@ -10,6 +11,7 @@ import pytest
 from shared.market import MarketEvent
 from shared.market_model import (
     BASES,
+    DEFAULT_PARAMS,
     PRICE_RANGE,
     SAMPLED_VENUES,
     SCENARIO_KINDS,
@@ -170,3 +172,12 @@ def test_unknown_venue_and_kind_are_refused() -> None:
         list(MarketModel(seed=1, venues=("nope",), start_ms=START).events(START + 1000))
     with pytest.raises(ValueError, match="unknown scenario kind"):
         scenario("nope", 1, START)
+
+
+def test_first_cascade_can_be_scheduled_at_a_fixed_time() -> None:
+    start = 1_700_000_000_000
+    params = dataclasses.replace(DEFAULT_PARAMS, first_cascade_s=30.0)
+    scenario_ = MarketModel(3, start_ms=start, params=params).labelled(start + 180_000)
+    assert scenario_.cascades, "the first cascade must happen within the first minutes"
+    assert min(label.start_ms for label in scenario_.cascades) >= start + 30_000
+    assert min(label.start_ms for label in scenario_.cascades) < start + 60_000

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from collectors.sim.driver import DriveStats, TruthLog, drive, remove_ports, wri
 from collectors.sim.server import ExchangeSimulator, available_venues
 from shared.clock import SYSTEM_CLOCK
 from shared.market import MarketEvent
-from shared.market_model import MarketModel
+from shared.market_model import DEFAULT_PARAMS, MarketModel
 from shared.runtime import run_service
 from shared.settings import CommonSettings, load
 
@@ -40,6 +40,7 @@ class SimulateOptions:
     base_port: int
     wait_clients: bool
     exit_when_done: bool
+    first_cascade_s: float | None = None
 
 
 def choose_venues(requested: str) -> list[str]:
@@ -55,9 +56,11 @@ def choose_venues(requested: str) -> list[str]:
     return [v for v in names if v in have]
 
 
-def market_events(seed: int, venues: list[str], start_ms: int, until_ms: int | None) -> Iterable[MarketEvent]:
+def market_events(seed: int, venues: list[str], start_ms: int, until_ms: int | None,
+                  first_cascade_s: float | None = None) -> Iterable[MarketEvent]:
     """The market model's time-ordered events from ``start_ms`` (forever when ``until_ms`` is None)."""
-    return MarketModel(seed, venues=venues, start_ms=start_ms).events(until_ms)
+    params = replace(DEFAULT_PARAMS, first_cascade_s=first_cascade_s)
+    return MarketModel(seed, venues=venues, start_ms=start_ms, params=params).events(until_ms)
 
 
 async def serve_market(options: SimulateOptions, stop: asyncio.Event) -> None:
@@ -81,7 +84,7 @@ async def _play(sim: ExchangeSimulator, options: SimulateOptions, truth: TruthLo
         await _wait_clients(sim, stop)
     start_ms = SYSTEM_CLOCK.now_ms()
     until_ms = start_ms + int(options.duration_s * 1000) if options.duration_s is not None else None
-    events = market_events(options.seed, options.venues, start_ms, until_ms)
+    events = market_events(options.seed, options.venues, start_ms, until_ms, options.first_cascade_s)
     stats = await drive(sim, events, stop, speed=options.speed, max_events=options.max_events,
                         until_ms=until_ms, start_ms=start_ms, truth=truth)
     _log_summary(sim, stats)
@@ -128,9 +131,11 @@ def _log_summary(sim: ExchangeSimulator, stats: DriveStats) -> None:
               help="First port; venues get consecutive ports (default 0: free ports).")
 @click.option("--wait-clients", is_flag=True, help="Start the market once every venue has a subscriber.")
 @click.option("--exit-when-done", is_flag=True, help="Exit when the market ends instead of serving on.")
+@click.option("--first-cascade", "first_cascade_s", type=float, default=30.0, show_default=True,
+              help="Market seconds until the first cascade (negative: at random, like the later ones).")
 def simulate(venues: str, seed: int, speed: float, duration: float | None, max_events: int | None,
              ports_file: Path | None, truth_file: Path | None, no_truth: bool, base_port: int,
-             wait_clients: bool, exit_when_done: bool) -> None:
+             wait_clients: bool, exit_when_done: bool, first_cascade_s: float) -> None:
     """Run the local exchange simulator (WebSocket servers on 127.0.0.1) until Ctrl-C."""
     settings = load(CommonSettings)
     sim_dir = Path(settings.data_dir) / "sim"
@@ -139,6 +144,7 @@ def simulate(venues: str, seed: int, speed: float, duration: float | None, max_e
         ports_file=ports_file or sim_dir / "ports.json",
         truth_file=None if no_truth else truth_file or sim_dir / "truth.jsonl",
         base_port=base_port, wait_clients=wait_clients, exit_when_done=exit_when_done,
+        first_cascade_s=first_cascade_s if first_cascade_s >= 0 else None,
     )
     if not options.venues:
         raise click.ClickException("no venue has a simulator module (collectors/sim/<venue>.py)")

@@ -45,7 +45,7 @@ def test_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                           timestamp_ms=t0 + i, cascade_id="c1") for i in range(5)]
 
     def fake_market(
-        seed: int, venues: list[str], start_ms: int, until_ms: int | None
+        seed: int, venues: list[str], start_ms: int, until_ms: int | None, first_cascade_s: float | None
     ) -> Iterable[MarketEvent]:
         assert venues == [name]
         return events
