@@ -1,9 +1,12 @@
 """Simulated Binance USDⓈ-M: ``forceOrder`` events on path-subscribed streams; also the sims' number helpers.
 
 Wire: one event per frame, wrapped as ``{"stream": ..., "data": ...}`` when the client used the
-combined ``/stream?streams=`` path, bare on ``/ws/<stream>``. Subscriptions come from the URL
-path (``on_connect``) or a ``SUBSCRIBE`` request (ack ``{"result":null,"id":N}``). Items go to
-the all-market stream ``!forceOrder@arr`` (per-symbol stream clients get nothing here).
+combined ``/market/stream?streams=`` path, bare on ``/market/ws/<stream>``. Subscriptions come
+from the URL path (``on_connect``) or a ``SUBSCRIBE`` request (ack ``{"result":null,"id":N}``).
+Like the live venue since 2026-04-23, only paths under ``/market`` deliver: the legacy ``/ws``
+and ``/stream`` paths accept the handshake and ack SUBSCRIBE but never push an event (COIN-M on
+``dstream`` keeps the plain paths). Items go to the all-market stream ``!forceOrder@arr``
+(per-symbol stream clients get nothing here).
 
 Expected Liquidation (documented rules, computed here, not by the parser): ``S`` = SELL for a
 long; price = ``p``; quantity = ``z`` (base, lot-rounded); notional = price × quantity;
@@ -27,6 +30,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 ALL_STREAM = "!forceOrder@arr"
+MARKET_PREFIX = "/market"
 
 
 def wire(value: float) -> str:
@@ -70,15 +74,20 @@ class BinanceSimBase:
     gzip = False
     heartbeat_s = 0.0
 
+    def delivers(self, client: SimClient) -> bool:
+        """Whether streams on this client's path carry data (USD-M: only under ``/market``)."""
+        return True
+
     def on_connect(self, client: SimClient) -> list[Outgoing]:
-        client.subscriptions.update(streams_from_path(client.path))
+        if self.delivers(client):
+            client.subscriptions.update(streams_from_path(client.path))
         return []
 
     def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
         request = json.loads(message)
         method, params, req_id = request["method"], request.get("params", []), request["id"]
         if method == "SUBSCRIBE":
-            client.subscriptions.update(params)
+            client.subscriptions.update(params if self.delivers(client) else ())
         elif method == "UNSUBSCRIBE":
             client.subscriptions.difference_update(params)
         elif method == "LIST_SUBSCRIPTIONS":
@@ -113,6 +122,10 @@ def force_order(symbol: str, event: MarketEvent, price: float, qty: float) -> di
 
 class UsdmSim(BinanceSimBase):
     name = "binance_usdm"
+
+    def delivers(self, client: SimClient) -> bool:
+        """``forceOrder`` lives on ``/market`` only; legacy ``/ws`` and ``/stream`` ack but stay silent."""
+        return urlsplit(client.path).path.startswith(MARKET_PREFIX + "/")
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         symbol, price = f"{event.base}USDT", tick(event.price)

@@ -2,7 +2,10 @@
 
 Wire: ``{"topic":"allLiquidation.BTCUSDT","type":"snapshot","ts":…,"data":[{"T","s","S","v","p"}]}``,
 one frame per topic with every item of the push in ``data``. ``{"op":"subscribe"}`` gets the
-v5 ack, ``{"op":"ping"}`` the linear/inverse pong. No replay, no server heartbeat.
+v5 ack, ``{"op":"ping"}`` the linear/inverse pong. No replay, no server heartbeat. As on the
+live venue, the path picks the category: a topic of the other endpoint (an inverse ``BTCUSD`` on
+``/v5/public/linear``) is refused with ``handler not found``, and a subscription taking the
+connection's ``args`` past 21,000 characters is refused whole (``success: false``).
 
 Expected Liquidation: ``S`` is the position side (Buy = long); quantity = ``v`` (base, lot
 rounded); price = ``p``; notional = v × p; timestamp = ``T``; event_id = digest of
@@ -19,6 +22,9 @@ from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
 from shared.models import Liquidation
+
+ARGS_LIMIT = 21_000
+"""Documented cap on the total length of one public connection's subscription ``args``."""
 
 
 class BybitSim:
@@ -43,16 +49,16 @@ class BybitSim:
     def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
         request = json.loads(message)
         op = request["op"]
+        error = ""
         if op == "subscribe":
-            client.subscriptions.update(request["args"])
+            error = _subscribe(client, request["args"])
         elif op == "unsubscribe":
             client.subscriptions.difference_update(request["args"])
         elif op != "ping":
             raise ValueError(f"unknown op {op!r}")
-        ret_msg = "pong" if op == "ping" else ""
         reply = {
-            "success": True,
-            "ret_msg": ret_msg,
+            "success": not error,
+            "ret_msg": error or ("pong" if op == "ping" else ""),
             "conn_id": "sim",
             "req_id": request.get("req_id", ""),
             "op": op,
@@ -80,6 +86,24 @@ class BybitSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return None
+
+
+def endpoint_category(topic: str) -> str:
+    """``linear`` for USDT/USDC perpetuals and futures, ``inverse`` for ``BTCUSD``/``BTCUSDH26``."""
+    symbol = topic.rpartition(".")[2]
+    linear = symbol.endswith(("USDT", "USDC", "PERP")) or "-" in symbol
+    return "linear" if linear else "inverse"
+
+
+def _subscribe(client: SimClient, args: list[str]) -> str:
+    """Subscribe ``args``; the error message when the request is refused (whole or in part)."""
+    category = client.path.rstrip("/").rpartition("/")[2]
+    total = sorted(client.subscriptions | set(args))
+    if len(json.dumps(total)) > ARGS_LIMIT:
+        return f"error:args size exceeds {ARGS_LIMIT} characters"
+    wrong = [topic for topic in args if endpoint_category(topic) != category]
+    client.subscriptions.update(topic for topic in args if topic not in wrong)
+    return f"error:handler not found,topic:{','.join(wrong)}" if wrong else ""
 
 
 SIM = BybitSim()

@@ -6,7 +6,9 @@ Wire (JSON-RPC 2.0): ``public/subscribe`` → result = the channels; ``public/se
 ``{"method":"subscription","params":{"channel":"trades.future.BTC.100ms","data":[trade,…]}}``.
 
 Each liquidation is one trade with flag ``T`` (odd seq: taker liquidated, direction = order
-side) or ``M`` (even seq: maker liquidated, direction = the opposite). BTC and ETH trade on
+side) or ``M`` (even seq: maker liquidated, direction = the opposite); every 5th trade is flagged
+``MT`` (both sides liquidated: two expected events, long and short, each of ``amount``, ids
+``trade_id:long`` / ``trade_id:short``). BTC and ETH trade on
 ``BTC-PERPETUAL`` / ``ETH-PERPETUAL`` (ticks 0.5 / 0.05): ``amount`` is USD, a multiple of 10
 (≥ 10); expected quantity = amount / price, notional = amount, ``quantity_native_unit="USD"``.
 Other bases trade on ``<BASE>_USDC-PERPETUAL`` (channel ``trades.future.USDC.100ms``):
@@ -25,7 +27,7 @@ import msgspec
 from collectors.sim.binance_usdm import lots, tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
-from shared.models import Liquidation
+from shared.models import Liquidation, Side
 
 INVERSE_TICK = {"BTC": 0.5, "ETH": 0.05}
 LINEAR_LOT = 0.1
@@ -38,25 +40,28 @@ class DeribitSim:
     heartbeat_s = 10.0
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
-        flag = "T" if seq % 2 else "M"
+        flag = _flag(seq)
         order_side = "sell" if event.side == "long" else "buy"
-        direction = order_side if flag == "T" else ("buy" if order_side == "sell" else "sell")
+        direction = order_side if flag != "M" else ("buy" if order_side == "sell" else "sell")
         trade_id = f"SIM-{seq}"
         inverse = event.base in INVERSE_TICK
-        expected = _inverse(event) if inverse else _linear(event)
+        liq = _inverse(event) if inverse else _linear(event)
         trade = {
             "trade_seq": seq, "trade_id": trade_id, "timestamp": event.timestamp_ms, "tick_direction": 0,
-            "price": expected.price, "mark_price": expected.price, "index_price": expected.price,
-            "instrument_name": expected.symbol_native, "direction": direction,
-            "amount": expected.quantity_native, "liquidation": flag,
+            "price": liq.price, "mark_price": liq.price, "index_price": liq.price,
+            "instrument_name": liq.symbol_native, "direction": direction,
+            "amount": liq.quantity_native, "liquidation": flag,
         }  # fmt: skip
-        expected = msgspec.structs.replace(
-            expected, event_id=trade_id, side_raw=f"{flag}:{direction}",
-            extra={"exchange_id": trade_id, "liquidation_flag": flag, "trade_direction": direction,
-                   "mark_price": expected.price},
-        )  # fmt: skip
+        extra = {"exchange_id": trade_id, "liquidation_flag": flag, "trade_direction": direction,
+                 "mark_price": liq.price}  # fmt: skip
+        sides: list[Side] = ["long", "short"] if flag == "MT" else [event.side]
+        expected = [
+            msgspec.structs.replace(liq, side=side, event_id=_event_id(trade_id, flag, side),
+                                    side_raw=f"{flag}:{direction}", extra=extra)  # fmt: skip
+            for side in sides
+        ]
         topic = f"trades.future.{event.base if inverse else 'USDC'}.100ms"
-        return SimItem(native=trade, expected=[expected], topic=topic)
+        return SimItem(native=trade, expected=expected, topic=topic)
 
     def on_client_message(self, client: SimClient, message: str | bytes) -> list[Outgoing]:
         request = json.loads(message)
@@ -91,6 +96,17 @@ class DeribitSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return TEST_REQUEST if client.state.get("heartbeat") else None
+
+
+def _event_id(trade_id: str, flag: str, side: Side) -> str:
+    return f"{trade_id}:{side}" if flag == "MT" else trade_id
+
+
+def _flag(seq: int) -> str:
+    """``MT`` every 5th trade (both sides liquidated), else ``T`` on odd and ``M`` on even seq."""
+    if seq % 5 == 0:
+        return "MT"
+    return "T" if seq % 2 else "M"
 
 
 def _inverse(event: MarketEvent) -> Liquidation:

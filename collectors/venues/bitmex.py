@@ -29,6 +29,7 @@ from collectors.venues._common import (
     decode,
     frame_errors,
     make_liquidation,
+    market_type,
     month_code_expiry,
     num,
     position_side,
@@ -38,7 +39,8 @@ from shared.errors import ParseError
 from shared.models import Liquidation
 
 NAME = "bitmex"
-_DATED = re.compile(r"^([A-Z]+?)(USDT)?([FGHJKMNQUVXZ])(\d\d)$")
+_SYMBOL = re.compile(r"^([A-Z0-9]+?)(USDT|USDC|USD|EUR)?(?:([FGHJKMNQUVXZ])(\d\d))?$")
+FIAT_FACES = frozenset({"USD", "EUR"})
 
 
 class Row(msgspec.Struct):
@@ -62,21 +64,21 @@ _frame = msgspec.json.Decoder(Frame)
 
 
 def parse_symbol(symbol: str) -> Instrument:
-    """XBT inverse contracts have 1 USD faces; anything else keeps an unknown contract size."""
-    dated = _DATED.match(symbol)
-    if dated:
-        base, quote = dated[1], dated[2] or "USD"
-        expiry = month_code_expiry(dated[3], dated[4])
-        if base == "XBT" and quote == "USD":
-            return Instrument(symbol, base, quote, "inverse_future", 1.0, "USD", expiry)
-        return Instrument(symbol, base, quote, "linear_future", expiry=expiry)
-    for quote in ("USDT", "USDC", "USD"):
-        if symbol.endswith(quote) and len(symbol) > len(quote):
-            base = symbol[: -len(quote)]
-            if base == "XBT" and quote == "USD":
-                return Instrument(symbol, base, quote, "inverse_perpetual", 1.0, "USD")
-            return Instrument(symbol, base, quote, "linear_perpetual")
-    raise ParseError(NAME, f"unknown symbol {symbol!r}")
+    """Instrument of ``XBTUSD``/``XBTZ25`` (inverse), ``XBTUSDT``, ``ETHUSD``, ``ETHUSDZ25``, ``ETHZ25``.
+
+    A dated contract without a quote is quoted in XBT (``ETHZ25`` = ETH/XBT) except XBT's own
+    quarterlies (USD). Only XBT against a fiat face (1 USD / 1 EUR per contract) has a known
+    contract size; linear and quanto contracts keep contracts with the notional unknown.
+    """
+    match = _SYMBOL.match(symbol)
+    if match is None or not (match[2] or match[3]):
+        raise ParseError(NAME, f"unknown symbol {symbol!r}")
+    base, quote, month, yy = match.groups()
+    quote = quote or ("USD" if base == "XBT" else "XBT")
+    expiry = month_code_expiry(month, yy) if month else None
+    if base == "XBT" and quote in FIAT_FACES:
+        return Instrument(symbol, base, quote, market_type(False, expiry), 1.0, quote, expiry)
+    return Instrument(symbol, base, quote, market_type(True, expiry), expiry=expiry)
 
 
 class BitmexSession:

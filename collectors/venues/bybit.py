@@ -1,8 +1,10 @@
 """Bybit v5 derivatives: ``allLiquidation.{symbol}`` topics, sharded over linear and inverse connections.
 
 Docs: bybit-exchange/docs ``docs/v5/websocket/public/all-liquidation.mdx``. No wildcard topic
-exists, so every symbol is its own topic and the topics are sharded so that one connection's
-``args`` stay within 21,000 characters. Frames batch several liquidations::
+exists, so every symbol is its own topic: with no ``--symbols`` a live collector lists every
+trading linear and inverse symbol from ``/v5/market/instruments-info`` (paginated), and the
+topics are sharded so that one connection's ``args`` stay within 21,000 characters, on the
+``/v5/public/linear`` and ``/v5/public/inverse`` endpoints. Frames batch several liquidations::
 
     {"topic":"allLiquidation.ROSEUSDT","type":"snapshot","ts":1739502303204,
      "data":[{"T":1739502302929,"s":"ROSEUSDT","S":"Sell","v":"20000","p":"0.04499"}]}
@@ -20,6 +22,7 @@ envelopes (data array with an ``id``) are still parsed because recorded data con
 from __future__ import annotations
 
 import json
+import logging
 import re
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -42,11 +45,14 @@ from collectors.venues._common import (
 from shared.errors import ParseError
 from shared.models import Liquidation
 
+logger = logging.getLogger(__name__)
+
 NAME = "bybit"
 ARGS_LIMIT = 21_000
 TOPICS_PER_REQUEST = 100
 REST_URL = "https://api.bybit.com"
 CATEGORY_PATH = "/v5/public/"
+CATEGORIES = ("linear", "inverse")
 DEFAULT_SYMBOLS = (
     "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BNBUSDT", "ADAUSDT", "LINKUSDT",
     "AVAXUSDT", "SUIUSDT", "LTCUSDT", "BCHUSDT", "DOTUSDT", "TRXUSDT", "TONUSDT", "NEARUSDT",
@@ -192,14 +198,63 @@ def category_url(base_url: str, category: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}{CATEGORY_PATH}{category}"
 
 
-def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
-    by_category: dict[str, list[str]] = {"linear": [], "inverse": []}
-    for symbol in symbols or DEFAULT_SYMBOLS:
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def fetch_symbols(
+    category: str = "linear", get_json: Callable[[str], Any] = _get_json, rest: str = REST_URL
+) -> list[str]:
+    """Every trading symbol of a category from ``/v5/market/instruments-info`` (paginated)."""
+    symbols: list[str] = []
+    cursor = ""
+    while True:
+        url = f"{rest}/v5/market/instruments-info?category={category}&limit=1000"
+        page = get_json(url + (f"&cursor={quote(cursor)}" if cursor else ""))
+        result = page.get("result") or {}
+        symbols += [i["symbol"] for i in result.get("list", []) if i.get("status") == "Trading"]
+        cursor = result.get("nextPageCursor") or ""
+        if not cursor:
+            return symbols
+
+
+def rest_url(base_url: str) -> str | None:
+    """The REST host of a live stream host (``stream.bybit.com`` → ``https://api.bybit.com``)."""
+    host = urlsplit(base_url).hostname or ""
+    return f"https://{host.replace('stream', 'api', 1)}" if host.startswith("stream") else None
+
+
+def discover_symbols(base_url: str, get_json: Callable[[str], Any] = _get_json) -> dict[str, list[str]]:
+    """Every trading symbol per category (linear, inverse) from instruments-info, live hosts only.
+
+    There is no wildcard topic, so full coverage needs the venue's own list (~800 symbols).
+    Simulators and other hosts, or a failed listing, get :data:`DEFAULT_SYMBOLS`.
+    """
+    rest = rest_url(base_url)
+    if rest is not None:
+        try:
+            return {category: fetch_symbols(category, get_json, rest) for category in CATEGORIES}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("bybit: instruments-info failed (%s); subscribing the default symbols", exc)
+    return by_category(DEFAULT_SYMBOLS)
+
+
+def by_category(symbols: Sequence[str]) -> dict[str, list[str]]:
+    """Native symbols split into the ``linear`` and ``inverse`` endpoints' lists."""
+    out: dict[str, list[str]] = {category: [] for category in CATEGORIES}
+    for symbol in symbols:
         inst = TABLE.get(symbol) or _parse_or_none(symbol)
-        category = "inverse" if inst is not None and is_inverse(inst) else "linear"
-        by_category[category].append(f"allLiquidation.{symbol}")
+        out["inverse" if inst is not None and is_inverse(inst) else "linear"].append(symbol)
+    return out
+
+
+def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+    """Topics per endpoint (``symbols``, else the discovered list), sharded under the args limit."""
+    symbols_by_category = by_category(symbols) if symbols else discover_symbols(base_url)
     plans = []
-    for category, topics in by_category.items():
+    for category, names in symbols_by_category.items():
+        topics = [f"allLiquidation.{s}" for s in names]
         for n, shard in enumerate(shard_topics(topics)):
             plans.append(
                 ConnectionPlan(category_url(base_url, category), f"{NAME}:{category}:{n}", _factory(shard))
@@ -218,25 +273,6 @@ def _factory(topics: list[str]) -> Callable[[], BybitSession]:
     return lambda: BybitSession(topics)
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def fetch_symbols(category: str = "linear", get_json: Callable[[str], Any] = _get_json) -> list[str]:
-    """Every trading symbol of a category from ``/v5/market/instruments-info`` (paginated)."""
-    symbols: list[str] = []
-    cursor = ""
-    while True:
-        url = f"{REST_URL}/v5/market/instruments-info?category={category}&limit=1000"
-        page = get_json(url + (f"&cursor={quote(cursor)}" if cursor else ""))
-        result = page.get("result") or {}
-        symbols += [i["symbol"] for i in result.get("list", []) if i.get("status") == "Trading"]
-        cursor = result.get("nextPageCursor") or ""
-        if not cursor:
-            return symbols
-
-
 TABLE = InstrumentTable.load(NAME)
 
 VENUE = VenueSpec(
@@ -249,5 +285,4 @@ VENUE = VenueSpec(
     usual_gap_s=60.0,
     plans=_plans,
     new_parser=BybitSession,
-    default_symbols=DEFAULT_SYMBOLS,
 )

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from collectors import load_venue
+from collectors.sim import binance_usdm
 from collectors.sim.protocol import Outgoing, SimClient, SimItem, SimVenue
 from collectors.sim.venue_server import load_sim
 from collectors.venue import VenueSession
@@ -111,7 +112,7 @@ def test_expected_is_well_formed(venue: str) -> None:
             known = liq.notional_known and liq.quantity_unit == "base" and liq.notional_usd > 0
             assert known or (liq.quantity_unit == "contracts" and liq.notional_usd == 0.0)
         assert json.dumps(item.native)  # JSON-able
-        assert item.expected[0].side == event.side
+        assert event.side in {liq.side for liq in item.expected}  # Deribit MT: both sides
 
 
 def test_okx_snapshot_replays_same_event_ids() -> None:
@@ -156,3 +157,39 @@ def test_app_level_ping_is_answered(venue: str) -> None:
     assert ping is not None
     for reply in sim.on_client_message(client, ping):
         assert session.on_message(reply, T0).liquidations == []
+
+
+def test_binance_usdm_legacy_paths_are_silent() -> None:
+    """Since 2026-04-23 USD-M forceOrder is only on /market: legacy /ws and /stream ack, push nothing."""
+    sim = binance_usdm.SIM
+    for path in ("/ws/!forceOrder@arr", "/stream?streams=!forceOrder@arr"):
+        client = SimClient(path=path)
+        sim.on_connect(client)
+        subscribe = json.dumps({"method": "SUBSCRIBE", "params": ["!forceOrder@arr"], "id": 1})
+        assert json.loads(sim.on_client_message(client, subscribe)[0]) == {"result": None, "id": 1}
+        assert client.subscriptions == set()
+    market = SimClient(path="/market/ws/!forceOrder@arr")
+    sim.on_connect(market)
+    assert market.subscriptions == {"!forceOrder@arr"}
+    (plan,) = load_venue("binance_usdm").plans("ws://127.0.0.1:9", ())
+    assert plan.url.startswith("ws://127.0.0.1:9/market/stream?")
+
+
+def test_bybit_sim_checks_endpoint_and_args_limit() -> None:
+    sim = load_sim("bybit")
+    linear = SimClient(path="/v5/public/linear")
+    ask = {"op": "subscribe", "args": ["allLiquidation.BTCUSDT", "allLiquidation.BTCUSD"]}
+    (reply,) = sim.on_client_message(linear, json.dumps(ask))
+    assert json.loads(reply)["success"] is False and "allLiquidation.BTCUSD" in json.loads(reply)["ret_msg"]
+    assert linear.subscriptions == {"allLiquidation.BTCUSDT"}
+    huge = {"op": "subscribe", "args": [f"allLiquidation.COIN{i:05d}USDT" for i in range(1000)]}
+    (reply,) = sim.on_client_message(linear, json.dumps(huge))
+    assert json.loads(reply)["success"] is False and linear.subscriptions == {"allLiquidation.BTCUSDT"}
+
+
+def test_deribit_sim_mt_trade_gives_both_sides() -> None:
+    sim, client, session = _connect("deribit")
+    item = sim.materialize(_event("BTC", "short", 65_000.5, 10_000.0, 0), 5)
+    assert item is not None and item.native["liquidation"] == "MT"
+    assert [liq.side for liq in item.expected] == ["long", "short"]
+    assert _feed(session, sim.frames([item], client), T0) == item.expected

@@ -248,6 +248,44 @@ def test_bybit_urls_and_symbol_listing() -> None:
     assert bybit.fetch_symbols("linear", fake) == ["BTCUSDT", "ETHUSDT"]
 
 
+def test_bybit_discovers_every_symbol_on_live_host() -> None:
+    """No wildcard topic: a live collector lists linear AND inverse symbols (paginated) itself."""
+    pages = {
+        "linear": {"result": {"list": [{"symbol": "BTCUSDT", "status": "Trading"},
+                                       {"symbol": "BTCPERP", "status": "Trading"}]}},
+        "inverse": {"result": {"list": [{"symbol": "BTCUSD", "status": "Trading"},
+                                        {"symbol": "BTCUSDH26", "status": "Trading"}]}},
+    }  # fmt: skip
+    urls: list[str] = []
+
+    def fake(url: str) -> Any:
+        urls.append(url)
+        return pages["inverse" if "category=inverse" in url else "linear"]
+
+    found = bybit.discover_symbols("wss://stream.bybit.com/v5/public/linear", fake)
+    assert found == {"linear": ["BTCUSDT", "BTCPERP"], "inverse": ["BTCUSD", "BTCUSDH26"]}
+    assert all(u.startswith("https://api.bybit.com/v5/market/instruments-info?category=") for u in urls)
+
+    def down(url: str) -> Any:
+        raise OSError("unreachable")
+
+    fallback = bybit.discover_symbols("wss://stream.bybit.com/v5/public/linear", down)
+    assert sorted(fallback["linear"] + fallback["inverse"]) == sorted(bybit.DEFAULT_SYMBOLS)
+    assert bybit.discover_symbols("ws://127.0.0.1:9", fake) == fallback and len(urls) == 2
+
+
+def test_bybit_default_plans_split_linear_and_inverse() -> None:
+    """Without symbols (the CLI default) topics go to the endpoint of their category."""
+    assert load_venue("bybit").default_symbols == ()
+    plans = load_venue("bybit").plans("ws://127.0.0.1:9", ())
+    assert [p.url.rsplit("/", 1)[1] for p in plans] == ["linear", "inverse"]
+    linear, inverse = (
+        {a for m in p.new_session().on_open() for a in json.loads(m)["args"]} for p in plans
+    )
+    assert "allLiquidation.BTCUSDT" in linear and "allLiquidation.BTCUSD" in inverse
+    assert not linear & inverse and len(linear | inverse) == len(bybit.DEFAULT_SYMBOLS)
+
+
 # --------------------------------------------------------------------------- OKX
 
 
@@ -340,6 +378,25 @@ def test_bitmex_subscribe_ping_control_malformed() -> None:
 def test_bitmex_quanto_keeps_contracts() -> None:
     (liq,) = feed(parser("bitmex"), bitmex("insert", symbol="ETHUSD", price=3000, leavesQty=7))
     assert (liq.symbol, liq.quantity_unit, liq.notional_known) == ("ETHUSD", "contracts", False)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "want"),
+    [
+        ("XBTUSD", ("BTCUSD", "inverse_perpetual", None, "base")),
+        ("XBTZ25", ("BTCUSD", "inverse_future", "2025-12-26", "base")),
+        ("XBTUSDT", ("BTCUSDT", "linear_perpetual", None, "contracts")),
+        ("XBTUSDTH26", ("BTCUSDT", "linear_future", "2026-03-27", "contracts")),
+        ("ETHUSDZ25", ("ETHUSD", "linear_future", "2025-12-26", "contracts")),  # quanto future
+        ("ETHZ25", ("ETHBTC", "linear_future", "2025-12-26", "contracts")),  # ETH/XBT future
+    ],
+)
+def test_bitmex_symbols(symbol: str, want: tuple[str, str, str | None, str]) -> None:
+    """XBT is BTC; only XBT's 1-USD inverse contracts have a known size (the others: contracts)."""
+    (liq,) = feed(parser("bitmex"), bitmex("insert", symbol=symbol, price=50000, leavesQty=100))
+    assert (liq.symbol, liq.market_type, liq.expiry, liq.quantity_unit) == want
+    assert liq.notional_known == (want[3] == "base")
+    assert_malformed(parser("bitmex"), bitmex("insert", symbol="XBT"))
 
 
 # --------------------------------------------------------------------------- Deribit
