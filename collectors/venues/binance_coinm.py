@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from collectors.instruments import Instrument, InstrumentTable, canonical_asset
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
-from collectors.venues._common import frame_errors, make_liquidation, market_type, num, yymmdd_expiry
+from collectors.venue import ConnectionPlan, VenueSpec
+from collectors.venues._common import make_liquidation, market_type, num, yymmdd_expiry
 from collectors.venues.binance_usdm import (
     ALL_STREAM,
+    ForceOrderSession,
     Order,
     filled,
-    force_order,
     order_extra,
     order_side,
     stream_plans,
@@ -52,24 +52,11 @@ def inverse_instrument(symbol: str, pair: str = "") -> Instrument:
     return Instrument(symbol, base, "USD", market_type(False, expiry), contract_size_usd(base), "USD", expiry)
 
 
-class CoinmSession:
-    """Binance COIN-M: streams are in the URL, so nothing to send; WebSocket pings only."""
+class CoinmSession(ForceOrderSession):
+    venue = NAME
 
     def __init__(self, table: InstrumentTable | None = None) -> None:
         self.table = table or TABLE
-
-    def on_open(self) -> list[Outgoing]:
-        return []
-
-    def heartbeat(self) -> Outgoing | None:
-        return None
-
-    def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
-        order = force_order(raw, NAME)
-        if order is None:
-            return EMPTY
-        with frame_errors(NAME, raw):
-            return SessionOutput([self._liquidation(order, received_ms)])
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.s) or inverse_instrument(order.s, order.ps)

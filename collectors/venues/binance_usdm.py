@@ -141,11 +141,13 @@ def stream_plans(
     ]
 
 
-class UsdmSession:
-    """Binance USD-M: streams are in the URL, so nothing to send; WebSocket pings only."""
+class ForceOrderSession:
+    """Binance USD-M and COIN-M: streams are in the URL, so nothing to send; WebSocket pings only.
 
-    def __init__(self, table: InstrumentTable | None = None) -> None:
-        self.table = table or TABLE
+    Subclasses set ``venue`` and turn one ``forceOrder`` into a Liquidation (``_liquidation``).
+    """
+
+    venue = NAME
 
     def on_open(self) -> list[Outgoing]:
         return []
@@ -154,11 +156,19 @@ class UsdmSession:
         return None
 
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
-        order = force_order(raw, NAME)
+        order = force_order(raw, self.venue)
         if order is None:
             return EMPTY
-        with frame_errors(NAME, raw):
+        with frame_errors(self.venue, raw):
             return SessionOutput([self._liquidation(order, received_ms)])
+
+    def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
+        raise NotImplementedError
+
+
+class UsdmSession(ForceOrderSession):
+    def __init__(self, table: InstrumentTable | None = None) -> None:
+        self.table = table or TABLE
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.s) or linear_instrument(order.s)
