@@ -43,8 +43,11 @@ BATCH = 500
 SECTIONS = ("streams", "parsers", "detector", "writer")
 
 
-def synthetic(n: int, symbols: int = 20, start_ms: int = 1_700_000_000_000) -> list[Liquidation]:
+def synthetic(n: int, symbols: int = 20, start_ms: int | None = None) -> list[Liquidation]:
+    """``n`` liquidations over 20 symbols and 4 venues, starting an hour ago (inside retention)."""
     venues = ("binance_usdm", "bybit", "okx", "bitmex")
+    if start_ms is None:
+        start_ms = time.time_ns() // 1_000_000 - 3_600_000
     out = []
     for i in range(n):
         sym = f"S{i % symbols}USDT"
@@ -207,6 +210,7 @@ def bench(events: int, rows: int, only: str, as_json: bool) -> None:
     wanted = [s for s in only.split(",") if s]
     report: dict[str, Any] = {"cpu_count": os.cpu_count()}
     workdir = Path(tempfile.mkdtemp(prefix="liq-bench-"))
+    workdir.chmod(0o755)  # the postgres user (when run as root) must reach its data dir
     try:
         with servers(workdir) as (redis_url, pg_dsn):
             if pg_dsn:

@@ -2,9 +2,9 @@
 
 Both runs commit the same rows in transactions of ``batch`` rows on the same server:
 
-- **bare**: binary COPY of the staging rows into a table with the same primary key and index
-  as ``liquidations_significant`` (not partitioned), no staging, no dedup, no rollups: the
-  floor cost of getting these rows indexed into PostgreSQL;
+- **bare**: binary COPY of the same rows into a table laid out like ``liquidations_significant``
+  (daily range partitions, the same primary key and index), with no staging, no dedup and no
+  rollups: the floor cost of getting these rows into that layout;
 - **writer**: :meth:`writer.sink.DatabaseSink.write` of the batches ``writer.rows.build_batch``
   makes, i.e. COPY into the staging table, ``INSERT … ON CONFLICT DO NOTHING`` into the
   partitioned table and the rollups kept in step (native mode), then a replay of the first
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import date, timedelta
 from typing import Any
 
 import psycopg
@@ -43,13 +44,21 @@ def workload(n: int, start_ms: int) -> list[Liquidation]:
     ]
 
 
-async def _bare(dsn: str, batches: list[list[tuple[object, ...]]]) -> float:
+async def _bare_table(conn: psycopg.AsyncConnection[tuple[Any, ...]], days: set[date]) -> None:
+    """The staging columns, partitioned by UTC day like the real table, with its key and index."""
+    await conn.execute(f"DROP TABLE IF EXISTS {BARE_TABLE}")
+    ddl = sql.STAGE_EVENTS_DDL.replace("TEMP TABLE IF NOT EXISTS liq_stage", f"TABLE {BARE_TABLE}")
+    await conn.execute(ddl.replace("ON COMMIT DELETE ROWS", "PARTITION BY RANGE (time)"))
+    await conn.execute(f"ALTER TABLE {BARE_TABLE} ADD PRIMARY KEY (time, exchange, event_id)")
+    await conn.execute(f"CREATE INDEX ON {BARE_TABLE} (symbol, time DESC)")
+    for day in sorted(days):
+        await conn.execute(f"CREATE TABLE {BARE_TABLE}_{day:%Y%m%d} PARTITION OF {BARE_TABLE} "
+                           f"FOR VALUES FROM ('{day} 00:00+00') TO ('{day + timedelta(days=1)} 00:00+00')")
+
+
+async def _bare(dsn: str, batches: list[list[tuple[object, ...]]], days: set[date]) -> float:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(f"DROP TABLE IF EXISTS {BARE_TABLE}")
-        ddl = sql.STAGE_EVENTS_DDL.replace("TEMP TABLE IF NOT EXISTS liq_stage", f"TABLE {BARE_TABLE}")
-        await conn.execute(ddl.replace("ON COMMIT DELETE ROWS", ""))
-        await conn.execute(f"ALTER TABLE {BARE_TABLE} ADD PRIMARY KEY (time, exchange, event_id)")
-        await conn.execute(f"CREATE INDEX ON {BARE_TABLE} (symbol, time DESC)")
+        await _bare_table(conn, days)
         copy_sql = f"COPY {BARE_TABLE} ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
         started = time.perf_counter()
         for rows in batches:
@@ -93,8 +102,8 @@ def run(dsn: str, rows: int = 100_000, batch: int = 500) -> dict[str, Any]:
     events = workload(rows, SYSTEM_CLOCK.now_ms() - 3_600_000)
     rules = SignificanceRules(default_usd=0.0)
     now = SYSTEM_CLOCK.now_ms()
-    bare_batches = [build_batch(events[i:i + batch], rules, now, 90).events for i in range(0, rows, batch)]
-    bare_s = asyncio.run(_bare(dsn, bare_batches))
+    built = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, rows, batch)]
+    bare_s = asyncio.run(_bare(dsn, [b.events for b in built], set().union(*(b.days for b in built))))
     writer_s, inserted, replayed = asyncio.run(_writer(dsn, events, batch))
     asyncio.run(_cleanup(dsn))
     return {
