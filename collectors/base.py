@@ -13,14 +13,16 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
   event shard of each liquidation's symbol; a Redis outage keeps the batch and retries.
 - Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
 - ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
+- The connection plans are built by ``run()`` in a worker thread: a venue may need the network
+  for them (Bybit lists its instruments over HTTP), which must not block the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 from collectors.dedupe import RecentIds
 from collectors.health import VenueHealth
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
+from collectors.venues._common import inflate
 from shared import keys
 from shared.backoff import Backoff
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -58,7 +61,6 @@ logger = logging.getLogger(__name__)
 HEALTHY_AFTER_S = 30.0
 PUBLISH_BATCH = 500
 PARSE_LOG_EVERY_S = 10.0
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 class FrameRecord(msgspec.Struct):
@@ -89,7 +91,6 @@ class Collector:
     """State of one venue's collector process (all its connections)."""
 
     config: CollectorConfig
-    plans: list[ConnectionPlan] = field(default_factory=list)
     queue: asyncio.Queue[Liquidation] = field(default_factory=asyncio.Queue)
     dedupe: RecentIds = field(default_factory=RecentIds)
     health: VenueHealth = field(init=False)
@@ -98,19 +99,39 @@ class Collector:
     _last_parse_log: float = 0.0
     _logged_state: str = ""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _plans: list[ConnectionPlan] | None = None
+    _plans_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         spec = self.config.venue
-        self.plans = spec.plans(self.config.base_url, self.config.symbols)
-        self.health = VenueHealth(spec.name, spec.usual_gap_s, len(self.plans),
-                                  started_ms=self.config.clock.now_ms())
+        self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms())
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
 
+    @property
+    def plans(self) -> list[ConnectionPlan]:
+        """The venue's connections, built once.
+
+        ``run()`` builds them off the event loop; reading this before that happens builds them
+        here, synchronously (instant for every venue except a live Bybit listing its symbols).
+        """
+        with self._plans_lock:
+            if self._plans is None:
+                self._plans = self.config.venue.plans(self.config.base_url, self.config.symbols)
+                self.health.connections_total = len(self._plans)
+            return self._plans
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every connection, the publisher and the health reporter until ``stop``."""
-        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in self.plans]
+        try:
+            plans = await asyncio.to_thread(lambda: self.plans)
+        except BaseException:
+            if self._record is not None:
+                self._record.close()
+            raise
+        await self._notify()
+        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         publisher = asyncio.create_task(self._publisher(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
         try:
@@ -123,6 +144,7 @@ class Collector:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+            self.health.stopped()
             await self._write_health()
             if self._record is not None:
                 self._record.close()
@@ -191,10 +213,9 @@ class Collector:
         venue = self.config.venue.name
         self.health.last_message_ms = now_ms
         EVENTS_IN.labels("collector", venue).inc()
-        if isinstance(raw, bytes) and raw[:2] == GZIP_MAGIC:
-            raw = gzip.decompress(raw)
-        self._record_frame(label, now_ms, raw)
         try:
+            raw = inflate(raw, venue)
+            self._record_frame(label, now_ms, raw)
             output = session.on_message(raw, now_ms)
         except ParseError as exc:
             self._parse_error(exc)

@@ -7,49 +7,53 @@ HTX frames are measured including gzip decompression, as the collector receives 
 
 from __future__ import annotations
 
-import gzip
+import copy
 import importlib
 import time
 from typing import Any
 
 from collectors import VENUES, load_venue
-from collectors.base import GZIP_MAGIC
 from collectors.sim.protocol import SimClient
+from collectors.venues._common import inflate
 from shared.market import MarketEvent
 
 EVENT = MarketEvent(venue="", base="BTC", side="long", price=67234.5, notional_usd=250_000.0,
                     timestamp_ms=1_700_000_000_000)
 
 
-def sample_frame(venue: str) -> str | bytes:
-    """One single-liquidation frame of ``venue`` as its simulator renders it."""
+def prepared(venue: str) -> tuple[Any, str | bytes]:
+    """A subscribed parser session of ``venue`` and one single-liquidation frame for it.
+
+    The session sends its subscriptions to the venue's simulator and reads the replies (acks,
+    Bitfinex chanIds), then the first rendered frame that yields a liquidation is chosen, so
+    no venue is timed on a frame that produces nothing (a BitMEX ``delete``, say).
+    """
     sim = importlib.import_module(f"collectors.sim.{venue}").SIM
     item = sim.materialize(MarketEvent(**{**_event_fields(), "venue": venue}), 1)
     if item is None:
         raise ValueError(f"{venue}: the simulator has no BTC contract")
     client = SimClient(path="/", subscriptions={item.topic})
-    client.state.update(_subscribed_state(sim, client))
-    frames: list[str | bytes] = sim.frames([item], client)
-    return frames[-1]
+    session = load_venue(venue).new_parser()
+    for message in session.on_open():
+        for reply in sim.on_client_message(client, message):
+            _parse(session, reply)
+    for frame in sim.frames([item], client):
+        if _parse(load_venue_copy(session), frame):
+            return session, frame
+    raise ValueError(f"{venue}: no rendered frame yields a liquidation")
+
+
+def load_venue_copy(session: Any) -> Any:
+    """A copy of a subscribed session, so that choosing a frame leaves no dedupe state behind."""
+    return copy.deepcopy(session)
 
 
 def _event_fields() -> dict[str, Any]:
     return {f: getattr(EVENT, f) for f in EVENT.__struct_fields__}
 
 
-def _subscribed_state(sim: Any, client: SimClient) -> dict[str, Any]:
-    """Let the venue's simulator record a subscription (Bitfinex chanId, Deribit ids…)."""
-    parser = load_venue(sim.name).new_parser()
-    for message in parser.on_open():
-        sim.on_client_message(client, message)
-    return dict(client.state)
-
-
 def measure(venue: str, seconds: float = 0.3) -> dict[str, Any]:
-    frame = sample_frame(venue)
-    session = load_venue(venue).new_parser()
-    for message in session.on_open():
-        del message
+    session, frame = prepared(venue)
     produced = len(_parse(session, frame))
     count = 0
     started = time.perf_counter()
@@ -66,9 +70,7 @@ def measure(venue: str, seconds: float = 0.3) -> dict[str, Any]:
 
 
 def _parse(session: Any, frame: str | bytes) -> list[Any]:
-    if isinstance(frame, bytes) and frame[:2] == GZIP_MAGIC:
-        frame = gzip.decompress(frame)
-    return list(session.on_message(frame, 1_700_000_000_000).liquidations)
+    return list(session.on_message(inflate(frame, "bench"), 1_700_000_000_000).liquidations)
 
 
 def run(seconds: float = 0.3) -> list[dict[str, Any]]:

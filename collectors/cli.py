@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import sys
 import time
@@ -16,9 +15,10 @@ import msgspec
 from redis.exceptions import RedisError
 
 from collectors import VENUES, load_venue
-from collectors.base import GZIP_MAGIC, Collector, CollectorConfig, FrameRecord
+from collectors.base import Collector, CollectorConfig, FrameRecord
 from collectors.dedupe import RecentIds
 from collectors.venue import VenueSession
+from collectors.venues._common import inflate
 from shared import keys, logs, runtime
 from shared.errors import ConfigError, ParseError
 from shared.metrics import start_metrics_server
@@ -139,7 +139,7 @@ def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
         if not line.strip():
             continue
         try:
-            liquidations = _parse_one(session, line.rstrip("\n"), received_ms)
+            liquidations = _parse_one(session, venue, line.rstrip("\n"), received_ms)
         except ParseError as exc:
             errors += 1
             click.echo(f"line {line_no}: {exc}", err=True)
@@ -152,11 +152,10 @@ def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
         click.echo(f"{errors} malformed frame(s) skipped", err=True)
 
 
-def _parse_one(session: VenueSession, frame: str | bytes, received_ms: int | None) -> list[Liquidation]:
+def _parse_one(session: VenueSession, venue: str, frame: str | bytes,
+               received_ms: int | None) -> list[Liquidation]:
     now = received_ms if received_ms is not None else time.time_ns() // 1_000_000
-    if isinstance(frame, bytes) and frame[:2] == GZIP_MAGIC:
-        frame = gzip.decompress(frame)
-    return session.on_message(frame, now).liquidations
+    return session.on_message(inflate(frame, venue), now).liquidations
 
 
 _record_decoder = msgspec.json.Decoder(FrameRecord)
@@ -201,7 +200,7 @@ async def _replay(file: Path, speed: float, to_stdout: bool, settings: CommonSet
                 frame: str | bytes = bytes.fromhex(rec.frame) if rec.binary else rec.frame
                 counts["frames"] += 1
                 try:
-                    liqs = _parse_one(sessions[key], frame, rec.received_ms)
+                    liqs = _parse_one(sessions[key], rec.venue, frame, rec.received_ms)
                 except ParseError:
                     counts["parse_errors"] += 1
                     continue

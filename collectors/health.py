@@ -9,7 +9,8 @@ States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq statu
   usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
   acking subscriptions and sent nothing) shows up here; ``liq status`` also compares it with
   the other venues' activity;
-- ``down``: nothing connected and the last attempt failed; ``reason`` says why.
+- ``down``: nothing connected and the last attempt failed, or the collector was stopped;
+  ``reason`` says why.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ class VenueHealth:
         self.connections_up.discard(label)
         self.reason = reason
         self.reconnects += 1
+
+    def stopped(self) -> None:
+        """The collector is shutting down: nothing is connected any more, and that is why."""
+        self.connections_up.clear()
+        self.reason = "collector stopped"
 
     def compute_state(self, now_ms: int) -> str:
         """The state this health record implies at ``now_ms``."""

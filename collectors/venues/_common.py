@@ -6,6 +6,8 @@ The API is small and stable; venue modules import only these names:
   failure becomes :class:`shared.errors.ParseError` carrying a sample of the frame.
 - ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
   frame (a bad date, a bad enum) into ParseError with the frame's sample.
+- ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad gzip raises
+  ParseError (the connection loop, ``liq parse`` and ``liq replay`` all call it).
 - ``num(value, venue, name)``: a wire number (``"0.014"``, ``836``, ``9910.0``) as float; an
   empty string, ``None`` or garbage raises ParseError naming the field.
 - ``position_side(raw, long_if=..., short_if=..., venue=...)``: the liquidated position from a
@@ -36,6 +38,7 @@ The API is small and stable; venue modules import only these names:
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -67,6 +70,20 @@ def frame_errors(venue: str, raw: bytes | str) -> Iterator[None]:
         yield
     except ValueError as exc:
         raise ParseError(venue, str(exc), raw) from exc
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def inflate(raw: bytes | str, venue: str) -> bytes | str:
+    """A gzip-compressed frame (HTX) inflated; anything else unchanged; bad gzip → ParseError."""
+    if not isinstance(raw, bytes) or not raw.startswith(GZIP_MAGIC):
+        return raw
+    try:
+        return zlib.decompress(raw, _GZIP_WBITS)
+    except zlib.error as exc:
+        raise ParseError(venue, f"bad gzip frame: {exc}", raw[:40]) from exc
 
 
 def num(value: str | float | None, venue: str, name: str) -> float:

@@ -22,11 +22,9 @@ expects the same ``ts`` back in ``{"op":"pong"}`` (``{"pong":…}``).
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import re
-import zlib
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -37,6 +35,7 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     decode,
     frame_errors,
+    inflate,
     make_liquidation,
     market_type,
     num,
@@ -49,7 +48,6 @@ from shared.models import Liquidation
 logger = logging.getLogger(__name__)
 
 NAME = "htx"
-GZIP_MAGIC = b"\x1f\x8b"
 ENDPOINTS = {  # path → which contract codes it serves
     "/linear-swap-notification": "linear",
     "/swap-notification": "swap",
@@ -108,16 +106,6 @@ def code_instrument(code: str, symbol: str = "") -> Instrument:
     return Instrument(code, base, "USD", market_type(False, expiry), cv, "USD", expiry)
 
 
-def inflate(raw: bytes | str) -> bytes | str:
-    """Raw gzip bytes (as HTX sends them) → JSON; anything else unchanged."""
-    if not isinstance(raw, bytes) or not raw.startswith(GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ParseError(NAME, f"bad gzip frame: {exc}", raw[:40]) from exc
-
-
 class HtxSession:
     """One connection to one notification endpoint, one ``sub`` per contract code."""
 
@@ -135,7 +123,7 @@ class HtxSession:
         return None
 
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
-        frame = decode(_frame, inflate(raw), NAME)
+        frame = decode(_frame, inflate(raw, NAME), NAME)
         if frame.op == "ping":
             return SessionOutput(replies=[json.dumps({"op": "pong", "ts": frame.ts})])
         if frame.ping is not None:
