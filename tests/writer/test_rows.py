@@ -1,0 +1,99 @@
+"""The writer's pure cores: significance, batch building, batching by size and age, janitor plan."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import msgspec
+import pytest
+
+from shared.clock import FakeClock
+from shared.errors import ConfigError
+from shared.models import CascadeEvent, CascadeMember, FactorScores
+from shared.settings import load
+from tests.factories import liq
+from writer.batcher import Batcher
+from writer.config import WriterSettings
+from writer.janitor import plan_run
+from writer.rows import DAY_MS, EVENT_COLUMNS, build_batch, expired, latest_cascades, utc_day
+from writer.significance import SignificanceRules
+
+NOW = 1_767_225_600_000  # 2026-01-01 00:00 UTC
+
+
+def cascade(phase: str, published: int, start: int = NOW - 60_000) -> CascadeEvent:
+    return CascadeEvent(cascade_id="c1", symbol="BTCUSDT", phase=phase, start_ms=start,  # type: ignore[arg-type]
+                        end_ms=start + 1_000, venues=["bybit"], count=5, total_notional_usd=5e5,
+                        long_notional_usd=5e5, short_notional_usd=0.0, risk_score=1.0, peak_risk_score=1.0,
+                        band="high", factors=FactorScores(), published_ms=published)
+
+
+def test_significance_threshold_default_and_per_symbol() -> None:
+    rules = SignificanceRules.from_settings(load(WriterSettings, {
+        "LIQ_SIGNIFICANT_USD": "100000", "LIQ_SIGNIFICANT_USD_BY_SYMBOL": "btcusdt=250000"}))
+    assert rules.threshold("BTCUSDT") == 250_000 and rules.threshold("ETHUSDT") == 100_000
+    assert rules.is_significant(liq(symbol="ETHUSDT", price=1000.0, quantity=100.0))
+    assert not rules.is_significant(liq(symbol="ETHUSDT", price=1000.0, quantity=99.99))
+    assert not rules.is_significant(liq(symbol="BTCUSDT", price=100_000.0, quantity=2.0))
+    unknown = msgspec.structs.replace(liq(price=1e6, quantity=1.0), notional_known=False)
+    assert not rules.is_significant(unknown), "an unknown notional is never significant by size"
+
+
+def test_bad_writer_settings_name_the_variable() -> None:
+    with pytest.raises(ConfigError, match="LIQ_BATCH_SIZE"):
+        load(WriterSettings, {"LIQ_BATCH_SIZE": "0"})
+    with pytest.raises(ConfigError, match="LIQ_SIGNIFICANT_USD_BY_SYMBOL"):
+        load(WriterSettings, {"LIQ_SIGNIFICANT_USD_BY_SYMBOL": "BTCUSDT"})
+    with pytest.raises(ConfigError, match="LIQ_STORAGE_MODE"):
+        load(WriterSettings, {"LIQ_STORAGE_MODE": "mongo"})
+
+
+def test_build_batch_sorts_payloads_into_rows() -> None:
+    small = liq(price=100.0, quantity=1.0, timestamp_ms=NOW - 1000, event_id="small")
+    big = liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW - 2000, event_id="big")
+    member = CascadeMember(cascade_id="c1", risk_score=1.25, liquidation=small)
+    too_old = liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW - 91 * DAY_MS, event_id="old")
+    broken = liq(price=100.0, quantity=float("inf"), timestamp_ms=NOW, event_id="inf")
+    batch = build_batch([small, big, member, too_old, broken, cascade("start", 1), cascade("end", 2)],
+                        SignificanceRules(), NOW, 90)
+    assert (batch.insignificant, batch.expired, batch.invalid, batch.members) == (1, 1, 1, 1)
+    rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in batch.events]
+    assert [(r["event_id"], r["is_cascade"], r["risk_score"], r["cascade_id"]) for r in rows] == [
+        ("big", False, None, None), ("small", True, 1.25, "c1")]
+    assert rows[0]["value_usd"] == 200_000.0
+    assert rows[0]["time"] == datetime(2025, 12, 31, 23, 59, 58, tzinfo=UTC)
+    assert batch.days == {date(2025, 12, 31)}
+    assert [c[19] for c in batch.cascades] == ["end"], "one row per cascade: the furthest phase"
+
+
+def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
+    events = [cascade("escalate", 5), cascade("start", 9), cascade("escalate", 7)]
+    assert [(e.phase, e.published_ms) for e in latest_cascades(events)] == [("escalate", 7)]
+
+
+def test_retention_cutoff_is_whole_utc_days() -> None:
+    assert utc_day(NOW - 1) == date(2025, 12, 31)
+    assert expired(NOW - 90 * DAY_MS - 1, NOW, 90)  # its day ended exactly at the cutoff
+    assert not expired(NOW - 90 * DAY_MS, NOW, 90)
+
+
+def test_batcher_splits_by_size_and_waits_out_the_age() -> None:
+    clock = FakeClock()
+    batcher = Batcher(max_rows=3, max_age_ms=100, clock=clock)
+    assert batcher.split(list(range(7))) == [[0, 1, 2], [3, 4, 5], [6]]
+    batcher.read_started()
+    clock.advance(0.03)
+    assert batcher.pause_after(2) == pytest.approx(0.07)
+    assert batcher.pause_after(3) == 0.0, "a full batch never waits"
+    clock.advance(0.2)
+    assert batcher.pause_after(1) == 0.0
+    with pytest.raises(ValueError):
+        Batcher(max_rows=0, max_age_ms=1, clock=clock)
+
+
+def test_janitor_plan() -> None:
+    settings = WriterSettings(partitions_ahead_days=2, retention_days=90, rollup_retention_days=365)
+    run = plan_run(datetime(2026, 3, 1, 12, 0, tzinfo=UTC), settings)
+    assert run.days_ahead == [date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)]
+    assert run.raw_cutoff == datetime(2025, 12, 1, 12, 0, tzinfo=UTC)
+    assert run.rollup_cutoff == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
