@@ -4,10 +4,14 @@ These machines are noisy, so absolute figures mean little: every result is repor
 baseline measured in the same run, and the ratio between them.
 
 - **streams**: a bare redis-py loop (pipelined XADD of the same payloads, then XREADGROUP
-  COUNT 500 + XACK) is the baseline. The pipeline's stages are measured through the real code:
-  ``publish`` (what collectors do), then the aggregator, detector and writer consumers each
-  draining the stream alone, then **end to end**: the producer and the three consumers as
-  separate processes at once, timed until every group has acked every event.
+  COUNT 500 + XACK) is the baseline. Run twice: on the market model's liquidations (what the
+  simulator sends: quiet periods, cross-venue cascades, about 2 % of events significant), and
+  as ``streams_stress`` on 20 symbols that are in a cascade all the time, where nearly every
+  event is also a cascade member that the detector publishes and the writer stores. The stages
+  are measured through the real code: ``publish`` (what collectors do), then the aggregator,
+  detector and writer consumers each draining the stream alone, then **end to end**: the
+  producer and the three consumers as separate processes at once, timed until every group has
+  acked every event.
 - **parsers**: frames/s per venue parser on single-event frames (target > 100k on one core).
 - **detector**: per-event hot-path latency p50/p99 and events/s of the pure engine.
 - **writer**: rows/s of the writer's COPY + ON CONFLICT path against a bare binary COPY.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -31,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import redis
 
 from shared import codec, keys, logs
+from shared.market_model import MarketModel, to_liquidation
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
@@ -59,6 +66,15 @@ def synthetic(n: int, symbols: int = 20, start_ms: int | None = None) -> list[Li
             notional_usd=price * qty * (2000 if i % 50 == 0 else 1), timestamp_ms=start_ms + i * 5,
             event_id=f"bench-{i}"))
     return out
+
+
+def market(n: int, seed: int = 11) -> list[Liquidation]:
+    """``n`` liquidations of the simulator's market model (14 venues, quiet periods and cascades),
+    shifted so that the last one happened a minute ago (about 11 days for 100,000 events)."""
+    model = MarketModel(seed, start_ms=0)
+    liqs = [to_liquidation(e) for e in itertools.islice(model.stream(), n)]
+    shift = time.time_ns() // 1_000_000 - 60_000 - (liqs[-1].timestamp_ms if liqs else 0)
+    return [msgspec.structs.replace(x, timestamp_ms=x.timestamp_ms + shift) for x in liqs]
 
 
 def bare_loop(url: str, payloads: list[bytes]) -> float:
@@ -130,8 +146,8 @@ def _consume_process(url: str, pg_dsn: str | None, name: str, target: int, ready
     asyncio.run(loop())
 
 
-def stream_section(url: str, pg_dsn: str | None, n: int) -> dict[str, Any]:
-    events = synthetic(n)
+def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> dict[str, Any]:
+    n = len(events)
     baseline = bare_loop(url, [codec.encode(e) for e in events])
     result: dict[str, Any] = {"events": n, "bare_xadd_xreadgroup_per_s": round(baseline)}
     client = redis.Redis.from_url(url)
@@ -222,7 +238,8 @@ def bench(events: int, rows: int, only: str, as_json: bool) -> None:
             if "writer" in wanted and pg_dsn:
                 report["writer"] = importlib.import_module("writer.bench").run(pg_dsn, rows)
             if "streams" in wanted:
-                report["streams"] = stream_section(redis_url, pg_dsn, events)
+                report["streams"] = stream_section(redis_url, pg_dsn, market(events))
+                report["streams_stress"] = stream_section(redis_url, pg_dsn, synthetic(events))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     click.echo(json.dumps(report, indent=2) if as_json else render(report))
@@ -232,7 +249,7 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"liq bench on {report['cpu_count']} cores"]
     for row in report.get("parsers", []):
         lines.append(f"  parser {row['venue']:<15} {row['frames_per_s']:>10,} frames/s")
-    for section in ("detector", "writer", "streams"):
+    for section in ("detector", "writer", "streams", "streams_stress"):
         if section in report:
             lines.append(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in report[section].items()))
     return "\n".join(lines)

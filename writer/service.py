@@ -147,6 +147,6 @@ class Writer:
 
 
 def bench_consumer(redis: aioredis.Redis, shards: int, dsn: str) -> Writer:
-    """The writer over ``shards`` shard streams, for ``liq bench`` (every event significant)."""
-    settings = WriterSettings(shards=shards, pg_dsn=dsn, significant_usd=0.0, batch_age_ms=0)
+    """The writer over ``shards`` shard streams, for ``liq bench`` (default significance rules)."""
+    settings = WriterSettings(shards=shards, pg_dsn=dsn, batch_age_ms=0)
     return Writer(redis, settings, dsn, name="bench")
