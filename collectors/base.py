@@ -13,6 +13,8 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
   event shard of each liquidation's symbol; a Redis outage keeps the batch and retries.
 - Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
 - ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
+- For a venue with an instruments endpoint, contract sizes are refreshed beside the
+  connections (``collectors.refresh``) and cached on disk.
 - The connection plans are built by ``run()`` in a worker thread: a venue may need the network
   for them (Bybit lists its instruments over HTTP), which must not block the event loop.
 """
@@ -37,6 +39,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 
 from collectors.dedupe import RecentIds
 from collectors.health import VenueHealth
+from collectors.refresh import DEFAULT_EVERY_S, refresh_loop
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
 from shared import keys
@@ -84,6 +87,10 @@ class CollectorConfig:
     clock: Clock = SYSTEM_CLOCK
     open_timeout_s: float = 10.0
     health_every_s: float = 1.0
+    instruments_dir: Path | None = None
+    """Disk cache of the venue's instruments (``<data_dir>/instruments``); None: no cache."""
+    instruments_every_s: float | None = DEFAULT_EVERY_S
+    """Refresh period of contract sizes from the venue's instruments endpoint; None: never."""
 
 
 @dataclass
@@ -132,6 +139,11 @@ class Collector:
             raise
         await self._notify()
         tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
+        source, every_s = self.config.venue.instruments, self.config.instruments_every_s
+        if source is not None and every_s is not None:
+            tasks.append(asyncio.create_task(refresh_loop(
+                self.config.venue.name, source, self.config.base_url, self.config.instruments_dir,
+                stop, every_s, on_refresh=self._instruments_refreshed)))
         publisher = asyncio.create_task(self._publisher(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
         try:
@@ -330,6 +342,11 @@ class Collector:
         EVENTS_OUT.labels("collector", self.config.venue.name).inc(len(batch))
 
     # -- health -------------------------------------------------------------------------------
+
+    async def _instruments_refreshed(self, listed: int) -> None:
+        self.health.instruments_refreshed_ms = self.config.clock.now_ms()
+        self.health.instruments_listed = listed
+        await self._notify()
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -35,6 +35,8 @@ class CollectorSettings(CommonSettings, frozen=True, kw_only=True):
 
     venue_urls: dict[str, str] = {}
     record_dir: str | None = None
+    instruments_refresh_s: float = 6 * 3600.0
+    """Seconds between contract-size refreshes from the venue's instruments endpoint (0: never)."""
 
 
 def _venue_option(name: str) -> str:
@@ -65,7 +67,9 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
         start_metrics_server(settings.metrics_host, port)
         redis = make_async_redis(settings.redis_url)
         config = CollectorConfig(venue=spec, redis=redis, shards=settings.shards, base_url=base_url,
-                                 symbols=symbol_list, record_path=record_path)
+                                 symbols=symbol_list, record_path=record_path,
+                                 instruments_dir=Path(settings.data_dir) / "instruments",
+                                 instruments_every_s=settings.instruments_refresh_s or None)
         try:
             await Collector(config).run(stop)
         finally:

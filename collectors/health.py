@@ -38,6 +38,9 @@ class VenueHealth:
     duplicates: int = 0
     reconnects: int = 0
     last_error_sample: str = ""
+    instruments_listed: int = 0
+    """Instruments the venue's endpoint listed at the last good refresh (0: none yet)."""
+    instruments_refreshed_ms: int = 0
 
     def connected(self, label: str, now_ms: int) -> None:
         if not self.connections_up:
@@ -84,5 +87,7 @@ class VenueHealth:
             "duplicates": str(self.duplicates),
             "reconnects": str(self.reconnects),
             "last_error_sample": self.last_error_sample,
+            "instruments_listed": str(self.instruments_listed),
+            "instruments_refreshed_ms": str(self.instruments_refreshed_ms),
             "updated_ms": str(now_ms),
         }

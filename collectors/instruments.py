@@ -83,17 +83,24 @@ class InstrumentTable:
         tmp.replace(path)
         return path
 
+    def load_cache(self, cache_dir: Path) -> bool:
+        """Overlay the disk cache written by the last refresh; False when there is none (or bad)."""
+        path = cache_dir / f"{self.venue}.json"
+        if not path.exists():
+            return False
+        try:
+            self.update(_from_rows(json.loads(path.read_text())))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("ignoring unreadable instrument cache %s: %s", path, exc)
+            return False
+        return True
+
     @classmethod
     def load(cls, venue: str, cache_dir: Path | None = None) -> InstrumentTable:
         """Shipped fallback table overlaid with the disk cache, when there is one."""
         table = cls(venue, {i.symbol_native: i for i in _shipped(venue)})
         if cache_dir is not None:
-            path = cache_dir / f"{venue}.json"
-            if path.exists():
-                try:
-                    table.update(_from_rows(json.loads(path.read_text())))
-                except (ValueError, TypeError, KeyError) as exc:
-                    logger.warning("ignoring unreadable instrument cache %s: %s", path, exc)
+            table.load_cache(cache_dir)
         return table
 
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from collectors.instruments import Instrument, InstrumentTable
 from shared.models import Liquidation
 
 FeedSemantics = Literal["complete", "sampled", "aggregated", "partial"]
@@ -68,6 +69,33 @@ class ConnectionPlan:
 
 
 @dataclass(frozen=True)
+class InstrumentRequest:
+    """One request to a venue's public instruments endpoint."""
+
+    path: str
+    """Path and query, e.g. ``/api/v5/public/instruments?instType=SWAP``."""
+    body: bytes | None = None
+    """A POST body (Hyperliquid-style APIs); None for GET."""
+
+
+@dataclass(frozen=True)
+class InstrumentSource:
+    """Where a venue publishes its contract sizes, and how to read them (``collectors.refresh``).
+
+    Live collectors ask ``live_rest_url``; a collector pointed at another server (the simulator,
+    ``ws://127.0.0.1:PORT``) asks that server over http on the same host and port.
+    """
+
+    live_rest_url: str
+    """e.g. ``https://www.okx.com``."""
+    requests: tuple[InstrumentRequest, ...]
+    parse: Callable[[bytes, InstrumentRequest], list[Instrument]]
+    """``parse(body, request)``: the instruments one response lists (pure; ValueError if malformed)."""
+    table: InstrumentTable
+    """The live table the venue's sessions read: a refresh updates it in place."""
+
+
+@dataclass(frozen=True)
 class VenueSpec:
     """Static facts about a venue plus the factory of its connections."""
 
@@ -91,3 +119,6 @@ class VenueSpec:
     """Frames arrive gzip-compressed (HTX)."""
     default_symbols: tuple[str, ...] = ()
     """Native symbols subscribed when none are given (venues without an all-symbol channel)."""
+    instruments: InstrumentSource | None = None
+    """The public instruments endpoint of a venue whose quantities need contract sizes; None
+    where frames carry base quantities (or fixed, documented contract sizes) already."""

@@ -1,19 +1,22 @@
-"""Simulated BitMEX: the ``liquidation`` table (XBTUSD, and quanto ETHUSD), insert then delete per order.
+"""Simulated BitMEX: the ``liquidation`` table (XBTUSD, quanto ETHUSD/SOLUSD), insert then delete per order.
 
 Wire: a welcome ``info`` frame on connect; ``{"op":"subscribe","args":["liquidation"]}`` →
 ``{"success":true,"subscribe":"liquidation",…}`` followed by a ``partial`` holding the recent
 orders (which a collector must not count); each push is an ``insert`` of the new orders and a
 ``delete`` of the same orderIDs (filled). The text ``ping`` is answered ``pong``.
 
-XBTUSD: inverse, 1 USD per contract, price tick 0.5 (other contracts: 0.001); contracts =
-round(notional), ≥ 1.
-Expected Liquidation: ``side`` is the order side (Buy = short liquidated); quantity =
-leavesQty / price; notional = leavesQty; event_id = orderID. Every other base is rendered on
-``<BASE>USD`` (a quanto contract whose USD value a collector cannot know): contracts =
-round(notional / 10), expected quantity in contracts with the notional unknown. The message
-carries no time: the
-expected ``timestamp_ms`` is the market event's time with ``timestamp_source="receive"``, so a
-comparison must allow for the collector's receive time there.
+Contracts (``CONTRACTS``): XBTUSD, inverse, 1 USD per contract, price tick 0.5 (other
+contracts: 0.001); ``NEWCOINUSD``, a made-up inverse 1 USD listing absent from the shipped
+fallback table (only a collector that refreshed its instruments sizes it); ETHUSD and SOLUSD,
+quanto contracts whose USD value a collector cannot know. Other bases are not simulated.
+Inverse: contracts = round(notional), ≥ 1; expected ``side`` is the order side (Buy = short
+liquidated), quantity = leavesQty / price, notional = leavesQty, event_id = orderID. Quanto:
+contracts = round(notional / 10), expected quantity in contracts with the notional unknown.
+The message carries no time: the expected ``timestamp_ms`` is the market event's time with
+``timestamp_source="receive"``, so a comparison must allow for the collector's receive time.
+
+REST: ``GET /api/v1/instrument/active`` lists exactly these contracts in BitMEX's format
+(``listed()`` is what a correct parser reads from it: sizes for the inverse ones only).
 """
 
 from __future__ import annotations
@@ -21,16 +24,36 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
 TOPIC = "liquidation"
-SYMBOL = "XBTUSD"
+INSTRUMENTS_PATH = "/api/v1/instrument/active"
+XBT_UNITS = 100_000_000  # XBt (satoshi) per XBT
+
+
+@dataclass(frozen=True)
+class Contract:
+    symbol: str
+    underlying: str
+    inverse: bool
+    """Inverse, 1 USD per contract; otherwise quanto (10 USD of notional per simulated contract)."""
+
+
+CONTRACTS = {
+    "BTC": Contract("XBTUSD", "XBT", True),
+    "ETH": Contract("ETHUSD", "ETH", False),
+    "SOL": Contract("SOLUSD", "SOL", False),
+    "NEWCOIN": Contract("NEWCOINUSD", "NEWCOIN", True),
+}
 
 
 class BitmexSim:
@@ -39,21 +62,25 @@ class BitmexSim:
     heartbeat_s = 0.0
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        c = CONTRACTS.get(event.base)
+        if c is None:
+            return None
         price = round(event.price * 2) / 2 if event.base == "BTC" else tick(event.price)
         order_id = str(uuid.UUID(int=seq))
         side = "Sell" if event.side == "long" else "Buy"
-        symbol = SYMBOL if event.base == "BTC" else f"{event.base}USD"
-        contracts = max(1, round(event.notional_usd / (1 if symbol == SYMBOL else 10)))
-        native = {"orderID": order_id, "symbol": symbol, "side": side, "price": price, "leavesQty": contracts}
+        contracts = max(1, round(event.notional_usd / (1 if c.inverse else 10)))
+        native = {
+            "orderID": order_id, "symbol": c.symbol, "side": side, "price": price, "leavesQty": contracts
+        }  # fmt: skip
         common = Liquidation(
-            exchange=self.name, symbol=f"{event.base}USD", symbol_native=symbol, base=event.base,
+            exchange=self.name, symbol=f"{event.base}USD", symbol_native=c.symbol, base=event.base,
             quote="USD", market_type="linear_perpetual", side=event.side, price=price,
             quantity=float(contracts), notional_usd=0.0, timestamp_ms=event.timestamp_ms,
             event_id=order_id, side_raw=side, quantity_unit="contracts",
             quantity_native=float(contracts), quantity_native_unit="contracts", notional_known=False,
             timestamp_source="receive", extra={"exchange_id": order_id},
         )  # fmt: skip
-        expected = common if symbol != SYMBOL else _inverse(common, contracts * 1.0 / price)
+        expected = _inverse(common, contracts * 1.0 / price) if c.inverse else common
         return SimItem(native=native, expected=[expected], topic=TOPIC)
 
     def on_connect(self, client: SimClient) -> list[Outgoing]:
@@ -90,6 +117,38 @@ class BitmexSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return None
+
+    def rest(self, path: str, body: bytes | None) -> bytes | None:
+        """The ``instrument/active`` answer: every simulated contract as a perpetual."""
+        if path != INSTRUMENTS_PATH:
+            return None
+        return json.dumps([_instrument_row(c) for c in CONTRACTS.values()]).encode()
+
+    def listed(self) -> list[Instrument]:
+        return [
+            Instrument(c.symbol, c.underlying, "USD", "inverse_perpetual", 1.0, "USD")
+            if c.inverse
+            else Instrument(c.symbol, c.underlying, "USD", "linear_perpetual")
+            for c in CONTRACTS.values()
+        ]
+
+
+def _instrument_row(c: Contract) -> dict[str, Any]:
+    """A perpetual as ``GET /api/v1/instrument/active`` describes it (inverse or quanto)."""
+    row: dict[str, Any] = {
+        "symbol": c.symbol, "rootSymbol": c.underlying, "state": "Open", "typ": "FFWCSX",
+        "listing": "2016-05-13T12:00:00.000Z", "front": "2016-05-13T12:00:00.000Z", "expiry": None,
+        "settle": None, "underlying": c.underlying, "quoteCurrency": "USD",
+        "underlyingSymbol": f"{c.underlying}=", "reference": "BMEX", "lotSize": 100, "tickSize": 0.5,
+        "isQuanto": not c.inverse, "isInverse": c.inverse,
+    }  # fmt: skip
+    if c.inverse:
+        row.update(multiplier=-XBT_UNITS, underlyingToSettleMultiplier=-XBT_UNITS,
+                   quoteToSettleMultiplier=None, positionCurrency="USD", settlCurrency="XBt")
+    else:
+        row.update(multiplier=100, underlyingToSettleMultiplier=None, quoteToSettleMultiplier=XBT_UNITS,
+                   positionCurrency="", settlCurrency="XBt")
+    return row
 
 
 def _inverse(liq: Liquidation, quantity: float) -> Liquidation:

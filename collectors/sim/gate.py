@@ -1,7 +1,10 @@
 """Simulated Gate futures: ``futures.public_liquidates`` updates batched per contract, ``futures.ping``.
 
 Contracts (USDT-settled, ``/v4/ws/usdt``): BTC → ``BTC_USDT`` (quanto 0.0001 BTC), ETH →
-``ETH_USDT`` (0.01 ETH); SOL is not simulated (its multiplier is not in our sources). ``size``
+``ETH_USDT`` (0.01 ETH), and ``NEWCOIN_USDT`` (10 NEWCOIN), a made-up listing absent from the
+shipped fallback table; SOL is not simulated (its multiplier is not in our sources). REST:
+``GET /api/v4/futures/usdt/contracts`` lists exactly these contracts in Gate's format
+(``listed()`` is what a correct parser reads from it); ``/btc/contracts`` lists none. ``size``
 is a signed whole number of contracts: negative = sell order = a long was liquidated. ``time``
 is ms (the post-2026-08-20 format). Expected: base = |size| × multiplier, notional = base ×
 price, event_id = the digest. ``!all`` on the USDT endpoint subscribes every simulated contract;
@@ -18,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
@@ -39,7 +43,9 @@ class Contract:
 CONTRACTS = {
     "BTC": Contract("BTC_USDT", "BTC", 0.0001),
     "ETH": Contract("ETH_USDT", "ETH", 0.01),
+    "NEWCOIN": Contract("NEWCOIN_USDT", "NEWCOIN", 10.0),
 }
+CONTRACTS_PATH = "/api/v4/futures/{settle}/contracts"
 
 
 def _envelope(channel: str, event: str, **fields: Any) -> str:
@@ -120,6 +126,29 @@ class GateSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return None
+
+    def rest(self, path: str, body: bytes | None) -> bytes | None:
+        """The contracts answer: every simulated contract on ``usdt``, none on ``btc``."""
+        if path == CONTRACTS_PATH.format(settle="usdt"):
+            return json.dumps([_contract_row(c) for c in CONTRACTS.values()]).encode()
+        return b"[]" if path == CONTRACTS_PATH.format(settle="btc") else None
+
+    def listed(self) -> list[Instrument]:
+        return [
+            Instrument(c.name, c.base, "USDT", "linear_perpetual", c.multiplier, c.base)
+            for c in CONTRACTS.values()
+        ]
+
+
+def _contract_row(c: Contract) -> dict[str, Any]:
+    """A USDT-settled perpetual as ``GET /api/v4/futures/usdt/contracts`` describes it."""
+    return {
+        "name": c.name, "type": "direct", "quanto_multiplier": wire(c.multiplier),
+        "leverage_min": "1", "leverage_max": "100", "maintenance_rate": "0.005", "mark_type": "index",
+        "order_price_round": "0.1", "mark_price_round": "0.01", "funding_rate": "0.0001",
+        "funding_interval": 28800, "order_size_min": 1, "order_size_max": 1000000,
+        "in_delisting": False, "status": "trading", "create_time": 1574035200,
+    }  # fmt: skip
 
 
 SIM = GateSim()

@@ -2,7 +2,12 @@
 
 Contracts: BTC → ``BTC-USDT`` (0.001 BTC), ETH → ``ETH-USDT`` (0.01 ETH), both USDT-margined
 with ``amount`` (base) and ``trade_turnover`` (USDT) in the frame; SOL → ``SOL-USD``
-(coin-margined swap, 10 USD per contract), the contract whose size HTX documents. ``volume`` is
+(coin-margined swap, 10 USD per contract), the contract whose size HTX documents; and
+``NEWCOIN-USDT`` (10 NEWCOIN per contract), a made-up listing absent from the shipped fallback
+table. REST: the contract-info endpoints list exactly these contracts in HTX's format
+(``/linear-swap-api/v1/swap_contract_info`` the USDT-margined ones, ``/swap-api/v1/swap_contract_info``
+the coin-margined ones, ``/api/v1/contract_contract_info`` none; ``listed()`` is what a correct
+parser reads from them). ``volume`` is
 a whole number of contracts. The expected Liquidation follows HTX's rules: ``direction`` is the
 order side (a liquidated long sells), linear quantity = ``amount`` and notional =
 ``trade_turnover``, coin-margined notional = contracts × 10 USD and base = notional / price.
@@ -18,9 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
+from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
@@ -43,6 +50,12 @@ CONTRACTS = {
     "BTC": Contract("BTC-USDT", "BTC", "USDT", 0.001),
     "ETH": Contract("ETH-USDT", "ETH", "USDT", 0.01),
     "SOL": Contract("SOL-USD", "SOL", "USD", 10.0),
+    "NEWCOIN": Contract("NEWCOIN-USDT", "NEWCOIN", "USDT", 10.0),
+}
+CONTRACT_INFO = {  # path → the quote of the contracts it lists
+    "/linear-swap-api/v1/swap_contract_info": "USDT",
+    "/swap-api/v1/swap_contract_info": "USD",
+    "/api/v1/contract_contract_info": "",
 }
 
 
@@ -156,6 +169,35 @@ class HtxSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return gzip.compress(json.dumps({"op": "ping", "ts": str(_now_ms())}).encode())
+
+    def rest(self, path: str, body: bytes | None) -> bytes | None:
+        """A contract-info answer: the simulated contracts of that endpoint's market (not gzipped)."""
+        quote = CONTRACT_INFO.get(urlsplit(path).path)
+        if quote is None:
+            return None
+        data = [_contract_row(c) for c in CONTRACTS.values() if c.quote == quote]
+        return json.dumps({"status": "ok", "data": data, "ts": _now_ms()}).encode()
+
+    def listed(self) -> list[Instrument]:
+        return [
+            Instrument(c.code, c.base, c.quote, "linear_perpetual", c.size, c.base)
+            if c.quote == "USDT"
+            else Instrument(c.code, c.base, c.quote, "inverse_perpetual", c.size, "USD")
+            for c in CONTRACTS.values()
+        ]
+
+
+def _contract_row(c: Contract) -> dict[str, Any]:
+    """A perpetual swap as the contract-info endpoints describe it."""
+    row: dict[str, Any] = {
+        "symbol": c.base, "contract_code": c.code, "contract_size": c.size, "price_tick": 0.1,
+        "delivery_time": "", "create_date": "20201021", "contract_status": 1,
+        "settlement_date": "1781020800000",
+    }  # fmt: skip
+    if c.quote == "USDT":
+        row.update(support_margin_mode="all", business_type="swap", pair=c.code, contract_type="swap",
+                   delivery_date="", trade_partition="USDT")
+    return row
 
 
 SIM = HtxSim()

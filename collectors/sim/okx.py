@@ -6,8 +6,13 @@ details grouped by instrument. Subscribe acks are ``{"event":"subscribe","arg":�
 ``ping`` is answered ``pong``. On subscribe the recent liquidations are replayed (OKX's first
 push may carry recent history), so collectors must dedupe by event_id.
 
-Contract values (``ctVal``, base per contract): BTC 0.01, ETH 0.1, SOL 1, XRP 100, DOGE 1000;
-other bases are not simulated. Expected Liquidation: ``side`` is the order side (sell = long);
+Contract values (``ctVal``, base per contract): BTC 0.01, ETH 0.1, SOL 1, XRP 100, DOGE 1000,
+and ``NEWCOIN-USDT-SWAP`` (10 NEWCOIN), a made-up listing absent from the shipped fallback table
+that only a collector that refreshed its instruments can size; other bases are not simulated.
+REST: ``GET /api/v5/public/instruments?instType=SWAP`` lists exactly these contracts in OKX's
+format (``listed()`` is what a correct parser reads from it); ``instType=FUTURES`` lists none.
+
+Expected Liquidation: ``side`` is the order side (sell = long);
 quantity = sz × ctVal; price = ``bkPx``; notional = quantity × price; timestamp = ``ts``;
 event_id = digest of (instId, ts, side, bkPx, sz).
 """
@@ -17,16 +22,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
-CT_VAL = {"BTC": 0.01, "ETH": 0.1, "SOL": 1.0, "XRP": 100.0, "DOGE": 1000.0}
+CT_VAL = {"BTC": 0.01, "ETH": 0.1, "SOL": 1.0, "XRP": 100.0, "DOGE": 1000.0, "NEWCOIN": 10.0}
 CHANNEL = "liquidation-orders"
 INST_TYPE = "SWAP"
+INST_TYPES = (INST_TYPE, "FUTURES")
+INSTRUMENTS_PATH = "/api/v5/public/instruments"
 
 
 class OkxSim:
@@ -94,6 +103,34 @@ class OkxSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return None
+
+    def rest(self, path: str, body: bytes | None) -> bytes | None:
+        """The instruments answer for ``instType=SWAP`` (every simulated contract) or ``FUTURES``."""
+        parts = urlsplit(path)
+        inst_type = parse_qs(parts.query).get("instType", [""])[0]
+        if parts.path != INSTRUMENTS_PATH or inst_type not in INST_TYPES:
+            return None
+        swaps = CT_VAL.items() if inst_type == INST_TYPE else ()
+        rows = [_instrument_row(base, ct_val) for base, ct_val in swaps]
+        return json.dumps({"code": "0", "msg": "", "data": rows}).encode()
+
+    def listed(self) -> list[Instrument]:
+        return [
+            Instrument(f"{base}-USDT-SWAP", base, "USDT", "linear_perpetual", ct_val, base)
+            for base, ct_val in CT_VAL.items()
+        ]
+
+
+def _instrument_row(base: str, ct_val: float) -> dict[str, str]:
+    """A linear USDT swap as ``GET /api/v5/public/instruments`` describes it."""
+    family = f"{base}-USDT"
+    return {
+        "instType": INST_TYPE, "instId": f"{family}-SWAP", "uly": family, "instFamily": family,
+        "baseCcy": "", "quoteCcy": "", "settleCcy": "USDT", "ctVal": wire(ct_val), "ctMult": "1",
+        "ctValCcy": base, "ctType": "linear", "optType": "", "stk": "", "alias": "", "expTime": "",
+        "listTime": "1611916828000", "lever": "50", "tickSz": "0.1", "lotSz": "1", "minSz": "1",
+        "state": "live", "ruleType": "normal", "category": "1",
+    }  # fmt: skip
 
 
 def _family(inst_id: str) -> str:

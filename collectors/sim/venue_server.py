@@ -7,6 +7,7 @@ delivery and truth semantics are described there.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import importlib
 import importlib.util
@@ -85,9 +86,23 @@ class VenueServer:
     # ------------------------------------------------------------------ connections
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        if not self.refusing:
+        if self.refusing:
+            return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{self.name} is down\n")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
-        return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"{self.name} is down\n")
+        return self._rest(conn, request.path)
+
+    def _rest(self, conn: ServerConnection, path: str) -> Response:
+        """A plain HTTP GET: the venue's REST answer (its instruments endpoint), or 404."""
+        rest: Callable[[str, bytes | None], bytes | None] | None = getattr(self.sim, "rest", None)
+        body = rest(path, None) if rest is not None else None
+        if body is None:
+            return conn.respond(HTTPStatus.NOT_FOUND, f"{self.name}: no REST resource {path}\n")
+        response = conn.respond(HTTPStatus.OK, "")
+        for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body)))):
+            del response.headers[name]
+            response.headers[name] = value
+        return dataclasses.replace(response, body=body)
 
     async def _handle(self, conn: ServerConnection) -> None:
         client = SimClient(path=conn.request.path if conn.request else "/")

@@ -29,7 +29,7 @@ The API is small and stable; venue modules import only these names:
   (``instruments.USD_QUOTES``: USDT and USDC count as 1 USD).
 - ``yymmdd_expiry("200925")`` → ``"2020-09-25"``; ``ddmmmyy_expiry("27DEC25")`` → ``"2025-12-27"``;
   ``month_code_expiry("Z", "25")`` → last Friday of that month (BitMEX/Bybit quarterlies);
-  ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms.
+  ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms; ``ms_date(1758873600000)`` → ``"2025-09-26"`` (UTC).
 - ``market_type(linear, expiry)``: the MarketType literal for a perpetual or a dated future.
 - ``with_default_path(base_url, path)``: ``base_url`` + ``path`` when ``base_url`` has no path.
 - ``liquidation_to_row(liq)``: the flat JSON-able dict ``liq parse`` prints.
@@ -41,7 +41,7 @@ import hashlib
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -138,6 +138,11 @@ def month_code_expiry(letter: str, yy: str) -> str:
 def iso_ms(text: str) -> int:
     """ISO-8601 time (``Z`` or offset) → ms since epoch; raises ValueError when malformed."""
     return round(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def ms_date(ms: int) -> str:
+    """ms since epoch → its UTC date in ISO form (instruments endpoints' expiry times)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
 def market_type(linear: bool, expiry: str | None) -> MarketType:

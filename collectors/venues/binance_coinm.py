@@ -11,15 +11,23 @@ Side rule: Binance ``o.S`` is the liquidation ORDER side: SELL means a long was 
 Quantity: ``o.z`` contracts of ``contractSize`` USD (exchangeInfo: 100 USD for BTC, 10 USD for
 every other coin). notional = contracts × size; base = notional / ``o.p`` (the corpus price).
 Sampled like USD-M: at most one liquidation per symbol per second.
+
+Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
+``GET /dapi/v1/exchangeInfo`` → ``{"symbols":[{"symbol","contractType","contractSize",
+"baseAsset","quoteAsset","deliveryDate",…}]}``. ``contractSize`` is in ``quoteAsset`` (USD) per
+contract; a ``contractType`` other than ``PERPETUAL`` is dated, expiring on the UTC date of
+``deliveryDate``; a symbol without a ``contractType`` (settled) is skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+
 from collectors.instruments import Instrument, InstrumentTable, canonical_asset
-from collectors.venue import ConnectionPlan, VenueSpec
-from collectors.venues._common import make_liquidation, market_type, num, yymmdd_expiry
+from collectors.venue import ConnectionPlan, InstrumentRequest, InstrumentSource, VenueSpec
+from collectors.venues._common import make_liquidation, market_type, ms_date, num, yymmdd_expiry
 from collectors.venues.binance_usdm import (
     ALL_STREAM,
     ForceOrderSession,
@@ -56,7 +64,7 @@ class CoinmSession(ForceOrderSession):
     venue = NAME
 
     def __init__(self, table: InstrumentTable | None = None) -> None:
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table  # the live table: refreshed in place
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.s) or inverse_instrument(order.s, order.ps)
@@ -73,6 +81,39 @@ class CoinmSession(ForceOrderSession):
             sampled=True,
             extra=order_extra(order, NAME),
         )
+
+
+class RestSymbol(msgspec.Struct):
+    """One ``symbols[]`` entry of ``GET /dapi/v1/exchangeInfo`` (the fields used here)."""
+
+    symbol: str
+    baseAsset: str
+    quoteAsset: str
+    contractType: str = ""
+    contractSize: float = 0.0
+    deliveryDate: int = 0
+
+
+class ExchangeInfo(msgspec.Struct):
+    symbols: list[RestSymbol]
+
+
+_rest = msgspec.json.Decoder(ExchangeInfo)
+EXCHANGE_INFO_PATH = "/dapi/v1/exchangeInfo"
+
+
+def parse_instruments(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The contracts an exchangeInfo answer lists (settled ones skipped); ValueError when malformed."""
+    return [rest_instrument(s) for s in _rest.decode(body).symbols if s.contractType]
+
+
+def rest_instrument(s: RestSymbol) -> Instrument:
+    """An exchangeInfo symbol as the table holds it: inverse, ``contractSize`` quote per contract."""
+    expiry = None if s.contractType.startswith("PERPETUAL") else ms_date(s.deliveryDate)
+    kind = market_type(False, expiry)
+    if s.contractSize <= 0:
+        return Instrument(s.symbol, s.baseAsset, s.quoteAsset, kind, expiry=expiry)
+    return Instrument(s.symbol, s.baseAsset, s.quoteAsset, kind, s.contractSize, s.quoteAsset, expiry)
 
 
 TABLE = InstrumentTable.load(NAME)
@@ -92,4 +133,10 @@ VENUE = VenueSpec(
     usual_gap_s=300.0,
     plans=_plans,
     new_parser=CoinmSession,
+    instruments=InstrumentSource(
+        live_rest_url="https://dapi.binance.com",
+        requests=(InstrumentRequest(EXCHANGE_INFO_PATH),),
+        parse=parse_instruments,
+        table=TABLE,
+    ),
 )

@@ -13,6 +13,13 @@ produce nothing. The message has no time: ``timestamp_ms`` is the receive time a
 ``timestamp_source="receive"``; ``event_id`` is ``orderID``. XBTUSD and the XBT quarterlies are
 inverse, 1 USD per contract; other contracts (quanto, linear) keep contracts, notional unknown.
 Heartbeat: the text ``ping``, answered by ``pong``.
+
+Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
+``GET /api/v1/instrument/active`` → ``[{"symbol","typ","underlying","quoteCurrency","isInverse",
+"isQuanto","multiplier","underlyingToSettleMultiplier","expiry",…}]``; futures and perpetuals
+only (``typ`` ``FF…``). The documented safe first version: only an inverse, non-quanto contract
+with a 1-unit fiat face (``multiplier`` / ``underlyingToSettleMultiplier`` = 1, e.g. XBTUSD:
+1 USD) gets a size; every other contract is listed with its size unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -24,13 +31,23 @@ from collections.abc import Sequence
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import (
+    EMPTY,
+    ConnectionPlan,
+    InstrumentRequest,
+    InstrumentSource,
+    Outgoing,
+    SessionOutput,
+    VenueSpec,
+)
 from collectors.venues._common import (
     decode,
     frame_errors,
+    iso_ms,
     make_liquidation,
     market_type,
     month_code_expiry,
+    ms_date,
     num,
     position_side,
     with_default_path,
@@ -86,7 +103,7 @@ class BitmexSession:
 
     def __init__(self, symbols: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.args = [f"liquidation:{s}" for s in symbols] or ["liquidation"]
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table  # the live table: refreshed in place
 
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"op": "subscribe", "args": self.args})]
@@ -127,6 +144,49 @@ class BitmexSession:
         )
 
 
+class RestInstrument(msgspec.Struct):
+    """One instrument of ``GET /api/v1/instrument/active`` (the fields used here)."""
+
+    symbol: str
+    typ: str = ""
+    underlying: str = ""
+    quoteCurrency: str = ""
+    isInverse: bool = False
+    isQuanto: bool = False
+    multiplier: float | None = None
+    underlyingToSettleMultiplier: float | None = None
+    expiry: str | None = None
+
+
+_rest = msgspec.json.Decoder(list[RestInstrument])
+INSTRUMENTS_PATH = "/api/v1/instrument/active"
+DERIVATIVE_TYP = "FF"
+"""``typ`` prefix of futures (``FFCCSX``) and perpetuals (``FFWCSX``); spot is ``IF…``, options ``O…``."""
+
+
+def parse_instruments(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The futures and perpetuals an ``instrument/active`` answer lists; ValueError when malformed."""
+    return [rest_instrument(i) for i in _rest.decode(body) if i.typ.startswith(DERIVATIVE_TYP)]
+
+
+def rest_instrument(i: RestInstrument) -> Instrument:
+    """An instrument as the table holds it: a size only for an inverse 1-unit fiat face."""
+    if not i.underlying or not i.quoteCurrency:
+        raise ValueError(f"{NAME} instrument {i.symbol!r} without underlying/quoteCurrency")
+    expiry = ms_date(iso_ms(i.expiry)) if i.expiry else None
+    kind = market_type(not i.isInverse, expiry)
+    if not _unit_fiat_face(i):
+        return Instrument(i.symbol, i.underlying, i.quoteCurrency, kind, expiry=expiry)
+    return Instrument(i.symbol, i.underlying, i.quoteCurrency, kind, 1.0, i.quoteCurrency, expiry)
+
+
+def _unit_fiat_face(i: RestInstrument) -> bool:
+    """Inverse, not quanto, quoted in USD/EUR, and one contract worth one unit of the quote."""
+    if not i.isInverse or i.isQuanto or i.quoteCurrency not in FIAT_FACES:
+        return False
+    return bool(i.multiplier and i.multiplier == i.underlyingToSettleMultiplier)
+
+
 TABLE = InstrumentTable.load(NAME)
 
 
@@ -145,4 +205,10 @@ VENUE = VenueSpec(
     usual_gap_s=900.0,
     plans=_plans,
     new_parser=BitmexSession,
+    instruments=InstrumentSource(
+        live_rest_url="https://www.bitmex.com",
+        requests=(InstrumentRequest(INSTRUMENTS_PATH),),
+        parse=parse_instruments,
+        table=TABLE,
+    ),
 )

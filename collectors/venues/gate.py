@@ -18,6 +18,13 @@ from the table keeps its quantity in contracts with the notional unknown. ``size
 integer, or a string with the ``X-Gate-Size-Decimal`` header. ``time`` was seconds before the
 change and is ms after it (older rows carry ``time_ms``), so it is read by magnitude.
 No exchange id: ``event_id`` is the digest. Heartbeat: ``futures.ping`` → ``futures.pong``.
+
+Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
+``GET /api/v4/futures/{usdt,btc}/contracts`` → ``[{"name":"BTC_USDT","type":"direct",
+"quanto_multiplier":"0.0001",…}]``. A ``direct`` contract quoted in its settle currency is
+``quanto_multiplier`` base per contract; ``inverse`` ``X_USD`` is 1 USD per contract; a quanto
+contract (``direct``, quoted in another currency than it settles in) is listed with its size
+unknown, since its multiplier is not in base.
 """
 
 from __future__ import annotations
@@ -32,7 +39,15 @@ from urllib.parse import urlsplit
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import (
+    EMPTY,
+    ConnectionPlan,
+    InstrumentRequest,
+    InstrumentSource,
+    Outgoing,
+    SessionOutput,
+    VenueSpec,
+)
 from collectors.venues._common import decode, make_liquidation, num
 from shared.errors import ParseError
 from shared.models import Liquidation
@@ -89,7 +104,7 @@ class GateSession:
 
     def __init__(self, contracts: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.contracts = list(contracts) or [ALL]
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table  # the live table: refreshed in place
 
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"time": int(time.time()), "channel": CHANNEL, "event": "subscribe",
@@ -149,6 +164,39 @@ def _factory(contracts: list[str]) -> Callable[[], GateSession]:
     return lambda: GateSession(contracts)
 
 
+class RestContract(msgspec.Struct):
+    """One contract of ``GET /api/v4/futures/{settle}/contracts`` (the fields used here)."""
+
+    name: str
+    type: str = ""
+    quanto_multiplier: str = ""
+
+
+_rest = msgspec.json.Decoder(list[RestContract])
+CONTRACTS_PATH = "/api/v4/futures/{settle}/contracts"
+
+
+def parse_instruments(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The contracts one settle currency's answer lists; ValueError when malformed."""
+    settle = request.path.removeprefix("/api/v4/futures/").split("/")[0].upper()
+    return [rest_instrument(contract, settle) for contract in _rest.decode(body)]
+
+
+def rest_instrument(contract: RestContract, settle: str) -> Instrument:
+    """A contracts row as the table holds it (see the module docstring for the size rules)."""
+    base, _, quote = contract.name.rpartition("_")
+    if not base or not quote:
+        raise ValueError(f"{NAME} contract name {contract.name!r} is not BASE_QUOTE")
+    if contract.type == "inverse":  # 1 USD per contract (exchanges.md 1.7)
+        if quote != "USD":
+            return Instrument(contract.name, base, quote, "inverse_perpetual")
+        return Instrument(contract.name, base, quote, "inverse_perpetual", 1.0, "USD")
+    multiplier = float(contract.quanto_multiplier or "0")
+    if contract.type != "direct" or quote != settle or multiplier <= 0:
+        return Instrument(contract.name, base, quote, "linear_perpetual")
+    return Instrument(contract.name, base, quote, "linear_perpetual", multiplier, base)
+
+
 TABLE = InstrumentTable.load(NAME)
 
 VENUE = VenueSpec(
@@ -161,4 +209,10 @@ VENUE = VenueSpec(
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=GateSession,
+    instruments=InstrumentSource(
+        live_rest_url="https://api.gateio.ws",
+        requests=tuple(InstrumentRequest(CONTRACTS_PATH.format(settle=s)) for s in SETTLES),
+        parse=parse_instruments,
+        table=TABLE,
+    ),
 )

@@ -18,6 +18,14 @@ inverse future expiring 2020-07-03. USDT-margined frames also carry ``amount`` (
 contract). Timestamp: ``created_at`` (ms). No exchange id: ``event_id`` is the digest.
 Heartbeat: the server sends ``{"op":"ping","ts":…}`` (old endpoints ``{"ping":…}``) and
 expects the same ``ts`` back in ``{"op":"pong"}`` (``{"pong":…}``).
+
+Instruments endpoints (``VENUE.instruments``, refreshed by ``collectors.refresh``), one per
+market: ``GET /linear-swap-api/v1/swap_contract_info?business_type=all`` (USDT-margined swaps
+and futures), ``/swap-api/v1/swap_contract_info`` (coin-margined swaps) and
+``/api/v1/contract_contract_info`` (coin-margined futures), each ``{"status":"ok","data":[
+{"symbol","contract_code","contract_size","delivery_date",…}]}``. ``contract_size`` is base
+per contract (USDT-margined) or USD per contract (coin-margined); ``delivery_date``
+(``YYYYMMDD``, empty for swaps) is the expiry.
 """
 
 from __future__ import annotations
@@ -26,12 +34,21 @@ import json
 import logging
 import re
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import (
+    EMPTY,
+    ConnectionPlan,
+    InstrumentRequest,
+    InstrumentSource,
+    Outgoing,
+    SessionOutput,
+    VenueSpec,
+)
 from collectors.venues._common import (
     decode,
     frame_errors,
@@ -111,7 +128,7 @@ class HtxSession:
 
     def __init__(self, codes: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.codes = list(codes) or list(DEFAULT_CODES)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table  # the live table: refreshed in place
 
     def on_open(self) -> list[Outgoing]:
         return [
@@ -194,6 +211,54 @@ def _factory(codes: list[str]) -> Callable[[], HtxSession]:
     return lambda: HtxSession(codes)
 
 
+INSTRUMENT_PATHS = {  # instruments request → which contracts it lists
+    "/linear-swap-api/v1/swap_contract_info?business_type=all": "linear",
+    "/swap-api/v1/swap_contract_info": "swap",
+    "/api/v1/contract_contract_info": "futures",
+}
+
+
+class RestContract(msgspec.Struct):
+    """One ``data[]`` contract of the contract-info endpoints (the fields used here)."""
+
+    symbol: str
+    contract_code: str
+    contract_size: float
+    delivery_date: str = ""
+
+
+class RestAnswer(msgspec.Struct):
+    status: str
+    data: list[RestContract] | None = None
+    err_msg: str = ""
+
+
+_rest = msgspec.json.Decoder(RestAnswer)
+
+
+def parse_instruments(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The contracts one contract-info answer lists; ValueError when malformed or an error."""
+    answer = _rest.decode(body)
+    if answer.status != "ok" or answer.data is None:
+        raise ValueError(f"{NAME} contract info: status {answer.status!r}: {answer.err_msg[:200]}")
+    kind = INSTRUMENT_PATHS.get(request.path)
+    if kind is None:
+        raise ValueError(f"{NAME}: no contract-info endpoint {request.path!r}")
+    return [rest_instrument(contract, kind == "linear") for contract in answer.data]
+
+
+def rest_instrument(c: RestContract, linear: bool) -> Instrument:
+    """A contract-info row as the table holds it: base or USD per contract, expiry from the date."""
+    expiry = datetime.strptime(c.delivery_date, "%Y%m%d").date().isoformat() if c.delivery_date else None
+    kind = market_type(linear, expiry)
+    if not linear:
+        return Instrument(c.contract_code, c.symbol, "USD", kind, c.contract_size, "USD", expiry)
+    quote = c.contract_code.split("-")[1] if "-" in c.contract_code else ""
+    if not quote:
+        raise ValueError(f"{NAME} USDT-margined contract_code {c.contract_code!r} is not BASE-QUOTE")
+    return Instrument(c.contract_code, c.symbol, quote, kind, c.contract_size, c.symbol, expiry)
+
+
 TABLE = InstrumentTable.load(NAME)
 
 VENUE = VenueSpec(
@@ -208,4 +273,10 @@ VENUE = VenueSpec(
     new_parser=HtxSession,
     gzip=True,
     default_symbols=DEFAULT_CODES,
+    instruments=InstrumentSource(
+        live_rest_url="https://api.hbdm.com",
+        requests=tuple(InstrumentRequest(path) for path in INSTRUMENT_PATHS),
+        parse=parse_instruments,
+        table=TABLE,
+    ),
 )

@@ -15,6 +15,12 @@ for other coins. Linear: ``ctVal`` in base from the instrument table (0.01 BTC f
 a linear contract not in the table keeps its quantity in contracts with the notional unknown.
 Price = ``bkPx`` (bankruptcy price), timestamp = ``details[].ts``.
 
+Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
+``GET /api/v5/public/instruments?instType=SWAP`` and ``…=FUTURES`` →
+``{"code":"0","data":[{"instId","instFamily","ctType","ctVal","ctMult","ctValCcy","expTime",…}]}``;
+contract value = ``ctVal`` × ``ctMult`` in ``ctValCcy`` (base for linear, USD for inverse),
+base and quote from ``instFamily`` (``uly``), expiry = the UTC date of ``expTime``.
+
 The first push after subscribing may replay recent liquidations. It is NOT dropped: event ids
 are deterministic digests, so the downstream dedupe removes replays. Also parsed, because
 recorded data holds them: tardis "generated" v3 REST envelopes (``futures/liquidation``,
@@ -30,13 +36,22 @@ from collections.abc import Sequence
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable, canonical_asset
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import (
+    EMPTY,
+    ConnectionPlan,
+    InstrumentRequest,
+    InstrumentSource,
+    Outgoing,
+    SessionOutput,
+    VenueSpec,
+)
 from collectors.venues._common import (
     decode,
     frame_errors,
     iso_ms,
     make_liquidation,
     market_type,
+    ms_date,
     num,
     position_side,
     with_default_path,
@@ -125,7 +140,7 @@ class OkxSession:
     """One OKX public connection: ``liquidation-orders`` for SWAP and FUTURES; text ``ping``."""
 
     def __init__(self, table: InstrumentTable | None = None) -> None:
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table  # the live table: refreshed in place
 
     def on_open(self) -> list[Outgoing]:
         args = [{"channel": "liquidation-orders", "instType": t} for t in INST_TYPES]
@@ -223,6 +238,55 @@ def _iso(text: str) -> int:
         raise ParseError(NAME, f"bad created_at {text!r}") from exc
 
 
+class RestInstrument(msgspec.Struct):
+    """One ``data[]`` row of ``GET /api/v5/public/instruments`` (the fields used here)."""
+
+    instId: str
+    instType: str = ""
+    instFamily: str = ""
+    uly: str = ""
+    ctType: str = ""
+    ctVal: str = ""
+    ctMult: str = ""
+    ctValCcy: str = ""
+    expTime: str = ""
+
+
+class RestAnswer(msgspec.Struct):
+    code: str
+    data: list[RestInstrument]
+    msg: str = ""
+
+
+_rest = msgspec.json.Decoder(RestAnswer)
+INSTRUMENTS_PATH = "/api/v5/public/instruments"
+CT_TYPES = {"linear": True, "inverse": False}
+
+
+def parse_instruments(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The SWAP and FUTURES contracts an instruments answer lists; ValueError when malformed."""
+    answer = _rest.decode(body)
+    if answer.code != "0":
+        raise ValueError(f"{NAME} instruments: code {answer.code}: {answer.msg[:200]}")
+    listed = (rest_instrument(row) for row in answer.data if row.instType in INST_TYPES)
+    return [inst for inst in listed if inst is not None]
+
+
+def rest_instrument(row: RestInstrument) -> Instrument | None:
+    """An instruments row as the table holds it; None for a contract type other than linear/inverse."""
+    linear = CT_TYPES.get(row.ctType)
+    if linear is None:
+        return None
+    base, _, quote = (row.instFamily or row.uly).partition("-")
+    if not base or not quote:
+        raise ValueError(f"{NAME} instrument {row.instId!r} without instFamily/uly")
+    expiry = ms_date(int(row.expTime)) if row.instType == "FUTURES" else None
+    if not row.ctVal or not row.ctValCcy:
+        return Instrument(row.instId, base, quote, market_type(linear, expiry), expiry=expiry)
+    value = float(row.ctVal) * float(row.ctMult or "1")
+    return Instrument(row.instId, base, quote, market_type(linear, expiry), value, row.ctValCcy, expiry)
+
+
 TABLE = InstrumentTable.load(NAME)
 
 
@@ -242,4 +306,10 @@ VENUE = VenueSpec(
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=OkxSession,
+    instruments=InstrumentSource(
+        live_rest_url="https://www.okx.com",
+        requests=tuple(InstrumentRequest(f"{INSTRUMENTS_PATH}?instType={t}") for t in INST_TYPES),
+        parse=parse_instruments,
+        table=TABLE,
+    ),
 )

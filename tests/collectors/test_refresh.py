@@ -1,0 +1,126 @@
+"""Contract sizes refreshed from each venue's instruments endpoint, cached on disk.
+
+Against the simulator over real HTTP on 127.0.0.1 (each simulated venue answers its REST
+instruments request in the venue's own format), then the cache and the failure paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from collectors import load_venue
+from collectors.base import Collector, CollectorConfig
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.refresh import refresh_loop, refresh_once, rest_base
+from collectors.sim.server import ExchangeSimulator, load_sim
+from collectors.venue import InstrumentRequest, InstrumentSource, VenueSpec
+from shared.redisconn import make_async_redis
+from shared.venues import VENUE_NAMES
+
+WITH_SOURCE = ("binance_coinm", "okx", "bitmex", "htx", "gate")
+
+
+def fresh(spec: VenueSpec) -> VenueSpec:
+    """The venue with an empty instruments table of its own (the module's stays untouched)."""
+    assert spec.instruments is not None
+    source = dataclasses.replace(spec.instruments, table=InstrumentTable(spec.name))
+    return dataclasses.replace(spec, instruments=source)
+
+
+def keyed(instruments: list[Instrument]) -> dict[str, Instrument]:
+    return {i.symbol_native: i for i in instruments}
+
+
+def test_the_venues_that_need_contract_sizes_have_an_endpoint() -> None:
+    have = tuple(v for v in VENUE_NAMES if load_venue(v).instruments is not None)
+    assert have == WITH_SOURCE
+
+
+def test_rest_base_is_the_venue_host_live_and_the_same_server_otherwise() -> None:
+    source = load_venue("okx").instruments
+    assert source is not None
+    assert rest_base(source, "wss://ws.okx.com:8443/ws/v5/public") == source.live_rest_url
+    assert rest_base(source, "ws://127.0.0.1:4567/ws/v5/public") == "http://127.0.0.1:4567"
+
+
+@pytest.mark.parametrize("venue", WITH_SOURCE)
+def test_refresh_from_the_simulated_endpoint_over_http(venue: str, tmp_path: Path) -> None:
+    spec = fresh(load_venue(venue))
+    assert spec.instruments is not None
+
+    async def run() -> int:
+        async with ExchangeSimulator([venue]) as exchange:
+            return await refresh_once(venue, spec.instruments, exchange.urls[venue], tmp_path)  # type: ignore[arg-type]
+
+    listed = load_sim(venue).listed()  # type: ignore[attr-defined]
+    assert asyncio.run(run()) == len(listed)
+    table = spec.instruments.table
+    assert {k: table.get(k) for k in keyed(listed)} == keyed(listed)
+    cached = InstrumentTable(venue)
+    assert cached.load_cache(tmp_path)
+    assert {k: cached.get(k) for k in keyed(listed)} == keyed(listed)
+
+
+@pytest.mark.integration
+def test_a_collector_refreshes_and_caches_while_it_runs(redis_url: str, tmp_path: Path) -> None:
+    spec = fresh(load_venue("okx"))
+    assert spec.instruments is not None
+    cache = tmp_path / "instruments"
+
+    async def run() -> None:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            redis = make_async_redis(redis_url)
+            collector = Collector(CollectorConfig(venue=spec, redis=redis, shards=4,
+                                                  base_url=exchange.urls["okx"], instruments_dir=cache))
+            stop = asyncio.Event()
+            task = asyncio.create_task(collector.run(stop))
+            async with asyncio.timeout(20):
+                await collector.wait_until(lambda c: c.health.instruments_listed > 0)
+            stop.set()
+            await task
+            await redis.aclose()
+
+    asyncio.run(run())
+    listed = load_sim("okx").listed()  # type: ignore[attr-defined]
+    rows = json.loads((cache / "okx.json").read_text())
+    assert {r["symbol_native"] for r in rows} == {i.symbol_native for i in listed}
+
+
+def test_cache_survives_a_restart_and_a_failed_refresh_keeps_the_table(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    known = Instrument("NEW-USDT-SWAP", "NEW", "USDT", "linear_perpetual", 10.0, "NEW")
+    table = InstrumentTable("okx")
+    source = InstrumentSource(live_rest_url="https://example.invalid", requests=(InstrumentRequest("/i"),),
+                              parse=lambda body, _r: [known] if body == b"ok" else [], table=table)
+    asyncio.run(refresh_once("okx", source, "ws://127.0.0.1:1", tmp_path, fetch=lambda _u, _b: b"ok"))
+    assert table.get("NEW-USDT-SWAP") == known
+
+    restarted = dataclasses.replace(source, table=InstrumentTable("okx"))
+    stop = asyncio.Event()
+    calls: list[str] = []
+
+    def failing(url: str, _body: bytes | None) -> bytes:
+        calls.append(url)
+        stop.set()
+        raise OSError("network unreachable")
+
+    with caplog.at_level(logging.INFO, logger="collectors.refresh"):
+        asyncio.run(refresh_loop("okx", restarted, "ws://127.0.0.1:1", tmp_path, stop, fetch=failing))
+    assert calls == ["http://127.0.0.1:1/i"]
+    assert restarted.table.get("NEW-USDT-SWAP") == known, "the disk cache is loaded before any fetch"
+    assert "instrument refresh failed (network unreachable)" in caplog.text
+
+
+def test_an_empty_or_unreadable_answer_changes_nothing(tmp_path: Path) -> None:
+    table = InstrumentTable("okx")
+    source = InstrumentSource(live_rest_url="https://example.invalid", requests=(InstrumentRequest("/i"),),
+                              parse=lambda _b, _r: [], table=table)
+    with pytest.raises(ValueError, match="listed nothing"):
+        asyncio.run(refresh_once("okx", source, "ws://127.0.0.1:1", tmp_path, fetch=lambda _u, _b: b"[]"))
+    assert len(table) == 0 and not (tmp_path / "okx.json").exists()
