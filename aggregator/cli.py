@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from aggregator.buckets import DEFAULT_LEVEL_SIZES
 from aggregator.service import Aggregator, make_consumer
 from shared import runtime
+from shared.levels import DEFAULT_LEVEL_SIZES
 from shared.metrics import start_metrics_server
 from shared.redisconn import make_async_redis
 from shared.settings import CommonSettings, load

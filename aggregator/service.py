@@ -13,8 +13,9 @@ from collections.abc import Mapping
 
 import redis.asyncio as aioredis
 
-from aggregator.buckets import DEFAULT_LEVEL_SIZES, fold
+from aggregator.buckets import fold
 from shared import codec, keys
+from shared.levels import DEFAULT_LEVEL_SIZES
 from shared.metrics import EVENTS_OUT
 from shared.models import Liquidation
 from shared.streams import Message, StreamConsumer

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -36,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
 import redis
 
 from shared import codec, keys, logs
-from shared.market_model import MarketModel, to_liquidation
+from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
@@ -68,13 +66,9 @@ def synthetic(n: int, symbols: int = 20, start_ms: int | None = None) -> list[Li
     return out
 
 
-def market(n: int, seed: int = 11) -> list[Liquidation]:
-    """``n`` liquidations of the simulator's market model (14 venues, quiet periods and cascades),
-    shifted so that the last one happened a minute ago (about 11 days for 100,000 events)."""
-    model = MarketModel(seed, start_ms=0)
-    liqs = [to_liquidation(e) for e in itertools.islice(model.stream(), n)]
-    shift = time.time_ns() // 1_000_000 - 60_000 - (liqs[-1].timestamp_ms if liqs else 0)
-    return [msgspec.structs.replace(x, timestamp_ms=x.timestamp_ms + shift) for x in liqs]
+def market(n: int) -> list[Liquidation]:
+    """``n`` liquidations of the simulator's market model, the last one a minute ago."""
+    return last_liquidations(n, seed=11, end_ms=time.time_ns() // 1_000_000 - 60_000)
 
 
 def bare_loop(url: str, payloads: list[bytes]) -> float:

@@ -10,7 +10,12 @@ Both runs commit the same rows in transactions of ``batch`` rows on the same ser
   partitioned table and the rollups kept in step (native mode), then a replay of the first
   batches, which must insert nothing.
 
-Called as ``run(dsn, rows)`` on a migrated database; the rows it inserts are removed afterwards.
+Also measured: the same writer without the in-transaction rollups (the statements of
+TimescaleDB mode, where continuous aggregates do that work), which isolates their cost.
+
+The rows are the market model's (what the simulator sends: cascades put many liquidations on
+few price levels), and again a worst case where no two rows share a rollup cell. Called as
+``run(dsn, rows)`` on a migrated database; the rows it inserts are removed afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import time
 from datetime import date, timedelta
 from typing import Any
 
+import msgspec
 import psycopg
 
 from shared.clock import SYSTEM_CLOCK
+from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from writer import statements as sql
 from writer.rows import EVENT_COLUMNS, EVENT_TYPES, build_batch
@@ -32,13 +39,23 @@ from writer.sink import DatabaseSink
 BARE_TABLE = "liq_bench_bare"
 
 
-def workload(n: int, start_ms: int) -> list[Liquidation]:
+def workload(n: int, end_ms: int) -> list[Liquidation]:
+    """The market model's liquidations (what the simulator sends), under symbols of their own
+    (``BENCH…``) and ids (``bench-…``), so that :func:`_cleanup` removes exactly these rows and
+    their rollups even on a user's database."""
+    return [msgspec.structs.replace(x, symbol="BENCH" + x.symbol, event_id="bench-" + x.event_id)
+            for x in last_liquidations(n, seed=11, end_ms=end_ms)]
+
+
+def worst_case(n: int, end_ms: int) -> list[Liquidation]:
+    """Rows that never share a heatmap cell (20 symbols x 97 price levels): every rollup upsert
+    is a new row."""
     venues = ("binance_usdm", "bybit", "okx", "bitmex")
     return [
-        Liquidation(exchange=venues[i % 4], symbol=f"S{i % 20}USDT", symbol_native=f"S{i % 20}USDT",
+        Liquidation(exchange=venues[i % 4], symbol=f"BENCHS{i % 20}USDT", symbol_native=f"S{i % 20}USDT",
                     base=f"S{i % 20}", quote="USDT", market_type="linear_perpetual",
                     side="long" if i % 3 else "short", price=100.0 + i % 97, quantity=1000.0 + i % 13,
-                    notional_usd=(100.0 + i % 97) * (1000.0 + i % 13), timestamp_ms=start_ms + i,
+                    notional_usd=(100.0 + i % 97) * (1000.0 + i % 13), timestamp_ms=end_ms - n + i,
                     event_id=f"bench-{i}")
         for i in range(n)
     ]
@@ -71,13 +88,16 @@ async def _bare(dsn: str, batches: list[list[tuple[object, ...]]], days: set[dat
     return elapsed
 
 
-async def _writer(dsn: str, events: list[Liquidation], batch: int) -> tuple[float, int, int]:
+async def _writer(dsn: str, events: list[Liquidation], batch: int,
+                  rollups: bool = True) -> tuple[float, int, int]:
     sink = DatabaseSink(dsn)
     rules = SignificanceRules(default_usd=0.0)
     now = SYSTEM_CLOCK.now_ms()
     batches = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
     try:
         await sink.connect()
+        if not rollups:
+            sink.mode = "timescale"  # TimescaleDB mode's statements: the same insert, no rollups
         started = time.perf_counter()
         inserted = 0
         for b in batches:
@@ -94,24 +114,33 @@ async def _writer(dsn: str, events: list[Liquidation], batch: int) -> tuple[floa
 async def _cleanup(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("DELETE FROM liquidations_significant WHERE event_id LIKE 'bench-%'")
-        await conn.execute("DELETE FROM liquidations_hourly WHERE symbol ~ '^S[0-9]+USDT$'")
-        await conn.execute("DELETE FROM liquidation_heatmap WHERE symbol ~ '^S[0-9]+USDT$'")
+        await conn.execute("DELETE FROM liquidations_hourly WHERE symbol LIKE 'BENCH%'")
+        await conn.execute("DELETE FROM liquidation_heatmap WHERE symbol LIKE 'BENCH%'")
 
 
-def run(dsn: str, rows: int = 100_000, batch: int = 500) -> dict[str, Any]:
-    events = workload(rows, SYSTEM_CLOCK.now_ms() - 3_600_000)
+def measure(dsn: str, events: list[Liquidation], batch: int) -> dict[str, Any]:
     rules = SignificanceRules(default_usd=0.0)
     now = SYSTEM_CLOCK.now_ms()
-    built = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, rows, batch)]
+    built = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
     bare_s = asyncio.run(_bare(dsn, [b.events for b in built], set().union(*(b.days for b in built))))
     writer_s, inserted, replayed = asyncio.run(_writer(dsn, events, batch))
     asyncio.run(_cleanup(dsn))
+    plain_s, _, _ = asyncio.run(_writer(dsn, events, batch, rollups=False))
+    asyncio.run(_cleanup(dsn))
     return {
-        "rows": rows,
-        "batch": batch,
-        "bare_copy_rows_per_s": round(rows / bare_s),
-        "writer_rows_per_s": round(rows / writer_s),
+        "bare_copy_rows_per_s": round(len(events) / bare_s),
+        "writer_rows_per_s": round(len(events) / writer_s),
         "writer_vs_bare": round(bare_s / writer_s, 3),
+        "without_rollups_vs_bare": round(bare_s / plain_s, 3),
         "inserted": inserted,
         "replayed_inserted": replayed,
     }
+
+
+def run(dsn: str, rows: int = 100_000, batch: int = 500) -> dict[str, Any]:
+    end_ms = SYSTEM_CLOCK.now_ms() - 60_000
+    report: dict[str, Any] = {"rows": rows, "batch": batch}
+    report.update(measure(dsn, workload(rows, end_ms), batch))
+    worst = measure(dsn, worst_case(rows, end_ms), batch)
+    report["worst_case_writer_vs_bare"] = worst["writer_vs_bare"]
+    return report

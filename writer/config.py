@@ -26,6 +26,8 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
     compress_after_days: int = 7
     partitions_ahead_days: int = 2
     janitor_interval_s: float = 3600.0
+    level_sizes: dict[str, float] = {}
+    """``LIQ_LEVEL_SIZES`` (shared with the aggregator): price-level sizes per base asset."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

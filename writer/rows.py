@@ -8,16 +8,19 @@ Rules applied here, besides significance (``writer.significance``):
 - rows with a non-finite or absurd price, quantity or notional are skipped (they would abort the
   whole COPY), and NUL characters are removed from text (PostgreSQL text cannot hold them);
 - of several messages about one cascade in a batch, only the furthest along (phase, then
-  ``published_ms``, then stream order) is kept.
+  ``published_ms``, then stream order) is kept;
+- the price level is computed here (``shared.levels``, the aggregator's rule and sizes), not
+  in SQL: one rule for Redis and the database, and no per-row SQL function on the hot path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from shared.levels import DEFAULT_LEVEL_SIZES, level_of
 from shared.models import CascadeEvent, CascadeMember, Liquidation
 from writer.significance import SignificanceRules
 
@@ -31,12 +34,12 @@ PHASE_RANK = {"start": 1, "escalate": 2, "end": 3}
 EVENT_COLUMNS = (
     "time", "exchange", "symbol", "symbol_native", "base", "market_type", "side", "price",
     "quantity", "value_usd", "notional_known", "is_cascade", "risk_score", "cascade_id",
-    "event_id", "sampled", "received_at",
+    "event_id", "sampled", "received_at", "price_level",
 )
 EVENT_TYPES = (
     "timestamptz", "text", "text", "text", "text", "text", "text", "float8",
     "float8", "float8", "bool", "bool", "float8", "text",
-    "text", "bool", "timestamptz",
+    "text", "bool", "timestamptz", "float8",
 )
 CASCADE_COLUMNS = (
     "cascade_id", "symbol", "start_time", "end_time", "venues", "event_count", "total_value_usd",
@@ -98,7 +101,8 @@ def _score(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def event_row(liq: Liquidation, member: CascadeMember | None = None) -> EventRow:
+def event_row(liq: Liquidation, member: CascadeMember | None = None,
+              level_sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> EventRow:
     value = liq.notional_usd if liq.notional_known else 0.0
     return (
         ms_to_datetime(liq.timestamp_ms), _text(liq.exchange), _text(liq.symbol),
@@ -106,6 +110,7 @@ def event_row(liq: Liquidation, member: CascadeMember | None = None) -> EventRow
         liq.quantity, value, liq.notional_known, member is not None,
         _score(member.risk_score) if member else None, _text(member.cascade_id) if member else None,
         _text(liq.event_id), liq.sampled, ms_to_datetime(liq.received_ms) if liq.received_ms > 0 else None,
+        level_of(liq.base, liq.price, level_sizes),
     )
 
 
@@ -140,7 +145,7 @@ def _valid_cascade(ev: CascadeEvent) -> bool:
 
 
 def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: int,
-                retention_days: int) -> Batch:
+                retention_days: int, level_sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> Batch:
     batch = Batch()
     cascades: list[CascadeEvent] = []
     for payload in payloads:
@@ -161,7 +166,7 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
         elif not _finite(liq.price, liq.quantity, liq.notional_usd):
             batch.invalid += 1
         else:
-            batch.events.append(event_row(liq, member))
+            batch.events.append(event_row(liq, member, level_sizes))
             batch.days.add(utc_day(liq.timestamp_ms))
             batch.members += member is not None
     batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
+from shared.levels import DEFAULT_LEVEL_SIZES
 from shared.streams import Message, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
@@ -56,6 +57,7 @@ class Writer:
         self.clock = clock
         self.sink = DatabaseSink(dsn)
         self.rules = SignificanceRules.from_settings(settings)
+        self.level_sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
         self.batcher = Batcher(settings.batch_size, settings.batch_age_ms, clock)
         self.lock = asyncio.Lock()
         self.name = name or consumer_name()
@@ -76,7 +78,8 @@ class Writer:
         async with self.lock:
             self.batcher.read_started()
             for chunk in self.batcher.split([m.value for m in messages]):
-                batch = build_batch(chunk, self.rules, self.clock.now_ms(), self.settings.retention_days)
+                batch = build_batch(chunk, self.rules, self.clock.now_ms(), self.settings.retention_days,
+                                    self.level_sizes)
                 self.skipped["insignificant"] += batch.insignificant
                 self.skipped["expired"] += batch.expired
                 self.skipped["invalid"] += batch.invalid

@@ -30,7 +30,7 @@ CREATE TEMP TABLE IF NOT EXISTS liq_stage (
     time timestamptz, exchange text, symbol text, symbol_native text, base text, market_type text,
     side text, price float8, quantity float8, value_usd float8, notional_known boolean,
     is_cascade boolean, risk_score float8, cascade_id text, event_id text, sampled boolean,
-    received_at timestamptz
+    received_at timestamptz, price_level float8
 ) ON COMMIT DELETE ROWS"""
 
 STAGE_CASCADES_DDL = """
@@ -57,7 +57,7 @@ INSERT INTO liquidations_significant (
     time, exchange, symbol, symbol_native, base, market_type, side, price, quantity, value_usd,
     notional_known, price_level, is_cascade, risk_score, cascade_id, event_id, sampled, received_at)
 SELECT time, exchange, symbol, symbol_native, base, market_type, side, price::numeric,
-       quantity::numeric, value_usd::numeric, notional_known, liq_price_level(base, price::numeric),
+       quantity::numeric, value_usd::numeric, notional_known, price_level::numeric,
        is_cascade, risk_score, cascade_id, event_id, sampled, received_at
 FROM ({_DEDUPED_STAGE}) AS src
 ON CONFLICT (time, exchange, event_id) DO NOTHING"""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.buckets import bucket_start, fold, level_size, price_level
+from aggregator.buckets import bucket_start, fold
+from shared.levels import level_size, price_level
 from tests.factories import liq
 
 

@@ -1,0 +1,34 @@
+"""Price levels: the one rule that puts a liquidation's price on a level (Redis and SQL alike).
+
+A fixed size per base asset where users know it (BTC $100 as in the original system, ETH $10,
+SOL $1; ``LIQ_LEVEL_SIZES`` overrides or adds), otherwise ``10 ** (floor(log10(price)) - 2)``:
+about 1 % of the price rounded down to a power of ten (DOGE at 0.15 → 0.001, XRP at 2.3 →
+0.01). The aggregator keys ``liq:levels:*`` by it and the writer stores it in ``price_level``,
+so the Redis clusters and the database heatmap always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+DEFAULT_LEVEL_SIZES: dict[str, float] = {"BTC": 100.0, "ETH": 10.0, "SOL": 1.0}
+
+
+def level_size(base: str, price: float, overrides: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> float:
+    if base in overrides:
+        return overrides[base]
+    if price <= 0:
+        return 1.0
+    return float(10.0 ** (math.floor(math.log10(price)) - 2))
+
+
+def price_level(price: float, size: float) -> float:
+    """Start of the level containing ``price`` (67234.5 with size 100 → 67200)."""
+    level = math.floor(price / size + 1e-9) * size
+    return round(level, 10)
+
+
+def level_of(base: str, price: float, sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> float:
+    """The level of ``price`` for ``base``."""
+    return price_level(price, level_size(base, price, sizes))
