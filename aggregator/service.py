@@ -91,5 +91,5 @@ def make_consumer(redis: aioredis.Redis, shards: int, aggregator: Aggregator,
     return StreamConsumer(
         redis=redis, group=keys.AGGREGATOR_GROUP, consumer=name or consumer_name(),
         streams=keys.event_streams(shards), decode=codec.decode_liquidation,
-        handler=aggregator.handle, component=COMPONENT,
+        handler=aggregator.handle, component=COMPONENT, handler_acks=True,
     )

@@ -8,8 +8,10 @@ Delivery semantics (at-least-once):
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
    so a Redis or database outage loses nothing.
 4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM.
-5. An entry whose payload cannot be decoded, or that was delivered more than
-   ``max_deliveries`` times, is copied to ``<stream>:dlq`` and acked in one MULTI.
+5. An entry whose payload cannot be decoded is copied to ``<stream>:dlq`` and acked in one
+   MULTI. A failing handler is retried with backoff without limit (an outage must lose
+   nothing), so a batch that fails for good holds its consumer: the pending count and the
+   ``liq_errors`` metric show it.
 6. ``run_until_idle`` processes everything currently in the streams and returns: tests and
    one-shot backfills drain without sleeping.
 """
@@ -91,7 +93,9 @@ class StreamConsumer(Generic[T]):
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
     claim_every_s: float = 15.0
-    max_deliveries: int = 5
+    handler_acks: bool = False
+    """The handler XACKs its entries itself, atomically with its side effect (the aggregator's
+    Lua script): the loop then sends no second XACK."""
     start_id: str = "0"
     backoff: Backoff = field(default_factory=Backoff)
     stats: ConsumerStats = field(default_factory=ConsumerStats)
@@ -198,7 +202,8 @@ class StreamConsumer(Generic[T]):
             await self.handler(good)
         if poison:
             await self._dead_letter(poison)
-        await self._ack(good)
+        if not self.handler_acks:
+            await self._ack(good)
         self.backoff.reset()
         self.stats.handled += len(good)
         self.stats.batches += 1
