@@ -131,7 +131,7 @@ def _log_summary(sim: ExchangeSimulator, stats: DriveStats) -> None:
               help="First port; venues get consecutive ports (default 0: free ports).")
 @click.option("--wait-clients", is_flag=True, help="Start the market once every venue has a subscriber.")
 @click.option("--exit-when-done", is_flag=True, help="Exit when the market ends instead of serving on.")
-@click.option("--first-cascade", "first_cascade_s", type=float, default=30.0, show_default=True,
+@click.option("--first-cascade", "first_cascade_s", type=float, default=15.0, show_default=True,
               help="Market seconds until the first cascade (negative: at random, like the later ones).")
 def simulate(venues: str, seed: int, speed: float, duration: float | None, max_events: int | None,
              ports_file: Path | None, truth_file: Path | None, no_truth: bool, base_port: int,
