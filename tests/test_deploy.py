@@ -53,3 +53,18 @@ def test_every_subcommand_loads_and_has_help() -> None:
     for name in SUBCOMMANDS:
         result = runner.invoke(cli, [name, "--help"], catch_exceptions=False)
         assert result.exit_code == 0, (name, result.output)
+
+
+def test_env_example_lists_every_setting() -> None:
+    import msgspec
+
+    from aggregator.cli import AggregatorSettings
+    from collectors.cli import CollectorSettings
+    from detector.config import DetectorSettings
+    from shared.settings import env_name
+    from writer.config import WriterSettings
+
+    text = (REPO / ".env.example").read_text()
+    for cls in (AggregatorSettings, CollectorSettings, DetectorSettings, WriterSettings):
+        for field in msgspec.structs.fields(cls):
+            assert f"{env_name(field.name)}=" in text, env_name(field.name)
