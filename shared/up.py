@@ -93,7 +93,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         if simulate:
             sim = await _start_simulator(data_dir, venues, seed, speed, env, stop)
             if sim is None:
-                return 1
+                return 0 if stop.is_set() else 1
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
         children += _pipeline_children(venues, env)
@@ -150,18 +150,26 @@ async def _start_simulator(data_dir: Path, venues: list[str], seed: int, speed: 
                        "--speed", str(speed), "--ports-file", str(ports_file))
     child = Child("simulate", args, env)
     await _spawn(child)
-    deadline = time.monotonic() + 30
-    while not ports_file.exists():
-        if child.process is None or child.process.returncode is not None or time.monotonic() > deadline:
-            logger.error("the simulator did not start (see its output above)")
-            return None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.05)
-        if stop.is_set():
-            return None
+    if not await _wait_for_file(ports_file, child, stop):
+        await _stop_children([child])  # stopped or failed while starting: leave nothing behind
+        return None
     urls: dict[str, str] = json.loads(ports_file.read_text())
     asyncio.get_running_loop().create_task(_supervise(child, stop))
     return child, urls
+
+
+async def _wait_for_file(path: Path, child: Child, stop: asyncio.Event, timeout_s: float = 30.0) -> bool:
+    """True once ``path`` exists; False when ``child`` died, ``stop`` was set or time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while not await asyncio.to_thread(path.exists):
+        if child.process is None or child.process.returncode is not None or time.monotonic() > deadline:
+            logger.error("the simulator did not start (see its output above)")
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.05)
+        if stop.is_set():
+            return False
+    return True
 
 
 async def _run_once(name: str, args: list[str], env: dict[str, str]) -> int:

@@ -80,3 +80,32 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -
     assert report is not None
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(report["pg_dsn"], connect_timeout=3).close()  # the embedded server is gone
+
+
+def test_a_stop_during_start_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGTERM while the simulator is starting (before the pipeline runs) stops it too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(tmp_path / "liq"), "LIQ_METRICS_PORT": "0"})
+    proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--simulate", "--for", "60"], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[psutil.Process] = []
+    simulator: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while simulator is None and time.monotonic() < deadline and proc.poll() is None:
+            seen = _descendants(proc.pid) or seen
+            simulator = next((p for p in seen if _is_simulator(p)), None)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=90)
+    assert simulator is not None, "the simulator was never started"
+    assert proc.returncode == 0, output[-3000:]
+    _gone, alive = psutil.wait_procs(seen, timeout=10)
+    assert not alive, f"left behind: {[p.pid for p in alive]}"
+
+
+def _is_simulator(process: psutil.Process) -> bool:
+    try:
+        return "simulate" in process.cmdline()
+    except psutil.Error:
+        return False
