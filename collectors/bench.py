@@ -38,14 +38,9 @@ def prepared(venue: str) -> tuple[Any, str | bytes]:
         for reply in sim.on_client_message(client, message):
             _parse(session, reply)
     for frame in sim.frames([item], client):
-        if _parse(load_venue_copy(session), frame):
+        if _parse(copy.deepcopy(session), frame):  # a copy: choosing leaves no state behind
             return session, frame
     raise ValueError(f"{venue}: no rendered frame yields a liquidation")
-
-
-def load_venue_copy(session: Any) -> Any:
-    """A copy of a subscribed session, so that choosing a frame leaves no dedupe state behind."""
-    return copy.deepcopy(session)
 
 
 def _event_fields() -> dict[str, Any]:

@@ -32,7 +32,7 @@ from shared.clock import SYSTEM_CLOCK
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from writer import statements as sql
-from writer.rows import EVENT_COLUMNS, EVENT_TYPES, build_batch
+from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
 from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
@@ -88,12 +88,8 @@ async def _bare(dsn: str, batches: list[list[tuple[object, ...]]], days: set[dat
     return elapsed
 
 
-async def _writer(dsn: str, events: list[Liquidation], batch: int,
-                  rollups: bool = True) -> tuple[float, int, int]:
+async def _writer(dsn: str, batches: list[Batch], rollups: bool = True) -> tuple[float, int, int]:
     sink = DatabaseSink(dsn)
-    rules = SignificanceRules(default_usd=0.0)
-    now = SYSTEM_CLOCK.now_ms()
-    batches = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
     try:
         await sink.connect()
         if not rollups:
@@ -123,9 +119,9 @@ def measure(dsn: str, events: list[Liquidation], batch: int) -> dict[str, Any]:
     now = SYSTEM_CLOCK.now_ms()
     built = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
     bare_s = asyncio.run(_bare(dsn, [b.events for b in built], set().union(*(b.days for b in built))))
-    writer_s, inserted, replayed = asyncio.run(_writer(dsn, events, batch))
+    writer_s, inserted, replayed = asyncio.run(_writer(dsn, built))
     asyncio.run(_cleanup(dsn))
-    plain_s, _, _ = asyncio.run(_writer(dsn, events, batch, rollups=False))
+    plain_s, _, _ = asyncio.run(_writer(dsn, built, rollups=False))
     asyncio.run(_cleanup(dsn))
     return {
         "bare_copy_rows_per_s": round(len(events) / bare_s),

@@ -141,7 +141,7 @@ class Writer:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"updated_ms": self.clock.now_ms(), "mode": self.sink.mode or "unknown",
                                 "inserted": stats.inserted, "cascades": stats.cascades,
-                                "failures": stats.failures})
+                                "failures": stats.failures, "partitions_created": stats.partitions_created})
         pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
         await pipe.execute()
 
