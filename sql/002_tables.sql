@@ -3,6 +3,10 @@
 -- the writer) and empty in TimescaleDB mode (003 turns the table into a hypertable).
 -- time is the EXCHANGE's event time: with event_id it is the natural key, so a redelivered or
 -- replayed event is recognised as a duplicate (ON CONFLICT DO NOTHING).
+-- Prices, quantities and USD values are double precision: the exchanges' decimal strings are
+-- parsed to IEEE doubles by the collectors, so numeric would only pretend an exactness the data
+-- never had; double precision is what TimescaleDB compresses best (Gorilla) and aggregates fastest,
+-- and it lets the writer COPY rows straight into this table (writer/sink.py).
 
 CREATE TABLE IF NOT EXISTS liquidations_significant (
     time            timestamptz      NOT NULL,
@@ -12,11 +16,11 @@ CREATE TABLE IF NOT EXISTS liquidations_significant (
     base            text             NOT NULL,
     market_type     text             NOT NULL,
     side            text             NOT NULL CHECK (side IN ('long', 'short')),
-    price           numeric          NOT NULL,
-    quantity        numeric          NOT NULL,
-    value_usd       numeric(20, 2)   NOT NULL,
+    price           double precision NOT NULL,
+    quantity        double precision NOT NULL,
+    value_usd       double precision NOT NULL,
     notional_known  boolean          NOT NULL DEFAULT true,
-    price_level     numeric          NOT NULL,
+    price_level     double precision NOT NULL,
     is_cascade      boolean          NOT NULL DEFAULT false,
     risk_score      double precision,
     cascade_id      text,
@@ -37,9 +41,9 @@ CREATE TABLE IF NOT EXISTS cascade_events (
     end_time                    timestamptz      NOT NULL,
     venues                      text[]           NOT NULL,
     event_count                 integer          NOT NULL,
-    total_value_usd             numeric(20, 2)   NOT NULL,
-    long_value_usd              numeric(20, 2)   NOT NULL,
-    short_value_usd             numeric(20, 2)   NOT NULL,
+    total_value_usd             double precision NOT NULL,
+    long_value_usd              double precision NOT NULL,
+    short_value_usd             double precision NOT NULL,
     risk_score                  double precision NOT NULL,
     peak_risk_score             double precision NOT NULL,
     band                        text             NOT NULL,

@@ -15,8 +15,8 @@ SELECT hour,
        coalesce(sum(total_value_usd) FILTER (WHERE side = 'short'), 0)         AS short_value_usd,
        max(max_value_usd)                                                      AS max_value_usd,
        count(DISTINCT symbol)::bigint                                          AS symbol_count,
-       round(100 * sum(total_value_usd)
-             / NULLIF(sum(sum(total_value_usd)) OVER (PARTITION BY hour), 0), 2) AS value_share_pct
+       round((100 * sum(total_value_usd)
+             / NULLIF(sum(sum(total_value_usd)) OVER (PARTITION BY hour), 0))::numeric, 2) AS value_share_pct
 FROM liquidations_hourly
 GROUP BY hour, exchange;
 
@@ -24,14 +24,14 @@ GROUP BY hour, exchange;
 -- partial hour counts), largest liquidated value first. The symbol is matched case-insensitively.
 CREATE OR REPLACE FUNCTION get_price_level_clusters(symbol text, hours integer DEFAULT 4)
 RETURNS TABLE (
-    price_level      numeric,
+    price_level      double precision,
     event_count      bigint,
-    total_value_usd  numeric,
+    total_value_usd  double precision,
     long_count       bigint,
     short_count      bigint,
-    long_value_usd   numeric,
-    short_value_usd  numeric,
-    max_value_usd    numeric,
+    long_value_usd   double precision,
+    short_value_usd  double precision,
+    max_value_usd    double precision,
     exchanges        text[],
     first_time       timestamptz,
     last_time        timestamptz

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import defaultdict
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -148,8 +147,7 @@ def check_database(dsn: str, btc: list[Liquidation], cascade_id: str) -> None:
         stored = conn.execute("SELECT event_id, is_cascade, cascade_id, value_usd"
                               " FROM liquidations_significant ORDER BY time").fetchall()
         # Every BTC liquidation is a cascade member (stored whatever its size); ETH ones are small.
-        assert [(r[0], r[1], r[2]) for r in stored] == [(s.event_id, True, cascade_id) for s in btc]
-        assert sum(r[3] for r in stored) == sum(Decimal(str(round(s.notional_usd, 2))) for s in btc)
+        assert stored == [(s.event_id, True, cascade_id, s.notional_usd) for s in btc]
         row: Any = conn.execute("SELECT phase, event_count, cross_exchange FROM cascade_events").fetchall()
         assert row == [("end", 9, True)]
         hourly = conn.execute("SELECT sum(event_count), sum(cascade_event_count) FROM liquidations_hourly"

@@ -2,16 +2,17 @@
 
 Both runs commit the same rows in transactions of ``batch`` rows on the same server:
 
-- **bare**: binary COPY of the same rows into a table laid out like ``liquidations_significant``
-  (daily range partitions, the same primary key and index), with no staging, no dedup and no
-  rollups: the floor cost of getting these rows into that layout;
+- **bare**: binary COPY of the same rows into a copy of ``liquidations_significant`` (its
+  columns and checks, daily range partitions, the same primary key and index), with no
+  savepoint and no rollups: the floor cost of getting these rows into that layout;
 - **writer**: :meth:`writer.sink.DatabaseSink.write` of the batches ``writer.rows.build_batch``
-  makes, i.e. COPY into the staging table, ``INSERT … ON CONFLICT DO NOTHING`` into the
-  partitioned table and the rollups kept in step (native mode), then a replay of the first
-  batches, which must insert nothing.
+  makes, i.e. the direct COPY into ``liquidations_significant`` in a savepoint with the rollup
+  trigger keeping ``liquidations_hourly`` and ``liquidation_heatmap`` in step (native mode), then
+  a replay of the first batches, which goes through the ``ON CONFLICT`` path and must insert
+  nothing (its time is reported apart).
 
-Also measured: the same writer without the in-transaction rollups (the statements of
-TimescaleDB mode, where continuous aggregates do that work), which isolates their cost.
+Also measured: the same writer with the rollup trigger disabled (as in TimescaleDB mode, where
+continuous aggregates do that work), which isolates the rollups' cost.
 
 The rows are the market model's (what the simulator sends: cascades put many liquidations on
 few price levels), and again a worst case where no two rows share a rollup cell. Called as
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -31,12 +33,13 @@ import psycopg
 from shared.clock import SYSTEM_CLOCK
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
-from writer import statements as sql
 from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
 from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
 BARE_TABLE = "liq_bench_bare"
+ROLLUP_TRIGGER = "liq_rollup_inserted"
+REPLAYED_BATCHES = 10
 
 
 def workload(n: int, end_ms: int) -> list[Liquidation]:
@@ -62,10 +65,11 @@ def worst_case(n: int, end_ms: int) -> list[Liquidation]:
 
 
 async def _bare_table(conn: psycopg.AsyncConnection[tuple[Any, ...]], days: set[date]) -> None:
-    """The staging columns, partitioned by UTC day like the real table, with its key and index."""
+    """``liquidations_significant``'s columns, defaults and checks, partitioned by UTC day like it,
+    with its key and index: the same table without the rollup trigger."""
     await conn.execute(f"DROP TABLE IF EXISTS {BARE_TABLE}")
-    ddl = sql.STAGE_EVENTS_DDL.replace("TEMP TABLE IF NOT EXISTS liq_stage", f"TABLE {BARE_TABLE}")
-    await conn.execute(ddl.replace("ON COMMIT DELETE ROWS", "PARTITION BY RANGE (time)"))
+    await conn.execute(f"CREATE TABLE {BARE_TABLE} (LIKE liquidations_significant INCLUDING DEFAULTS "
+                       "INCLUDING CONSTRAINTS) PARTITION BY RANGE (time)")
     await conn.execute(f"ALTER TABLE {BARE_TABLE} ADD PRIMARY KEY (time, exchange, event_id)")
     await conn.execute(f"CREATE INDEX ON {BARE_TABLE} (symbol, time DESC)")
     for day in sorted(days):
@@ -88,23 +92,35 @@ async def _bare(dsn: str, batches: list[list[tuple[object, ...]]], days: set[dat
     return elapsed
 
 
-async def _writer(dsn: str, batches: list[Batch], rollups: bool = True) -> tuple[float, int, int]:
+@dataclass
+class WriterRun:
+    seconds: float
+    inserted: int
+    replay_seconds: float
+    replayed_inserted: int
+
+
+async def _writer(dsn: str, batches: list[Batch], rollups: bool = True) -> WriterRun:
     sink = DatabaseSink(dsn)
+    conn = await sink.connect()
     try:
-        await sink.connect()
         if not rollups:
-            sink.mode = "timescale"  # TimescaleDB mode's statements: the same insert, no rollups
+            await conn.execute(f"ALTER TABLE liquidations_significant DISABLE TRIGGER {ROLLUP_TRIGGER}")
         started = time.perf_counter()
         inserted = 0
         for b in batches:
             inserted += (await sink.write(b)).inserted
         elapsed = time.perf_counter() - started
         replayed = 0
-        for b in batches[:10]:
+        started = time.perf_counter()
+        for b in batches[:REPLAYED_BATCHES]:
             replayed += (await sink.write(b)).inserted
+        replay_s = time.perf_counter() - started
     finally:
+        if not rollups:
+            await conn.execute(f"ALTER TABLE liquidations_significant ENABLE TRIGGER {ROLLUP_TRIGGER}")
         await sink.aclose()
-    return elapsed, inserted, replayed
+    return WriterRun(elapsed, inserted, replay_s, replayed)
 
 
 async def _cleanup(dsn: str) -> None:
@@ -119,17 +135,19 @@ def measure(dsn: str, events: list[Liquidation], batch: int) -> dict[str, Any]:
     now = SYSTEM_CLOCK.now_ms()
     built = [build_batch(events[i:i + batch], rules, now, 90) for i in range(0, len(events), batch)]
     bare_s = asyncio.run(_bare(dsn, [b.events for b in built], set().union(*(b.days for b in built))))
-    writer_s, inserted, replayed = asyncio.run(_writer(dsn, built))
+    run = asyncio.run(_writer(dsn, built))
     asyncio.run(_cleanup(dsn))
-    plain_s, _, _ = asyncio.run(_writer(dsn, built, rollups=False))
+    plain = asyncio.run(_writer(dsn, built, rollups=False))
     asyncio.run(_cleanup(dsn))
+    replayed_rows = sum(len(b.events) for b in built[:REPLAYED_BATCHES])
     return {
         "bare_copy_rows_per_s": round(len(events) / bare_s),
-        "writer_rows_per_s": round(len(events) / writer_s),
-        "writer_vs_bare": round(bare_s / writer_s, 3),
-        "without_rollups_vs_bare": round(bare_s / plain_s, 3),
-        "inserted": inserted,
-        "replayed_inserted": replayed,
+        "writer_rows_per_s": round(len(events) / run.seconds),
+        "writer_vs_bare": round(bare_s / run.seconds, 3),
+        "without_rollups_vs_bare": round(bare_s / plain.seconds, 3),
+        "replay_rows_per_s": round(replayed_rows / run.replay_seconds),
+        "inserted": run.inserted,
+        "replayed_inserted": run.replayed_inserted,
     }
 
 

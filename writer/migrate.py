@@ -24,6 +24,7 @@ import psycopg
 
 from shared.errors import LiqError
 from writer.config import StorageMode
+from writer.statements import VALUE_COLUMN_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ BOOTSTRAP = (
 
 class MigrationError(LiqError):
     """The schema cannot be (or must not be) migrated as asked."""
+
+
+VALUE_TYPE = "double precision"
+
+
+def old_schema_message(found: str) -> str:
+    return (f"liquidations_significant.value_usd is {found}, not {VALUE_TYPE}: this database was "
+            "created by a pre-release schema. Recreate it (for the embedded server: stop liq and "
+            "remove .liq/pg), then run `liq migrate`")
 
 
 @dataclass(frozen=True)
@@ -268,6 +278,9 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], requested: StorageMode
         done = {str(v): str(c) for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")}
         for migration in plan(mode, version, params):
             _apply_one(conn, migration, done, result)
+        row = conn.execute(VALUE_COLUMN_TYPE).fetchone()
+        if row is not None and row[0] != VALUE_TYPE:
+            raise MigrationError(old_schema_message(str(row[0])))
         return result
     finally:
         conn.execute("SELECT pg_advisory_unlock(hashtext('liq_migrate'))")

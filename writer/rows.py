@@ -9,6 +9,9 @@ Rules applied here, besides significance (``writer.significance``):
   whole COPY), and NUL characters are removed from text (PostgreSQL text cannot hold them);
 - of several messages about one cascade in a batch, only the furthest along (phase, then
   ``published_ms``, then stream order) is kept;
+- of several rows with one natural key ``(time, exchange, event_id)`` in a batch (the plain event
+  and its cascade-member copy), one is kept: a member before a plain event, then the higher risk
+  score, then the first; so the batch can be COPied straight into the table;
 - the price level is computed here (``shared.levels``, the aggregator's rule and sizes), not
   in SQL: one rule for Redis and the database, and no per-row SQL function on the hot path.
 """
@@ -148,6 +151,7 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
                 retention_days: int, level_sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> Batch:
     batch = Batch()
     cascades: list[CascadeEvent] = []
+    rows: dict[tuple[object, ...], EventRow] = {}
     for payload in payloads:
         if isinstance(payload, CascadeEvent):
             if expired(payload.start_ms, now_ms, retention_days):
@@ -166,8 +170,26 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
         elif not _finite(liq.price, liq.quantity, liq.notional_usd):
             batch.invalid += 1
         else:
-            batch.events.append(event_row(liq, member, level_sizes))
+            _keep_best(rows, event_row(liq, member, level_sizes))
             batch.days.add(utc_day(liq.timestamp_ms))
-            batch.members += member is not None
+    batch.events = list(rows.values())
+    batch.members = sum(1 for row in batch.events if row[_IS_CASCADE])
     batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]
     return batch
+
+
+_TIME, _EXCHANGE, _IS_CASCADE, _RISK, _EVENT_ID = (
+    EVENT_COLUMNS.index(c) for c in ("time", "exchange", "is_cascade", "risk_score", "event_id"))
+
+
+def _rank(row: EventRow) -> tuple[bool, float]:
+    risk = row[_RISK]
+    return bool(row[_IS_CASCADE]), risk if isinstance(risk, float) else -math.inf
+
+
+def _keep_best(rows: dict[tuple[object, ...], EventRow], row: EventRow) -> None:
+    """Keep one row per natural key: a cascade member's, then the higher risk score, then the first."""
+    key = (row[_TIME], row[_EXCHANGE], row[_EVENT_ID])
+    held = rows.get(key)
+    if held is None or _rank(row) > _rank(held):
+        rows[key] = row

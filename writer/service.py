@@ -141,7 +141,8 @@ class Writer:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"updated_ms": self.clock.now_ms(), "mode": self.sink.mode or "unknown",
                                 "inserted": stats.inserted, "cascades": stats.cascades,
-                                "failures": stats.failures, "partitions_created": stats.partitions_created})
+                                "failures": stats.failures, "partitions_created": stats.partitions_created,
+                                "replayed_batches": stats.replayed_batches})
         pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
         await pipe.execute()
 

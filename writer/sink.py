@@ -6,9 +6,11 @@ batch's entries only once its rows are durable:
 
 1. native mode: the UTC-day partitions the batch needs are created first, in their own short
    transaction (``liq_ensure_partitions``), and remembered;
-2. one transaction: binary COPY into the temp staging tables, ``INSERT … ON CONFLICT DO
-   NOTHING`` (native: with the rollup CTE), the cascade-member upgrade, then the cascades under
-   an advisory lock (native: the touched ``liquidation_cascades`` rows recomputed).
+2. one transaction: the events by binary COPY straight into ``liquidations_significant`` in a
+   savepoint; only if a row is already stored (a replayed or redelivered batch), back to the
+   savepoint and through the staging table with ``INSERT … ON CONFLICT DO NOTHING`` and the
+   cascade-member upgrade; then the cascades under an advisory lock (native: the touched
+   ``liquidation_cascades`` rows recomputed). Native rollups follow the inserts by trigger.
 
 A lost connection or any database error rolls the transaction back and raises
 :class:`~shared.streams.SinkRetry`: the consumer backs off and re-reads its pending entries, and
@@ -27,7 +29,7 @@ import psycopg
 from shared.metrics import ERRORS, EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
-from writer.migrate import Mode
+from writer.migrate import VALUE_TYPE, Mode, old_schema_message
 from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
 
 logger = logging.getLogger(__name__)
@@ -41,11 +43,14 @@ class WriteResult:
     inserted: int = 0
     upgraded: int = 0
     cascades: int = 0
+    replayed: bool = False
+    """Some row of the batch was already stored: it went through the ``ON CONFLICT`` path."""
 
 
 @dataclass
 class SinkStats:
     batches: int = 0
+    replayed_batches: int = 0
     inserted: int = 0
     upgraded: int = 0
     cascades: int = 0
@@ -79,6 +84,10 @@ class DatabaseSink:
             await conn.close()
             raise NotMigrated("the database has no schema_meta mode: run `liq migrate` first")
         self.mode = "timescale" if row[0] == "timescale" else "native"
+        value_type = await (await conn.execute(sql.VALUE_COLUMN_TYPE)).fetchone()
+        if value_type is not None and value_type[0] != VALUE_TYPE:
+            await conn.close()
+            raise NotMigrated(old_schema_message(str(value_type[0])))
         await conn.execute(sql.STAGE_EVENTS_DDL)
         await conn.execute(sql.STAGE_CASCADES_DDL)
         self.conn = conn
@@ -109,16 +118,25 @@ class DatabaseSink:
     async def _write_in_transaction(self, conn: Conn, batch: Batch) -> WriteResult:
         result = WriteResult()
         if batch.events:
-            await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, batch.events)
-            native = self.mode == "native"
-            result.inserted = await _count_or_rowcount(
-                conn, sql.INSERT_EVENTS_NATIVE if native else sql.INSERT_EVENTS_TIMESCALE, native)
-            if batch.members:
-                result.upgraded = await _count_or_rowcount(
-                    conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
+            try:
+                async with conn.transaction():  # a savepoint: a duplicate key undoes only the COPY
+                    await _copy(conn, sql.COPY_EVENTS_DIRECT, EVENT_TYPES, batch.events)
+                result.inserted = len(batch.events)
+            except psycopg.errors.UniqueViolation:
+                result.replayed = True
+                await self._write_replayed_events(conn, batch, result)
         if batch.cascades:
             result.cascades = await self._write_cascades(conn, batch.cascades)
         return result
+
+    async def _write_replayed_events(self, conn: Conn, batch: Batch, result: WriteResult) -> None:
+        """The rows not stored yet, and cascade membership for stored rows that lack it."""
+        await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, batch.events)
+        result.inserted = max((await conn.execute(sql.INSERT_EVENTS)).rowcount, 0)
+        if batch.members:
+            native = self.mode == "native"
+            result.upgraded = await _count_or_rowcount(
+                conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
 
     async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:
         await conn.execute(sql.LOCK_CASCADES)
@@ -159,6 +177,7 @@ class DatabaseSink:
 
     def _count(self, result: WriteResult) -> None:
         self.stats.batches += 1
+        self.stats.replayed_batches += result.replayed
         self.stats.inserted += result.inserted
         self.stats.upgraded += result.upgraded
         self.stats.cascades += result.cascades

@@ -1,20 +1,24 @@
 """Every SQL statement the writer runs per batch, in one place (tests replay the same text).
 
-Per batch, in one transaction:
+Per batch, in one transaction (``writer.rows`` has already left one row per natural key, a
+cascade member's version winning):
 
-1. COPY (binary) the rows into the session's temp staging tables (emptied at COMMIT);
-2. ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into ``liquidations_significant``. In native mode
-   this is a data-modifying CTE whose ``RETURNING`` (only the rows really inserted) feeds
-   additive upserts of ``liquidations_hourly`` and ``liquidation_heatmap``: a replayed batch
-   inserts nothing and so adds nothing;
-3. cascade upgrade: an ``UPDATE … WHERE NOT is_cascade`` marks existing rows that a cascade
-   member names; in native mode its ``RETURNING`` moves their value into the hourly cascade
-   columns (each row is upgraded, and counted, once). This is a separate statement because
-   PostgreSQL 15 cannot return ``xmax`` from a partitioned table, so one ``ON CONFLICT DO
-   UPDATE`` could not tell an inserted row from an upgraded one;
-4. cascades: rows whose start moved are replaced, then an upsert where the furthest phase (then
+1. the fast path, inside a savepoint: binary COPY straight into ``liquidations_significant``.
+   It succeeds whenever none of the rows is stored yet, which is every batch but a replay;
+2. only when that COPY hit a duplicate key (a redelivered or replayed batch): back to the
+   savepoint, COPY into the session's temp staging table (emptied at COMMIT), ``INSERT … SELECT …
+   ON CONFLICT DO NOTHING``, then the cascade upgrade: an ``UPDATE … WHERE NOT is_cascade`` marks
+   existing rows that a cascade member names; in native mode its ``RETURNING`` moves their value
+   into the hourly cascade columns (each row is upgraded, and counted, once). The upgrade is a
+   separate statement because PostgreSQL 15 cannot return ``xmax`` from a partitioned table, so
+   one ``ON CONFLICT DO UPDATE`` could not tell an inserted row from an upgraded one;
+3. cascades: rows whose start moved are replaced, then an upsert where the furthest phase (then
    the latest ``published_at``) wins; in native mode the touched ``(hour, symbol)`` rows of
    ``liquidation_cascades`` are then recomputed from ``cascade_events``.
+
+In native mode the additive rollups (``liquidations_hourly``, ``liquidation_heatmap``) follow
+both inserts through the statement trigger of ``sql/004_rollups.native.sql``, which sees only the
+rows really inserted; in TimescaleDB mode continuous aggregates do that work.
 
 Hours are ``date_bin('1 hour', t, TIMESTAMPTZ '2000-01-03')``, identical to ``time_bucket``.
 """
@@ -43,73 +47,21 @@ CREATE TEMP TABLE IF NOT EXISTS liq_cascade_stage (
     phase text, published_at timestamptz
 ) ON COMMIT DELETE ROWS"""
 
+COPY_EVENTS_DIRECT = f"COPY liquidations_significant ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_EVENTS = f"COPY liq_stage ({', '.join(EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 COPY_CASCADES = f"COPY liq_cascade_stage ({', '.join(CASCADE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-# One row per key; a cascade member's version wins over the plain event's.
-_DEDUPED_STAGE = """
-    SELECT DISTINCT ON (time, exchange, event_id) *
-    FROM liq_stage
-    ORDER BY time, exchange, event_id, is_cascade DESC, risk_score DESC NULLS LAST"""
-
-_INSERT_RAW = f"""
-INSERT INTO liquidations_significant (
-    time, exchange, symbol, symbol_native, base, market_type, side, price, quantity, value_usd,
-    notional_known, price_level, is_cascade, risk_score, cascade_id, event_id, sampled, received_at)
-SELECT time, exchange, symbol, symbol_native, base, market_type, side, price::numeric,
-       quantity::numeric, value_usd::numeric, notional_known, price_level::numeric,
-       is_cascade, risk_score, cascade_id, event_id, sampled, received_at
-FROM ({_DEDUPED_STAGE}) AS src
+INSERT_EVENTS = f"""
+INSERT INTO liquidations_significant ({', '.join(EVENT_COLUMNS)})
+SELECT {', '.join(EVENT_COLUMNS)} FROM liq_stage
 ON CONFLICT (time, exchange, event_id) DO NOTHING"""
-
-INSERT_EVENTS_TIMESCALE = _INSERT_RAW
-
-INSERT_EVENTS_NATIVE = f"""
-WITH ins AS ({_INSERT_RAW}
-    RETURNING time, exchange, symbol, side, value_usd, quantity, price_level, is_cascade
-), hourly AS (
-    INSERT INTO liquidations_hourly AS h (
-        hour, exchange, symbol, side, event_count, total_value_usd, max_value_usd,
-        total_quantity, cascade_event_count, cascade_value_usd)
-    SELECT {HOUR.format(col="time")}, exchange, symbol, side, count(*), sum(value_usd),
-           max(value_usd), sum(quantity), count(*) FILTER (WHERE is_cascade),
-           coalesce(sum(value_usd) FILTER (WHERE is_cascade), 0)
-    FROM ins
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (hour, exchange, symbol, side) DO UPDATE SET
-        event_count = h.event_count + EXCLUDED.event_count,
-        total_value_usd = h.total_value_usd + EXCLUDED.total_value_usd,
-        max_value_usd = GREATEST(h.max_value_usd, EXCLUDED.max_value_usd),
-        total_quantity = h.total_quantity + EXCLUDED.total_quantity,
-        cascade_event_count = h.cascade_event_count + EXCLUDED.cascade_event_count,
-        cascade_value_usd = h.cascade_value_usd + EXCLUDED.cascade_value_usd
-    RETURNING 1
-), heatmap AS (
-    INSERT INTO liquidation_heatmap AS m (
-        hour, symbol, price_level, side, event_count, total_value_usd, max_value_usd)
-    SELECT {HOUR.format(col="time")}, symbol, price_level, side, count(*), sum(value_usd), max(value_usd)
-    FROM ins
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (hour, symbol, price_level, side) DO UPDATE SET
-        event_count = m.event_count + EXCLUDED.event_count,
-        total_value_usd = m.total_value_usd + EXCLUDED.total_value_usd,
-        max_value_usd = GREATEST(m.max_value_usd, EXCLUDED.max_value_usd)
-    RETURNING 1
-)
-SELECT count(*) FROM ins"""
 
 _UPGRADE = """
 UPDATE liquidations_significant AS t
 SET is_cascade = true, cascade_id = s.cascade_id, risk_score = s.risk_score
-FROM (
-    SELECT DISTINCT ON (time, exchange, event_id) time, exchange, event_id, cascade_id, risk_score
-    FROM liq_stage
-    WHERE is_cascade
-    ORDER BY time, exchange, event_id, risk_score DESC NULLS LAST
-) AS s
-WHERE t.time = s.time AND t.exchange = s.exchange AND t.event_id = s.event_id AND NOT t.is_cascade"""
+FROM liq_stage AS s
+WHERE s.is_cascade AND NOT t.is_cascade
+  AND t.time = s.time AND t.exchange = s.exchange AND t.event_id = s.event_id"""
 
 UPGRADE_MEMBERS_TIMESCALE = _UPGRADE
 
@@ -150,7 +102,7 @@ _CASCADE_SET = ", ".join(
 UPSERT_CASCADES = f"""
 INSERT INTO cascade_events AS c ({', '.join(CASCADE_COLUMNS)}, status, updated_at)
 SELECT s.cascade_id, s.symbol, s.start_time, s.end_time, s.venues, s.event_count,
-       s.total_value_usd::numeric, s.long_value_usd::numeric, s.short_value_usd::numeric,
+       s.total_value_usd, s.long_value_usd, s.short_value_usd,
        s.risk_score, s.peak_risk_score, s.band, s.volume_concentration, s.time_compression,
        s.price_clustering, s.side_imbalance, s.institutional_ratio, s.cross_exchange_correlation,
        s.cross_exchange, s.phase, s.published_at,
@@ -188,3 +140,7 @@ ORDER BY 1, 2"""
 
 ENSURE_PARTITIONS = "SELECT liq_ensure_partitions(%s::date[])"
 READ_MODE = "SELECT value FROM schema_meta WHERE key = 'mode'"
+# The writer COPies float8 values straight into the table: a pre-release schema had numeric.
+VALUE_COLUMN_TYPE = """
+SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+WHERE attrelid = to_regclass('liquidations_significant') AND attname = 'value_usd'"""

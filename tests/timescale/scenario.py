@@ -21,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from tests.factories import liq
@@ -37,9 +36,9 @@ FACTORS = FactorScores(volume_concentration=0.7, time_compression=0.8, price_clu
                        side_imbalance=0.9, institutional_ratio=0.5, cross_exchange=0.4)
 
 
-def usd(liquidation: Liquidation) -> Decimal:
-    """The value the table stores (numeric(20, 2))."""
-    return Decimal(str(round(liquidation.notional_usd, 2)))
+def usd(liquidation: Liquidation) -> float:
+    """The value the table stores (double precision: the collector's float, unrounded)."""
+    return liquidation.notional_usd
 
 
 def hour_of(ms: int) -> datetime:
@@ -137,9 +136,9 @@ class HourlyRow:
     """One expected ``liquidations_hourly`` row."""
 
     event_count: int
-    total_value_usd: Decimal
+    total_value_usd: float
     cascade_event_count: int
-    cascade_value_usd: Decimal
+    cascade_value_usd: float
 
 
 HourKey = tuple[datetime, str, str, str]
@@ -154,6 +153,6 @@ def expected_hourly(s: Scenario, since_ms: int | None = None) -> dict[HourKey, H
     out = {}
     for key, events in groups.items():
         members = [e for e in events if e.event_id in s.cascade_member_ids]
-        out[key] = HourlyRow(len(events), sum((usd(e) for e in events), Decimal(0)),
-                             len(members), sum((usd(e) for e in members), Decimal(0)))
+        out[key] = HourlyRow(len(events), sum(usd(e) for e in events),
+                             len(members), sum(usd(e) for e in members))
     return out

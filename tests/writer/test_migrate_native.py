@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -89,20 +88,21 @@ def test_readme_queries_return_what_was_written(pg_dsn: str) -> None:
     recent = query(pg_dsn, README_QUERIES["recent"])
     by_value = sorted(big, key=lambda e: -e.notional_usd)
     assert [(r["exchange"], r["side"], r["value_usd"], r["is_cascade"], r["risk_score"]) for r in recent] == [
-        (e.exchange, e.side, Decimal(str(round(e.notional_usd, 2))), True, 1.3) for e in by_value]
+        (e.exchange, e.side, e.notional_usd, True, 1.3) for e in by_value]
 
     clusters = query(pg_dsn, README_QUERIES["clusters"])  # $100 levels for BTC, last 4 hours
     assert [(r["price_level"], r["event_count"], r["exchanges"]) for r in clusters] == [
-        (Decimal(67200), 2, ["bybit", "okx"]), (Decimal(67300), 1, ["binance_usdm"]),
-        (Decimal(67100), 1, ["bybit"])]  # by liquidated value: $336,310, $269,240, $100,725
+        (67200.0, 2, ["bybit", "okx"]), (67300.0, 1, ["binance_usdm"]),
+        (67100.0, 1, ["bybit"])]  # by liquidated value: $336,310, $269,240, $100,725
 
     hourly = query(pg_dsn, README_QUERIES["hourly"])  # the 30-hour-old row is outside 24 h
     assert sum(r["event_count"] for r in hourly) == 4
-    assert sum(r["total_value_usd"] for r in hourly) == sum(Decimal(str(e.notional_usd)) for e in big)
+    want_total = sum(e.notional_usd for e in big)
+    assert sum(r["total_value_usd"] for r in hourly) == pytest.approx(want_total, rel=1e-12)
     assert sum(r["cascade_event_count"] for r in hourly) == 4
 
     cascades = query(pg_dsn, README_QUERIES["cascades"])
     assert [(r["symbol"], r["cascade_count"], r["liquidation_count"], r["total_value_usd"],
-             r["cross_exchange_count"]) for r in cascades] == [("BTCUSDT", 1, 4, Decimal("724110.00"), 1)]
+             r["cross_exchange_count"]) for r in cascades] == [("BTCUSDT", 1, 4, 724_110.0, 1)]
     assert query(pg_dsn, "SELECT count(*) AS n FROM liquidations_significant")[0]["n"] == 5
     assert timedelta(0) <= datetime.now(UTC) - recent[0]["time"] < timedelta(hours=1)

@@ -66,6 +66,21 @@ def test_build_batch_sorts_payloads_into_rows() -> None:
     assert [c[19] for c in batch.cascades] == ["end"], "one row per cascade: the furthest phase"
 
 
+def test_one_row_per_natural_key_a_member_and_then_the_higher_risk_wins() -> None:
+    big = liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW - 2000, event_id="big")
+    other = liq(price=100_000.0, quantity=3.0, timestamp_ms=NOW - 1000, event_id="other")
+    low = CascadeMember(cascade_id="c1", risk_score=0.5, liquidation=big)
+    high = CascadeMember(cascade_id="c2", risk_score=1.5, liquidation=big)
+    batch = build_batch([big, other, low, high, big, low], SignificanceRules(), NOW, 90)
+    rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in batch.events]
+    assert [(r["event_id"], r["is_cascade"], r["cascade_id"], r["risk_score"]) for r in rows] == [
+        ("big", True, "c2", 1.5), ("other", False, None, None)], "first position kept, best version"
+    assert batch.members == 1
+    same_id_other_venue = liq(exchange="okx", price=100_000.0, quantity=2.0, timestamp_ms=NOW - 2000,
+                              event_id="big")
+    assert len(build_batch([big, same_id_other_venue], SignificanceRules(), NOW, 90).events) == 2
+
+
 def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
     events = [cascade("escalate", 5), cascade("start", 9), cascade("escalate", 7)]
     assert [(e.phase, e.published_ms) for e in latest_cascades(events)] == [("escalate", 7)]

@@ -1,0 +1,90 @@
+"""The database sink against a real PostgreSQL: the direct COPY, its fallback on a replay, the
+rollup trigger, and a database created by an older schema."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.clock import SYSTEM_CLOCK
+from shared.models import CascadeMember
+from shared.streams import SinkRetry
+from tests.factories import liq
+from tests.writer.test_writer_service import assert_rollups_match_raw, rows
+from writer.migrate import MigrationError, migrate_dsn
+from writer.rows import EVENT_COLUMNS, Batch, build_batch
+from writer.significance import SignificanceRules
+from writer.sink import DatabaseSink, WriteResult
+
+EVERYTHING = SignificanceRules(default_usd=0.0)
+
+
+def batch_of(payloads: list[Any]) -> Batch:
+    return build_batch(payloads, EVERYTHING, SYSTEM_CLOCK.now_ms(), 90)
+
+
+def events(first: int, last: int, start_ms: int) -> list[Any]:
+    return [liq(exchange="okx" if i % 2 else "bybit", price=67_000.0 + 40 * i, quantity=1.5 + i,
+                timestamp_ms=start_ms + i * 1000, event_id=f"e{i}") for i in range(first, last)]
+
+
+async def write_all(dsn: str, batches: list[Batch]) -> tuple[list[WriteResult], DatabaseSink]:
+    sink = DatabaseSink(dsn)
+    try:
+        return [await sink.write(b) for b in batches], sink
+    finally:
+        await sink.aclose()
+
+
+@pytest.fixture
+def db(pg_dsn: str) -> str:
+    assert migrate_dsn(pg_dsn, "native").mode == "native"
+    return pg_dsn
+
+
+def test_a_batch_that_overlaps_stored_rows_inserts_only_the_new_ones(db: str) -> None:
+    start = SYSTEM_CLOCK.now_ms() - 3_600_000
+    first, second = events(0, 4, start), events(2, 7, start)
+    members = [CascadeMember(cascade_id="c1", risk_score=1.1, liquidation=e) for e in second[:2]]
+    results, sink = asyncio.run(write_all(db, [batch_of(first), batch_of(second + members)]))
+
+    assert [(r.inserted, r.upgraded, r.replayed) for r in results] == [(4, 0, False), (3, 2, True)]
+    assert (sink.stats.batches, sink.stats.replayed_batches, sink.stats.inserted) == (2, 1, 7)
+    assert rows(db, "SELECT event_id, is_cascade FROM liquidations_significant ORDER BY event_id") == [
+        ("e0", False), ("e1", False), ("e2", True), ("e3", True), ("e4", False), ("e5", False),
+        ("e6", False)]
+    assert rows(db, "SELECT sum(event_count), sum(cascade_event_count) FROM liquidations_hourly") == [(7, 2)]
+    assert_rollups_match_raw(db)
+
+    again, _ = asyncio.run(write_all(db, [batch_of(second + members)]))
+    assert [(r.inserted, r.upgraded, r.replayed) for r in again] == [(0, 0, True)]
+    assert rows(db, "SELECT sum(event_count), sum(cascade_event_count) FROM liquidations_hourly") == [(7, 2)]
+    assert_rollups_match_raw(db)
+
+
+def test_any_insert_feeds_the_rollups_once(db: str) -> None:
+    """A backfill with plain SQL is counted like the writer's COPY; its conflicting rows are not."""
+    start = SYSTEM_CLOCK.now_ms() - 3_600_000
+    stored = batch_of(events(0, 3, start))
+    asyncio.run(write_all(db, [stored]))
+    backfill = batch_of(events(1, 5, start)).events  # e1, e2 are stored already
+    columns = ", ".join(EVENT_COLUMNS)
+    placeholders = ", ".join(["%s"] * len(EVENT_COLUMNS))
+    with psycopg.connect(db) as conn, conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO liquidations_significant ({columns}) VALUES ({placeholders}) "
+                        "ON CONFLICT DO NOTHING", backfill)
+    assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(5,)]
+    assert rows(db, "SELECT sum(event_count) FROM liquidation_heatmap") == [(5,)]
+    assert_rollups_match_raw(db)
+
+
+def test_a_database_with_the_pre_release_numeric_schema_is_refused_with_the_fix(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE liquidations_significant ALTER value_usd TYPE numeric(20, 2)")
+    with pytest.raises(MigrationError, match=r"value_usd is numeric\(20,2\).*remove \.liq/pg"):
+        migrate_dsn(db, "native")
+    with pytest.raises(SinkRetry, match="pre-release schema"):
+        asyncio.run(write_all(db, [batch_of(events(0, 1, SYSTEM_CLOCK.now_ms() - 60_000))]))
