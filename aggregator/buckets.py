@@ -24,27 +24,38 @@ class HashDelta:
     counts: dict[str, int] = field(default_factory=dict)
     sums: dict[str, float] = field(default_factory=dict)
 
-    def add(self, count_fields: Iterable[str], sum_fields: Mapping[str, float]) -> None:
-        for name in count_fields:
-            self.counts[name] = self.counts.get(name, 0) + 1
-        for name, value in sum_fields.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-
 
 def fold(liquidations: Iterable[Liquidation],
          sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> dict[str, HashDelta]:
-    """All hash increments a batch causes, one entry per Redis key."""
+    """All hash increments a batch causes, one entry per Redis key.
+
+    Per liquidation, its price-level hash gets ``count``, ``count:{exchange}``, ``value_usd``,
+    ``quantity`` and ``value_usd:{exchange}``; its 1-minute bucket gets ``count``,
+    ``{side}_count``, ``count:{exchange}``, ``value_usd``, ``{side}_usd`` and
+    ``value_usd:{exchange}``. (The hot loop of the aggregator: plain dict updates.)
+    """
     deltas: dict[str, HashDelta] = {}
     for liq in liquidations:
         value = liq.notional_usd if liq.notional_known else 0.0
+        exchange_count, exchange_value = f"count:{liq.exchange}", f"value_usd:{liq.exchange}"
         level_key = keys.price_level(liq.symbol, level_of(liq.base, liq.price, sizes), liq.side)
-        deltas.setdefault(level_key, HashDelta()).add(
-            ("count", f"count:{liq.exchange}"),
-            {"value_usd": value, "quantity": liq.quantity, f"value_usd:{liq.exchange}": value},
-        )
+        level = deltas.get(level_key) or deltas.setdefault(level_key, HashDelta())
+        _bump(level.counts, "count", exchange_count)
+        sums = level.sums
+        sums["value_usd"] = sums.get("value_usd", 0.0) + value
+        sums["quantity"] = sums.get("quantity", 0.0) + liq.quantity
+        sums[exchange_value] = sums.get(exchange_value, 0.0) + value
         bucket_key = keys.time_bucket(liq.symbol, bucket_start(liq.timestamp_ms))
-        deltas.setdefault(bucket_key, HashDelta()).add(
-            ("count", f"{liq.side}_count", f"count:{liq.exchange}"),
-            {"value_usd": value, f"{liq.side}_usd": value, f"value_usd:{liq.exchange}": value},
-        )
+        bucket = deltas.get(bucket_key) or deltas.setdefault(bucket_key, HashDelta())
+        _bump(bucket.counts, "count", exchange_count, f"{liq.side}_count")
+        sums = bucket.sums
+        side_usd = f"{liq.side}_usd"
+        sums["value_usd"] = sums.get("value_usd", 0.0) + value
+        sums[side_usd] = sums.get(side_usd, 0.0) + value
+        sums[exchange_value] = sums.get(exchange_value, 0.0) + value
     return deltas
+
+
+def _bump(counts: dict[str, int], *names: str) -> None:
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1

@@ -6,7 +6,8 @@ restart re-reads its own pending entries). A symbol's events all land in one sha
 window lives in exactly one process. Processes with disjoint shard sets run side by side.
 
 Publication: the messages one batch (or tick) caused, and the status hash of every symbol the
-batch touched, go out in one MULTI/EXEC; the entries are acked after it (``StreamConsumer``).
+batch touched, go out in one Lua script (atomic like MULTI/EXEC, with one reply instead of one
+per command); the entries are acked after it (``StreamConsumer``).
 The status hash is rewritten whole (DEL + HSET, TTL 1 h), so ``redis-cli HGETALL
 liq:cascade:status:BTCUSDT`` always shows the current state.
 
@@ -23,7 +24,7 @@ publishing anything:
    before (or never reached the rule live), so it is dropped with its window, silently.
 
 Exactly-once publication across a crash: each status hash carries ``entry_id``, the newest
-stream entry of that symbol whose outputs it was written with (same MULTI/EXEC). An entry
+stream entry of that symbol whose outputs it was written with (same script). An entry
 still pending after a restart but at or before its symbol's ``entry_id`` was published and
 only its XACK was lost: the rebuild feeds it (silently) and the consumer acks it without
 feeding or publishing it again, so neither a start nor a member is repeated and the
@@ -58,6 +59,29 @@ from shared.streams import Message, StreamConsumer
 logger = logging.getLogger(__name__)
 
 COMPONENT = "detector"
+
+# One batch's publication, atomically: the outputs in order, then each touched status hash
+# rewritten whole.
+#   KEYS: the cascade stream, the member stream, then the status hashes
+#   ARGV: maxlen, ttl, payload field, n outputs, then per output: "c" | "m", payload;
+#         then per status hash: n fields, its (field, value) pairs
+PUBLISH_LUA = """
+local maxlen, ttl, field = ARGV[1], ARGV[2], ARGV[3]
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local stream = ARGV[i] == 'c' and KEYS[1] or KEYS[2]
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[i + 1])
+  i = i + 2
+end
+for k = 3, #KEYS do
+  local n = tonumber(ARGV[i])
+  redis.call('DEL', KEYS[k])
+  redis.call('HSET', KEYS[k], unpack(ARGV, i + 1, i + 2 * n))
+  redis.call('EXPIRE', KEYS[k], ttl)
+  i = i + 1 + 2 * n
+end
+return 1
+"""
 REBUILD_SLACK_MS = 10_000
 PAGE = 1000
 
@@ -82,6 +106,7 @@ class Detector:
     def __init__(self, redis: aioredis.Redis, settings: DetectorSettings, shards: Sequence[int] | None = None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.redis = redis
+        self.publish_script = redis.register_script(PUBLISH_LUA)
         self.settings = settings
         self.shards = sorted(set(shards)) if shards is not None else settings.shard_set()
         self.clock = clock
@@ -146,27 +171,23 @@ class Detector:
     async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
         if not outputs and not touched:
             return
-        pipe = self.redis.pipeline(transaction=True)
+        script_keys = [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
+        args: list[Any] = [keys.CASCADE_STREAM_MAXLEN, keys.L2_TTL_SECONDS, codec.PAYLOAD_FIELD, len(outputs)]
         members = 0
         for o in outputs:
-            payload = {codec.PAYLOAD_FIELD: codec.encode(o)}
-            if isinstance(o, CascadeEvent):
-                pipe.xadd(keys.CASCADE_STREAM, payload,  # type: ignore[arg-type]
-                          maxlen=keys.CASCADE_STREAM_MAXLEN, approximate=True)
-            else:
-                members += 1
-                pipe.xadd(keys.CASCADE_MEMBER_STREAM, payload,  # type: ignore[arg-type]
-                          maxlen=keys.CASCADE_STREAM_MAXLEN, approximate=True)
+            is_cascade = isinstance(o, CascadeEvent)
+            members += not is_cascade
+            args += ["c" if is_cascade else "m", codec.encode(o)]
         now = self.clock.now_ms()
         for symbol in sorted(touched):
-            key = keys.cascade_status(symbol)
-            pipe.delete(key)
             status = self.engine.status(symbol, now)
             if symbol in self.entry_ids:
                 status["entry_id"] = self.entry_ids[symbol]
-            pipe.hset(key, mapping=status)  # type: ignore[arg-type]
-            pipe.expire(key, keys.L2_TTL_SECONDS)
-        await pipe.execute()
+            script_keys.append(keys.cascade_status(symbol))
+            args.append(len(status))
+            for name, value in status.items():
+                args += [name, value]
+        await self.publish_script(keys=script_keys, args=args)
         self._count(outputs, members)
 
     def _count(self, outputs: list[Output], members: int) -> None:

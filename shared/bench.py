@@ -123,7 +123,8 @@ async def _noop() -> None:
     return None
 
 
-def _consume_process(url: str, pg_dsn: str | None, name: str, target: int, ready: Any) -> None:
+def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any) -> None:
+    """One consumer process running its real loop (blocking reads) until it is terminated."""
     make = _consumer_factories(url, pg_dsn)[name]
 
     async def loop() -> None:
@@ -131,11 +132,7 @@ def _consume_process(url: str, pg_dsn: str | None, name: str, target: int, ready
         consumer = make(client)
         await consumer.ensure_groups()
         ready.release()
-        done = 0
-        while done < target:
-            done += await consumer.run_until_idle()
-        await getattr(consumer, "aclose", _noop)()
-        await client.aclose()
+        await consumer.run(asyncio.Event())
 
     asyncio.run(loop())
 
@@ -171,19 +168,40 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
 
 
 def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]) -> float:
+    """Events/s from the first XADD until every consumer group has acked the last event.
+
+    The consumers are separate processes running their real service loops (blocking
+    XREADGROUP), as deployed; completion is polled every 2 ms with XINFO GROUPS.
+    """
     ctx = mp.get_context("spawn")
     names = list(_consumer_factories(url, pg_dsn))
     ready = ctx.Semaphore(0)
-    procs = [ctx.Process(target=_consume_process, args=(url, pg_dsn, name, n, ready)) for name in names]
+    procs = [ctx.Process(target=_consume_process, args=(url, pg_dsn, name, ready), daemon=True)
+             for name in names]
     for p in procs:
         p.start()
-    for _ in procs:
-        ready.acquire()
-    started = time.perf_counter()
-    asyncio.run(produce())
-    for p in procs:
-        p.join()
-    return n / (time.perf_counter() - started)
+    try:
+        for _ in procs:
+            ready.acquire()
+        started = time.perf_counter()
+        asyncio.run(produce())
+        client = redis.Redis.from_url(url)
+        while not _all_acked(client, keys.event_stream(0), len(names)):
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        client.close()
+    finally:
+        for p in procs:
+            p.terminate()
+            p.join()
+    return n / elapsed
+
+
+def _all_acked(client: redis.Redis, stream: str, groups: int) -> bool:
+    """Every one of ``groups`` groups has been delivered the stream's last entry and acked all."""
+    last = client.xinfo_stream(stream)["last-generated-id"]
+    info: list[dict[str, Any]] = client.xinfo_groups(stream)
+    return len(info) == groups and all(g["pending"] == 0 and g["last-delivered-id"] == last for g in info)
 
 
 @contextmanager
