@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import redis
 
 from shared import codec, keys, logs
@@ -55,7 +56,7 @@ def synthetic(n: int, symbols: int = 20, start_ms: int | None = None) -> list[Li
         start_ms = time.time_ns() // 1_000_000 - 3_600_000
     out = []
     for i in range(n):
-        sym = f"S{i % symbols}USDT"
+        sym = f"BENCHS{i % symbols}USDT"
         price = 100.0 + (i % 97)
         qty = 1.0 + (i % 13)
         out.append(Liquidation(
@@ -66,9 +67,16 @@ def synthetic(n: int, symbols: int = 20, start_ms: int | None = None) -> list[Li
     return out
 
 
+def relabel(events: list[Liquidation]) -> list[Liquidation]:
+    """``events`` under symbols (``BENCH…``) and ids (``bench-…``) of the benchmark's own, which
+    ``writer.bench.cleanup`` removes, with their rollups, even from a user's database."""
+    return [msgspec.structs.replace(x, symbol="BENCH" + x.symbol, event_id="bench-" + x.event_id)
+            for x in events]
+
+
 def market(n: int) -> list[Liquidation]:
-    """``n`` liquidations of the simulator's market model, the last one a minute ago."""
-    return last_liquidations(n, seed=11, end_ms=time.time_ns() // 1_000_000 - 60_000)
+    """``n`` liquidations of the simulator's market model, the last one a minute ago (relabelled)."""
+    return relabel(last_liquidations(n, seed=11, end_ms=time.time_ns() // 1_000_000 - 60_000))
 
 
 def bare_loop(url: str, payloads: list[bytes]) -> float:
@@ -164,6 +172,8 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
     result["end_to_end_vs_bare"] = round(result["end_to_end_per_s"] / baseline, 3)
     client.flushdb()
     client.close()
+    if pg_dsn:
+        importlib.import_module("writer.bench").cleanup(pg_dsn)
     return result
 
 
@@ -209,7 +219,9 @@ def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
     redis_url = os.environ.get("LIQ_REDIS_URL")
     pg_dsn = os.environ.get("LIQ_PG_DSN")
     started: list[RedisServer | PostgresServer] = []
-    if not redis_url:
+    if redis_url:
+        _require_empty(redis_url)
+    else:
         r = start_redis(workdir / "redis")
         started.append(r)
         redis_url = r.url
@@ -225,6 +237,20 @@ def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
     finally:
         for server in reversed(started):
             server.stop()
+
+
+def _require_empty(url: str) -> None:
+    """The benchmark flushes its Redis database: never one that holds anything."""
+    client = redis.Redis.from_url(url)
+    try:
+        held = client.dbsize()
+    finally:
+        client.close()
+    if held:
+        raise click.UsageError(
+            f"LIQ_REDIS_URL points at a Redis database holding {held} keys; liq bench flushes its "
+            "database, so give it an empty one (e.g. redis://127.0.0.1:6379/15) or unset "
+            "LIQ_REDIS_URL to let it start its own Redis")
 
 
 @click.command()

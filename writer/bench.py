@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-import msgspec
 import psycopg
 
+from shared.bench import relabel
 from shared.clock import SYSTEM_CLOCK
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
+from writer import statements as sql
 from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
 from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
@@ -43,11 +44,8 @@ REPLAYED_BATCHES = 10
 
 
 def workload(n: int, end_ms: int) -> list[Liquidation]:
-    """The market model's liquidations (what the simulator sends), under symbols of their own
-    (``BENCH…``) and ids (``bench-…``), so that :func:`_cleanup` removes exactly these rows and
-    their rollups even on a user's database."""
-    return [msgspec.structs.replace(x, symbol="BENCH" + x.symbol, event_id="bench-" + x.event_id)
-            for x in last_liquidations(n, seed=11, end_ms=end_ms)]
+    """The market model's liquidations (what the simulator sends), relabelled for cleanup."""
+    return relabel(last_liquidations(n, seed=11, end_ms=end_ms))
 
 
 def worst_case(n: int, end_ms: int) -> list[Liquidation]:
@@ -125,9 +123,17 @@ async def _writer(dsn: str, batches: list[Batch], rollups: bool = True) -> Write
 
 async def _cleanup(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        mode = await (await conn.execute(sql.READ_MODE)).fetchone()
         await conn.execute("DELETE FROM liquidations_significant WHERE event_id LIKE 'bench-%'")
-        await conn.execute("DELETE FROM liquidations_hourly WHERE symbol LIKE 'BENCH%'")
-        await conn.execute("DELETE FROM liquidation_heatmap WHERE symbol LIKE 'BENCH%'")
+        await conn.execute("DELETE FROM cascade_events WHERE symbol LIKE 'BENCH%'")
+        if mode and mode[0] == "native":  # TimescaleDB's caggs follow the raw rows by themselves
+            for rollup in ("liquidations_hourly", "liquidation_heatmap", "liquidation_cascades"):
+                await conn.execute(f"DELETE FROM {rollup} WHERE symbol LIKE 'BENCH%'")
+
+
+def cleanup(dsn: str) -> None:
+    """Remove every row the benchmark stored (``BENCH…`` symbols, ``bench-…`` ids)."""
+    asyncio.run(_cleanup(dsn))
 
 
 def measure(dsn: str, events: list[Liquidation], batch: int) -> dict[str, Any]:

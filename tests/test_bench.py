@@ -1,0 +1,53 @@
+"""``liq bench`` end to end on small numbers, against the test run's real Redis and PostgreSQL:
+every section runs, counts what it must, and leaves no rows or tables behind."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import redis
+from click.testing import CliRunner
+
+from shared.bench import bench
+from shared.venues import VENUE_NAMES
+
+EVENTS, ROWS = 2000, 1000
+
+
+def test_bench_runs_every_section_and_cleans_up(redis_url: str, pg_dsn: str) -> None:
+    result = CliRunner().invoke(
+        bench, ["--events", str(EVENTS), "--rows", str(ROWS), "--json"],
+        env={"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+
+    assert sorted(p["venue"] for p in report["parsers"]) == sorted(VENUE_NAMES)
+    assert all(p["liquidations_per_frame"] == 1 for p in report["parsers"])
+    assert report["detector"]["events"] == EVENTS
+    writer = report["writer"]
+    assert (writer["rows"], writer["inserted"], writer["replayed_inserted"]) == (ROWS, ROWS, 0)
+    for section in ("streams", "streams_stress"):
+        streams = report[section]
+        assert streams["events"] == EVENTS
+        ratio = streams["end_to_end_per_s"] / streams["bare_xadd_xreadgroup_per_s"]
+        assert streams["end_to_end_vs_bare"] == round(ratio, 3)
+
+    with psycopg.connect(pg_dsn) as conn:
+        leftovers = conn.execute(
+            "SELECT (SELECT count(*) FROM liquidations_significant),"
+            " (SELECT count(*) FROM liquidations_hourly), (SELECT count(*) FROM liquidation_heatmap),"
+            " to_regclass('liq_bench_bare') IS NULL").fetchone()
+    assert leftovers == (0, 0, 0, True)
+
+
+def test_bench_refuses_a_redis_database_that_holds_data(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.set("liq:something", "live data")
+    try:
+        result = CliRunner().invoke(bench, ["--only", "streams"], env={"LIQ_REDIS_URL": redis_url})
+        assert result.exit_code == 2
+        assert "LIQ_REDIS_URL points at a Redis database holding 1 keys" in result.output
+        assert client.get("liq:something") == b"live data"
+    finally:
+        client.close()
