@@ -20,13 +20,19 @@ Field meanings follow ``../shared/peer-corpus/README.md``:
   the venue sends no time (BitMEX) and the receive time was used instead.
 - ``event_id`` is the natural key that makes storage idempotent: the venue's own trade/order id
   where it has one, otherwise a digest of (symbol, time, side, price, quantity).
+- Every epoch-millisecond field lies in ``[0, 2100-01-01)``: a payload with a time outside it
+  (say, microseconds read as milliseconds) fails to decode, so every consumer dead-letters it
+  with the reason instead of choking on it (the writer cannot store a year-55000 date).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+EpochMs = Annotated[int, msgspec.Meta(ge=0, lt=MAX_EPOCH_MS)]
 
 Side = Literal["long", "short"]
 MarketType = Literal[
@@ -51,7 +57,7 @@ class Liquidation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     price: float
     quantity: float
     notional_usd: float
-    timestamp_ms: int
+    timestamp_ms: EpochMs
     event_id: str
     side_raw: str = ""
     quantity_unit: QuantityUnit = "base"
@@ -62,7 +68,7 @@ class Liquidation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     notional_known: bool = True
     expiry: str | None = None
     timestamp_source: TimestampSource = "exchange"
-    received_ms: int = 0
+    received_ms: EpochMs = 0
     sampled: bool = False
     extra: dict[str, str | float | int | None] = {}
 
@@ -84,8 +90,8 @@ class CascadeEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     cascade_id: str
     symbol: str
     phase: CascadePhase
-    start_ms: int
-    end_ms: int
+    start_ms: EpochMs
+    end_ms: EpochMs
     venues: list[str]
     count: int
     total_notional_usd: float
@@ -96,7 +102,7 @@ class CascadeEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     band: RiskBand
     factors: FactorScores
     cross_exchange: bool = False
-    published_ms: int = 0
+    published_ms: EpochMs = 0
 
 
 class CascadeMember(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,8 +5,10 @@ Rules applied here, besides significance (``writer.significance``):
 - a liquidation whose UTC day lies entirely before ``now - retention_days`` is not stored: its
   partition/chunk is (or is about to be) dropped by retention, and re-creating it would resurrect
   data the rollups already forgot; the same cutoff applies to cascades by their start time;
-- rows with a non-finite or absurd price, quantity or notional are skipped (they would abort the
-  whole COPY), and NUL characters are removed from text (PostgreSQL text cannot hold them);
+- rows with a non-finite or absurd price, quantity or notional, or an event time more than a day
+  ahead of ``now`` (a clock or unit error: it would create partitions for the future), are
+  skipped (they would abort the whole COPY or pollute it), and NUL characters are removed from
+  text (PostgreSQL text cannot hold them);
 - of several messages about one cascade in a batch, only the furthest along (phase, then
   ``published_ms``, then stream order) is kept;
 - of several rows with one natural key ``(time, exchange, event_id)`` in a batch (the plain event
@@ -156,7 +158,7 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
         if isinstance(payload, CascadeEvent):
             if expired(payload.start_ms, now_ms, retention_days):
                 batch.expired += 1
-            elif not _valid_cascade(payload):
+            elif not _valid_cascade(payload) or payload.start_ms > now_ms + DAY_MS:
                 batch.invalid += 1
             else:
                 cascades.append(payload)
@@ -167,7 +169,7 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
             batch.insignificant += 1
         elif expired(liq.timestamp_ms, now_ms, retention_days):
             batch.expired += 1
-        elif not _finite(liq.price, liq.quantity, liq.notional_usd):
+        elif not _finite(liq.price, liq.quantity, liq.notional_usd) or liq.timestamp_ms > now_ms + DAY_MS:
             batch.invalid += 1
         else:
             _keep_best(rows, event_row(liq, member, level_sizes))

@@ -49,7 +49,7 @@ import msgspec
 
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
 from shared.errors import ParseError
-from shared.models import Liquidation, MarketType, QuantityUnit, Side, TimestampSource
+from shared.models import MAX_EPOCH_MS, Liquidation, MarketType, QuantityUnit, Side, TimestampSource
 
 T = TypeVar("T")
 ExtraValue = str | float | int | None
@@ -223,7 +223,14 @@ def make_liquidation(
     sampled: bool = False,
     extra: Mapping[str, ExtraValue] | None = None,
 ) -> Liquidation:
-    """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`"."""
+    """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`".
+
+    An event time that is not epoch milliseconds before 2100 (microseconds or nanoseconds read
+    as milliseconds) makes the frame malformed: no consumer could use it.
+    """
+    if not 0 <= timestamp_ms < MAX_EPOCH_MS:
+        raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds before 2100",
+                         inst.symbol_native)
     qty_native = abs(quantity_native)
     amounts = _amounts(inst, qty_native, native_unit, price, venue)
     return Liquidation(

@@ -131,6 +131,13 @@ def test_binance_usdm_dated_symbol_and_fallback_quantity() -> None:
     assert liq.quantity == 0.5  # z == 0 -> q
 
 
+def test_an_event_time_in_microseconds_makes_the_frame_malformed() -> None:
+    micro = force_order()
+    micro["o"]["T"] = 1_700_000_000_123_000
+    with pytest.raises(ParseError, match="event time 1700000000123000 is not epoch milliseconds"):
+        parser("binance_usdm").on_message(json.dumps(micro), RX)
+
+
 def test_binance_usdm_ids_are_deterministic() -> None:
     first, second = feed(parser("binance_usdm"), force_order()), feed(parser("binance_usdm"), force_order())
     assert first[0].event_id == second[0].event_id

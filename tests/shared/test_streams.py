@@ -128,6 +128,29 @@ def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(redis_url: st
     assert _pending(redis_url) == 0
 
 
+def test_a_time_in_microseconds_is_dead_lettered_with_the_field_named(redis_url: str) -> None:
+    """A decodable payload whose time no consumer could use (year 55000) never reaches a handler."""
+    sync = syncredis.Redis.from_url(redis_url)
+
+    async def run() -> list[Liquidation]:
+        await _seed(redis_url, 2)
+        sync.xadd(STREAM, {"d": codec.encode(liq(timestamp_ms=1_700_000_000_000_000))})
+        seen: list[Liquidation] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            seen.extend(m.value for m in batch)
+
+        client = make_async_redis(redis_url)
+        await _consumer(client, handler).run_until_idle()
+        await client.aclose()
+        return seen
+
+    assert [x.timestamp_ms for x in asyncio.run(run())] == [1_700_000_000_000, 1_700_000_000_001]
+    (_, fields), = sync.xrange(keys.dead_letter_stream(STREAM))
+    assert b"timestamp_ms" in fields[b"reason"]
+    assert _pending(redis_url) == 0
+
+
 def test_entries_of_a_dead_consumer_are_claimed_by_another(redis_url: str) -> None:
     async def run() -> None:
         await _seed(redis_url, 5)

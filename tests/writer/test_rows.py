@@ -54,9 +54,10 @@ def test_build_batch_sorts_payloads_into_rows() -> None:
     member = CascadeMember(cascade_id="c1", risk_score=1.25, liquidation=small)
     too_old = liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW - 91 * DAY_MS, event_id="old")
     broken = liq(price=100.0, quantity=float("inf"), timestamp_ms=NOW, event_id="inf")
-    batch = build_batch([small, big, member, too_old, broken, cascade("start", 1), cascade("end", 2)],
-                        SignificanceRules(), NOW, 90)
-    assert (batch.insignificant, batch.expired, batch.invalid, batch.members) == (1, 1, 1, 1)
+    ahead = liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW + DAY_MS + 1, event_id="ahead")
+    batch = build_batch([small, big, member, too_old, broken, ahead, cascade("start", 1), cascade("end", 2),
+                         cascade("start", 1, start=NOW + 2 * DAY_MS)], SignificanceRules(), NOW, 90)
+    assert (batch.insignificant, batch.expired, batch.invalid, batch.members) == (1, 1, 3, 1)
     rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in batch.events]
     assert [(r["event_id"], r["is_cascade"], r["risk_score"], r["cascade_id"]) for r in rows] == [
         ("big", False, None, None), ("small", True, 1.25, "c1")]
