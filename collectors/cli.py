@@ -27,7 +27,8 @@ from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
 from shared.streams import publish
 
-METRICS_PORT_BASE = 9401
+METRICS_PORT_BASE = 9501
+"""Collector k of ``collectors.VENUES`` serves on 9501 + k: 9501-9599, clear of the consumers (94x1)."""
 
 
 class CollectorSettings(CommonSettings, frozen=True, kw_only=True):

@@ -9,7 +9,7 @@ from shared.errors import ConfigError
 from shared.settings import CommonSettings
 
 METRICS_PORT = 9411
-"""The detector's Prometheus port (README: collectors 9401+, detector 9411, aggregator 9421)."""
+"""The detector's Prometheus port (README: detector 9411, aggregator 9421, writer 9431, collectors 9501+)."""
 
 
 class DetectorSettings(CommonSettings, frozen=True, kw_only=True):

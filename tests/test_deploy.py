@@ -68,3 +68,15 @@ def test_env_example_lists_every_setting() -> None:
     for cls in (AggregatorSettings, CollectorSettings, DetectorSettings, WriterSettings):
         for field in msgspec.structs.fields(cls):
             assert f"{env_name(field.name)}=" in text, env_name(field.name)
+
+
+def test_default_metrics_ports_never_collide() -> None:
+    """``liq up`` runs every process on one host: each default Prometheus port is its own."""
+    from aggregator.cli import METRICS_PORT as AGGREGATOR
+    from collectors.cli import METRICS_PORT_BASE
+    from detector.config import METRICS_PORT as DETECTOR
+    from writer.cli import METRICS_PORT as WRITER
+
+    ports = [METRICS_PORT_BASE + k for k in range(len(VENUE_NAMES))] + [DETECTOR, AGGREGATOR, WRITER]
+    assert len(set(ports)) == len(ports) == len(VENUE_NAMES) + 3
+    assert max(ports[:len(VENUE_NAMES)]) < METRICS_PORT_BASE + 99
