@@ -20,9 +20,11 @@ Field meanings follow ``../shared/peer-corpus/README.md``:
   the venue sends no time (BitMEX) and the receive time was used instead.
 - ``event_id`` is the natural key that makes storage idempotent: the venue's own trade/order id
   where it has one, otherwise a digest of (symbol, time, side, price, quantity).
-- Every epoch-millisecond field lies in ``[0, 2100-01-01)``: a payload with a time outside it
-  (say, microseconds read as milliseconds) fails to decode, so every consumer dead-letters it
-  with the reason instead of choking on it (the writer cannot store a year-55000 date).
+- Every epoch-millisecond field lies in ``[0, 2100-01-01)`` and every price, quantity and USD
+  amount in ``[0, 1e15)``: a payload outside (say, microseconds read as milliseconds, or an
+  overflowing notional) fails to decode, so every consumer dead-letters it with the reason
+  instead of choking on it (the writer cannot store a year-55000 date; Redis refuses to add
+  up to infinity). Collectors refuse such a frame before it is published.
 """
 
 from __future__ import annotations
@@ -33,6 +35,13 @@ import msgspec
 
 MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 EpochMs = Annotated[int, msgspec.Meta(ge=0, lt=MAX_EPOCH_MS)]
+MAX_AMOUNT = 1e15
+Amount = Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]
+
+
+def plausible_amount(value: float) -> bool:
+    """``value`` fits :data:`Amount` (finite, non-negative, below 1e15)."""
+    return 0 <= value < MAX_AMOUNT
 
 Side = Literal["long", "short"]
 MarketType = Literal[
@@ -54,14 +63,14 @@ class Liquidation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     quote: str
     market_type: MarketType
     side: Side
-    price: float
-    quantity: float
-    notional_usd: float
+    price: Amount
+    quantity: Amount
+    notional_usd: Amount
     timestamp_ms: EpochMs
     event_id: str
     side_raw: str = ""
     quantity_unit: QuantityUnit = "base"
-    quantity_native: float = 0.0
+    quantity_native: Amount = 0.0
     quantity_native_unit: str = "base"
     contract_value: float | None = None
     contract_value_unit: str | None = None
@@ -94,9 +103,9 @@ class CascadeEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     end_ms: EpochMs
     venues: list[str]
     count: int
-    total_notional_usd: float
-    long_notional_usd: float
-    short_notional_usd: float
+    total_notional_usd: Amount
+    long_notional_usd: Amount
+    short_notional_usd: Amount
     risk_score: float
     peak_risk_score: float
     band: RiskBand

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from shared.levels import DEFAULT_LEVEL_SIZES, level_of
-from shared.models import CascadeEvent, CascadeMember, Liquidation
+from shared.models import MAX_AMOUNT, CascadeEvent, CascadeMember, Liquidation
 from writer.significance import SignificanceRules
 
 Payload = Liquidation | CascadeEvent | CascadeMember
 
 DAY_MS = 86_400_000
-MAX_ABS_VALUE = 1e15
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PHASE_RANK = {"start": 1, "escalate": 2, "end": 3}
 
@@ -99,7 +98,7 @@ def _text(value: str) -> str:
 
 
 def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) and abs(v) < MAX_ABS_VALUE for v in values)
+    return all(math.isfinite(v) and abs(v) < MAX_AMOUNT for v in values)
 
 
 def _score(value: float) -> float | None:

@@ -49,7 +49,15 @@ import msgspec
 
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
 from shared.errors import ParseError
-from shared.models import MAX_EPOCH_MS, Liquidation, MarketType, QuantityUnit, Side, TimestampSource
+from shared.models import (
+    MAX_EPOCH_MS,
+    Liquidation,
+    MarketType,
+    QuantityUnit,
+    Side,
+    TimestampSource,
+    plausible_amount,
+)
 
 T = TypeVar("T")
 ExtraValue = str | float | int | None
@@ -226,13 +234,18 @@ def make_liquidation(
     """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`".
 
     An event time that is not epoch milliseconds before 2100 (microseconds or nanoseconds read
-    as milliseconds) makes the frame malformed: no consumer could use it.
+    as milliseconds), or a price, quantity or notional outside ``[0, 1e15)``, makes the frame
+    malformed: no consumer could use it (``shared.models``).
     """
     if not 0 <= timestamp_ms < MAX_EPOCH_MS:
         raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds before 2100",
                          inst.symbol_native)
     qty_native = abs(quantity_native)
     amounts = _amounts(inst, qty_native, native_unit, price, venue)
+    for name, value in (("price", price), ("quantity", qty_native), ("base quantity", amounts.quantity),
+                        ("notional", amounts.notional)):
+        if not plausible_amount(value):
+            raise ParseError(venue, f"{name} {value!r} is outside [0, 1e15)", inst.symbol_native)
     return Liquidation(
         exchange=venue,
         symbol=inst.symbol,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -136,6 +137,15 @@ def test_an_event_time_in_microseconds_makes_the_frame_malformed() -> None:
     micro["o"]["T"] = 1_700_000_000_123_000
     with pytest.raises(ParseError, match="event time 1700000000123000 is not epoch milliseconds"):
         parser("binance_usdm").on_message(json.dumps(micro), RX)
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("p", "1e20", "price 1e+20 is outside"), ("z", "1e16", "quantity 1e+16 is outside")])
+def test_an_absurd_amount_makes_the_frame_malformed(field: str, value: str, reason: str) -> None:
+    frame = force_order()
+    frame["o"][field] = value
+    with pytest.raises(ParseError, match=re.escape(reason)):
+        parser("binance_usdm").on_message(json.dumps(frame), RX)
 
 
 def test_binance_usdm_ids_are_deterministic() -> None:
