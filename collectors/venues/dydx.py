@@ -12,8 +12,10 @@ Side rule: ``side`` is the taker side, and the taker is the liquidated account: 
 long was liquidated.
 
 Snapshot policy: the ``subscribed`` reply carries recent trades, old ``LIQUIDATED`` ones
-included. They are returned like live data (the indexer documents no live/history split) and
-removed downstream by ``event_id`` = the trade id, which is stable across reconnects.
+included (a probe saw 78 in a snapshot and none live in 24 minutes). It is history, so it is
+skipped, like Lighter's and Kraken's snapshots and as tardis-node does (its mapper reads only
+``channel_data``): replayed on every reconnect and restart, it would count the same
+liquidations again in the Redis levels and buckets, which are not idempotent.
 
 Units: ``size`` is base, ``price`` USD (USDC collateral); canonical symbol ``BTC-USD`` → ``BTCUSD``.
 Timestamp: ``createdAt`` (ISO-8601). ``channel_batch_data`` (``batched: true``) is a list of
@@ -49,7 +51,8 @@ NAME = "dydx"
 PATH = "/v4/ws"
 CHANNEL = "v4_trades"
 DEFAULT_MARKETS = ("BTC-USD", "ETH-USD", "SOL-USD")
-_CONTROL = frozenset({"connected", "unsubscribed", "error"})
+_CONTROL = frozenset({"connected", "subscribed", "unsubscribed", "error"})
+"""Frames that carry no live trade (``subscribed``: the history snapshot)."""
 
 
 class Trade(msgspec.Struct):
@@ -142,7 +145,7 @@ VENUE = VenueSpec(
     live_url="wss://indexer.dydx.trade" + PATH,
     markets="dYdX v4 perpetuals (one v4_trades subscription per market)",
     semantics="complete",
-    semantics_note="every LIQUIDATED trade of the subscribed markets; subscribe snapshot replays old ones",
+    semantics_note="every LIQUIDATED trade of the subscribed markets; subscribe snapshot skipped",
     heartbeat_s=30.0,
     usual_gap_s=3600.0,
     plans=_plans,

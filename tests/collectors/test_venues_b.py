@@ -411,9 +411,9 @@ def test_dydx_only_liquidated_trades_count() -> None:
     assert [liq.event_id for liq in liqs] == ["b"]
 
 
-def test_dydx_subscribed_snapshot_and_batches_are_returned() -> None:
+def test_dydx_subscribed_snapshot_is_skipped_and_batches_are_returned() -> None:
     snapshot = dydx_frame(dydx_trade(), kind="subscribed")
-    assert [liq.event_id for liq in feed(parser("dydx"), snapshot)] == ["0001"]
+    assert feed(parser("dydx"), snapshot) == []
     batch = {"type": "channel_batch_data", "id": "ETH-USD", "channel": "v4_trades",
              "contents": [{"trades": [dydx_trade(id="x")]}, {"trades": [dydx_trade(id="y", side="BUY")]}]}
     liqs = feed(parser("dydx"), batch)
