@@ -134,7 +134,11 @@ def _age_s(ms: str | None) -> float | None:
 @click.option("--received-ms", type=int, default=None,
               help="Receive time to assume (default: now); used only by venues that send no time.")
 def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
-    """Normalize raw frames read from stdin (one JSON frame per line) to JSON lines on stdout."""
+    """Normalize raw frames read from stdin (one JSON frame per line) to JSON lines on stdout.
+
+    A malformed frame is reported on stderr with its line number and skipped; the command then
+    exits with status 1 (after every valid frame was printed), so scripts notice.
+    """
     from collectors.venues._common import liquidation_to_row
 
     session = load_venue(venue).new_parser()
@@ -155,6 +159,7 @@ def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
             click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
     if errors:
         click.echo(f"{errors} malformed frame(s) skipped", err=True)
+        sys.exit(1)
 
 
 def _parse_one(session: VenueSession, venue: str, frame: str | bytes,

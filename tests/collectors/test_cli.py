@@ -113,9 +113,9 @@ def frame_line(item: str | dict[str, Any]) -> str:
 
 
 def invoke(command: Any, args: list[str], stdin: str | None = None,
-           env: dict[str, str] | None = None) -> Result:
+           env: dict[str, str] | None = None, exit_code: int = 0) -> Result:
     result = CliRunner().invoke(command, args, input=stdin, env=env, catch_exceptions=False)
-    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert result.exit_code == exit_code, (result.stdout, result.stderr)
     return result
 
 
@@ -172,11 +172,11 @@ def test_parse_prints_nothing_for_control_frames(venue: str, frame: str | dict[s
     assert (result.stdout, result.stderr) == ("", "")
 
 
-def test_parse_reports_malformed_lines_and_carries_on() -> None:
+def test_parse_reports_malformed_lines_carries_on_and_exits_1() -> None:
     good = corpus_raw("binance_usdm/binance_usdm-001")
     other = corpus_raw("binance_usdm/binance_usdm-004")
     stdin = "\n".join([json.dumps(good), "", "{not json", '{"e":1}', json.dumps(other)]) + "\n"
-    result = invoke(parse, ["binance_usdm", "--received-ms", str(RECEIVED_MS)], stdin)
+    result = invoke(parse, ["binance_usdm", "--received-ms", str(RECEIVED_MS)], stdin, exit_code=1)
     assert [picked(row) for row in rows(result.stdout)] == [
         ("binance_usdm", "BTCUSDT", "BTCUSDT", "short", 4793.91, 0.014, 67.11474, 1584059031421),
         ("binance_usdm", "BTCUSDT", "BTCUSDT", "long", 9910.0, 0.014, 138.74, 1568014460893),
