@@ -3,6 +3,10 @@
 ``drive()`` emits each event when it is due: event time ``t`` is played at
 ``wall_start + (t - t_first) / speed`` seconds (``speed <= 0``: as fast as possible). Events
 already due are emitted together in one ``emit`` call, so venues batch them as they do live.
+With ``speed > 0`` each event is stamped with the time it is played, ``t_first + (t - t_first)
+/ speed``: a faster market is a busier one, and its times never run ahead of the wall clock
+(the writer would refuse rows more than a day ahead). ``speed <= 0`` keeps the market's times,
+for deterministic runs.
 
 Files under ``<data_dir>/sim/`` (paths are chosen by the caller):
 
@@ -113,11 +117,21 @@ class Pacer:
     def delay(self, timestamp_ms: int) -> float:
         if self.speed <= 0:
             return 0.0
-        if self._origin is None:
-            self._origin = (timestamp_ms, self.clock.monotonic())
-        first_ms, wall_start = self._origin
+        first_ms, wall_start = self._origin_for(timestamp_ms)
         due = wall_start + (timestamp_ms - first_ms) / 1000 / self.speed
         return max(0.0, due - self.clock.monotonic())
+
+    def played_ms(self, timestamp_ms: int) -> int:
+        """The event time at which ``timestamp_ms`` is played (itself when ``speed`` is 1 or <= 0)."""
+        if self.speed <= 0 or self.speed == 1:
+            return timestamp_ms
+        first_ms, _ = self._origin_for(timestamp_ms)
+        return first_ms + round((timestamp_ms - first_ms) / self.speed)
+
+    def _origin_for(self, timestamp_ms: int) -> tuple[int, float]:
+        if self._origin is None:
+            self._origin = (timestamp_ms, self.clock.monotonic())
+        return self._origin
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
@@ -138,8 +152,9 @@ class Driver:
 
     async def run(self, events: Iterable[MarketEvent], stop: asyncio.Event, pacer: Pacer) -> DriveStats:
         batch: list[MarketEvent] = []
-        for event in events:
-            delay = pacer.delay(event.timestamp_ms)
+        for market_event in events:
+            event = _stamped(market_event, pacer.played_ms(market_event.timestamp_ms))
+            delay = pacer.delay(market_event.timestamp_ms)
             if batch and (delay > 0 or len(batch) >= MAX_BATCH):
                 await self.flush(batch)
                 batch = []
@@ -171,6 +186,12 @@ class Driver:
             event.cascade_id, f" ({event.scenario})" if event.scenario else "", event.base, event.side,
             event.venue, _utc(event.timestamp_ms),
         )
+
+
+def _stamped(event: MarketEvent, timestamp_ms: int) -> MarketEvent:
+    if timestamp_ms == event.timestamp_ms:
+        return event
+    return msgspec.structs.replace(event, timestamp_ms=timestamp_ms)
 
 
 def _utc(timestamp_ms: int) -> str:

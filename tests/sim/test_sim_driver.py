@@ -76,6 +76,15 @@ def test_pacer_maps_event_time_to_wall_time() -> None:
 def test_pacer_counts_from_the_market_start() -> None:
     pacer = Pacer(speed=10.0, clock=FakeClock(), start_ms=T0)
     assert pacer.delay(T0 + 30_000) == pytest.approx(3.0)
+    assert pacer.played_ms(T0 + 30_000) == T0 + 3_000, "stamped when played: never ahead of now"
+    assert Pacer(speed=1.0, clock=FakeClock()).played_ms(T0 + 5) == T0 + 5
+    assert Pacer(speed=0, clock=FakeClock()).played_ms(T0 + 30_000) == T0 + 30_000
+
+
+def test_a_faster_market_is_stamped_with_the_time_it_is_played() -> None:
+    events = [event(T0), event(T0 + 40), event(T0 + 80)]
+    recorder, _ = run_drive(events, speed=4.0)
+    assert [e.timestamp_ms for batch in recorder.batches for e in batch] == [T0, T0 + 10, T0 + 20]
 
 
 def test_fast_forward_emits_everything_in_order_in_bounded_batches() -> None:
