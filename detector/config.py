@@ -8,6 +8,9 @@ from detector.scoring import DEFAULT_BAND_EDGES, DEFAULT_WEIGHTS, FACTOR_NAMES, 
 from shared.errors import ConfigError
 from shared.settings import CommonSettings
 
+_SCORING = ScoringParams()
+"""The scoring defaults: the settings below that feed :class:`ScoringParams` take them from here."""
+
 METRICS_PORT = 9411
 """The detector's Prometheus port (README: detector 9411, aggregator 9421, writer 9431, collectors 9501+)."""
 
@@ -29,22 +32,22 @@ class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
       exchange time lag the wall clock by ``tick_lag_s``.
     """
 
-    window_s: float = 60.0
-    min_count: int = 5
+    window_s: float = _SCORING.window_s
+    min_count: int = _SCORING.min_count
     min_usd: float = 100_000.0
-    institutional_usd: float = 100_000.0
+    institutional_usd: float = _SCORING.institutional_usd
     quiet_s: float = 30.0
     ring_capacity: int = 4096
     sampled_weight: float = 2.0
     sampled_gap_ms: int = 1500
     weights: dict[str, float] = {}
     band_edges: list[float] = msgspec.field(default_factory=lambda: list(DEFAULT_BAND_EDGES))
-    volume_floor_usd: float = 10_000.0
-    volume_cap_usd: float = 10_000_000.0
-    rate_cap_per_min: float = 120.0
-    price_band_bps: float = 25.0
-    cross_full_venues: int = 3
-    cross_tau_s: float = 20.0
+    volume_floor_usd: float = _SCORING.volume_floor_usd
+    volume_cap_usd: float = _SCORING.volume_cap_usd
+    rate_cap_per_min: float = _SCORING.rate_cap_per_min
+    price_band_bps: float = _SCORING.price_band_bps
+    cross_full_venues: int = _SCORING.cross_full_venues
+    cross_tau_s: float = _SCORING.cross_tau_s
     detect_shards: list[int] = []
     tick_s: float = 1.0
     tick_lag_s: float = 2.0
