@@ -39,6 +39,11 @@ MAX_AMOUNT = 1e15
 Amount = Annotated[float, msgspec.Meta(ge=0, lt=MAX_AMOUNT)]
 
 
+def plausible_epoch_ms(value: int) -> bool:
+    """``value`` fits :data:`EpochMs` (epoch milliseconds before 2100)."""
+    return 0 <= value < MAX_EPOCH_MS
+
+
 def plausible_amount(value: float) -> bool:
     """``value`` fits :data:`Amount` (finite, non-negative, below 1e15)."""
     return 0 <= value < MAX_AMOUNT

@@ -132,7 +132,7 @@ class DatabaseSink:
     async def _write_replayed_events(self, conn: Conn, batch: Batch, result: WriteResult) -> None:
         """The rows not stored yet, and cascade membership for stored rows that lack it."""
         await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, batch.events)
-        result.inserted = max((await conn.execute(sql.INSERT_EVENTS)).rowcount, 0)
+        result.inserted = await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
         if batch.members:
             native = self.mode == "native"
             result.upgraded = await _count_or_rowcount(

@@ -50,13 +50,13 @@ import msgspec
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
 from shared.errors import ParseError
 from shared.models import (
-    MAX_EPOCH_MS,
     Liquidation,
     MarketType,
     QuantityUnit,
     Side,
     TimestampSource,
     plausible_amount,
+    plausible_epoch_ms,
 )
 
 T = TypeVar("T")
@@ -237,7 +237,7 @@ def make_liquidation(
     as milliseconds), or a price, quantity or notional outside ``[0, 1e15)``, makes the frame
     malformed: no consumer could use it (``shared.models``).
     """
-    if not 0 <= timestamp_ms < MAX_EPOCH_MS:
+    if not plausible_epoch_ms(timestamp_ms):
         raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds before 2100",
                          inst.symbol_native)
     qty_native = abs(quantity_native)
