@@ -25,6 +25,11 @@ class HashDelta:
     sums: dict[str, float] = field(default_factory=dict)
 
 
+SIDE_FIELDS: dict[str, tuple[str, str]] = {
+    side: (f"{side}_count", f"{side}_usd") for side in ("long", "short")}
+"""A bucket's per-side field names."""
+
+
 def fold(liquidations: Iterable[Liquidation],
          sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> dict[str, HashDelta]:
     """All hash increments a batch causes, one entry per Redis key.
@@ -35,27 +40,29 @@ def fold(liquidations: Iterable[Liquidation],
     ``value_usd:{exchange}``. (The hot loop of the aggregator: plain dict updates.)
     """
     deltas: dict[str, HashDelta] = {}
+    per_exchange: dict[str, tuple[str, str]] = {}
     for liq in liquidations:
         value = liq.notional_usd if liq.notional_known else 0.0
-        exchange_count, exchange_value = f"count:{liq.exchange}", f"value_usd:{liq.exchange}"
+        names = per_exchange.get(liq.exchange)
+        if names is None:
+            names = per_exchange[liq.exchange] = (f"count:{liq.exchange}", f"value_usd:{liq.exchange}")
+        exchange_count, exchange_value = names
         level_key = keys.price_level(liq.symbol, level_of(liq.base, liq.price, sizes), liq.side)
         level = deltas.get(level_key) or deltas.setdefault(level_key, HashDelta())
-        _bump(level.counts, "count", exchange_count)
-        sums = level.sums
+        counts, sums = level.counts, level.sums
+        counts["count"] = counts.get("count", 0) + 1
+        counts[exchange_count] = counts.get(exchange_count, 0) + 1
         sums["value_usd"] = sums.get("value_usd", 0.0) + value
         sums["quantity"] = sums.get("quantity", 0.0) + liq.quantity
         sums[exchange_value] = sums.get(exchange_value, 0.0) + value
         bucket_key = keys.time_bucket(liq.symbol, bucket_start(liq.timestamp_ms))
         bucket = deltas.get(bucket_key) or deltas.setdefault(bucket_key, HashDelta())
-        _bump(bucket.counts, "count", exchange_count, f"{liq.side}_count")
-        sums = bucket.sums
-        side_usd = f"{liq.side}_usd"
+        side_count, side_usd = SIDE_FIELDS[liq.side]
+        counts, sums = bucket.counts, bucket.sums
+        counts["count"] = counts.get("count", 0) + 1
+        counts[exchange_count] = counts.get(exchange_count, 0) + 1
+        counts[side_count] = counts.get(side_count, 0) + 1
         sums["value_usd"] = sums.get("value_usd", 0.0) + value
         sums[side_usd] = sums.get(side_usd, 0.0) + value
         sums[exchange_value] = sums.get(exchange_value, 0.0) + value
     return deltas
-
-
-def _bump(counts: dict[str, int], *names: str) -> None:
-    for name in names:
-        counts[name] = counts.get(name, 0) + 1

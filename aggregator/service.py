@@ -70,12 +70,12 @@ class Aggregator:
         deltas = fold((m.value for m in messages), self.level_sizes)
         script_keys: list[str] = list(deltas)
         args: list[str | int | float] = [self.ttl_s, len(deltas), keys.AGGREGATOR_GROUP]
-        for delta in deltas.values():
-            args += [len(delta.counts), len(delta.sums)]
-            for name, count in delta.counts.items():
-                args += [name, count]
-            for name, total in delta.sums.items():
-                args += [name, repr(total)]
+        for delta in deltas.values():  # floats are sent as repr() (hiredis packs them so)
+            args += (len(delta.counts), len(delta.sums))
+            for item in delta.counts.items():
+                args += item
+            for item in delta.sums.items():
+                args += item
         by_stream: dict[str, list[str]] = {}
         for m in messages:
             by_stream.setdefault(m.stream, []).append(m.id)

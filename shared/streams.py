@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Message(Generic[T]):
+class Message(msgspec.Struct, Generic[T], frozen=True):
+    """One decoded stream entry (a Struct: built for every entry, it must be cheap)."""
+
     stream: str
     id: str
     value: T
