@@ -72,10 +72,10 @@ class Aggregator:
         args: list[str | int | float] = [self.ttl_s, len(deltas), keys.AGGREGATOR_GROUP]
         for delta in deltas.values():  # floats are sent as repr() (hiredis packs them so)
             args += (len(delta.counts), len(delta.sums))
-            for item in delta.counts.items():
-                args += item
-            for item in delta.sums.items():
-                args += item
+            for count_item in delta.counts.items():
+                args += count_item
+            for sum_item in delta.sums.items():
+                args += sum_item
         by_stream: dict[str, list[str]] = {}
         for m in messages:
             by_stream.setdefault(m.stream, []).append(m.id)
