@@ -128,28 +128,42 @@ class Detector:
         self.committed: dict[str, tuple[int, int]] = {}
         """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
         self.skipped = 0
+        self.outbox: list[Output] = []
+        """Outputs produced but not yet published (a publish failed): they go out first next time."""
+        self.outbox_symbols: set[str] = set()
+        """Symbols whose status hash is still to be written with the outbox."""
+        self.fed_unpublished: set[tuple[str, str]] = set()
+        """(stream, entry id) fed into the engine whose outputs are in the outbox: a redelivery of
+        them after the failed publish is acked without being fed twice."""
 
     # -- consuming ----------------------------------------------------------------------------
 
     async def handle(self, messages: list[Message[Liquidation]]) -> None:
+        """Feed a batch and publish what it caused; a batch whose publication failed is not fed
+        again when it is redelivered: its outputs wait in the outbox and go out first."""
         async with self.lock:
-            outputs: list[Output] = []
-            touched: set[str] = set()
-            feed = self.engine.feed
+            outputs, touched, fed = self.outbox, self.outbox_symbols, []
+            feed, unpublished = self.engine.feed, self.fed_unpublished
             for m in messages:
                 symbol = m.value.symbol
-                if self._already_published(symbol, m.id):
+                if (unpublished and (m.stream, m.id) in unpublished) or self._already_published(symbol, m.id):
                     self.skipped += 1
                     continue
                 started = time.perf_counter()
                 out = feed(m.value)
                 DETECT_SECONDS.observe(time.perf_counter() - started)
+                fed.append((m.stream, m.id))
                 if out:
                     outputs.extend(out)
                 touched.add(symbol)
                 self.entry_ids[symbol] = m.id
             self._last_feed = self.clock.monotonic()
-            await self._publish(outputs, touched)
+            try:
+                await self._flush()
+            except BaseException:
+                unpublished.update(fed)
+                raise
+            unpublished.clear()
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)
@@ -164,13 +178,19 @@ class Detector:
         """End the cascades that have gone quiet; returns how many end messages were published."""
         async with self.lock:
             out = self.engine.tick(self.tick_time())
-            if out:
-                await self._publish(out, {o.symbol for o in out if isinstance(o, CascadeEvent)})
+            self.outbox.extend(out)
+            self.outbox_symbols.update(o.symbol for o in out if isinstance(o, CascadeEvent))
+            await self._flush()
             return len(out)
 
-    async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
-        if not outputs and not touched:
+    async def _flush(self) -> None:
+        """Publish the outbox; it is emptied only once Redis has taken all of it."""
+        if not self.outbox and not self.outbox_symbols:
             return
+        await self._publish(self.outbox, self.outbox_symbols)
+        self.outbox, self.outbox_symbols = [], set()
+
+    async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
         script_keys = [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
         args: list[Any] = [keys.CASCADE_STREAM_MAXLEN, keys.L2_TTL_SECONDS, codec.PAYLOAD_FIELD, len(outputs)]
         members = 0

@@ -203,3 +203,67 @@ def test_redelivery_after_a_crash_before_publishing_publishes_once(
     assert again.rebuilt == 0 and again.skipped == 0
     assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
     assert len(members(r)) == 5 and status(r, "BTCUSDT")["state"] == "active"
+
+
+def _block_cascade_stream(r: syncredis.Redis, blocked: bool) -> None:
+    """A real Redis error for the publication: ``liq:cascades`` holds a string (WRONGTYPE), so
+    the script fails at its first XADD, before it writes anything."""
+    aside = keys.CASCADE_STREAM + ":aside"
+    if blocked:
+        if r.exists(keys.CASCADE_STREAM):
+            r.rename(keys.CASCADE_STREAM, aside)
+        r.set(keys.CASCADE_STREAM, "not a stream")
+    else:
+        r.delete(keys.CASCADE_STREAM)
+        if r.exists(aside):
+            r.rename(aside, keys.CASCADE_STREAM)
+
+
+def test_a_failed_publication_is_retried_without_feeding_the_batch_twice(
+        redis_url: str, r: syncredis.Redis) -> None:
+    clock = FakeClock(CLOCK_START)
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        det = detector(client, [BTC_SHARD], clock)
+        _block_cascade_stream(r, True)
+        try:
+            with pytest.raises(syncredis.exceptions.ResponseError, match="WRONGTYPE"):
+                await det.run_until_idle()
+            assert det.engine.events == 5
+        finally:
+            _block_cascade_stream(r, False)
+        assert cascades(r) == []
+        await det.run_until_idle()  # the same entries, redelivered from the pending list
+        return det
+
+    det = run(redis_url, body)
+    assert det.engine.events == 5 and det.skipped == 5
+    assert [(c.phase, c.count, c.total_notional_usd) for c in cascades(r)] == [("start", 5, 125_000.0)]
+    assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC]
+    assert status(r, "BTCUSDT")["count"] == "5"
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
+def test_an_end_whose_publication_failed_goes_out_with_the_next_publication(
+        redis_url: str, r: syncredis.Redis) -> None:
+    clock = FakeClock(CLOCK_START)
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        det = detector(client, [BTC_SHARD], clock)
+        await det.run_until_idle()
+        clock.advance(40.0)
+        _block_cascade_stream(r, True)
+        try:
+            with pytest.raises(syncredis.exceptions.ResponseError, match="WRONGTYPE"):
+                await det.tick()
+        finally:
+            _block_cascade_stream(r, False)
+        assert await det.tick() == 0  # nothing new ended, but the outbox goes out
+        return det
+
+    det = run(redis_url, body)
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5), ("end", 5)]
+    assert status(r, "BTCUSDT")["state"] != "active"
+    assert det.outbox == [] and det.published["end"] == 1
