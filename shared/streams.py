@@ -6,7 +6,8 @@ Delivery semantics (at-least-once):
 2. On start, a consumer first re-reads its own pending entries (ID ``0``), then new ones (``>``).
 3. The handler's side effect must be committed when it returns; only then are the entries
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
-   so a Redis or database outage loses nothing.
+   so a Redis or database outage loses nothing. Entries whose side effect was committed but
+   whose XACK failed are remembered, and acked without being handled again when redelivered.
 4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM.
 5. An entry whose payload cannot be decoded is copied to ``<stream>:dlq`` and acked in one
    MULTI. A failing handler is retried with backoff without limit (an outage must lose
@@ -102,6 +103,9 @@ class StreamConsumer(Generic[T]):
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _pending_first: bool = True
     _last_claim: float = 0.0
+    _done_unacked: set[tuple[str, str]] = field(default_factory=set)
+    """Entries whose side effect is committed but whose XACK failed: acked, not handled, when
+    they are delivered again."""
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -192,7 +196,11 @@ class StreamConsumer(Generic[T]):
         started = time.perf_counter()
         good: list[Message[T]] = []
         poison: list[tuple[str, str, dict[Any, Any], str]] = []
+        done = self._done_unacked
+        redelivered = [Message(s, i, None) for s, i, _ in entries if (s, i) in done] if done else []
         for stream, entry_id, entry_fields in entries:
+            if done and (stream, entry_id) in done:
+                continue
             try:
                 good.append(Message(stream, entry_id, self.decode(codec.entry_payload(entry_fields))))
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
@@ -204,13 +212,18 @@ class StreamConsumer(Generic[T]):
         if poison:
             await self._dead_letter(poison)
         if not self.handler_acks:
-            await self._ack(good)
+            try:
+                await self._ack([*good, *redelivered])
+            except BaseException:
+                done.update((m.stream, m.id) for m in good)
+                raise
+        done.difference_update((m.stream, m.id) for m in redelivered)
         self.backoff.reset()
         self.stats.handled += len(good)
         self.stats.batches += 1
         BATCH_SECONDS.labels(self.component).observe(time.perf_counter() - started)
 
-    async def _ack(self, messages: list[Message[T]]) -> None:
+    async def _ack(self, messages: Sequence[Message[Any]]) -> None:
         by_stream: dict[str, list[str]] = {}
         for m in messages:
             by_stream.setdefault(m.stream, []).append(m.id)

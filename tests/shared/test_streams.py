@@ -80,6 +80,40 @@ def test_failed_handler_acks_nothing_and_the_retry_sees_the_same_entries(redis_u
     assert _pending(redis_url) == 0
 
 
+def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(redis_url: str) -> None:
+    """A real XACK failure: the consumer's Redis user may not XACK (NOPERM) for one attempt."""
+    admin = syncredis.Redis.from_url(redis_url)
+    admin.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                      commands=["+@all", "-xack"])
+    url = redis_url.replace("redis://", "redis://acker:pw@")
+
+    async def run() -> list[int]:
+        await _seed(redis_url, 6)
+        calls: list[int] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            calls.append(len(batch))
+
+        client = make_async_redis(url)
+        consumer = _consumer(client, handler)
+        with pytest.raises(syncredis.exceptions.NoPermissionError):
+            await consumer.run_until_idle()
+        assert _pending(redis_url) == 6
+        admin.acl_setuser("acker", commands=["+xack"])
+        assert await consumer.run_until_idle() == 0  # nothing handled again, all acked
+        await _seed(redis_url, 2)
+        assert await consumer.run_until_idle() == 2
+        await client.aclose()
+        return calls
+
+    try:
+        assert asyncio.run(run()) == [6, 2]
+    finally:
+        admin.acl_deluser("acker")
+        admin.close()
+    assert _pending(redis_url) == 0
+
+
 def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> None:
     async def run() -> None:
         await _seed(redis_url, 7)
