@@ -142,28 +142,33 @@ class Detector:
         """Feed a batch and publish what it caused; a batch whose publication failed is not fed
         again when it is redelivered: its outputs wait in the outbox and go out first."""
         async with self.lock:
-            outputs, touched, fed = self.outbox, self.outbox_symbols, []
-            feed, unpublished = self.engine.feed, self.fed_unpublished
-            for m in messages:
-                symbol = m.value.symbol
-                if (unpublished and (m.stream, m.id) in unpublished) or self._already_published(symbol, m.id):
-                    self.skipped += 1
-                    continue
-                started = time.perf_counter()
-                out = feed(m.value)
-                DETECT_SECONDS.observe(time.perf_counter() - started)
-                fed.append((m.stream, m.id))
-                if out:
-                    outputs.extend(out)
-                touched.add(symbol)
-                self.entry_ids[symbol] = m.id
-            self._last_feed = self.clock.monotonic()
+            fed: list[tuple[str, str]] = []
             try:
+                self._feed(messages, fed)
                 await self._flush()
             except BaseException:
-                unpublished.update(fed)
+                self.fed_unpublished.update(fed)
                 raise
-            unpublished.clear()
+            self.fed_unpublished.clear()
+
+    def _feed(self, messages: list[Message[Liquidation]], fed: list[tuple[str, str]]) -> None:
+        """Feed the entries not fed yet; their outputs join the outbox, their keys ``fed``."""
+        outputs, touched = self.outbox, self.outbox_symbols
+        feed, unpublished = self.engine.feed, self.fed_unpublished
+        for m in messages:
+            symbol = m.value.symbol
+            if (unpublished and (m.stream, m.id) in unpublished) or self._already_published(symbol, m.id):
+                self.skipped += 1
+                continue
+            started = time.perf_counter()
+            out = feed(m.value)
+            DETECT_SECONDS.observe(time.perf_counter() - started)
+            fed.append((m.stream, m.id))
+            if out:
+                outputs.extend(out)
+            touched.add(symbol)
+            self.entry_ids[symbol] = m.id
+        self._last_feed = self.clock.monotonic()
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)

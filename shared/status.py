@@ -61,6 +61,7 @@ def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
     streams = keys.event_streams(shards) + [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
     return {
         "streams": [_stream_info(client, s) for s in streams],
+        "dead_letters": [d for d in (_dead_letters(client, s) for s in streams) if d],
         "venues": _venues(client, now_ms),
         "keys": {kind: _count_keys(client, pattern) for kind, pattern in keys.KEY_KINDS.items()},
         "cascades": _cascade_states(client),
@@ -84,6 +85,20 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
             "lag": None if lag is None else int(lag),
         })
     return info
+
+
+def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
+    """The dead-letter stream of ``stream`` when it holds entries: its length and the newest
+    entry's group, stage (``decode`` or ``handle``) and reason."""
+    dlq = keys.dead_letter_stream(stream)
+    length = int(client.xlen(dlq))
+    if not length:
+        return None
+    newest: Any = client.xrevrange(dlq, count=1)
+    fields = {_text(k): _text(v) for k, v in newest[0][1].items()} if newest else {}
+    return {"stream": dlq, "length": length, "last_id": _text(newest[0][0]) if newest else None,
+            "last_group": fields.get("group", ""), "last_stage": fields.get("stage", "decode"),
+            "last_reason": fields.get("reason", "")}
 
 
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
@@ -168,6 +183,12 @@ def render(report: dict[str, Any]) -> str:
     for s in report.get("streams", []):
         groups = "  ".join(_group_text(g) for g in s["groups"]) or "(no groups)"
         lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")
+    dead = report.get("dead_letters", [])
+    if dead:
+        lines.append("\nDEAD LETTERS (entries set aside; XRANGE them to inspect or re-add)")
+    for d in dead:
+        lines.append(f"  {d['stream']:<24} len={d['length']:<8} last: {d['last_group'] or '?'} "
+                     f"{d['last_stage']}: {d['last_reason'][:120]}")
     lines.append("\nVENUES")
     for v in report.get("venues", []):
         age = "-" if v["last_event_age_s"] is None else f"{v['last_event_age_s']}s"

@@ -10,9 +10,12 @@ Delivery semantics (at-least-once):
    whose XACK failed are remembered, and acked without being handled again when redelivered.
 4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM.
 5. An entry whose payload cannot be decoded is copied to ``<stream>:dlq`` and acked in one
-   MULTI. A failing handler is retried with backoff without limit (an outage must lose
-   nothing), so a batch that fails for good holds its consumer: the pending count and the
-   ``liq_errors`` metric show it.
+   MULTI. A handler failing on a server (Redis, the database: :data:`TRANSIENT_ERRORS`) is
+   retried with backoff without limit, so an outage loses nothing. A handler failing on the
+   data (any other exception) is given halves of the batch until the entry it cannot process
+   is alone; that entry is dead-lettered the same way and the others are handled once, so one
+   bad entry never holds a consumer. Handlers must therefore commit a batch whole or not at
+   all (a transaction, a Lua script), and remember what they fed in memory (the detector).
 6. ``run_until_idle`` processes everything currently in the streams and returns: tests and
    one-shot backfills drain without sleeping.
 """
@@ -48,6 +51,16 @@ class Message(msgspec.Struct, Generic[T], frozen=True):
 
 
 Handler = Callable[[list[Message[T]]], Awaitable[None]]
+Entry = tuple[str, str, dict[Any, Any]]
+"""A stream entry as read: (stream, entry id, fields)."""
+
+
+class SinkRetry(Exception):
+    """Raised by a handler when its side effect failed transiently (e.g. database down)."""
+
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRetry)
+"""Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
 async def publish(
@@ -136,7 +149,7 @@ class StreamConsumer(Generic[T]):
             try:
                 await op()
                 return
-            except (RedisError, OSError, SinkRetry) as exc:
+            except TRANSIENT_ERRORS as exc:
                 delay = self.backoff.next_delay()
                 self.stats.retries += 1
                 ERRORS.labels(self.component, type(exc).__name__).inc()
@@ -192,12 +205,13 @@ class StreamConsumer(Generic[T]):
         await self._handle(claimed)
         return True
 
-    async def _handle(self, entries: list[tuple[str, str, dict[Any, Any]]]) -> None:
+    async def _handle(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
         good: list[Message[T]] = []
         poison: list[tuple[str, str, dict[Any, Any], str]] = []
         done = self._done_unacked
-        redelivered = [Message(s, i, None) for s, i, _ in entries if (s, i) in done] if done else []
+        redelivered: list[Message[Any]] = [Message(s, i, None) for s, i, _ in entries if (s, i) in done] \
+            if done else []
         for stream, entry_id, entry_fields in entries:
             if done and (stream, entry_id) in done:
                 continue
@@ -207,21 +221,67 @@ class StreamConsumer(Generic[T]):
                 poison.append((stream, entry_id, entry_fields, str(exc)))
         for stream in {m.stream for m in good}:
             EVENTS_IN.labels(self.component, stream).inc(sum(1 for m in good if m.stream == stream))
-        if good:
-            await self.handler(good)
+        handled = await self._run_handler(good, entries) if good else 0
         if poison:
-            await self._dead_letter(poison)
-        if not self.handler_acks:
-            try:
-                await self._ack([*good, *redelivered])
-            except BaseException:
-                done.update((m.stream, m.id) for m in good)
-                raise
+            await self._dead_letter(poison, "decode")
+        to_ack: list[Message[Any]] = [*good, *redelivered] if handled == len(good) else redelivered
+        await self._ack_done(to_ack)
         done.difference_update((m.stream, m.id) for m in redelivered)
         self.backoff.reset()
-        self.stats.handled += len(good)
+        self.stats.handled += handled
         self.stats.batches += 1
         BATCH_SECONDS.labels(self.component).observe(time.perf_counter() - started)
+
+    async def _run_handler(self, batch: list[Message[T]], entries: list[Entry]) -> int:
+        """Run the handler on ``batch``; returns how many entries it committed.
+
+        A failure of the data, not of a server (any exception but :data:`TRANSIENT_ERRORS`),
+        means some entry can never be handled: the batch is split in halves until that entry
+        is alone, and it is dead-lettered; every other entry is handled once. The halves that
+        succeed are acked at once, so an outage during the search repeats none of them.
+        """
+        try:
+            await self.handler(batch)
+            return len(batch)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            logger.error("%s: handler failed on a batch of %d (%s: %s); isolating the entries it "
+                         "cannot process", self.component, len(batch), type(exc).__name__, exc,
+                         exc_info=exc)
+            ERRORS.labels(self.component, type(exc).__name__).inc()
+            fields = {(stream, entry_id): f for stream, entry_id, f in entries}
+            return await self._isolate(batch, exc, fields)
+
+    async def _isolate(self, batch: list[Message[T]], exc: Exception,
+                       fields: dict[tuple[str, str], dict[Any, Any]]) -> int:
+        if len(batch) == 1:
+            m = batch[0]
+            reason = f"{type(exc).__name__}: {exc}"
+            await self._dead_letter([(m.stream, m.id, fields[(m.stream, m.id)], reason)], "handle")
+            return 0
+        handled = 0
+        for half in (batch[:len(batch) // 2], batch[len(batch) // 2:]):
+            try:
+                await self.handler(half)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as half_exc:  # noqa: BLE001 - the search goes on in this half
+                handled += await self._isolate(half, half_exc, fields)
+                continue
+            await self._ack_done(half)
+            handled += len(half)
+        return handled
+
+    async def _ack_done(self, messages: list[Message[Any]]) -> None:
+        """XACK entries whose side effect is committed; if that fails, remember them."""
+        if self.handler_acks:
+            return
+        try:
+            await self._ack(messages)
+        except BaseException:
+            self._done_unacked.update((m.stream, m.id) for m in messages)
+            raise
 
     async def _ack(self, messages: Sequence[Message[Any]]) -> None:
         by_stream: dict[str, list[str]] = {}
@@ -234,18 +294,20 @@ class StreamConsumer(Generic[T]):
             pipe.xack(stream, self.group, *ids)
         await pipe.execute()
 
-    async def _dead_letter(self, poison: list[tuple[str, str, dict[Any, Any], str]]) -> None:
+    async def _dead_letter(self, poison: list[tuple[str, str, dict[Any, Any], str]], stage: str) -> None:
+        """Copy entries to ``<stream>:dlq`` with why, where and for which group, and ack them.
+
+        ``stage`` is ``decode`` (the payload is unusable) or ``handle`` (it decoded, but the
+        handler can never process it)."""
         pipe = self.redis.pipeline(transaction=True)
         for stream, entry_id, entry_fields, reason in poison:
-            body = {**entry_fields, b"reason": reason.encode()[:500], b"source_id": entry_id.encode()}
+            body = {**entry_fields, b"reason": reason.encode()[:500], b"source_id": entry_id.encode(),
+                    b"group": self.group.encode(), b"stage": stage.encode()}
             pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=100_000, approximate=True)
             pipe.xack(stream, self.group, entry_id)
         await pipe.execute()
         self.stats.dead_lettered += len(poison)
         DEAD_LETTERS.labels(self.component).inc(len(poison))
-        logger.warning("%s: dead-lettered %d undecodable entries (first: %s)",
-                       self.component, len(poison), poison[0][3][:200])
-
-
-class SinkRetry(Exception):
-    """Raised by a handler when its side effect failed transiently (e.g. database down)."""
+        what = "undecodable entries" if stage == "decode" else "entries the handler cannot process"
+        logger.warning("%s: dead-lettered %d %s (first: %s %s)",
+                       self.component, len(poison), what, poison[0][1], poison[0][3][:200])

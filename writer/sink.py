@@ -100,7 +100,9 @@ class DatabaseSink:
             self.conn = None
 
     async def write(self, batch: Batch) -> WriteResult:
-        """Commit ``batch``; raises :class:`SinkRetry` when it could not be committed."""
+        """Commit ``batch``; raises :class:`SinkRetry` when the database could not take it now,
+        and the database's own error when it never will (:func:`refuses_the_data`), so that the
+        consumer loop isolates that row."""
         if batch.empty:
             return WriteResult()
         try:
@@ -111,6 +113,8 @@ class DatabaseSink:
                 result = await self._write_in_transaction(conn, batch)
         except psycopg.Error as exc:
             await self._fail(exc)
+            if refuses_the_data(exc):
+                raise  # the data, not the server: the consumer isolates and dead-letters the row
             raise SinkRetry(f"database write failed: {type(exc).__name__}: {exc}") from exc
         self._count(result)
         return result
@@ -183,6 +187,16 @@ class DatabaseSink:
         self.stats.cascades += result.cascades
         EVENTS_OUT.labels(COMPONENT, "liquidations_significant").inc(result.inserted)
         EVENTS_OUT.labels(COMPONENT, "cascade_events").inc(result.cascades)
+
+
+DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
+"""SQLSTATE classes that depend on the rows, not on the server: data exception, integrity
+constraint violation, program limit exceeded (e.g. a key too large for its index)."""
+
+
+def refuses_the_data(exc: psycopg.Error) -> bool:
+    """True when writing the same rows again can never succeed."""
+    return (exc.sqlstate or "")[:2] in DATA_ERROR_CLASSES
 
 
 async def _copy(conn: Conn, statement: str, types: tuple[str, ...], rows: list[tuple[object, ...]]) -> None:

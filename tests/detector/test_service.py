@@ -267,3 +267,29 @@ def test_an_end_whose_publication_failed_goes_out_with_the_next_publication(
     assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5), ("end", 5)]
     assert status(r, "BTCUSDT")["state"] != "active"
     assert det.outbox == [] and det.published["end"] == 1
+
+
+def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice(
+        redis_url: str, r: syncredis.Redis) -> None:
+    bad = ev(21, venue="okx")
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, [*BTC[:3], bad, *BTC[3:]])
+        det = detector(client, [BTC_SHARD])
+        real_feed = det.engine.feed
+
+        def feed(liq: Liquidation) -> Any:  # stands for a bug that only this event triggers
+            if liq.event_id == bad.event_id:
+                raise KeyError("a bug")
+            return real_feed(liq)
+        det.engine.feed = feed  # type: ignore[method-assign]
+        assert await det.run_until_idle() == 5
+        return det
+
+    det = run(redis_url, body)
+    assert det.engine.events == 5
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC]
+    (_, fields), = r.xrange(keys.dead_letter_stream(keys.event_stream(BTC_SHARD)))
+    assert codec.decode_liquidation(fields[b"d"]) == bad and fields[b"reason"] == b"KeyError: 'a bug'"
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0

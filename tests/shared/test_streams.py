@@ -11,6 +11,7 @@ import redis as syncredis
 from shared import codec, keys
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
+from shared.status import redis_status, render
 from shared.streams import Message, SinkRetry, StreamConsumer, publish
 from tests.factories import liq
 
@@ -114,6 +115,62 @@ def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
     assert _pending(redis_url) == 0
 
 
+def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(redis_url: str) -> None:
+    """The handler commits a batch whole or raises; one bad entry among 10 costs only itself."""
+    async def run() -> tuple[list[Liquidation], list[int], StreamConsumer[Liquidation]]:
+        sent = await _seed(redis_url, 10)
+        committed: list[Liquidation] = []
+        calls: list[int] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            calls.append(len(batch))
+            if any(m.value.quantity == 7 for m in batch):
+                raise ZeroDivisionError("a bug this entry triggers")
+            committed.extend(m.value for m in batch)
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, handler)
+        assert await consumer.run_until_idle() == 9
+        await client.aclose()
+        assert sorted(committed, key=lambda x: x.quantity) == [x for x in sent if x.quantity != 7]
+        return sent, calls, consumer
+
+    sent, calls, consumer = asyncio.run(run())
+    assert calls == [10, 5, 5, 2, 1, 1, 3]  # halves until the 7th entry is alone
+    assert consumer.stats.dead_lettered == 1 and _pending(redis_url) == 0
+    sync = syncredis.Redis.from_url(redis_url)
+    (_, fields), = sync.xrange(keys.dead_letter_stream(STREAM))
+    assert fields[b"reason"] == b"ZeroDivisionError: a bug this entry triggers"
+    assert fields[b"stage"] == b"handle" and fields[b"group"] == b"g"
+    assert codec.decode_liquidation(fields[b"d"]) == sent[6]
+    report = redis_status(sync, shards=1)
+    (dead,) = report["dead_letters"]
+    assert dead == {"stream": keys.dead_letter_stream(STREAM), "length": 1, "last_id": dead["last_id"],
+                    "last_group": "g", "last_stage": "handle",
+                    "last_reason": "ZeroDivisionError: a bug this entry triggers"}
+    assert (f"  {keys.dead_letter_stream(STREAM):<24} len=1        last: g handle: ZeroDivisionError: a bug "
+            "this entry triggers") in render(report).splitlines()
+
+
+def test_a_server_failure_is_never_taken_for_bad_data(redis_url: str) -> None:
+    async def run() -> None:
+        await _seed(redis_url, 4)
+
+        async def down(batch: list[Message[Liquidation]]) -> None:
+            raise SinkRetry("database down")
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, down)
+        with pytest.raises(SinkRetry):
+            await consumer.run_until_idle()
+        await client.aclose()
+        assert consumer.stats.dead_lettered == 0
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 4
+    assert syncredis.Redis.from_url(redis_url).exists(keys.dead_letter_stream(STREAM)) == 0
+
+
 def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> None:
     async def run() -> None:
         await _seed(redis_url, 7)
@@ -186,7 +243,7 @@ def test_an_unusable_payload_is_dead_lettered_with_the_field_named(
 
     assert [x.timestamp_ms for x in asyncio.run(run())] == [1_700_000_000_000, 1_700_000_000_001]
     (_, fields), = sync.xrange(keys.dead_letter_stream(STREAM))
-    assert field in fields[b"reason"]
+    assert field in fields[b"reason"] and fields[b"stage"] == b"decode" and fields[b"group"] == b"g"
     assert _pending(redis_url) == 0
 
 

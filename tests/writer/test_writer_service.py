@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest
 
-from shared import keys, servers
+from shared import codec, keys, servers
 from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from shared.redisconn import make_async_redis
@@ -252,3 +253,32 @@ def test_writer_refuses_an_unmigrated_database(redis_url: str, pg_dsn: str) -> N
     asyncio.run(publish_all(redis_url, to_shard(events())))
     with pytest.raises(SinkRetry, match="liq migrate"):
         asyncio.run(drain(redis_url, pg_dsn))
+
+
+def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored_once(redis_url: str, db: str) -> None:
+    """An event id too large for the primary key's index is a valid Liquidation, but PostgreSQL
+    refuses it (program limit exceeded, not an outage): the writer must not retry it forever."""
+    import random
+
+    import redis
+
+    evs = events()
+    huge_id = random.Random(4).randbytes(5000).hex()  # 10,000 characters that barely compress
+    poison = msgspec.structs.replace(evs[4], event_id=huge_id)
+    asyncio.run(publish_all(redis_url, to_shard([*evs[:4], poison, *evs[5:]])))
+    writer = asyncio.run(drain(redis_url, db))
+    stored = rows(db, "SELECT event_id FROM liquidations_significant ORDER BY event_id")
+    significant = {e.event_id for e in evs if e.notional_usd >= 100_000 and e.event_id != "e4"}
+    assert [r[0] for r in stored] == sorted(significant)
+    assert_rollups_match_raw(db)
+    assert pending(redis_url) == 0
+    assert sum(c.stats.dead_lettered for c in writer.consumers) == 1
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stream = keys.event_stream(keys.shard_of(poison.symbol, SHARDS))
+        (_, fields), = client.xrange(keys.dead_letter_stream(stream))
+    finally:
+        client.close()
+    assert fields[b"stage"] == b"handle" and fields[b"group"] == keys.WRITER_GROUP.encode()
+    assert fields[b"reason"].startswith(b"ProgramLimitExceeded: index row")
+    assert codec.decode_liquidation(fields[b"d"]) == poison
