@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +132,28 @@ async def _noop() -> None:
     return None
 
 
-def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any) -> None:
-    """One consumer process running its real loop (blocking reads) until it is terminated."""
+def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any, stop_flag: Any,
+                     cpu_report: Any) -> None:
+    """One consumer process running its real loop (blocking reads) until ``stop_flag`` is set;
+    it then reports the CPU seconds it used after start-up."""
     make = _consumer_factories(url, pg_dsn)[name]
 
     async def loop() -> None:
         client = make_async_redis(url)
         consumer = make(client)
         await consumer.ensure_groups()
+        stop = asyncio.Event()
+        started = time.process_time()
         ready.release()
-        await consumer.run(asyncio.Event())
+
+        async def watch() -> None:
+            await asyncio.to_thread(stop_flag.wait)
+            stop.set()
+
+        await asyncio.gather(consumer.run(stop), watch())
+        cpu_report.put((name, time.process_time() - started))
+        await getattr(consumer, "aclose", _noop)()
+        await client.aclose()
 
     asyncio.run(loop())
 
@@ -168,8 +181,12 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
         handled = asyncio.run(_drain(url, make))
         result[f"{name}_per_s"] = round(handled / (time.perf_counter() - started))
     client.flushdb()
-    result["end_to_end_per_s"] = round(_end_to_end(url, pg_dsn, n, produce))
-    result["end_to_end_vs_bare"] = round(result["end_to_end_per_s"] / baseline, 3)
+    end_to_end = _end_to_end(url, pg_dsn, n, produce)
+    result["end_to_end_per_s"] = round(end_to_end.per_s)
+    result["end_to_end_vs_bare"] = round(end_to_end.per_s / baseline, 3)
+    result["end_to_end_cpu_us_per_event"] = end_to_end.cpu_us_per_event()
+    result["end_to_end_cpu_bound_per_s"] = end_to_end.cpu_bound_per_s()
+    result["end_to_end_machine_busy"] = end_to_end.machine_busy
     client.flushdb()
     client.close()
     if pg_dsn:
@@ -177,34 +194,83 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
     return result
 
 
-def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]) -> float:
+@dataclass
+class EndToEnd:
+    """What the end-to-end run measured: its rate, and where the CPU went."""
+
+    events: int
+    per_s: float
+    cpu_s: dict[str, float]
+    """CPU seconds per process over the run: the producer, Redis, each consumer."""
+    machine_busy: float | None
+    """Share of all cores busy over the run, whatever ran (PostgreSQL too); None off Linux."""
+
+    def cpu_us_per_event(self) -> dict[str, float]:
+        split = {name: round(seconds / self.events * 1e6, 2) for name, seconds in self.cpu_s.items()}
+        return {**split, "total": round(sum(self.cpu_s.values()) / self.events * 1e6, 2)}
+
+    def cpu_bound_per_s(self) -> int:
+        """Events/s these processes could reach with every core busy all the time."""
+        total = sum(self.cpu_s.values()) / self.events
+        return round((os.cpu_count() or 1) / total) if total > 0 else 0
+
+
+def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]) -> EndToEnd:
     """Events/s from the first XADD until every consumer group has acked the last event.
 
     The consumers are separate processes running their real service loops (blocking
-    XREADGROUP), as deployed; completion is polled every 2 ms with XINFO GROUPS.
+    XREADGROUP), as deployed; completion is polled every 2 ms with XINFO GROUPS. The CPU time
+    of each process (start-up excluded) and of Redis is recorded, with the machine's busy share.
     """
     ctx = mp.get_context("spawn")
     names = list(_consumer_factories(url, pg_dsn))
-    ready = ctx.Semaphore(0)
-    procs = [ctx.Process(target=_consume_process, args=(url, pg_dsn, name, ready), daemon=True)
-             for name in names]
+    ready, stop_flag, cpu_report = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_consume_process, args=(url, pg_dsn, name, ready, stop_flag, cpu_report),
+                         daemon=True) for name in names]
     for p in procs:
         p.start()
+    client = redis.Redis.from_url(url)
     try:
         for _ in procs:
             ready.acquire()
-        started = time.perf_counter()
+        redis_before, machine_before = _redis_cpu(client), _machine_cpu()
+        started, producer_before = time.perf_counter(), time.process_time()
         asyncio.run(produce())
-        client = redis.Redis.from_url(url)
+        producer_cpu = time.process_time() - producer_before
         while not _all_acked(client, keys.event_stream(0), len(names)):
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
-        client.close()
+        redis_cpu, machine_after = _redis_cpu(client) - redis_before, _machine_cpu()
+        stop_flag.set()
+        reported = dict(cpu_report.get(timeout=60) for _ in procs)
+        cpu = {"producer": producer_cpu, "redis": redis_cpu, **{name: reported[name] for name in names}}
     finally:
+        client.close()
         for p in procs:
-            p.terminate()
-            p.join()
-    return n / elapsed
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    busy = None
+    if machine_before and machine_after:
+        (busy_0, all_0), (busy_1, all_1) = machine_before, machine_after
+        busy = round((busy_1 - busy_0) / (all_1 - all_0), 3) if all_1 > all_0 else None
+    return EndToEnd(events=n, per_s=n / elapsed, cpu_s=cpu, machine_busy=busy)
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info: dict[str, Any] = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _machine_cpu() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat (None off Linux)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _all_acked(client: redis.Redis, stream: str, groups: int) -> bool:

@@ -27,14 +27,30 @@ def encode(obj: msgspec.Struct) -> bytes:
     return _encoder.encode(obj)
 
 
-def entry_payload(fields: dict[Any, Any]) -> bytes:
-    """Return the payload bytes of a stream entry, whatever the client's decode setting."""
+def entry_payload(fields: dict[Any, Any] | list[Any] | None) -> bytes:
+    """The payload bytes of a stream entry: from its fields as a dict, or as the raw reply's
+    flat ``[field, value, ...]`` list (what consumers read), whatever the decode setting."""
+    if isinstance(fields, list):
+        if len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
+            return fields[1]  # type: ignore[no-any-return]  # the one field every entry has
+        fields = entry_fields(fields)
+    if fields is None:
+        raise ValueError("stream entry was deleted (trimmed by MAXLEN) before it was processed")
     raw = fields.get(PAYLOAD_FIELD)
     if raw is None:
         raw = fields.get("d")
     if raw is None:
         raise ValueError("stream entry has no 'd' field")
     return raw if isinstance(raw, bytes) else str(raw).encode()
+
+
+def entry_fields(fields: dict[Any, Any] | list[Any] | None) -> dict[Any, Any]:
+    """A stream entry's fields as a dict (empty for an entry deleted before it was read)."""
+    if fields is None:
+        return {}
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def decode_liquidation(data: bytes) -> Liquidation:

@@ -51,8 +51,9 @@ class Message(msgspec.Struct, Generic[T], frozen=True):
 
 
 Handler = Callable[[list[Message[T]]], Awaitable[None]]
-Entry = tuple[str, str, dict[Any, Any]]
-"""A stream entry as read: (stream, entry id, fields)."""
+Entry = tuple[str, str, Any]
+"""A stream entry as read: (stream, entry id, fields as the raw ``[field, value, ...]`` list,
+a dict, or None for an entry trimmed while it was pending)."""
 
 
 class SinkRetry(Exception):
@@ -172,9 +173,12 @@ class StreamConsumer(Generic[T]):
             count=self.count,
             block=self.block_ms if (block and not self._pending_first) else None,
         )
-        entries: list[tuple[str, str, dict[Any, Any]]] = [
-            (_text(s), _text(i), f) for s, msgs in (reply or []) for i, f in msgs
-        ]
+        entries: list[Entry] = []
+        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries]; fields come
+        # as a flat list (raw reply, see shared.redisconn) or a dict (parsed by redis-py).
+        for stream_name, messages in (reply.items() if isinstance(reply, dict) else reply or ()):
+            stream = _text(stream_name)
+            entries += [(stream, _text(entry_id), fields) for entry_id, fields in messages]
         if self._pending_first and not entries:
             self._pending_first = False
             return True
@@ -188,27 +192,29 @@ class StreamConsumer(Generic[T]):
         if now - self._last_claim < self.claim_every_s:
             return False
         self._last_claim = now
-        claimed: list[tuple[str, str, dict[Any, Any]]] = []
+        claimed: list[Entry] = []
         for stream in self.streams:
             reply: list[Any] = await self.redis.xautoclaim(
                 stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.count
             )
-            # Redis 6.2 answers [cursor, entries]; Redis 7 adds a third element (deleted ids).
+            # Redis 6.2 answers [cursor, entries]; Redis 7 adds the ids of pending entries that
+            # MAXLEN trimmed (it drops them from the pending list): they are dead-lettered as such.
             pairs: list[tuple[Any, Any]] = reply[1] if len(reply) > 1 else []
-            for entry_id, entry_fields in pairs:
-                if entry_fields is not None:
-                    claimed.append((stream, _text(entry_id), entry_fields))
+            claimed += [(stream, _text(entry_id), fields) for entry_id, fields in pairs]
+            claimed += [(stream, _text(entry_id), None) for entry_id in (reply[2] if len(reply) > 2 else [])]
         if not claimed:
             return False
-        self.stats.claimed += len(claimed)
-        logger.info("%s: claimed %d entries idle on dead consumers", self.component, len(claimed))
+        taken = sum(1 for entry in claimed if entry[2] is not None)
+        self.stats.claimed += taken
+        if taken:
+            logger.info("%s: claimed %d entries idle on dead consumers", self.component, taken)
         await self._handle(claimed)
         return True
 
     async def _handle(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
         good: list[Message[T]] = []
-        poison: list[tuple[str, str, dict[Any, Any], str]] = []
+        poison: list[tuple[str, str, Any, str]] = []
         done = self._done_unacked
         redelivered: list[Message[Any]] = [Message(s, i, None) for s, i, _ in entries if (s, i) in done] \
             if done else []
@@ -254,7 +260,7 @@ class StreamConsumer(Generic[T]):
             return await self._isolate(batch, exc, fields)
 
     async def _isolate(self, batch: list[Message[T]], exc: Exception,
-                       fields: dict[tuple[str, str], dict[Any, Any]]) -> int:
+                       fields: dict[tuple[str, str], Any]) -> int:
         if len(batch) == 1:
             m = batch[0]
             reason = f"{type(exc).__name__}: {exc}"
@@ -294,14 +300,15 @@ class StreamConsumer(Generic[T]):
             pipe.xack(stream, self.group, *ids)
         await pipe.execute()
 
-    async def _dead_letter(self, poison: list[tuple[str, str, dict[Any, Any], str]], stage: str) -> None:
+    async def _dead_letter(self, poison: list[tuple[str, str, Any, str]], stage: str) -> None:
         """Copy entries to ``<stream>:dlq`` with why, where and for which group, and ack them.
 
         ``stage`` is ``decode`` (the payload is unusable) or ``handle`` (it decoded, but the
         handler can never process it)."""
         pipe = self.redis.pipeline(transaction=True)
         for stream, entry_id, entry_fields, reason in poison:
-            body = {**entry_fields, b"reason": reason.encode()[:500], b"source_id": entry_id.encode(),
+            body = {**codec.entry_fields(entry_fields), b"reason": reason.encode()[:500],
+                    b"source_id": entry_id.encode(),
                     b"group": self.group.encode(), b"stage": stage.encode()}
             pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=100_000, approximate=True)
             pipe.xack(stream, self.group, entry_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 import redis
 from click.testing import CliRunner
 
@@ -32,6 +33,13 @@ def test_bench_runs_every_section_and_cleans_up(redis_url: str, pg_dsn: str) -> 
         assert streams["events"] == EVENTS
         ratio = streams["end_to_end_per_s"] / streams["bare_xadd_xreadgroup_per_s"]
         assert streams["end_to_end_vs_bare"] == round(ratio, 3)
+        cpu = streams["end_to_end_cpu_us_per_event"]
+        parts = ["producer", "redis", "aggregator", "detector", "writer"]
+        assert list(cpu) == [*parts, "total"]
+        assert cpu["total"] == pytest.approx(sum(cpu[p] for p in parts), abs=0.03)
+        bound = streams["end_to_end_cpu_bound_per_s"]
+        assert bound == pytest.approx(report["cpu_count"] * 1e6 / cpu["total"], rel=0.01)
+        assert 0 < streams["end_to_end_machine_busy"] <= 1
 
     with psycopg.connect(pg_dsn) as conn:
         leftovers = conn.execute(

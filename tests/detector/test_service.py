@@ -194,7 +194,7 @@ def test_redelivery_after_a_crash_before_publishing_publishes_once(
         stream = keys.event_stream(BTC_SHARD)
         await client.xgroup_create(stream, keys.DETECTOR_GROUP, id="0", mkstream=True)
         read: Any = await client.xreadgroup(keys.DETECTOR_GROUP, consumer_name(BTC_SHARD), {stream: ">"})
-        assert len(read[0][1]) == 5  # delivered, then the process died: nothing published
+        assert len(read[stream.encode()]) == 5  # delivered, then the process died: nothing published
         again = detector(client, [BTC_SHARD])
         await again.run_until_idle()
         return again

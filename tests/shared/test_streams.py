@@ -171,6 +171,33 @@ def test_a_server_failure_is_never_taken_for_bad_data(redis_url: str) -> None:
     assert syncredis.Redis.from_url(redis_url).exists(keys.dead_letter_stream(STREAM)) == 0
 
 
+def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_its_id(redis_url: str) -> None:
+    async def run() -> StreamConsumer[Liquidation]:
+        await _seed(redis_url, 3)
+
+        async def down(batch: list[Message[Liquidation]]) -> None:
+            raise SinkRetry("database down")
+
+        async def fine(batch: list[Message[Liquidation]]) -> None:
+            raise AssertionError("a trimmed entry has nothing to handle")
+
+        client = make_async_redis(redis_url)
+        with pytest.raises(SinkRetry):
+            await _consumer(client, down).run_until_idle()
+        await client.xtrim(STREAM, maxlen=0)  # MAXLEN caught up with a consumer that was down
+        consumer = _consumer(client, fine)
+        assert await consumer.run_until_idle() == 0
+        await client.aclose()
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert consumer.stats.dead_lettered == 3 and _pending(redis_url) == 0
+    dead = syncredis.Redis.from_url(redis_url).xrange(keys.dead_letter_stream(STREAM))
+    assert [f[b"reason"] for _, f in dead] == [
+        b"stream entry was deleted (trimmed by MAXLEN) before it was processed"] * 3
+    assert all(f[b"stage"] == b"decode" and b"d" not in f for _, f in dead)
+
+
 def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> None:
     async def run() -> None:
         await _seed(redis_url, 7)
