@@ -10,7 +10,7 @@ import click
 from aggregator.service import Aggregator, make_consumer
 from shared import runtime
 from shared.levels import DEFAULT_LEVEL_SIZES
-from shared.metrics import start_metrics_server
+from shared.metrics import serve_consumer_metrics
 from shared.redisconn import make_async_redis
 from shared.settings import CommonSettings, load
 
@@ -30,7 +30,7 @@ def aggregate() -> None:
     sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
 
     async def main(stop: asyncio.Event) -> None:
-        start_metrics_server(settings.metrics_host, settings.metrics_port or METRICS_PORT)
+        serve_consumer_metrics(settings.metrics_host, settings.metrics_port, METRICS_PORT)
         redis = make_async_redis(settings.redis_url)
         try:
             await make_consumer(redis, settings.shards, Aggregator(redis, sizes)).run(stop)

@@ -60,10 +60,10 @@ def detect(shards_text: str | None, replay_path: str | None, out_path: str) -> N
 
 async def _live(settings: DetectorSettings, shards: list[int], stop: asyncio.Event) -> None:
     from detector.service import Detector
-    from shared.metrics import start_metrics_server
+    from shared.metrics import serve_consumer_metrics
     from shared.redisconn import make_async_redis
 
-    start_metrics_server(settings.metrics_host, settings.metrics_port or config.METRICS_PORT)
+    serve_consumer_metrics(settings.metrics_host, settings.metrics_port, config.METRICS_PORT)
     redis = make_async_redis(settings.redis_url)
     try:
         await Detector(redis, settings, shards).run(stop)

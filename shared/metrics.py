@@ -31,18 +31,36 @@ DETECT_SECONDS = Histogram(
 )
 
 
-def start_metrics_server(host: str, port: int | None) -> int | None:
-    """Serve /metrics on ``host:port``; returns the bound port, or None when it could not bind.
+SPARE_PORTS = 9
+"""A consumer's default port is followed by this many spares, for more of it on one host."""
+
+
+def start_metrics_server(host: str, port: int | None, spare: int = 0) -> int | None:
+    """Serve /metrics on ``host:port``, else on the first free of the ``spare`` ports after it;
+    returns the bound port, or None when none could be bound.
 
     A busy port is logged and skipped: metrics must never stop a collector or consumer.
     """
     if port is None:
         return None
-    try:
-        server, _thread = start_http_server(port, addr=host)
-    except OSError as exc:
-        logger.warning("metrics disabled: cannot bind %s:%s (%s)", host, port, exc)
-        return None
-    bound = int(server.server_address[1])
-    logger.info("metrics on http://%s:%d/metrics", host, bound)
-    return bound
+    for candidate in range(port, port + spare + 1) if port else [0]:
+        try:
+            server, _thread = start_http_server(candidate, addr=host)
+        except OSError as exc:
+            failure = exc
+            continue
+        bound = int(server.server_address[1])
+        logger.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+    ports = f"{port}-{port + spare}" if spare else str(port)
+    logger.warning("metrics disabled: cannot bind %s:%s (%s)", host, ports, failure)
+    return None
+
+
+def serve_consumer_metrics(host: str, configured: int | None, default: int) -> int | None:
+    """A consumer's endpoint: ``LIQ_METRICS_PORT`` exactly when set; otherwise its default port
+    or one of the :data:`SPARE_PORTS` after it, so that several aggregators, writers or
+    detectors (``--shards``) on one host each get theirs, in start order."""
+    if configured is not None:
+        return start_metrics_server(host, configured)
+    return start_metrics_server(host, default, SPARE_PORTS)

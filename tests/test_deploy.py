@@ -71,12 +71,15 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_default_metrics_ports_never_collide() -> None:
-    """``liq up`` runs every process on one host: each default Prometheus port is its own."""
+    """``liq up`` runs every process on one host: each default Prometheus port is its own, and so
+    are the spare ports of a consumer scaled out on that host."""
     from aggregator.cli import METRICS_PORT as AGGREGATOR
     from collectors.cli import METRICS_PORT_BASE
     from detector.config import METRICS_PORT as DETECTOR
+    from shared.metrics import SPARE_PORTS
     from writer.cli import METRICS_PORT as WRITER
 
-    ports = [METRICS_PORT_BASE + k for k in range(len(VENUE_NAMES))] + [DETECTOR, AGGREGATOR, WRITER]
-    assert len(set(ports)) == len(ports) == len(VENUE_NAMES) + 3
+    consumers = [port + k for port in (DETECTOR, AGGREGATOR, WRITER) for k in range(SPARE_PORTS + 1)]
+    ports = [METRICS_PORT_BASE + k for k in range(len(VENUE_NAMES))] + consumers
+    assert len(set(ports)) == len(ports) == len(VENUE_NAMES) + 3 * (SPARE_PORTS + 1)
     assert max(ports[:len(VENUE_NAMES)]) < METRICS_PORT_BASE + 99

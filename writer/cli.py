@@ -9,7 +9,7 @@ import click
 import psycopg
 
 from shared import logs, runtime
-from shared.metrics import start_metrics_server
+from shared.metrics import serve_consumer_metrics
 from shared.redisconn import make_async_redis
 from shared.settings import load
 from writer.config import WriterSettings, require_dsn
@@ -32,7 +32,7 @@ def write() -> None:
     dsn = require_dsn(settings)
 
     async def main(stop: asyncio.Event) -> None:
-        start_metrics_server(settings.metrics_host, settings.metrics_port or METRICS_PORT)
+        serve_consumer_metrics(settings.metrics_host, settings.metrics_port, METRICS_PORT)
         redis = make_async_redis(settings.redis_url)
         writer = Writer(redis, settings, dsn)
         try:
