@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pytest
@@ -205,15 +206,19 @@ def test_redelivery_after_a_crash_before_publishing_publishes_once(
     assert len(members(r)) == 5 and status(r, "BTCUSDT")["state"] == "active"
 
 
-def _block_cascade_stream(r: syncredis.Redis, blocked: bool) -> None:
-    """A real Redis error for the publication: ``liq:cascades`` holds a string (WRONGTYPE), so
-    the script fails at its first XADD, before it writes anything."""
+@contextmanager
+def publication_refused(r: syncredis.Redis) -> Iterator[None]:
+    """A real Redis error for the publication inside the block, which must raise it:
+    ``liq:cascades`` holds a string (WRONGTYPE), so the script fails at its first XADD, before
+    it writes anything."""
     aside = keys.CASCADE_STREAM + ":aside"
-    if blocked:
-        if r.exists(keys.CASCADE_STREAM):
-            r.rename(keys.CASCADE_STREAM, aside)
-        r.set(keys.CASCADE_STREAM, "not a stream")
-    else:
+    if r.exists(keys.CASCADE_STREAM):
+        r.rename(keys.CASCADE_STREAM, aside)
+    r.set(keys.CASCADE_STREAM, "not a stream")
+    try:
+        with pytest.raises(syncredis.exceptions.ResponseError, match="WRONGTYPE"):
+            yield
+    finally:
         r.delete(keys.CASCADE_STREAM)
         if r.exists(aside):
             r.rename(aside, keys.CASCADE_STREAM)
@@ -226,14 +231,9 @@ def test_a_failed_publication_is_retried_without_feeding_the_batch_twice(
     async def body(client: aioredis.Redis) -> Detector:
         await put(client, BTC)
         det = detector(client, [BTC_SHARD], clock)
-        _block_cascade_stream(r, True)
-        try:
-            with pytest.raises(syncredis.exceptions.ResponseError, match="WRONGTYPE"):
-                await det.run_until_idle()
-            assert det.engine.events == 5
-        finally:
-            _block_cascade_stream(r, False)
-        assert cascades(r) == []
+        with publication_refused(r):
+            await det.run_until_idle()
+        assert det.engine.events == 5 and cascades(r) == []
         await det.run_until_idle()  # the same entries, redelivered from the pending list
         return det
 
@@ -254,12 +254,8 @@ def test_an_end_whose_publication_failed_goes_out_with_the_next_publication(
         det = detector(client, [BTC_SHARD], clock)
         await det.run_until_idle()
         clock.advance(40.0)
-        _block_cascade_stream(r, True)
-        try:
-            with pytest.raises(syncredis.exceptions.ResponseError, match="WRONGTYPE"):
-                await det.tick()
-        finally:
-            _block_cascade_stream(r, False)
+        with publication_refused(r):
+            await det.tick()
         assert await det.tick() == 0  # nothing new ended, but the outbox goes out
         return det
 
