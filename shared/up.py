@@ -121,7 +121,8 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
 def _redis(data_dir: Path) -> tuple[str, RedisServer | None]:
     if os.environ.get("LIQ_REDIS_URL"):
         return os.environ["LIQ_REDIS_URL"], None
-    server = start_redis(data_dir / "redis", port=int(os.environ.get("LIQ_EMBEDDED_REDIS_PORT", "0")))
+    server = start_redis(data_dir / "redis", port=int(os.environ.get("LIQ_EMBEDDED_REDIS_PORT", "0")),
+                         persistent=True)
     return server.url, server
 
 

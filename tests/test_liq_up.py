@@ -19,6 +19,9 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+import redis
+
+from shared.servers import start_redis
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +83,24 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -
     assert report is not None
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(report["pg_dsn"], connect_timeout=3).close()  # the embedded server is gone
+    _assert_redis_kept_its_data(tmp_path / "liq" / "redis", report)
+
+
+def _assert_redis_kept_its_data(redis_dir: Path, report: dict[str, Any]) -> None:
+    """The embedded Redis keeps its data in .liq/redis: started again, it has the streams (at
+    least as long as the last status saw them), their groups and the cascade status hashes."""
+    server = start_redis(redis_dir, persistent=True)
+    try:
+        client = redis.Redis.from_url(server.url)
+        for stream in report["streams"]:
+            assert client.xlen(stream["stream"]) >= stream["length"], stream["stream"]
+        events = [s["stream"] for s in report["streams"] if s["stream"].endswith(":events")]
+        assert {g["name"] for s in events for g in client.xinfo_groups(s)} == {
+            b"detector", b"aggregator", b"writer"}
+        assert len(client.keys("liq:cascade:status:*")) >= report["keys"]["cascade_status"]
+        client.close()
+    finally:
+        server.stop()
 
 
 def test_a_stop_during_start_up_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 import redis
+
+from shared.servers import start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -21,3 +25,36 @@ def test_pg_fixture_is_a_real_server(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
     assert row is not None and row[0] >= 140000
+
+
+def test_a_persistent_redis_keeps_streams_and_pending_entries_across_a_restart(tmp_path: Path) -> None:
+    """``liq up``'s Redis: what the collectors added and the consumers had not acked survives."""
+    server = start_redis(tmp_path / "redis", persistent=True)
+    try:
+        client = redis.Redis.from_url(server.url)
+        ids = [client.xadd("liq:events:0", {"d": str(i)}) for i in range(3)]
+        client.xgroup_create("liq:events:0", "writer", id="0")
+        client.xreadgroup("writer", "w1", {"liq:events:0": ">"}, count=2)
+        client.hset("liq:levels:BTCUSDT:67200:LONG", mapping={"count": 2, "value_usd": 250000.5})
+        client.close()
+    finally:
+        server.stop()
+    again = start_redis(tmp_path / "redis", port=server.port, persistent=True)
+    try:
+        client = redis.Redis.from_url(again.url)
+        assert [entry_id for entry_id, _ in client.xrange("liq:events:0")] == ids
+        assert client.xpending("liq:events:0", "writer")["pending"] == 2
+        assert client.hgetall("liq:levels:BTCUSDT:67200:LONG") == {b"count": b"2", b"value_usd": b"250000.5"}
+        client.close()
+    finally:
+        again.stop()
+
+
+def test_a_plain_redis_writes_nothing_to_disk(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    try:
+        config = redis.Redis.from_url(server.url).config_get("appendonly")
+    finally:
+        server.stop()
+    assert config == {"appendonly": "no"}
+    assert sorted(p.name for p in (tmp_path / "redis").iterdir()) == ["redis.log"]
