@@ -15,6 +15,8 @@ clock is given (live mode).
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 
 from detector.config import DetectorSettings
@@ -45,6 +47,9 @@ class Engine:
         self.venues: dict[str, int] = {}
         self.watermark = 0
         self.events = 0
+        self.next_due_ms: float = math.inf
+        """No active cascade is due to end before this event time (a lower bound, so a feed
+        scans the active cascades only when one may really be due)."""
 
     def detector(self, symbol: str) -> SymbolDetector:
         det = self.symbols.get(symbol)
@@ -65,13 +70,13 @@ class Engine:
         ended: list[Output] | None = None
         if ts > self.watermark:
             self.watermark = ts
-            if self.active:
+            if ts >= self.next_due_ms:
                 ended = self._end_due(ts)
         det = self.symbols.get(liq.symbol) or self.detector(liq.symbol)
-        was_active = det.cascade is not None
+        before = det.cascade
         out = det.on_event(liq, self.venues.get(liq.exchange) or self.venue_index(liq.exchange))
-        if not was_active and det.cascade is not None:
-            self.active[liq.symbol] = det
+        if det.cascade is not None and det.cascade is not before:  # a cascade started
+            self._activate(liq.symbol, det)
         if not out and not ended:
             return NO_OUTPUT
         result = [*(ended or ()), *out]
@@ -94,12 +99,17 @@ class Engine:
         self.active.clear()
         return self._stamp(out) if self.clock is not None and out else out
 
+    def _activate(self, symbol: str, det: SymbolDetector) -> None:
+        self.active[symbol] = det
+        self.next_due_ms = min(self.next_due_ms, det.due_ms())
+
     def _end_due(self, now_ms: int) -> list[Output]:
         out: list[Output] = []
         for symbol in [s for s, det in self.active.items() if det.due(now_ms)]:
             message = self.active.pop(symbol).end(now_ms)
             if message is not None:
                 out.append(message)
+        self.next_due_ms = min((det.due_ms() for det in self.active.values()), default=math.inf)
         return out
 
     def _stamp(self, outputs: list[Output]) -> list[Output]:
@@ -114,7 +124,7 @@ class Engine:
         """Continue a cascade that a previous run published (from its status hash)."""
         det = self.detector(symbol)
         det.adopt(fields)
-        self.active[symbol] = det
+        self._activate(symbol, det)
 
     def fence(self, symbol: str) -> None:
         """Drop a rebuilt window and cascade without publishing anything."""

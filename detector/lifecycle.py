@@ -19,6 +19,7 @@ could still be inside one, so a redelivered event of an ended cascade cannot sta
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from detector import scoring
@@ -180,6 +181,11 @@ class SymbolDetector:
     def due(self, now_ms: int) -> bool:
         c = self.cascade
         return c is not None and now_ms - c.last_hold_ms >= self.rules.quiet_ms
+
+    def due_ms(self) -> float:
+        """Event time from which the cascade is due to end (it only moves later), inf if none."""
+        c = self.cascade
+        return math.inf if c is None else c.last_hold_ms + self.rules.quiet_ms
 
     def end(self, now_ms: int) -> CascadeEvent | None:
         c = self.cascade
