@@ -133,8 +133,8 @@ class Detector:
         self.outbox_symbols: set[str] = set()
         """Symbols whose status hash is still to be written with the outbox."""
         self.fed_unpublished: set[tuple[str, str]] = set()
-        """(stream, entry id) fed into the engine whose outputs are in the outbox: a redelivery of
-        them after the failed publish is acked without being fed twice."""
+        """(stream, entry id) fed into the engine by a call that then failed (its outputs wait in
+        the outbox): when the entry is delivered again it is acked without being fed twice."""
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -143,21 +143,30 @@ class Detector:
         again when it is redelivered: its outputs wait in the outbox and go out first."""
         async with self.lock:
             fed: list[tuple[str, str]] = []
+            fed_before: list[tuple[str, str]] = []
             try:
-                self._feed(messages, fed)
+                self._feed(messages, fed, fed_before)
                 await self._flush()
             except BaseException:
                 self.fed_unpublished.update(fed)
                 raise
-            self.fed_unpublished.clear()
+            # Published now, and acked once this returns. An entry fed before but not in this
+            # batch (the rest of a failed batch, being split) stays marked until it comes back.
+            self.fed_unpublished.difference_update(fed_before)
 
-    def _feed(self, messages: list[Message[Liquidation]], fed: list[tuple[str, str]]) -> None:
-        """Feed the entries not fed yet; their outputs join the outbox, their keys ``fed``."""
+    def _feed(self, messages: list[Message[Liquidation]], fed: list[tuple[str, str]],
+              fed_before: list[tuple[str, str]]) -> None:
+        """Feed the entries not fed yet; their outputs join the outbox, their keys ``fed``. The
+        keys of entries an earlier, failed call already fed go to ``fed_before``."""
         outputs, touched = self.outbox, self.outbox_symbols
         feed, unpublished = self.engine.feed, self.fed_unpublished
         for m in messages:
             symbol = m.value.symbol
-            if (unpublished and (m.stream, m.id) in unpublished) or self._already_published(symbol, m.id):
+            if unpublished and (m.stream, m.id) in unpublished:
+                fed_before.append((m.stream, m.id))
+                self.skipped += 1
+                continue
+            if self._already_published(symbol, m.id):
                 self.skipped += 1
                 continue
             started = time.perf_counter()

@@ -270,7 +270,7 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice
     bad = ev(21, venue="okx")
 
     async def body(client: aioredis.Redis) -> Detector:
-        await put(client, [*BTC[:3], bad, *BTC[3:]])
+        await put(client, [*BTC[:4], bad, BTC[4]])  # the first half of the split was all fed
         det = detector(client, [BTC_SHARD])
         real_feed = det.engine.feed
 
