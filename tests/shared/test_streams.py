@@ -37,7 +37,9 @@ def _pending(url: str) -> int:
     return int(info["pending"])
 
 
-def test_until_idle_handles_every_entry_once_and_acks(redis_url: str) -> None:
+@pytest.mark.parametrize("protocol", ["", "?protocol=2", "?protocol=3"])
+def test_until_idle_handles_every_entry_once_and_acks(redis_url: str, protocol: str) -> None:
+    """Whatever the protocol (RESP3 answers XREADGROUP with a map, RESP2 with a list)."""
     async def run() -> list[Liquidation]:
         sent = await _seed(redis_url, 1234)
         seen: list[Liquidation] = []
@@ -45,7 +47,7 @@ def test_until_idle_handles_every_entry_once_and_acks(redis_url: str) -> None:
         async def handler(batch: list[Message[Liquidation]]) -> None:
             seen.extend(m.value for m in batch)
 
-        client = make_async_redis(redis_url)
+        client = make_async_redis(redis_url + protocol)
         consumer = _consumer(client, handler, count=500)
         assert await consumer.run_until_idle() == 1234
         assert await consumer.run_until_idle() == 0
