@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,7 +20,7 @@ from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
 from collectors.sim.protocol import SimClient
 from collectors.sim.server import ExchangeSimulator, load_sim
-from shared import codec, keys
+from shared import codec, keys, servers
 from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
@@ -163,3 +164,46 @@ def test_collector_reports_suspect_then_down_with_reason(redis_url: str) -> None
             return seen
 
     assert asyncio.run(run()) == ["suspect", "down", "reconnected"]
+
+
+def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(tmp_path: Path) -> None:
+    """A real Redis, stopped and started again (its data kept, as under ``liq up``): what the
+    venue sent meanwhile is queued, then published exactly once, in order."""
+    server = servers.start_redis(tmp_path / "redis", persistent=True)
+
+    async def run() -> tuple[list[Liquidation], Collector]:
+        nonlocal server
+        spec = load_venue("binance_usdm")
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            redis = make_async_redis(server.url)
+            collector = Collector(CollectorConfig(venue=spec, redis=redis, shards=SHARDS,
+                                                  base_url=exchange.urls["binance_usdm"],
+                                                  symbols=list(spec.default_symbols), health_every_s=0.05))
+            stop = asyncio.Event()
+            task = asyncio.create_task(collector.run(stop))
+            async with asyncio.timeout(60):
+                await exchange.wait_subscribed("binance_usdm", len(collector.plans))
+                sent = await exchange.emit(events("binance_usdm", T0, 3))
+                await collector.wait_until(lambda c: c.published == 3)
+                server.stop()
+                sent += await exchange.emit(events("binance_usdm", T0 + 60_000, 4))
+                await collector.wait_until(lambda c: c.health.events == 7)
+                assert collector.published == 3
+                server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
+                await collector.wait_until(lambda c: c.published == 7)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await redis.aclose()
+            return sent, collector
+
+    try:
+        sent, collector = asyncio.run(run())
+        got = stream_contents(server.url)
+    finally:
+        server.stop()
+    assert len(got) == len(sent) == 7
+    for shard in range(SHARDS):  # each shard stream holds its liquidations in the order sent
+        def mine(xs: list[Liquidation], k: int = shard) -> list[Liquidation]:
+            return [normalized(x) for x in xs if keys.shard_of(x.symbol, SHARDS) == k]
+        assert mine(got) == mine(sent)
+    assert collector.health.parse_errors == 0
