@@ -10,7 +10,9 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
 - A dropped or failed connection is retried with exponential backoff and jitter
   (``shared.backoff``), reset once a connection has been healthy for a while.
 - One publisher task drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
-  event shard of each liquidation's symbol; a Redis outage keeps the batch and retries.
+  event shard of each liquidation's symbol. While Redis is unreachable, liquidations wait in
+  the disk spool (``collectors.spool``, ``<data_dir>/spool``) and are published first, in
+  order, once it answers, even by the next start of a collector stopped meanwhile.
 - Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
 - ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
 - For a venue with an instruments endpoint, contract sizes are refreshed beside the
@@ -40,6 +42,7 @@ from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketExcepti
 from collectors.dedupe import RecentIds
 from collectors.health import VenueHealth
 from collectors.refresh import DEFAULT_EVERY_S, refresh_loop
+from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
 from shared import keys
@@ -53,6 +56,7 @@ from shared.metrics import (
     EVENTS_OUT,
     PARSE_ERRORS,
     RECONNECTS,
+    SPOOLED,
     VENUE_CONNECTED,
     VENUE_LAST_EVENT_MS,
 )
@@ -91,6 +95,8 @@ class CollectorConfig:
     """Disk cache of the venue's instruments (``<data_dir>/instruments``); None: no cache."""
     instruments_every_s: float | None = DEFAULT_EVERY_S
     """Refresh period of contract sizes from the venue's instruments endpoint; None: never."""
+    spool_dir: Path | None = None
+    """Where liquidations wait while Redis is unreachable (``<data_dir>/spool``); None: in memory."""
 
 
 @dataclass
@@ -108,10 +114,15 @@ class Collector:
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
+    spool: Spool | None = field(init=False)
 
     def __post_init__(self) -> None:
         spec = self.config.venue
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms())
+        self.spool = Spool(self.config.spool_dir, spec.name) if self.config.spool_dir is not None else None
+        if self.spool is not None and self.spool.pending:
+            logger.warning("%s: %d liquidations in %s from an earlier run; they are published first",
+                           spec.name, self.spool.pending, self.spool.path)
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
@@ -157,7 +168,8 @@ class Collector:
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
             self.health.stopped()
-            await self._write_health()
+            with contextlib.suppress(RedisError, OSError):  # Redis may be what is down
+                await self._write_health()
             if self._record is not None:
                 self._record.close()
             logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
@@ -243,7 +255,8 @@ class Collector:
             self._progress.notify_all()
 
     async def wait_until(self, predicate: Callable[[Collector], bool]) -> None:
-        """Await (woken by frames and connection changes) until ``predicate(self)`` holds.
+        """Await (woken by frames, connection changes and publishing) until ``predicate(self)``
+        holds.
 
         Callers bound it with ``asyncio.timeout``.
         """
@@ -257,8 +270,11 @@ class Collector:
         if dropped:
             self.health.duplicates += dropped
             DUPLICATES.labels(self.config.venue.name).inc(dropped)
+        to_disk = self.spool is not None and self.spool.pending > 0  # after what waits there
+        if not (to_disk and self._spool(fresh)):
+            for liq in fresh:
+                self.queue.put_nowait(liq)
         for liq in fresh:
-            self.queue.put_nowait(liq)
             self.health.events += 1
             self.health.last_event_ms = max(self.health.last_event_ms, liq.timestamp_ms)
         if fresh:
@@ -291,28 +307,94 @@ class Collector:
     # -- publishing ---------------------------------------------------------------------------
 
     async def _publisher(self, stop: asyncio.Event) -> None:
-        """Move queued liquidations to Redis in batches; on stop, flush what is queued."""
+        """Move liquidations to Redis in batches: the disk spool first, then the queue.
+
+        While Redis is unreachable, the failed batch and the queue go to the spool (when the
+        collector has one) and new liquidations follow them there; on stop, what waits stays
+        on disk for the next start. Without a spool they wait in memory."""
         backoff = Backoff()
         batch: list[Liquidation] = []
         while True:
-            if not batch:
+            spool = self.spool if self.spool is not None and self.spool.pending else None
+            if spool is not None and stop.is_set() and self._spool(self._drain_queue()):
+                logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
+                               self.config.venue.name, spool.pending, spool.path)
+                return
+            if spool is not None:
+                batch = spool.peek(PUBLISH_BATCH)  # empty when it met only unreadable lines
+            elif not batch:
                 batch = await self._next_batch(stop)
                 if not batch:
                     return
             try:
-                await self._publish(batch)
-                batch = []
-                backoff.reset()
+                if batch:
+                    await self._publish(batch)
             except (RedisError, OSError) as exc:
-                ERRORS.labels("collector", type(exc).__name__).inc()
-                if stop.is_set():
+                batch = self._unpublished(batch, spool is not None, exc)
+                await self._notify()
+                if stop.is_set() and self.spool is None:
                     logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
                                  self.config.venue.name, exc, len(batch) + self.queue.qsize())
                     return
                 delay = backoff.next_delay()
-                logger.warning("%s: redis unavailable (%s); %d queued, retrying in %.1fs",
-                               self.config.venue.name, exc, len(batch) + self.queue.qsize(), delay)
+                logger.warning("%s: redis unavailable (%s); %d waiting, retrying in %.1fs",
+                               self.config.venue.name, exc, self._waiting(batch), delay)
                 await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            batch = []
+            if spool is not None:
+                self._spool_published(spool)
+            await self._notify()
+
+    def _unpublished(self, batch: list[Liquidation], from_spool: bool,
+                     exc: BaseException) -> list[Liquidation]:
+        """What to retry from memory after a failed publish (nothing when it waits on disk)."""
+        ERRORS.labels("collector", type(exc).__name__).inc()
+        if from_spool:
+            return []  # still on disk: peeked again next time
+        return self._to_spool(batch) if self.spool is not None else batch
+
+    def _spool_published(self, spool: Spool) -> None:
+        spool.commit()
+        SPOOLED.labels(self.config.venue.name).set(spool.pending)
+        if not spool.pending:
+            logger.info("%s: spool published; back to the in-memory queue", self.config.venue.name)
+
+    def _to_spool(self, batch: list[Liquidation]) -> list[Liquidation]:
+        """Move ``batch`` and the queue to the spool; returns what is left to publish from
+        memory (``batch`` again when the spool cannot be written)."""
+        queued = self._drain_queue()
+        if self._spool([*batch, *queued]):
+            return []
+        for liq in queued:
+            self.queue.put_nowait(liq)
+        return batch
+
+    def _spool(self, liquidations: list[Liquidation]) -> bool:
+        """Append to the spool; on a disk error, log it, stop spooling and return False."""
+        assert self.spool is not None
+        if liquidations and not self.spool.pending:
+            logger.warning("%s: redis unavailable; liquidations wait in %s",
+                           self.config.venue.name, self.spool.path)
+        try:
+            self.spool.append(liquidations)
+        except OSError as exc:
+            logger.error("%s: cannot write %s (%s); liquidations wait in memory instead",
+                         self.config.venue.name, self.spool.path, exc)
+            self.spool = None
+            return False
+        SPOOLED.labels(self.config.venue.name).set(self.spool.pending)
+        return True
+
+    def _drain_queue(self) -> list[Liquidation]:
+        out: list[Liquidation] = []
+        while not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+    def _waiting(self, batch: list[Liquidation]) -> int:
+        return len(batch) + self.queue.qsize() + (self.spool.pending if self.spool is not None else 0)
 
     async def _next_batch(self, stop: asyncio.Event) -> list[Liquidation]:
         while self.queue.empty():

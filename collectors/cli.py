@@ -70,6 +70,7 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
         config = CollectorConfig(venue=spec, redis=redis, shards=settings.shards, base_url=base_url,
                                  symbols=symbol_list, record_path=record_path,
                                  instruments_dir=Path(settings.data_dir) / "instruments",
+                                 spool_dir=Path(settings.data_dir) / "spool",
                                  instruments_every_s=settings.instruments_refresh_s or None)
         try:
             await Collector(config).run(stop)

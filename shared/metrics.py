@@ -22,6 +22,7 @@ BATCH_SECONDS = Histogram(
 VENUE_CONNECTED = Gauge("liq_venue_connected", "1 when the venue connection is up", ["venue", "conn"])
 VENUE_LAST_EVENT_MS = Gauge("liq_venue_last_event_ms", "Exchange time of the last liquidation", ["venue"])
 RECONNECTS = Counter("liq_reconnects", "WebSocket reconnects", ["venue"])
+SPOOLED = Gauge("liq_collector_spooled", "Liquidations waiting on disk while Redis is unreachable", ["venue"])
 DEAD_LETTERS = Counter("liq_dead_letters", "Entries moved to a dead-letter stream", ["component"])
 CASCADES = Counter("liq_cascades", "Cascade lifecycle messages published", ["phase"])
 DETECT_SECONDS = Histogram(

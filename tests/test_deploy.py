@@ -48,6 +48,19 @@ def test_compose_runs_every_procfile_command() -> None:
     assert "image: redis:7" in text and "timescale/timescaledb" in text
 
 
+def test_compose_keeps_redis_and_the_data_dir_on_named_volumes() -> None:
+    """Redis's append-only file and LIQ_DATA_DIR (the collectors' spools) outlive a container."""
+    text = (REPO / "docker-compose.yml").read_text()
+    data_dir = re.search(r"LIQ_DATA_DIR=(\S+)", (REPO / "Dockerfile").read_text())
+    assert data_dir is not None
+    app = text.split("x-app: &app", 1)[1].split("\nservices:", 1)[0]
+    assert f"volumes: [liqdata:{data_dir.group(1)}]" in app
+    redis_service = text.split("  redis:\n", 1)[1].split("\n\n", 1)[0]
+    assert '"--appendonly", "yes"' in redis_service and "volumes: [redisdata:/data]" in redis_service
+    declared = text.split("\nvolumes:\n", 1)[1].split()
+    assert {"tsdata:", "redisdata:", "liqdata:"} <= set(declared)
+
+
 def test_every_subcommand_loads_and_has_help() -> None:
     runner = CliRunner()
     for name in SUBCOMMANDS:

@@ -166,19 +166,36 @@ def test_collector_reports_suspect_then_down_with_reason(redis_url: str) -> None
     assert asyncio.run(run()) == ["suspect", "down", "reconnected"]
 
 
-def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(tmp_path: Path) -> None:
-    """A real Redis, stopped and started again (its data kept, as under ``liq up``): what the
-    venue sent meanwhile is queued, then published exactly once, in order."""
-    server = servers.start_redis(tmp_path / "redis", persistent=True)
+def _collector(url: str, exchange: ExchangeSimulator, spool_dir: Path | None) -> Collector:
+    spec = load_venue("binance_usdm")
+    return Collector(CollectorConfig(venue=spec, redis=make_async_redis(url), shards=SHARDS,
+                                     base_url=exchange.urls["binance_usdm"],
+                                     symbols=list(spec.default_symbols), health_every_s=0.05,
+                                     spool_dir=spool_dir))
 
-    async def run() -> tuple[list[Liquidation], Collector]:
+
+def _assert_published_once_in_order(url: str, sent: list[Liquidation]) -> None:
+    got = stream_contents(url)
+    assert len(got) == len(sent)
+    for shard in range(SHARDS):  # each shard stream holds its liquidations in the order sent
+        def mine(xs: list[Liquidation], k: int = shard) -> list[Liquidation]:
+            return [normalized(x) for x in xs if keys.shard_of(x.symbol, SHARDS) == k]
+        assert mine(got) == mine(sent)
+
+
+@pytest.mark.parametrize("spooled", [True, False], ids=["disk-spool", "in-memory"])
+def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(
+        tmp_path: Path, spooled: bool) -> None:
+    """A real Redis, stopped and started again (its data kept, as under ``liq up``): what the
+    venue sent meanwhile waits (on disk, or in memory without a spool directory), then is
+    published exactly once, in order."""
+    server = servers.start_redis(tmp_path / "redis", persistent=True)
+    spool_dir = tmp_path / "spool" if spooled else None
+
+    async def run() -> list[Liquidation]:
         nonlocal server
-        spec = load_venue("binance_usdm")
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
-            redis = make_async_redis(server.url)
-            collector = Collector(CollectorConfig(venue=spec, redis=redis, shards=SHARDS,
-                                                  base_url=exchange.urls["binance_usdm"],
-                                                  symbols=list(spec.default_symbols), health_every_s=0.05))
+            collector = _collector(server.url, exchange, spool_dir)
             stop = asyncio.Event()
             task = asyncio.create_task(collector.run(stop))
             async with asyncio.timeout(60):
@@ -187,23 +204,68 @@ def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(tmp_
                 await collector.wait_until(lambda c: c.published == 3)
                 server.stop()
                 sent += await exchange.emit(events("binance_usdm", T0 + 60_000, 4))
-                await collector.wait_until(lambda c: c.health.events == 7)
+                if spooled:
+                    await collector.wait_until(lambda c: c.spool is not None and c.spool.pending == 4)
+                    assert len((spool_dir / "binance_usdm.jsonl").read_bytes().splitlines()) == 4  # type: ignore[operator]
+                else:
+                    await collector.wait_until(lambda c: c.health.events == 7)
                 assert collector.published == 3
                 server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
                 await collector.wait_until(lambda c: c.published == 7)
             stop.set()
             await asyncio.wait_for(task, 10)
-            await redis.aclose()
-            return sent, collector
+            await collector.config.redis.aclose()
+            assert collector.health.parse_errors == 0
+            return sent
 
     try:
-        sent, collector = asyncio.run(run())
-        got = stream_contents(server.url)
+        sent = asyncio.run(run())
+        _assert_published_once_in_order(server.url, sent)
     finally:
         server.stop()
-    assert len(got) == len(sent) == 7
-    for shard in range(SHARDS):  # each shard stream holds its liquidations in the order sent
-        def mine(xs: list[Liquidation], k: int = shard) -> list[Liquidation]:
-            return [normalized(x) for x in xs if keys.shard_of(x.symbol, SHARDS) == k]
-        assert mine(got) == mine(sent)
-    assert collector.health.parse_errors == 0
+    if spool_dir is not None:
+        assert list(spool_dir.iterdir()) == [], "a published spool is removed"
+
+
+def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_published_at_its_next_start(
+        tmp_path: Path) -> None:
+    server = servers.start_redis(tmp_path / "redis", persistent=True)
+    spool_dir = tmp_path / "spool"
+
+    async def run() -> list[Liquidation]:
+        nonlocal server
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            first = _collector(server.url, exchange, spool_dir)
+            stop = asyncio.Event()
+            task = asyncio.create_task(first.run(stop))
+            async with asyncio.timeout(60):
+                await exchange.wait_subscribed("binance_usdm", len(first.plans))
+                sent = await exchange.emit(events("binance_usdm", T0, 2))
+                await first.wait_until(lambda c: c.published == 2)
+                server.stop()
+                sent += await exchange.emit(events("binance_usdm", T0 + 60_000, 5))
+                await first.wait_until(lambda c: c.spool is not None and c.spool.pending == 5)
+                stop.set()
+                await asyncio.wait_for(task, 10)
+            await first.config.redis.aclose()
+            server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
+            second = _collector(server.url, exchange, spool_dir)
+            assert second.spool is not None and second.spool.pending == 5
+            stop = asyncio.Event()
+            task = asyncio.create_task(second.run(stop))
+            async with asyncio.timeout(60):
+                await second.wait_until(lambda c: c.published == 5)
+                await exchange.wait_subscribed("binance_usdm", len(second.plans))
+                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 3))
+                await second.wait_until(lambda c: c.published == 8)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await second.config.redis.aclose()
+            return sent
+
+    try:
+        sent = asyncio.run(run())
+        _assert_published_once_in_order(server.url, sent)
+    finally:
+        server.stop()
+    assert list(spool_dir.iterdir()) == []

@@ -1,0 +1,122 @@
+"""A collector's disk spool: liquidations a venue sent while Redis could not take them.
+
+A venue cannot resend what it pushed, so while Redis is unreachable a collector appends what it
+receives to ``<data_dir>/spool/<venue>.jsonl`` (one ``Liquidation`` per line, the stream
+payload's JSON) instead of holding it in memory. Once Redis answers, the spool is published first,
+in order, then the collector goes back to its in-memory queue. A collector stopped or killed
+meanwhile finds the spool at its next start.
+
+Reading never consumes: :meth:`Spool.peek` returns the next lines after the committed offset and
+:meth:`Spool.commit` moves that offset (kept beside the file in ``<venue>.offset``) once the
+batch is in Redis. A crash between the two publishes that batch again (at least once); when
+everything is committed both files are removed. A line that does not decode (a write cut short
+by a crash) is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from shared import codec
+from shared.models import Liquidation
+
+logger = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, directory: Path, venue: str) -> None:
+        self.path = directory / f"{venue}.jsonl"
+        self.offset_path = directory / f"{venue}.offset"
+        self.skipped = 0
+        """Lines that did not decode, or were cut short by a crash."""
+        self._drop_partial_tail()
+        self.offset = self._read_offset()
+        self.pending = self._count_pending()
+        """Lines written and not yet committed."""
+        self._peeked_end = self.offset
+        self._peeked_lines = 0
+
+    def append(self, liquidations: Sequence[Liquidation]) -> None:
+        """Write ``liquidations`` at the end of the spool and hand them to the OS (fsync)."""
+        if not liquidations:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as handle:
+            handle.write(b"".join(codec.encode(liq) + b"\n" for liq in liquidations))
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.pending += len(liquidations)
+
+    def peek(self, limit: int) -> list[Liquidation]:
+        """Up to ``limit`` liquidations after the committed offset, without consuming them."""
+        if not self.pending or not self.path.exists():
+            self.pending = 0
+            return []
+        out: list[Liquidation] = []
+        end, lines = self.offset, 0
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            for line in handle:
+                end += len(line)
+                lines += 1
+                try:
+                    out.append(codec.decode_liquidation(line))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    self.skipped += 1
+                    logger.error("spool %s: skipped an unreadable line at byte %d",
+                                 self.path, end - len(line))
+                if len(out) >= limit:
+                    break
+        self._peeked_end, self._peeked_lines = end, lines
+        if not lines:
+            self.pending = 0  # nothing after the offset after all
+        return out
+
+    def commit(self) -> None:
+        """The last :meth:`peek` is in Redis: move past it (remove the spool once all is)."""
+        self.offset = self._peeked_end
+        if not self.path.exists() or self.offset >= self.path.stat().st_size:
+            self.path.unlink()
+            self.offset_path.unlink(missing_ok=True)
+            self.offset = self._peeked_end = 0
+            self.pending = 0
+            return
+        self.offset_path.write_text(str(self.offset))
+        self.pending -= self._peeked_lines
+
+    def _drop_partial_tail(self) -> None:
+        """A line without its newline was cut short by a crash: cut it off (every append
+        writes whole lines)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            with self.path.open("r+b") as handle:
+                handle.truncate(keep)
+            self.skipped += 1
+            logger.error("spool %s: dropped a line cut short by a crash (%d bytes)",
+                         self.path, len(data) - keep)
+
+    def _read_offset(self) -> int:
+        if not self.path.exists():
+            self.offset_path.unlink(missing_ok=True)
+            return 0
+        try:
+            return int(self.offset_path.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _count_pending(self) -> int:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                return sum(1 for _ in handle)
+        except FileNotFoundError:
+            return 0

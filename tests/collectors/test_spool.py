@@ -1,0 +1,62 @@
+"""The collector's disk spool: order, offsets kept across restarts, damage from a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collectors.spool import Spool
+from shared.models import Liquidation
+from tests.factories import liq
+
+
+def _liqs(n: int, start: int = 0) -> list[Liquidation]:
+    return [liq(quantity=1 + i, timestamp_ms=1_767_225_600_000 + i) for i in range(start, start + n)]
+
+
+def test_liquidations_come_back_in_order_and_the_files_go_once_all_are_committed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "bybit")
+    spool.append(_liqs(5))
+    spool.append(_liqs(2, start=5))
+    assert spool.pending == 7
+    first = spool.peek(4)
+    assert first == spool.peek(4) == _liqs(4)  # peeking consumes nothing
+    spool.commit()
+    assert spool.pending == 3 and (tmp_path / "bybit.offset").exists()
+    assert spool.peek(10) == _liqs(3, start=4)
+    spool.commit()
+    assert spool.pending == 0 and sorted(p.name for p in tmp_path.iterdir()) == []
+    spool.append(_liqs(1, start=9))
+    assert spool.peek(10) == _liqs(1, start=9)
+
+
+def test_a_new_process_resumes_after_the_committed_offset(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "okx")
+    spool.append(_liqs(6))
+    spool.peek(2)
+    spool.commit()
+    spool.peek(2)  # published, then the process died before committing
+    again = Spool(tmp_path, "okx")
+    assert again.pending == 4
+    assert again.peek(100) == _liqs(4, start=2)
+
+
+def test_a_line_cut_short_by_a_crash_and_an_unreadable_line_are_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, "gate")
+    spool.append(_liqs(2))
+    with spool.path.open("ab") as handle:
+        handle.write(b'{"not a liquidation": 1}\n')
+        handle.write(b'{"exchange":"gate","sym')  # the write a crash cut short
+    again = Spool(tmp_path, "gate")
+    assert again.pending == 3 and again.skipped == 1
+    assert again.peek(100) == _liqs(2)
+    assert again.skipped == 2
+    again.commit()
+    assert again.pending == 0 and not again.path.exists()
+
+
+def test_a_stale_offset_without_its_spool_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "htx.offset").write_text("12345")
+    spool = Spool(tmp_path, "htx")
+    assert (spool.offset, spool.pending) == (0, 0) and not (tmp_path / "htx.offset").exists()
+    spool.append(_liqs(1))
+    assert spool.peek(5) == _liqs(1)
