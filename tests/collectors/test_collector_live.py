@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,38 @@ def _assert_published_once_in_order(url: str, sent: list[Liquidation]) -> None:
         assert mine(got) == mine(sent)
 
 
+async def _through_an_outage(
+        exchange: ExchangeSimulator, collector: Collector, stop_redis: Callable[[], None],
+        before: int, during: int, waiting: Callable[[Collector], bool]) -> list[Liquidation]:
+    """``before`` liquidations published, Redis stopped, ``during`` more received and ``waiting``."""
+    await exchange.wait_subscribed("binance_usdm", len(collector.plans))
+    sent = await exchange.emit(events("binance_usdm", T0, before))
+    await collector.wait_until(lambda c: c.published == before)
+    stop_redis()
+    sent += await exchange.emit(events("binance_usdm", T0 + 60_000, during))
+    await collector.wait_until(waiting)
+    assert collector.published == before
+    return sent
+
+
+@asynccontextmanager
+async def _running(collector: Collector) -> AsyncIterator[Collector]:
+    """The collector runs inside the block, at most 60 s; it is stopped and closed after."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            yield collector
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await collector.config.redis.aclose()
+
+
+def _spooled(n: int) -> Callable[[Collector], bool]:
+    return lambda c: c.spool is not None and c.spool.pending == n
+
+
 @pytest.mark.parametrize("spooled", [True, False], ids=["disk-spool", "in-memory"])
 def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(
         tmp_path: Path, spooled: bool) -> None:
@@ -195,26 +229,13 @@ def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(
     async def run() -> list[Liquidation]:
         nonlocal server
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
-            collector = _collector(server.url, exchange, spool_dir)
-            stop = asyncio.Event()
-            task = asyncio.create_task(collector.run(stop))
-            async with asyncio.timeout(60):
-                await exchange.wait_subscribed("binance_usdm", len(collector.plans))
-                sent = await exchange.emit(events("binance_usdm", T0, 3))
-                await collector.wait_until(lambda c: c.published == 3)
-                server.stop()
-                sent += await exchange.emit(events("binance_usdm", T0 + 60_000, 4))
-                if spooled:
-                    await collector.wait_until(lambda c: c.spool is not None and c.spool.pending == 4)
-                    assert len((spool_dir / "binance_usdm.jsonl").read_bytes().splitlines()) == 4  # type: ignore[operator]
-                else:
-                    await collector.wait_until(lambda c: c.health.events == 7)
-                assert collector.published == 3
+            async with _running(_collector(server.url, exchange, spool_dir)) as collector:
+                waiting = _spooled(4) if spooled else (lambda c: c.health.events == 7)
+                sent = await _through_an_outage(exchange, collector, server.stop, 3, 4, waiting)
+                if spool_dir is not None:
+                    assert len((spool_dir / "binance_usdm.jsonl").read_bytes().splitlines()) == 4
                 server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
                 await collector.wait_until(lambda c: c.published == 7)
-            stop.set()
-            await asyncio.wait_for(task, 10)
-            await collector.config.redis.aclose()
             assert collector.health.parse_errors == 0
             return sent
 
@@ -235,32 +256,16 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
     async def run() -> list[Liquidation]:
         nonlocal server
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
-            first = _collector(server.url, exchange, spool_dir)
-            stop = asyncio.Event()
-            task = asyncio.create_task(first.run(stop))
-            async with asyncio.timeout(60):
-                await exchange.wait_subscribed("binance_usdm", len(first.plans))
-                sent = await exchange.emit(events("binance_usdm", T0, 2))
-                await first.wait_until(lambda c: c.published == 2)
-                server.stop()
-                sent += await exchange.emit(events("binance_usdm", T0 + 60_000, 5))
-                await first.wait_until(lambda c: c.spool is not None and c.spool.pending == 5)
-                stop.set()
-                await asyncio.wait_for(task, 10)
-            await first.config.redis.aclose()
+            async with _running(_collector(server.url, exchange, spool_dir)) as first:
+                sent = await _through_an_outage(exchange, first, server.stop, 2, 5, _spooled(5))
             server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
             second = _collector(server.url, exchange, spool_dir)
             assert second.spool is not None and second.spool.pending == 5
-            stop = asyncio.Event()
-            task = asyncio.create_task(second.run(stop))
-            async with asyncio.timeout(60):
+            async with _running(second):
                 await second.wait_until(lambda c: c.published == 5)
                 await exchange.wait_subscribed("binance_usdm", len(second.plans))
                 sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 3))
                 await second.wait_until(lambda c: c.published == 8)
-            stop.set()
-            await asyncio.wait_for(task, 10)
-            await second.config.redis.aclose()
             return sent
 
     try:
