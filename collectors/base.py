@@ -336,6 +336,7 @@ class Collector:
                     logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
                                  self.config.venue.name, exc, len(batch) + self.queue.qsize())
                     return
+                self._sync_spool()
                 delay = backoff.next_delay()
                 logger.warning("%s: redis unavailable (%s); %d waiting, retrying in %.1fs",
                                self.config.venue.name, exc, self._waiting(batch), delay)
@@ -386,6 +387,14 @@ class Collector:
             return False
         SPOOLED.labels(self.config.venue.name).set(self.spool.pending)
         return True
+
+    def _sync_spool(self) -> None:
+        if self.spool is None:
+            return
+        try:
+            self.spool.sync()
+        except OSError as exc:
+            logger.error("%s: cannot flush %s to disk (%s)", self.config.venue.name, self.spool.path, exc)
 
     def _drain_queue(self) -> list[Liquidation]:
         out: list[Liquidation] = []

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from collectors import spool as spool_module
 from collectors.spool import Spool
 from shared.models import Liquidation
 from tests.factories import liq
@@ -60,3 +63,26 @@ def test_a_stale_offset_without_its_spool_is_ignored(tmp_path: Path) -> None:
     assert (spool.offset, spool.pending) == (0, 0) and not (tmp_path / "htx.offset").exists()
     spool.append(_liqs(1))
     assert spool.peek(5) == _liqs(1)
+
+
+@pytest.mark.parametrize("chunk", [8, 64 * 1024])
+def test_the_cut_line_is_found_however_far_back_its_start_is(tmp_path: Path, chunk: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "TAIL_CHUNK", chunk)
+    spool = Spool(tmp_path, "bitmex")
+    spool.append(_liqs(3))
+    whole = spool.path.stat().st_size
+    with spool.path.open("ab") as handle:
+        handle.write(b'{"exchange":"bitmex",' + b" " * 300)
+    again = Spool(tmp_path, "bitmex")
+    assert again.path.stat().st_size == whole and again.skipped == 1
+    assert again.peek(10) == _liqs(3)
+
+
+def test_an_empty_or_whole_spool_is_left_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "dydx.jsonl").write_bytes(b"")
+    assert Spool(tmp_path, "dydx").skipped == 0
+    spool = Spool(tmp_path, "dydx")
+    spool.append(_liqs(2))
+    spool.sync()
+    assert Spool(tmp_path, "dydx").skipped == 0 and Spool(tmp_path, "dydx").pending == 2
