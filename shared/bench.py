@@ -201,7 +201,7 @@ class EndToEnd:
     events: int
     per_s: float
     cpu_s: dict[str, float]
-    """CPU seconds per process over the run: the producer, Redis, each consumer."""
+    """CPU seconds per process over the run: the producer, Redis, each consumer, PostgreSQL."""
     machine_busy: float | None
     """Share of all cores busy over the run, whatever ran (PostgreSQL too); None off Linux."""
 
@@ -220,7 +220,8 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
 
     The consumers are separate processes running their real service loops (blocking
     XREADGROUP), as deployed; completion is polled every 2 ms with XINFO GROUPS. The CPU time
-    of each process (start-up excluded) and of Redis is recorded, with the machine's busy share.
+    of each process (start-up excluded), of Redis and of PostgreSQL is recorded, with the
+    machine's busy share.
     """
     ctx = mp.get_context("spawn")
     names = list(_consumer_factories(url, pg_dsn))
@@ -233,17 +234,16 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
     try:
         for _ in procs:
             ready.acquire()
-        redis_before, machine_before = _redis_cpu(client), _machine_cpu()
+        before = _ServerCpu.now(client)
         started, producer_before = time.perf_counter(), time.process_time()
         asyncio.run(produce())
         producer_cpu = time.process_time() - producer_before
         while not _all_acked(client, keys.event_stream(0), len(names)):
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
-        redis_cpu, machine_after = _redis_cpu(client) - redis_before, _machine_cpu()
+        servers_used = _ServerCpu.now(client).since(before)
         stop_flag.set()
         reported = dict(cpu_report.get(timeout=60) for _ in procs)
-        cpu = {"producer": producer_cpu, "redis": redis_cpu, **{name: reported[name] for name in names}}
     finally:
         client.close()
         for p in procs:
@@ -251,16 +251,58 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
             if p.is_alive():
                 p.terminate()
                 p.join()
-    busy = None
-    if machine_before and machine_after:
-        (busy_0, all_0), (busy_1, all_1) = machine_before, machine_after
-        busy = round((busy_1 - busy_0) / (all_1 - all_0), 3) if all_1 > all_0 else None
-    return EndToEnd(events=n, per_s=n / elapsed, cpu_s=cpu, machine_busy=busy)
+    cpu = {"producer": producer_cpu, "redis": servers_used.redis_s, **{n: reported[n] for n in names}}
+    if pg_dsn:
+        cpu["postgres"] = servers_used.postgres_s
+    return EndToEnd(events=n, per_s=n / elapsed, cpu_s=cpu, machine_busy=servers_used.machine_busy())
+
+
+@dataclass
+class _ServerCpu:
+    """CPU seconds Redis and PostgreSQL have used, and the machine's (busy, total) ticks."""
+
+    redis_s: float
+    postgres_s: float
+    machine: tuple[int, int] | None
+
+    @classmethod
+    def now(cls, client: redis.Redis) -> _ServerCpu:
+        return cls(_redis_cpu(client), _processes_cpu("postgres"), _machine_cpu())
+
+    def since(self, before: _ServerCpu) -> _ServerCpu:
+        machine = None
+        if self.machine and before.machine:
+            machine = (self.machine[0] - before.machine[0], self.machine[1] - before.machine[1])
+        return _ServerCpu(self.redis_s - before.redis_s, self.postgres_s - before.postgres_s, machine)
+
+    def machine_busy(self) -> float | None:
+        """Share of all cores busy over an interval (from :meth:`since`)."""
+        if not self.machine or self.machine[1] <= 0:
+            return None
+        return round(self.machine[0] / self.machine[1], 3)
 
 
 def _redis_cpu(client: redis.Redis) -> float:
     info: dict[str, Any] = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def _processes_cpu(command: str) -> float:
+    """CPU seconds used so far by every live process named ``command`` (Linux /proc; 0 elsewhere).
+
+    For PostgreSQL that is the server and its backends (the writer's connection lives through
+    the run); it counts any other PostgreSQL on the machine too."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # the process ended meanwhile
+        name, _, rest = text.partition(" (")[2].rpartition(") ")
+        if name == command:
+            fields = rest.split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_cpu() -> tuple[int, int] | None:
