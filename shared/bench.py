@@ -232,8 +232,7 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
         p.start()
     client = redis.Redis.from_url(url)
     try:
-        for _ in procs:
-            ready.acquire()
+        _await_ready(ready, procs, names)
         before = _ServerCpu.now(client)
         started, producer_before = time.perf_counter(), time.process_time()
         asyncio.run(produce())
@@ -255,6 +254,16 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
     if pg_dsn:
         cpu["postgres"] = servers_used.postgres_s
     return EndToEnd(events=n, per_s=n / elapsed, cpu_s=cpu, machine_busy=servers_used.machine_busy())
+
+
+def _await_ready(ready: Any, procs: list[Any], names: list[str]) -> None:
+    """Wait until every consumer process is consuming; fail (not hang) when one died at start."""
+    for _ in procs:
+        while not ready.acquire(timeout=1.0):
+            dead = [f"{name} (exit code {p.exitcode})" for name, p in zip(names, procs, strict=True)
+                    if not p.is_alive()]
+            if dead:
+                raise click.ClickException(f"consumer process died while starting: {', '.join(dead)}")
 
 
 @dataclass
@@ -323,9 +332,9 @@ def _all_acked(client: redis.Redis, stream: str, groups: int) -> bool:
 
 
 @contextmanager
-def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
+def servers(workdir: Path, with_db: bool = True) -> Iterator[tuple[str, str | None]]:
     redis_url = os.environ.get("LIQ_REDIS_URL")
-    pg_dsn = os.environ.get("LIQ_PG_DSN")
+    pg_dsn = os.environ.get("LIQ_PG_DSN") if with_db else None
     started: list[RedisServer | PostgresServer] = []
     if redis_url:
         _require_empty(redis_url)
@@ -333,7 +342,7 @@ def servers(workdir: Path) -> Iterator[tuple[str, str | None]]:
         r = start_redis(workdir / "redis")
         started.append(r)
         redis_url = r.url
-    if not pg_dsn:
+    if not pg_dsn and with_db:
         try:
             pg = start_postgres(workdir / "pg")
             started.append(pg)
@@ -366,7 +375,9 @@ def _require_empty(url: str) -> None:
 @click.option("--rows", type=int, default=100_000, show_default=True, help="Rows for the writer stage.")
 @click.option("--only", default=",".join(SECTIONS), show_default=True, help="Sections to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-def bench(events: int, rows: int, only: str, as_json: bool) -> None:
+@click.option("--no-db", is_flag=True,
+              help="Without PostgreSQL: no writer, so the streams show what the Redis stages cost alone.")
+def bench(events: int, rows: int, only: str, as_json: bool, no_db: bool) -> None:
     """Measure throughput and latency of each stage against a bare baseline in the same run."""
     logs.configure("WARNING", "bench")
     wanted = [s for s in only.split(",") if s]
@@ -374,7 +385,7 @@ def bench(events: int, rows: int, only: str, as_json: bool) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="liq-bench-"))
     workdir.chmod(0o755)  # the postgres user (when run as root) must reach its data dir
     try:
-        with servers(workdir) as (redis_url, pg_dsn):
+        with servers(workdir, with_db=not no_db) as (redis_url, pg_dsn):
             if pg_dsn:
                 importlib.import_module("writer.migrate").migrate_dsn(pg_dsn)
             if "parsers" in wanted:

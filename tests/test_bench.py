@@ -59,3 +59,15 @@ def test_bench_refuses_a_redis_database_that_holds_data(redis_url: str) -> None:
         assert client.get("liq:something") == b"live data"
     finally:
         client.close()
+
+
+def test_bench_without_the_database_measures_the_redis_stages_alone(redis_url: str) -> None:
+    result = CliRunner().invoke(
+        bench, ["--only", "streams", "--events", "1000", "--no-db", "--json"],
+        env={"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": "postgresql://nobody@127.0.0.1:1/none"},
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    streams = json.loads(result.output)["streams"]
+    assert "writer_per_s" not in streams and streams["events"] == 1000
+    assert list(streams["end_to_end_cpu_us_per_event"]) == [
+        "producer", "redis", "aggregator", "detector", "total"]
