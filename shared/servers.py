@@ -155,8 +155,13 @@ def _owned_data_dir(data_dir: Path, user: str) -> Path:
     return fallback
 
 
-def start_postgres(data_dir: Path, port: int = 0) -> PostgresServer:
-    """Init (first time) and start PostgreSQL in ``data_dir``; creates database ``liq``."""
+def start_postgres(data_dir: Path, port: int = 0, durable: bool = False) -> PostgresServer:
+    """Init (first time) and start PostgreSQL in ``data_dir``; creates database ``liq``.
+
+    ``durable``: PostgreSQL's own defaults (fsync, full-page writes, synchronous commit), so a
+    committed batch survives a crash of the machine, as the writer's XACK after commit assumes
+    (``liq up``). Otherwise those are off, for tests and benchmarks on throwaway data.
+    """
     bin_dir = postgres_bin_dir()
     run_as = PG_SUPERUSER if os.geteuid() == 0 else None
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -169,8 +174,9 @@ def start_postgres(data_dir: Path, port: int = 0) -> PostgresServer:
     if not (pgdata / "PG_VERSION").exists():
         _run(server._cmd(str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",
                          "-U", PG_SUPERUSER, "-E", "UTF8", "--no-sync"), "initdb")
-    options = (f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
+    throwaway = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    options = (f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 {throwaway}"
+               "-c max_connections=100")
     _run(server._cmd(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-l", str(data_dir / "pg.log"),
                      "-w", "-t", "60", "-o", options, "start"), "pg_ctl start")
     _create_database(server)

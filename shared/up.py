@@ -129,7 +129,8 @@ def _redis(data_dir: Path) -> tuple[str, RedisServer | None]:
 def _postgres(data_dir: Path) -> tuple[str, PostgresServer | None]:
     if os.environ.get("LIQ_PG_DSN"):
         return os.environ["LIQ_PG_DSN"], None
-    server = start_postgres(data_dir / "pg", port=int(os.environ.get("LIQ_EMBEDDED_PG_PORT", "0")))
+    server = start_postgres(data_dir / "pg", port=int(os.environ.get("LIQ_EMBEDDED_PG_PORT", "0")),
+                            durable=True)
     return server.dsn, server
 
 

@@ -67,6 +67,11 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -
             if _ready(report):
                 break
         assert _ready(report), json.dumps(report, indent=1)[:4000]
+        assert report is not None
+        with psycopg.connect(report["pg_dsn"]) as conn:  # the user's data: crash-safe settings
+            settings = [conn.execute(f"SHOW {name}").fetchone() for name in
+                        ("fsync", "full_page_writes", "synchronous_commit")]
+        assert settings == [("on",), ("on",), ("on",)]
         children = _descendants(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)

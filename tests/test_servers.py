@@ -24,7 +24,9 @@ def test_redis_fixture_is_a_real_server(redis_url: str) -> None:
 def test_pg_fixture_is_a_real_server(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn) as conn:
         row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        fsync = conn.execute("SHOW fsync").fetchone()
     assert row is not None and row[0] >= 140000
+    assert fsync == ("off",), "test servers hold throwaway data: no fsync"
 
 
 def test_a_persistent_redis_keeps_streams_and_pending_entries_across_a_restart(tmp_path: Path) -> None:
