@@ -14,6 +14,9 @@ Rules applied here, besides significance (``writer.significance``):
 - of several rows with one natural key ``(time, exchange, event_id)`` in a batch (the plain event
   and its cascade-member copy), one is kept: a member before a plain event, then the higher risk
   score, then the first; so the batch can be COPied straight into the table;
+- the cascade-member copy of a significant liquidation goes to ``Batch.merges``: the event stream
+  usually stored its plain copy first, so it is merged (inserted if absent, else upgraded)
+  instead of making the whole batch's COPY fail on the key;
 - the price level is computed here (``shared.levels``, the aggregator's rule and sizes), not
   in SQL: one rule for Redis and the database, and no per-row SQL function on the hot path.
 """
@@ -67,6 +70,10 @@ class Batch:
     """Everything one transaction writes, plus what was left out and why."""
 
     events: list[EventRow] = field(default_factory=list)
+    """Rows not stored yet, as far as the batch can tell: COPied straight into the table."""
+    merges: list[EventRow] = field(default_factory=list)
+    """Cascade-member rows of significant liquidations: the event stream may have stored their
+    plain copy already, so they are inserted if absent, else that row is upgraded to a member."""
     cascades: list[CascadeRow] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
     members: int = 0
@@ -76,7 +83,7 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not self.events and not self.cascades
+        return not self.events and not self.merges and not self.cascades
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -153,6 +160,7 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
     batch = Batch()
     cascades: list[CascadeEvent] = []
     rows: dict[tuple[object, ...], EventRow] = {}
+    stored_maybe: set[tuple[object, ...]] = set()
     for payload in payloads:
         if isinstance(payload, CascadeEvent):
             if expired(payload.start_ms, now_ms, retention_days):
@@ -171,26 +179,35 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
         elif not _finite(liq.price, liq.quantity, liq.notional_usd) or liq.timestamp_ms > now_ms + DAY_MS:
             batch.invalid += 1
         else:
-            _keep_best(rows, event_row(liq, member, level_sizes))
+            row = event_row(liq, member, level_sizes)
+            _keep_best(rows, row)
+            if member is not None and rules.is_significant(liq):
+                stored_maybe.add(natural_key(row))
             batch.days.add(utc_day(liq.timestamp_ms))
-    batch.events = list(rows.values())
-    batch.members = sum(1 for row in batch.events if row[_IS_CASCADE])
+    for key, row in rows.items():
+        (batch.merges if row[IS_CASCADE] and key in stored_maybe else batch.events).append(row)
+    batch.members = sum(1 for row in rows.values() if row[IS_CASCADE])
     batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]
     return batch
 
 
-_TIME, _EXCHANGE, _IS_CASCADE, _RISK, _EVENT_ID = (
+_TIME, _EXCHANGE, IS_CASCADE, _RISK, _EVENT_ID = (
     EVENT_COLUMNS.index(c) for c in ("time", "exchange", "is_cascade", "risk_score", "event_id"))
+
+
+def natural_key(row: EventRow) -> tuple[object, ...]:
+    """The primary key of ``liquidations_significant``: (time, exchange, event_id)."""
+    return row[_TIME], row[_EXCHANGE], row[_EVENT_ID]
 
 
 def _rank(row: EventRow) -> tuple[bool, float]:
     risk = row[_RISK]
-    return bool(row[_IS_CASCADE]), risk if isinstance(risk, float) else -math.inf
+    return bool(row[IS_CASCADE]), risk if isinstance(risk, float) else -math.inf
 
 
 def _keep_best(rows: dict[tuple[object, ...], EventRow], row: EventRow) -> None:
     """Keep one row per natural key: a cascade member's, then the higher risk score, then the first."""
-    key = (row[_TIME], row[_EXCHANGE], row[_EVENT_ID])
+    key = natural_key(row)
     held = rows.get(key)
     if held is None or _rank(row) > _rank(held):
         rows[key] = row

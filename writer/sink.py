@@ -7,10 +7,12 @@ batch's entries only once its rows are durable:
 1. native mode: the UTC-day partitions the batch needs are created first, in their own short
    transaction (``liq_ensure_partitions``), and remembered;
 2. one transaction: the events by binary COPY straight into ``liquidations_significant`` in a
-   savepoint; only if a row is already stored (a replayed or redelivered batch), back to the
-   savepoint and through the staging table with ``INSERT … ON CONFLICT DO NOTHING`` and the
-   cascade-member upgrade; then the cascades under an advisory lock (native: the touched
-   ``liquidation_cascades`` rows recomputed). Native rollups follow the inserts by trigger.
+   savepoint; the rows that may be stored already (``Batch.merges``: the member copies of
+   significant liquidations), and all of them if the COPY hit a stored row (a replayed or
+   redelivered batch, back to the savepoint), through the staging table with ``INSERT … ON
+   CONFLICT DO NOTHING`` and the cascade-member upgrade; then the cascades under an advisory
+   lock (native: the touched ``liquidation_cascades`` rows recomputed). Native rollups follow
+   the inserts by trigger.
 
 A lost connection or any database error rolls the transaction back and raises
 :class:`~shared.streams.SinkRetry`: the consumer backs off and re-reads its pending entries, and
@@ -30,7 +32,7 @@ from shared.metrics import ERRORS, EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
 from writer.migrate import VALUE_TYPE, Mode, old_schema_message
-from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
+from writer.rows import CASCADE_TYPES, EVENT_TYPES, IS_CASCADE, Batch
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class DatabaseSink:
 
     async def _write_in_transaction(self, conn: Conn, batch: Batch) -> WriteResult:
         result = WriteResult()
+        merged = batch.merges
         if batch.events:
             try:
                 async with conn.transaction():  # a savepoint: a duplicate key undoes only the COPY
@@ -128,19 +131,28 @@ class DatabaseSink:
                 result.inserted = len(batch.events)
             except psycopg.errors.UniqueViolation:
                 result.replayed = True
-                await self._write_replayed_events(conn, batch, result)
+                merged = [*batch.events, *batch.merges]
+        if merged:
+            await self._merge_events(conn, merged, result)
         if batch.cascades:
             result.cascades = await self._write_cascades(conn, batch.cascades)
         return result
 
-    async def _write_replayed_events(self, conn: Conn, batch: Batch, result: WriteResult) -> None:
-        """The rows not stored yet, and cascade membership for stored rows that lack it."""
-        await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, batch.events)
-        result.inserted = await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
-        if batch.members:
+    async def _merge_events(self, conn: Conn, rows: list[tuple[object, ...]], result: WriteResult) -> None:
+        """The rows not stored yet, and cascade membership for stored rows that lack it.
+
+        The upgrade joins the staged rows to the table by its key, one index probe per staged
+        row (with run-time partition pruning). The planner, knowing nothing of the temporary
+        table, would rather hash-join it against every partition: a scan of the whole table per
+        batch."""
+        await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, rows)
+        result.inserted += await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
+        if any(row[IS_CASCADE] for row in rows):
             native = self.mode == "native"
+            await conn.execute(sql.PROBE_BY_KEY)
             result.upgraded = await _count_or_rowcount(
                 conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
+            await conn.execute(sql.ANY_JOIN)
 
     async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:
         await conn.execute(sql.LOCK_CASCADES)

@@ -65,6 +65,12 @@ WHERE s.is_cascade AND NOT t.is_cascade
 
 UPGRADE_MEMBERS_TIMESCALE = _UPGRADE
 
+# Around the upgrade: a join by index probes only (see DatabaseSink._merge_events), then back.
+PROBE_BY_KEY = """SELECT set_config(name, 'off', true) FROM pg_settings
+WHERE name IN ('enable_hashjoin', 'enable_mergejoin')"""
+ANY_JOIN = """SELECT set_config(name, reset_val, true) FROM pg_settings
+WHERE name IN ('enable_hashjoin', 'enable_mergejoin')"""
+
 UPGRADE_MEMBERS_NATIVE = f"""
 WITH up AS ({_UPGRADE}
     RETURNING t.time, t.exchange, t.symbol, t.side, t.value_usd

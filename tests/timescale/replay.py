@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tests.timescale.harness import Harness, PGliteError, insert_rows
 from writer import statements as sql
 from writer.migrate import BOOTSTRAP, Migration
-from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, Batch
+from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, IS_CASCADE, Batch
 
 RAW_TABLES = ("liquidations_significant", "cascade_events")
 CAGGS = ("liquidations_hourly", "liquidation_heatmap", "liquidation_cascades")
@@ -93,7 +93,7 @@ def write_batch(h: Harness, batch: Batch) -> WriteCounts:
     if batch.empty:
         return counts
     with h.transaction():
-        if batch.events:
+        if batch.events or batch.merges:
             _write_events(h, batch, counts)
         if batch.cascades:
             h.execute(sql.LOCK_CASCADES)
@@ -107,20 +107,28 @@ UNIQUE_VIOLATION = "23505"
 
 
 def _write_events(h: Harness, batch: Batch, counts: WriteCounts) -> None:
-    h.execute("SAVEPOINT liq_direct")
-    try:
-        counts.inserted = insert_rows(h, "liquidations_significant", EVENT_COLUMNS, batch.events)
-        h.execute("RELEASE SAVEPOINT liq_direct")
+    """The sink's order: a direct insert of ``events`` in a savepoint; ``merges`` (and all rows,
+    when that insert hit a stored row) through the staging table, insert-if-absent + upgrade."""
+    merged = batch.merges
+    if batch.events:
+        h.execute("SAVEPOINT liq_direct")
+        try:
+            counts.inserted = insert_rows(h, "liquidations_significant", EVENT_COLUMNS, batch.events)
+            h.execute("RELEASE SAVEPOINT liq_direct")
+        except PGliteError as exc:
+            if exc.code != UNIQUE_VIOLATION:
+                raise
+            h.execute("ROLLBACK TO SAVEPOINT liq_direct")
+            counts.replayed = True
+            merged = [*batch.events, *batch.merges]
+    if not merged:
         return
-    except PGliteError as exc:
-        if exc.code != UNIQUE_VIOLATION:
-            raise
-    h.execute("ROLLBACK TO SAVEPOINT liq_direct")
-    counts.replayed = True
-    insert_rows(h, "liq_stage", EVENT_COLUMNS, batch.events)
-    counts.inserted = _affected(h, sql.INSERT_EVENTS)
-    if batch.members:
+    insert_rows(h, "liq_stage", EVENT_COLUMNS, merged)
+    counts.inserted += _affected(h, sql.INSERT_EVENTS)
+    if any(row[IS_CASCADE] for row in merged):
+        h.execute(sql.PROBE_BY_KEY)
         counts.upgraded = _affected(h, sql.UPGRADE_MEMBERS_TIMESCALE)
+        h.execute(sql.ANY_JOIN)
 
 
 def _affected(h: Harness, statement: str) -> int:

@@ -73,10 +73,11 @@ def test_one_row_per_natural_key_a_member_and_then_the_higher_risk_wins() -> Non
     low = CascadeMember(cascade_id="c1", risk_score=0.5, liquidation=big)
     high = CascadeMember(cascade_id="c2", risk_score=1.5, liquidation=big)
     batch = build_batch([big, other, low, high, big, low], SignificanceRules(), NOW, 90)
-    rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in batch.events]
+    rows = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in [*batch.merges, *batch.events]]
     assert [(r["event_id"], r["is_cascade"], r["cascade_id"], r["risk_score"]) for r in rows] == [
-        ("big", True, "c2", 1.5), ("other", False, None, None)], "first position kept, best version"
+        ("big", True, "c2", 1.5), ("other", False, None, None)], "one row per key, the best version"
     assert batch.members == 1
+    assert len(batch.merges) == 1, "a significant liquidation's member copy may find its plain copy stored"
     same_id_other_venue = liq(exchange="okx", price=100_000.0, quantity=2.0, timestamp_ms=NOW - 2000,
                               event_id="big")
     assert len(build_batch([big, same_id_other_venue], SignificanceRules(), NOW, 90).events) == 2

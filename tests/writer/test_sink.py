@@ -14,8 +14,9 @@ from shared.models import CascadeMember
 from shared.streams import SinkRetry
 from tests.factories import liq
 from tests.writer.test_writer_service import assert_rollups_match_raw, rows
+from writer import statements as sql
 from writer.migrate import MigrationError, migrate_dsn
-from writer.rows import EVENT_COLUMNS, Batch, build_batch
+from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
 from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink, WriteResult
 
@@ -51,8 +52,10 @@ def test_a_batch_that_overlaps_stored_rows_inserts_only_the_new_ones(db: str) ->
     members = [CascadeMember(cascade_id="c1", risk_score=1.1, liquidation=e) for e in second[:2]]
     results, sink = asyncio.run(write_all(db, [batch_of(first), batch_of(second + members)]))
 
-    assert [(r.inserted, r.upgraded, r.replayed) for r in results] == [(4, 0, False), (3, 2, True)]
-    assert (sink.stats.batches, sink.stats.replayed_batches, sink.stats.inserted) == (2, 1, 7)
+    # e2 and e3 are stored; their member copies are merged (upgraded), the rest COPied directly:
+    # the batch is not a replay.
+    assert [(r.inserted, r.upgraded, r.replayed) for r in results] == [(4, 0, False), (3, 2, False)]
+    assert (sink.stats.batches, sink.stats.replayed_batches, sink.stats.inserted) == (2, 0, 7)
     assert rows(db, "SELECT event_id, is_cascade FROM liquidations_significant ORDER BY event_id") == [
         ("e0", False), ("e1", False), ("e2", True), ("e3", True), ("e4", False), ("e5", False),
         ("e6", False)]
@@ -88,3 +91,27 @@ def test_a_database_with_the_pre_release_numeric_schema_is_refused_with_the_fix(
         migrate_dsn(db, "native")
     with pytest.raises(SinkRetry, match="pre-release schema"):
         asyncio.run(write_all(db, [batch_of(events(0, 1, SYSTEM_CLOCK.now_ms() - 60_000))]))
+
+
+def test_the_member_upgrade_probes_the_key_instead_of_scanning_the_table(db: str) -> None:
+    """The planner knows nothing of the staging table and would hash-join it against every
+    partition (a scan of the whole table per batch); the sink makes it probe the primary key."""
+    start = SYSTEM_CLOCK.now_ms() - 3 * 86_400_000
+    stored = [liq(exchange="bybit", price=67_000.0 + i, quantity=2.0, timestamp_ms=start + i * 60_000,
+                  event_id=f"s{i}") for i in range(3 * 1440)]  # three days of one a minute
+    asyncio.run(write_all(db, [batch_of(stored)]))
+    members = batch_of([CascadeMember(cascade_id="c", risk_score=1.0, liquidation=x) for x in stored[-20:]])
+    with psycopg.connect(db) as conn:
+        conn.execute("ANALYZE liquidations_significant")
+        conn.execute(sql.STAGE_EVENTS_DDL)
+        with conn.cursor().copy(sql.COPY_EVENTS) as copy:
+            copy.set_types(list(EVENT_TYPES))
+            for row in members.merges:
+                copy.write_row(row)
+        conn.execute(sql.PROBE_BY_KEY)
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.UPGRADE_MEMBERS_NATIVE).fetchall())
+        conn.execute(sql.ANY_JOIN)
+        hashjoin = conn.execute("SHOW enable_hashjoin").fetchone()
+    assert "Nested Loop" in plan and "Index Scan using liquidations_significant_p" in plan
+    assert "Seq Scan on liquidations_significant" not in plan and "Hash Join" not in plan
+    assert hashjoin == ("on",), "the rest of the transaction plans as usual"
