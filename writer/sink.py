@@ -73,6 +73,8 @@ class DatabaseSink:
         self.mode: Mode | None = None
         self.known_days: set[date] = set()
         self.stats = SinkStats()
+        self.join_settings = ("on", "on")
+        """The connection's enable_hashjoin / enable_mergejoin, restored after the upgrade."""
 
     async def connect(self) -> Conn:
         if self.conn is not None and not self.conn.closed:
@@ -92,6 +94,8 @@ class DatabaseSink:
             raise NotMigrated(old_schema_message(str(value_type[0])))
         await conn.execute(sql.STAGE_EVENTS_DDL)
         await conn.execute(sql.STAGE_CASCADES_DDL)
+        joins = await (await conn.execute(sql.JOIN_SETTINGS)).fetchone()
+        self.join_settings = (str(joins[0]), str(joins[1])) if joins else ("on", "on")
         self.conn = conn
         logger.info("connected to PostgreSQL (%s mode)", self.mode)
         return conn
@@ -149,10 +153,10 @@ class DatabaseSink:
         result.inserted += await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
         if any(row[IS_CASCADE] for row in rows):
             native = self.mode == "native"
-            await conn.execute(sql.PROBE_BY_KEY)
+            await conn.execute(sql.SET_JOINS, ("off", "off"))
             result.upgraded = await _count_or_rowcount(
                 conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
-            await conn.execute(sql.ANY_JOIN)
+            await conn.execute(sql.SET_JOINS, self.join_settings)
 
     async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:
         await conn.execute(sql.LOCK_CASCADES)

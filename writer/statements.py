@@ -65,11 +65,10 @@ WHERE s.is_cascade AND NOT t.is_cascade
 
 UPGRADE_MEMBERS_TIMESCALE = _UPGRADE
 
-# Around the upgrade: a join by index probes only (see DatabaseSink._merge_events), then back.
-PROBE_BY_KEY = """SELECT set_config(name, 'off', true) FROM pg_settings
-WHERE name IN ('enable_hashjoin', 'enable_mergejoin')"""
-ANY_JOIN = """SELECT set_config(name, reset_val, true) FROM pg_settings
-WHERE name IN ('enable_hashjoin', 'enable_mergejoin')"""
+# Around the upgrade: a join by index probes only (see DatabaseSink._merge_events), then the
+# connection's own settings again (read once, JOIN_SETTINGS).
+JOIN_SETTINGS = "SELECT current_setting('enable_hashjoin'), current_setting('enable_mergejoin')"
+SET_JOINS = "SELECT set_config('enable_hashjoin', %s, true), set_config('enable_mergejoin', %s, true)"
 
 UPGRADE_MEMBERS_NATIVE = f"""
 WITH up AS ({_UPGRADE}

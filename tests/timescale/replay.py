@@ -126,9 +126,9 @@ def _write_events(h: Harness, batch: Batch, counts: WriteCounts) -> None:
     insert_rows(h, "liq_stage", EVENT_COLUMNS, merged)
     counts.inserted += _affected(h, sql.INSERT_EVENTS)
     if any(row[IS_CASCADE] for row in merged):
-        h.execute(sql.PROBE_BY_KEY)
+        h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["off", "off"])
         counts.upgraded = _affected(h, sql.UPGRADE_MEMBERS_TIMESCALE)
-        h.execute(sql.ANY_JOIN)
+        h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["on", "on"])
 
 
 def _affected(h: Harness, statement: str) -> int:

@@ -108,10 +108,30 @@ def test_the_member_upgrade_probes_the_key_instead_of_scanning_the_table(db: str
             copy.set_types(list(EVENT_TYPES))
             for row in members.merges:
                 copy.write_row(row)
-        conn.execute(sql.PROBE_BY_KEY)
+        conn.execute(sql.SET_JOINS, ("off", "off"))
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.UPGRADE_MEMBERS_NATIVE).fetchall())
-        conn.execute(sql.ANY_JOIN)
-        hashjoin = conn.execute("SHOW enable_hashjoin").fetchone()
     assert "Nested Loop" in plan and "Index Scan using liquidations_significant_p" in plan
     assert "Seq Scan on liquidations_significant" not in plan and "Hash Join" not in plan
-    assert hashjoin == ("on",), "the rest of the transaction plans as usual"
+
+
+def test_the_rest_of_the_transaction_plans_with_the_connections_own_join_settings(db: str) -> None:
+    start = SYSTEM_CLOCK.now_ms() - 3_600_000
+    stored = events(0, 3, start)
+    members = batch_of([CascadeMember(cascade_id="c1", risk_score=1.1, liquidation=e) for e in stored])
+
+    async def run() -> tuple[WriteResult, Any]:
+        sink = DatabaseSink(db)
+        try:
+            await sink.write(batch_of(stored))
+            conn = await sink.connect()
+            result = WriteResult()
+            async with conn.transaction():
+                await sink._merge_events(conn, members.merges, result)
+                settings = await (await conn.execute(sql.JOIN_SETTINGS)).fetchone()
+            return result, settings
+        finally:
+            await sink.aclose()
+
+    result, settings = asyncio.run(run())
+    assert (result.inserted, result.upgraded) == (0, 3)
+    assert settings == ("on", "on")
