@@ -181,6 +181,8 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
         handled = asyncio.run(_drain(url, make))
         result[f"{name}_per_s"] = round(handled / (time.perf_counter() - started))
     client.flushdb()
+    if pg_dsn:  # the writer stage stored these events: the run end to end must store them anew
+        importlib.import_module("writer.bench").cleanup(pg_dsn)
     end_to_end = _end_to_end(url, pg_dsn, n, produce)
     result["end_to_end_per_s"] = round(end_to_end.per_s)
     result["end_to_end_vs_bare"] = round(end_to_end.per_s / baseline, 3)
