@@ -123,6 +123,7 @@ class Collector:
         if self.spool is not None and self.spool.pending:
             logger.warning("%s: %d liquidations in %s from an earlier run; they are published first",
                            spec.name, self.spool.pending, self.spool.path)
+            SPOOLED.labels(spec.name).set(self.spool.pending)
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
