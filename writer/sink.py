@@ -14,9 +14,11 @@ batch's entries only once its rows are durable:
    lock (native: the touched ``liquidation_cascades`` rows recomputed). Native rollups follow
    the inserts by trigger.
 
-A lost connection or any database error rolls the transaction back and raises
+A lost connection or any other database error rolls the transaction back and raises
 :class:`~shared.streams.SinkRetry`: the consumer backs off and re-reads its pending entries, and
 the next :meth:`write` reconnects. Replaying a batch is harmless (the natural keys dedupe it).
+An error caused by the rows themselves (:func:`refuses_the_data`) is raised as it is, so the
+consumer isolates and dead-letters the row instead of retrying it forever.
 """
 
 from __future__ import annotations
