@@ -168,6 +168,27 @@ def test_collector_reports_suspect_then_down_with_reason(redis_url: str) -> None
     assert asyncio.run(run()) == ["suspect", "down", "reconnected"]
 
 
+class RestartableRedis:
+    """A real Redis keeping its data (as under ``liq up``) that a test stops and starts again."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.server = servers.start_redis(data_dir, persistent=True)
+        self.url = self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start_again(self) -> None:
+        self.server = servers.start_redis(self.data_dir, port=self.server.port, persistent=True)
+
+    def __enter__(self) -> RestartableRedis:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.stop()
+
+
 def _collector(url: str, exchange: ExchangeSimulator, spool_dir: Path | None) -> Collector:
     spec = load_venue("binance_usdm")
     return Collector(CollectorConfig(venue=spec, redis=make_async_redis(url), shards=SHARDS,
@@ -220,46 +241,38 @@ def _spooled(n: int) -> Callable[[Collector], bool]:
 @pytest.mark.parametrize("spooled", [True, False], ids=["disk-spool", "in-memory"])
 def test_a_redis_outage_holds_liquidations_and_publishes_each_once_after_it(
         tmp_path: Path, spooled: bool) -> None:
-    """A real Redis, stopped and started again (its data kept, as under ``liq up``): what the
-    venue sent meanwhile waits (on disk, or in memory without a spool directory), then is
-    published exactly once, in order."""
-    server = servers.start_redis(tmp_path / "redis", persistent=True)
+    """Redis stopped and started again: what the venue sent meanwhile waits (on disk, or in
+    memory without a spool directory), then is published exactly once, in order."""
     spool_dir = tmp_path / "spool" if spooled else None
 
-    async def run() -> list[Liquidation]:
-        nonlocal server
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
-            async with _running(_collector(server.url, exchange, spool_dir)) as collector:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
                 waiting = _spooled(4) if spooled else (lambda c: c.health.events == 7)
-                sent = await _through_an_outage(exchange, collector, server.stop, 3, 4, waiting)
+                sent = await _through_an_outage(exchange, collector, redis.stop, 3, 4, waiting)
                 if spool_dir is not None:
                     assert len((spool_dir / "binance_usdm.jsonl").read_bytes().splitlines()) == 4
-                server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
+                redis.start_again()
                 await collector.wait_until(lambda c: c.published == 7)
             assert collector.health.parse_errors == 0
             return sent
 
-    try:
-        sent = asyncio.run(run())
-        _assert_published_once_in_order(server.url, sent)
-    finally:
-        server.stop()
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
     if spool_dir is not None:
         assert list(spool_dir.iterdir()) == [], "a published spool is removed"
 
 
 def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_published_at_its_next_start(
         tmp_path: Path) -> None:
-    server = servers.start_redis(tmp_path / "redis", persistent=True)
     spool_dir = tmp_path / "spool"
 
-    async def run() -> list[Liquidation]:
-        nonlocal server
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
-            async with _running(_collector(server.url, exchange, spool_dir)) as first:
-                sent = await _through_an_outage(exchange, first, server.stop, 2, 5, _spooled(5))
-            server = servers.start_redis(tmp_path / "redis", port=server.port, persistent=True)
-            second = _collector(server.url, exchange, spool_dir)
+            async with _running(_collector(redis.url, exchange, spool_dir)) as first:
+                sent = await _through_an_outage(exchange, first, redis.stop, 2, 5, _spooled(5))
+            redis.start_again()
+            second = _collector(redis.url, exchange, spool_dir)
             assert second.spool is not None and second.spool.pending == 5
             async with _running(second):
                 await second.wait_until(lambda c: c.published == 5)
@@ -268,9 +281,6 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
                 await second.wait_until(lambda c: c.published == 8)
             return sent
 
-    try:
-        sent = asyncio.run(run())
-        _assert_published_once_in_order(server.url, sent)
-    finally:
-        server.stop()
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
     assert list(spool_dir.iterdir()) == []
