@@ -138,17 +138,22 @@ def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
 def database_status(pg_dsn: str) -> dict[str, Any]:
     try:
         with psycopg.connect(pg_dsn, connect_timeout=5, autocommit=True) as conn:
-            counts = {}
-            for table in TABLES:
-                row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
-                if row and row[0]:
-                    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-                    counts[table] = int(count[0]) if count else 0
             storage = {}
             has_fn = conn.execute("SELECT to_regprocedure('liq_storage_status()') IS NOT NULL").fetchone()
             if has_fn and has_fn[0]:
                 storage = {str(k): str(v) for k, v in conn.execute("SELECT * FROM liq_storage_status()")}
-            return {"rows": counts, "storage": storage}
+            counted = {k.removeprefix("rows."): int(v) for k, v in storage.items() if k.startswith("rows.")}
+            counts = {}
+            for table in TABLES:  # in display order; each table counted once
+                if table in counted:
+                    counts[table] = counted[table]
+                    continue
+                row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+                if row and row[0]:
+                    count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+                    counts[table] = int(count[0]) if count else 0
+            facts = {k: v for k, v in storage.items() if not k.startswith("rows.")}
+            return {"rows": counts, "storage": facts}
     except psycopg.Error as exc:
         return {"error": str(exc).strip()}
 
