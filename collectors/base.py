@@ -120,10 +120,11 @@ class Collector:
         spec = self.config.venue
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms())
         self.spool = Spool(self.config.spool_dir, spec.name) if self.config.spool_dir is not None else None
-        if self.spool is not None and self.spool.pending:
+        left = self._waiting_spool()
+        if left is not None:
             logger.warning("%s: %d liquidations in %s from an earlier run; they are published first",
-                           spec.name, self.spool.pending, self.spool.path)
-            SPOOLED.labels(spec.name).set(self.spool.pending)
+                           spec.name, left.pending, left.path)
+            SPOOLED.labels(spec.name).set(left.pending)
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
@@ -271,14 +272,13 @@ class Collector:
         if dropped:
             self.health.duplicates += dropped
             DUPLICATES.labels(self.config.venue.name).inc(dropped)
-        to_disk = self.spool is not None and self.spool.pending > 0  # after what waits there
+        to_disk = self._waiting_spool() is not None  # then after what waits there
         if not (to_disk and self._spool(fresh)):
             for liq in fresh:
                 self.queue.put_nowait(liq)
-        for liq in fresh:
-            self.health.events += 1
-            self.health.last_event_ms = max(self.health.last_event_ms, liq.timestamp_ms)
         if fresh:
+            self.health.events += len(fresh)
+            self.health.last_event_ms = max(self.health.last_event_ms, *(liq.timestamp_ms for liq in fresh))
             self.health.last_liquidation_received_ms = now_ms
             VENUE_LAST_EVENT_MS.labels(self.config.venue.name).set(self.health.last_event_ms)
 
@@ -316,7 +316,7 @@ class Collector:
         backoff = Backoff()
         batch: list[Liquidation] = []
         while True:
-            spool = self.spool if self.spool is not None and self.spool.pending else None
+            spool = self._waiting_spool()
             if spool is not None and stop.is_set() and self._spool(self._drain_queue()):
                 logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
                                self.config.venue.name, spool.pending, spool.path)
@@ -362,6 +362,10 @@ class Collector:
         SPOOLED.labels(self.config.venue.name).set(spool.pending)
         if not spool.pending:
             logger.info("%s: spool published; back to the in-memory queue", self.config.venue.name)
+
+    def _waiting_spool(self) -> Spool | None:
+        """The spool, when liquidations wait in it (they go out before anything newer)."""
+        return self.spool if self.spool is not None and self.spool.pending else None
 
     def _to_spool(self, batch: list[Liquidation]) -> list[Liquidation]:
         """Move ``batch`` and the queue to the spool; returns what is left to publish from
