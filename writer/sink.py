@@ -34,7 +34,7 @@ from shared.metrics import ERRORS, EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
 from writer.migrate import VALUE_TYPE, Mode, old_schema_message
-from writer.rows import CASCADE_TYPES, EVENT_TYPES, IS_CASCADE, Batch
+from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +139,15 @@ class DatabaseSink:
                 result.replayed = True
                 merged = [*batch.events, *batch.merges]
         if merged:
-            await self._merge_events(conn, merged, result)
+            await self._merge_events(conn, merged, batch.members > 0, result)
         if batch.cascades:
             result.cascades = await self._write_cascades(conn, batch.cascades)
         return result
 
-    async def _merge_events(self, conn: Conn, rows: list[tuple[object, ...]], result: WriteResult) -> None:
-        """The rows not stored yet, and cascade membership for stored rows that lack it.
+    async def _merge_events(self, conn: Conn, rows: list[tuple[object, ...]], members: bool,
+                            result: WriteResult) -> None:
+        """The rows not stored yet, and, when the batch has ``members``, cascade membership for
+        stored rows that lack it.
 
         The upgrade joins the staged rows to the table by its key, one index probe per staged
         row (with run-time partition pruning). The planner, knowing nothing of the temporary
@@ -153,7 +155,7 @@ class DatabaseSink:
         batch."""
         await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, rows)
         result.inserted += await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
-        if any(row[IS_CASCADE] for row in rows):
+        if members:
             native = self.mode == "native"
             await conn.execute(sql.SET_JOINS, ("off", "off"))
             result.upgraded = await _count_or_rowcount(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tests.timescale.harness import Harness, PGliteError, insert_rows
 from writer import statements as sql
 from writer.migrate import BOOTSTRAP, Migration
-from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, IS_CASCADE, Batch
+from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, Batch
 
 RAW_TABLES = ("liquidations_significant", "cascade_events")
 CAGGS = ("liquidations_hourly", "liquidation_heatmap", "liquidation_cascades")
@@ -125,7 +125,7 @@ def _write_events(h: Harness, batch: Batch, counts: WriteCounts) -> None:
         return
     insert_rows(h, "liq_stage", EVENT_COLUMNS, merged)
     counts.inserted += _affected(h, sql.INSERT_EVENTS)
-    if any(row[IS_CASCADE] for row in merged):
+    if batch.members:
         h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["off", "off"])
         counts.upgraded = _affected(h, sql.UPGRADE_MEMBERS_TIMESCALE)
         h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["on", "on"])

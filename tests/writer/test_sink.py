@@ -126,7 +126,7 @@ def test_the_rest_of_the_transaction_plans_with_the_connections_own_join_setting
             conn = await sink.connect()
             result = WriteResult()
             async with conn.transaction():
-                await sink._merge_events(conn, members.merges, result)
+                await sink._merge_events(conn, members.merges, True, result)
                 settings = await (await conn.execute(sql.JOIN_SETTINGS)).fetchone()
             return result, settings
         finally:
