@@ -185,13 +185,13 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
                 stored_maybe.add(natural_key(row))
             batch.days.add(utc_day(liq.timestamp_ms))
     for key, row in rows.items():
-        (batch.merges if row[IS_CASCADE] and key in stored_maybe else batch.events).append(row)
-    batch.members = sum(1 for row in rows.values() if row[IS_CASCADE])
+        (batch.merges if row[_IS_CASCADE] and key in stored_maybe else batch.events).append(row)
+    batch.members = sum(1 for row in rows.values() if row[_IS_CASCADE])
     batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]
     return batch
 
 
-_TIME, _EXCHANGE, IS_CASCADE, _RISK, _EVENT_ID = (
+_TIME, _EXCHANGE, _IS_CASCADE, _RISK, _EVENT_ID = (
     EVENT_COLUMNS.index(c) for c in ("time", "exchange", "is_cascade", "risk_score", "event_id"))
 
 
@@ -202,7 +202,7 @@ def natural_key(row: EventRow) -> tuple[object, ...]:
 
 def _rank(row: EventRow) -> tuple[bool, float]:
     risk = row[_RISK]
-    return bool(row[IS_CASCADE]), risk if isinstance(risk, float) else -math.inf
+    return bool(row[_IS_CASCADE]), risk if isinstance(risk, float) else -math.inf
 
 
 def _keep_best(rows: dict[tuple[object, ...], EventRow], row: EventRow) -> None:
