@@ -26,8 +26,8 @@ from typing import Any
 
 from detector.config import DetectorSettings
 from detector.engine import Engine
+from detector.lifecycle import ended_cascades
 from shared.market_model import SCENARIO_KINDS, CascadeLabel, Scenario, scenario, to_liquidation
-from shared.models import CascadeEvent
 
 TARGETS = {"precision": 0.9, "recall": 0.9, "median_delay_after_fifth_s": 2.0,
            "quiet_false_alarms_per_hour": 1.0}
@@ -93,18 +93,9 @@ def detect(sc: Scenario, settings: DetectorSettings) -> list[Detection]:
     engine = Engine(settings)
     outputs = [o for e in sc.events for o in engine.feed(to_liquidation(e))]
     outputs += engine.flush()
-    starts: dict[str, CascadeEvent] = {}
-    found: list[Detection] = []
-    for o in outputs:
-        if not isinstance(o, CascadeEvent):
-            continue
-        if o.phase == "start":
-            starts[o.cascade_id] = o
-        elif o.phase == "end":
-            first = starts.get(o.cascade_id, o)
-            found.append(Detection(o.cascade_id, o.symbol, o.start_ms, o.end_ms, first.published_ms,
-                                   tuple(o.venues), o.count, o.peak_risk_score, o.band))
-    return found
+    return [Detection(end.cascade_id, end.symbol, end.start_ms, end.end_ms, (start or end).published_ms,
+                      tuple(end.venues), end.count, end.peak_risk_score, end.band)
+            for end, start in ended_cascades(outputs, {})]
 
 
 def _matches(d: Detection, label: CascadeLabel) -> bool:

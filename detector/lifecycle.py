@@ -20,6 +20,7 @@ could still be inside one, so a redelivered event of an ended cascade cannot sta
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from detector import scoring
@@ -28,6 +29,20 @@ from detector.scoring import BAND_RANK, BANDS, ScoringParams
 from shared.models import CascadeEvent, CascadeMember, CascadePhase, FactorScores, Liquidation
 
 Output = CascadeEvent | CascadeMember
+
+
+def ended_cascades(outputs: Iterable[Output], starts: dict[str, CascadeEvent]
+                   ) -> Iterator[tuple[CascadeEvent, CascadeEvent | None]]:
+    """Each end message among ``outputs`` with the start message of its cascade (None if it was
+    never seen). ``starts`` keeps the starts across calls: a cascade starts and ends in
+    different feeds."""
+    for o in outputs:
+        if not isinstance(o, CascadeEvent):
+            continue
+        if o.phase == "start":
+            starts[o.cascade_id] = o
+        elif o.phase == "end":
+            yield o, starts.pop(o.cascade_id, None)
 NO_OUTPUT: tuple[Output, ...] = ()
 
 

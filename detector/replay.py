@@ -27,7 +27,7 @@ import msgspec
 
 from detector.config import DetectorSettings
 from detector.engine import Engine
-from detector.lifecycle import Output
+from detector.lifecycle import Output, ended_cascades
 from shared.models import CascadeEvent, Liquidation, MarketType, Side
 
 MARKET_TYPES: frozenset[str] = frozenset(get_args(MarketType))
@@ -155,11 +155,6 @@ def replay(lines: Iterable[str | bytes], settings: DetectorSettings | None = Non
 
 def _rows(outputs: Iterable[Output], starts: dict[str, CascadeEvent], ended: str,
           stats: ReplayStats) -> Iterator[dict[str, Any]]:
-    for o in outputs:
-        if not isinstance(o, CascadeEvent):
-            continue
-        if o.phase == "start":
-            starts[o.cascade_id] = o
-        elif o.phase == "end":
-            stats.cascades += 1
-            yield cascade_row(o, starts.pop(o.cascade_id, None), ended)
+    for end, start in ended_cascades(outputs, starts):
+        stats.cascades += 1
+        yield cascade_row(end, start, ended)
