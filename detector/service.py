@@ -54,6 +54,7 @@ from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import CASCADES, DETECT_SECONDS, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
+from shared.redisconn import reply_text
 from shared.streams import Message, StreamConsumer
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,6 @@ PAGE = 1000
 def consumer_name(shard: int) -> str:
     return f"detector-s{shard}"
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -287,8 +285,8 @@ class Detector:
         except ResponseError:
             return None  # no such stream yet
         for group in groups:
-            if _text(group.get("name", group.get(b"name", ""))) == keys.DETECTOR_GROUP:
-                last = _text(group.get("last-delivered-id", group.get(b"last-delivered-id", "0-0")))
+            if reply_text(group.get("name", group.get(b"name", ""))) == keys.DETECTOR_GROUP:
+                last = reply_text(group.get("last-delivered-id", group.get(b"last-delivered-id", "0-0")))
                 return None if last == "0-0" else last
         return None
 
@@ -298,28 +296,28 @@ class Detector:
         while True:
             rows: list[dict[str, Any]] = await self.redis.xpending_range(
                 stream, keys.DETECTOR_GROUP, min=start, max="+", count=PAGE)
-            ids.update(_text(r["message_id"]) for r in rows)
+            ids.update(reply_text(r["message_id"]) for r in rows)
             if len(rows) < PAGE:
                 return ids
-            start = "(" + _text(rows[-1]["message_id"])
+            start = "(" + reply_text(rows[-1]["message_id"])
 
     async def _range(self, stream: str, start: str, end: str) -> AsyncIterator[tuple[str, dict[Any, Any]]]:
         while True:
             rows: Any = await self.redis.xrange(stream, min=start, max=end, count=PAGE)
             for entry_id, fields in rows:
-                yield _text(entry_id), fields
+                yield reply_text(entry_id), fields
             if len(rows) < PAGE:
                 return
-            start = "(" + _text(rows[-1][0])
+            start = "(" + reply_text(rows[-1][0])
 
     async def _statuses(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
         prefix = keys.cascade_status("")
         async for raw_key in self.redis.scan_iter(match=keys.cascade_status("*"), count=500):
-            symbol = _text(raw_key)[len(prefix):]
+            symbol = reply_text(raw_key)[len(prefix):]
             if keys.shard_of(symbol, self.settings.shards) not in self.shards:
                 continue
             raw: dict[Any, Any] = await self.redis.hgetall(raw_key)
-            yield symbol, {_text(k): _text(v) for k, v in raw.items()}
+            yield symbol, {reply_text(k): reply_text(v) for k, v in raw.items()}
 
     # -- running ------------------------------------------------------------------------------
 

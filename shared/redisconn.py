@@ -67,6 +67,11 @@ def fast_connection(connection_class: type[Any]) -> type[Any]:
     return _FAST_CLASSES[connection_class]
 
 
+def reply_text(value: Any) -> str:
+    """A value from a Redis reply as text, whether the client decodes responses or not."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def make_async_redis(url: str) -> aioredis.Redis:
     """Client for a consumer or producer process.
 

@@ -21,7 +21,7 @@ import redis
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.redisconn import make_sync_redis
+from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
 from shared.venues import VENUE_NAMES
 
@@ -68,9 +68,6 @@ def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
     }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
 
 def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     info: dict[str, Any] = {"stream": stream, "length": int(client.xlen(stream)), "groups": []}
@@ -79,7 +76,7 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     for group in client.xinfo_groups(stream):
         lag = group.get("lag")
         info["groups"].append({
-            "group": _text(group["name"]),
+            "group": reply_text(group["name"]),
             "consumers": int(group["consumers"]),
             "pending": int(group["pending"]),
             "lag": None if lag is None else int(lag),
@@ -95,8 +92,8 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
     if not length:
         return None
     newest: Any = client.xrevrange(dlq, count=1)
-    fields = {_text(k): _text(v) for k, v in newest[0][1].items()} if newest else {}
-    return {"stream": dlq, "length": length, "last_id": _text(newest[0][0]) if newest else None,
+    fields = {reply_text(k): reply_text(v) for k, v in newest[0][1].items()} if newest else {}
+    return {"stream": dlq, "length": length, "last_id": reply_text(newest[0][0]) if newest else None,
             "last_group": fields.get("group", ""), "last_stage": fields.get("stage", "decode"),
             "last_reason": fields.get("reason", "")}
 
@@ -107,7 +104,7 @@ def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
         raw = client.hgetall(keys.venue_health(name))
         if not raw:
             continue
-        h = {_text(k): _text(v) for k, v in raw.items()}
+        h = {reply_text(k): reply_text(v) for k, v in raw.items()}
         state = h.get("state", "?")
         if now_ms - int(h.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
             state = "stopped"
@@ -130,8 +127,8 @@ def _count_keys(client: redis.Redis, pattern: str) -> int:
 def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
     out = []
     for key in client.scan_iter(match=keys.KEY_KINDS["cascade_status"], count=1000):
-        fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
-        out.append({"symbol": _text(key).rsplit(":", 1)[-1], **fields})
+        fields = {reply_text(k): reply_text(v) for k, v in client.hgetall(key).items()}
+        out.append({"symbol": reply_text(key).rsplit(":", 1)[-1], **fields})
     return sorted(out, key=lambda r: r["symbol"])
 
 

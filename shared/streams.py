@@ -36,6 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 from shared import codec, keys
 from shared.backoff import Backoff
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
+from shared.redisconn import reply_text
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +75,8 @@ async def publish(
     for stream, obj in items:
         pipe.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(obj)}, maxlen=maxlen, approximate=True)
     ids = await pipe.execute()
-    return [_text(i) for i in ids]
+    return [reply_text(i) for i in ids]
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -177,8 +175,8 @@ class StreamConsumer(Generic[T]):
         # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries]; fields come
         # as a flat list (raw reply, see shared.redisconn) or a dict (parsed by redis-py).
         for stream_name, messages in (reply.items() if isinstance(reply, dict) else reply or ()):
-            stream = _text(stream_name)
-            entries += [(stream, _text(entry_id), fields) for entry_id, fields in messages]
+            stream = reply_text(stream_name)
+            entries += [(stream, reply_text(entry_id), fields) for entry_id, fields in messages]
         if self._pending_first and not entries:
             self._pending_first = False
             return True
@@ -200,8 +198,9 @@ class StreamConsumer(Generic[T]):
             # Redis 6.2 answers [cursor, entries]; Redis 7 adds the ids of pending entries that
             # MAXLEN trimmed (it drops them from the pending list): they are dead-lettered as such.
             pairs: list[tuple[Any, Any]] = reply[1] if len(reply) > 1 else []
-            claimed += [(stream, _text(entry_id), fields) for entry_id, fields in pairs]
-            claimed += [(stream, _text(entry_id), None) for entry_id in (reply[2] if len(reply) > 2 else [])]
+            trimmed: list[Any] = reply[2] if len(reply) > 2 else []
+            claimed += [(stream, reply_text(entry_id), fields) for entry_id, fields in pairs]
+            claimed += [(stream, reply_text(entry_id), None) for entry_id in trimmed]
         if not claimed:
             return False
         taken = sum(1 for entry in claimed if entry[2] is not None)
