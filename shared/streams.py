@@ -215,10 +215,10 @@ class StreamConsumer(Generic[T]):
         good: list[Message[T]] = []
         poison: list[tuple[str, str, Any, str]] = []
         done = self._done_unacked
-        redelivered: list[Message[Any]] = [Message(s, i, None) for s, i, _ in entries if (s, i) in done] \
-            if done else []
+        redelivered: list[Message[Any]] = []
         for stream, entry_id, entry_fields in entries:
             if done and (stream, entry_id) in done:
+                redelivered.append(Message(stream, entry_id, None))
                 continue
             try:
                 good.append(Message(stream, entry_id, self.decode(codec.entry_payload(entry_fields))))
