@@ -19,6 +19,7 @@ from tests.timescale.harness import Harness, PGliteError, insert_rows
 from writer import statements as sql
 from writer.migrate import BOOTSTRAP, Migration
 from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, Batch
+from writer.sink import WriteResult
 
 RAW_TABLES = ("liquidations_significant", "cascade_events")
 CAGGS = ("liquidations_hourly", "liquidation_heatmap", "liquidation_cascades")
@@ -41,16 +42,6 @@ class PlanRun:
     applied: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     statements: int = 0
-
-
-@dataclass
-class WriteCounts:
-    """Rows affected by one :func:`write_batch` (as the sink counts them)."""
-
-    inserted: int = 0
-    upgraded: int = 0
-    cascades: int = 0
-    replayed: bool = False
 
 
 def apply_plan(h: Harness, migrations: Sequence[Migration], extversion: str) -> PlanRun:
@@ -87,9 +78,9 @@ def prepare_session(h: Harness) -> None:
     h.execute(sql.STAGE_CASCADES_DDL)
 
 
-def write_batch(h: Harness, batch: Batch) -> WriteCounts:
+def write_batch(h: Harness, batch: Batch) -> WriteResult:
     """Commit ``batch`` with the writer's TimescaleDB-mode statements, in one transaction."""
-    counts = WriteCounts()
+    counts = WriteResult()
     if batch.empty:
         return counts
     with h.transaction():
@@ -106,7 +97,7 @@ def write_batch(h: Harness, batch: Batch) -> WriteCounts:
 UNIQUE_VIOLATION = "23505"
 
 
-def _write_events(h: Harness, batch: Batch, counts: WriteCounts) -> None:
+def _write_events(h: Harness, batch: Batch, counts: WriteResult) -> None:
     """The sink's order: a direct insert of ``events`` in a savepoint; ``merges`` (and all rows,
     when that insert hit a stored row) through the staging table, insert-if-absent + upgrade."""
     merged = batch.merges

@@ -11,7 +11,6 @@ import pytest
 from tests.timescale.harness import Harness
 from tests.timescale.replay import (
     CAGGS,
-    WriteCounts,
     refresh_all,
     run_job,
     run_refresh_policies,
@@ -19,6 +18,7 @@ from tests.timescale.replay import (
 )
 from tests.timescale.scenario import MIN, Scenario, build, expected_hourly, usd
 from writer.rows import EVENT_COLUMNS, ms_to_datetime
+from writer.sink import WriteResult
 
 pytestmark = pytest.mark.timescale
 
@@ -54,7 +54,7 @@ def now_ms(h: Harness) -> int:
     return int(h.scalar("SELECT (extract(epoch FROM now()) * 1000)::bigint") or 0)
 
 
-def write_all(h: Harness, s: Scenario) -> list[WriteCounts]:
+def write_all(h: Harness, s: Scenario) -> list[WriteResult]:
     return [write_batch(h, batch) for batch in s.batches]
 
 
