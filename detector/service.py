@@ -269,7 +269,10 @@ class Detector:
         fed = 0
         async for entry_id, fields in self._range(stream, f"{max(0, since_ms)}-0", last_id):
             try:
-                liq = codec.decode_liquidation(codec.entry_payload(fields))
+                payload = codec.payload_for(fields, keys.DETECTOR_GROUP)
+                if payload is None:
+                    continue  # replayed for another group
+                liq = codec.decode_liquidation(payload)
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
                 continue
             if entry_id in pending and not self._already_published(liq.symbol, entry_id):

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("shared.up", "up"),
     "status": ("shared.status", "status"),
     "bench": ("shared.bench", "bench"),
+    "dlq": ("shared.dlq", "dlq"),
     "collect": ("collectors.cli", "collect"),
     "venues": ("collectors.cli", "venues"),
     "parse": ("collectors.cli", "parse"),
@@ -33,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 HELP: dict[str, str] = {
     "up": "Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, run every process.",
     "status": "Streams, consumer groups, venues, keys and table counts of a running system.",
+    "dlq": "Dead letters: list them, replay them to the group that set them aside, or drop them.",
     "bench": "Measure throughput and latency of each stage against a bare baseline.",
     "collect": "Run one venue's collector.",
     "venues": "List every venue: endpoint, markets, feed semantics, health.",

@@ -13,6 +13,8 @@ import msgspec
 from shared.models import CascadeEvent, CascadeMember, Liquidation
 
 PAYLOAD_FIELD = b"d"
+TARGET_GROUP_FIELD = b"for"
+"""Set only on an entry replayed from a dead-letter stream: the one group that handles it."""
 
 _encoder = msgspec.json.Encoder()
 _liquidation_decoder = msgspec.json.Decoder(Liquidation)
@@ -36,11 +38,32 @@ def entry_payload(fields: dict[Any, Any] | list[Any] | None) -> bytes:
         fields = entry_fields(fields)
     if fields is None:
         raise ValueError("stream entry was deleted (trimmed by MAXLEN) before it was processed")
-    raw = fields.get(PAYLOAD_FIELD)
-    if raw is None:
-        raw = fields.get("d")
+    raw = _field(fields, PAYLOAD_FIELD)
     if raw is None:
         raise ValueError("stream entry has no 'd' field")
+    return raw
+
+
+def payload_for(fields: dict[Any, Any] | list[Any] | None, group: str) -> bytes | None:
+    """:func:`entry_payload` as ``group`` sees it: None when the entry was replayed from a
+    dead-letter stream for another group (its ``for`` field, see ``shared.dlq``)."""
+    if isinstance(fields, list):
+        if len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
+            return fields[1]  # type: ignore[no-any-return]  # the usual entry: no target
+        fields = entry_fields(fields)
+    if fields is not None:
+        target = _field(fields, TARGET_GROUP_FIELD)
+        if target is not None and target != group.encode():
+            return None
+    return entry_payload(fields)
+
+
+def _field(fields: dict[Any, Any], name: bytes) -> bytes | None:
+    raw = fields.get(name)
+    if raw is None:
+        raw = fields.get(name.decode())
+    if raw is None:
+        return None
     return raw if isinstance(raw, bytes) else str(raw).encode()
 
 

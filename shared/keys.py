@@ -5,6 +5,7 @@ No other module builds a key with an f-string. Keys readable with plain ``redis-
 - ``liq:{s<k>}:events``                      event stream of shard k (hash tag = one cluster slot)
 - ``liq:cascades``                           cascade lifecycle stream (start/escalate/end)
 - ``liq:cascade:members``                    liquidations that belong to a cascade
+- ``<stream>:dlq``                           entries a group set aside (``liq dlq``)
 - ``liq:cascade:status:{SYMBOL}``            current cascade state of a symbol (hash)
 - ``liq:levels:{SYMBOL}:{LEVEL}:{SIDE}``     price-level cluster (hash), 1 h TTL
 - ``liq:agg:{SYMBOL}:60s:{BUCKET_MS}``       1-minute bucket (hash), 1 h TTL
@@ -49,6 +50,11 @@ def event_stream(shard: int) -> str:
 
 def event_streams(shards: int) -> list[str]:
     return [event_stream(k) for k in range(shards)]
+
+
+def all_streams(shards: int) -> list[str]:
+    """Every stream a consumer group reads: the event shards, cascades and cascade members."""
+    return [*event_streams(shards), CASCADE_STREAM, CASCADE_MEMBER_STREAM]
 
 
 def dead_letter_stream(stream: str) -> str:

@@ -58,7 +58,7 @@ def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> di
 
 def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
-    streams = keys.event_streams(shards) + [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
+    streams = keys.all_streams(shards)
     return {
         "streams": [_stream_info(client, s) for s in streams],
         "dead_letters": [d for d in (_dead_letters(client, s) for s in streams) if d],
@@ -187,7 +187,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")
     dead = report.get("dead_letters", [])
     if dead:
-        lines.append("\nDEAD LETTERS (entries set aside; XRANGE them to inspect or re-add)")
+        lines.append("\nDEAD LETTERS (entries set aside: liq dlq list, liq dlq replay, liq dlq drop)")
     for d in dead:
         lines.append(f"  {d['stream']:<24} len={d['length']:<8} last: {d['last_group'] or '?'} "
                      f"{d['last_stage']}: {d['last_reason'][:120]}")

@@ -16,7 +16,9 @@ Delivery semantics (at-least-once):
    is alone; that entry is dead-lettered the same way and the others are handled once, so one
    bad entry never holds a consumer. Handlers must therefore commit a batch whole or not at
    all (a transaction, a Lua script), and remember what they fed in memory (the detector).
-6. ``run_until_idle`` processes everything currently in the streams and returns: tests and
+6. An entry replayed from a dead-letter stream (``liq dlq replay``) names the one group that
+   handles it; every other group acks it unhandled, so a replay counts nowhere twice.
+7. ``run_until_idle`` processes everything currently in the streams and returns: tests and
    one-shot backfills drain without sleeping.
 """
 
@@ -216,14 +218,21 @@ class StreamConsumer(Generic[T]):
         poison: list[tuple[str, str, Any, str]] = []
         done = self._done_unacked
         redelivered: list[Message[Any]] = []
+        foreign: list[Message[Any]] = []
         for stream, entry_id, entry_fields in entries:
             if done and (stream, entry_id) in done:
                 redelivered.append(Message(stream, entry_id, None))
                 continue
             try:
-                good.append(Message(stream, entry_id, self.decode(codec.entry_payload(entry_fields))))
+                payload = codec.payload_for(entry_fields, self.group)
+                if payload is None:
+                    foreign.append(Message(stream, entry_id, None))
+                    continue
+                good.append(Message(stream, entry_id, self.decode(payload)))
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                 poison.append((stream, entry_id, entry_fields, str(exc)))
+        if foreign:  # replayed for another group: not ours to handle, so acked as they are
+            await self._ack(foreign)
         for stream in {m.stream for m in good}:
             EVENTS_IN.labels(self.component, stream).inc(sum(1 for m in good if m.stream == stream))
         handled = await self._run_handler(good, entries) if good else 0

@@ -21,6 +21,9 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
     significant_usd_by_symbol: dict[str, float] = {}
     batch_size: int = 500
     batch_age_ms: int = 100
+    event_read_count: int = 5000
+    """Entries read from the event streams at once: most are not significant, so a read of
+    ``batch_size`` entries would commit only a few rows per transaction."""
     retention_days: int = 90
     rollup_retention_days: int = 365
     compress_after_days: int = 7
@@ -33,6 +36,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         super().__post_init__()
         _at_least("batch_size", self.batch_size, 1)
         _at_least("batch_age_ms", self.batch_age_ms, 0)
+        _at_least("event_read_count", self.event_read_count, 1)
         _at_least("retention_days", self.retention_days, 1)
         _at_least("rollup_retention_days", self.rollup_retention_days, 1)
         _at_least("compress_after_days", self.compress_after_days, 1)

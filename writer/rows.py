@@ -85,6 +85,26 @@ class Batch:
     def empty(self) -> bool:
         return not self.events and not self.merges and not self.cascades
 
+    def split(self, max_rows: int) -> list[Batch]:
+        """This batch as transactions of at most ``max_rows`` rows each: events, then merges,
+        then cascades, in order. The skip counts stay with the first part; every part keeps
+        the days (partitions are ensured once per day anyway)."""
+        rows = [*((0, r) for r in self.events), *((1, r) for r in self.merges),
+                *((2, r) for r in self.cascades)]
+        if len(rows) <= max_rows:
+            return [self]
+        parts: list[Batch] = []
+        for start in range(0, len(rows), max_rows):
+            part = Batch(days=self.days)
+            lists = (part.events, part.merges, part.cascades)
+            for kind, row in rows[start:start + max_rows]:
+                lists[kind].append(row)
+            part.members = sum(1 for row in (*part.events, *part.merges) if row[_IS_CASCADE])
+            parts.append(part)
+        first = parts[0]
+        first.insignificant, first.expired, first.invalid = self.insignificant, self.expired, self.invalid
+        return parts
+
 
 def ms_to_datetime(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)

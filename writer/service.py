@@ -3,10 +3,11 @@
 Three consumers in group ``writer`` (one per payload type: the event shard streams,
 ``liq:cascades`` and ``liq:cascade:members``) share one :class:`~writer.sink.DatabaseSink`
 behind a lock. Each read is turned into rows (``writer.rows.build_batch``: significance,
-retention cutoff, validity), split into chunks of at most ``batch_size`` rows by the
-:class:`~writer.batcher.Batcher`, and each chunk is committed before the handler returns; the
-consumer acks only then. After a read that did not fill a batch, the handler waits out the rest
-of ``batch_age_ms`` so that quiet periods commit at most once per batch age.
+retention cutoff, validity), committed in transactions of at most ``batch_size`` rows before
+the handler returns; the consumer acks only then. The event streams are read
+``event_read_count`` entries at a time, since most events are not stored. After a read that was
+not full, the handler waits out the rest of ``batch_age_ms`` (:class:`~writer.batcher.Batcher`)
+so that quiet periods commit at most once per batch age.
 
 Any number of writers can share the group: the natural keys make every insert idempotent and an
 advisory lock serializes cascade writes. In native mode the writer also runs the janitor
@@ -58,33 +59,39 @@ class Writer:
         self.sink = DatabaseSink(dsn)
         self.rules = SignificanceRules.from_settings(settings)
         self.level_sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
-        self.batcher = Batcher(settings.batch_size, settings.batch_age_ms, clock)
+        self.batcher = Batcher(settings.batch_age_ms, clock)
         self.lock = asyncio.Lock()
         self.name = name or consumer_name()
         self.skipped = {"insignificant": 0, "expired": 0, "invalid": 0}
         self.consumers = [
-            self._consumer(keys.event_streams(settings.shards), codec.decode_liquidation),
-            self._consumer([keys.CASCADE_STREAM], codec.decode_cascade),
-            self._consumer([keys.CASCADE_MEMBER_STREAM], codec.decode_member),
+            self._consumer(keys.event_streams(settings.shards), codec.decode_liquidation,
+                           settings.event_read_count),
+            self._consumer([keys.CASCADE_STREAM], codec.decode_cascade, settings.batch_size),
+            self._consumer([keys.CASCADE_MEMBER_STREAM], codec.decode_member, settings.batch_size),
         ]
 
-    def _consumer(self, streams: list[str], decode: Callable[[bytes], Payload]) -> StreamConsumer[Payload]:
-        return StreamConsumer(redis=self.redis, group=keys.WRITER_GROUP, consumer=self.name,
-                              streams=streams, decode=decode, handler=self.handle, component=COMPONENT,
-                              count=self.settings.batch_size)
+    def _consumer(self, streams: list[str], decode: Callable[[bytes], Payload],
+                  read_count: int) -> StreamConsumer[Payload]:
+        async def handle(messages: list[Message[Payload]]) -> None:
+            await self.handle(messages, read_count)
 
-    async def handle(self, messages: list[Message[Payload]]) -> None:
-        """Commit every significant row of one read, chunk by chunk; then wait out the batch age."""
+        return StreamConsumer(redis=self.redis, group=keys.WRITER_GROUP, consumer=self.name,
+                              streams=streams, decode=decode, handler=handle, component=COMPONENT,
+                              count=read_count)
+
+    async def handle(self, messages: list[Message[Payload]], read_count: int) -> None:
+        """Commit the rows of one read in transactions of at most ``batch_size`` rows; then,
+        after a read of fewer than ``read_count`` entries, wait out the batch age."""
         async with self.lock:
             self.batcher.read_started()
-            for chunk in self.batcher.split([m.value for m in messages]):
-                batch = build_batch(chunk, self.rules, self.clock.now_ms(), self.settings.retention_days,
-                                    self.level_sizes)
-                self.skipped["insignificant"] += batch.insignificant
-                self.skipped["expired"] += batch.expired
-                self.skipped["invalid"] += batch.invalid
-                await self.sink.write(batch)
-            pause = self.batcher.pause_after(len(messages))
+            batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(),
+                                self.settings.retention_days, self.level_sizes)
+            self.skipped["insignificant"] += batch.insignificant
+            self.skipped["expired"] += batch.expired
+            self.skipped["invalid"] += batch.invalid
+            for part in batch.split(self.settings.batch_size):
+                await self.sink.write(part)
+            pause = self.batcher.pause_after(len(messages), read_count)
         if pause > 0:
             await asyncio.sleep(pause)
 

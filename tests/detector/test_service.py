@@ -163,6 +163,29 @@ def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: 
     assert len(members(r)) == 7
 
 
+def test_an_entry_replayed_for_another_group_is_neither_fed_nor_rebuilt(redis_url: str,
+                                                                         r: syncredis.Redis) -> None:
+    """``liq dlq replay --group writer`` adds the event back with ``for=writer``: the detector
+    acks it unhandled, and a restart does not put it into the window either."""
+    replayed = ev(22, venue="deribit")
+
+    async def body(client: aioredis.Redis) -> tuple[Detector, Detector]:
+        await put(client, BTC)
+        await client.xadd(keys.event_stream(BTC_SHARD), {codec.PAYLOAD_FIELD: codec.encode(replayed),
+                                                         codec.TARGET_GROUP_FIELD: b"writer"})
+        first = detector(client, [BTC_SHARD])
+        await first.run_until_idle()
+        again = detector(client, [BTC_SHARD])
+        await again.run_until_idle()
+        return first, again
+
+    first, again = run(redis_url, body)
+    assert first.engine.events == 5 and again.rebuilt == 5
+    assert replayed.event_id not in again.engine.symbols["BTCUSDT"].cleared_ids
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
 def test_redelivery_after_a_crash_before_the_ack_publishes_nothing_twice(
         redis_url: str, r: syncredis.Redis) -> None:
     async def body(client: aioredis.Redis) -> tuple[int, Detector]:

@@ -83,6 +83,23 @@ def test_one_row_per_natural_key_a_member_and_then_the_higher_risk_wins() -> Non
     assert len(build_batch([big, same_id_other_venue], SignificanceRules(), NOW, 90).events) == 2
 
 
+def test_a_batch_splits_into_transactions_of_at_most_batch_size_rows() -> None:
+    plain = [liq(price=100_000.0, quantity=2.0, timestamp_ms=NOW - k, event_id=f"p{k}") for k in range(1, 5)]
+    small = liq(price=100.0, quantity=1.0, timestamp_ms=NOW - 10, event_id="small")
+    members = [CascadeMember(cascade_id="c1", risk_score=1.0, liquidation=small),
+               CascadeMember(cascade_id="c1", risk_score=1.0, liquidation=plain[0])]
+    batch = build_batch([*plain, liq(price=1.0, quantity=1.0), *members, cascade("start", 1)],
+                        SignificanceRules(), NOW, 90)
+    assert (len(batch.events), len(batch.merges), len(batch.cascades), batch.members) == (4, 1, 1, 2)
+    assert batch.split(6) == [batch], "a batch that fits is not copied"
+    parts = batch.split(2)
+    assert [(len(p.events), len(p.merges), len(p.cascades), p.members) for p in parts] == [
+        (2, 0, 0, 0), (2, 0, 0, 1), (0, 1, 1, 1)], "every row once, in order, members counted per part"
+    assert [r for p in parts for r in p.events] == batch.events
+    assert [p.insignificant for p in parts] == [1, 0, 0], "skip counts stay with the first part"
+    assert all(p.days == batch.days for p in parts)
+
+
 def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
     events = [cascade("escalate", 5), cascade("start", 9), cascade("escalate", 7)]
     assert [(e.phase, e.published_ms) for e in latest_cascades(events)] == [("escalate", 7)]
@@ -94,18 +111,17 @@ def test_retention_cutoff_is_whole_utc_days() -> None:
     assert not expired(NOW - 90 * DAY_MS, NOW, 90)
 
 
-def test_batcher_splits_by_size_and_waits_out_the_age() -> None:
+def test_batcher_waits_out_the_age_after_a_read_that_was_not_full() -> None:
     clock = FakeClock()
-    batcher = Batcher(max_rows=3, max_age_ms=100, clock=clock)
-    assert batcher.split(list(range(7))) == [[0, 1, 2], [3, 4, 5], [6]]
+    batcher = Batcher(max_age_ms=100, clock=clock)
     batcher.read_started()
     clock.advance(0.03)
-    assert batcher.pause_after(2) == pytest.approx(0.07)
-    assert batcher.pause_after(3) == 0.0, "a full batch never waits"
+    assert batcher.pause_after(2, read_count=3) == pytest.approx(0.07)
+    assert batcher.pause_after(3, read_count=3) == 0.0, "a full read never waits"
     clock.advance(0.2)
-    assert batcher.pause_after(1) == 0.0
+    assert batcher.pause_after(1, read_count=3) == 0.0
     with pytest.raises(ValueError):
-        Batcher(max_rows=0, max_age_ms=1, clock=clock)
+        Batcher(max_age_ms=-1, clock=clock)
 
 
 def test_janitor_plan() -> None:

@@ -1,0 +1,201 @@
+"""``liq dlq``: the dead-letter streams: list their entries, replay them, or drop them.
+
+The consumer loop (``shared.streams``) copies an entry that a group can never process to
+``<stream>:dlq``, with the group, the stage (``decode`` or ``handle``), the reason and the
+entry's id. Once the cause is gone (a fixed release, a repaired table), ``liq dlq replay`` adds
+the payload back to its stream with a ``for`` field naming that group
+(:data:`shared.codec.TARGET_GROUP_FIELD`): the other groups ack it unhandled, so an event the
+writer refused is not counted a second time by the aggregator. Each entry moves atomically:
+the XADD to its stream and the XDEL from the dead-letter stream run in one MULTI, so a replay
+interrupted at any point neither loses nor doubles an entry. ``liq dlq drop`` deletes entries
+that are not worth keeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import click
+import redis
+
+from shared import codec, keys
+from shared.redisconn import make_sync_redis, reply_text
+from shared.settings import CommonSettings, load
+
+PAGE = 1000
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a dead-letter stream."""
+
+    dlq: str
+    id: str
+    stream: str
+    source_id: str
+    group: str
+    stage: str
+    reason: str
+    payload: bytes | None
+    """None when the entry was trimmed from its stream before it was processed."""
+
+    def summary(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields["payload"] = None if self.payload is None else self.payload.decode(errors="replace")
+        return fields
+
+
+def parse(dlq: str, entry_id: str, fields: dict[Any, Any]) -> DeadLetter:
+    """A dead-letter entry as the consumer loop wrote it (pure)."""
+    text = {reply_text(k): v for k, v in fields.items()}
+    payload = text.get(codec.PAYLOAD_FIELD.decode())
+    return DeadLetter(
+        dlq=dlq, id=entry_id, stream=dlq.removesuffix(keys.DEAD_LETTER_SUFFIX),
+        source_id=reply_text(text.get("source_id", "")), group=reply_text(text.get("group", "")),
+        stage=reply_text(text.get("stage", "decode")), reason=reply_text(text.get("reason", "")),
+        payload=payload if isinstance(payload, bytes | None) else str(payload).encode(),
+    )
+
+
+def select(letters: Iterable[DeadLetter], group: str | None = None,
+           ids: Sequence[str] = ()) -> list[DeadLetter]:
+    """The entries of ``group`` (all when None), and only ``ids`` when some are given (pure)."""
+    wanted = set(ids)
+    return [d for d in letters
+            if (group is None or d.group == group) and (not wanted or d.id in wanted)]
+
+
+def read(client: redis.Redis, streams: Sequence[str]) -> Iterator[DeadLetter]:
+    """Every entry of the dead-letter streams of ``streams``, oldest first, page by page."""
+    for stream in streams:
+        dlq = keys.dead_letter_stream(stream)
+        start = "-"
+        while True:
+            page: Any = client.xrange(dlq, min=start, count=PAGE)
+            for entry_id, fields in page:
+                yield parse(dlq, reply_text(entry_id), fields)
+            if len(page) < PAGE:
+                break
+            start = "(" + reply_text(page[-1][0])
+
+
+def replay(client: redis.Redis, letters: Sequence[DeadLetter]) -> tuple[int, list[DeadLetter]]:
+    """Move each entry back to its stream for its group; returns how many moved and the entries
+    that cannot be replayed (trimmed before they were processed: only ``drop`` applies)."""
+    moved, unusable = 0, []
+    for letter in letters:
+        if letter.payload is None or not letter.group:
+            unusable.append(letter)
+            continue
+        pipe = client.pipeline(transaction=True)
+        pipe.xadd(letter.stream, {codec.PAYLOAD_FIELD: letter.payload,
+                                  codec.TARGET_GROUP_FIELD: letter.group.encode()})
+        pipe.xdel(letter.dlq, letter.id)
+        pipe.execute()
+        moved += 1
+    return moved, unusable
+
+
+def drop(client: redis.Redis, letters: Sequence[DeadLetter]) -> int:
+    """Delete entries from their dead-letter streams; returns how many were deleted."""
+    deleted = 0
+    for dlq in sorted({d.dlq for d in letters}):
+        ids = [d.id for d in letters if d.dlq == dlq]
+        for i in range(0, len(ids), PAGE):
+            deleted += int(client.xdel(dlq, *ids[i:i + PAGE]))
+    return deleted
+
+
+def render(letters: Sequence[DeadLetter]) -> str:
+    if not letters:
+        return "no dead letters"
+    lines = []
+    for d in letters:
+        payload = ("(trimmed before it was processed)" if d.payload is None
+                   else d.payload.decode(errors="replace"))
+        lines.append(f"{d.dlq} {d.id}  group={d.group or '?'} stage={d.stage} "
+                     f"source={d.stream} {d.source_id}")
+        lines.append(f"    reason:  {d.reason[:200]}")
+        lines.append(f"    payload: {payload[:200]}")
+    return "\n".join(lines)
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+def _client() -> tuple[redis.Redis, list[str]]:
+    from shared.status import discover
+
+    settings = load(CommonSettings)
+    redis_url, _ = discover(settings, dict(os.environ))
+    if not redis_url:
+        raise click.ClickException("no running system found: set LIQ_REDIS_URL or run liq up")
+    return make_sync_redis(redis_url), keys.all_streams(settings.shards)
+
+
+def _selected(client: redis.Redis, streams: list[str], stream: str | None, group: str | None,
+              ids: Sequence[str]) -> list[DeadLetter]:
+    if stream is not None:
+        if stream not in streams:
+            raise click.BadParameter(f"expected one of: {', '.join(streams)}", param_hint="--stream")
+        streams = [stream]
+    return select(read(client, streams), group, ids)
+
+
+_STREAM = click.option("--stream", help="Only this stream's dead letters (e.g. liq:{s0}:events).")
+GROUPS = (keys.DETECTOR_GROUP, keys.AGGREGATOR_GROUP, keys.WRITER_GROUP)
+_GROUP = click.option("--group", type=click.Choice(GROUPS),
+                      help="Only the entries this consumer group set aside.")
+_IDS = click.option("--id", "ids", multiple=True, help="Only this dead-letter entry id (repeatable).")
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: entries a consumer group could not process, set aside in <stream>:dlq."""
+
+
+@dlq.command("list")
+@_STREAM
+@_GROUP
+@_IDS
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per entry, one per line.")
+def list_command(stream: str | None, group: str | None, ids: tuple[str, ...], as_json: bool) -> None:
+    """Show each dead letter: group, stage, reason and payload."""
+    client, streams = _client()
+    letters = _selected(client, streams, stream, group, ids)
+    if as_json:
+        for letter in letters:
+            click.echo(json.dumps(letter.summary()))
+    else:
+        click.echo(render(letters))
+
+
+@dlq.command("replay")
+@_STREAM
+@_GROUP
+@_IDS
+def replay_command(stream: str | None, group: str | None, ids: tuple[str, ...]) -> None:
+    """Give dead letters back to the group that set them aside (and to no other group)."""
+    client, streams = _client()
+    letters = _selected(client, streams, stream, group, ids)
+    moved, unusable = replay(client, letters)
+    click.echo(f"replayed {moved} of {len(letters)} dead letters")
+    for letter in unusable:
+        click.echo(f"  not replayable (trimmed before it was processed; drop it): {letter.dlq} {letter.id}")
+
+
+@dlq.command("drop")
+@_STREAM
+@_GROUP
+@_IDS
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def drop_command(stream: str | None, group: str | None, ids: tuple[str, ...], yes: bool) -> None:
+    """Delete dead letters for good."""
+    client, streams = _client()
+    letters = _selected(client, streams, stream, group, ids)
+    if letters and not yes:
+        click.confirm(f"delete {len(letters)} dead letters for good?", abort=True)
+    click.echo(f"deleted {drop(client, letters)} dead letters")

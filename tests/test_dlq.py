@@ -1,0 +1,124 @@
+"""Dead letters end to end against a real Redis: a group sets an entry aside, ``liq dlq`` lists
+it and replays it to that group alone; the aggregator, which had handled it, counts it once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis as syncredis
+from click.testing import CliRunner
+
+from aggregator.service import Aggregator
+from aggregator.service import make_consumer as make_aggregator
+from shared import codec, dlq, keys
+from shared.cli import cli as liq
+from shared.models import Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import Message, StreamConsumer, publish
+from tests.factories import liq as make_liq
+
+pytestmark = pytest.mark.integration
+STREAM = keys.event_stream(0)
+DLQ = keys.dead_letter_stream(STREAM)
+EVENTS = [make_liq(price=67_200.0, quantity=float(q), timestamp_ms=1_729_512_000_000 + q, event_id=f"e{q}")
+          for q in (1, 2, 3)]
+
+
+class FlakyWriter:
+    """A stand-in for a group whose handler has a bug on one entry, until it is fixed."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+        self.stored: list[Liquidation] = []
+
+    async def handle(self, batch: list[Message[Liquidation]]) -> None:
+        if not self.fixed and any(m.value.quantity == 2 for m in batch):
+            raise ZeroDivisionError("a bug this entry triggers")
+        self.stored.extend(m.value for m in batch)
+
+
+def _consumer(client, group: str, handler) -> StreamConsumer[Liquidation]:  # type: ignore[no-untyped-def]
+    return StreamConsumer(redis=client, group=group, consumer="c1", streams=[STREAM],
+                          decode=codec.decode_liquidation, handler=handler, component=group)
+
+
+async def _drain(url: str, writer: FlakyWriter, seen_by_detector: list[Liquidation]) -> tuple[int, int, int]:
+    client = make_async_redis(url)
+
+    async def detector(batch: list[Message[Liquidation]]) -> None:
+        seen_by_detector.extend(m.value for m in batch)
+
+    handled = (await make_aggregator(client, 1, Aggregator(client), name="a1").run_until_idle(),
+               await _consumer(client, keys.WRITER_GROUP, writer.handle).run_until_idle(),
+               await _consumer(client, keys.DETECTOR_GROUP, detector).run_until_idle())
+    await client.aclose()
+    return handled
+
+
+def _cli(url: str, *args: str) -> str:
+    result = CliRunner().invoke(liq, ["dlq", *args], env={"LIQ_REDIS_URL": url, "LIQ_SHARDS": "1"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(redis_url: str) -> None:
+    writer, detector_saw = FlakyWriter(), []  # type: ignore[var-annotated]
+
+    async def seed() -> None:
+        client = make_async_redis(redis_url)
+        await publish(client, [(STREAM, e) for e in EVENTS], keys.EVENT_STREAM_MAXLEN)
+        await client.aclose()
+
+    asyncio.run(seed())
+    assert asyncio.run(_drain(redis_url, writer, detector_saw)) == (3, 2, 3)
+    assert writer.stored == [EVENTS[0], EVENTS[2]]
+
+    (letter,) = [json.loads(line) for line in _cli(redis_url, "list", "--json").splitlines()]
+    assert (letter["group"], letter["stage"], letter["stream"], letter["reason"]) == (
+        "writer", "handle", STREAM, "ZeroDivisionError: a bug this entry triggers")
+    assert codec.decode_liquidation(letter["payload"].encode()) == EVENTS[1]
+    assert _cli(redis_url, "list", "--group", "aggregator") == "no dead letters\n"
+    assert "reason:  ZeroDivisionError: a bug this entry triggers" in _cli(redis_url, "list")
+
+    writer.fixed = True
+    assert _cli(redis_url, "replay", "--group", "writer") == "replayed 1 of 1 dead letters\n"
+    sync = syncredis.Redis.from_url(redis_url)
+    assert sync.xlen(DLQ) == 0 and sync.xlen(STREAM) == 4
+    ((_, fields),) = sync.xrevrange(STREAM, count=1)
+    assert fields == {codec.PAYLOAD_FIELD: letter["payload"].encode(), codec.TARGET_GROUP_FIELD: b"writer"}
+
+    handled = asyncio.run(_drain(redis_url, writer, detector_saw))
+    assert handled == (0, 1, 0), "only the writer handles the replay; the others ack it unhandled"
+    assert writer.stored == [EVENTS[0], EVENTS[2], EVENTS[1]]
+    assert detector_saw == EVENTS
+    level = {k.decode(): v.decode() for k, v in sync.hgetall("liq:levels:BTCUSDT:67200:LONG").items()}
+    assert (level["count"], float(level["quantity"])) == ("3", 6.0), "the aggregator counted each event once"
+    for group in (keys.AGGREGATOR_GROUP, keys.WRITER_GROUP, keys.DETECTOR_GROUP):
+        assert sync.xpending(STREAM, group)["pending"] == 0
+
+
+def test_an_entry_trimmed_before_it_was_processed_cannot_be_replayed_only_dropped(redis_url: str) -> None:
+    sync = syncredis.Redis.from_url(redis_url)
+    trimmed = sync.xadd(DLQ, {"reason": "trimmed", "source_id": "1-0", "group": "writer", "stage": "handle"})
+    kept = sync.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "reason": "x", "source_id": "2-0",
+                           "group": "aggregator", "stage": "decode"})
+    letters = list(dlq.read(sync, [STREAM]))
+    assert [d.id for d in letters] == [trimmed.decode(), kept.decode()]
+    assert letters[0].payload is None and letters[1].payload == codec.encode(EVENTS[0])
+    assert dlq.replay(sync, dlq.select(letters, group="writer")) == (0, [letters[0]])
+    assert "(trimmed before it was processed)" in dlq.render(letters)
+    output = _cli(redis_url, "drop", "--id", trimmed.decode(), "--yes")
+    assert output == "deleted 1 dead letters\n"
+    assert [d.id for d in dlq.read(sync, [STREAM])] == [kept.decode()]
+
+
+def test_dead_letters_are_read_page_by_page(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dlq, "PAGE", 2)
+    sync = syncredis.Redis.from_url(redis_url)
+    ids = [sync.xadd(DLQ, {"d": b"{}", "group": "writer", "reason": str(i)}).decode() for i in range(5)]
+    letters = list(dlq.read(sync, [STREAM, keys.CASCADE_STREAM]))
+    assert [d.id for d in letters] == ids and [d.reason for d in letters] == ["0", "1", "2", "3", "4"]
+    assert dlq.select(letters, ids=[ids[3]]) == [letters[3]]
+    assert dlq.drop(sync, letters) == 5 and sync.xlen(DLQ) == 0
