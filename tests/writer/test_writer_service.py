@@ -37,7 +37,7 @@ SHARDS = 2
 
 
 def settings(dsn: str, **over: Any) -> WriterSettings:
-    return WriterSettings(pg_dsn=dsn, shards=SHARDS, batch_age_ms=0, batch_size=7, **over)
+    return WriterSettings(**{"pg_dsn": dsn, "shards": SHARDS, "batch_age_ms": 0, "batch_size": 7, **over})
 
 
 def events() -> list[Liquidation]:
@@ -152,6 +152,16 @@ def test_significant_events_are_stored_once_and_rollups_match(redis_url: str, db
     asyncio.run(drain(redis_url, db))
     assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
     assert_rollups_match_raw(db)
+
+
+def test_a_read_of_many_entries_commits_full_transactions_of_batch_size_rows(redis_url: str, db: str) -> None:
+    """The event streams are read ``event_read_count`` entries at a time; their significant rows
+    go out in transactions of ``batch_size`` rows, not one small transaction per few entries."""
+    asyncio.run(publish_all(redis_url, to_shard(events())))
+    writer = asyncio.run(drain(redis_url, db, batch_size=3, event_read_count=100))
+    assert (writer.sink.stats.batches, writer.sink.stats.inserted) == (3, 8), "8 rows: 3 + 3 + 2"
+    assert writer.skipped["insignificant"] == 4
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
 
 
 def test_per_symbol_threshold(redis_url: str, db: str) -> None:
