@@ -4,6 +4,7 @@ dead letters, reclaiming from a dead consumer, until-idle draining."""
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as syncredis
@@ -300,3 +301,68 @@ def test_entries_of_a_dead_consumer_are_claimed_by_another(redis_url: str) -> No
 
     asyncio.run(run())
     assert _pending(redis_url) == 0
+
+
+class CuttingProxy:
+    """A TCP relay to Redis that, once armed, passes ``budget`` more bytes from the client and
+    then cuts the connection (and refuses every later one): a connection lost mid-publish."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host, self.target_port = target_host, target_port
+        self.budget: int | None = None
+        self.cut = False
+
+    async def start(self) -> int:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.server = server
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if self.budget is not None:
+                    data, self.budget = data[:self.budget], self.budget - len(data)
+                up_writer.write(data)
+                await up_writer.drain()
+                if self.budget is not None and self.budget <= 0:
+                    self.cut = True
+                    break
+            up_writer.close()
+            writer.close()
+
+        async def downstream() -> None:
+            while (data := await up_reader.read(65536)) and not self.cut:
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+
+def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str) -> None:
+    """The collector retries a batch whose publish failed: had Redis kept the part it received,
+    the retry would add those entries twice (and the aggregator count them twice)."""
+    items = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(200)]
+    batch_bytes = sum(len(codec.encode(x)) for _, x in items)
+    target = urlsplit(redis_url)
+
+    async def run() -> None:
+        proxy = CuttingProxy(target.hostname or "127.0.0.1", target.port or 6379)
+        relay = target._replace(netloc=target.netloc.replace(
+            f"{target.hostname}:{target.port}", f"127.0.0.1:{await proxy.start()}"))
+        client = make_async_redis(urlunsplit(relay))
+        assert await client.ping()
+        proxy.budget = batch_bytes // 2  # the connection dies with half of the batch sent
+        with pytest.raises((ConnectionError, OSError, syncredis.RedisError)):
+            await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+        assert proxy.cut
+        await client.aclose()
+        proxy.server.close()
+
+    asyncio.run(run())
+    assert syncredis.Redis.from_url(redis_url).xlen(STREAM) == 0
