@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from aggregator.buckets import fold
 from shared import codec, keys
@@ -27,16 +28,37 @@ def consumer_name() -> str:
     return f"aggregator-{socket.gethostname()}-{os.getpid()}"
 
 
+WRONG_TYPE = "LIQWRONGTYPE"
+"""The error code the script answers when a hash key holds another type (nothing was written)."""
+
+
+class KeyTypeConflict(Exception):
+    """A hash key the batch must increment holds another type (another program wrote it).
+
+    Not a server failure, so not retried: the consumer loop isolates the events that touch that
+    key and dead-letters them (``liq dlq replay --group aggregator`` once the key is deleted);
+    the other events are applied."""
+
+
 # One EVALSHA per batch: every HINCRBY/HINCRBYFLOAT/EXPIRE of the batch and the XACK of its
 # entries run atomically inside Redis. Building ~13 commands per event in Python capped the
 # aggregator at ~11k events/s; a flat argument list is several times cheaper.
 #   KEYS: the hash keys, then the streams to ack
 #   ARGV: ttl, number of hash keys, group, then per hash key: n_int, n_float, then its
 #         (field, increment) pairs (ints first), then per stream: n_ids, ids
+#   Redis does not undo a script's writes when a command in it fails, so every hash key's type
+#   is checked before the first write: a key some other program set to a string fails the batch
+#   whole, with nothing applied, instead of half-applying it on every retry.
 APPLY_BATCH_LUA = """
 local ttl = ARGV[1]
 local nkeys = tonumber(ARGV[2])
 local group = ARGV[3]
+for k = 1, nkeys do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'hash' and kind ~= 'none' then
+    return redis.error_reply('""" + WRONG_TYPE + """ ' .. KEYS[k] .. ' holds a ' .. kind)
+  end
+end
 local i = 4
 for k = 1, nkeys do
   local key = KEYS[k]
@@ -82,7 +104,13 @@ class Aggregator:
         for stream, ids in by_stream.items():
             script_keys.append(stream)
             args += [len(ids), *ids]
-        await self.apply_batch(keys=script_keys, args=args)
+        try:
+            await self.apply_batch(keys=script_keys, args=args)
+        except ResponseError as exc:
+            if str(exc).startswith(WRONG_TYPE):
+                raise KeyTypeConflict(f"{str(exc).removeprefix(WRONG_TYPE).strip()}, not a hash: delete it "
+                                      "(or rename it) and replay the dead letters") from exc
+            raise
         EVENTS_OUT.labels(COMPONENT, "redis").inc(len(messages))
 
 

@@ -8,7 +8,7 @@ import pytest
 import redis as syncredis
 
 from aggregator.service import Aggregator, make_consumer
-from shared import keys
+from shared import codec, keys
 from shared.redisconn import make_async_redis
 from shared.streams import publish
 from tests.factories import liq
@@ -41,3 +41,33 @@ def test_aggregates_exact_sums_and_sets_ttl(redis_url: str) -> None:
     assert int(bucket["short_count"]) == sum(1 for e in first_minute if e.side == "short")
     assert 0 < r.ttl("liq:agg:BTCUSDT:60s:1729512000000") <= keys.L2_TTL_SECONDS
     assert int(r.hgetall("liq:agg:BTCUSDT:60s:1729512060000")["count"]) == 30
+
+
+def test_a_hash_key_of_another_type_costs_only_its_events_and_nothing_is_applied_twice(
+        redis_url: str) -> None:
+    """Another program SET a level key to a string. Redis would keep the increments a script made
+    before its failing command, and the retry would apply them again: the script checks every
+    key first, the loop isolates the events of that key, and every other event counts once."""
+    events = [liq(price=price, quantity=1.0, side="long", timestamp_ms=1_729_512_000_000 + i * 1000,
+                  event_id=f"e{i}") for i, price in enumerate([67_210.0, 67_310.0, 67_220.0, 67_320.0])]
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    r.set("liq:levels:BTCUSDT:67300:LONG", "not a hash")
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        await publish(client, [(keys.event_stream(0), e) for e in events], keys.EVENT_STREAM_MAXLEN)
+        consumer = make_consumer(client, 1, Aggregator(client), name="a1")
+        handled = await consumer.run_until_idle()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 2
+    assert r.hgetall("liq:levels:BTCUSDT:67200:LONG")["count"] == "2"
+    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "2", "each good event once"
+    assert r.get("liq:levels:BTCUSDT:67300:LONG") == "not a hash"
+    letters = r.xrange(keys.dead_letter_stream(keys.event_stream(0)))
+    assert [f["reason"] for _, f in letters] == [
+        "KeyTypeConflict: liq:levels:BTCUSDT:67300:LONG holds a string, not a hash: delete it (or rename it) "
+        "and replay the dead letters"] * 2
+    assert [codec.decode_liquidation(f["d"].encode()).event_id for _, f in letters] == ["e1", "e3"]
+    assert r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP)["pending"] == 0
