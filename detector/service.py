@@ -52,7 +52,7 @@ from detector.engine import Engine
 from detector.lifecycle import Output
 from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
-from shared.metrics import CASCADES, DETECT_SECONDS, EVENTS_OUT
+from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import reply_text
 from shared.streams import Message, StreamConsumer
@@ -130,6 +130,9 @@ class Detector:
         """Outputs produced but not yet published (a publish failed): they go out first next time."""
         self.outbox_symbols: set[str] = set()
         """Symbols whose status hash is still to be written with the outbox."""
+        self.alerts_received_ms: list[int] = []
+        """Per cascade start in the outbox, when a collector received the liquidation that
+        started it: observed as ``liq_cascade_alert_seconds`` once the start is published."""
         self.fed_unpublished: set[tuple[str, str]] = set()
         """(stream, entry id) fed into the engine by a call that then failed (its outputs wait in
         the outbox): when the entry is delivered again it is acked without being fed twice."""
@@ -173,6 +176,7 @@ class Detector:
             fed.append((m.stream, m.id))
             if out:
                 outputs.extend(out)
+                self._note_alerts(out, m.value)
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
         self._last_feed = self.clock.monotonic()
@@ -201,6 +205,15 @@ class Detector:
             return
         await self._publish(self.outbox, self.outbox_symbols)
         self.outbox, self.outbox_symbols = [], set()
+        now_ms = self.clock.now_ms()
+        for received_ms in self.alerts_received_ms:
+            ALERT_SECONDS.observe(max(0, now_ms - received_ms) / 1000)
+        self.alerts_received_ms = []
+
+    def _note_alerts(self, outputs: Sequence[Output], trigger: Liquidation) -> None:
+        if trigger.received_ms > 0:
+            self.alerts_received_ms += [trigger.received_ms for o in outputs
+                                        if isinstance(o, CascadeEvent) and o.phase == "start"]
 
     async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
         script_keys = [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]

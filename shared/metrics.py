@@ -25,6 +25,11 @@ RECONNECTS = Counter("liq_reconnects", "WebSocket reconnects", ["venue"])
 SPOOLED = Gauge("liq_collector_spooled", "Liquidations waiting on disk while Redis is unreachable", ["venue"])
 DEAD_LETTERS = Counter("liq_dead_letters", "Entries moved to a dead-letter stream", ["component"])
 CASCADES = Counter("liq_cascades", "Cascade lifecycle messages published", ["phase"])
+ALERT_SECONDS = Histogram(
+    "liq_cascade_alert_seconds",
+    "From a collector receiving the liquidation that starts a cascade to the start being published",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 DETECT_SECONDS = Histogram(
     "liq_detect_event_seconds",
     "Detector hot-path time per event",

@@ -35,7 +35,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from shared import codec, keys
+from shared import backlog, codec, keys
 from shared.backoff import Backoff
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
 from shared.redisconn import reply_text
@@ -115,6 +115,8 @@ class StreamConsumer(Generic[T]):
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
     claim_every_s: float = 15.0
+    backlog_every_s: float = 5.0
+    """How often the group's length, pending and lag go to the metrics (``shared.backlog``)."""
     handler_acks: bool = False
     """The handler XACKs its entries itself, atomically with its side effect (the aggregator's
     Lua script): the loop then sends no second XACK."""
@@ -123,6 +125,7 @@ class StreamConsumer(Generic[T]):
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _pending_first: bool = True
     _last_claim: float = 0.0
+    _last_backlog: float = 0.0
     _done_unacked: set[tuple[str, str]] = field(default_factory=set)
     """Entries whose side effect is committed but whose XACK failed: acked, not handled, when
     they are delivered again."""
@@ -171,6 +174,10 @@ class StreamConsumer(Generic[T]):
         """Read and handle one batch; returns False when there was nothing to do."""
         if await self._claim_if_due():
             return True
+        now = time.monotonic()
+        if now - self._last_backlog >= self.backlog_every_s:
+            self._last_backlog = now
+            await backlog.report(self.redis, self.group, self.streams)
         start_ids = "0" if self._pending_first else ">"
         reply: Any = await self.redis.xreadgroup(
             self.group,

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
@@ -100,6 +101,26 @@ def test_start_members_status_and_end(redis_url: str, r: syncredis.Redis) -> Non
         "total_usd": "0.00", "venues": "", "updated_ms": str(CLOCK_START + 40_000), "entry_id": ids[-1]}
     assert 0 < r.ttl(keys.cascade_status("BTCUSDT")) <= keys.L2_TTL_SECONDS
     assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
+def test_the_alert_delay_is_measured_from_the_triggering_liquidations_receipt(redis_url: str) -> None:
+    """``liq_cascade_alert_seconds``: collector receipt of the liquidation that starts a cascade
+    → its start published (the injected clock stands still: 250 ms is the receipt's age)."""
+    from prometheus_client import REGISTRY
+
+    def sample(suffix: str) -> float:
+        return REGISTRY.get_sample_value(f"liq_cascade_alert_seconds_{suffix}") or 0.0
+
+    received = [msgspec.structs.replace(e, received_ms=CLOCK_START - 250 - 1000 * (4 - k))
+                for k, e in enumerate(BTC)]
+    count, total = sample("count"), sample("sum")
+
+    async def body(client: aioredis.Redis) -> None:
+        await put(client, received)
+        await detector(client, [BTC_SHARD]).run_until_idle()
+
+    run(redis_url, body)
+    assert (sample("count") - count, sample("sum") - total) == (1, pytest.approx(0.25))
 
 
 def test_active_status_hash_is_exact(redis_url: str, r: syncredis.Redis) -> None:

@@ -366,3 +366,42 @@ def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str) ->
 
     asyncio.run(run())
     assert syncredis.Redis.from_url(redis_url).xlen(STREAM) == 0
+
+
+def test_each_consumer_reports_its_groups_backlog_as_metrics(redis_url: str) -> None:
+    from prometheus_client import REGISTRY
+
+    from shared import backlog
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    async def run() -> list[backlog.Backlog]:
+        await _seed(redis_url, 10)
+        client = make_async_redis(redis_url)
+        held: list[int] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            held.append(len(batch))
+
+        consumer = _consumer(client, handler, count=4, backlog_every_s=0.0)
+        await consumer.ensure_groups()
+        before = await backlog.report(client, "g", [STREAM, "liq:no-such-stream"])
+        assert gauge("liq_stream_lag", stream=STREAM, group="g") == 10
+        assert await consumer.run_until_idle() == 10  # the loop reports before each read
+        await client.aclose()
+        return before
+
+    assert asyncio.run(run()) == [backlog.Backlog(STREAM, "g", length=10, pending=0, lag=10)]
+    assert gauge("liq_stream_length", stream=STREAM) == 10
+    assert gauge("liq_stream_pending", stream=STREAM, group="g") == 0
+    assert gauge("liq_stream_lag", stream=STREAM, group="g") == 0
+
+
+def test_backlog_reads_its_group_from_an_xinfo_reply() -> None:
+    from shared.backlog import Backlog, group_backlog
+
+    reply = [{"name": b"writer", "pending": 3, "lag": 7}, {"name": b"aggregator", "pending": 0, "lag": None}]
+    assert group_backlog("s", "writer", 20, reply) == Backlog("s", "writer", 20, 3, 7)
+    assert group_backlog("s", "aggregator", 20, reply) == Backlog("s", "aggregator", 20, 0, None)
+    assert group_backlog("s", "detector", 20, reply) is None

@@ -1,0 +1,65 @@
+"""How far each consumer group is behind: stream length, pending and lag, as Prometheus gauges.
+
+Every consumer reports its own group's backlog on its streams every few seconds (one XLEN and
+one XINFO GROUPS per stream), so an alert on ``liq_stream_lag`` or ``liq_stream_pending``
+needs no extra process. ``lag`` is what Redis (7+) counts as not yet delivered to the group;
+``pending`` is delivered but not acked yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Gauge
+from redis.exceptions import ResponseError
+
+from shared.redisconn import reply_text
+
+STREAM_LENGTH = Gauge("liq_stream_length", "Entries in the stream (XLEN)", ["stream"])
+STREAM_PENDING = Gauge("liq_stream_pending", "Entries delivered to the group, not acked yet",
+                       ["stream", "group"])
+STREAM_LAG = Gauge("liq_stream_lag", "Entries not delivered to the group yet (Redis 7+)", ["stream", "group"])
+
+
+@dataclass(frozen=True)
+class Backlog:
+    stream: str
+    group: str
+    length: int
+    pending: int
+    lag: int | None
+    """None when Redis cannot tell (Redis 6, or entries deleted from the middle of the stream)."""
+
+
+def group_backlog(stream: str, group: str, length: int, groups: Sequence[dict[Any, Any]]) -> Backlog | None:
+    """``group``'s line of an XINFO GROUPS reply, as a :class:`Backlog` (pure)."""
+    for info in groups:
+        fields = {reply_text(k): v for k, v in info.items()}
+        if reply_text(fields.get("name", "")) == group:
+            lag = fields.get("lag")
+            return Backlog(stream, group, length, int(fields.get("pending", 0)),
+                           None if lag is None else int(lag))
+    return None
+
+
+async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> list[Backlog]:
+    """Read and publish ``group``'s backlog on each of ``streams``."""
+    out: list[Backlog] = []
+    for stream in streams:
+        try:
+            length = int(await redis.xlen(stream))
+            groups: list[dict[Any, Any]] = await redis.xinfo_groups(stream)
+        except ResponseError:
+            continue  # the stream does not exist yet
+        backlog = group_backlog(stream, group, length, groups)
+        if backlog is None:
+            continue
+        STREAM_LENGTH.labels(stream).set(length)
+        STREAM_PENDING.labels(stream, group).set(backlog.pending)
+        if backlog.lag is not None:
+            STREAM_LAG.labels(stream, group).set(backlog.lag)
+        out.append(backlog)
+    return out
