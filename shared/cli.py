@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ServerError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("shared.up", "up"),
@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ConfigError as exc:
+        except (ConfigError, ServerError) as exc:
             raise click.ClickException(str(exc)) from exc
 
 

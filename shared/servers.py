@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -90,18 +91,51 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
     ``liq:*`` hashes (``liq up``). Otherwise nothing is written to disk (tests, benchmarks).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = data_dir / "redis.pid"
+    _stop_leftover_redis(pidfile)
     port = port or free_port()
     binary = redis_binary()
     log = data_dir / "redis.log"
     durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else [
         "--appendonly", "no"]
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
-            "--dir", str(data_dir), "--logfile", str(log), "--protected-mode", "no"]
+            "--dir", str(data_dir), "--logfile", str(log), "--pidfile", str(pidfile),
+            "--protected-mode", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     _wait_port(port, 15, "redis-server", log)
     logger.info("redis %s on 127.0.0.1:%d", binary, port)
     return RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, binary=binary)
+
+
+def _stop_leftover_redis(pidfile: Path) -> None:
+    """Stop a redis-server still running on this data directory: one whose ``liq up`` was killed
+    (SIGKILL, the OOM killer) before it could stop its servers. Two servers on one append-only
+    file would corrupt it. SIGTERM makes Redis write its data before it exits."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if b"redis-server" not in cmdline:
+        return  # the pid was reused by another program
+    logger.warning("stopping redis-server pid %d, left running on %s by an earlier run", pid, pidfile.parent)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        if _zombie(pid):
+            return
+        time.sleep(0.05)
+    if Path(f"/proc/{pid}").exists() and not _zombie(pid):
+        raise ServerError(f"redis-server pid {pid} (left on {pidfile.parent}) did not stop; stop it by hand")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @dataclass
@@ -174,6 +208,9 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False) -> Post
     if not (pgdata / "PG_VERSION").exists():
         _run(server._cmd(str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",
                          "-U", PG_SUPERUSER, "-E", "UTF8", "--no-sync"), "initdb")
+    elif _pg_running(server, pgdata):
+        logger.warning("stopping the PostgreSQL left running on %s by an earlier run", pgdata)
+        server.stop()
     throwaway = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
     options = (f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 {throwaway}"
                "-c max_connections=100")
@@ -182,6 +219,13 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False) -> Post
     _create_database(server)
     logger.info("postgresql %s on 127.0.0.1:%d", bin_dir, port)
     return server
+
+
+def _pg_running(server: PostgresServer, pgdata: Path) -> bool:
+    """A server still running on ``pgdata`` (its ``liq up`` was killed before stopping it)."""
+    status = subprocess.run(server._cmd(str(server.bin_dir / "pg_ctl"), "-D", str(pgdata), "status"),
+                            capture_output=True, check=False, timeout=30)
+    return status.returncode == 0
 
 
 def _create_database(server: PostgresServer) -> None:

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ logger = logging.getLogger("up")
 
 STOP_GRACE_S = 15.0
 UP_FILE = "up.json"
+LOCK_FILE = "up.lock"
 
 
 @dataclass
@@ -69,8 +72,31 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
     if unknown:
         raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
     data_dir = Path(settings.data_dir).resolve()
-    code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed))
+    with only_one_up(data_dir):
+        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed))
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def only_one_up(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data_dir>/up.lock`` while ``liq up`` runs: a second one on the same folder would
+    start a second Redis on the same append-only file and remove the first one's ``up.json``.
+    The lock goes with the process, however it ends (even SIGKILL)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise click.ClickException(
+                f"liq up is already running on {data_dir} ({holder}): use that one (liq status), stop it, "
+                "or give this one another folder with LIQ_DATA_DIR") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
 
 
 async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float | None,

@@ -135,3 +135,45 @@ def _is_simulator(process: psutil.Process) -> bool:
         return "simulate" in process.cmdline()
     except psutil.Error:
         return False
+
+
+def test_a_second_liq_up_on_the_same_folder_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
+    """It would start a second Redis on the first one's append-only file, and remove the first
+    one's up.json (``liq status`` would lose it) when it stops."""
+    import click
+
+    from shared.up import only_one_up
+
+    data_dir = tmp_path / "liq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env["LIQ_DATA_DIR"] = str(data_dir)
+    with only_one_up(data_dir):
+        (data_dir / "up.json").write_text("{}")
+        result = subprocess.run([sys.executable, "-m", "shared", "up", "--for", "1"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=60, check=False)
+        with pytest.raises(click.ClickException, match="already running"), only_one_up(data_dir):
+            pass
+    assert result.returncode == 1
+    assert f"liq up is already running on {data_dir} (pid {os.getpid()})" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in data_dir.iterdir()) == ["up.json", "up.lock"], (
+        "nothing started, nothing removed")
+    with only_one_up(data_dir):  # released with its holder
+        pass
+
+
+def test_a_server_that_cannot_start_is_one_clear_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from shared import up
+    from shared.cli import cli
+    from shared.errors import ServerError
+
+    def no_redis(data_dir: Path) -> None:
+        raise ServerError("redis-server did not listen on 127.0.0.1:6390 within 15s")
+
+    monkeypatch.setattr(up, "_redis", no_redis)
+    result = CliRunner().invoke(cli, ["up", "--for", "1"], env={"LIQ_DATA_DIR": str(tmp_path / "liq")})
+    assert result.exit_code == 1
+    assert "Error: redis-server did not listen on 127.0.0.1:6390 within 15s" in result.output

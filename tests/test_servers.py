@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
-from shared.servers import start_redis
+from shared.servers import start_postgres, start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +63,42 @@ def test_a_plain_redis_writes_nothing_to_disk(tmp_path: Path) -> None:
         server.stop()
     assert config == {"appendonly": "no"}
     assert sorted(p.name for p in (tmp_path / "redis").iterdir()) == ["redis.log"]
+
+
+def test_a_redis_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept(tmp_path: Path) -> None:
+    """``liq up`` killed with SIGKILL leaves its redis-server running on the data directory; the
+    next start must not put a second server on the same append-only file."""
+    leftover = start_redis(tmp_path / "redis", persistent=True)
+    try:
+        redis.Redis.from_url(leftover.url).xadd("liq:cascades", {"d": "kept"})
+        again = start_redis(tmp_path / "redis", persistent=True)
+        try:
+            assert leftover.process.wait(timeout=5) == 0, "the leftover server was shut down cleanly"
+            client = redis.Redis.from_url(again.url)
+            assert [fields for _, fields in client.xrange("liq:cascades")] == [{b"d": b"kept"}]
+            client.close()
+        finally:
+            again.stop()
+    finally:
+        leftover.stop()
+
+
+def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept() -> None:
+    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-pg-{uuid.uuid4().hex[:8]}"
+    leftover = start_postgres(base)
+    try:
+        with psycopg.connect(leftover.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        again = start_postgres(base)
+        try:
+            assert again.port != leftover.port
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(leftover.dsn, connect_timeout=2).close()
+            with psycopg.connect(again.dsn) as conn:
+                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+        finally:
+            again.stop()
+    finally:
+        leftover.stop()
+        shutil.rmtree(base, ignore_errors=True)
