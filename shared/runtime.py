@@ -3,13 +3,18 @@
 ``run_service(name, main)`` is what every ``liq <process>`` command calls: it configures logs,
 runs ``main(stop)`` under asyncio, and returns the exit code. ``main`` must return soon after
 ``stop`` is set, having finished (and acked) the batch in hand.
+
+``die_with_parent`` is given to the processes ``liq up`` (and the test servers) start: if their
+parent dies without stopping them (SIGKILL), Linux sends them SIGTERM, so nothing is orphaned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 from shared import logs
@@ -17,6 +22,15 @@ from shared import logs
 logger = logging.getLogger(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` of a child process: SIGTERM it when the process that started it dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing happens). Linux sends it when the
+    starting *thread* ends, so start such children from the main thread (as everything here does)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import ServerError
+from shared.runtime import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
             "--dir", str(data_dir), "--logfile", str(log), "--pidfile", str(pidfile),
             "--protected-mode", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=die_with_parent)
     _wait_port(port, 15, "redis-server", log)
     logger.info("redis %s on 127.0.0.1:%d", binary, port)
     return RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, binary=binary)

@@ -32,6 +32,7 @@ import click
 
 from shared import logs
 from shared.backoff import Backoff
+from shared.runtime import die_with_parent
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from shared.settings import CommonSettings, load
 from shared.venues import VENUE_NAMES
@@ -210,7 +211,7 @@ async def _run_once(name: str, args: list[str], env: dict[str, str]) -> int:
 async def _spawn(child: Child) -> None:
     child.process = await asyncio.create_subprocess_exec(
         *child.args, env=child.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=die_with_parent,
     )
     asyncio.get_running_loop().create_task(_pump(child.name, child.process))
 

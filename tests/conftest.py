@@ -13,6 +13,7 @@ an error, and locally it is one too, with the reason in the message.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,12 +84,31 @@ def _pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:16", driver=None) as container:
             yield container.get_connection_url()
         return
-    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-pg-{uuid.uuid4().hex[:8]}"
+    base = server_dir("pg")
     server = servers.start_postgres(base)
     try:
         yield server.dsn
     finally:
         server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def server_dir(what: str) -> Path:
+    """A fresh folder the ``postgres`` user can reach when the run is root (pytest's own
+    ``tmp_path`` is mode 0700, so PostgreSQL would fall back to ``/var/lib/liq``); the caller
+    removes it."""
+    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-{what}-{uuid.uuid4().hex[:8]}"
+    base.mkdir(parents=True)
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """:func:`server_dir` for one test, removed afterwards (with what PostgreSQL wrote)."""
+    base = server_dir("dir")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

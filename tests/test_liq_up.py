@@ -50,9 +50,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -> None:
+def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(reachable_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
-    env.update({"LIQ_DATA_DIR": str(tmp_path / "liq"), "LIQ_METRICS_PORT": "0",
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
                 "LIQ_SIGNIFICANT_USD": "50000"})
     proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--simulate", "--speed", "5",
                              "--for", "240"], env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -88,7 +88,7 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(tmp_path: Path) -
     assert report is not None
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(report["pg_dsn"], connect_timeout=3).close()  # the embedded server is gone
-    _assert_redis_kept_its_data(tmp_path / "liq" / "redis", report)
+    _assert_redis_kept_its_data(reachable_dir / "liq" / "redis", report)
 
 
 def _assert_redis_kept_its_data(redis_dir: Path, report: dict[str, Any]) -> None:
@@ -108,10 +108,10 @@ def _assert_redis_kept_its_data(redis_dir: Path, report: dict[str, Any]) -> None
         server.stop()
 
 
-def test_a_stop_during_start_up_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_a_stop_during_start_up_leaves_nothing_behind(reachable_dir: Path) -> None:
     """SIGTERM while the simulator is starting (before the pipeline runs) stops it too."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
-    env.update({"LIQ_DATA_DIR": str(tmp_path / "liq"), "LIQ_METRICS_PORT": "0"})
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0"})
     proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--simulate", "--for", "60"], env=env,
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[psutil.Process] = []
@@ -177,3 +177,68 @@ def test_a_server_that_cannot_start_is_one_clear_line_not_a_traceback(
     result = CliRunner().invoke(cli, ["up", "--for", "1"], env={"LIQ_DATA_DIR": str(tmp_path / "liq")})
     assert result.exit_code == 1
     assert "Error: redis-server did not listen on 127.0.0.1:6390 within 15s" in result.output
+
+
+def _is_writer(process: psutil.Process) -> bool:
+    try:
+        return process.cmdline()[-1:] == ["write"]
+    except psutil.Error:
+        return False
+
+
+def test_a_killed_liq_up_orphans_nothing_and_the_next_one_takes_over(reachable_dir: Path) -> None:
+    """SIGKILL gives ``liq up`` no chance to stop anything: its processes and its Redis stop by
+    themselves (SIGTERM from Linux when their parent dies), and the PostgreSQL that pg_ctl
+    detached is stopped by the next start on the folder, with its data."""
+    from shared.servers import start_postgres
+    from shared.up import only_one_up
+
+    data_dir = reachable_dir / "liq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(data_dir), "LIQ_METRICS_PORT": "0"})
+    proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "120"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    started = False
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not started:
+            assert proc.poll() is None, "liq up ended early"
+            children = _descendants(proc.pid)
+            started = any(_is_writer(p) for p in children)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert started, "liq up never started its writer"
+    postgres = [p for p in psutil.process_iter() if _serves(p, data_dir)]
+    assert postgres, "pg_ctl detaches PostgreSQL from liq up"
+    _gone, alive = psutil.wait_procs([p for p in children if p not in postgres], timeout=20)
+    assert not alive, f"orphaned: {[p.pid for p in alive]}"
+    with only_one_up(data_dir):  # the lock went with the killed process
+        pass
+    info = json.loads((data_dir / "up.json").read_text())
+    with psycopg.connect(info["pg_dsn"]) as conn:
+        conn.execute("CREATE TABLE kept_across_the_kill (v int)")
+    again = start_postgres(data_dir / "pg")
+    try:
+        assert not any(_alive(p) for p in postgres), "the leftover server was stopped first"
+        with psycopg.connect(again.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM kept_across_the_kill").fetchone() == (0,)
+    finally:
+        again.stop()
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running, not a zombie (a detached server's parent, init here, may reap it late)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _serves(process: psutil.Process, data_dir: Path) -> bool:
+    try:
+        cmdline = process.cmdline()
+    except psutil.Error:
+        return False
+    return bool(cmdline) and cmdline[0].endswith("/postgres") and str(data_dir / "pg") in " ".join(cmdline)

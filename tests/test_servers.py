@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -83,8 +80,9 @@ def test_a_redis_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept
         leftover.stop()
 
 
-def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept() -> None:
-    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-pg-{uuid.uuid4().hex[:8]}"
+def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept(
+        reachable_dir: Path) -> None:
+    base = reachable_dir / "pg"
     leftover = start_postgres(base)
     try:
         with psycopg.connect(leftover.dsn, autocommit=True) as conn:
@@ -101,4 +99,3 @@ def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_k
             again.stop()
     finally:
         leftover.stop()
-        shutil.rmtree(base, ignore_errors=True)

@@ -8,11 +8,8 @@ an outage and partition drops.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,6 +21,7 @@ from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import SinkRetry, publish
+from tests.conftest import server_dir
 from tests.factories import liq
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
@@ -225,8 +223,8 @@ def test_retention_cutoff_and_janitor_drop_whole_partitions(redis_url: str, db: 
 
 
 def test_database_outage_holds_entries_and_resumes_without_loss(redis_url: str) -> None:
-    # Its own server (the postgres user must reach the data dir, so not under pytest's tmp_path).
-    base = Path(os.environ.get("LIQ_TEST_TMP", "/tmp")) / f"liq-test-outage-{uuid.uuid4().hex[:8]}"
+    # Its own server, to stop and start again.
+    base = server_dir("outage")
     server = servers.start_postgres(base)
     try:
         migrate_dsn(server.dsn, "native")
