@@ -5,17 +5,17 @@ The consumer loop (``shared.streams``) copies an entry that a group can never pr
 entry's id. Once the cause is gone (a fixed release, a repaired table), ``liq dlq replay`` adds
 the payload back to its stream with a ``for`` field naming that group
 (:data:`shared.codec.TARGET_GROUP_FIELD`): the other groups ack it unhandled, so an event the
-writer refused is not counted a second time by the aggregator. Each entry moves atomically:
-the XADD to its stream and the XDEL from the dead-letter stream run in one MULTI, so a replay
-interrupted at any point neither loses nor doubles an entry. ``liq dlq drop`` deletes entries
-that are not worth keeping.
+writer refused is not counted a second time by the aggregator. Entries move atomically: each
+one's XADD to its stream and XDEL from the dead-letter stream run in the same MULTI (1,000
+entries per MULTI), so a replay interrupted at any point neither loses nor doubles an entry.
+``liq dlq drop`` deletes entries that are not worth keeping.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -83,21 +83,24 @@ def read(client: redis.Redis, streams: Sequence[str]) -> Iterator[DeadLetter]:
             start = "(" + reply_text(page[-1][0])
 
 
-def replay(client: redis.Redis, letters: Sequence[DeadLetter]) -> tuple[int, list[DeadLetter]]:
-    """Move each entry back to its stream for its group; returns how many moved and the entries
-    that cannot be replayed (trimmed before they were processed: only ``drop`` applies)."""
-    moved, unusable = 0, []
-    for letter in letters:
-        if letter.payload is None or not letter.group:
-            unusable.append(letter)
-            continue
+def replay(client: redis.Redis, letters: Sequence[DeadLetter],
+           progress: Callable[[int], None] | None = None) -> tuple[int, list[DeadLetter]]:
+    """Move each entry back to its stream for its group, :data:`PAGE` entries per MULTI;
+    returns how many moved and the entries that cannot be replayed (trimmed before they were
+    processed: only ``drop`` applies). ``progress`` gets the running count after each MULTI."""
+    usable = [d for d in letters if d.payload is not None and d.group]
+    moved = 0
+    for i in range(0, len(usable), PAGE):
         pipe = client.pipeline(transaction=True)
-        pipe.xadd(letter.stream, {codec.PAYLOAD_FIELD: letter.payload,
-                                  codec.TARGET_GROUP_FIELD: letter.group.encode()})
-        pipe.xdel(letter.dlq, letter.id)
+        for letter in usable[i:i + PAGE]:
+            pipe.xadd(letter.stream, {codec.PAYLOAD_FIELD: letter.payload or b"",
+                                      codec.TARGET_GROUP_FIELD: letter.group.encode()})
+            pipe.xdel(letter.dlq, letter.id)
         pipe.execute()
-        moved += 1
-    return moved, unusable
+        moved += len(usable[i:i + PAGE])
+        if progress is not None:
+            progress(moved)
+    return moved, [d for d in letters if d not in usable]
 
 
 def drop(client: redis.Redis, letters: Sequence[DeadLetter]) -> int:
@@ -142,7 +145,11 @@ def _selected(client: redis.Redis, streams: list[str], stream: str | None, group
         if stream not in streams:
             raise click.BadParameter(f"expected one of: {', '.join(streams)}", param_hint="--stream")
         streams = [stream]
-    return select(read(client, streams), group, ids)
+    letters = select(read(client, streams), group, ids)
+    missing = sorted(set(ids) - {d.id for d in letters})
+    if missing:
+        click.echo(f"not found: {', '.join(missing)}", err=True)
+    return letters
 
 
 _STREAM = click.option("--stream", help="Only this stream's dead letters (e.g. liq:{s0}:events).")
@@ -181,7 +188,8 @@ def replay_command(stream: str | None, group: str | None, ids: tuple[str, ...]) 
     """Give dead letters back to the group that set them aside (and to no other group)."""
     client, streams = _client()
     letters = _selected(client, streams, stream, group, ids)
-    moved, unusable = replay(client, letters)
+    many = len(letters) > PAGE
+    moved, unusable = replay(client, letters, lambda n: click.echo(f"  {n} replayed") if many else None)
     click.echo(f"replayed {moved} of {len(letters)} dead letters")
     for letter in unusable:
         click.echo(f"  not replayable (trimmed before it was processed; drop it): {letter.dlq} {letter.id}")

@@ -121,4 +121,14 @@ def test_dead_letters_are_read_page_by_page(redis_url: str, monkeypatch: pytest.
     letters = list(dlq.read(sync, [STREAM, keys.CASCADE_STREAM]))
     assert [d.id for d in letters] == ids and [d.reason for d in letters] == ["0", "1", "2", "3", "4"]
     assert dlq.select(letters, ids=[ids[3]]) == [letters[3]]
-    assert dlq.drop(sync, letters) == 5 and sync.xlen(DLQ) == 0
+    progress: list[int] = []
+    assert dlq.replay(sync, letters[:4], progress.append) == (4, []) and progress == [2, 4]
+    assert sync.xlen(DLQ) == 1 and sync.xlen(STREAM) == 4
+    assert [f[codec.TARGET_GROUP_FIELD] for _, f in sync.xrange(STREAM)] == [b"writer"] * 4
+    assert dlq.drop(sync, letters) == 1 and sync.xlen(DLQ) == 0
+
+
+def test_ids_that_are_not_dead_letters_are_named(redis_url: str) -> None:
+    result = CliRunner().invoke(liq, ["dlq", "replay", "--id", "1-1"], env={"LIQ_REDIS_URL": redis_url})
+    assert result.exit_code == 0
+    assert "not found: 1-1" in result.output and "replayed 0 of 0 dead letters" in result.output
