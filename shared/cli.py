@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("shared.status", "status"),
     "bench": ("shared.bench", "bench"),
     "dlq": ("shared.dlq", "dlq"),
+    "watch": ("shared.watch", "watch_command"),
     "collect": ("collectors.cli", "collect"),
     "venues": ("collectors.cli", "venues"),
     "parse": ("collectors.cli", "parse"),
@@ -34,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 HELP: dict[str, str] = {
     "up": "Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, run every process.",
     "status": "Streams, consumer groups, venues, keys and table counts of a running system.",
+    "watch": "Print cascades (and big liquidations) as they happen; optionally to a webhook.",
     "dlq": "Dead letters: list them, replay them to the group that set them aside, or drop them.",
     "bench": "Measure throughput and latency of each stage against a bare baseline.",
     "collect": "Run one venue's collector.",

@@ -1,0 +1,104 @@
+"""POST alerts to a webhook from a background thread, so a slow or failing endpoint never
+delays the terminal.
+
+Each alert is one JSON POST. The body carries the line as ``text`` (Slack incoming webhooks)
+and ``content`` (Discord) next to the message's own fields, so a chat webhook shows the line
+and a program gets the data. A failed POST (network error, HTTP 5xx or 429) is retried with
+backoff up to ``attempts`` times; a 4xx other than 429 is not retried (the request itself is
+wrong). Every give-up is one line on stderr. At most ``capacity`` alerts wait; beyond that the
+oldest is dropped, with a line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from shared.backoff import Backoff
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class WebhookSender:
+    def __init__(self, url: str, *, attempts: int = 5, timeout_s: float = 5.0, capacity: int = 1000,
+                 backoff: Backoff | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook URL must start with http:// or https:// (got {url!r})")
+        self.url = url
+        self.attempts = attempts
+        self.timeout_s = timeout_s
+        self.backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)
+        self.delivered = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, body: dict[str, Any]) -> None:
+        """Queue one alert (never blocks: the oldest waiting alert makes room if needed)."""
+        payload = {"text": body.get("text", ""), "content": body.get("text", ""), **body}
+        while True:
+            try:
+                self._queue.put_nowait(payload)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                    logger.warning("webhook: %d alerts waiting; dropped the oldest", self._queue.maxsize)
+                except queue.Empty:
+                    pass
+
+    def close(self, wait_s: float = 10.0) -> None:
+        """Deliver what waits for at most ``wait_s``, then stop (what is left is dropped)."""
+        deadline = time.monotonic() + wait_s
+        with contextlib.suppress(queue.Full):
+            self._queue.put(_STOP, timeout=wait_s)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._closing.set()  # no more waiting between retries, no next alert
+        self._thread.join(timeout=self.timeout_s + 1)
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            self._deliver(item)
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        self.backoff.reset()
+        for attempt in range(1, self.attempts + 1):
+            problem = self._post(data)
+            if problem is None:
+                self.delivered += 1
+                return
+            retry = not problem.startswith("HTTP 4") or problem.startswith("HTTP 429")
+            if not retry or attempt == self.attempts or self._closing.wait(self.backoff.next_delay()):
+                break
+        self.failed += 1
+        logger.warning("webhook: gave up on an alert after %d attempt(s): %s", attempt, problem)
+
+    def _post(self, data: bytes) -> str | None:
+        """None when delivered, else what went wrong."""
+        request = urllib.request.Request(self.url, data=data, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # http(s): see __init__
+                response.read()
+            return None
+        except urllib.error.HTTPError as exc:
+            return f"HTTP {exc.code} {exc.reason}"
+        except (urllib.error.URLError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
