@@ -33,6 +33,9 @@ WRITER_GROUP = "writer"
 
 EVENT_STREAM_MAXLEN = 1_000_000
 CASCADE_STREAM_MAXLEN = 100_000
+DEAD_LETTER_MAXLEN = 100_000
+"""A dead-letter stream keeps about this many entries (the consumer logs an error once it is
+full, since older ones are then trimmed)."""
 L2_TTL_SECONDS = 3600
 VENUE_HEALTH_TTL_SECONDS = 24 * 3600
 PROCESS_HEARTBEAT_TTL_SECONDS = 15

@@ -331,11 +331,18 @@ class StreamConsumer(Generic[T]):
             body = {**codec.entry_fields(entry_fields), b"reason": reason.encode()[:500],
                     b"source_id": entry_id.encode(),
                     b"group": self.group.encode(), b"stage": stage.encode()}
-            pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=100_000, approximate=True)
+            pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)
             pipe.xack(stream, self.group, entry_id)
-        await pipe.execute()
+        dead_streams = sorted({keys.dead_letter_stream(stream) for stream, *_ in poison})
+        for dlq in dead_streams:
+            pipe.xlen(dlq)
+        replies = await pipe.execute()
         self.stats.dead_lettered += len(poison)
         DEAD_LETTERS.labels(self.component).inc(len(poison))
         what = "undecodable entries" if stage == "decode" else "entries the handler cannot process"
         logger.warning("%s: dead-lettered %d %s (first: %s %s)",
                        self.component, len(poison), what, poison[0][1], poison[0][3][:200])
+        for dlq, length in zip(dead_streams, replies[-len(dead_streams):], strict=True):
+            if int(length) >= keys.DEAD_LETTER_MAXLEN:
+                logger.error("%s: %s holds %d entries, its cap: the oldest are being dropped; "
+                             "see liq dlq list, then replay or drop them", self.component, dlq, int(length))

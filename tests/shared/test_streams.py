@@ -249,6 +249,28 @@ def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(redis_url: st
     assert _pending(redis_url) == 0
 
 
+def test_a_full_dead_letter_stream_is_an_error_in_the_log(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Past its cap, a dead-letter stream trims its oldest entries: that loss must be said."""
+    monkeypatch.setattr(keys, "DEAD_LETTER_MAXLEN", 2)
+    sync = syncredis.Redis.from_url(redis_url)
+    for _ in range(3):
+        sync.xadd(STREAM, {"d": b"{not json"})
+
+    async def run() -> None:
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            raise AssertionError("nothing decodes")
+
+        client = make_async_redis(redis_url)
+        await _consumer(client, handler).run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 3, "approximate trimming keeps whole nodes"
+    assert (f"test: {keys.dead_letter_stream(STREAM)} holds 3 entries, its cap: the oldest are being "
+            "dropped; see liq dlq list, then replay or drop them") in caplog.text
+
+
 @pytest.mark.parametrize(("bad", "field"), [
     ({"timestamp_ms": 1_700_000_000_000_000}, b"timestamp_ms"),  # microseconds: year 55000
     ({"price": 1e200, "quantity": 1e200}, b"price"),  # its notional would add up to infinity
