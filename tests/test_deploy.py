@@ -3,6 +3,7 @@ every venue has a collector line, and every command is a real ``liq`` subcommand
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -96,3 +97,48 @@ def test_default_metrics_ports_never_collide() -> None:
     ports = [METRICS_PORT_BASE + k for k in range(len(VENUE_NAMES))] + consumers
     assert len(set(ports)) == len(ports) == len(VENUE_NAMES) + 3 * (SPARE_PORTS + 1)
     assert max(ports[:len(VENUE_NAMES)]) < METRICS_PORT_BASE + 99
+
+
+def _exposed_metric_names() -> set[str]:
+    """Every series name the processes can expose (a counter ``x`` is ``x_total``, …)."""
+    from prometheus_client import REGISTRY
+
+    import shared.backlog
+    import shared.metrics
+
+    assert shared.backlog.STREAM_LAG is not None
+    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+    return {family.name + suffix for family in REGISTRY.collect() if family.name.startswith("liq_")
+            for suffix in suffixes.get(family.type, [""])}
+
+
+def test_the_dashboard_asks_only_for_metrics_the_processes_expose() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/liq.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in exprs for name in re.findall(r"\bliq_[a-z_]+", expr)}
+    exposed = _exposed_metric_names()
+    assert used - exposed == set(), f"the dashboard asks for metrics nothing exposes: {used - exposed}"
+    for must in ("liq_stream_lag", "liq_cascade_alert_seconds_bucket", "liq_venue_connected"):
+        assert must in used
+
+
+def test_prometheus_scrapes_every_process_on_its_port() -> None:
+    from aggregator.cli import METRICS_PORT as AGGREGATOR
+    from collectors import VENUES
+    from collectors.cli import METRICS_PORT_BASE
+    from detector.config import METRICS_PORT as DETECTOR
+    from writer.cli import METRICS_PORT as WRITER
+
+    scrape = (REPO / "deploy/prometheus.yml").read_text()
+    compose = (REPO / "docker-compose.yml").read_text()
+    collectors = re.findall(r'^  (collect-[a-z-]+): \{ <<: \*app, command: \["collect", "([a-z_]+)"\] \}',
+                            compose, re.M)
+    assert len(collectors) == len(VENUES)
+    for service, venue in collectors:
+        assert f"- {service}:{METRICS_PORT_BASE + list(VENUES).index(venue)}\n" in scrape, service
+    detectors = re.findall(r"^  (detect-\d+):", compose, re.M)
+    assert f"names: [{', '.join(detectors)}], type: A, port: {DETECTOR}" in scrape
+    assert f"names: [aggregate], type: A, port: {AGGREGATOR}" in scrape
+    assert f"names: [write], type: A, port: {WRITER}" in scrape
+    for mounted in re.findall(r"\./(deploy/[\w./-]+?)(?::|\s|$)", compose):
+        assert (REPO / mounted).exists(), mounted
