@@ -208,11 +208,13 @@ class Ring:
         mean_q = self._mq / self._m if self._m > 0 else 0.0
         var_q = max(0.0, self._mqq / self._m - mean_q * mean_q) if self._m > 0 else 0.0
         venue_times = [self._t0 + self._venue_t[v] / self._venue_n[v] for v in self.venues_live]
+        mean_price_rel = 1.0 + mean_q  # the window's mean price over the reference price
         return WindowStats(
             size=self.size, count=self.count, long_count=self.long_count, total_usd=self.total_usd,
             long_usd=self.long_usd, short_usd=self.short_usd, inst_usd=self.inst_usd,
             span_ms=(self._max_ms - int(self.ts[self.tail])) if self.size else 0,
-            price_rel_std=math.sqrt(var_q) / (1.0 + mean_q) if self.size else 0.0,
+            # no spread to speak of when the prices are all 0 (a venue that sent none)
+            price_rel_std=math.sqrt(var_q) / mean_price_rel if self.size and mean_price_rel > 0 else 0.0,
             venue_times=venue_times,
         )
 
@@ -226,10 +228,11 @@ def stats_from_columns(ring: Ring) -> WindowStats:
         return WindowStats()
     mass = np.where(usd > 0, usd, 1.0)
     mean = float((mass * price).sum() / mass.sum())
-    std = float(np.sqrt((mass * (price - mean) ** 2).sum() / mass.sum()))
+    std = float(np.sqrt((mass * (price - mean) ** 2).sum() / mass.sum())) if mean > 0 else 0.0
     return WindowStats(
         size=len(ts), count=float(weight.sum()), long_count=float(weight[is_long].sum()),
         total_usd=float(usd.sum()), long_usd=float(usd[is_long].sum()), short_usd=float(usd[~is_long].sum()),
         inst_usd=float(usd[usd >= ring.institutional_usd].sum()), span_ms=int(ts.max() - ts[0]),
-        price_rel_std=std / mean, venue_times=[float(ts[venue == v].mean()) for v in np.unique(venue)],
+        price_rel_std=std / mean if mean > 0 else 0.0,
+        venue_times=[float(ts[venue == v].mean()) for v in np.unique(venue)],
     )

@@ -290,7 +290,11 @@ class Detector:
                 continue
             if entry_id in pending and not self._already_published(liq.symbol, entry_id):
                 continue  # never published: the consumer re-reads it and publishes it
-            self.engine.feed(liq)
+            try:
+                self.engine.feed(liq)
+            except Exception:  # the live loop dead-lettered it: skipped again, not a crash loop
+                logger.exception("%s: rebuild skipped entry %s %s", self.name, stream, entry_id)
+                continue
             self.entry_ids[liq.symbol] = entry_id
             fed += 1
         return fed
@@ -368,6 +372,8 @@ class Detector:
                 await self._heartbeat()
             except (RedisError, OSError) as exc:
                 logger.warning("%s: tick failed (%s)", self.name, exc)
+            except Exception:  # a bug: logged, and the consumers keep running; next tick retries
+                logger.exception("%s: tick failed", self.name)
 
     async def _heartbeat(self) -> None:
         key = keys.process_heartbeat(self.name)

@@ -249,10 +249,10 @@ class StreamConsumer(Generic[T]):
         for stream in {m.stream for m in good}:
             EVENTS_IN.labels(self.component, stream).inc(sum(1 for m in good if m.stream == stream))
         handled = await self._run_handler(good, entries) if good else 0
+        to_ack: list[Message[Any]] = [*good, *redelivered] if handled == len(good) else redelivered
+        await self._ack_done(to_ack)  # before the dead letters: if those fail, nothing handled repeats
         if poison:
             await self._dead_letter(poison, "decode")
-        to_ack: list[Message[Any]] = [*good, *redelivered] if handled == len(good) else redelivered
-        await self._ack_done(to_ack)
         done.difference_update((m.stream, m.id) for m in redelivered)
         self.backoff.reset()
         self.stats.handled += handled
@@ -325,7 +325,19 @@ class StreamConsumer(Generic[T]):
         """Copy entries to ``<stream>:dlq`` with why, where and for which group, and ack them.
 
         ``stage`` is ``decode`` (the payload is unusable) or ``handle`` (it decoded, but the
-        handler can never process it)."""
+        handler can never process it).
+
+        MULTI does not undo the XACK when the XADD fails (a dead-letter key of another type),
+        so the types are checked first: such a key is a server-side problem, retried without
+        acking anything until it is fixed."""
+        dead_streams = sorted({keys.dead_letter_stream(stream) for stream, *_ in poison})
+        check = self.redis.pipeline(transaction=False)
+        for dlq in dead_streams:
+            check.type(dlq)
+        for dlq, kind in zip(dead_streams, await check.execute(), strict=True):
+            if reply_text(kind) not in ("stream", "none"):
+                raise RedisError(f"{dlq} holds a {reply_text(kind)}, not a stream: delete or rename it "
+                                 "so that entries can be dead-lettered")
         pipe = self.redis.pipeline(transaction=True)
         for stream, entry_id, entry_fields, reason in poison:
             body = {**codec.entry_fields(entry_fields), b"reason": reason.encode()[:500],
@@ -333,7 +345,6 @@ class StreamConsumer(Generic[T]):
                     b"group": self.group.encode(), b"stage": stage.encode()}
             pipe.xadd(keys.dead_letter_stream(stream), body, maxlen=keys.DEAD_LETTER_MAXLEN, approximate=True)
             pipe.xack(stream, self.group, entry_id)
-        dead_streams = sorted({keys.dead_letter_stream(stream) for stream, *_ in poison})
         for dlq in dead_streams:
             pipe.xlen(dlq)
         replies = await pipe.execute()

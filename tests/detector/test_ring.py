@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from detector.ring import Ring, stats_from_columns
@@ -71,6 +72,18 @@ def test_clear_forgets_ids_but_keeps_newest_time() -> None:
     assert first.event_id not in ring and len(ring) == 0 and ring.newest_ms == T0 + 5000
     ring.push(ev(3), venue=0, weight=1.0)  # late but in the window: span from live events only
     assert ring.stats().span_ms == 0 and stats_from_columns(ring).span_ms == 0
+
+
+def test_a_window_of_prices_of_zero_has_no_spread_rather_than_a_division_by_zero() -> None:
+    """A venue may send a liquidation without a price (0): the score must still be computed."""
+    ring = Ring(16, 4, 100_000.0)
+    for k in range(3):
+        ring.push(msgspec.structs.replace(ev(k), price=0.0, notional_usd=0.0), venue=0, weight=1.0)
+    assert ring.stats().price_rel_std == 0.0
+    assert_same(ring.stats(), stats_from_columns(ring))
+    ring.push(ev(3, 50_000.0), venue=1, weight=1.0)
+    assert ring.stats().price_rel_std > 0
+    assert_same(ring.stats(), stats_from_columns(ring))
 
 
 def test_capacity_below_two_is_rejected() -> None:

@@ -333,3 +333,30 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice
     (_, fields), = r.xrange(keys.dead_letter_stream(keys.event_stream(BTC_SHARD)))
     assert codec.decode_liquidation(fields[b"d"]) == bad and fields[b"reason"] == b"KeyError: 'a bug'"
     assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
+def test_a_restart_skips_the_event_the_engine_failed_on_instead_of_crash_looping(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """The rebuild reads the entries the live loop handled, dead-lettered ones included."""
+    bad = ev(21, venue="okx")
+
+    def buggy(det: Detector) -> Detector:
+        real_feed = det.engine.feed
+
+        def feed(liq: Liquidation) -> Any:  # stands for a bug that only this event triggers
+            if liq.event_id == bad.event_id:
+                raise KeyError("a bug")
+            return real_feed(liq)
+        det.engine.feed = feed  # type: ignore[method-assign]
+        return det
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, [*BTC[:4], bad, BTC[4]])
+        await buggy(detector(client, [BTC_SHARD])).run_until_idle()
+        again = buggy(detector(client, [BTC_SHARD]))
+        await again.warm_start()
+        return again
+
+    again = run(redis_url, body)
+    assert again.warmed and (again.rebuilt, again.engine.events) == (5, 5)
+    assert again.engine.active.keys() == {"BTCUSDT"}, "the cascade goes on, without the bad event"

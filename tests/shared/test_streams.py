@@ -4,6 +4,7 @@ dead letters, reclaiming from a dead consumer, until-idle draining."""
 from __future__ import annotations
 
 import asyncio
+import collections
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -427,3 +428,30 @@ def test_backlog_reads_its_group_from_an_xinfo_reply() -> None:
     assert group_backlog("s", "writer", 20, reply) == Backlog("s", "writer", 20, 3, 7)
     assert group_backlog("s", "aggregator", 20, reply) == Backlog("s", "aggregator", 20, 0, None)
     assert group_backlog("s", "detector", 20, reply) is None
+
+
+def test_a_failure_to_dead_letter_repeats_no_handled_entry(redis_url: str) -> None:
+    """The handler committed the good entries; the dead-letter write then failed (a Redis blip):
+    the retry dead-letters the bad entry and hands the good ones to nobody a second time."""
+    sync = syncredis.Redis.from_url(redis_url)
+    calls: collections.Counter[str] = collections.Counter()
+
+    async def run() -> None:
+        await _seed(redis_url, 3)
+        sync.xadd(STREAM, {"d": b"not json"})
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            calls.update(m.id for m in batch)  # a side effect that must not repeat
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, handler)
+        sync.set(keys.dead_letter_stream(STREAM), "not a stream")  # dead-lettering fails
+        with pytest.raises(syncredis.RedisError, match="holds a string, not a stream"):
+            await consumer.run_until_idle()
+        sync.delete(keys.dead_letter_stream(STREAM))
+        await consumer.run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+    assert sorted(calls.values()) == [1, 1, 1]
+    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 1 and _pending(redis_url) == 0
