@@ -19,7 +19,7 @@ from shared import codec, keys
 from shared.levels import DEFAULT_LEVEL_SIZES
 from shared.metrics import EVENTS_OUT
 from shared.models import Liquidation
-from shared.streams import Message, StreamConsumer
+from shared.streams import Message, SinkRetry, StreamConsumer
 
 COMPONENT = "aggregator"
 
@@ -29,37 +29,86 @@ def consumer_name() -> str:
 
 
 WRONG_TYPE = "LIQWRONGTYPE"
-"""The error code the script answers when a hash key holds another type (nothing was written)."""
+"""The script's error when a hash key holds another type, or a field a value that is not a
+number (nothing was written)."""
+STALE = "LIQSTALE"
+"""The script's error when entries of the batch are no longer this consumer's (nothing was
+written)."""
 
 
 class KeyTypeConflict(Exception):
-    """A hash key the batch must increment holds another type (another program wrote it).
+    """A hash key the batch must increment holds another type, or a field of it a value that is
+    not a number (another program wrote it).
 
     Not a server failure, so not retried: the consumer loop isolates the events that touch that
     key and dead-letters them (``liq dlq replay --group aggregator`` once the key is deleted);
     the other events are applied."""
 
 
+class StaleBatch(SinkRetry):
+    """Entries of the batch were acked meanwhile by another consumer that claimed them (this one
+    stalled past ``claim_idle_ms``): nothing was applied, and the loop re-reads what is still
+    this consumer's."""
+
+
 # One EVALSHA per batch: every HINCRBY/HINCRBYFLOAT/EXPIRE of the batch and the XACK of its
 # entries run atomically inside Redis. Building ~13 commands per event in Python capped the
 # aggregator at ~11k events/s; a flat argument list is several times cheaper.
 #   KEYS: the hash keys, then the streams to ack
-#   ARGV: ttl, number of hash keys, group, then per hash key: n_int, n_float, then its
+#   ARGV: ttl, number of hash keys, group, consumer, then per hash key: n_int, n_float, then its
 #         (field, increment) pairs (ints first), then per stream: n_ids, ids
-#   Redis does not undo a script's writes when a command in it fails, so every hash key's type
-#   is checked before the first write: a key some other program set to a string fails the batch
-#   whole, with nothing applied, instead of half-applying it on every retry.
+# Redis does not undo a script's writes when a command in it fails, so everything that could
+# fail is checked before the first write:
+#   1. each hash key is a hash (or absent) and each field to increment holds a number (or
+#      nothing): otherwise the batch would be half applied, and again on every retry;
+#   2. each entry is still pending, and becomes this consumer's (XCLAIM … JUSTID): an entry
+#      another consumer claimed and applied while this one stalled is acked already, and
+#      applying the batch again would count it twice. The consumer that applies a batch is
+#      the first whose script runs; the other finds entries missing and writes nothing.
 APPLY_BATCH_LUA = """
 local ttl = ARGV[1]
 local nkeys = tonumber(ARGV[2])
-local group = ARGV[3]
+local group, consumer = ARGV[3], ARGV[4]
+local i = 5
 for k = 1, nkeys do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
+  local key = KEYS[k]
+  local kind = redis.call('TYPE', key)['ok']
   if kind ~= 'hash' and kind ~= 'none' then
-    return redis.error_reply('""" + WRONG_TYPE + """ ' .. KEYS[k] .. ' holds a ' .. kind)
+    return redis.error_reply('""" + WRONG_TYPE + """ ' .. key .. ' holds a ' .. kind .. ', not a hash')
   end
+  local ni, nf = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if kind == 'hash' then
+    local fields = {}
+    for f = 1, ni + nf do fields[f] = ARGV[i + 2 * f] end
+    local values = redis.call('HMGET', key, unpack(fields))
+    for f = 1, ni + nf do
+      local v = values[f]
+      if v and not ((f <= ni and string.match(v, '^-?%d+$')) or (f > ni and tonumber(v))) then
+        return redis.error_reply('""" + WRONG_TYPE + """ ' .. key .. ' field ' .. fields[f] ..
+                                 ' holds ' .. string.sub(v, 1, 40) .. ', not a number')
+      end
+    end
+  end
+  i = i + 2 + 2 * (ni + nf)
 end
-local i = 4
+local streams_at = i
+for s = nkeys + 1, #KEYS do
+  local nids = tonumber(ARGV[i])
+  i = i + 1
+  for j = i, i + nids - 1, 500 do
+    local claim = {KEYS[s], group, consumer, '0'}
+    for x = j, math.min(j + 499, i + nids - 1) do claim[#claim + 1] = ARGV[x] end
+    local wanted = #claim - 4
+    claim[#claim + 1] = 'JUSTID'
+    local owned = redis.call('XCLAIM', unpack(claim))
+    if #owned < wanted then
+      return redis.error_reply('""" + STALE + """ ' .. (wanted - #owned) .. ' entries of ' .. KEYS[s] ..
+                               ' are no longer pending')
+    end
+  end
+  i = i + nids
+end
+i = 5
 for k = 1, nkeys do
   local key = KEYS[k]
   local ni, nf = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -68,6 +117,7 @@ for k = 1, nkeys do
   for _ = 1, nf do redis.call('HINCRBYFLOAT', key, ARGV[i], ARGV[i + 1]); i = i + 2 end
   redis.call('EXPIRE', key, ttl)
 end
+i = streams_at
 for s = nkeys + 1, #KEYS do
   local nids = tonumber(ARGV[i])
   i = i + 1
@@ -82,16 +132,18 @@ return nkeys
 
 class Aggregator:
     def __init__(self, redis: aioredis.Redis, level_sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES,
-                 ttl_s: int = keys.L2_TTL_SECONDS) -> None:
+                 ttl_s: int = keys.L2_TTL_SECONDS, consumer: str | None = None) -> None:
         self.redis = redis
         self.level_sizes = level_sizes
         self.ttl_s = ttl_s
+        self.consumer = consumer or consumer_name()
+        """The consumer whose entries the batches are (the script claims them for it)."""
         self.apply_batch = redis.register_script(APPLY_BATCH_LUA)
 
     async def handle(self, messages: list[Message[Liquidation]]) -> None:
         deltas = fold((m.value for m in messages), self.level_sizes)
         script_keys: list[str] = list(deltas)
-        args: list[str | int | float] = [self.ttl_s, len(deltas), keys.AGGREGATOR_GROUP]
+        args: list[str | int | float] = [self.ttl_s, len(deltas), keys.AGGREGATOR_GROUP, self.consumer]
         for delta in deltas.values():  # floats are sent as repr() (hiredis packs them so)
             args += (len(delta.counts), len(delta.sums))
             for count_item in delta.counts.items():
@@ -107,17 +159,22 @@ class Aggregator:
         try:
             await self.apply_batch(keys=script_keys, args=args)
         except ResponseError as exc:
-            if str(exc).startswith(WRONG_TYPE):
-                raise KeyTypeConflict(f"{str(exc).removeprefix(WRONG_TYPE).strip()}, not a hash: delete it "
-                                      "(or rename it) and replay the dead letters") from exc
+            text = str(exc)
+            if text.startswith(WRONG_TYPE):
+                raise KeyTypeConflict(f"{text.removeprefix(WRONG_TYPE).strip()}: delete it (or rename it) "
+                                      "and replay the dead letters") from exc
+            if text.startswith(STALE):
+                raise StaleBatch(text.removeprefix(STALE).strip()) from exc
             raise
         EVENTS_OUT.labels(COMPONENT, "redis").inc(len(messages))
 
 
 def make_consumer(redis: aioredis.Redis, shards: int, aggregator: Aggregator,
                   name: str | None = None) -> StreamConsumer[Liquidation]:
+    if name is not None:
+        aggregator.consumer = name
     return StreamConsumer(
-        redis=redis, group=keys.AGGREGATOR_GROUP, consumer=name or consumer_name(),
+        redis=redis, group=keys.AGGREGATOR_GROUP, consumer=aggregator.consumer,
         streams=keys.event_streams(shards), decode=codec.decode_liquidation,
         handler=aggregator.handle, component=COMPONENT, handler_acks=True,
     )

@@ -50,6 +50,9 @@ class Engine:
         self.next_due_ms: float = math.inf
         """No active cascade is due to end before this event time (a lower bound, so a feed
         scans the active cascades only when one may really be due)."""
+        self.carried: list[Output] = []
+        """End messages of a feed that then failed on its event: they go out with the next
+        feed or tick instead of being lost."""
 
     def detector(self, symbol: str) -> SymbolDetector:
         det = self.symbols.get(symbol)
@@ -72,9 +75,15 @@ class Engine:
             self.watermark = ts
             if ts >= self.next_due_ms:
                 ended = self._end_due(ts)
+        if self.carried:
+            ended, self.carried = [*self.carried, *(ended or ())], []
         det = self.symbols.get(liq.symbol) or self.detector(liq.symbol)
         before = det.cascade
-        out = det.on_event(liq, self.venues.get(liq.exchange) or self.venue_index(liq.exchange))
+        try:
+            out = det.on_event(liq, self.venues.get(liq.exchange) or self.venue_index(liq.exchange))
+        except Exception:
+            self.carried = ended or []
+            raise
         if det.cascade is not None and det.cascade is not before:  # a cascade started
             self._activate(liq.symbol, det)
         if not out and not ended:
@@ -86,7 +95,7 @@ class Engine:
         """End every cascade whose quiet period has passed at event time ``now_ms``."""
         if now_ms > self.watermark:
             self.watermark = now_ms
-        out = self._end_due(self.watermark)
+        out, self.carried = [*self.carried, *self._end_due(self.watermark)], []
         return self._stamp(out) if self.clock is not None and out else out
 
     def flush(self) -> list[Output]:

@@ -66,7 +66,16 @@ COMPONENT = "detector"
 #   KEYS: the cascade stream, the member stream, then the status hashes
 #   ARGV: maxlen, ttl, payload field, n outputs, then per output: "c" | "m", payload;
 #         then per status hash: n fields, its (field, value) pairs
+# Redis does not undo a script's writes when a command in it fails: the only command here that
+# can fail on the data, XADD to a key of another type, is checked for before the first write,
+# so a retry never publishes a message twice.
 PUBLISH_LUA = """
+for k = 1, 2 do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
 local maxlen, ttl, field = ARGV[1], ARGV[2], ARGV[3]
 local i = 5
 for _ = 1, tonumber(ARGV[4]) do

@@ -7,10 +7,11 @@ import asyncio
 import pytest
 import redis as syncredis
 
-from aggregator.service import Aggregator, make_consumer
+from aggregator.service import Aggregator, StaleBatch, make_consumer
 from shared import codec, keys
+from shared.models import Liquidation
 from shared.redisconn import make_async_redis
-from shared.streams import publish
+from shared.streams import Message, publish
 from tests.factories import liq
 
 pytestmark = pytest.mark.integration
@@ -70,4 +71,59 @@ def test_a_hash_key_of_another_type_costs_only_its_events_and_nothing_is_applied
         "KeyTypeConflict: liq:levels:BTCUSDT:67300:LONG holds a string, not a hash: delete it (or rename it) "
         "and replay the dead letters"] * 2
     assert [codec.decode_liquidation(f["d"].encode()).event_id for _, f in letters] == ["e1", "e3"]
+    assert r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP)["pending"] == 0
+
+
+def test_a_field_that_is_not_a_number_costs_only_its_events(redis_url: str) -> None:
+    """A field another program set to text would fail HINCRBYFLOAT halfway through the script:
+    the values are checked before the first write, so nothing is applied twice."""
+    events = [liq(price=67_210.0, quantity=1.0, timestamp_ms=1_729_512_000_000, event_id="e0"),
+              liq(price=67_210.0, quantity=2.0, timestamp_ms=1_729_512_120_000, event_id="e1")]
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    r.hset("liq:agg:BTCUSDT:60s:1729512120000", "value_usd", "n/a")
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        await publish(client, [(keys.event_stream(0), e) for e in events], keys.EVENT_STREAM_MAXLEN)
+        handled = await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 1
+    assert r.hgetall("liq:levels:BTCUSDT:67200:LONG")["count"] == "1", "e0 once, e1 never"
+    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512120000") == {"value_usd": "n/a"}
+    ((_, letter),) = r.xrange(keys.dead_letter_stream(keys.event_stream(0)))
+    assert letter["reason"] == (
+        "KeyTypeConflict: liq:agg:BTCUSDT:60s:1729512120000 field value_usd holds n/a, not a number: "
+        "delete it (or rename it) and replay the dead letters")
+
+
+def test_a_batch_another_consumer_claimed_and_applied_is_not_applied_again(redis_url: str) -> None:
+    """Consumer A stalls past the claim time with a batch in hand; B claims the entries and
+    applies them. When A's script finally runs, it must find them gone and write nothing."""
+    events = [liq(quantity=1.0, timestamp_ms=1_729_512_000_000 + k, event_id=f"e{k}") for k in range(3)]
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def run() -> tuple[int, int]:
+        client = make_async_redis(redis_url)
+        await publish(client, [(keys.event_stream(0), e) for e in events], keys.EVENT_STREAM_MAXLEN)
+        aggregator_a = Aggregator(client)
+        a = make_consumer(client, 1, aggregator_a, name="A")
+        b = make_consumer(client, 1, Aggregator(client), name="B")
+        b.claim_idle_ms = 0  # stands for claim_idle_ms passing while A stalls
+        b_handled: list[int] = []
+
+        async def stalled(messages: list[Message[Liquidation]]) -> None:
+            b_handled.append(await b.run_until_idle())  # B claims and applies meanwhile
+            await aggregator_a.handle(messages)
+
+        a.handler = stalled
+        with pytest.raises(StaleBatch, match="3 entries of liq:\\{s0\\}:events are no longer pending"):
+            await a.run_until_idle()
+        again = await a.run_until_idle()  # what the loop's retry does: nothing is A's any more
+        await client.aclose()
+        return b_handled[0], again
+
+    assert asyncio.run(run()) == (3, 0)
+    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "3", "each event once"
     assert r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP)["pending"] == 0

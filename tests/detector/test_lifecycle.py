@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
 from detector.config import DetectorSettings
 from detector.engine import Engine
 from detector.lifecycle import Output
@@ -89,6 +91,26 @@ def test_ends_after_the_quiet_period_by_event_time() -> None:
     assert "BTCUSDT" not in engine.active and len(engine.symbols["BTCUSDT"].ring) == 0
     # the ended cascade's events can never start another one
     assert phases(feed_all(engine, [ev(35), ev(36), ev(37), ev(38)])) == []
+
+
+def test_an_end_due_when_the_next_event_fails_is_carried_not_lost() -> None:
+    """The feed ends the cascades due at the event's time before it takes the event; if taking it
+    fails (a bug this event triggers; the loop dead-letters it), the end goes out next time."""
+    class Broken:
+        cascade = None
+
+        def on_event(self, liq: Liquidation, venue: int) -> Sequence[Output]:
+            raise KeyError("a bug")
+
+    engine = Engine()
+    feed_all(engine, [ev(k) for k in range(5)])
+    engine.symbols["ETHUSDT"] = Broken()  # type: ignore[assignment]
+    with pytest.raises(KeyError):
+        engine.feed(ev(34, 1_000.0, symbol="ETHUSDT"))
+    assert "BTCUSDT" not in engine.active
+    assert [(o.phase, o.symbol) for o in engine.tick(T0 + 34_000) if isinstance(o, CascadeEvent)] == [
+        ("end", "BTCUSDT")]
+    assert engine.tick(T0 + 35_000) == [], "once"
 
 
 def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:

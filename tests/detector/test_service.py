@@ -360,3 +360,22 @@ def test_a_restart_skips_the_event_the_engine_failed_on_instead_of_crash_looping
     again = run(redis_url, body)
     assert again.warmed and (again.rebuilt, again.engine.events) == (5, 5)
     assert again.engine.active.keys() == {"BTCUSDT"}, "the cascade goes on, without the bad event"
+
+
+def test_a_publication_refused_halfway_publishes_nothing_twice(redis_url: str, r: syncredis.Redis) -> None:
+    """The member stream holds a string: the script would have added the start to
+    ``liq:cascades`` before failing on the members, and the retry would add it again."""
+    r.set(keys.CASCADE_MEMBER_STREAM, "not a stream")
+
+    async def body(client: aioredis.Redis) -> None:
+        await put(client, BTC)
+        det = detector(client, [BTC_SHARD])
+        with pytest.raises(syncredis.exceptions.ResponseError, match="liq:cascade:members holds a string"):
+            await det.run_until_idle()
+        assert r.xlen(keys.CASCADE_STREAM) == 0, "nothing written before the failure"
+        r.delete(keys.CASCADE_MEMBER_STREAM)
+        await det.run_until_idle()
+
+    run(redis_url, body)
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert len(members(r)) == 5
