@@ -38,7 +38,10 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         _at_least("batch_age_ms", self.batch_age_ms, 0)
         _at_least("event_read_count", self.event_read_count, 1)
         _at_least("retention_days", self.retention_days, 1)
-        _at_least("rollup_retention_days", self.rollup_retention_days, 1)
+        if self.rollup_retention_days < self.retention_days:  # rollups must outlive their raw rows
+            raise ConfigError(env_name("rollup_retention_days"),
+                              f"a number >= LIQ_RETENTION_DAYS ({self.retention_days})",
+                              str(self.rollup_retention_days))
         _at_least("compress_after_days", self.compress_after_days, 1)
         _at_least("partitions_ahead_days", self.partitions_ahead_days, 0)
         _at_least("janitor_interval_s", self.janitor_interval_s, 1)

@@ -4,7 +4,8 @@ Every ``janitor_interval_s`` (and once at start), on its own connection:
 
 - create the UTC-day partitions from today to ``today + partitions_ahead_days``;
 - retention: detach and drop every partition lying entirely before ``now - retention_days``
-  (whole-partition semantics, like ``drop_chunks``), and delete older ``cascade_events`` rows;
+  (whole-partition semantics, like ``drop_chunks``), and delete the ``cascade_events`` rows
+  that started on a day lying entirely before it;
 - rollup retention: delete rollup rows older than ``now - rollup_retention_days``.
 
 Compression has no plain-PostgreSQL equivalent; nothing is done for it (``liq status`` says so).
@@ -34,6 +35,11 @@ class JanitorRun:
     days_ahead: list[date]
     raw_cutoff: datetime
     rollup_cutoff: datetime
+    cascade_cutoff: datetime
+    """Midnight (UTC) of the raw cutoff's day: cascades are purged by whole start days, the rule
+    by which the writer refuses a late cascade message (``writer.rows.expired``). Purging one the
+    writer still accepts would let a late message for it rebuild its hour's rollup from a table
+    that has lost that hour's other cascades."""
 
 
 @dataclass
@@ -47,10 +53,12 @@ class JanitorReport:
 def plan_run(now: datetime, settings: WriterSettings) -> JanitorRun:
     """Days to pre-create and the retention cutoffs for a run at ``now`` (UTC)."""
     today = now.astimezone(UTC).date()
+    raw_cutoff = now - timedelta(days=settings.retention_days)
     return JanitorRun(
         days_ahead=[today + timedelta(days=k) for k in range(settings.partitions_ahead_days + 1)],
-        raw_cutoff=now - timedelta(days=settings.retention_days),
+        raw_cutoff=raw_cutoff,
         rollup_cutoff=now - timedelta(days=settings.rollup_retention_days),
+        cascade_cutoff=datetime.combine(raw_cutoff.astimezone(UTC).date(), datetime.min.time(), UTC),
     )
 
 
@@ -61,7 +69,7 @@ async def run_once(conn: Conn, run: JanitorRun) -> JanitorReport:
     async with conn.transaction():
         dropped = await _names(conn, "SELECT liq_drop_partitions_before(%s)", (run.raw_cutoff,))
     async with conn.transaction():
-        cascades = await _scalar(conn, "SELECT liq_purge_cascades(%s)", (run.raw_cutoff,))
+        cascades = await _scalar(conn, "SELECT liq_purge_cascades(%s)", (run.cascade_cutoff,))
     async with conn.transaction():
         rollups = await _scalar(conn, "SELECT liq_purge_rollups(%s)", (run.rollup_cutoff,))
     report = JanitorReport(created, dropped, cascades, rollups)

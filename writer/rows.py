@@ -161,10 +161,11 @@ def latest_cascades(events: Iterable[CascadeEvent]) -> list[CascadeEvent]:
     """One message per cascade id: the furthest phase, then the latest published, then the last."""
     best: dict[str, CascadeEvent] = {}
     for ev in events:
-        held = best.get(ev.cascade_id)
+        stored_id = _text(ev.cascade_id)  # the id as stored: ids differing by a NUL are one
+        held = best.get(stored_id)
         rank = (PHASE_RANK[ev.phase], ev.published_ms)
         if held is None or rank >= (PHASE_RANK[held.phase], held.published_ms):
-            best[ev.cascade_id] = ev
+            best[stored_id] = ev
     return list(best.values())
 
 
@@ -172,7 +173,7 @@ def _valid_cascade(ev: CascadeEvent) -> bool:
     f = ev.factors
     return _finite(ev.total_notional_usd, ev.long_notional_usd, ev.short_notional_usd, ev.risk_score,
                    ev.peak_risk_score, f.volume_concentration, f.time_compression, f.price_clustering,
-                   f.side_imbalance, f.institutional_ratio, f.cross_exchange) and ev.count >= 0
+                   f.side_imbalance, f.institutional_ratio, f.cross_exchange) and 0 <= ev.count < 2**31
 
 
 def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: int,

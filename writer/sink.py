@@ -209,9 +209,10 @@ class DatabaseSink:
         EVENTS_OUT.labels(COMPONENT, "cascade_events").inc(result.cascades)
 
 
-DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
-"""SQLSTATE classes that depend on the rows, not on the server: data exception, integrity
-constraint violation, program limit exceeded (e.g. a key too large for its index)."""
+DATA_ERROR_CLASSES = frozenset({"21", "22", "23", "54"})
+"""SQLSTATE classes that depend on the rows, not on the server: cardinality violation (one
+statement touching a row twice), data exception, integrity constraint violation, program limit
+exceeded (e.g. a key too large for its index)."""
 
 
 def refuses_the_data(exc: psycopg.Error) -> bool:

@@ -46,6 +46,8 @@ def test_bad_writer_settings_name_the_variable() -> None:
         load(WriterSettings, {"LIQ_SIGNIFICANT_USD_BY_SYMBOL": "BTCUSDT"})
     with pytest.raises(ConfigError, match="LIQ_STORAGE_MODE"):
         load(WriterSettings, {"LIQ_STORAGE_MODE": "mongo"})
+    with pytest.raises(ConfigError, match=r"LIQ_ROLLUP_RETENTION_DAYS.*>= LIQ_RETENTION_DAYS \(90\)"):
+        load(WriterSettings, {"LIQ_ROLLUP_RETENTION_DAYS": "30"})
 
 
 def test_build_batch_sorts_payloads_into_rows() -> None:
@@ -103,6 +105,14 @@ def test_a_batch_splits_into_transactions_of_at_most_batch_size_rows() -> None:
 def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
     events = [cascade("escalate", 5), cascade("start", 9), cascade("escalate", 7)]
     assert [(e.phase, e.published_ms) for e in latest_cascades(events)] == [("escalate", 7)]
+    nul = msgspec.structs.replace(cascade("end", 8), cascade_id="c\x001")
+    assert [(e.phase, e.cascade_id) for e in latest_cascades([*events, nul])] == [("end", "c\x001")], (
+        "ids that are one once stored are one here, or the upsert would touch a row twice")
+
+
+def test_a_cascade_count_beyond_int4_is_invalid_not_wrapped() -> None:
+    huge = msgspec.structs.replace(cascade("start", 1), count=2**31)
+    assert build_batch([huge], SignificanceRules(), NOW, 90).invalid == 1
 
 
 def test_retention_cutoff_is_whole_utc_days() -> None:
@@ -130,3 +140,9 @@ def test_janitor_plan() -> None:
     assert run.days_ahead == [date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)]
     assert run.raw_cutoff == datetime(2025, 12, 1, 12, 0, tzinfo=UTC)
     assert run.rollup_cutoff == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    assert run.cascade_cutoff == datetime(2025, 12, 1, 0, 0, tzinfo=UTC), "whole days, as the writer refuses"
+    assert not expired(int(datetime(2025, 12, 1, 0, 30, tzinfo=UTC).timestamp() * 1000),
+                       int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1000), 90), (
+        "a cascade the janitor keeps is one the writer still accepts, and the other way round")
+    assert expired(int(datetime(2025, 11, 30, 23, 59, tzinfo=UTC).timestamp() * 1000),
+                   int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1000), 90)
