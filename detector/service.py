@@ -41,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -63,12 +64,14 @@ COMPONENT = "detector"
 
 # One batch's publication, atomically: the outputs in order, then each touched status hash
 # rewritten whole.
-#   KEYS: the cascade stream, the member stream, then the status hashes
-#   ARGV: maxlen, ttl, payload field, n outputs, then per output: "c" | "m", payload;
-#         then per status hash: n fields, its (field, value) pairs
+#   KEYS: the cascade stream, the member stream, this detector's publication counter, then the
+#         status hashes
+#   ARGV: maxlen, ttl, payload field, n outputs, sequence number, then per output: "c" | "m",
+#         payload; then per status hash: n fields, its (field, value) pairs
 # Redis does not undo a script's writes when a command in it fails: the only command here that
-# can fail on the data, XADD to a key of another type, is checked for before the first write,
-# so a retry never publishes a message twice.
+# can fail on the data, XADD to a key of another type, is checked for before the first write.
+# A publication whose reply was lost (the connection dropped after Redis ran it) is sent again
+# with the same sequence number, and the counter makes the second run write nothing.
 PUBLISH_LUA = """
 for k = 1, 2 do
   local kind = redis.call('TYPE', KEYS[k])['ok']
@@ -76,24 +79,38 @@ for k = 1, 2 do
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
   end
 end
+local seq = tonumber(ARGV[5])
+if seq <= tonumber(redis.call('GET', KEYS[3]) or '0') then
+  return 0
+end
 local maxlen, ttl, field = ARGV[1], ARGV[2], ARGV[3]
-local i = 5
+local i = 6
 for _ = 1, tonumber(ARGV[4]) do
   local stream = ARGV[i] == 'c' and KEYS[1] or KEYS[2]
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', field, ARGV[i + 1])
   i = i + 2
 end
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   local n = tonumber(ARGV[i])
   redis.call('DEL', KEYS[k])
   redis.call('HSET', KEYS[k], unpack(ARGV, i + 1, i + 2 * n))
   redis.call('EXPIRE', KEYS[k], ttl)
   i = i + 1 + 2 * n
 end
+redis.call('SET', KEYS[3], seq)
 return 1
 """
 REBUILD_SLACK_MS = 10_000
 PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Publication:
+    """Outputs and the status hashes to rewrite, sent in one script run under ``seq``."""
+
+    seq: int
+    outputs: list[Output]
+    symbols: set[str]
 
 
 def consumer_name(shard: int) -> str:
@@ -136,9 +153,14 @@ class Detector:
         """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
         self.skipped = 0
         self.outbox: list[Output] = []
-        """Outputs produced but not yet published (a publish failed): they go out first next time."""
+        """Outputs produced and not yet sent."""
         self.outbox_symbols: set[str] = set()
         """Symbols whose status hash is still to be written with the outbox."""
+        self.unconfirmed: Publication | None = None
+        """A publication sent without a reply (a Redis error, or a reply lost after Redis ran
+        it): sent again first, with its sequence number, so it is written once either way."""
+        self.next_seq = 1
+        """The next publication's sequence number (continued from Redis at warm start)."""
         self.alerts_received_ms: list[int] = []
         """Per cascade start in the outbox, when a collector received the liquidation that
         started it: observed as ``liq_cascade_alert_seconds`` once the start is published."""
@@ -209,11 +231,18 @@ class Detector:
             return len(out)
 
     async def _flush(self) -> None:
-        """Publish the outbox; it is emptied only once Redis has taken all of it."""
-        if not self.outbox and not self.outbox_symbols:
+        """Send the unconfirmed publication, if any, then the outbox as the next one."""
+        if self.unconfirmed is None and not self.outbox and not self.outbox_symbols:
             return
-        await self._publish(self.outbox, self.outbox_symbols)
-        self.outbox, self.outbox_symbols = [], set()
+        if self.unconfirmed is not None:
+            await self._publish(self.unconfirmed)
+            self.unconfirmed = None
+        if self.outbox or self.outbox_symbols:
+            self.unconfirmed = Publication(self.next_seq, self.outbox, self.outbox_symbols)
+            self.next_seq += 1
+            self.outbox, self.outbox_symbols = [], set()
+            await self._publish(self.unconfirmed)
+            self.unconfirmed = None
         now_ms = self.clock.now_ms()
         for received_ms in self.alerts_received_ms:
             ALERT_SECONDS.observe(max(0, now_ms - received_ms) / 1000)
@@ -224,16 +253,18 @@ class Detector:
             self.alerts_received_ms += [trigger.received_ms for o in outputs
                                         if isinstance(o, CascadeEvent) and o.phase == "start"]
 
-    async def _publish(self, outputs: list[Output], touched: set[str]) -> None:
-        script_keys = [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM]
-        args: list[Any] = [keys.CASCADE_STREAM_MAXLEN, keys.L2_TTL_SECONDS, codec.PAYLOAD_FIELD, len(outputs)]
+    async def _publish(self, publication: Publication) -> None:
+        outputs = publication.outputs
+        script_keys = [keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM, keys.detector_publications(self.name)]
+        args: list[Any] = [keys.CASCADE_STREAM_MAXLEN, keys.L2_TTL_SECONDS, codec.PAYLOAD_FIELD, len(outputs),
+                           publication.seq]
         members = 0
         for o in outputs:
             is_cascade = isinstance(o, CascadeEvent)
             members += not is_cascade
             args += ["c" if is_cascade else "m", codec.encode(o)]
         now = self.clock.now_ms()
-        for symbol in sorted(touched):
+        for symbol in sorted(publication.symbols):
             status = self.engine.status(symbol, now)
             if symbol in self.entry_ids:
                 status["entry_id"] = self.entry_ids[symbol]
@@ -241,7 +272,9 @@ class Detector:
             args.append(len(status))
             for name, value in status.items():
                 args += [name, value]
-        await self.publish_script(keys=script_keys, args=args)
+        if int(await self.publish_script(keys=script_keys, args=args)) == 0:
+            logger.info("%s: publication %d had reached Redis already (its reply was lost)",
+                        self.name, publication.seq)
         self._count(outputs, members)
 
     def _count(self, outputs: list[Output], members: int) -> None:
@@ -264,6 +297,8 @@ class Detector:
         """Rebuild the windows of this process's shards and adopt published cascades (once)."""
         if self.warmed:
             return
+        published: Any = await self.redis.get(keys.detector_publications(self.name))
+        self.next_seq = int(published or 0) + 1
         statuses = {symbol: fields async for symbol, fields in self._statuses()}
         self.committed = {s: entry_key(f["entry_id"]) for s, f in statuses.items() if f.get("entry_id")}
         for shard in self.shards:

@@ -11,6 +11,7 @@ No other module builds a key with an f-string. Keys readable with plain ``redis-
 - ``liq:agg:{SYMBOL}:60s:{BUCKET_MS}``       1-minute bucket (hash), 1 h TTL
 - ``liq:venue:{VENUE}``                      collector health (hash)
 - ``liq:proc:{NAME}``                        process heartbeat (hash with TTL)
+- ``liq:detector:published:{NAME}``          a detector's last publication number
 
 Events are sharded by a stable CRC32 of the canonical symbol, so that one detector consumer
 per shard sees every venue's events for a symbol in order.
@@ -62,6 +63,11 @@ def all_streams(shards: int) -> list[str]:
 
 def dead_letter_stream(stream: str) -> str:
     return stream + DEAD_LETTER_SUFFIX
+
+
+def detector_publications(name: str) -> str:
+    """The sequence number of a detector's last publication (see ``detector.service``)."""
+    return f"{PREFIX}:detector:published:{name}"
 
 
 def cascade_status(symbol: str) -> str:

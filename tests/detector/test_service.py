@@ -379,3 +379,38 @@ def test_a_publication_refused_halfway_publishes_nothing_twice(redis_url: str, r
     run(redis_url, body)
     assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
     assert len(members(r)) == 5
+
+
+def test_a_publication_whose_reply_was_lost_is_written_once(redis_url: str, r: syncredis.Redis) -> None:
+    """Redis ran the publication, then the connection dropped before the reply: the retry sends
+    it again with its sequence number and writes nothing the second time."""
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        det = detector(client, [BTC_SHARD])
+        real_script = det.publish_script
+        lost = [True]
+
+        async def reply_lost(**kwargs: Any) -> Any:
+            result = await real_script(**kwargs)
+            if lost and lost.pop():
+                raise syncredis.exceptions.ConnectionError("connection lost before the reply")
+            return result
+
+        det.publish_script = reply_lost  # type: ignore[assignment]
+        with pytest.raises(syncredis.exceptions.ConnectionError):
+            await det.run_until_idle()
+        assert det.unconfirmed is not None and det.unconfirmed.seq == 1
+        await det.run_until_idle()
+        return det
+
+    det = run(redis_url, body)
+    assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
+    assert len(members(r)) == 5 and det.unconfirmed is None
+    assert r.get(keys.detector_publications(det.name)) == b"1"
+    again = run(redis_url, lambda client: _warm(detector(client, [BTC_SHARD])))
+    assert again.next_seq == 2, "a restart continues the numbering"
+
+
+async def _warm(det: Detector) -> Detector:
+    await det.warm_start()
+    return det
