@@ -39,7 +39,7 @@ from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
 
-from collectors.dedupe import RecentIds
+from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
 from collectors.refresh import DEFAULT_EVERY_S, refresh_loop
 from collectors.spool import Spool
@@ -249,7 +249,7 @@ class Collector:
             return
         for reply in output.replies:
             await ws.send(reply)
-        self._accept(output.liquidations, now_ms)
+        self._accept(number_repeats(output.liquidations), now_ms)
         await self._notify()
 
     async def _notify(self) -> None:

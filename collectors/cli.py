@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from collectors import VENUES, load_venue
 from collectors.base import Collector, CollectorConfig, FrameRecord
-from collectors.dedupe import RecentIds
+from collectors.dedupe import RecentIds, number_repeats
 from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
@@ -166,7 +166,7 @@ def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
 def _parse_one(session: VenueSession, venue: str, frame: str | bytes,
                received_ms: int | None) -> list[Liquidation]:
     now = received_ms if received_ms is not None else time.time_ns() // 1_000_000
-    return session.on_message(inflate(frame, venue), now).liquidations
+    return number_repeats(session.on_message(inflate(frame, venue), now).liquidations)
 
 
 _record_decoder = msgspec.json.Decoder(FrameRecord)

@@ -5,13 +5,34 @@ liquidations already published. Every parser gives a liquidation a deterministic
 ``event_id``, so the collector drops an event whose (exchange, event_id) it has already seen.
 The memory survives reconnects (it belongs to the collector process, not the connection) and
 keeps the newest ``capacity`` ids.
+
+Within one frame, equal ids are not replays: a venue without ids gets digests of each
+liquidation's own facts, and two liquidations of one contract with the same time, side, price
+and size are still two (Gate sends every liquidation of a contract and second in one frame).
+:func:`number_repeats` tells them apart by their place among their equals, so a frame replayed
+whole is still recognized as a replay.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import msgspec
+
 from shared.models import Liquidation
+
+
+def number_repeats(liquidations: list[Liquidation]) -> list[Liquidation]:
+    """One frame's liquidations, the k-th repeat of an id renamed ``<id>:<k>`` (pure)."""
+    if len(liquidations) < 2:
+        return liquidations
+    seen: dict[str, int] = {}
+    out: list[Liquidation] = []
+    for liq in liquidations:
+        k = seen.get(liq.event_id, 0)
+        seen[liq.event_id] = k + 1
+        out.append(liq if k == 0 else msgspec.structs.replace(liq, event_id=f"{liq.event_id}:{k}"))
+    return out
 
 
 class RecentIds:

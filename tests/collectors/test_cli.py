@@ -204,6 +204,20 @@ def test_parse_dedupe_drops_a_repeated_frame(venue: str, ref: str) -> None:
     assert len({row["event_id"] for row in deduped}) == n
 
 
+def test_equal_liquidations_of_one_frame_are_two_events_and_a_replayed_frame_is_none() -> None:
+    """Gate sends every liquidation of a contract and second in one frame, and no ids: two
+    liquidations alike in time, side, price and size must not be taken for a replay."""
+    row = '{"price":"65000","size":-1,"time":1781000000045,"contract":"BTC_USDT"}'
+    frame = ('{"time":1781000000,"channel":"futures.public_liquidates","event":"update","result":['
+             + row + "," + row + "]}\n")
+    args = ["gate", "--received-ms", str(RECEIVED_MS), "--dedupe"]
+    parsed = rows(invoke(parse, args, frame * 2).stdout)
+    first, second = parsed
+    assert second["event_id"] == first["event_id"] + ":1"
+    assert {k: v for k, v in first.items() if k != "event_id"} == {
+        k: v for k, v in second.items() if k != "event_id"}
+
+
 def test_parse_rejects_an_unknown_venue() -> None:
     result = CliRunner().invoke(parse, ["ftx"], input="{}\n")
     assert result.exit_code == 2
