@@ -190,6 +190,9 @@ class Collector:
                 reason = "closed by server"
             except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:  # a bug: logged whole, and the connection is opened again
+                logger.exception("%s[%s]: connection failed", venue, plan.label)
+                reason = f"{type(exc).__name__}: {exc}"[:300]
             self.health.disconnected(plan.label, reason)
             await self._notify()
             VENUE_CONNECTED.labels(venue, plan.label).set(0)
@@ -245,6 +248,10 @@ class Collector:
             output = session.on_message(raw, now_ms)
         except ParseError as exc:
             self._parse_error(exc)
+            await self._notify()
+            return
+        except Exception as exc:  # noqa: BLE001 - a frame a parser did not foresee: never the connection
+            self._parse_error(ParseError(venue, f"unexpected {type(exc).__name__}: {exc}", raw))
             await self._notify()
             return
         for reply in output.replies:
@@ -341,7 +348,8 @@ class Collector:
                 delay = backoff.next_delay()
                 logger.warning("%s: redis unavailable (%s); %d waiting, retrying in %.1fs",
                                self.config.venue.name, exc, self._waiting(batch), delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
             backoff.reset()
             batch = []

@@ -284,3 +284,33 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
     with RestartableRedis(tmp_path / "redis") as redis:
         _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
     assert list(spool_dir.iterdir()) == []
+
+
+def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
+        redis_url: str) -> None:
+    """An OKX time of "1e999" overflows int(): not a ParseError, yet it must cost only its frame."""
+    detail = {"bkLoss": "0", "bkPx": "67000", "ccy": "", "posSide": "long", "side": "sell", "sz": "1",
+              "ts": "1e999"}
+    odd = {"arg": {"channel": "liquidation-orders", "instType": "SWAP"},
+           "data": [{"instId": "BTC-USDT-SWAP", "instType": "SWAP", "uly": "BTC-USDT",
+                     "instFamily": "BTC-USDT", "details": [detail]}]}
+
+    async def run() -> Collector:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            config = CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["okx"], health_every_s=0.05,
+                                     instruments_every_s=None)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("okx", len(collector.plans))
+                first = await exchange.emit(events("okx", T0, 3))
+                await collector.wait_until(lambda c: c.published == len(first))
+                assert await exchange.send_raw("okx", msgspec.json.encode(odd).decode()) == 1
+                await collector.wait_until(lambda c: c.health.parse_errors == 1)
+                later = await exchange.emit(events("okx", T0 + 60_000, 3))
+                await collector.wait_until(lambda c: c.published == len(first) + len(later))
+            return collector
+
+    collector = asyncio.run(run())
+    assert (collector.health.reconnects, collector.health.parse_errors) == (0, 1)
+    assert collector.health.last_error_sample.startswith('{"arg":{"channel":"liquidation-orders"')
