@@ -160,7 +160,13 @@ class Collector:
         publisher = asyncio.create_task(self._publisher(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
         try:
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopped, publisher}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not stop.is_set():  # the publisher died: stop, and exit with its error for a restart
+                logger.critical("%s: the publisher stopped unexpectedly; stopping the collector",
+                                self.config.venue.name)
+                stop.set()
         finally:
             for task in tasks:
                 task.cancel()
@@ -328,16 +334,16 @@ class Collector:
                 logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
                                self.config.venue.name, spool.pending, spool.path)
                 return
-            if spool is not None:
-                batch = spool.peek(PUBLISH_BATCH)  # empty when it met only unreadable lines
-            elif not batch:
-                batch = await self._next_batch(stop)
-                if not batch:
-                    return
             try:
+                if spool is not None:
+                    batch = spool.peek(PUBLISH_BATCH)  # empty when it met only unreadable lines
+                elif not batch:
+                    batch = await self._next_batch(stop)
+                    if not batch:
+                        return
                 if batch:
                     await self._publish(batch)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError) as exc:  # Redis, or the disk under the spool
                 batch = self._unpublished(batch, spool is not None, exc)
                 await self._notify()
                 if stop.is_set() and self.spool is None:

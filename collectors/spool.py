@@ -86,16 +86,29 @@ class Spool:
         return out
 
     def commit(self) -> None:
-        """The last :meth:`peek` is in Redis: move past it (remove the spool once all is)."""
+        """The last :meth:`peek` is in Redis: move past it (remove the spool once all is).
+
+        The position moves in memory first, so this process never publishes the batch again;
+        the offset file is then replaced atomically (written, fsynced, renamed). If the disk
+        refuses that, the error is logged, and only a restart before the next commit would
+        publish the batch again."""
         self.offset = self._peeked_end
-        if not self.path.exists() or self.offset >= self.path.stat().st_size:
-            self.path.unlink()
-            self.offset_path.unlink(missing_ok=True)
-            self.offset = self._peeked_end = 0
-            self.pending = 0
-            return
-        self.offset_path.write_text(str(self.offset))
-        self.pending -= self._peeked_lines
+        self.pending = max(0, self.pending - self._peeked_lines)
+        try:
+            if not self.path.exists() or self.offset >= self.path.stat().st_size:
+                self.path.unlink(missing_ok=True)
+                self.offset_path.unlink(missing_ok=True)
+                self.offset = self._peeked_end = 0
+                self.pending = 0
+                return
+            temporary = self.offset_path.with_suffix(".offset.tmp")
+            with temporary.open("w") as handle:
+                handle.write(str(self.offset))
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(self.offset_path)
+        except OSError as exc:
+            logger.error("spool %s: cannot record the published position (%s)", self.path, exc)
 
     def _drop_partial_tail(self) -> None:
         """A line without its newline was cut short by a crash: cut it off (every append
@@ -125,13 +138,22 @@ class Spool:
         logger.error("spool %s: dropped a line cut short by a crash (%d bytes)", self.path, size - keep)
 
     def _read_offset(self) -> int:
+        """The committed position, at most the file's size: a crash of the machine can leave an
+        offset past the end of a spool whose unsynced tail it lost (all of which was published);
+        new lines then start at the end, and must not be skipped."""
         if not self.path.exists():
             self.offset_path.unlink(missing_ok=True)
             return 0
         try:
-            return int(self.offset_path.read_text().strip() or 0)
+            offset = int(self.offset_path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             return 0
+        size = self.path.stat().st_size
+        if offset > size:
+            logger.warning("spool %s: offset %d past the end (%d bytes), kept at the end", self.path,
+                           offset, size)
+            return size
+        return offset
 
     def _count_pending(self) -> int:
         try:

@@ -314,3 +314,26 @@ def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
     collector = asyncio.run(run())
     assert (collector.health.reconnects, collector.health.parse_errors) == (0, 1)
     assert collector.health.last_error_sample.startswith('{"arg":{"channel":"liquidation-orders"')
+
+
+def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str) -> None:
+    """Nothing would be published any more while the health hash said "up": the process must
+    end instead, so that liq up, supervisord or docker restarts it."""
+    async def run() -> None:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            collector = _collector(redis_url, exchange, None)
+
+            async def broken(batch: list[Liquidation]) -> None:
+                raise RuntimeError("a bug in publishing")
+
+            collector._publish = broken  # type: ignore[method-assign]
+            stop = asyncio.Event()
+            task = asyncio.create_task(collector.run(stop))
+            await exchange.wait_subscribed("binance_usdm", len(collector.plans))
+            await exchange.emit(events("binance_usdm", T0, 1))
+            with pytest.raises(RuntimeError, match="a bug in publishing"):
+                await asyncio.wait_for(task, 20)
+            assert stop.is_set()
+            await collector.config.redis.aclose()
+
+    asyncio.run(run())

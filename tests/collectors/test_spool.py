@@ -86,3 +86,37 @@ def test_an_empty_or_whole_spool_is_left_as_it_is(tmp_path: Path) -> None:
     spool.append(_liqs(2))
     spool.sync()
     assert Spool(tmp_path, "dydx").skipped == 0 and Spool(tmp_path, "dydx").pending == 2
+
+
+def test_an_offset_past_the_end_is_kept_at_the_end_so_new_lines_are_not_skipped(tmp_path: Path) -> None:
+    """A machine crash lost the spool's unsynced tail but not the offset file: everything up to
+    the offset was published; what is appended after the restart must still be."""
+    spool = Spool(tmp_path, "okx")
+    spool.append(_liqs(4))
+    spool.peek(3)
+    spool.commit()
+    with spool.path.open("r+b") as handle:  # the crash: the last lines never reached the disk
+        handle.truncate(spool.offset - 10)
+    again = Spool(tmp_path, "okx")
+    assert again.pending == 0
+    again.append(_liqs(2, start=10))
+    assert again.peek(10) == _liqs(2, start=10)
+
+
+def test_a_commit_survives_a_deleted_spool_and_a_disk_that_refuses_the_offset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    spool = Spool(tmp_path, "gate")
+    spool.append(_liqs(5))
+    assert len(spool.peek(2)) == 2
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "fsync", full)
+    spool.commit()
+    assert "cannot record the published position" in caplog.text
+    assert spool.pending == 3 and spool.peek(10) == _liqs(3, start=2), "this process moves on"
+    monkeypatch.undo()
+    spool.path.unlink()
+    spool.commit()  # the file went away under it: nothing to remove, no error
+    assert spool.pending == 0 and spool.peek(10) == []
