@@ -25,6 +25,7 @@ Delivery semantics (at-least-once):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared import backlog, codec, keys
 from shared.backoff import Backoff
@@ -67,24 +68,49 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 """Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
+# One script run per batch: all of it or none of it. A MULTI would not do: Redis runs the rest of
+# a transaction when one command fails (an event stream key of another type), and the retry
+# would add the others again. The key types are checked before the first XADD.
+#   KEYS: the batch's streams; ARGV: maxlen, payload field, then per entry: key index, payload
+PUBLISH_LUA = """
+for k = 1, #KEYS do
+  local kind = redis.call('TYPE', KEYS[k])['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
+local ids = {}
+for i = 3, #ARGV, 2 do
+  local stream = KEYS[tonumber(ARGV[i])]
+  ids[#ids + 1] = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[i + 1])
+end
+return ids
+"""
+_PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()  # how Redis names a script
+
+
 async def publish(
     redis: aioredis.Redis, items: Sequence[tuple[str, msgspec.Struct]], maxlen: int
 ) -> list[str]:
-    """XADD every (stream, struct) in one MULTI/EXEC, trimming with MAXLEN ~.
+    """XADD every (stream, struct), trimming with MAXLEN ~, in one script run: all or nothing.
 
-    All or nothing: a connection lost before Redis has the whole batch adds none of it, so the
-    caller's retry (the collector's spool) adds no entry twice. (Only a connection lost after
-    EXEC, between Redis applying the batch and the client reading the reply, still repeats
-    it; the detector and writer drop such repeats by event id, the aggregator counts them.)
-    Costs no measurable throughput (``liq bench``'s publish stage)."""
+    A connection lost before Redis has the whole request adds none of the batch, and a stream
+    key of another type fails it before anything is added, so the caller's retry (the
+    collector's spool) adds no entry twice. (Only a reply lost after Redis ran the script
+    still repeats the batch; the detector and writer drop such repeats by event id, the
+    aggregator counts them.)"""
     if not items:
         return []
-    pipe = redis.pipeline(transaction=True)
+    streams: dict[str, int] = {}
+    args: list[Any] = [maxlen, codec.PAYLOAD_FIELD]
     for stream, obj in items:
-        pipe.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(obj)}, maxlen=maxlen, approximate=True)
-    ids = await pipe.execute()
+        args += (streams.setdefault(stream, len(streams) + 1), codec.encode(obj))
+    try:
+        ids = await redis.evalsha(_PUBLISH_SHA, len(streams), *streams, *args)
+    except NoScriptError:
+        await redis.script_load(PUBLISH_LUA)
+        ids = await redis.evalsha(_PUBLISH_SHA, len(streams), *streams, *args)
     return [reply_text(i) for i in ids]
-
 
 
 @dataclass

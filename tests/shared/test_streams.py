@@ -455,3 +455,28 @@ def test_a_failure_to_dead_letter_repeats_no_handled_entry(redis_url: str) -> No
     asyncio.run(run())
     assert sorted(calls.values()) == [1, 1, 1]
     assert sync.xlen(keys.dead_letter_stream(STREAM)) == 1 and _pending(redis_url) == 0
+
+
+def test_a_stream_key_of_another_type_fails_the_whole_batch_and_adds_nothing(redis_url: str) -> None:
+    """A MULTI would have added the batch's other entries and failed on that key only: the
+    collector's retry would then add them again, as long as the key stays wrong."""
+    sync = syncredis.Redis.from_url(redis_url)
+    bad = keys.event_stream(3)
+    sync.set(bad, "not a stream")
+    items = [(STREAM, liq(quantity=1.0)), (bad, liq(quantity=2.0)), (STREAM, liq(quantity=3.0))]
+
+    async def run() -> list[str]:
+        client = make_async_redis(redis_url)
+        with pytest.raises(syncredis.ResponseError, match=r"liq:\{s3\}:events holds a string, not a stream"):
+            await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+        assert sync.xlen(STREAM) == 0
+        sync.delete(bad)
+        sync.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
+        ids = await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+        await client.aclose()
+        return ids
+
+    ids = asyncio.run(run())
+    assert [entry_id.decode() for entry_id, _ in sync.xrange(STREAM)] == [ids[0], ids[2]]
+    assert [entry_id.decode() for entry_id, _ in sync.xrange(bad)] == [ids[1]]
+    assert [codec.decode_liquidation(f[b"d"]).quantity for _, f in sync.xrange(STREAM)] == [1.0, 3.0]
