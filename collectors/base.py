@@ -37,7 +37,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidHandshake, InvalidURI, WebSocketException
+from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
 
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
@@ -66,6 +66,9 @@ from shared.streams import publish
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
+SILENT_PINGS = 3
+"""A connection pinged by the application is reopened after this many ping intervals without
+any frame (the venue answers each ping, so silence means the connection is dead)."""
 PUBLISH_BATCH = 500
 PARSE_LOG_EVERY_S = 10.0
 
@@ -214,7 +217,8 @@ class Collector:
     async def _session(self, plan: ConnectionPlan) -> None:
         session = plan.new_session()
         spec = self.config.venue
-        ws_ping = spec.heartbeat_s if session.heartbeat() is None else 20.0
+        app_pings = session.heartbeat() is not None
+        ws_ping = 20.0 if app_pings else spec.heartbeat_s
         async with connect(plan.url, open_timeout=self.config.open_timeout_s, max_size=2**24,
                            ping_interval=ws_ping, ping_timeout=max(ws_ping, 20.0),
                            close_timeout=2) as ws:
@@ -225,8 +229,20 @@ class Collector:
             VENUE_CONNECTED.labels(spec.name, plan.label).set(1)
             logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
+            # A venue that answers every application ping (``answers_pings``): no frame at all for
+            # a few pings means a dead connection that TCP has not noticed. Others may be quiet
+            # for long, and are left to WebSocket pings.
+            silence_s = SILENT_PINGS * spec.heartbeat_s if app_pings and spec.answers_pings else None
             try:
-                async for raw in ws:
+                while True:
+                    try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                        async with asyncio.timeout(silence_s):
+                            raw = await ws.recv()
+                    except ConnectionClosedOK:
+                        return
+                    except TimeoutError:
+                        raise TimeoutError(f"no frame for {silence_s:g}s although pinged every "
+                                           f"{spec.heartbeat_s:g}s") from None
                     await self._on_frame(ws, session, plan.label, raw)
             finally:
                 heartbeat.cancel()

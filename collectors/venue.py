@@ -117,6 +117,9 @@ class VenueSpec:
     """A session with default subscriptions, used by ``liq parse`` and ``liq replay``."""
     gzip: bool = False
     """Frames arrive gzip-compressed (HTX)."""
+    answers_pings: bool = False
+    """The venue's documentation says it answers every application ping: a connection that then
+    receives no frame for a few ping intervals is dead, and is reopened."""
     default_symbols: tuple[str, ...] = ()
     """Native symbols subscribed when none are given (venues without an all-symbol channel)."""
     instruments: InstrumentSource | None = None

@@ -139,6 +139,11 @@ class ExchangeSimulator:
     def resume(self, venue: str) -> None:
         self.venue(venue).paused = False
 
+    def mute(self, venue: str, muted: bool = True) -> None:
+        """Paused, and no acks or pongs either: what a half-open connection looks like."""
+        server = self.venue(venue)
+        server.paused = server.muted = muted
+
     async def refuse(self, venue: str, drop: bool = True) -> None:
         """The venue is down: handshakes get HTTP 503; with ``drop`` current clients are aborted too."""
         server = self.venue(venue)

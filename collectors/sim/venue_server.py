@@ -63,6 +63,8 @@ class VenueServer:
         self.unsent: list[Liquidation] = []
         self.seq = 0
         self.paused = False
+        self.muted = False
+        """Connected but dead silent: not even acks or pongs (a half-open connection)."""
         self.refusing = False
         self._server: Server | None = None
         self._changed = asyncio.Condition()
@@ -137,7 +139,7 @@ class VenueServer:
         self, conn: ServerConnection, client: SimClient, before: set[str], replies: Sequence[Outgoing]
     ) -> None:
         """Send replies; on new subscriptions replay the snapshot and wake ``wait_subscribed``."""
-        for reply in replies:
+        for reply in [] if self.muted else replies:
             await self.send(conn, reply)
         if client.subscriptions - before and not self.paused:
             recent = [item for item in self.recent if wants(client, item)]

@@ -166,6 +166,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation trigger (IS_MATCH=0); an old row is replayed on subscribe",
     heartbeat_s=30.0,
+    answers_pings=True,
     usual_gap_s=1800.0,
     plans=_plans,
     new_parser=BitfinexSession,

@@ -137,6 +137,7 @@ VENUE = VenueSpec(
     semantics="aggregated",
     semantics_note="at most one long and one short record per symbol per second (aggregated)",
     heartbeat_s=25.0,
+    answers_pings=True,
     usual_gap_s=60.0,
     plans=_plans,
     new_parser=BitgetSession,

@@ -202,6 +202,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation order entering the book (insert); no timestamp, receive time used",
     heartbeat_s=30.0,
+    answers_pings=True,
     usual_gap_s=900.0,
     plans=_plans,
     new_parser=BitmexSession,

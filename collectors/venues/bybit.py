@@ -282,6 +282,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation, pushed every 500 ms; needs one topic per symbol",
     heartbeat_s=20.0,
+    answers_pings=True,
     usual_gap_s=60.0,
     plans=_plans,
     new_parser=BybitSession,

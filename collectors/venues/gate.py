@@ -206,6 +206,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation since 2026-08-20, batched per contract per ~1 s (before: 1/s/contract)",
     heartbeat_s=10.0,
+    answers_pings=True,
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=GateSession,

@@ -184,6 +184,7 @@ VENUE = VenueSpec(
     semantics="partial",
     semantics_note="partial: only liquidations touching subscribed accounts; no public feed",
     heartbeat_s=30.0,
+    answers_pings=True,
     usual_gap_s=86400.0,
     plans=_plans,
     new_parser=HyperliquidSession,

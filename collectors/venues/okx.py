@@ -303,6 +303,7 @@ VENUE = VenueSpec(
     semantics="partial",
     semantics_note="OKX: the feed 'doesn't represent the total number of liquidations'",
     heartbeat_s=20.0,
+    answers_pings=True,
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=OkxSession,

@@ -337,3 +337,33 @@ def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str
             await collector.config.redis.aclose()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("venue", ["okx", "bitget", "bitmex", "bybit", "gate", "bitfinex", "hyperliquid"])
+def test_a_connection_gone_silent_is_reopened_where_the_venue_answers_pings(venue: str,
+                                                                           redis_url: str) -> None:
+    """The venue answers each ping, so frames keep coming even when no one is liquidated; once
+    it goes dead silent (a half-open connection), the collector reconnects by itself."""
+    async def run() -> Collector:
+        spec = dataclasses.replace(load_venue(venue), heartbeat_s=0.05)
+        assert spec.answers_pings
+        sim = CountingSim(load_sim(venue))
+        async with ExchangeSimulator([sim]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05,
+                                     symbols=list(spec.default_symbols), instruments_every_s=None)
+            collector = Collector(config)
+            async with _running(collector):
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                sim.wanted = sim.messages + 12 * conns  # a dozen ping intervals, no liquidation
+                await sim.enough.wait()
+                assert collector.health.reconnects == 0, "pongs are frames: no false alarm"
+                exchange.mute(venue)
+                await collector.wait_until(lambda c: c.health.reconnects >= conns)
+                assert "no frame for" in collector.health.reason
+                exchange.mute(venue, False)
+                await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
+            return collector
+
+    asyncio.run(run())
