@@ -45,7 +45,7 @@ from collectors.refresh import DEFAULT_EVERY_S, refresh_loop
 from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
-from shared import keys
+from shared import codec, keys
 from shared.backoff import Backoff
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import ParseError
@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
 SILENT_PINGS = 3
+REMEMBER_ENTRIES = 5000
+"""Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 """A connection pinged by the application is reopened after this many ping intervals without
 any frame (the venue answers each ping, so silence means the connection is dead)."""
 PUBLISH_BATCH = 500
@@ -153,6 +155,8 @@ class Collector:
             if self._record is not None:
                 self._record.close()
             raise
+        if self.config.venue.replays_on_subscribe:
+            await self._remember_published()
         await self._notify()
         tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         source, every_s = self.config.venue.instruments, self.config.instruments_every_s
@@ -186,6 +190,28 @@ class Collector:
             logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
                         self.config.venue.name, self.published, self.health.parse_errors,
                         self.health.duplicates)
+
+    async def _remember_published(self) -> None:
+        """Seed the duplicate filter with this venue's liquidations at the tail of the event
+        streams: the snapshot the venue replays on subscribe after a restart is not new."""
+        venue = self.config.venue.name
+        remembered = 0
+        try:
+            for stream in keys.event_streams(self.config.shards):
+                entries: Any = await self.config.redis.xrevrange(stream, count=REMEMBER_ENTRIES)
+                for _entry_id, fields in reversed(entries):
+                    try:
+                        liq = codec.decode_liquidation(codec.entry_payload(fields))
+                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                        continue
+                    if liq.exchange == venue and not self.dedupe.seen_before(liq):
+                        remembered += 1
+        except (RedisError, OSError) as exc:
+            logger.warning("%s: cannot read what was published before (%s); a replayed snapshot "
+                           "may be published again", venue, exc)
+            return
+        if remembered:
+            logger.info("%s: remembered %d liquidations published before", venue, remembered)
 
     # -- connections -------------------------------------------------------------------------
 

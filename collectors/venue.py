@@ -117,6 +117,9 @@ class VenueSpec:
     """A session with default subscriptions, used by ``liq parse`` and ``liq replay``."""
     gzip: bool = False
     """Frames arrive gzip-compressed (HTX)."""
+    replays_on_subscribe: bool = False
+    """The venue sends recent liquidations again on each subscribe (OKX, Bitfinex): a collector
+    starting up first remembers the ids it published recently, so they are not published twice."""
     answers_pings: bool = False
     """The venue's documentation says it answers every application ping: a connection that then
     receives no frame for a few ping intervals is dead, and is reopened."""

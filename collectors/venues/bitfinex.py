@@ -167,6 +167,7 @@ VENUE = VenueSpec(
     semantics_note="every liquidation trigger (IS_MATCH=0); an old row is replayed on subscribe",
     heartbeat_s=30.0,
     answers_pings=True,
+    replays_on_subscribe=True,
     usual_gap_s=1800.0,
     plans=_plans,
     new_parser=BitfinexSession,

@@ -304,6 +304,7 @@ VENUE = VenueSpec(
     semantics_note="OKX: the feed 'doesn't represent the total number of liquidations'",
     heartbeat_s=20.0,
     answers_pings=True,
+    replays_on_subscribe=True,
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=OkxSession,
