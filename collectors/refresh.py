@@ -97,6 +97,10 @@ async def refresh_loop(venue: str, source: InstrumentSource, ws_url: str, cache_
             delay = backoff.next_delay()
             logger.warning("%s: instrument refresh failed (%s); keeping %d known, retry in %.0fs",
                            venue, exc, len(source.table), delay)
+        except Exception:  # a response no parser foresaw (http.client.IncompleteRead, a KeyError)
+            delay = backoff.next_delay()
+            logger.exception("%s: instrument refresh failed; keeping %d known, retry in %.0fs",
+                             venue, len(source.table), delay)
         try:
             await asyncio.wait_for(stop.wait(), timeout=delay)
         except TimeoutError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import json
 import logging
 from pathlib import Path
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from collectors import load_venue
+from collectors import refresh as refresh_module
 from collectors.base import Collector, CollectorConfig
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.refresh import refresh_loop, refresh_once, rest_base
 from collectors.sim.server import ExchangeSimulator, load_sim
 from collectors.venue import InstrumentRequest, InstrumentSource, VenueSpec
+from shared.backoff import Backoff
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
 
@@ -124,3 +127,23 @@ def test_an_empty_or_unreadable_answer_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="listed nothing"):
         asyncio.run(refresh_once("okx", source, "ws://127.0.0.1:1", tmp_path, fetch=lambda _u, _b: b"[]"))
     assert len(table) == 0 and not (tmp_path / "okx.json").exists()
+
+
+def test_an_answer_no_parser_foresaw_does_not_end_the_refresh_loop(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = InstrumentSource(live_rest_url="https://example.invalid", requests=(InstrumentRequest("/i"),),
+                              parse=lambda body, _r: [], table=InstrumentTable("okx"))
+    stop = asyncio.Event()
+    calls: list[int] = []
+
+    def odd(url: str, _body: bytes | None) -> bytes:
+        calls.append(1)
+        if len(calls) == 2:
+            stop.set()
+        raise http.client.IncompleteRead(b"partial")
+
+    monkeypatch.setattr(refresh_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.001))
+    with caplog.at_level(logging.INFO, logger="collectors.refresh"):
+        asyncio.run(refresh_loop("okx", source, "ws://127.0.0.1:1", None, stop, fetch=odd))
+    assert len(calls) == 2, "it tried again after the odd answer"
+    assert "instrument refresh failed; keeping 0 known" in caplog.text
