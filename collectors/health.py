@@ -42,16 +42,27 @@ class VenueHealth:
     """Instruments the venue's endpoint listed at the last good refresh (0: none yet)."""
     instruments_refreshed_ms: int = 0
 
+    down_reasons: dict[str, str] = field(default_factory=dict)
+    """Why each connection that is down went down (one connection's recovery must not erase
+    another's reason)."""
+
     def connected(self, label: str, now_ms: int) -> None:
         if not self.connections_up:
             self.up_since_ms = now_ms
         self.connections_up.add(label)
-        self.reason = ""
+        self.down_reasons.pop(label, None)
+        self.reason = self._reason_text()
 
     def disconnected(self, label: str, reason: str) -> None:
         self.connections_up.discard(label)
-        self.reason = reason
+        self.down_reasons[label] = reason
+        self.reason = self._reason_text()
         self.reconnects += 1
+
+    def _reason_text(self) -> str:
+        if self.connections_total <= 1:
+            return next(iter(self.down_reasons.values()), "")
+        return "; ".join(f"{label}: {why}" for label, why in sorted(self.down_reasons.items()))
 
     def stopped(self) -> None:
         """The collector is shutting down: nothing is connected any more, and that is why."""
