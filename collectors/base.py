@@ -373,6 +373,7 @@ class Collector:
         while True:
             spool = self._waiting_spool()
             if spool is not None and stop.is_set() and self._spool(self._drain_queue()):
+                await self._sync_spool()
                 logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
                                self.config.venue.name, spool.pending, spool.path)
                 return
@@ -392,7 +393,7 @@ class Collector:
                     logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
                                  self.config.venue.name, exc, len(batch) + self.queue.qsize())
                     return
-                self._sync_spool()
+                await self._sync_spool()
                 delay = backoff.next_delay()
                 logger.warning("%s: redis unavailable (%s); %d waiting, retrying in %.1fs",
                                self.config.venue.name, exc, self._waiting(batch), delay)
@@ -449,11 +450,12 @@ class Collector:
         SPOOLED.labels(self.config.venue.name).set(self.spool.pending)
         return True
 
-    def _sync_spool(self) -> None:
+    async def _sync_spool(self) -> None:
+        """fsync the spool in a worker thread: a slow disk must not stall the WebSocket loop."""
         if self.spool is None:
             return
         try:
-            self.spool.sync()
+            await asyncio.to_thread(self.spool.sync)
         except OSError as exc:
             logger.error("%s: cannot flush %s to disk (%s)", self.config.venue.name, self.spool.path, exc)
 
