@@ -110,8 +110,8 @@ class Cascade:
 class SymbolDetector:
     """The window and the cascade state of one canonical symbol."""
 
-    __slots__ = ("cascade", "cleared_ids", "duplicates", "last_cascade_id", "late", "params", "ring", "rules",
-                 "symbol")
+    __slots__ = ("cascade", "cleared_ids", "duplicates", "ended_through_ms", "last_cascade_id", "late",
+                 "params", "ring", "rules", "symbol")
 
     def __init__(self, symbol: str, rules: Rules, params: ScoringParams, n_venues: int) -> None:
         self.symbol = symbol
@@ -124,6 +124,10 @@ class SymbolDetector:
         self.duplicates = 0
         self.cleared_ids: dict[str, int] = {}
         """Ids of events dropped by ``end``/``fence`` → their time, while they could be redelivered."""
+        self.ended_through_ms = -(2**62)
+        """The last event time of the cascade that ended last: an event at or before it arrives
+        after its cascade, and must not start another (another venue's late copy of the same
+        burst would otherwise start a second cascade with the same id)."""
 
     # -- the window ---------------------------------------------------------------------------
 
@@ -143,7 +147,7 @@ class SymbolDetector:
             return False
         ts = liq.timestamp_ms
         newest = max(ring.newest_ms, ts)
-        if ts <= newest - self.rules.window_ms:
+        if ts <= newest - self.rules.window_ms or ts <= self.ended_through_ms:
             self.late += 1
             return False
         ring.evict(newest - self.rules.window_ms)
@@ -164,10 +168,10 @@ class SymbolDetector:
         c = self.cascade
         holds = self.holds()
         if c is None:
-            return self._start(liq) if holds else NO_OUTPUT
+            return self._start() if holds else NO_OUTPUT
         c.add(liq)
-        if holds and liq.timestamp_ms > c.last_hold_ms:
-            c.last_hold_ms = liq.timestamp_ms
+        if holds and self.ring.newest_ms > c.last_hold_ms:  # the window's time, even for a late event
+            c.last_hold_ms = self.ring.newest_ms
         f, value = self.score_window()
         c.rescore(f, value)
         out: list[Output] = [CascadeMember(cascade_id=c.cascade_id, risk_score=value, liquidation=liq)]
@@ -177,10 +181,10 @@ class SymbolDetector:
             out.append(c.message("escalate", liq.timestamp_ms, self.params.band_edges))
         return out
 
-    def _start(self, trigger: Liquidation) -> list[Output]:
+    def _start(self) -> list[Output]:
         items = self.ring.live_items()
         start_ms = min(item.timestamp_ms for item in items)  # the window's oldest event
-        ts = trigger.timestamp_ms
+        ts = self.ring.newest_ms  # the window's time: a late trigger does not date the start back
         c = Cascade(cascade_id=f"{self.symbol}-{start_ms}", symbol=self.symbol, start_ms=start_ms,
                     detected_ms=ts, last_event_ms=ts, last_hold_ms=ts)
         for item in items:
@@ -208,6 +212,7 @@ class SymbolDetector:
             return None
         message = c.message("end", now_ms, self.params.band_edges)
         self.last_cascade_id = c.cascade_id
+        self.ended_through_ms = max(self.ended_through_ms, c.last_event_ms)
         self.cascade = None
         self._clear_window()
         return message

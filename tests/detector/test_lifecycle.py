@@ -113,6 +113,30 @@ def test_an_end_due_when_the_next_event_fails_is_carried_not_lost() -> None:
     assert engine.tick(T0 + 35_000) == [], "once"
 
 
+def test_a_cascade_started_by_a_late_event_lives_from_the_windows_time() -> None:
+    """The fifth liquidation arrives late (another venue's copy, stamped 45 s earlier): the
+    cascade is detected now, and its quiet period runs from now, not from that stamp."""
+    engine = Engine()
+    feed_all(engine, [ev(s) for s in (50, 51, 52, 53)])
+    (start,) = [o for o in engine.feed(ev(5, venue="okx")) if isinstance(o, CascadeEvent)]
+    assert start.phase == "start" and start.published_ms == T0 + 53_000
+    assert engine.tick(T0 + 54_000) == [], "not ended at once: quiet only since 53 s"
+    assert phases(engine.feed(ev(55))) == ["member"]
+
+
+def test_late_copies_of_an_ended_burst_start_no_second_cascade() -> None:
+    """Another venue's copy of a burst, delivered after the burst's cascade ended, would start a
+    cascade with the same id (same symbol, same first event time)."""
+    engine = Engine()
+    out = feed_all(engine, [ev(s) for s in range(5)])
+    out += list(engine.feed(ev(40, 1_000.0, symbol="ETHUSDT")))  # event time passes the quiet period
+    out += feed_all(engine, [ev(s, venue="okx") for s in range(5)])
+    out += engine.flush()
+    assert [(o.phase, o.symbol, o.count) for o in out if isinstance(o, CascadeEvent)] == [
+        ("start", "BTCUSDT", 5), ("end", "BTCUSDT", 5)]
+    assert engine.symbols["BTCUSDT"].late == 5
+
+
 def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:
     engine = Engine()
     feed_all(engine, [ev(k) for k in range(5)])
