@@ -28,7 +28,7 @@ import msgspec
 from detector.config import DetectorSettings
 from detector.engine import Engine
 from detector.lifecycle import Output, ended_cascades
-from shared.models import CascadeEvent, Liquidation, MarketType, Side
+from shared.models import CascadeEvent, Liquidation, MarketType, Side, plausible_amount, plausible_epoch_ms
 
 MARKET_TYPES: frozenset[str] = frozenset(get_args(MarketType))
 SIDES: frozenset[str] = frozenset(get_args(Side))
@@ -87,6 +87,11 @@ def to_liquidation(row: ReplayRow) -> Liquidation:
     if side not in SIDES:
         raise ValueError(f"side must be long or short, got {row.side!r}")
     notional = _notional(row)
+    for name, value in (("price", row.price), ("quantity", row.quantity), ("notional_usd", notional or 0.0)):
+        if not plausible_amount(value):  # NaN too: the live decoder refuses what this refuses
+            raise ValueError(f"{name} must be a number in [0, 1e15), got {value!r}")
+    if not plausible_epoch_ms(row.timestamp_ms):
+        raise ValueError(f"timestamp_ms must be epoch milliseconds, got {row.timestamp_ms!r}")
     known = row.notional_known and notional is not None
     market_type: MarketType = row.market_type if row.market_type in MARKET_TYPES else "linear_perpetual"  # type: ignore[assignment]
     base, quote = split_symbol(row.symbol)

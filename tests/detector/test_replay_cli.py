@@ -63,6 +63,22 @@ def test_replay_writes_exact_cascades_and_reports_bad_lines(tmp_path: Path) -> N
     assert "bad line 8: side must be long or short, got 'buy'" in result.stderr
 
 
+def test_replay_refuses_amounts_the_live_decoder_refuses() -> None:
+    """A NaN would poison the window's running sums until the window empties."""
+    from detector.replay import ReplayStats, replay
+
+    stats = ReplayStats()
+    lines = [row(0, "okx", 30_000, notional_usd="nan"), row(1, "okx", -500_000),
+             row(2, "okx", 30_000, timestamp_ms=-5), row(3, "okx", 30_000, price="2e15")]
+    assert list(replay(lines, stats=stats)) == []
+    assert (stats.events, stats.bad_lines) == (0, 4)
+    assert [reason for _, reason in stats.bad_samples] == [
+        "notional_usd must be a number in [0, 1e15), got nan",
+        "quantity must be a number in [0, 1e15), got -10.0",
+        "timestamp_ms must be epoch milliseconds, got -5",
+        "price must be a number in [0, 1e15), got 2000000000000000.0"]
+
+
 def test_replay_to_stdout_and_an_empty_file(tmp_path: Path) -> None:
     src = tmp_path / "events.jsonl"
     src.write_text("\n".join(LINES[:3] + LINES[4:6]) + "\n")
