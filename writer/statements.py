@@ -20,14 +20,15 @@ In native mode the additive rollups (``liquidations_hourly``, ``liquidation_heat
 both inserts through the statement trigger of ``sql/004_rollups.native.sql``, which sees only the
 rows really inserted; in TimescaleDB mode continuous aggregates do that work.
 
-Hours are ``date_bin('1 hour', t, TIMESTAMPTZ '2000-01-03')``, identical to ``time_bucket``.
+Hours are ``date_bin('1 hour', t, TIMESTAMPTZ '2000-01-03 00:00:00+00')``: UTC hours, identical
+to ``time_bucket``, whatever the session's time zone (the origin carries its offset).
 """
 
 from __future__ import annotations
 
 from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS
 
-HOUR = "date_bin('1 hour', {col}, TIMESTAMPTZ '2000-01-03')"
+HOUR = "date_bin('1 hour', {col}, TIMESTAMPTZ '2000-01-03 00:00:00+00')"
 
 STAGE_EVENTS_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS liq_stage (

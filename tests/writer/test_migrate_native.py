@@ -49,13 +49,13 @@ def query(dsn: str, sql: str) -> list[dict[str, Any]]:
 def test_migrations_are_idempotent_and_record_the_mode(pg_dsn: str) -> None:
     first = migrate_dsn(pg_dsn, "auto")
     assert (first.mode, first.extversion) == ("native", None)
-    assert first.applied == ["001", "002", "004", "005", "006", "008"]
+    assert first.applied == ["001", "002", "004", "005", "006", "008", "009"]
     again = migrate_dsn(pg_dsn, "auto")
     assert again.applied == [] and again.already == first.applied
     status = {r["key"]: r["value"] for r in query(pg_dsn, "SELECT * FROM liq_storage_status()")}
     assert status["mode"] == "native"
     assert status["compression"] == "n/a in native mode"
-    assert status["schema_version"] == "008"
+    assert status["schema_version"] == "009"
     with pytest.raises(MigrationError, match="LIQ_STORAGE_MODE=timescale"):
         migrate_dsn(pg_dsn, "timescale")
 

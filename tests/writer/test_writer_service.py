@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,6 +31,7 @@ from writer.service import Writer
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
 NOW_MS = 1_767_225_600_000 + 10 * HOUR_MS  # 2026-01-01 10:00 UTC
 SHARDS = 2
@@ -91,8 +94,8 @@ def rows(dsn: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
 
 HOURLY_FROM_RAW = """
-SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03'), exchange, symbol, side, count(*), sum(value_usd),
-       max(value_usd), sum(quantity), count(*) FILTER (WHERE is_cascade),
+SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03 00:00:00+00'), exchange, symbol, side, count(*),
+       sum(value_usd), max(value_usd), sum(quantity), count(*) FILTER (WHERE is_cascade),
        coalesce(sum(value_usd) FILTER (WHERE is_cascade), 0)
 FROM liquidations_significant GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
 HOURLY = """
@@ -100,15 +103,15 @@ SELECT hour, exchange, symbol, side, event_count, total_value_usd, max_value_usd
        cascade_event_count, cascade_value_usd
 FROM liquidations_hourly WHERE event_count > 0 ORDER BY 1, 2, 3, 4"""
 HEATMAP_FROM_RAW = """
-SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03'), symbol, price_level, side, count(*),
+SELECT date_bin('1 hour', time, TIMESTAMPTZ '2000-01-03 00:00:00+00'), symbol, price_level, side, count(*),
        sum(value_usd), max(value_usd)
 FROM liquidations_significant GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
 HEATMAP = """
 SELECT hour, symbol, price_level, side, event_count, total_value_usd, max_value_usd
 FROM liquidation_heatmap WHERE event_count > 0 ORDER BY 1, 2, 3, 4"""
 CASCADES_FROM_RAW = """
-SELECT date_bin('1 hour', start_time, TIMESTAMPTZ '2000-01-03'), symbol, count(*), sum(event_count),
-       sum(total_value_usd), max(peak_risk_score), count(*) FILTER (WHERE cross_exchange)
+SELECT date_bin('1 hour', start_time, TIMESTAMPTZ '2000-01-03 00:00:00+00'), symbol, count(*),
+       sum(event_count), sum(total_value_usd), max(peak_risk_score), count(*) FILTER (WHERE cross_exchange)
 FROM cascade_events GROUP BY 1, 2 ORDER BY 1, 2"""
 CASCADES = """
 SELECT hour, symbol, cascade_count, liquidation_count, total_value_usd, max_risk_score, cross_exchange_count
@@ -290,3 +293,34 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored_once(redi
     assert fields[b"stage"] == b"handle" and fields[b"group"] == keys.WRITER_GROUP.encode()
     assert fields[b"reason"].startswith(b"ProgramLimitExceeded: index row")
     assert codec.decode_liquidation(fields[b"d"]) == poison
+
+
+def test_hours_are_utc_hours_in_any_session_time_zone(redis_url: str, db: str) -> None:
+    """India is UTC+05:30: an origin read in the session's zone made every hour start at :30."""
+    info = psycopg.conninfo.conninfo_to_dict(db)
+    kolkata = psycopg.conninfo.make_conninfo(**{**info, "options": "-c TimeZone=Asia/Kolkata"})
+    asyncio.run(publish_all(redis_url, to_shard(events())))
+    asyncio.run(drain(redis_url, kolkata))
+    for table in ("liquidations_hourly", "liquidation_heatmap"):
+        minutes = rows(db, f"SELECT DISTINCT extract(minute FROM hour AT TIME ZONE 'UTC') FROM {table}")
+        assert minutes == [(0,)], table
+    assert_rollups_match_raw(db)
+
+
+def test_the_utc_migration_rebuilds_rollups_a_fractional_zone_wrote(db: str) -> None:
+    from writer.migrate import split_statements
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Asia/Kolkata'")
+        conn.execute("SELECT liq_ensure_partitions(ARRAY['2026-01-01']::date[])")
+        conn.execute("""INSERT INTO liquidations_significant (time, exchange, symbol, symbol_native, base,
+                            market_type, side, price, quantity, value_usd, notional_known, is_cascade,
+                            event_id, sampled, price_level)
+                        VALUES ('2026-01-01 02:10+00', 'okx', 'BTCUSDT', 'BTCUSDT', 'BTC', 'linear_perpetual',
+                                'long', 67000, 2, 134000, true, false, 'x1', false, 67000)""")
+        conn.execute("UPDATE liquidations_hourly SET hour = '2026-01-01 01:30+00'")  # as 004 bucketed it
+        for statement in split_statements((REPO / "sql/009_utc_hours.native.sql").read_text()):
+            conn.execute(statement)
+    assert rows(db, "SELECT hour, event_count FROM liquidations_hourly") == [
+        (datetime(2026, 1, 1, 2, 0, tzinfo=UTC), 1)]
+    assert_rollups_match_raw(db)
