@@ -24,6 +24,12 @@ from detector.lifecycle import NO_OUTPUT, Output, Rules, SymbolDetector
 from shared.clock import Clock
 from shared.models import CascadeEvent, Liquidation
 
+FUTURE_TOLERANCE_MS = 300_000
+"""An event stamped more than this after its receipt (``received_ms``) comes from a clock that is
+wrong: it is dropped. Event time is shared by all symbols, so one such event would otherwise end
+every active cascade and make the good venues' events of its symbol look late. (Five minutes:
+far above network delay, and safe for a local clock that drifts.)"""
+
 MAX_VENUES = 64
 """Venue indexes per window (the 14 known venues and room for more; the rest share the last)."""
 
@@ -50,6 +56,8 @@ class Engine:
         self.next_due_ms: float = math.inf
         """No active cascade is due to end before this event time (a lower bound, so a feed
         scans the active cascades only when one may really be due)."""
+        self.from_future = 0
+        """Events dropped for a time after their receipt (see :data:`FUTURE_TOLERANCE_MS`)."""
         self.carried: list[Output] = []
         """End messages of a feed that then failed on its event: they go out with the next
         feed or tick instead of being lost."""
@@ -70,6 +78,9 @@ class Engine:
         """Process one liquidation; returns the messages it caused (usually none)."""
         self.events += 1
         ts = liq.timestamp_ms
+        if liq.received_ms and ts > liq.received_ms + FUTURE_TOLERANCE_MS:
+            self.from_future += 1
+            return NO_OUTPUT
         ended: list[Output] | None = None
         if ts > self.watermark:
             self.watermark = ts

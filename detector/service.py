@@ -423,7 +423,8 @@ class Detector:
         key = keys.process_heartbeat(self.name)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, mapping={"updated_ms": self.clock.now_ms(), "events": self.engine.events,
-                                "active": len(self.engine.active), "shards": ",".join(map(str, self.shards))})
+                                "active": len(self.engine.active), "shards": ",".join(map(str, self.shards)),
+                                "from_future": self.engine.from_future})
         pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
         await pipe.execute()
 

@@ -137,6 +137,19 @@ def test_late_copies_of_an_ended_burst_start_no_second_cascade() -> None:
     assert engine.symbols["BTCUSDT"].late == 5
 
 
+def test_an_event_from_a_clock_far_ahead_is_dropped_not_allowed_to_end_every_cascade() -> None:
+    """Event time is shared by all symbols: one venue stamping an hour ahead would end every
+    active cascade at once and make its symbol's good events look late."""
+    engine = Engine()
+    feed_all(engine, [ev(k, received_ms=T0 + k * 1000 + 50) for k in range(5)])
+    ahead = ev(3600, symbol="SOLUSDT", venue="badclock", received_ms=T0 + 6_000)
+    assert engine.feed(ahead) == () and engine.from_future == 1
+    assert "BTCUSDT" in engine.active and engine.watermark == T0 + 4_000
+    assert phases(engine.feed(ev(6, received_ms=T0 + 6_100))) == ["member"]
+    assert engine.feed(ev(7, symbol="SOLUSDT", received_ms=0)) == (), "no receipt time: not judged"
+    assert engine.from_future == 1
+
+
 def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:
     engine = Engine()
     feed_all(engine, [ev(k) for k in range(5)])
