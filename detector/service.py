@@ -106,11 +106,12 @@ PAGE = 1000
 
 @dataclass(frozen=True)
 class Publication:
-    """Outputs and the status hashes to rewrite, sent in one script run under ``seq``."""
+    """Outputs and the status hashes to rewrite, sent in one script run under ``seq``. The hashes
+    are taken when the publication is made: sent again later, it still says what it said."""
 
     seq: int
     outputs: list[Output]
-    symbols: set[str]
+    statuses: dict[str, dict[str, str]]
 
 
 def consumer_name(shard: int) -> str:
@@ -238,7 +239,7 @@ class Detector:
             await self._publish(self.unconfirmed)
             self.unconfirmed = None
         if self.outbox or self.outbox_symbols:
-            self.unconfirmed = Publication(self.next_seq, self.outbox, self.outbox_symbols)
+            self.unconfirmed = Publication(self.next_seq, self.outbox, self._statuses_of(self.outbox_symbols))
             self.next_seq += 1
             self.outbox, self.outbox_symbols = [], set()
             await self._publish(self.unconfirmed)
@@ -263,11 +264,7 @@ class Detector:
             is_cascade = isinstance(o, CascadeEvent)
             members += not is_cascade
             args += ["c" if is_cascade else "m", codec.encode(o)]
-        now = self.clock.now_ms()
-        for symbol in sorted(publication.symbols):
-            status = self.engine.status(symbol, now)
-            if symbol in self.entry_ids:
-                status["entry_id"] = self.entry_ids[symbol]
+        for symbol, status in publication.statuses.items():
             script_keys.append(keys.cascade_status(symbol))
             args.append(len(status))
             for name, value in status.items():
@@ -276,6 +273,16 @@ class Detector:
             logger.info("%s: publication %d had reached Redis already (its reply was lost)",
                         self.name, publication.seq)
         self._count(outputs, members)
+
+    def _statuses_of(self, symbols: set[str]) -> dict[str, dict[str, str]]:
+        now = self.clock.now_ms()
+        statuses = {}
+        for symbol in sorted(symbols):
+            status = self.engine.status(symbol, now)
+            if symbol in self.entry_ids:
+                status["entry_id"] = self.entry_ids[symbol]
+            statuses[symbol] = status
+        return statuses
 
     def _count(self, outputs: list[Output], members: int) -> None:
         for o in outputs:
