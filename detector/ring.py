@@ -13,9 +13,10 @@ two moments of price relative to a reference price (unknown notionals weigh $1).
 reset to exact zeros whenever the window empties; :func:`stats_from_columns` recomputes
 them from the columns with numpy (the tests hold the two equal, wraparound included).
 
-Eviction is in arrival order: an event leaves when it reaches the tail and its time is at or
-before ``newest - window`` (the window is ``(newest - window, newest]``). An event that arrives
-late, but still inside the window, stays until the events ahead of it leave. When more than
+Eviction is by time: an event leaves once its time is at or before ``newest - window`` (the
+window is ``(newest - window, newest]``). Events leave from the tail in arrival order; after a
+late event arrived (inside the window, but older than events ahead of it), the window is
+compacted whenever one behind the tail has left it. When more than
 ``capacity`` events are live, the oldest is overwritten (wraparound keeps the newest) and
 ``overflowed`` counts it.
 
@@ -46,7 +47,8 @@ class Ring:
     """The live window of one symbol."""
 
     __slots__ = (
-        "_ids", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t", "capacity", "count",
+        "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t",
+        "capacity", "count",
         "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
         "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
         "venue", "venues_live", "weight",
@@ -88,6 +90,7 @@ class Ring:
         self._p0 = 0.0
         self._t0 = 0
         self._max_ms = _NEVER
+        self._late_live = False
         for v in self.venues_live:
             self._venue_n[v] = 0
             self._venue_t[v] = 0.0
@@ -125,6 +128,8 @@ class Ring:
             self.newest_ms = ts
         if ts > self._max_ms:
             self._max_ms = ts
+        elif ts < self._max_ms:
+            self._late_live = True  # arrival order is no longer time order
 
     def _move(self, usd: float, price: float, is_long: bool, venue: int, weight: float, ts: int,
               sign: int) -> None:
@@ -166,11 +171,31 @@ class Ring:
                    float(self.weight[i]), int(self.ts[i]), -1)
 
     def evict(self, cutoff_ms: int) -> int:
-        """Drop events at the tail whose time is <= ``cutoff_ms``; return how many left."""
+        """Drop the events whose time is <= ``cutoff_ms``; return how many left.
+
+        In arrival order from the tail, which is time order unless a late event arrived: then
+        the window is compacted, since a late event behind a newer one would otherwise stay
+        counted after its time left the window."""
         dropped = 0
         while self.size and self.ts[self.tail] <= cutoff_ms:
             self._drop_tail()
             dropped += 1
+        if self._late_live and self.size and bool((self.column(self.ts) <= cutoff_ms).any()):
+            dropped += self._compact(cutoff_ms)
+        return dropped
+
+    def _compact(self, cutoff_ms: int) -> int:
+        """Keep only the events after ``cutoff_ms``, in arrival order, with exact sums."""
+        kept = []
+        for k in range(self.size):
+            i = (self.tail + k) % self.capacity
+            item = self.items[i]
+            if item is not None and item.timestamp_ms > cutoff_ms:
+                kept.append((item, int(self.venue[i]), float(self.weight[i])))
+        dropped = self.size - len(kept)
+        self.clear()
+        for item, venue, weight in kept:
+            self.push(item, venue, weight)
         return dropped
 
     def clear(self) -> None:

@@ -150,6 +150,12 @@ def test_an_event_from_a_clock_far_ahead_is_dropped_not_allowed_to_end_every_cas
     assert engine.from_future == 1
 
 
+def test_late_events_that_left_the_window_start_nothing() -> None:
+    engine = Engine()
+    feed_all(engine, [ev(59, 1_000.0), *(ev(s, 30_000.0, venue="okx") for s in (0, 1, 2))])
+    assert phases(engine.feed(ev(115, 20_000.0))) == [], "the window (55, 115] holds 2 events and $21K"
+
+
 def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:
     engine = Engine()
     feed_all(engine, [ev(k) for k in range(5)])

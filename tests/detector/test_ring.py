@@ -86,6 +86,18 @@ def test_a_window_of_prices_of_zero_has_no_spread_rather_than_a_division_by_zero
     assert_same(ring.stats(), stats_from_columns(ring))
 
 
+def test_a_late_event_leaves_the_window_on_time_though_a_newer_one_is_ahead_of_it() -> None:
+    ring = Ring(16, 4, 100_000.0)
+    ring.push(ev(59, 1_000.0), venue=0, weight=1.0)
+    for s in (0, 1, 2):  # late, but inside the window (59 - 60, 59]
+        ring.push(ev(s, 30_000.0, venue="okx"), venue=1, weight=1.0)
+    ring.push(ev(115, 20_000.0), venue=0, weight=1.0)
+    assert ring.evict(T0 + 55_000) == 3, "the late ones left with their time, behind the 59 s event"
+    assert [int(t - T0) // 1000 for t in ring.column(ring.ts)] == [59, 115]
+    assert (ring.count, ring.total_usd) == (2.0, 21_000.0)
+    assert_same(ring.stats(), stats_from_columns(ring))
+
+
 def test_capacity_below_two_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         Ring(1, 1, 100_000.0)
