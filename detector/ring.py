@@ -29,7 +29,7 @@ window of ``capacity`` events that all arrived late is not worth a scan).
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,13 +41,14 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 G = TypeVar("G", bound=np.generic)
 _NEVER = -(2**62)
+INITIAL_SLOTS = 64
 
 
 class Ring:
     """The live window of one symbol."""
 
     __slots__ = (
-        "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t",
+        "_alloc", "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t",
         "capacity", "count",
         "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
         "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
@@ -59,13 +60,16 @@ class Ring:
             raise ValueError("ring capacity must be at least 2")
         self.capacity = capacity
         self.institutional_usd = institutional_usd
-        self.ts: IntArray = np.zeros(capacity, dtype=np.int64)
-        self.notional: FloatArray = np.zeros(capacity, dtype=np.float64)
-        self.price: FloatArray = np.zeros(capacity, dtype=np.float64)
-        self.is_long: npt.NDArray[np.bool_] = np.zeros(capacity, dtype=np.bool_)
-        self.venue: npt.NDArray[np.int16] = np.zeros(capacity, dtype=np.int16)
-        self.weight: FloatArray = np.zeros(capacity, dtype=np.float64)
-        self.items: list[Liquidation | None] = [None] * capacity
+        self._alloc = min(capacity, INITIAL_SLOTS)
+        """Slots allocated: they double as the window fills, up to ``capacity`` (a quiet symbol
+        among thousands costs a few KiB, not the full capacity)."""
+        self.ts: IntArray = np.zeros(self._alloc, dtype=np.int64)
+        self.notional: FloatArray = np.zeros(self._alloc, dtype=np.float64)
+        self.price: FloatArray = np.zeros(self._alloc, dtype=np.float64)
+        self.is_long: npt.NDArray[np.bool_] = np.zeros(self._alloc, dtype=np.bool_)
+        self.venue: npt.NDArray[np.int16] = np.zeros(self._alloc, dtype=np.int16)
+        self.weight: FloatArray = np.zeros(self._alloc, dtype=np.float64)
+        self.items: list[Liquidation | None] = [None] * self._alloc
         self.last_sampled: list[int] = [_NEVER] * n_venues
         self._venue_n: list[int] = [0] * n_venues
         self._venue_t: list[float] = [0.0] * n_venues
@@ -104,13 +108,16 @@ class Ring:
 
     def push(self, item: Liquidation, venue: int, weight: float) -> None:
         """Append one event (the caller has checked it is not a duplicate and not too late)."""
-        if self.size == self.capacity:
-            self._drop_tail()
-            self.overflowed += 1
+        if self.size == self._alloc:
+            if self._alloc < self.capacity:
+                self._grow()
+            else:
+                self._drop_tail()
+                self.overflowed += 1
         if self.size == 0:
             self._p0 = item.price if item.price > 0 else 1.0
             self._t0 = item.timestamp_ms
-        i = (self.tail + self.size) % self.capacity
+        i = (self.tail + self.size) % self._alloc
         usd = item.notional_usd if item.notional_known else 0.0
         is_long = item.side == "long"
         ts = item.timestamp_ms
@@ -156,13 +163,26 @@ class Ring:
         elif sign > 0 and n == 1:
             self.venues_live.add(venue)
 
+    def _grow(self) -> None:
+        """Twice the slots (at most ``capacity``), the live events moved to the front in order."""
+        size = min(self.capacity, 2 * self._alloc)
+        for name in ("ts", "notional", "price", "is_long", "venue", "weight"):
+            old: npt.NDArray[Any] = getattr(self, name)
+            new = np.zeros(size, dtype=old.dtype)
+            new[:self.size] = self.column(old)
+            setattr(self, name, new)
+        live = [self.items[(self.tail + k) % self._alloc] for k in range(self.size)]
+        self.items = [*live, *([None] * (size - self.size))]
+        self.tail = 0
+        self._alloc = size
+
     def _drop_tail(self) -> None:
         i = self.tail
         item = self.items[i]
         if item is not None:
             self._ids.discard(item.event_id)
         self.items[i] = None
-        self.tail = (i + 1) % self.capacity
+        self.tail = (i + 1) % self._alloc
         self.size -= 1
         if self.size == 0:
             self._zero_sums()  # exact zeros: no drift from float subtraction
@@ -188,7 +208,7 @@ class Ring:
         """Keep only the events after ``cutoff_ms``, in arrival order, with exact sums."""
         kept = []
         for k in range(self.size):
-            i = (self.tail + k) % self.capacity
+            i = (self.tail + k) % self._alloc
             item = self.items[i]
             if item is not None and item.timestamp_ms > cutoff_ms:
                 kept.append((item, int(self.venue[i]), float(self.weight[i])))
@@ -200,8 +220,8 @@ class Ring:
 
     def clear(self) -> None:
         for k in range(self.size):
-            item = self.items[(self.tail + k) % self.capacity]
-            self.items[(self.tail + k) % self.capacity] = None
+            item = self.items[(self.tail + k) % self._alloc]
+            self.items[(self.tail + k) % self._alloc] = None
             if item is not None:
                 self._ids.discard(item.event_id)
         self.tail = 0
@@ -211,15 +231,15 @@ class Ring:
     def column(self, values: npt.NDArray[G]) -> npt.NDArray[G]:
         """The live part of a column in arrival order: a view, or a copy when it wraps around."""
         end = self.tail + self.size
-        if end <= self.capacity:
+        if end <= self._alloc:
             return values[self.tail:end]
-        return np.concatenate((values[self.tail:], values[:end - self.capacity]))
+        return np.concatenate((values[self.tail:], values[:end - self._alloc]))
 
     def live_items(self) -> list[Liquidation]:
         """The live Liquidations, oldest first."""
         out: list[Liquidation] = []
         for k in range(self.size):
-            item = self.items[(self.tail + k) % self.capacity]
+            item = self.items[(self.tail + k) % self._alloc]
             if item is not None:
                 out.append(item)
         return out

@@ -98,6 +98,29 @@ def test_a_late_event_leaves_the_window_on_time_though_a_newer_one_is_ahead_of_i
     assert_same(ring.stats(), stats_from_columns(ring))
 
 
+def test_a_ring_starts_small_and_grows_to_its_capacity_keeping_order_and_sums() -> None:
+    """Thousands of quiet symbols must not each hold a full-capacity window."""
+    ring = Ring(256, 4, 100_000.0)
+    assert ring.ts.nbytes == 64 * 8, "a few KiB until the window fills"
+    pushed = [ev(k * 0.1, 1_000.0 + k, venue="okx" if k % 3 else "bybit") for k in range(100)]
+    for k, item in enumerate(pushed[:60]):
+        ring.push(item, venue=k % 2, weight=1.0)
+    assert ring.evict(pushed[39].timestamp_ms) == 40  # the tail moves: the live part wraps later
+    for k, item in enumerate(pushed[60:], start=60):
+        ring.push(item, venue=k % 2, weight=1.0)
+    assert ring.ts.nbytes == 64 * 8 and len(ring) == 60
+    more = [ev(10 + k * 0.1, 2_000.0) for k in range(150)]
+    for item in more:
+        ring.push(item, venue=0, weight=1.0)
+    assert ring.ts.nbytes == 256 * 8 and ring.overflowed == 0
+    assert ring.live_items() == [*pushed[40:], *more]
+    assert_same(ring.stats(), stats_from_columns(ring))
+    for item in [ev(30 + k * 0.1, 3_000.0) for k in range(100)]:  # past capacity: oldest overwritten
+        ring.push(item, venue=0, weight=1.0)
+    assert len(ring) == 256 and ring.overflowed == 54
+    assert_same(ring.stats(), stats_from_columns(ring))
+
+
 def test_capacity_below_two_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         Ring(1, 1, 100_000.0)
