@@ -114,6 +114,17 @@ def utc_day(ms: int) -> date:
     return ms_to_datetime(ms - ms % DAY_MS).date()
 
 
+TIMESCALE_MARGIN_DAYS = 2
+
+
+def stored_days(retention_days: int, mode: str | None) -> int:
+    """How many days back the writer stores rows: the retention, less two days in TimescaleDB
+    mode. Its continuous aggregates refresh from ``retention - 2 h`` back only (inside the raw
+    retention, so that a refresh never erases what a dropped chunk held): a row older than that
+    would be stored but never reach the rollups. Native rollups follow every insert."""
+    return max(1, retention_days - TIMESCALE_MARGIN_DAYS) if mode == "timescale" else retention_days
+
+
 def expired(ts_ms: int, now_ms: int, retention_days: int) -> bool:
     """True when the UTC day of ``ts_ms`` ends at or before ``now - retention``."""
     day_end = ts_ms - ts_ms % DAY_MS + DAY_MS

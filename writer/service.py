@@ -35,7 +35,7 @@ from shared.streams import Message, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
-from writer.rows import Payload, build_batch
+from writer.rows import Payload, build_batch, stored_days
 from writer.significance import SignificanceRules
 from writer.sink import COMPONENT, DatabaseSink
 
@@ -85,7 +85,7 @@ class Writer:
         async with self.lock:
             self.batcher.read_started()
             batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(),
-                                self.settings.retention_days, self.level_sizes)
+                                stored_days(self.settings.retention_days, self.sink.mode), self.level_sizes)
             self.skipped["insignificant"] += batch.insignificant
             self.skipped["expired"] += batch.expired
             self.skipped["invalid"] += batch.invalid

@@ -15,7 +15,7 @@ from tests.factories import liq
 from writer.batcher import Batcher
 from writer.config import WriterSettings
 from writer.janitor import plan_run
-from writer.rows import DAY_MS, EVENT_COLUMNS, build_batch, expired, latest_cascades, utc_day
+from writer.rows import DAY_MS, EVENT_COLUMNS, build_batch, expired, latest_cascades, stored_days, utc_day
 from writer.significance import SignificanceRules
 
 NOW = 1_767_225_600_000  # 2026-01-01 00:00 UTC
@@ -113,6 +113,15 @@ def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
 def test_a_cascade_count_beyond_int4_is_invalid_not_wrapped() -> None:
     huge = msgspec.structs.replace(cascade("start", 1), count=2**31)
     assert build_batch([huge], SignificanceRules(), NOW, 90).invalid == 1
+
+
+def test_timescale_mode_stores_only_rows_its_continuous_aggregates_will_refresh() -> None:
+    """The caggs refresh from retention - 2 h back: older rows would be stored but never rolled up."""
+    old = NOW - 89 * DAY_MS - DAY_MS // 2  # 89.5 days ago
+    assert not expired(old, NOW, stored_days(90, "native"))
+    assert expired(old, NOW, stored_days(90, "timescale"))
+    assert not expired(NOW - 87 * DAY_MS, NOW, stored_days(90, "timescale"))
+    assert stored_days(90, None) == 90 and stored_days(2, "timescale") == 1
 
 
 def test_retention_cutoff_is_whole_utc_days() -> None:
