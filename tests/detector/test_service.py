@@ -309,20 +309,25 @@ def test_an_end_whose_publication_failed_goes_out_with_the_next_publication(
     assert det.outbox == [] and det.published["end"] == 1
 
 
+def failing_on(bad: Liquidation, det: Detector) -> Detector:
+    """``det`` with an engine that raises on ``bad``: a bug that only this event triggers."""
+    real_feed = det.engine.feed
+
+    def feed(liq: Liquidation) -> Any:
+        if liq.event_id == bad.event_id:
+            raise KeyError("a bug")
+        return real_feed(liq)
+    det.engine.feed = feed  # type: ignore[method-assign]
+    return det
+
+
 def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice(
         redis_url: str, r: syncredis.Redis) -> None:
     bad = ev(21, venue="okx")
 
     async def body(client: aioredis.Redis) -> Detector:
         await put(client, [*BTC[:4], bad, BTC[4]])  # the first half of the split was all fed
-        det = detector(client, [BTC_SHARD])
-        real_feed = det.engine.feed
-
-        def feed(liq: Liquidation) -> Any:  # stands for a bug that only this event triggers
-            if liq.event_id == bad.event_id:
-                raise KeyError("a bug")
-            return real_feed(liq)
-        det.engine.feed = feed  # type: ignore[method-assign]
+        det = failing_on(bad, detector(client, [BTC_SHARD]))
         assert await det.run_until_idle() == 5
         return det
 
@@ -340,20 +345,10 @@ def test_a_restart_skips_the_event_the_engine_failed_on_instead_of_crash_looping
     """The rebuild reads the entries the live loop handled, dead-lettered ones included."""
     bad = ev(21, venue="okx")
 
-    def buggy(det: Detector) -> Detector:
-        real_feed = det.engine.feed
-
-        def feed(liq: Liquidation) -> Any:  # stands for a bug that only this event triggers
-            if liq.event_id == bad.event_id:
-                raise KeyError("a bug")
-            return real_feed(liq)
-        det.engine.feed = feed  # type: ignore[method-assign]
-        return det
-
     async def body(client: aioredis.Redis) -> Detector:
         await put(client, [*BTC[:4], bad, BTC[4]])
-        await buggy(detector(client, [BTC_SHARD])).run_until_idle()
-        again = buggy(detector(client, [BTC_SHARD]))
+        await failing_on(bad, detector(client, [BTC_SHARD])).run_until_idle()
+        again = failing_on(bad, detector(client, [BTC_SHARD]))
         await again.warm_start()
         return again
 
