@@ -7,8 +7,9 @@ as live); it never reads the labels. Afterwards, per scenario:
 - a detection *matches* a label when both are on the same symbol and the detection's span
   ``[start_ms, end_ms]`` overlaps the label's ``[start_ms, end_ms]``;
 - **recall** = labels with at least one matching detection / labels;
-- **precision** = detections matching some label / detections (a detection in a kind without
-  cascades, e.g. ``quiet``, is a false alarm);
+- **precision** = detections that are a label's first match / detections: a detection in a
+  kind without cascades (e.g. ``quiet``) is a false alarm, and a second detection of one label
+  (the cascade split in two) is a *fragment*, counted against precision too;
 - **delay** of a detected label, from its earliest matching detection (exchange time of the
   event that triggered the start): from the first published cascade liquidation, and from
   the fifth (what the rule needs at the very least);
@@ -55,6 +56,7 @@ class KindResult:
     detected_labels: int = 0
     detections: int = 0
     matched_detections: int = 0
+    fragments: int = 0
     false_alarms: int = 0
     delays_first_s: list[float] = field(default_factory=list)
     delays_fifth_s: list[float] = field(default_factory=list)
@@ -63,8 +65,8 @@ class KindResult:
         return {
             "kind": self.kind, "scenarios": self.scenarios, "hours": round(self.hours, 2),
             "labelled": self.labelled, "detected_labels": self.detected_labels,
-            "detections": self.detections, "false_alarms": self.false_alarms,
-            "precision": _ratio(self.matched_detections, self.detections),
+            "detections": self.detections, "false_alarms": self.false_alarms, "fragments": self.fragments,
+            "precision": _ratio(self.matched_detections - self.fragments, self.detections),
             "recall": _ratio(self.detected_labels, self.labelled),
             "median_delay_from_first_s": _median(self.delays_first_s),
             "median_delay_after_fifth_s": _median(self.delays_fifth_s),
@@ -117,6 +119,8 @@ def score_scenario(sc: Scenario, found: list[Detection], result: KindResult) -> 
     matched = sum(1 for d in found if any(_matches(d, label) for label in sc.cascades))
     result.matched_detections += matched
     result.false_alarms += len(found) - matched
+    labels_hit = sum(1 for label in sc.cascades if any(_matches(d, label) for d in found))
+    result.fragments += max(0, matched - labels_hit)
 
 
 def evaluate(settings: DetectorSettings | None = None, seeds: int = 40, quiet_hours: int = 24,
@@ -139,7 +143,7 @@ def _report(results: list[KindResult]) -> dict[str, Any]:
     total = KindResult("all")
     for r in results:
         for name in ("scenarios", "labelled", "detected_labels", "detections", "matched_detections",
-                     "false_alarms"):
+                     "fragments", "false_alarms"):
             setattr(total, name, getattr(total, name) + getattr(r, name))
         total.hours += r.hours
         total.delays_first_s += r.delays_first_s
@@ -161,13 +165,15 @@ def _report(results: list[KindResult]) -> dict[str, Any]:
 
 def render(report: dict[str, Any]) -> str:
     """A fixed-width table of ``evaluate``'s report."""
-    head = (f"{'kind':<20} {'scen':>5} {'hours':>6} {'labels':>6} {'found':>6} {'FA':>4} {'prec':>6} "
+    head = (f"{'kind':<20} {'scen':>5} {'hours':>6} {'labels':>6} {'found':>6} {'FA':>4} {'frag':>4} "
+            f"{'prec':>6} "
             f"{'recall':>6} {'d_first':>8} {'d_5th':>6} {'p90_5th':>7} {'FA/h':>6}")
     lines = [head, "-" * len(head)]
     for row in [*report["kinds"], {**report["overall"], "kind": "all"}]:
         lines.append(
             f"{row['kind']:<20} {row['scenarios']:>5} {row['hours']:>6} {row['labelled']:>6} "
-            f"{row['detections']:>6} {row['false_alarms']:>4} {_fmt(row['precision']):>6} "
+            f"{row['detections']:>6} {row['false_alarms']:>4} {row['fragments']:>4} "
+            f"{_fmt(row['precision']):>6} "
             f"{_fmt(row['recall']):>6} {_fmt(row['median_delay_from_first_s']):>8} "
             f"{_fmt(row['median_delay_after_fifth_s']):>6} {_fmt(row['p90_delay_after_fifth_s']):>7} "
             f"{_fmt(row['false_alarms_per_hour']):>6}")

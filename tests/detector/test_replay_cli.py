@@ -110,3 +110,18 @@ def test_evaluate_meets_the_targets_on_a_few_seeds() -> None:
     kinds = {k["kind"]: k for k in report["kinds"]}
     assert kinds["slow_grind"]["detections"] == 0 and kinds["whale_alone"]["detections"] == 0
     assert kinds["single_venue_burst"]["recall"] == 1.0 and kinds["quiet"]["hours"] == 4.0
+
+
+def test_a_cascade_detected_in_two_pieces_counts_a_fragment_against_precision() -> None:
+    from detector.evaluate import Detection, KindResult, score_scenario
+    from shared.market_model import CascadeLabel, Scenario
+
+    label = CascadeLabel(cascade_id="c", symbol="BTCUSDT", venues=("okx",), start_ms=T0, end_ms=T0 + 60_000,
+                         first_ms=T0, fifth_ms=T0 + 4_000, count=20, published=20, notional_usd=1e6)
+    halves = [Detection(f"BTCUSDT-{start}", "BTCUSDT", start, start + 20_000, start + 4_000, ("okx",), 5,
+                        1.0, "high") for start in (T0, T0 + 35_000)]
+    result = KindResult("cross_venue_cascade")
+    score_scenario(Scenario("cross_venue_cascade", 1, T0, 3_600_000, [], [label]), halves, result)
+    summary = result.summary()
+    assert (summary["fragments"], summary["false_alarms"], summary["precision"], summary["recall"]) == (
+        1, 0, 0.5, 1.0)
