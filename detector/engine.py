@@ -1,11 +1,14 @@
 """The detector's pure core: ``feed(liquidation) -> outputs``, ``tick(now) -> outputs``; no I/O.
 
 One :class:`~detector.lifecycle.SymbolDetector` per canonical symbol, so the same market on
-different venues meets in one window. Time is exchange time: the engine's clock is the
-*watermark*, the newest ``timestamp_ms`` it has seen across all symbols. Every ``feed`` ends
-the cascades whose quiet period has passed by the watermark (replay needs nothing else);
-live mode also calls ``tick(now)`` with event time carried forward by the wall clock, so a
-cascade that simply stops still gets its end message.
+different venues meets in one window. Time is exchange time, kept per *lane*: an ordered source
+of events (the live detector's lanes are its shard streams; a replay has one). A lane's clock is
+its *watermark*, the newest ``timestamp_ms`` fed through it. Every ``feed`` ends the cascades of
+its lane whose quiet period has passed by that watermark (replay needs nothing else); live mode
+also calls ``tick(now, lane)`` with the lane's event time carried forward by the wall clock, so
+a cascade that simply stops still gets its end message. Lanes keep one shard's backlog (after a
+restart, say) from being judged by another shard's clock: a symbol always comes through one
+lane, and only its own lane's time can end its cascade.
 
 Outputs are :class:`~shared.models.CascadeEvent` (start/escalate/end) and
 :class:`~shared.models.CascadeMember` messages, in the order they must be published.
@@ -16,6 +19,7 @@ clock is given (live mode).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -40,6 +44,17 @@ def rules_of(settings: DetectorSettings) -> Rules:
                  sampled_gap_ms=settings.sampled_gap_ms, capacity=settings.ring_capacity)
 
 
+@dataclass(slots=True)
+class Lane:
+    """The event time of one ordered source of events, and the cascades active in it."""
+
+    watermark: int = 0
+    next_due_ms: float = math.inf
+    """No cascade of this lane is due to end before this event time (a lower bound, so a feed
+    scans the active cascades only when one may really be due)."""
+    active: dict[str, SymbolDetector] = field(default_factory=dict)
+
+
 class Engine:
     """All symbols' windows and cascades."""
 
@@ -50,12 +65,10 @@ class Engine:
         self.clock = clock
         self.symbols: dict[str, SymbolDetector] = {}
         self.active: dict[str, SymbolDetector] = {}
+        """Every lane's active cascades together."""
+        self.lanes: dict[int, Lane] = {}
         self.venues: dict[str, int] = {}
-        self.watermark = 0
         self.events = 0
-        self.next_due_ms: float = math.inf
-        """No active cascade is due to end before this event time (a lower bound, so a feed
-        scans the active cascades only when one may really be due)."""
         self.from_future = 0
         """Events dropped for a time after their receipt (see :data:`FUTURE_TOLERANCE_MS`)."""
         self.carried: list[Output] = []
@@ -74,18 +87,30 @@ class Engine:
             index = self.venues[venue] = min(len(self.venues), MAX_VENUES - 1)
         return index
 
-    def feed(self, liq: Liquidation) -> list[Output] | tuple[Output, ...]:
-        """Process one liquidation; returns the messages it caused (usually none)."""
+    @property
+    def watermark(self) -> int:
+        """The newest event time of any lane."""
+        return max((lane.watermark for lane in self.lanes.values()), default=0)
+
+    def lane(self, key: int) -> Lane:
+        found = self.lanes.get(key)
+        if found is None:
+            found = self.lanes[key] = Lane()
+        return found
+
+    def feed(self, liq: Liquidation, lane: int = 0) -> list[Output] | tuple[Output, ...]:
+        """Process one liquidation from ``lane``; returns the messages it caused (usually none)."""
         self.events += 1
         ts = liq.timestamp_ms
         if liq.received_ms and ts > liq.received_ms + FUTURE_TOLERANCE_MS:
             self.from_future += 1
             return NO_OUTPUT
+        ln = self.lanes.get(lane) or self.lane(lane)
         ended: list[Output] | None = None
-        if ts > self.watermark:
-            self.watermark = ts
-            if ts >= self.next_due_ms:
-                ended = self._end_due(ts)
+        if ts > ln.watermark:
+            ln.watermark = ts
+            if ts >= ln.next_due_ms:
+                ended = self._end_due(ln, ts)
         if self.carried:
             ended, self.carried = [*self.carried, *(ended or ())], []
         det = self.symbols.get(liq.symbol) or self.detector(liq.symbol)
@@ -96,40 +121,46 @@ class Engine:
             self.carried = ended or []
             raise
         if det.cascade is not None and det.cascade is not before:  # a cascade started
-            self._activate(liq.symbol, det)
+            self._activate(liq.symbol, det, ln)
         if not out and not ended:
             return NO_OUTPUT
         result = [*(ended or ()), *out]
         return self._stamp(result) if self.clock is not None else result
 
-    def tick(self, now_ms: int) -> list[Output]:
-        """End every cascade whose quiet period has passed at event time ``now_ms``."""
-        if now_ms > self.watermark:
-            self.watermark = now_ms
-        out, self.carried = [*self.carried, *self._end_due(self.watermark)], []
+    def tick(self, now_ms: int, lane: int | None = None) -> list[Output]:
+        """End the cascades whose quiet period has passed at event time ``now_ms``, in ``lane``
+        (every lane when None)."""
+        out, self.carried = list(self.carried), []
+        for ln in [self.lane(lane)] if lane is not None else list(self.lanes.values()):
+            if now_ms > ln.watermark:
+                ln.watermark = now_ms
+            out += self._end_due(ln, ln.watermark)
         return self._stamp(out) if self.clock is not None and out else out
 
     def flush(self) -> list[Output]:
-        """End every active cascade now (end of a replay file)."""
+        """End every active cascade now, at its lane's time (end of a replay file)."""
+        ending = sorted(((symbol, ln) for ln in self.lanes.values() for symbol in ln.active),
+                        key=lambda pair: pair[0])
         out: list[Output] = []
-        for symbol in sorted(self.active):
-            message = self.active[symbol].end(self.watermark)
+        for symbol, ln in ending:
+            message = ln.active.pop(symbol).end(ln.watermark)
             if message is not None:
                 out.append(message)
         self.active.clear()
         return self._stamp(out) if self.clock is not None and out else out
 
-    def _activate(self, symbol: str, det: SymbolDetector) -> None:
-        self.active[symbol] = det
-        self.next_due_ms = min(self.next_due_ms, det.due_ms())
+    def _activate(self, symbol: str, det: SymbolDetector, ln: Lane) -> None:
+        self.active[symbol] = ln.active[symbol] = det
+        ln.next_due_ms = min(ln.next_due_ms, det.due_ms())
 
-    def _end_due(self, now_ms: int) -> list[Output]:
+    def _end_due(self, ln: Lane, now_ms: int) -> list[Output]:
         out: list[Output] = []
-        for symbol in [s for s, det in self.active.items() if det.due(now_ms)]:
-            message = self.active.pop(symbol).end(now_ms)
+        for symbol in [s for s, det in ln.active.items() if det.due(now_ms)]:
+            self.active.pop(symbol, None)
+            message = ln.active.pop(symbol).end(now_ms)
             if message is not None:
                 out.append(message)
-        self.next_due_ms = min((det.due_ms() for det in self.active.values()), default=math.inf)
+        ln.next_due_ms = min((det.due_ms() for det in ln.active.values()), default=math.inf)
         return out
 
     def _stamp(self, outputs: list[Output]) -> list[Output]:
@@ -140,11 +171,11 @@ class Engine:
 
     # -- warm restart -------------------------------------------------------------------------
 
-    def adopt(self, symbol: str, fields: dict[str, str]) -> None:
+    def adopt(self, symbol: str, fields: dict[str, str], lane: int = 0) -> None:
         """Continue a cascade that a previous run published (from its status hash)."""
         det = self.detector(symbol)
         det.adopt(fields)
-        self._activate(symbol, det)
+        self._activate(symbol, det, self.lane(lane))
 
     def fence(self, symbol: str) -> None:
         """Drop a rebuilt window and cascade without publishing anything."""
@@ -152,6 +183,8 @@ class Engine:
         if det is not None:
             det.fence()
         self.active.pop(symbol, None)
+        for ln in self.lanes.values():
+            ln.active.pop(symbol, None)
 
     def status(self, symbol: str, updated_ms: int | None = None) -> dict[str, str]:
         when = updated_ms if updated_ms is not None else (

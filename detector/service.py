@@ -147,7 +147,9 @@ class Detector:
         self.warmed = False
         self.rebuilt = 0
         self.published: dict[str, int] = {"start": 0, "escalate": 0, "end": 0, "member": 0}
-        self._last_feed = clock.monotonic()
+        self.lane_of = {keys.event_stream(k): k for k in self.shards}
+        """Each shard stream is a lane of the engine: its own event time (``detector.engine``)."""
+        self._last_feed = {k: clock.monotonic() for k in self.shards}
         self.entry_ids: dict[str, str] = {}
         """Per symbol, the newest stream entry fed (written to its status hash as ``entry_id``)."""
         self.committed: dict[str, tuple[int, int]] = {}
@@ -192,7 +194,8 @@ class Detector:
         """Feed the entries not fed yet; their outputs join the outbox, their keys ``fed``. The
         keys of entries an earlier, failed call already fed go to ``fed_before``."""
         outputs, touched = self.outbox, self.outbox_symbols
-        feed, unpublished = self.engine.feed, self.fed_unpublished
+        feed, unpublished, lane_of = self.engine.feed, self.fed_unpublished, self.lane_of
+        lanes: set[int] = set()
         for m in messages:
             symbol = m.value.symbol
             if unpublished and (m.stream, m.id) in unpublished:
@@ -202,8 +205,10 @@ class Detector:
             if self._already_published(symbol, m.id):
                 self.skipped += 1
                 continue
+            lane = lane_of.get(m.stream, 0)
+            lanes.add(lane)
             started = time.perf_counter()
-            out = feed(m.value)
+            out = feed(m.value, lane)
             DETECT_SECONDS.observe(time.perf_counter() - started)
             fed.append((m.stream, m.id))
             if out:
@@ -211,21 +216,25 @@ class Detector:
                 self._note_alerts(out, m.value)
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
-        self._last_feed = self.clock.monotonic()
+        now = self.clock.monotonic()
+        for lane in lanes:
+            self._last_feed[lane] = now
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)
         return mark is not None and entry_key(entry_id) <= mark
 
-    def tick_time(self) -> int:
-        """Exchange time now: the watermark carried forward by the clock, at most now - lag."""
-        carried = self.engine.watermark + int((self.clock.monotonic() - self._last_feed) * 1000)
+    def tick_time(self, shard: int) -> int:
+        """A shard's exchange time now: its lane's watermark carried forward by the clock since
+        its last event, at most now - lag."""
+        idle_s = self.clock.monotonic() - self._last_feed.get(shard, self.clock.monotonic())
+        carried = self.engine.lane(shard).watermark + int(idle_s * 1000)
         return min(carried, self.clock.now_ms() - int(self.settings.tick_lag_s * 1000))
 
     async def tick(self) -> int:
         """End the cascades that have gone quiet; returns how many end messages were published."""
         async with self.lock:
-            out = self.engine.tick(self.tick_time())
+            out = [o for shard in self.shards for o in self.engine.tick(self.tick_time(shard), shard)]
             self.outbox.extend(out)
             self.outbox_symbols.update(o.symbol for o in out if isinstance(o, CascadeEvent))
             await self._flush()
@@ -313,11 +322,11 @@ class Detector:
         adopted: set[str] = set()
         for symbol, fields in statuses.items():
             if fields.get("state") == "active" and fields.get("cascade_id"):
-                self.engine.adopt(symbol, fields)
+                self.engine.adopt(symbol, fields, keys.shard_of(symbol, self.settings.shards))
                 adopted.add(symbol)
         for symbol in [s for s in self.engine.active if s not in adopted]:
             self.engine.fence(symbol)
-        self._last_feed = self.clock.monotonic()
+        self._last_feed = {k: self.clock.monotonic() for k in self.shards}
         self.warmed = True
         if self.rebuilt or adopted:
             logger.info("%s: rebuilt windows from %d entries, continuing %d active cascade(s)",
@@ -342,7 +351,7 @@ class Detector:
             if entry_id in pending and not self._already_published(liq.symbol, entry_id):
                 continue  # never published: the consumer re-reads it and publishes it
             try:
-                self.engine.feed(liq)
+                self.engine.feed(liq, self.lane_of.get(stream, 0))
             except Exception:  # the live loop dead-lettered it: skipped again, not a crash loop
                 logger.exception("%s: rebuild skipped entry %s %s", self.name, stream, entry_id)
                 continue

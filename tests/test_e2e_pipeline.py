@@ -25,7 +25,7 @@ from collectors.sim.server import ExchangeSimulator
 from detector.config import DetectorSettings
 from detector.service import Detector
 from shared import codec, keys
-from shared.clock import SYSTEM_CLOCK
+from shared.clock import SYSTEM_CLOCK, FakeClock
 from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
@@ -72,12 +72,14 @@ async def collect(redis_url: str, t0: int) -> list[Liquidation]:
 async def consume(redis_url: str, pg_dsn: str) -> dict[str, int]:
     redis = make_async_redis(redis_url)
     try:
-        detector = Detector(redis, DetectorSettings(shards=SHARDS))
+        clock = FakeClock(SYSTEM_CLOCK.now_ms())
+        detector = Detector(redis, DetectorSettings(shards=SHARDS), clock=clock)
         aggregator = make_consumer(redis, SHARDS, Aggregator(redis), name="e2e")
         writer = Writer(redis, WriterSettings(shards=SHARDS, pg_dsn=pg_dsn, batch_age_ms=0), pg_dsn)
         handled = {"detector": await detector.run_until_idle()}
-        # What the live ticker does: shards drain in any order, so event time alone may not
-        # have passed the BTC cascade's quiet period; the wall clock (lagged) has.
+        # What the live ticker does once a minute has passed without a BTC liquidation: the
+        # BTC shard's event time, carried forward by the clock, passes the quiet period.
+        clock.advance(60.0)
         handled["ended"] = await detector.tick()
         handled["aggregator"] = await aggregator.run_until_idle()
         handled["writer"] = await writer.run_until_idle()

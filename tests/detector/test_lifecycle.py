@@ -156,6 +156,20 @@ def test_late_events_that_left_the_window_start_nothing() -> None:
     assert phases(engine.feed(ev(115, 20_000.0))) == [], "the window (55, 115] holds 2 events and $21K"
 
 
+def test_one_lanes_event_time_never_ends_another_lanes_cascade() -> None:
+    """Shard 0 is catching up on a backlog while shard 1 is at the present: shard 1's time must
+    not end (and so chop into pieces) the cascades shard 0 is replaying."""
+    engine = Engine()
+    feed_all(engine, [ev(k) for k in range(5)])  # lane 0: BTC cascade, last event at 4 s
+    assert phases(engine.feed(ev(3600, 1_000.0, symbol="ETHUSDT"), lane=1)) == []
+    assert "BTCUSDT" in engine.active, "an hour later in lane 1 is nothing to lane 0"
+    assert phases(engine.feed(ev(20))) == ["member"], "the backlog goes on in the same cascade"
+    assert engine.tick(T0 + 3_700_000, lane=1) == []
+    (end,) = engine.tick(T0 + 50_000, lane=0)
+    assert isinstance(end, CascadeEvent) and (end.phase, end.count) == ("end", 6)
+    assert engine.watermark == T0 + 3_700_000 and engine.lane(0).watermark == T0 + 50_000
+
+
 def test_tick_ends_a_cascade_that_simply_stops_and_flush_ends_the_rest() -> None:
     engine = Engine()
     feed_all(engine, [ev(k) for k in range(5)])

@@ -313,10 +313,10 @@ def failing_on(bad: Liquidation, det: Detector) -> Detector:
     """``det`` with an engine that raises on ``bad``: a bug that only this event triggers."""
     real_feed = det.engine.feed
 
-    def feed(liq: Liquidation) -> Any:
+    def feed(liq: Liquidation, lane: int = 0) -> Any:
         if liq.event_id == bad.event_id:
             raise KeyError("a bug")
-        return real_feed(liq)
+        return real_feed(liq, lane)
     det.engine.feed = feed  # type: ignore[method-assign]
     return det
 
