@@ -278,6 +278,8 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], requested: StorageMode
         done = {str(v): str(c) for v, c in conn.execute("SELECT version, checksum FROM schema_migrations")}
         for migration in plan(mode, version, params):
             _apply_one(conn, migration, done, result)
+        if mode == "timescale":
+            _apply_policies(conn, params or PlanParams())
         row = conn.execute(VALUE_COLUMN_TYPE).fetchone()
         if row is not None and row[0] != VALUE_TYPE:
             raise MigrationError(old_schema_message(str(row[0])))
@@ -302,6 +304,19 @@ def _apply_one(conn: psycopg.Connection[tuple[object, ...]], migration: Migratio
         )
     logger.info("applied migration %s", migration.filename)
     result.applied.append(migration.version)
+
+
+APPLY_POLICIES = "SELECT liq_apply_policies(make_interval(days => %s), make_interval(days => %s), " \
+                 "make_interval(days => %s))"
+
+
+def _apply_policies(conn: psycopg.Connection[tuple[object, ...]], params: PlanParams) -> None:
+    """Bring the TimescaleDB policies to the current settings (006 and 007 set them only once)."""
+    with conn.transaction():
+        changed = conn.execute(APPLY_POLICIES, (params.retention_days, params.rollup_retention_days,
+                                                params.compress_after_days)).fetchall()
+    for (line,) in changed:
+        logger.info("policy changed to the current settings: %s", line)
 
 
 def _record_meta(conn: psycopg.Connection[tuple[object, ...]], mode: Mode, version: str | None) -> None:

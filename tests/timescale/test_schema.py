@@ -166,3 +166,35 @@ def test_pre_2_18_compression_variant_applies_and_compresses(scratch_schema: Har
                    "WHERE hypertable_schema = 'ts_compress_probe' "
                    "AND hypertable_name = 'liquidations_significant'") == [("t",)]
 
+
+
+def test_policies_follow_the_retention_settings_at_every_migrate(ts: Harness) -> None:
+    """``liq migrate`` calls liq_apply_policies with the current settings: a later
+    LIQ_RETENTION_DAYS=180 must reach the policies, not only the writer's cutoff."""
+    def apply(retention: str, rollups: str, compress: str) -> list[str]:
+        rows = ts.query("SELECT liq_apply_policies($1::interval, $2::interval, $3::interval)",
+                        [retention, rollups, compress])
+        return [str(r[0]).split(":")[0] for r in rows]
+
+    assert apply("90 days", "365 days", "7 days") == [], "the first migrate's settings: nothing to do"
+    try:
+        changed = apply("180 days", "730 days", "14 days")
+        assert len(changed) == len(RAW_TABLES) + 2 * len(CAGGS) + 1
+        policies = jobs(ts)
+        for table in RAW_TABLES:
+            assert policies[("policy_retention", table)]["drop_after"] == "180 days"
+        for cagg in CAGGS:
+            assert policies[("policy_retention", cagg)]["drop_after"] == "730 days"
+            refresh = policies[("policy_refresh_continuous_aggregate", cagg)]
+            assert refresh["start_offset"] == "179 days 22:00:00"
+        assert policies[("policy_compression", "liquidations_significant")]["compress_after"] == "14 days"
+        assert apply("180 days", "730 days", "14 days") == [], "once is enough"
+    finally:
+        apply("90 days", "365 days", "7 days")
+    assert jobs(ts)[("policy_retention", "liquidations_significant")]["drop_after"] == "90 days"
+    from writer.migrate import APPLY_POLICIES  # the statement liq migrate runs, with whole days
+    statement = APPLY_POLICIES % ("$1", "$2", "$3")
+    assert ts.query(statement, [90, 365, 7]) == []
+    assert len(ts.query(statement, [120, 365, 7])) == len(RAW_TABLES) + len(CAGGS), "retention and refresh"
+    assert jobs(ts)[("policy_retention", "liquidations_significant")]["drop_after"] == "120 days"
+    apply("90 days", "365 days", "7 days")
