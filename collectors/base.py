@@ -68,6 +68,9 @@ logger = logging.getLogger(__name__)
 HEALTHY_AFTER_S = 30.0
 SILENT_PINGS = 3
 REMEMBER_ENTRIES = 5000
+SPOOL_RETRY_S = 60.0
+"""After the disk refused a spool write, liquidations wait in memory this long before the spool
+is tried again."""
 """Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 """A connection pinged by the application is reopened after this many ping intervals without
 any frame (the venue answers each ping, so silence means the connection is dead)."""
@@ -120,6 +123,8 @@ class Collector:
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
     spool: Spool | None = field(init=False)
+    _spool_again_at: float = 0.0
+    """After a disk error the spool is off; from this time (monotonic) it is tried again."""
 
     def __post_init__(self) -> None:
         spec = self.config.venue
@@ -412,7 +417,21 @@ class Collector:
         ERRORS.labels("collector", type(exc).__name__).inc()
         if from_spool:
             return []  # still on disk: peeked again next time
+        self._spool_back_on()
         return self._to_spool(batch) if self.spool is not None else batch
+
+    def _spool_back_on(self) -> None:
+        """Try the spool again, a while after the disk refused it (the disk may have room now)."""
+        directory = self.config.spool_dir
+        if self.spool is not None or directory is None or time.monotonic() < self._spool_again_at:
+            return
+        try:
+            self.spool = Spool(directory, self.config.venue.name)
+        except OSError as exc:
+            self._spool_again_at = time.monotonic() + SPOOL_RETRY_S
+            logger.error("%s: spool %s still unusable (%s)", self.config.venue.name, directory, exc)
+            return
+        logger.warning("%s: spooling to %s again", self.config.venue.name, self.spool.path)
 
     def _spool_published(self, spool: Spool) -> None:
         spool.commit()
@@ -443,9 +462,10 @@ class Collector:
         try:
             self.spool.append(liquidations)
         except OSError as exc:
-            logger.error("%s: cannot write %s (%s); liquidations wait in memory instead",
-                         self.config.venue.name, self.spool.path, exc)
+            logger.error("%s: cannot write %s (%s); liquidations wait in memory, the spool is tried "
+                         "again in %.0fs", self.config.venue.name, self.spool.path, exc, SPOOL_RETRY_S)
             self.spool = None
+            self._spool_again_at = time.monotonic() + SPOOL_RETRY_S
             return False
         SPOOLED.labels(self.config.venue.name).set(self.spool.pending)
         return True

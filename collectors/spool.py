@@ -15,6 +15,7 @@ by a crash) is counted and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -46,12 +47,21 @@ class Spool:
     def append(self, liquidations: Sequence[Liquidation]) -> None:
         """Write ``liquidations`` at the end of the spool, whole lines in one write. They are
         safe from a crash of the process at once, and from one of the machine after :meth:`sync`
-        (not per append: an fsync per frame would stall the WebSocket loop)."""
+        (not per append: an fsync per frame would stall the WebSocket loop). A write the disk
+        refuses is taken back whole: none of them is on disk when this raises."""
         if not liquidations:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = b"".join(codec.encode(liq) + b"\n" for liq in liquidations)
         with self.path.open("ab") as handle:
-            handle.write(b"".join(codec.encode(liq) + b"\n" for liq in liquidations))
+            start = handle.seek(0, os.SEEK_END)
+            try:
+                handle.write(data)
+                handle.flush()
+            except OSError:  # a full disk: take back the part written, the caller keeps them all
+                with contextlib.suppress(OSError):
+                    handle.truncate(start)
+                raise
         self.pending += len(liquidations)
 
     def sync(self) -> None:

@@ -396,3 +396,34 @@ def test_a_restarted_collector_does_not_publish_the_replayed_snapshot_again(venu
     again = asyncio.run(run())
     assert again.published == 0
     assert len(stream_contents(redis_url)) == 4
+
+
+def test_a_spool_the_disk_refused_is_used_again_once_it_can_be(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk turns the spool off (liquidations wait in memory); a later outage retry finds
+    room and spools them again, and all of them are published once, in order."""
+    import collectors.base as base_module
+    from collectors.spool import Spool
+
+    monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
+    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
+
+    def append(self: Spool, liquidations: Any) -> None:
+        if refusals:
+            raise refusals.pop()
+        real_append(self, liquidations)
+
+    monkeypatch.setattr(Spool, "append", append)
+    spool_dir = tmp_path / "spool"
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
+                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 4, _spooled(4))
+                assert not refusals, "the first spool write was refused, a later one took them"
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 6)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))

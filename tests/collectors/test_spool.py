@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,41 @@ def test_a_commit_survives_a_deleted_spool_and_a_disk_that_refuses_the_offset(
     spool.path.unlink()
     spool.commit()  # the file went away under it: nothing to remove, no error
     assert spool.pending == 0 and spool.peek(10) == []
+
+
+def test_a_write_the_disk_refuses_halfway_leaves_nothing_of_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller keeps the whole batch in memory: a half written on disk would be published twice."""
+    spool = Spool(tmp_path, "okx")
+    spool.append(_liqs(2))
+    real_open = Path.open
+
+    class HalfFull:
+        def __init__(self, handle: Any) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> HalfFull:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+        def seek(self, *args: Any) -> int:
+            return int(self.handle.seek(*args))
+
+        def write(self, data: bytes) -> int:
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+        def flush(self) -> None:
+            self.handle.flush()
+
+        def truncate(self, size: int) -> int:
+            return int(self.handle.truncate(size))
+
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: (
+        HalfFull(real_open(self, mode, *a, **k)) if mode == "ab" else real_open(self, mode, *a, **k)))
+    with pytest.raises(OSError, match="No space left"):
+        spool.append(_liqs(3, start=2))
+    monkeypatch.undo()
+    assert spool.pending == 2 and Spool(tmp_path, "okx").peek(10) == _liqs(2)
