@@ -25,6 +25,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -47,6 +48,25 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int, low: int = 20_000, high: int = 60_000) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1, searched from a random start
+    (a process restarted on them finds the same ports: ``liq up`` restarts its simulator so)."""
+    start = random.randrange(low, high - count)
+    for base in [*range(start, high - count, count), *range(low, start, count)]:
+        if all(_port_free(port) for port in range(base, base + count)):
+            return int(base)
+    raise ServerError(f"no {count} consecutive free ports between {low} and {high} on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
@@ -163,10 +183,11 @@ def postgres_bin_dir() -> Path:
     """The machine's PostgreSQL (newest ``/usr/lib/postgresql/<v>/bin``, else ``pg_ctl`` on
     PATH), else the one shipped in the ``pgserver`` wheel."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
-    if candidates:
-        return Path(candidates[-1])
+    servers = [Path(c) for c in candidates if _has_server(Path(c))]  # not a client-only version
+    if servers:
+        return servers[-1]
     pg_ctl = shutil.which("pg_ctl")
-    if pg_ctl:
+    if pg_ctl and _has_server(Path(pg_ctl).resolve().parent):
         return Path(pg_ctl).resolve().parent
     shipped = pip_postgres_bin_dir()
     if shipped is not None:
@@ -175,6 +196,10 @@ def postgres_bin_dir() -> Path:
         "no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin, PATH and the "
         "pgserver package); install them with scripts/bootstrap or set LIQ_PG_DSN to an existing server"
     )
+
+
+def _has_server(bin_dir: Path) -> bool:
+    return all((bin_dir / program).exists() for program in ("initdb", "pg_ctl", "postgres"))
 
 
 def pip_postgres_bin_dir() -> Path | None:

@@ -33,7 +33,7 @@ import click
 from shared import logs
 from shared.backoff import Backoff
 from shared.runtime import die_with_parent
-from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
+from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load
 from shared.venues import VENUE_NAMES
 
@@ -42,6 +42,8 @@ logger = logging.getLogger("up")
 STOP_GRACE_S = 15.0
 UP_FILE = "up.json"
 LOCK_FILE = "up.lock"
+PUMP_LIMIT = 1 << 20
+"""Longest output line read whole from a child (longer ones are copied in pieces)."""
 
 
 @dataclass
@@ -175,8 +177,11 @@ async def _start_simulator(data_dir: Path, venues: list[str], seed: int, speed: 
     ports_file = data_dir / "sim" / "ports.json"
     with contextlib.suppress(FileNotFoundError):
         ports_file.unlink()
+    # Fixed ports: a simulator restarted after a crash must come back where the collectors
+    # connect (their LIQ_VENUE_URLS were set once).
     args = liq_command("simulate", "--venues", ",".join(venues), "--seed", str(seed),
-                       "--speed", str(speed), "--ports-file", str(ports_file))
+                       "--speed", str(speed), "--ports-file", str(ports_file),
+                       "--base-port", str(free_port_range(len(venues))))
     child = Child("simulate", args, env)
     await _spawn(child)
     if not await _wait_for_file(ports_file, child, stop):
@@ -211,15 +216,28 @@ async def _run_once(name: str, args: list[str], env: dict[str, str]) -> int:
 async def _spawn(child: Child) -> None:
     child.process = await asyncio.create_subprocess_exec(
         *child.args, env=child.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True, preexec_fn=die_with_parent,
+        start_new_session=True, preexec_fn=die_with_parent, limit=PUMP_LIMIT,
     )
     asyncio.get_running_loop().create_task(_pump(child.name, child.process))
 
 
 async def _pump(name: str, process: asyncio.subprocess.Process) -> None:
+    """Copy a child's output, a line at a time with its name in front. A line longer than the
+    reader's limit goes out in pieces: a pump that stopped would block the child on its next
+    write, for good."""
     assert process.stdout is not None
-    while line := await process.stdout.readline():
+    while True:
+        try:
+            line = await process.stdout.readuntil(b"\n")
+        except asyncio.IncompleteReadError as end:  # the last line, without its newline
+            line = end.partial
+        except asyncio.LimitOverrunError as long:  # no newline within the limit: a piece of it
+            line = await process.stdout.read(long.consumed)
+        if not line:
+            return
         sys.stdout.write(f"{name:<22}| {line.decode(errors='replace')}")
+        if not line.endswith(b"\n"):
+            sys.stdout.write("\n")
         sys.stdout.flush()
 
 

@@ -7,6 +7,7 @@ and ``liq:agg:*`` keys, a cascade status and rows in PostgreSQL; after SIGINT, n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -242,3 +243,25 @@ def _serves(process: psutil.Process, data_dir: Path) -> bool:
     except psutil.Error:
         return False
     return bool(cmdline) and cmdline[0].endswith("/postgres") and str(data_dir / "pg") in " ".join(cmdline)
+
+
+def test_a_child_printing_a_very_long_line_keeps_running_and_is_copied_whole(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The pump stopped on a line past asyncio's 64 KiB limit, and the child then blocked for good
+    on its next write, still "running"."""
+    from shared.up import Child, _spawn
+
+    script = "print('x' * 3_000_000); [print(i) for i in range(3000)]; print('done')"
+
+    async def run() -> int:
+        child = Child("long", [sys.executable, "-c", script], dict(os.environ))
+        await _spawn(child)
+        assert child.process is not None
+        code = await asyncio.wait_for(child.process.wait(), 30)
+        pumps = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.wait_for(asyncio.gather(*pumps), 30)
+        return code
+
+    assert asyncio.run(run()) == 0
+    out = capsys.readouterr().out
+    assert out.count("x") == 3_000_000 and out.rstrip().endswith("long                  | done")

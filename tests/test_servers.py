@@ -125,3 +125,22 @@ def test_the_postgresql_shipped_in_the_pgserver_wheel_runs_the_migrations(
             assert conn.execute("SELECT count(*) FROM liquidations_significant").fetchone() == (0,)
     finally:
         server.stop()
+
+
+def test_a_free_port_range_is_free_and_consecutive() -> None:
+    from shared.servers import _port_free, free_port_range
+
+    base = free_port_range(14)
+    assert 20_000 <= base <= 60_000 - 14 and all(_port_free(p) for p in range(base, base + 14))
+
+
+def test_a_client_only_postgresql_version_is_not_taken_for_a_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import servers
+
+    client_only = tmp_path / "17" / "bin"
+    client_only.mkdir(parents=True)
+    (client_only / "psql").touch()
+    real = servers.postgres_bin_dir()
+    monkeypatch.setattr(servers.glob, "glob", lambda pattern: [str(real), str(client_only)])
+    assert servers.postgres_bin_dir() == real, "postgresql-client-17 next to server 15"
