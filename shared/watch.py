@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import msgspec
 import redis
+from redis.exceptions import RedisError
 
 from shared import codec, keys
+from shared.backoff import Backoff
 from shared.models import CascadeEvent, Liquidation, RiskBand
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
@@ -135,13 +138,25 @@ def _entries(reply: Any) -> list[tuple[str, str, Any]]:
             for stream, messages in pairs for entry_id, fields in messages]
 
 
-def history(client: redis.Redis, spec: Watch, last: int) -> list[Alert]:
-    """The alerts of the last ``last`` cascade messages, oldest first."""
+WATCHER = "liq-watch"
+"""Not a consumer group: a name no ``for`` field names, so entries replayed from a dead-letter
+stream (``liq dlq replay``) are not alerted a second time."""
+
+
+def history(client: redis.Redis, spec: Watch, last: int, until: str = "+") -> list[Alert]:
+    """The alerts of the last ``last`` cascade messages up to ``until``, oldest first."""
     if last <= 0:
         return []
-    newest: Any = client.xrevrange(keys.CASCADE_STREAM, count=last)
-    alerts = [spec.alert(keys.CASCADE_STREAM, codec.entry_payload(fields)) for _, fields in reversed(newest)]
-    return [a for a in alerts if a is not None]
+    newest: Any = client.xrevrange(keys.CASCADE_STREAM, max=until, count=last)
+    return [a for _, fields in reversed(newest) if (a := _alert(spec, keys.CASCADE_STREAM, fields))]
+
+
+def _alert(spec: Watch, stream: str, fields: Any) -> Alert | None:
+    try:
+        payload = codec.payload_for(fields, WATCHER)
+    except ValueError:
+        return None
+    return None if payload is None else spec.alert(stream, payload)
 
 
 def watch(client: redis.Redis, spec: Watch, emit: Callable[[Alert], None], *, last: int = 0,
@@ -150,29 +165,50 @@ def watch(client: redis.Redis, spec: Watch, emit: Callable[[Alert], None], *, la
     """Emit the history, then every new alert until ``stop`` (``follow``) or until the streams
     have nothing new (not ``follow``); returns how many alerts were emitted. ``on_start`` is
     called once the starting point is fixed: every entry added after it will be seen."""
-    positions = _newest_ids(client, spec.streams())
+    positions = _retrying(lambda: _newest_ids(client, spec.streams()), follow, stop)
+    if positions is None:
+        return 0
     if on_start is not None:
         on_start()
     emitted = 0
-    for alert in history(client, spec, last):
+    for alert in history(client, spec, last, until=positions[keys.CASCADE_STREAM]):
         emit(alert)
         emitted += 1
     while stop is None or not stop.is_set():
-        reply = client.xread(dict(positions), count=READ_COUNT,  # type: ignore[arg-type]  # str ids are fine
-                             block=BLOCK_MS if follow else None)
+        reply = _retrying(lambda: client.xread(
+            dict(positions), count=READ_COUNT,  # type: ignore[arg-type]  # str ids are fine
+            block=BLOCK_MS if follow else None), follow, stop)
         entries = _entries(reply)
         if not entries and not follow:
             return emitted
         for stream, entry_id, fields in entries:
             positions[stream] = entry_id
-            try:
-                found = spec.alert(stream, codec.entry_payload(fields))
-            except ValueError:
-                continue
+            found = _alert(spec, stream, fields)
             if found is not None:
                 emit(found)
                 emitted += 1
     return emitted
+
+
+R = TypeVar("R")
+
+
+def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None) -> R | None:
+    """``read()``; while following, a Redis outage is waited out (with backoff, a line on
+    stderr per retry) instead of ending the watch. None when ``stop`` was set meanwhile."""
+    backoff = Backoff(base_s=0.5, cap_s=10.0)
+    while True:
+        try:
+            return read()
+        except (RedisError, OSError) as exc:
+            if not follow:
+                raise
+            delay = backoff.next_delay()
+            click.echo(f"redis unavailable ({exc}); retrying in {delay:.1f}s", err=True)
+            if stop is not None and stop.wait(delay):
+                return None
+            if stop is None:
+                time.sleep(delay)
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ oldest is dropped, with a line saying so.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import queue
@@ -74,7 +75,11 @@ class WebhookSender:
             item = self._queue.get()
             if item is _STOP:
                 return
-            self._deliver(item)
+            try:
+                self._deliver(item)
+            except Exception:  # a failure nobody foresaw must not silence every later alert
+                self.failed += 1
+                logger.exception("webhook: could not deliver an alert")
 
     def _deliver(self, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
@@ -100,5 +105,5 @@ class WebhookSender:
             return None
         except urllib.error.HTTPError as exc:
             return f"HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"  # a cut answer (IncompleteRead), a bad status line

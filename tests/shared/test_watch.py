@@ -193,3 +193,71 @@ def test_webhook_unreachable_is_retried_then_given_up_without_blocking(
     sender.close(wait_s=30)
     assert (sender.delivered, sender.failed) == (0, 1)
     assert "gave up on an alert after 3 attempt(s): URLError" in caplog.text
+
+
+@pytest.mark.integration
+def test_history_does_not_repeat_what_follows_and_replays_are_not_alerted_again(r: syncredis.Redis) -> None:
+    _add(r, keys.CASCADE_STREAM, cascade("start", cascade_id="a"))
+    seen: list[Alert] = []
+
+    def meanwhile() -> None:  # between fixing the start and reading the history
+        _add(r, keys.CASCADE_STREAM, cascade("start", cascade_id="b"))
+        r.xadd(keys.CASCADE_STREAM, {codec.PAYLOAD_FIELD: codec.encode(cascade("start", cascade_id="a")),
+                                     codec.TARGET_GROUP_FIELD: b"writer"})  # liq dlq replay --group writer
+
+    assert watch(r, Watch(shards=4), seen.append, last=5, follow=False, on_start=meanwhile) == 2
+    assert [a.message.cascade_id for a in seen] == ["a", "b"], "a once, b once, the replay not at all"
+
+
+def test_a_redis_outage_is_waited_out_while_following(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.001))
+    failures = [syncredis.ConnectionError("down"), syncredis.ConnectionError("down")]
+
+    def read() -> str:
+        if failures:
+            raise failures.pop()
+        return "read"
+
+    assert watch_module._retrying(read, True, threading.Event()) == "read"
+    failures.append(syncredis.ConnectionError("down"))
+    with pytest.raises(syncredis.ConnectionError):
+        watch_module._retrying(read, False, None)
+    stopped = threading.Event()
+    stopped.set()
+    failures.append(syncredis.ConnectionError("down"))
+    assert watch_module._retrying(read, True, stopped) is None
+
+
+def test_webhook_survives_a_bad_status_line_and_any_failure_nobody_foresaw() -> None:
+    import socketserver
+
+    class BadStatus(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+
+    server = socketserver.TCPServer(("127.0.0.1", 0), BadStatus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sender = WebhookSender(f"http://127.0.0.1:{server.server_address[1]}/", attempts=1,
+                           backoff=Backoff(base_s=0.001, cap_s=0.001))
+    try:
+        problem = sender._post(b"{}")
+        assert problem is not None and problem.startswith("BadStatusLine"), problem
+        calls: list[int] = []
+
+        def flaky(data: bytes) -> str | None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("a failure nobody foresaw")
+            return None
+
+        sender._post = flaky  # type: ignore[method-assign]
+        sender.send({"text": "first"})
+        sender.send({"text": "second"})
+    finally:
+        sender.close(wait_s=30)
+        server.shutdown()
+        server.server_close()
+    assert (sender.failed, sender.delivered) == (1, 1), "the thread lived on to send the second"
