@@ -6,8 +6,9 @@ entry's id. Once the cause is gone (a fixed release, a repaired table), ``liq dl
 the payload back to its stream with a ``for`` field naming that group
 (:data:`shared.codec.TARGET_GROUP_FIELD`): the other groups ack it unhandled, so an event the
 writer refused is not counted a second time by the aggregator. Entries move atomically: each
-one's XADD to its stream and XDEL from the dead-letter stream run in the same MULTI (1,000
-entries per MULTI), so a replay interrupted at any point neither loses nor doubles an entry.
+one's XDEL from the dead-letter stream and XADD to its stream run in one script (1,000 entries
+per run), and the XADD happens only if that XDEL removed the entry, so a replay interrupted at
+any point, or two replays at once, neither lose nor double an entry.
 ``liq dlq drop`` deletes entries that are not worth keeping.
 """
 
@@ -83,24 +84,43 @@ def read(client: redis.Redis, streams: Sequence[str]) -> Iterator[DeadLetter]:
             start = "(" + reply_text(page[-1][0])
 
 
+# Each entry moves only if this run is the one that deletes it from the dead-letter stream, so
+# two replays running at once move it once. KEYS: per entry, its dead-letter stream then its
+# stream; ARGV: payload field, group field, then per entry: its id, payload, group.
+REPLAY_LUA = """
+local moved = 0
+for k = 1, #KEYS, 2 do
+  local a = 3 + (k - 1) / 2 * 3
+  if redis.call('XDEL', KEYS[k], ARGV[a]) == 1 then
+    redis.call('XADD', KEYS[k + 1], '*', ARGV[1], ARGV[a + 1], ARGV[2], ARGV[a + 2])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+
 def replay(client: redis.Redis, letters: Sequence[DeadLetter],
            progress: Callable[[int], None] | None = None) -> tuple[int, list[DeadLetter]]:
-    """Move each entry back to its stream for its group, :data:`PAGE` entries per MULTI;
+    """Move each entry back to its stream for its group, :data:`PAGE` entries per script run;
     returns how many moved and the entries that cannot be replayed (trimmed before they were
-    processed: only ``drop`` applies). ``progress`` gets the running count after each MULTI."""
-    usable = [d for d in letters if d.payload is not None and d.group]
+    processed: only ``drop`` applies). ``progress`` gets the running count after each run."""
+    usable: list[DeadLetter] = []
+    unusable: list[DeadLetter] = []
+    for letter in letters:
+        (usable if letter.payload is not None and letter.group else unusable).append(letter)
+    script = client.register_script(REPLAY_LUA)
     moved = 0
     for i in range(0, len(usable), PAGE):
-        pipe = client.pipeline(transaction=True)
-        for letter in usable[i:i + PAGE]:
-            pipe.xadd(letter.stream, {codec.PAYLOAD_FIELD: letter.payload or b"",
-                                      codec.TARGET_GROUP_FIELD: letter.group.encode()})
-            pipe.xdel(letter.dlq, letter.id)
-        pipe.execute()
-        moved += len(usable[i:i + PAGE])
+        page = usable[i:i + PAGE]
+        script_keys = [name for d in page for name in (d.dlq, d.stream)]
+        args: list[Any] = [codec.PAYLOAD_FIELD, codec.TARGET_GROUP_FIELD]
+        for d in page:
+            args += [d.id, d.payload or b"", d.group]
+        moved += int(script(keys=script_keys, args=args))
         if progress is not None:
             progress(moved)
-    return moved, [d for d in letters if d not in usable]
+    return moved, unusable
 
 
 def drop(client: redis.Redis, letters: Sequence[DeadLetter]) -> int:
@@ -130,13 +150,10 @@ def render(letters: Sequence[DeadLetter]) -> str:
 # -- command line ---------------------------------------------------------------------------------
 
 def _client() -> tuple[redis.Redis, list[str]]:
-    from shared.status import discover
+    from shared.status import discover, require_redis
 
-    settings = load(CommonSettings)
-    redis_url, _ = discover(settings, dict(os.environ))
-    if not redis_url:
-        raise click.ClickException("no running system found: set LIQ_REDIS_URL or run liq up")
-    return make_sync_redis(redis_url), keys.all_streams(settings.shards)
+    found = discover(load(CommonSettings), dict(os.environ))
+    return make_sync_redis(require_redis(found)), keys.all_streams(found.shards)
 
 
 def _selected(client: redis.Redis, streams: list[str], stream: str | None, group: str | None,

@@ -11,7 +11,10 @@ wrote to ``<data_dir>/up.json``.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +33,51 @@ TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "
 STALE_HEALTH_MS = 10_000
 
 
-def discover(settings: CommonSettings, environ: dict[str, str]) -> tuple[str | None, str | None]:
-    """Redis URL and PostgreSQL DSN: environment first, then ``liq up``'s file."""
+@dataclass(frozen=True)
+class Discovered:
+    """Where a running system is, for the tools that inspect it."""
+
+    redis_url: str | None
+    pg_dsn: str | None
+    shards: int
+    stale_up: str | None = None
+    """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers."""
+
+
+def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
+    """Redis URL, PostgreSQL DSN and shard count: the environment first, then ``liq up``'s file
+    (whose shard count is the one its processes run with), unless that ``liq up`` is gone."""
     redis_url = environ.get("LIQ_REDIS_URL")
     pg_dsn = environ.get("LIQ_PG_DSN")
+    shards = settings.shards
     up_file = Path(settings.data_dir) / "up.json"
-    if up_file.exists():
-        info = json.loads(up_file.read_text())
-        redis_url = redis_url or info.get("redis_url")
-        pg_dsn = pg_dsn or info.get("pg_dsn")
-    return redis_url, pg_dsn
+    if not up_file.exists():
+        return Discovered(redis_url, pg_dsn, shards)
+    info = json.loads(up_file.read_text())
+    pid = int(info.get("pid", 0) or 0)
+    if pid and not _alive(pid):
+        return Discovered(redis_url, pg_dsn, shards,
+                          stale_up=f"liq up (pid {pid}) is not running: {up_file} is left from it")
+    if "LIQ_SHARDS" not in environ:
+        shards = int(info.get("shards", shards))
+    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def require_redis(found: Discovered) -> str:
+    """The Redis URL of a running system, or a clear error saying why there is none."""
+    if found.redis_url:
+        return found.redis_url
+    raise click.ClickException(found.stale_up or "no running system found: set LIQ_REDIS_URL or run liq up")
 
 
 def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:
@@ -159,17 +197,18 @@ def database_status(pg_dsn: str) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """Streams, consumer groups, venues, keys and table counts of a running system."""
-    import os
-
     settings = load(CommonSettings)
-    redis_url, pg_dsn = discover(settings, dict(os.environ))
-    if not redis_url and not pg_dsn:
-        raise click.ClickException("no running system found: set LIQ_REDIS_URL/LIQ_PG_DSN or run liq up")
-    report = collect_status(redis_url, pg_dsn, settings.shards)
+    found = discover(settings, dict(os.environ))
+    if not found.redis_url and not found.pg_dsn:
+        raise click.ClickException(found.stale_up or
+                                   "no running system found: set LIQ_REDIS_URL/LIQ_PG_DSN or run liq up")
+    report = collect_status(found.redis_url, found.pg_dsn, found.shards)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render(report))
+    if "redis_error" in report or "error" in report.get("database", {}):
+        sys.exit(1)  # a server of the system does not answer
 
 
 def _group_text(group: dict[str, Any]) -> str:

@@ -76,7 +76,7 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
         raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
     data_dir = Path(settings.data_dir).resolve()
     with only_one_up(data_dir):
-        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed))
+        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings.shards))
     sys.exit(code)
 
 
@@ -103,7 +103,7 @@ def only_one_up(data_dir: Path) -> Iterator[None]:
 
 
 async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float | None,
-              seed: int, speed: float) -> int:
+              seed: int, speed: float, shards: int) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,7 +126,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
         children += _pipeline_children(venues, env)
-        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues)
+        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues, shards)
         _print_banner(redis_url, pg_dsn, simulate, venues)
         tasks = [asyncio.create_task(_supervise(c, stop)) for c in children if c.process is None]
         if duration is not None:
@@ -283,10 +283,11 @@ async def _stop_children(children: list[Child]) -> None:
             await child.process.wait()
 
 
-def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, simulate: bool, venues: list[str]) -> None:
+def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, simulate: bool, venues: list[str],
+                   shards: int) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     info = {"redis_url": redis_url, "pg_dsn": pg_dsn, "simulate": simulate, "venues": venues,
-            "pid": os.getpid(), "started_ms": time.time_ns() // 1_000_000}
+            "shards": shards, "pid": os.getpid(), "started_ms": time.time_ns() // 1_000_000}
     (data_dir / UP_FILE).write_text(json.dumps(info, indent=2))
 
 

@@ -226,13 +226,11 @@ def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None)
 def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool, as_json: bool,
                   webhook: str | None) -> None:
     """Print cascades (and big liquidations) as they happen; Ctrl-C to stop."""
-    from shared.status import discover
+    from shared.status import discover, require_redis
     from shared.webhook import WebhookSender
 
-    settings = load(CommonSettings)
-    redis_url, _ = discover(settings, dict(os.environ))
-    if not redis_url:
-        raise click.ClickException("no running system found: set LIQ_REDIS_URL or run liq up")
+    found = discover(load(CommonSettings), dict(os.environ))
+    redis_url = require_redis(found)
     sender = WebhookSender(webhook) if webhook else None
 
     def emit(alert: Alert) -> None:
@@ -241,7 +239,7 @@ def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool
             sender.send(alert.as_json())
 
     client = make_sync_redis(redis_url)
-    spec = Watch(settings.shards, min_band, big_usd)
+    spec = Watch(found.shards, min_band, big_usd)
     what = f"cascades ({min_band} and above)"
     if big_usd:
         what += f" and liquidations of ${big_usd:,.0f} or more"

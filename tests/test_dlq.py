@@ -132,3 +132,13 @@ def test_ids_that_are_not_dead_letters_are_named(redis_url: str) -> None:
     result = CliRunner().invoke(liq, ["dlq", "replay", "--id", "1-1"], env={"LIQ_REDIS_URL": redis_url})
     assert result.exit_code == 0
     assert "not found: 1-1" in result.output and "replayed 0 of 0 dead letters" in result.output
+
+
+def test_two_replays_of_the_same_dead_letters_move_each_once(redis_url: str) -> None:
+    sync = syncredis.Redis.from_url(redis_url)
+    for i in range(3):
+        sync.xadd(DLQ, {"d": codec.encode(EVENTS[i]), "group": "writer", "reason": "x", "stage": "handle"})
+    letters = list(dlq.read(sync, [STREAM]))
+    assert dlq.replay(sync, letters) == (3, [])
+    assert dlq.replay(sync, letters) == (0, []), "another run had moved them already"
+    assert sync.xlen(STREAM) == 3 and sync.xlen(DLQ) == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +44,25 @@ def test_row_counts_are_exact_and_shown_once(pg_dsn: str) -> None:
     assert not any(key.startswith("rows.") for key in report["storage"])
     text = render({"database": report})
     assert text.count("liquidations_significant") == 1
+
+
+def test_discover_takes_the_shards_liq_up_runs_with_and_knows_a_dead_liq_up(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from shared.settings import CommonSettings
+    from shared.status import discover
+
+    settings = CommonSettings(data_dir=str(tmp_path))
+    up = tmp_path / "up.json"
+    up.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "pg_dsn": "postgresql://x", "shards": 8,
+                              "pid": os.getpid()}))
+    found = discover(settings, {})
+    assert (found.redis_url, found.shards, found.stale_up) == ("redis://127.0.0.1:1/0", 8, None)
+    assert discover(settings, {"LIQ_SHARDS": "4"}).shards == settings.shards, "the environment wins"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    up.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "shards": 8, "pid": int(dead.stdout)}))
+    found = discover(settings, {})
+    assert found.redis_url is None and found.stale_up is not None and "is not running" in found.stale_up
