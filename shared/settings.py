@@ -23,6 +23,7 @@ import msgspec
 from shared.errors import ConfigError
 
 ENV_PREFIX = "LIQ_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 S = TypeVar("S", bound=msgspec.Struct)
 
 
@@ -35,10 +36,20 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_port: int | None = None
     log_level: str = "INFO"
     data_dir: str = ".liq"
+    embedded_redis_port: int = 0
+    """``liq up``'s own Redis listens here (0: a free port)."""
+    embedded_pg_port: int = 0
+    """``liq up``'s own PostgreSQL listens here (0: a free port)."""
 
     def __post_init__(self) -> None:
         if self.shards < 1:
             raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError("LIQ_LOG_LEVEL", "one of " + ", ".join(LOG_LEVELS), self.log_level)
+        for name in ("embedded_redis_port", "embedded_pg_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(env_name(name), "a port number (0: any free port)", str(port))
 
 
 def env_name(field: str) -> str:

@@ -76,7 +76,7 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
         raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
     data_dir = Path(settings.data_dir).resolve()
     with only_one_up(data_dir):
-        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings.shards))
+        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings))
     sys.exit(code)
 
 
@@ -103,7 +103,7 @@ def only_one_up(data_dir: Path) -> Iterator[None]:
 
 
 async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float | None,
-              seed: int, speed: float, shards: int) -> int:
+              seed: int, speed: float, settings: CommonSettings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -112,8 +112,8 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
     pg_server: PostgresServer | None = None
     children: list[Child] = []
     try:
-        redis_url, redis_server = _redis(data_dir)
-        pg_dsn, pg_server = _postgres(data_dir)
+        redis_url, redis_server = _redis(data_dir, settings.embedded_redis_port)
+        pg_dsn, pg_server = _postgres(data_dir, settings.embedded_pg_port)
         env = {**os.environ, "LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn,
                "LIQ_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         if await _run_once("migrate", liq_command("migrate"), env) != 0:
@@ -126,7 +126,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
         children += _pipeline_children(venues, env)
-        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues, shards)
+        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues, settings.shards)
         _print_banner(redis_url, pg_dsn, simulate, venues)
         tasks = [asyncio.create_task(_supervise(c, stop)) for c in children if c.process is None]
         if duration is not None:
@@ -147,19 +147,17 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         logger.info("all stopped")
 
 
-def _redis(data_dir: Path) -> tuple[str, RedisServer | None]:
+def _redis(data_dir: Path, port: int) -> tuple[str, RedisServer | None]:
     if os.environ.get("LIQ_REDIS_URL"):
         return os.environ["LIQ_REDIS_URL"], None
-    server = start_redis(data_dir / "redis", port=int(os.environ.get("LIQ_EMBEDDED_REDIS_PORT", "0")),
-                         persistent=True)
+    server = start_redis(data_dir / "redis", port=port, persistent=True)
     return server.url, server
 
 
-def _postgres(data_dir: Path) -> tuple[str, PostgresServer | None]:
+def _postgres(data_dir: Path, port: int) -> tuple[str, PostgresServer | None]:
     if os.environ.get("LIQ_PG_DSN"):
         return os.environ["LIQ_PG_DSN"], None
-    server = start_postgres(data_dir / "pg", port=int(os.environ.get("LIQ_EMBEDDED_PG_PORT", "0")),
-                            durable=True)
+    server = start_postgres(data_dir / "pg", port=port, durable=True)
     return server.dsn, server
 
 

@@ -171,7 +171,7 @@ def test_a_server_that_cannot_start_is_one_clear_line_not_a_traceback(
     from shared.cli import cli
     from shared.errors import ServerError
 
-    def no_redis(data_dir: Path) -> None:
+    def no_redis(data_dir: Path, port: int) -> None:
         raise ServerError("redis-server did not listen on 127.0.0.1:6390 within 15s")
 
     monkeypatch.setattr(up, "_redis", no_redis)

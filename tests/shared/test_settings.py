@@ -52,3 +52,16 @@ def test_invalid_shard_count_names_variable() -> None:
 
 def test_overrides_win_over_environment() -> None:
     assert load(Demo, {"LIQ_SHARDS": "8"}, shards=2).shards == 2
+
+
+def test_log_level_and_embedded_ports_name_their_variable() -> None:
+    from shared.errors import ConfigError
+    from shared.settings import CommonSettings, load
+
+    with pytest.raises(ConfigError, match="LIQ_LOG_LEVEL.*one of DEBUG, INFO"):
+        load(CommonSettings, {"LIQ_LOG_LEVEL": "bogus"})
+    with pytest.raises(ConfigError, match="LIQ_EMBEDDED_REDIS_PORT"):
+        load(CommonSettings, {"LIQ_EMBEDDED_REDIS_PORT": "abc"})
+    with pytest.raises(ConfigError, match="LIQ_EMBEDDED_PG_PORT.*a port number"):
+        load(CommonSettings, {"LIQ_EMBEDDED_PG_PORT": "70000"})
+    assert load(CommonSettings, {"LIQ_LOG_LEVEL": "debug"}).log_level == "debug"
