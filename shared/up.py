@@ -116,7 +116,10 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         pg_dsn, pg_server = _postgres(data_dir, settings.embedded_pg_port)
         env = {**os.environ, "LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn,
                "LIQ_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-        if await _run_once("migrate", liq_command("migrate"), env) != 0:
+        migrated = await _run_once("migrate", liq_command("migrate"), env, stop)
+        if migrated is None:  # stopped meanwhile
+            return 0
+        if migrated != 0:
             logger.error("migrations failed; not starting the pipeline")
             return 1
         if simulate:
@@ -204,11 +207,19 @@ async def _wait_for_file(path: Path, child: Child, stop: asyncio.Event, timeout_
     return True
 
 
-async def _run_once(name: str, args: list[str], env: dict[str, str]) -> int:
+async def _run_once(name: str, args: list[str], env: dict[str, str], stop: asyncio.Event) -> int | None:
+    """Run a child to its end; its exit code, or None when ``stop`` came first (it is stopped)."""
     child = Child(name, args, env)
     await _spawn(child)
     assert child.process is not None
-    return await child.process.wait()
+    ended = asyncio.create_task(child.process.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not ended.done():
+        await _stop_children([child])
+        return None
+    return ended.result()
 
 
 async def _spawn(child: Child) -> None:

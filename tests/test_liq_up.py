@@ -265,3 +265,39 @@ def test_a_child_printing_a_very_long_line_keeps_running_and_is_copied_whole(
     assert asyncio.run(run()) == 0
     out = capsys.readouterr().out
     assert out.count("x") == 3_000_000 and out.rstrip().endswith("long                  | done")
+
+
+def test_ctrl_c_while_the_migrations_wait_on_a_silent_database_stops_at_once(
+        reachable_dir: Path, redis_url: str) -> None:
+    """A database that takes the connection and never answers: Ctrl-C must not wait for it."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # accepts into the backlog, never answers
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_REDIS_URL": redis_url,
+                "LIQ_PG_DSN": f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/liq"})
+    proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "120"],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        migrating = False
+        while not migrating and time.monotonic() < deadline and proc.poll() is None:
+            migrating = any("migrate" in _cmdline(p) for p in _descendants(proc.pid))
+        assert migrating, "liq up never started its migrations"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=10)  # not the 15 s connect timeout, nor forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        silent.close()
+    assert proc.returncode == 0, output[-2000:]
+    assert "all stopped" in output
+
+
+def _cmdline(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""

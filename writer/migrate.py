@@ -306,6 +306,9 @@ def _apply_one(conn: psycopg.Connection[tuple[object, ...]], migration: Migratio
     result.applied.append(migration.version)
 
 
+CONNECT_TIMEOUT_S = 15
+"""A server that takes the connection but never answers fails the migration instead of hanging."""
+
 APPLY_POLICIES = "SELECT liq_apply_policies(make_interval(days => %s), make_interval(days => %s), " \
                  "make_interval(days => %s))"
 
@@ -331,5 +334,5 @@ def _record_meta(conn: psycopg.Connection[tuple[object, ...]], mode: Mode, versi
 
 def migrate_dsn(dsn: str, requested: StorageMode = "auto", params: PlanParams | None = None) -> MigrateResult:
     """Open an autocommit connection to ``dsn`` and :func:`migrate` it."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         return migrate(conn, requested, params)
