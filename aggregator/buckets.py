@@ -35,7 +35,8 @@ def fold(liquidations: Iterable[Liquidation],
     """All hash increments a batch causes, one entry per Redis key.
 
     Per liquidation, its price-level hash gets ``count``, ``count:{exchange}``, ``value_usd``,
-    ``quantity`` and ``value_usd:{exchange}``; its 1-minute bucket gets ``count``,
+    ``quantity`` (in base units: not for a quantity in contracts of unknown size) and
+    ``value_usd:{exchange}``; its 1-minute bucket gets ``count``,
     ``{side}_count``, ``count:{exchange}``, ``value_usd``, ``{side}_usd`` and
     ``value_usd:{exchange}``. (The hot loop of the aggregator: plain dict updates.)
     """
@@ -53,7 +54,8 @@ def fold(liquidations: Iterable[Liquidation],
         counts["count"] = counts.get("count", 0) + 1
         counts[exchange_count] = counts.get(exchange_count, 0) + 1
         sums["value_usd"] = sums.get("value_usd", 0.0) + value
-        sums["quantity"] = sums.get("quantity", 0.0) + liq.quantity
+        if liq.quantity_unit == "base":  # contracts of unknown size are no quantity of the asset
+            sums["quantity"] = sums.get("quantity", 0.0) + liq.quantity
         sums[exchange_value] = sums.get(exchange_value, 0.0) + value
         bucket_key = keys.time_bucket(liq.symbol, bucket_start(liq.timestamp_ms))
         bucket = deltas.get(bucket_key) or deltas.setdefault(bucket_key, HashDelta())

@@ -9,7 +9,7 @@ import click
 
 from aggregator.service import Aggregator, make_consumer
 from shared import runtime
-from shared.levels import DEFAULT_LEVEL_SIZES
+from shared.levels import DEFAULT_LEVEL_SIZES, check_level_sizes
 from shared.metrics import serve_consumer_metrics
 from shared.redisconn import make_async_redis
 from shared.settings import CommonSettings, load
@@ -21,6 +21,10 @@ class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
     """``LIQ_LEVEL_SIZES=BTC=100,ETH=10`` sets price-level sizes per base asset."""
 
     level_sizes: dict[str, float] = {}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_level_sizes(self.level_sizes)
 
 
 @click.command()

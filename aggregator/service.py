@@ -28,6 +28,10 @@ def consumer_name() -> str:
     return f"aggregator-{socket.gethostname()}-{os.getpid()}"
 
 
+SERVER_STATES = frozenset({"OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN",
+                           "CLUSTERDOWN", "NOSCRIPT"})
+"""Error codes that say what state Redis is in (retried), not what the data is."""
+
 WRONG_TYPE = "LIQWRONGTYPE"
 """The script's error when a hash key holds another type, or a field a value that is not a
 number (nothing was written)."""
@@ -66,6 +70,16 @@ class StaleBatch(SinkRetry):
 #      applying the batch again would count it twice. The consumer that applies a batch is
 #      the first whose script runs; the other finds entries missing and writes nothing.
 APPLY_BATCH_LUA = """
+local function whole(v)  -- what HINCRBY takes: no leading zeros, no '-0', within 64 bits
+  return #v <= 18 and (v == '0' or string.match(v, '^%-?[1-9]%d*$') ~= nil)
+end
+local function decimal(v)  -- what HINCRBYFLOAT takes: a plain finite number, no spaces
+  if not (string.match(v, '^%-?%d+%.?%d*$') or string.match(v, '^%-?%d+%.?%d*[eE][%+%-]?%d+$')) then
+    return false
+  end
+  local n = tonumber(v)
+  return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge
+end
 local ttl = ARGV[1]
 local nkeys = tonumber(ARGV[2])
 local group, consumer = ARGV[3], ARGV[4]
@@ -83,7 +97,7 @@ for k = 1, nkeys do
     local values = redis.call('HMGET', key, unpack(fields))
     for f = 1, ni + nf do
       local v = values[f]
-      if v and not ((f <= ni and string.match(v, '^-?%d+$')) or (f > ni and tonumber(v))) then
+      if v and not ((f <= ni and whole(v)) or (f > ni and decimal(v))) then
         return redis.error_reply('""" + WRONG_TYPE + """ ' .. key .. ' field ' .. fields[f] ..
                                  ' holds ' .. string.sub(v, 1, 40) .. ', not a number')
       end
@@ -165,7 +179,11 @@ class Aggregator:
                                       "and replay the dead letters") from exc
             if text.startswith(STALE):
                 raise StaleBatch(text.removeprefix(STALE).strip()) from exc
-            raise
+            if text.split(" ", 1)[0] in SERVER_STATES:
+                raise  # the server's state, not the data: retried
+            # Anything else the checks did not foresee may have left part of the batch applied:
+            # retrying would apply that part again, so its events are isolated and set aside.
+            raise KeyTypeConflict(f"the batch's script failed: {text}") from exc
         EVENTS_OUT.labels(COMPONENT, "redis").inc(len(messages))
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from shared.errors import ConfigError
+
 DEFAULT_LEVEL_SIZES: dict[str, float] = {"BTC": 100.0, "ETH": 10.0, "SOL": 1.0}
 
 
@@ -24,9 +26,18 @@ def level_size(base: str, price: float, overrides: Mapping[str, float] = DEFAULT
 
 
 def price_level(price: float, size: float) -> float:
-    """Start of the level containing ``price`` (67234.5 with size 100 → 67200)."""
+    """Start of the level containing ``price`` (67234.5 with size 100 → 67200). Rounded to 12
+    significant digits (not decimal places: a level of 4e-11 must not become 0)."""
     level = math.floor(price / size + 1e-9) * size
-    return round(level, 10)
+    return float(f"{level:.12g}")
+
+
+def check_level_sizes(sizes: Mapping[str, float], variable: str = "LIQ_LEVEL_SIZES") -> None:
+    """Every size a finite number above 0 (0 would divide by zero, a negative one put prices on
+    levels above them); raises :class:`ConfigError` naming ``variable``."""
+    for base, size in sizes.items():
+        if not (math.isfinite(size) and size > 0):
+            raise ConfigError(variable, "sizes above 0, e.g. BTC=100,ETH=10", f"{base}={size}")
 
 
 def level_of(base: str, price: float, sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from shared.errors import ConfigError
+from shared.levels import check_level_sizes
 from shared.settings import CommonSettings, env_name
 
 StorageMode = Literal["auto", "timescale", "native"]
@@ -46,6 +47,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         _at_least("partitions_ahead_days", self.partitions_ahead_days, 0)
         _at_least("janitor_interval_s", self.janitor_interval_s, 1)
         _at_least("significant_usd", self.significant_usd, 0)
+        check_level_sizes(self.level_sizes)
         for symbol, usd in self.significant_usd_by_symbol.items():
             if usd < 0:
                 raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")

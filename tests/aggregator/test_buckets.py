@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from aggregator.buckets import bucket_start, fold
@@ -44,3 +45,23 @@ def test_fold_sums_per_key_and_side() -> None:
     assert bucket.counts["count"] == 3 and bucket.counts["short_count"] == 1
     assert bucket.sums["short_usd"] == pytest.approx(33625.0)
     assert "liq:levels:BTCUSDT:67200:SHORT" in deltas
+
+
+def test_a_quantity_in_contracts_of_unknown_size_is_not_added_to_base_quantities() -> None:
+    known = liq(price=67_210.0, quantity=0.5)
+    contracts = msgspec.structs.replace(liq(price=67_250.0, quantity=1_000.0), quantity_unit="contracts",
+                                        notional_known=False)
+    (level,) = [d for k, d in fold([known, contracts]).items() if k.startswith("liq:levels:")]
+    assert level.counts["count"] == 2 and level.sums["quantity"] == 0.5
+    assert level.sums["value_usd"] == pytest.approx(33_605.0)
+
+
+def test_tiny_prices_keep_their_level_and_bad_level_sizes_are_refused() -> None:
+    from shared.errors import ConfigError
+    from shared.levels import check_level_sizes, level_of
+
+    assert level_of("PEPE", 3.46e-9) == 3.46e-9 and level_of("X", 4e-11) == 4e-11
+    assert price_level(67_234.5, 100.0) == 67_200.0 and price_level(0.15234, 0.001) == 0.152
+    for bad in ({"BTC": 0.0}, {"BTC": -100.0}, {"BTC": float("nan")}):
+        with pytest.raises(ConfigError, match="LIQ_LEVEL_SIZES"):
+            check_level_sizes(bad)

@@ -74,13 +74,17 @@ def test_a_hash_key_of_another_type_costs_only_its_events_and_nothing_is_applied
     assert r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP)["pending"] == 0
 
 
-def test_a_field_that_is_not_a_number_costs_only_its_events(redis_url: str) -> None:
+@pytest.mark.parametrize(("field", "value"), [
+    ("value_usd", "n/a"), ("value_usd", " 5"), ("value_usd", "1e5000"),
+    ("count", "007"), ("count", "-0"), ("count", "9" * 19)])
+def test_a_field_redis_would_refuse_to_increment_costs_only_its_events(
+        redis_url: str, field: str, value: str) -> None:
     """A field another program set to text would fail HINCRBYFLOAT halfway through the script:
     the values are checked before the first write, so nothing is applied twice."""
     events = [liq(price=67_210.0, quantity=1.0, timestamp_ms=1_729_512_000_000, event_id="e0"),
               liq(price=67_210.0, quantity=2.0, timestamp_ms=1_729_512_120_000, event_id="e1")]
     r = syncredis.Redis.from_url(redis_url, decode_responses=True)
-    r.hset("liq:agg:BTCUSDT:60s:1729512120000", "value_usd", "n/a")
+    r.hset("liq:agg:BTCUSDT:60s:1729512120000", field, value)
 
     async def run() -> int:
         client = make_async_redis(redis_url)
@@ -91,10 +95,10 @@ def test_a_field_that_is_not_a_number_costs_only_its_events(redis_url: str) -> N
 
     assert asyncio.run(run()) == 1
     assert r.hgetall("liq:levels:BTCUSDT:67200:LONG")["count"] == "1", "e0 once, e1 never"
-    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512120000") == {"value_usd": "n/a"}
+    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512120000") == {field: value}
     ((_, letter),) = r.xrange(keys.dead_letter_stream(keys.event_stream(0)))
     assert letter["reason"] == (
-        "KeyTypeConflict: liq:agg:BTCUSDT:60s:1729512120000 field value_usd holds n/a, not a number: "
+        f"KeyTypeConflict: liq:agg:BTCUSDT:60s:1729512120000 field {field} holds {value}, not a number: "
         "delete it (or rename it) and replay the dead letters")
 
 
