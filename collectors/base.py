@@ -61,19 +61,20 @@ from shared.metrics import (
     VENUE_LAST_EVENT_MS,
 )
 from shared.models import Liquidation
+from shared.runtime import done_before_stop
 from shared.streams import publish
 
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
 SILENT_PINGS = 3
+"""A connection pinged by the application is reopened after this many ping intervals without
+any frame (the venue answers each ping, so silence means the connection is dead)."""
 REMEMBER_ENTRIES = 5000
+"""Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 SPOOL_RETRY_S = 60.0
 """After the disk refused a spool write, liquidations wait in memory this long before the spool
 is tried again."""
-"""Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
-"""A connection pinged by the application is reopened after this many ping intervals without
-any frame (the venue answers each ping, so silence means the connection is dead)."""
 PUBLISH_BATCH = 500
 PARSE_LOG_EVERY_S = 10.0
 
@@ -172,9 +173,7 @@ class Collector:
         publisher = asyncio.create_task(self._publisher(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
         try:
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({stopped, publisher}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+            await done_before_stop(publisher, stop)
             if not stop.is_set():  # the publisher died: stop, and exit with its error for a restart
                 logger.critical("%s: the publisher stopped unexpectedly; stopping the collector",
                                 self.config.venue.name)
@@ -493,10 +492,7 @@ class Collector:
             if stop.is_set():
                 return []
             getter = asyncio.create_task(self.queue.get())
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter in done:
+            if await done_before_stop(getter, stop):
                 batch = [getter.result()]
                 break
             getter.cancel()

@@ -56,7 +56,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import reply_text
-from shared.streams import Message, StreamConsumer
+from shared.streams import Message, StreamConsumer, streams_check_lua
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,7 @@ COMPONENT = "detector"
 # can fail on the data, XADD to a key of another type, is checked for before the first write.
 # A publication whose reply was lost (the connection dropped after Redis ran it) is sent again
 # with the same sequence number, and the counter makes the second run write nothing.
-PUBLISH_LUA = """
-for k = 1, 2 do
-  local kind = redis.call('TYPE', KEYS[k])['ok']
-  if kind ~= 'stream' and kind ~= 'none' then
-    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
-  end
-end
+PUBLISH_LUA = streams_check_lua("2") + """
 local seq = tonumber(ARGV[5])
 if seq <= tonumber(redis.call('GET', KEYS[3]) or '0') then
   return 0

@@ -32,30 +32,29 @@ def encode(obj: msgspec.Struct) -> bytes:
 def entry_payload(fields: dict[Any, Any] | list[Any] | None) -> bytes:
     """The payload bytes of a stream entry: from its fields as a dict, or as the raw reply's
     flat ``[field, value, ...]`` list (what consumers read), whatever the decode setting."""
+    payload = payload_for(fields, None)
+    assert payload is not None  # only a group's view can leave an entry out
+    return payload
+
+
+def payload_for(fields: dict[Any, Any] | list[Any] | None, group: str | None) -> bytes | None:
+    """:func:`entry_payload` as ``group`` sees it: None when the entry was replayed from a
+    dead-letter stream for another group (its ``for`` field, see ``shared.dlq``). ``group``
+    None sees every entry."""
     if isinstance(fields, list):
         if len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
-            return fields[1]  # type: ignore[no-any-return]  # the one field every entry has
+            return fields[1]  # type: ignore[no-any-return]  # the usual entry: one field, no target
         fields = entry_fields(fields)
     if fields is None:
         raise ValueError("stream entry was deleted (trimmed by MAXLEN) before it was processed")
+    if group is not None:
+        target = _field(fields, TARGET_GROUP_FIELD)
+        if target is not None and target != group.encode():
+            return None
     raw = _field(fields, PAYLOAD_FIELD)
     if raw is None:
         raise ValueError("stream entry has no 'd' field")
     return raw
-
-
-def payload_for(fields: dict[Any, Any] | list[Any] | None, group: str) -> bytes | None:
-    """:func:`entry_payload` as ``group`` sees it: None when the entry was replayed from a
-    dead-letter stream for another group (its ``for`` field, see ``shared.dlq``)."""
-    if isinstance(fields, list):
-        if len(fields) == 2 and fields[0] == PAYLOAD_FIELD:
-            return fields[1]  # type: ignore[no-any-return]  # the usual entry: no target
-        fields = entry_fields(fields)
-    if fields is not None:
-        target = _field(fields, TARGET_GROUP_FIELD)
-        if target is not None and target != group.encode():
-            return None
-    return entry_payload(fields)
 
 
 def _field(fields: dict[Any, Any], name: bytes) -> bytes | None:

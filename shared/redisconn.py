@@ -72,6 +72,18 @@ def reply_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def stream_entries(reply: Any) -> list[tuple[str, str, Any]]:
+    """An XREAD or XREADGROUP reply as ``(stream, entry id, fields)``. RESP3 answers a map
+    ``{stream: entries}``, RESP2 a list of ``[stream, entries]``; the fields stay as they came
+    (the raw flat list, see :func:`_raw_reply`, or a dict parsed by redis-py)."""
+    pairs = reply.items() if isinstance(reply, dict) else (reply or ())
+    out: list[tuple[str, str, Any]] = []
+    for stream_name, messages in pairs:
+        stream = reply_text(stream_name)
+        out += [(stream, reply_text(entry_id), fields) for entry_id, fields in messages]
+    return out
+
+
 def make_async_redis(url: str) -> aioredis.Redis:
     """Client for a consumer or producer process.
 

@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from shared import logs
 
@@ -23,6 +24,15 @@ logger = logging.getLogger(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
 PR_SET_PDEATHSIG = 1
+
+
+async def done_before_stop(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:
+    """Wait until ``task`` is done or ``stop`` is set; True when the task finished first (or
+    both at once). The task is left as it is otherwise: the caller cancels or keeps it."""
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    return task.done()
 
 
 def die_with_parent() -> None:

@@ -23,6 +23,7 @@ import psycopg
 import redis
 from redis.exceptions import RedisError
 
+from shared import dlq as dead_letters
 from shared import keys
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
@@ -130,10 +131,10 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
     if not length:
         return None
     newest: Any = client.xrevrange(dlq, count=1)
-    fields = {reply_text(k): reply_text(v) for k, v in newest[0][1].items()} if newest else {}
-    return {"stream": dlq, "length": length, "last_id": reply_text(newest[0][0]) if newest else None,
-            "last_group": fields.get("group", ""), "last_stage": fields.get("stage", "decode"),
-            "last_reason": fields.get("reason", "")}
+    last = dead_letters.parse(dlq, reply_text(newest[0][0]), newest[0][1]) if newest else None
+    return {"stream": dlq, "length": length, "last_id": last.id if last else None,
+            "last_group": last.group if last else "", "last_stage": last.stage if last else "decode",
+            "last_reason": last.reason if last else ""}
 
 
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:

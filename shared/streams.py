@@ -39,7 +39,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from shared import backlog, codec, keys
 from shared.backoff import Backoff
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
-from shared.redisconn import reply_text
+from shared.redisconn import reply_text, stream_entries
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 # a transaction when one command fails (an event stream key of another type), and the retry
 # would add the others again. The key types are checked before the first XADD.
 #   KEYS: the batch's streams; ARGV: maxlen, payload field, then per entry: key index, payload
-PUBLISH_LUA = """
-for k = 1, #KEYS do
+def streams_check_lua(last_key: str) -> str:
+    """Lua that fails a script, before its first write, when one of ``KEYS[1..last_key]`` holds
+    another type than a stream: Redis does not undo the writes a script made before a command
+    failed, so a retry would repeat them (``liq:…`` keys another program overwrote)."""
+    return f"""
+for k = 1, {last_key} do
   local kind = redis.call('TYPE', KEYS[k])['ok']
   if kind ~= 'stream' and kind ~= 'none' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' holds a ' .. kind .. ', not a stream')
   end
 end
+"""
+
+
+PUBLISH_LUA = streams_check_lua("#KEYS") + """
 local ids = {}
 for i = 3, #ARGV, 2 do
   local stream = KEYS[tonumber(ARGV[i])]
@@ -212,12 +220,7 @@ class StreamConsumer(Generic[T]):
             count=self.count,
             block=self.block_ms if (block and not self._pending_first) else None,
         )
-        entries: list[Entry] = []
-        # RESP3 answers a map {stream: entries}, RESP2 a list of [stream, entries]; fields come
-        # as a flat list (raw reply, see shared.redisconn) or a dict (parsed by redis-py).
-        for stream_name, messages in (reply.items() if isinstance(reply, dict) else reply or ()):
-            stream = reply_text(stream_name)
-            entries += [(stream, reply_text(entry_id), fields) for entry_id, fields in messages]
+        entries: list[Entry] = stream_entries(reply)
         if self._pending_first and not entries:
             self._pending_first = False
             return True

@@ -32,7 +32,7 @@ import click
 
 from shared import logs
 from shared.backoff import Backoff
-from shared.runtime import die_with_parent
+from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load
 from shared.venues import VENUE_NAMES
@@ -213,10 +213,8 @@ async def _run_once(name: str, args: list[str], env: dict[str, str], stop: async
     await _spawn(child)
     assert child.process is not None
     ended = asyncio.create_task(child.process.wait())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not ended.done():
+    if not await done_before_stop(ended, stop):
+        ended.cancel()
         await _stop_children([child])
         return None
     return ended.result()
@@ -258,9 +256,7 @@ async def _supervise(child: Child, stop: asyncio.Event) -> None:
         assert child.process is not None
         started = time.monotonic()
         waiter = asyncio.create_task(child.process.wait())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
+        await done_before_stop(waiter, stop)
         if stop.is_set():
             waiter.cancel()
             return

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 from shared import codec, keys
 from shared.backoff import Backoff
 from shared.models import CascadeEvent, Liquidation, RiskBand
-from shared.redisconn import make_sync_redis, reply_text
+from shared.redisconn import make_sync_redis, reply_text, stream_entries
 from shared.settings import CommonSettings, load
 
 BANDS: tuple[RiskBand, ...] = ("low", "moderate", "high", "extreme")
@@ -131,13 +130,6 @@ def _newest_ids(client: redis.Redis, streams: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _entries(reply: Any) -> list[tuple[str, str, Any]]:
-    """XREAD's reply (a RESP3 map or a RESP2 list) as (stream, id, fields)."""
-    pairs = reply.items() if isinstance(reply, dict) else (reply or ())
-    return [(reply_text(stream), reply_text(entry_id), fields)
-            for stream, messages in pairs for entry_id, fields in messages]
-
-
 WATCHER = "liq-watch"
 """Not a consumer group: a name no ``for`` field names, so entries replayed from a dead-letter
 stream (``liq dlq replay``) are not alerted a second time."""
@@ -178,7 +170,7 @@ def watch(client: redis.Redis, spec: Watch, emit: Callable[[Alert], None], *, la
         reply = _retrying(lambda: client.xread(
             dict(positions), count=READ_COUNT,  # type: ignore[arg-type]  # str ids are fine
             block=BLOCK_MS if follow else None), follow, stop)
-        entries = _entries(reply)
+        entries = stream_entries(reply)
         if not entries and not follow:
             return emitted
         for stream, entry_id, fields in entries:
@@ -205,10 +197,8 @@ def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None)
                 raise
             delay = backoff.next_delay()
             click.echo(f"redis unavailable ({exc}); retrying in {delay:.1f}s", err=True)
-            if stop is not None and stop.wait(delay):
+            if (stop or threading.Event()).wait(delay):  # a pause, cut short by a stop
                 return None
-            if stop is None:
-                time.sleep(delay)
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_redelivery_after_a_crash_before_publishing_publishes_once(
 @contextmanager
 def publication_refused(r: syncredis.Redis) -> Iterator[None]:
     """A real Redis error for the publication inside the block, which must raise it:
-    ``liq:cascades`` holds a string (WRONGTYPE), so the script fails at its first XADD, before
+    ``liq:cascades`` holds a string (WRONGTYPE), so the script fails at its type check, before
     it writes anything."""
     aside = keys.CASCADE_STREAM + ":aside"
     if r.exists(keys.CASCADE_STREAM):
