@@ -64,8 +64,6 @@ class Engine:
         self.params = self.settings.scoring()
         self.clock = clock
         self.symbols: dict[str, SymbolDetector] = {}
-        self.active: dict[str, SymbolDetector] = {}
-        """Every lane's active cascades together."""
         self.lanes: dict[int, Lane] = {}
         self.venues: dict[str, int] = {}
         self.events = 0
@@ -86,6 +84,11 @@ class Engine:
         if index is None:
             index = self.venues[venue] = min(len(self.venues), MAX_VENUES - 1)
         return index
+
+    @property
+    def active(self) -> dict[str, SymbolDetector]:
+        """Every lane's active cascades together (a new dict: for status, not the hot path)."""
+        return {symbol: det for ln in self.lanes.values() for symbol, det in ln.active.items()}
 
     @property
     def watermark(self) -> int:
@@ -146,17 +149,15 @@ class Engine:
             message = ln.active.pop(symbol).end(ln.watermark)
             if message is not None:
                 out.append(message)
-        self.active.clear()
         return self._stamp(out) if self.clock is not None and out else out
 
     def _activate(self, symbol: str, det: SymbolDetector, ln: Lane) -> None:
-        self.active[symbol] = ln.active[symbol] = det
+        ln.active[symbol] = det
         ln.next_due_ms = min(ln.next_due_ms, det.due_ms())
 
     def _end_due(self, ln: Lane, now_ms: int) -> list[Output]:
         out: list[Output] = []
         for symbol in [s for s, det in ln.active.items() if det.due(now_ms)]:
-            self.active.pop(symbol, None)
             message = ln.active.pop(symbol).end(now_ms)
             if message is not None:
                 out.append(message)
@@ -182,7 +183,6 @@ class Engine:
         det = self.symbols.get(symbol)
         if det is not None:
             det.fence()
-        self.active.pop(symbol, None)
         for ln in self.lanes.values():
             ln.active.pop(symbol, None)
 
