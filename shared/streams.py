@@ -296,18 +296,26 @@ class StreamConsumer(Generic[T]):
         is alone, and it is dead-lettered; every other entry is handled once. The halves that
         succeed are acked at once, so an outage during the search repeats none of them.
         """
+        exc = await self._data_failure(batch)
+        if exc is None:
+            return len(batch)
+        logger.error("%s: handler failed on a batch of %d (%s: %s); isolating the entries it "
+                     "cannot process", self.component, len(batch), type(exc).__name__, exc,
+                     exc_info=exc)
+        ERRORS.labels(self.component, type(exc).__name__).inc()
+        fields = {(stream, entry_id): f for stream, entry_id, f in entries}
+        return await self._isolate(batch, exc, fields)
+
+    async def _data_failure(self, batch: list[Message[T]]) -> Exception | None:
+        """Run the handler on ``batch``: None when it committed, else the exception it raised
+        on the data. A server failure (:data:`TRANSIENT_ERRORS`) propagates: it is retried."""
         try:
             await self.handler(batch)
-            return len(batch)
         except TRANSIENT_ERRORS:
             raise
-        except Exception as exc:
-            logger.error("%s: handler failed on a batch of %d (%s: %s); isolating the entries it "
-                         "cannot process", self.component, len(batch), type(exc).__name__, exc,
-                         exc_info=exc)
-            ERRORS.labels(self.component, type(exc).__name__).inc()
-            fields = {(stream, entry_id): f for stream, entry_id, f in entries}
-            return await self._isolate(batch, exc, fields)
+        except Exception as exc:  # noqa: BLE001 - the caller isolates the entry that caused it
+            return exc
+        return None
 
     async def _isolate(self, batch: list[Message[T]], exc: Exception,
                        fields: dict[tuple[str, str], Any]) -> int:
@@ -318,11 +326,8 @@ class StreamConsumer(Generic[T]):
             return 0
         handled = 0
         for half in (batch[:len(batch) // 2], batch[len(batch) // 2:]):
-            try:
-                await self.handler(half)
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as half_exc:  # noqa: BLE001 - the search goes on in this half
+            half_exc = await self._data_failure(half)
+            if half_exc is not None:  # the search goes on in this half
                 handled += await self._isolate(half, half_exc, fields)
                 continue
             await self._ack_done(half)
