@@ -55,7 +55,7 @@ from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
-from shared.redisconn import reply_text
+from shared.redisconn import group_info, reply_text
 from shared.streams import Message, StreamConsumer, streams_check_lua
 
 logger = logging.getLogger(__name__)
@@ -358,11 +358,9 @@ class Detector:
             groups: list[dict[Any, Any]] = await self.redis.xinfo_groups(stream)
         except ResponseError:
             return None  # no such stream yet
-        for group in groups:
-            if reply_text(group.get("name", group.get(b"name", ""))) == keys.DETECTOR_GROUP:
-                last = reply_text(group.get("last-delivered-id", group.get(b"last-delivered-id", "0-0")))
-                return None if last == "0-0" else last
-        return None
+        info = group_info(groups, keys.DETECTOR_GROUP)
+        last = "0-0" if info is None else reply_text(info.get("last-delivered-id", "0-0"))
+        return None if last == "0-0" else last
 
     async def _pending(self, stream: str) -> set[str]:
         ids: set[str] = set()

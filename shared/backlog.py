@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Gauge
 from redis.exceptions import ResponseError
 
-from shared.redisconn import reply_text
+from shared.redisconn import group_info
 
 STREAM_LENGTH = Gauge("liq_stream_length", "Entries in the stream (XLEN)", ["stream"])
 STREAM_PENDING = Gauge("liq_stream_pending", "Entries delivered to the group, not acked yet",
@@ -36,13 +36,11 @@ class Backlog:
 
 def group_backlog(stream: str, group: str, length: int, groups: Sequence[dict[Any, Any]]) -> Backlog | None:
     """``group``'s line of an XINFO GROUPS reply, as a :class:`Backlog` (pure)."""
-    for info in groups:
-        fields = {reply_text(k): v for k, v in info.items()}
-        if reply_text(fields.get("name", "")) == group:
-            lag = fields.get("lag")
-            return Backlog(stream, group, length, int(fields.get("pending", 0)),
-                           None if lag is None else int(lag))
-    return None
+    fields = group_info(groups, group)
+    if fields is None:
+        return None
+    lag = fields.get("lag")
+    return Backlog(stream, group, length, int(fields.get("pending", 0)), None if lag is None else int(lag))
 
 
 async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> list[Backlog]:

@@ -18,6 +18,7 @@ timer; every read that waits for the socket keeps ``socket_timeout``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hiredis
@@ -70,6 +71,15 @@ def fast_connection(connection_class: type[Any]) -> type[Any]:
 def reply_text(value: Any) -> str:
     """A value from a Redis reply as text, whether the client decodes responses or not."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def group_info(groups: Sequence[Mapping[Any, Any]], group: str) -> dict[str, Any] | None:
+    """``group``'s line of an XINFO GROUPS reply, its field names as text (None: no such group)."""
+    for info in groups:
+        fields = {reply_text(k): v for k, v in info.items()}
+        if reply_text(fields.get("name", "")) == group:
+            return fields
+    return None
 
 
 def stream_entries(reply: Any) -> list[tuple[str, str, Any]]:

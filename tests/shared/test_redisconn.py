@@ -12,7 +12,7 @@ from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redisconn import fast_connection, make_async_redis
+from shared.redisconn import fast_connection, group_info, make_async_redis
 
 COMMANDS = [
     ("XADD", "liq:events:0", "MAXLEN", "~", 1_000_000, "*", b"d", b'{"price":67234.5}'),
@@ -40,6 +40,13 @@ def test_one_subclass_per_connection_class() -> None:
     assert fast_connection(fast_connection(Connection)) is fast_connection(Connection)
     pool = make_async_redis("redis://127.0.0.1:1/0").connection_pool
     assert pool.connection_class is fast_connection(Connection)
+
+
+def test_a_groups_line_is_found_whether_its_field_names_are_text_or_bytes() -> None:
+    reply = [{b"name": b"writer", b"last-delivered-id": b"5-0"}, {"name": "detector", "pending": 2}]
+    assert group_info(reply, "writer") == {"name": b"writer", "last-delivered-id": b"5-0"}
+    assert group_info(reply, "detector") == {"name": "detector", "pending": 2}
+    assert group_info(reply, "aggregator") is None
 
 
 def test_a_pipeline_reads_every_reply_and_a_waiting_read_still_times_out(redis_url: str) -> None:
