@@ -52,9 +52,13 @@ class MigrationError(LiqError):
 VALUE_TYPE = "double precision"
 
 
-def old_schema_message(found: str) -> str:
-    return (f"liquidations_significant.value_usd is {found}, not {VALUE_TYPE}: this database was "
-            "created by a pre-release schema. Recreate it (for the embedded server: stop liq and "
+def old_schema_problem(value_type: tuple[object, ...] | None) -> str | None:
+    """What is wrong with a database whose ``VALUE_COLUMN_TYPE`` answer is ``value_type``: a
+    pre-release schema (numeric values); None when the schema is current or not there yet."""
+    if value_type is None or value_type[0] == VALUE_TYPE:
+        return None
+    return (f"liquidations_significant.value_usd is {value_type[0]}, not {VALUE_TYPE}: this database "
+            "was created by a pre-release schema. Recreate it (for the embedded server: stop liq and "
             "remove .liq/pg), then run `liq migrate`")
 
 
@@ -280,9 +284,9 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], requested: StorageMode
             _apply_one(conn, migration, done, result)
         if mode == "timescale":
             _apply_policies(conn, params or PlanParams())
-        row = conn.execute(VALUE_COLUMN_TYPE).fetchone()
-        if row is not None and row[0] != VALUE_TYPE:
-            raise MigrationError(old_schema_message(str(row[0])))
+        problem = old_schema_problem(conn.execute(VALUE_COLUMN_TYPE).fetchone())
+        if problem is not None:
+            raise MigrationError(problem)
         return result
     finally:
         conn.execute("SELECT pg_advisory_unlock(hashtext('liq_migrate'))")

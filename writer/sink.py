@@ -33,7 +33,7 @@ import psycopg
 from shared.metrics import ERRORS, EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
-from writer.migrate import VALUE_TYPE, Mode, old_schema_message
+from writer.migrate import Mode, old_schema_problem
 from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,10 @@ class DatabaseSink:
             await conn.close()
             raise NotMigrated("the database has no schema_meta mode: run `liq migrate` first")
         self.mode = "timescale" if row[0] == "timescale" else "native"
-        value_type = await (await conn.execute(sql.VALUE_COLUMN_TYPE)).fetchone()
-        if value_type is not None and value_type[0] != VALUE_TYPE:
+        problem = old_schema_problem(await (await conn.execute(sql.VALUE_COLUMN_TYPE)).fetchone())
+        if problem is not None:
             await conn.close()
-            raise NotMigrated(old_schema_message(str(value_type[0])))
+            raise NotMigrated(problem)
         await conn.execute(sql.STAGE_EVENTS_DDL)
         await conn.execute(sql.STAGE_CASCADES_DDL)
         joins = await (await conn.execute(sql.JOIN_SETTINGS)).fetchone()
