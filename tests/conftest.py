@@ -73,6 +73,14 @@ def redis_url(_redis_server_url: str) -> Iterator[str]:
     yield _redis_server_url
 
 
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A synchronous client of :func:`redis_url`'s empty database, closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def _pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("LIQ_PG_DSN"):

@@ -63,7 +63,8 @@ def _cli(url: str, *args: str) -> str:
     return result.output
 
 
-def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(redis_url: str) -> None:
+def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(
+        redis_url: str, r: syncredis.Redis) -> None:
     writer, detector_saw = FlakyWriter(), []  # type: ignore[var-annotated]
 
     async def seed() -> None:
@@ -84,48 +85,46 @@ def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(redis_ur
 
     writer.fixed = True
     assert _cli(redis_url, "replay", "--group", "writer") == "replayed 1 of 1 dead letters\n"
-    sync = syncredis.Redis.from_url(redis_url)
-    assert sync.xlen(DLQ) == 0 and sync.xlen(STREAM) == 4
-    ((_, fields),) = sync.xrevrange(STREAM, count=1)
+    assert r.xlen(DLQ) == 0 and r.xlen(STREAM) == 4
+    ((_, fields),) = r.xrevrange(STREAM, count=1)
     assert fields == {codec.PAYLOAD_FIELD: letter["payload"].encode(), codec.TARGET_GROUP_FIELD: b"writer"}
 
     handled = asyncio.run(_drain(redis_url, writer, detector_saw))
     assert handled == (0, 1, 0), "only the writer handles the replay; the others ack it unhandled"
     assert writer.stored == [EVENTS[0], EVENTS[2], EVENTS[1]]
     assert detector_saw == EVENTS
-    level = {k.decode(): v.decode() for k, v in sync.hgetall("liq:levels:BTCUSDT:67200:LONG").items()}
+    level = {k.decode(): v.decode() for k, v in r.hgetall("liq:levels:BTCUSDT:67200:LONG").items()}
     assert (level["count"], float(level["quantity"])) == ("3", 6.0), "the aggregator counted each event once"
     for group in (keys.AGGREGATOR_GROUP, keys.WRITER_GROUP, keys.DETECTOR_GROUP):
-        assert sync.xpending(STREAM, group)["pending"] == 0
+        assert r.xpending(STREAM, group)["pending"] == 0
 
 
-def test_an_entry_trimmed_before_it_was_processed_cannot_be_replayed_only_dropped(redis_url: str) -> None:
-    sync = syncredis.Redis.from_url(redis_url)
-    trimmed = sync.xadd(DLQ, {"reason": "trimmed", "source_id": "1-0", "group": "writer", "stage": "handle"})
-    kept = sync.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "reason": "x", "source_id": "2-0",
-                           "group": "aggregator", "stage": "decode"})
-    letters = list(dlq.read(sync, [STREAM]))
+def test_an_entry_trimmed_before_it_was_processed_cannot_be_replayed_only_dropped(
+        redis_url: str, r: syncredis.Redis) -> None:
+    trimmed = r.xadd(DLQ, {"reason": "trimmed", "source_id": "1-0", "group": "writer", "stage": "handle"})
+    kept = r.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "reason": "x", "source_id": "2-0",
+                        "group": "aggregator", "stage": "decode"})
+    letters = list(dlq.read(r, [STREAM]))
     assert [d.id for d in letters] == [trimmed.decode(), kept.decode()]
     assert letters[0].payload is None and letters[1].payload == codec.encode(EVENTS[0])
-    assert dlq.replay(sync, dlq.select(letters, group="writer")) == (0, [letters[0]])
+    assert dlq.replay(r, dlq.select(letters, group="writer")) == (0, [letters[0]])
     assert "(trimmed before it was processed)" in dlq.render(letters)
     output = _cli(redis_url, "drop", "--id", trimmed.decode(), "--yes")
     assert output == "deleted 1 dead letters\n"
-    assert [d.id for d in dlq.read(sync, [STREAM])] == [kept.decode()]
+    assert [d.id for d in dlq.read(r, [STREAM])] == [kept.decode()]
 
 
-def test_dead_letters_are_read_page_by_page(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dead_letters_are_read_page_by_page(r: syncredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dlq, "PAGE", 2)
-    sync = syncredis.Redis.from_url(redis_url)
-    ids = [sync.xadd(DLQ, {"d": b"{}", "group": "writer", "reason": str(i)}).decode() for i in range(5)]
-    letters = list(dlq.read(sync, [STREAM, keys.CASCADE_STREAM]))
+    ids = [r.xadd(DLQ, {"d": b"{}", "group": "writer", "reason": str(i)}).decode() for i in range(5)]
+    letters = list(dlq.read(r, [STREAM, keys.CASCADE_STREAM]))
     assert [d.id for d in letters] == ids and [d.reason for d in letters] == ["0", "1", "2", "3", "4"]
     assert dlq.select(letters, ids=[ids[3]]) == [letters[3]]
     progress: list[int] = []
-    assert dlq.replay(sync, letters[:4], progress.append) == (4, []) and progress == [2, 4]
-    assert sync.xlen(DLQ) == 1 and sync.xlen(STREAM) == 4
-    assert [f[codec.TARGET_GROUP_FIELD] for _, f in sync.xrange(STREAM)] == [b"writer"] * 4
-    assert dlq.drop(sync, letters) == 1 and sync.xlen(DLQ) == 0
+    assert dlq.replay(r, letters[:4], progress.append) == (4, []) and progress == [2, 4]
+    assert r.xlen(DLQ) == 1 and r.xlen(STREAM) == 4
+    assert [f[codec.TARGET_GROUP_FIELD] for _, f in r.xrange(STREAM)] == [b"writer"] * 4
+    assert dlq.drop(r, letters) == 1 and r.xlen(DLQ) == 0
 
 
 def test_ids_that_are_not_dead_letters_are_named(redis_url: str) -> None:
@@ -134,11 +133,10 @@ def test_ids_that_are_not_dead_letters_are_named(redis_url: str) -> None:
     assert "not found: 1-1" in result.output and "replayed 0 of 0 dead letters" in result.output
 
 
-def test_two_replays_of_the_same_dead_letters_move_each_once(redis_url: str) -> None:
-    sync = syncredis.Redis.from_url(redis_url)
+def test_two_replays_of_the_same_dead_letters_move_each_once(r: syncredis.Redis) -> None:
     for i in range(3):
-        sync.xadd(DLQ, {"d": codec.encode(EVENTS[i]), "group": "writer", "reason": "x", "stage": "handle"})
-    letters = list(dlq.read(sync, [STREAM]))
-    assert dlq.replay(sync, letters) == (3, [])
-    assert dlq.replay(sync, letters) == (0, []), "another run had moved them already"
-    assert sync.xlen(STREAM) == 3 and sync.xlen(DLQ) == 0
+        r.xadd(DLQ, {"d": codec.encode(EVENTS[i]), "group": "writer", "reason": "x", "stage": "handle"})
+    letters = list(dlq.read(r, [STREAM]))
+    assert dlq.replay(r, letters) == (3, [])
+    assert dlq.replay(r, letters) == (0, []), "another run had moved them already"
+    assert r.xlen(STREAM) == 3 and r.xlen(DLQ) == 0

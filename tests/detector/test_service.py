@@ -63,13 +63,6 @@ def status(r: syncredis.Redis, symbol: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-@pytest.fixture
-def r(redis_url: str) -> Any:
-    client = syncredis.Redis.from_url(redis_url)
-    yield client
-    client.close()
-
-
 BTC = [ev(k * 5, venue="bybit" if k % 2 else "okx") for k in range(5)]  # $125K in 20 s, 2 venues
 
 

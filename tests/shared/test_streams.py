@@ -85,10 +85,10 @@ def test_failed_handler_acks_nothing_and_the_retry_sees_the_same_entries(redis_u
     assert _pending(redis_url) == 0
 
 
-def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(redis_url: str) -> None:
+def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
+        redis_url: str, r: syncredis.Redis) -> None:
     """A real XACK failure: the consumer's Redis user may not XACK (NOPERM) for one attempt."""
-    admin = syncredis.Redis.from_url(redis_url)
-    admin.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+    r.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
                       commands=["+@all", "-xack"])
     url = redis_url.replace("redis://", "redis://acker:pw@")
 
@@ -104,7 +104,7 @@ def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
         with pytest.raises(syncredis.exceptions.NoPermissionError):
             await consumer.run_until_idle()
         assert _pending(redis_url) == 6
-        admin.acl_setuser("acker", commands=["+xack"])
+        r.acl_setuser("acker", commands=["+xack"])
         assert await consumer.run_until_idle() == 0  # nothing handled again, all acked
         await _seed(redis_url, 2)
         assert await consumer.run_until_idle() == 2
@@ -114,12 +114,12 @@ def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
     try:
         assert asyncio.run(run()) == [6, 2]
     finally:
-        admin.acl_deluser("acker")
-        admin.close()
+        r.acl_deluser("acker")
     assert _pending(redis_url) == 0
 
 
-def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(redis_url: str) -> None:
+def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(
+        redis_url: str, r: syncredis.Redis) -> None:
     """The handler commits a batch whole or raises; one bad entry among 10 costs only itself."""
     async def run() -> tuple[list[Liquidation], list[int], StreamConsumer[Liquidation]]:
         sent = await _seed(redis_url, 10)
@@ -142,12 +142,11 @@ def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(re
     sent, calls, consumer = asyncio.run(run())
     assert calls == [10, 5, 5, 2, 1, 1, 3]  # halves until the 7th entry is alone
     assert consumer.stats.dead_lettered == 1 and _pending(redis_url) == 0
-    sync = syncredis.Redis.from_url(redis_url)
-    (_, fields), = sync.xrange(keys.dead_letter_stream(STREAM))
+    (_, fields), = r.xrange(keys.dead_letter_stream(STREAM))
     assert fields[b"reason"] == b"ZeroDivisionError: a bug this entry triggers"
     assert fields[b"stage"] == b"handle" and fields[b"group"] == b"g"
     assert codec.decode_liquidation(fields[b"d"]) == sent[6]
-    report = redis_status(sync, shards=1)
+    report = redis_status(r, shards=1)
     (dead,) = report["dead_letters"]
     assert dead == {"stream": keys.dead_letter_stream(STREAM), "length": 1, "last_id": dead["last_id"],
                     "last_group": "g", "last_stage": "handle",
@@ -156,7 +155,7 @@ def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(re
             "this entry triggers") in render(report).splitlines()
 
 
-def test_a_server_failure_is_never_taken_for_bad_data(redis_url: str) -> None:
+def test_a_server_failure_is_never_taken_for_bad_data(redis_url: str, r: syncredis.Redis) -> None:
     async def run() -> None:
         await _seed(redis_url, 4)
 
@@ -172,10 +171,11 @@ def test_a_server_failure_is_never_taken_for_bad_data(redis_url: str) -> None:
 
     asyncio.run(run())
     assert _pending(redis_url) == 4
-    assert syncredis.Redis.from_url(redis_url).exists(keys.dead_letter_stream(STREAM)) == 0
+    assert r.exists(keys.dead_letter_stream(STREAM)) == 0
 
 
-def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_its_id(redis_url: str) -> None:
+def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_its_id(
+        redis_url: str, r: syncredis.Redis) -> None:
     async def run() -> StreamConsumer[Liquidation]:
         await _seed(redis_url, 3)
 
@@ -196,7 +196,7 @@ def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_i
 
     consumer = asyncio.run(run())
     assert consumer.stats.dead_lettered == 3 and _pending(redis_url) == 0
-    dead = syncredis.Redis.from_url(redis_url).xrange(keys.dead_letter_stream(STREAM))
+    dead = r.xrange(keys.dead_letter_stream(STREAM))
     assert [f[b"reason"] for _, f in dead] == [
         b"stream entry was deleted (trimmed by MAXLEN) before it was processed"] * 3
     assert all(f[b"stage"] == b"decode" and b"d" not in f for _, f in dead)
@@ -228,12 +228,11 @@ def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> Non
     assert _pending(redis_url) == 0
 
 
-def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(redis_url: str) -> None:
-    sync = syncredis.Redis.from_url(redis_url)
-
+def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(
+        redis_url: str, r: syncredis.Redis) -> None:
     async def run() -> int:
         await _seed(redis_url, 3)
-        sync.xadd(STREAM, {"d": b"{not json"})
+        r.xadd(STREAM, {"d": b"{not json"})
         seen: list[Liquidation] = []
 
         async def handler(batch: list[Message[Liquidation]]) -> None:
@@ -246,17 +245,17 @@ def test_undecodable_entry_is_dead_lettered_and_the_rest_processed(redis_url: st
         return len(seen)
 
     assert asyncio.run(run()) == 3
-    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 1
+    assert r.xlen(keys.dead_letter_stream(STREAM)) == 1
     assert _pending(redis_url) == 0
 
 
 def test_a_full_dead_letter_stream_is_an_error_in_the_log(
-        redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        redis_url: str, r: syncredis.Redis, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """Past its cap, a dead-letter stream trims its oldest entries: that loss must be said."""
     monkeypatch.setattr(keys, "DEAD_LETTER_MAXLEN", 2)
-    sync = syncredis.Redis.from_url(redis_url)
     for _ in range(3):
-        sync.xadd(STREAM, {"d": b"{not json"})
+        r.xadd(STREAM, {"d": b"{not json"})
 
     async def run() -> None:
         async def handler(batch: list[Message[Liquidation]]) -> None:
@@ -267,7 +266,7 @@ def test_a_full_dead_letter_stream_is_an_error_in_the_log(
         await client.aclose()
 
     asyncio.run(run())
-    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 3, "approximate trimming keeps whole nodes"
+    assert r.xlen(keys.dead_letter_stream(STREAM)) == 3, "approximate trimming keeps whole nodes"
     assert (f"test: {keys.dead_letter_stream(STREAM)} holds 3 entries, its cap: the oldest are being "
             "dropped; see liq dlq list, then replay or drop them") in caplog.text
 
@@ -277,13 +276,12 @@ def test_a_full_dead_letter_stream_is_an_error_in_the_log(
     ({"price": 1e200, "quantity": 1e200}, b"price"),  # its notional would add up to infinity
 ])
 def test_an_unusable_payload_is_dead_lettered_with_the_field_named(
-        redis_url: str, bad: dict[str, float], field: bytes) -> None:
+        redis_url: str, r: syncredis.Redis, bad: dict[str, float], field: bytes) -> None:
     """A payload that decodes as JSON but that no consumer could use never reaches a handler."""
-    sync = syncredis.Redis.from_url(redis_url)
 
     async def run() -> list[Liquidation]:
         await _seed(redis_url, 2)
-        sync.xadd(STREAM, {"d": codec.encode(liq(**bad))})
+        r.xadd(STREAM, {"d": codec.encode(liq(**bad))})
         seen: list[Liquidation] = []
 
         async def handler(batch: list[Message[Liquidation]]) -> None:
@@ -295,7 +293,7 @@ def test_an_unusable_payload_is_dead_lettered_with_the_field_named(
         return seen
 
     assert [x.timestamp_ms for x in asyncio.run(run())] == [1_700_000_000_000, 1_700_000_000_001]
-    (_, fields), = sync.xrange(keys.dead_letter_stream(STREAM))
+    (_, fields), = r.xrange(keys.dead_letter_stream(STREAM))
     assert field in fields[b"reason"] and fields[b"stage"] == b"decode" and fields[b"group"] == b"g"
     assert _pending(redis_url) == 0
 
@@ -367,7 +365,7 @@ class CuttingProxy:
         await asyncio.gather(upstream(), downstream(), return_exceptions=True)
 
 
-def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str) -> None:
+def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str, r: syncredis.Redis) -> None:
     """The collector retries a batch whose publish failed: had Redis kept the part it received,
     the retry would add those entries twice (and the aggregator count them twice)."""
     items = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(200)]
@@ -388,7 +386,7 @@ def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str) ->
         proxy.server.close()
 
     asyncio.run(run())
-    assert syncredis.Redis.from_url(redis_url).xlen(STREAM) == 0
+    assert r.xlen(STREAM) == 0
 
 
 def test_each_consumer_reports_its_groups_backlog_as_metrics(redis_url: str) -> None:
@@ -430,53 +428,52 @@ def test_backlog_reads_its_group_from_an_xinfo_reply() -> None:
     assert group_backlog("s", "detector", 20, reply) is None
 
 
-def test_a_failure_to_dead_letter_repeats_no_handled_entry(redis_url: str) -> None:
+def test_a_failure_to_dead_letter_repeats_no_handled_entry(redis_url: str, r: syncredis.Redis) -> None:
     """The handler committed the good entries; the dead-letter write then failed (a Redis blip):
     the retry dead-letters the bad entry and hands the good ones to nobody a second time."""
-    sync = syncredis.Redis.from_url(redis_url)
     calls: collections.Counter[str] = collections.Counter()
 
     async def run() -> None:
         await _seed(redis_url, 3)
-        sync.xadd(STREAM, {"d": b"not json"})
+        r.xadd(STREAM, {"d": b"not json"})
 
         async def handler(batch: list[Message[Liquidation]]) -> None:
             calls.update(m.id for m in batch)  # a side effect that must not repeat
 
         client = make_async_redis(redis_url)
         consumer = _consumer(client, handler)
-        sync.set(keys.dead_letter_stream(STREAM), "not a stream")  # dead-lettering fails
+        r.set(keys.dead_letter_stream(STREAM), "not a stream")  # dead-lettering fails
         with pytest.raises(syncredis.RedisError, match="holds a string, not a stream"):
             await consumer.run_until_idle()
-        sync.delete(keys.dead_letter_stream(STREAM))
+        r.delete(keys.dead_letter_stream(STREAM))
         await consumer.run_until_idle()
         await client.aclose()
 
     asyncio.run(run())
     assert sorted(calls.values()) == [1, 1, 1]
-    assert sync.xlen(keys.dead_letter_stream(STREAM)) == 1 and _pending(redis_url) == 0
+    assert r.xlen(keys.dead_letter_stream(STREAM)) == 1 and _pending(redis_url) == 0
 
 
-def test_a_stream_key_of_another_type_fails_the_whole_batch_and_adds_nothing(redis_url: str) -> None:
+def test_a_stream_key_of_another_type_fails_the_whole_batch_and_adds_nothing(
+        redis_url: str, r: syncredis.Redis) -> None:
     """A MULTI would have added the batch's other entries and failed on that key only: the
     collector's retry would then add them again, as long as the key stays wrong."""
-    sync = syncredis.Redis.from_url(redis_url)
     bad = keys.event_stream(3)
-    sync.set(bad, "not a stream")
+    r.set(bad, "not a stream")
     items = [(STREAM, liq(quantity=1.0)), (bad, liq(quantity=2.0)), (STREAM, liq(quantity=3.0))]
 
     async def run() -> list[str]:
         client = make_async_redis(redis_url)
         with pytest.raises(syncredis.ResponseError, match=r"liq:\{s3\}:events holds a string, not a stream"):
             await publish(client, items, keys.EVENT_STREAM_MAXLEN)
-        assert sync.xlen(STREAM) == 0
-        sync.delete(bad)
-        sync.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
+        assert r.xlen(STREAM) == 0
+        r.delete(bad)
+        r.script_flush()  # a restarted Redis has forgotten the script: it is loaded again
         ids = await publish(client, items, keys.EVENT_STREAM_MAXLEN)
         await client.aclose()
         return ids
 
     ids = asyncio.run(run())
-    assert [entry_id.decode() for entry_id, _ in sync.xrange(STREAM)] == [ids[0], ids[2]]
-    assert [entry_id.decode() for entry_id, _ in sync.xrange(bad)] == [ids[1]]
-    assert [codec.decode_liquidation(f[b"d"]).quantity for _, f in sync.xrange(STREAM)] == [1.0, 3.0]
+    assert [entry_id.decode() for entry_id, _ in r.xrange(STREAM)] == [ids[0], ids[2]]
+    assert [entry_id.decode() for entry_id, _ in r.xrange(bad)] == [ids[1]]
+    assert [codec.decode_liquidation(f[b"d"]).quantity for _, f in r.xrange(STREAM)] == [1.0, 3.0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -56,13 +55,6 @@ def test_a_cascade_shown_is_followed_to_its_end_whatever_its_band() -> None:
     assert bands.admits(cascade("escalate", "moderate", "b")), "it fell back, but it is being followed"
     assert bands.admits(cascade("end", "low", "b"))
     assert bands.shown == set()
-
-
-@pytest.fixture
-def r(redis_url: str) -> Iterator[syncredis.Redis]:
-    client = syncredis.Redis.from_url(redis_url)
-    yield client
-    client.close()
 
 
 def _add(r: syncredis.Redis, stream: str, message: msgspec.Struct) -> None:
