@@ -76,7 +76,6 @@ class Batch:
     plain copy already, so they are inserted if absent, else that row is upgraded to a member."""
     cascades: list[CascadeRow] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
-    members: int = 0
     insignificant: int = 0
     expired: int = 0
     invalid: int = 0
@@ -84,6 +83,11 @@ class Batch:
     @property
     def empty(self) -> bool:
         return not self.events and not self.merges and not self.cascades
+
+    @property
+    def members(self) -> int:
+        """Rows of cascade members (the sink then upgrades stored rows they name)."""
+        return sum(1 for row in (*self.events, *self.merges) if row[_IS_CASCADE])
 
     def split(self, max_rows: int) -> list[Batch]:
         """This batch as transactions of at most ``max_rows`` rows each: events, then merges,
@@ -99,7 +103,6 @@ class Batch:
             lists = (part.events, part.merges, part.cascades)
             for kind, row in rows[start:start + max_rows]:
                 lists[kind].append(row)
-            part.members = sum(1 for row in (*part.events, *part.merges) if row[_IS_CASCADE])
             parts.append(part)
         first = parts[0]
         first.insignificant, first.expired, first.invalid = self.insignificant, self.expired, self.invalid
@@ -218,7 +221,6 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
             batch.days.add(utc_day(liq.timestamp_ms))
     for key, row in rows.items():
         (batch.merges if row[_IS_CASCADE] and key in stored_maybe else batch.events).append(row)
-    batch.members = sum(1 for row in rows.values() if row[_IS_CASCADE])
     batch.cascades = [cascade_row(ev) for ev in latest_cascades(cascades)]
     return batch
 
