@@ -144,6 +144,10 @@ def test_real_time_caggs_and_refresh_policies_follow_new_rows(ts: Harness, scena
     at, cutoff = EVENT_COLUMNS.index("event_id"), ms_to_datetime(scenario.now_ms - 40 * MIN)
     fresh.events = [(*row[:at], f"fresh-{i}", *row[at + 1:]) for i, row in enumerate(fresh.events)
                     if row[0] > cutoff]  # type: ignore[operator]
+    # Its c-eth message is left out: rebuilt a minute later, it moves c-eth's start (3 h ago) by a
+    # minute, which at HH:59 crosses into another hour below the watermark: an invalidation, for
+    # the refresh below to handle, not for real time.
+    fresh.cascades = []
     assert write_batch(ts, fresh).inserted == len(fresh.events) == 4
     assert_caggs_match_raw(ts)  # real-time (materialized_only = false): no refresh needed
 
