@@ -227,9 +227,11 @@ class SymbolDetector:
         self.ring.clear()
 
     def fence(self) -> None:
-        """Forget the window and any cascade without a message (used after a warm restart)."""
+        """Forget the window and any cascade without a message (used after a warm restart). A
+        fenced cascade has ended: late copies of its events are refused as after its end."""
         if self.cascade is not None:
             self.last_cascade_id = self.cascade.cascade_id
+            self.ended_through_ms = max(self.ended_through_ms, self.cascade.last_event_ms)
         self.cascade = None
         self._clear_window()
 

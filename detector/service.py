@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,7 +143,9 @@ class Detector:
         self.published: dict[str, int] = {"start": 0, "escalate": 0, "end": 0, "member": 0}
         self.lane_of = {keys.event_stream(k): k for k in self.shards}
         """Each shard stream is a lane of the engine: its own event time (``detector.engine``)."""
-        self._last_feed = {k: clock.monotonic() for k in self.shards}
+        self._anchors = {k: (0, clock.monotonic()) for k in self.shards}
+        """Per shard, its lane's watermark when it was last fed, and the monotonic time then:
+        where ``tick_time`` carries the shard's exchange time forward from."""
         self.entry_ids: dict[str, str] = {}
         """Per symbol, the newest stream entry fed (written to its status hash as ``entry_id``)."""
         self.committed: dict[str, tuple[int, int]] = {}
@@ -210,19 +212,23 @@ class Detector:
                 self._note_alerts(out, m.value)
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
-        now = self.clock.monotonic()
-        for lane in lanes:
-            self._last_feed[lane] = now
+        self._anchor(lanes)
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)
         return mark is not None and entry_key(entry_id) <= mark
 
+    def _anchor(self, shards: Iterable[int]) -> None:
+        now = self.clock.monotonic()
+        for shard in shards:
+            self._anchors[shard] = (self.engine.lane(shard).watermark, now)
+
     def tick_time(self, shard: int) -> int:
-        """A shard's exchange time now: its lane's watermark carried forward by the clock since
-        its last event, at most now - lag."""
-        idle_s = self.clock.monotonic() - self._last_feed.get(shard, self.clock.monotonic())
-        carried = self.engine.lane(shard).watermark + int(idle_s * 1000)
+        """A shard's exchange time now: its lane's watermark at its last feed, carried forward
+        by the clock since then (not from the watermark earlier ticks moved: that would count
+        the same idle time again on every tick), at most now - lag."""
+        watermark, fed_at = self._anchors[shard]
+        carried = watermark + int((self.clock.monotonic() - fed_at) * 1000)
         return min(carried, self.clock.now_ms() - int(self.settings.tick_lag_s * 1000))
 
     async def tick(self) -> int:
@@ -320,7 +326,7 @@ class Detector:
                 adopted.add(symbol)
         for symbol in [s for s in self.engine.active if s not in adopted]:
             self.engine.fence(symbol)
-        self._last_feed = {k: self.clock.monotonic() for k in self.shards}
+        self._anchor(self.shards)
         self.warmed = True
         if self.rebuilt or adopted:
             logger.info("%s: rebuilt windows from %d entries, continuing %d active cascade(s)",

@@ -177,6 +177,48 @@ def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: 
     assert len(members(r)) == 7
 
 
+def test_late_copies_of_an_ended_cascade_start_nothing_after_a_restart(redis_url: str,
+                                                                       r: syncredis.Redis) -> None:
+    clock = FakeClock(CLOCK_START)
+    copies = [ev(k * 5, venue="gate") for k in range(5)]  # the burst's times, from another venue
+
+    async def body(client: aioredis.Redis) -> None:
+        await put(client, BTC)
+        first = detector(client, [BTC_SHARD], clock)
+        await first.run_until_idle()
+        clock.advance(40.0)
+        assert await first.tick() == 1
+        restarted = detector(client, [BTC_SHARD], clock)  # rebuilds the ended cascade, fences it
+        await restarted.run_until_idle()
+        await put(client, copies)
+        await restarted.run_until_idle()
+
+    run(redis_url, body)
+    cascade_id = "BTCUSDT-1700000000000"
+    assert [(c.phase, c.cascade_id) for c in cascades(r)] == [("start", cascade_id), ("end", cascade_id)]
+
+
+def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_url: str,
+                                                                          r: syncredis.Redis) -> None:
+    """Event time 40 s behind the wall clock (a backlog): a tick a second ends the cascade after
+    30 s of quiet, not sooner because each tick re-counted the idle time since the feed."""
+    clock = FakeClock(CLOCK_START)  # the last event is at T0 + 20 s, the wall clock at T0 + 60 s
+
+    async def body(client: aioredis.Redis) -> list[int]:
+        await put(client, BTC)
+        det = detector(client, [BTC_SHARD], clock)
+        await det.run_until_idle()
+        ended_at = []
+        for second in range(1, 41):
+            clock.advance(1.0)
+            if await det.tick():
+                ended_at.append(second)
+        return ended_at
+
+    assert run(redis_url, body) == [30]
+    assert [c.phase for c in cascades(r)] == ["start", "end"]
+
+
 def test_an_entry_replayed_for_another_group_is_neither_fed_nor_rebuilt(redis_url: str,
                                                                          r: syncredis.Redis) -> None:
     """``liq dlq replay --group writer`` adds the event back with ``for=writer``: the detector
