@@ -34,6 +34,12 @@ wrong: it is dropped. Event time is shared by all symbols, so one such event wou
 every active cascade and make the good venues' events of its symbol look late. (Five minutes:
 far above network delay, and safe for a local clock that drifts.)"""
 
+WATERMARK_LEAD_MS = 5_000
+"""How far past its receipt an event's time may move its lane's watermark. An event stamped a
+minute or two ahead (within :data:`FUTURE_TOLERANCE_MS`) still counts in its symbol's window, but
+it no longer ends the other symbols' cascades early; with a local clock that lags the venues by
+more than this, cascades end that much later instead."""
+
 MAX_VENUES = 64
 """Venue indexes per window (the 14 known venues and room for more; the rest share the last)."""
 
@@ -110,10 +116,11 @@ class Engine:
             return NO_OUTPUT
         ln = self.lanes.get(lane) or self.lane(lane)
         ended: list[Output] | None = None
-        if ts > ln.watermark:
-            ln.watermark = ts
-            if ts >= ln.next_due_ms:
-                ended = self._end_due(ln, ts)
+        mark = ts if not liq.received_ms else min(ts, liq.received_ms + WATERMARK_LEAD_MS)
+        if mark > ln.watermark:
+            ln.watermark = mark
+            if mark >= ln.next_due_ms:
+                ended = self._end_due(ln, mark)
         if self.carried:
             ended, self.carried = [*self.carried, *(ended or ())], []
         det = self.symbols.get(liq.symbol) or self.detector(liq.symbol)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pytest
 
 from detector.config import DetectorSettings
-from detector.engine import Engine
+from detector.engine import WATERMARK_LEAD_MS, Engine
 from detector.lifecycle import Output
 from shared.models import CascadeEvent, CascadeMember, Liquidation
 from tests.detector.helpers import T0, ev
@@ -148,6 +148,20 @@ def test_an_event_from_a_clock_far_ahead_is_dropped_not_allowed_to_end_every_cas
     assert phases(engine.feed(ev(6, received_ms=T0 + 6_100))) == ["member"]
     assert engine.feed(ev(7, symbol="SOLUSDT", received_ms=0)) == (), "no receipt time: not judged"
     assert engine.from_future == 1
+
+
+def test_an_event_two_minutes_ahead_counts_but_does_not_end_other_symbols_cascades() -> None:
+    """Within the tolerance, an event ahead of its receipt moves its lane's time at most
+    WATERMARK_LEAD_MS past that receipt: the ETH cascade in the same lane keeps going."""
+    engine = Engine()
+    eth = [ev(k * 5, 30_000.0, symbol="ETHUSDT", venue="bybit" if k % 2 else "okx",
+              received_ms=T0 + k * 5_000 + 100) for k in range(5)]
+    assert phases(feed_all(engine, eth)) == ["start", *["member"] * 5]
+    ahead = ev(141, symbol="BTCUSDT", venue="gate", received_ms=T0 + 21_000)  # 2 min ahead
+    assert engine.feed(ahead) == () and engine.from_future == 0
+    assert engine.watermark == T0 + 21_000 + WATERMARK_LEAD_MS and "ETHUSDT" in engine.active
+    after = ev(25, 30_000.0, symbol="ETHUSDT", venue="okx", received_ms=T0 + 25_100)
+    assert phases(engine.feed(after)) == ["member"]
 
 
 def test_late_events_that_left_the_window_start_nothing() -> None:
