@@ -12,11 +12,13 @@ XREADGROUP replies are left as Redis sent them (nested lists): see :func:`_raw_r
 Likewise, redis-py arms an asyncio timer around every reply it reads, even one already in the
 parser's buffer: for a pipeline of 500 XADDs that is 500 timers, about 40 % of what a
 collector spent publishing. These connections read a reply that is already buffered without a
-timer; every read that waits for the socket keeps ``socket_timeout``.
+timer; every read that waits for the socket keeps ``socket_timeout``, including one that finds
+only part of a reply buffered (the parser then arms the timer itself).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,7 +26,9 @@ from typing import Any
 import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _FAST_CLASSES: dict[type[Any], type[Any]] = {}
 
@@ -46,16 +50,50 @@ class _HiredisFastPath:
         except TypeError as exc:
             raise DataError(f"cannot send {args[0]!r}: {exc}") from exc
 
+    def set_parser(self, parser_class: type[Any]) -> None:
+        if parser_class is _AsyncHiredisParser:
+            parser_class = _TimedHiredisParser
+        super().set_parser(parser_class)  # type: ignore[misc]
+
     async def read_response(self, disable_decoding: bool = False, timeout: float | None = None,  # noqa: ASYNC109 - redis-py signature
                             *, disconnect_on_error: bool = True, push_request: bool | None = False) -> Any:
-        if timeout is None and self._reply_buffered():
-            timeout = math.inf  # redis-py's "no timer": the data is here, nothing to wait for
+        parser = getattr(self, "_parser", None)
+        if timeout is None and isinstance(parser, _TimedHiredisParser) and parser.has_data():
+            # redis-py's "no timer" (math.inf): the data is here. Should it be only part of a
+            # reply, the parser times its socket reads itself.
+            parser.socket_read_timeout = self.socket_timeout  # type: ignore[attr-defined]
+            try:
+                return await super().read_response(  # type: ignore[misc]
+                    disable_decoding, math.inf, disconnect_on_error=disconnect_on_error,
+                    push_request=push_request)
+            finally:
+                parser.socket_read_timeout = None
         return await super().read_response(  # type: ignore[misc]
             disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request)
 
-    def _reply_buffered(self) -> bool:
-        reader = getattr(getattr(self, "_parser", None), "_reader", None)
+
+class _TimedHiredisParser(_AsyncHiredisParser):
+    """redis-py's hiredis parser, whose socket reads keep ``socket_read_timeout`` when it is set:
+    the connection sets it while it reads without its own timer."""
+
+    __slots__ = ("socket_read_timeout",)
+
+    def __init__(self, socket_read_size: int) -> None:
+        super().__init__(socket_read_size)
+        self.socket_read_timeout: float | None = None
+
+    def has_data(self) -> bool:
+        reader = self._reader
         return bool(reader is not None and reader.has_data())
+
+    async def read_from_socket(self) -> bool:
+        if self.socket_read_timeout is None:
+            return bool(await super().read_from_socket())  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self.socket_read_timeout):
+                return bool(await super().read_from_socket())  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:
+            raise RedisTimeoutError("Timeout reading the rest of a reply") from exc
 
 
 def fast_connection(connection_class: type[Any]) -> type[Any]:

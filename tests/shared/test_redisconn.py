@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
@@ -68,5 +69,47 @@ def test_a_pipeline_reads_every_reply_and_a_waiting_read_still_times_out(redis_u
                 await asyncio.wait_for(slow.blpop(["test:never"], timeout=0), timeout=10)
         finally:
             await slow.aclose()
+
+    asyncio.run(scenario())
+
+
+async def _serve_a_reply_cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers PINGs, but cuts the second reply of a two-PING pipeline short, then goes silent
+    (a half-open connection in the middle of a pipeline's replies)."""
+    parser = hiredis.Reader()
+    try:
+        while data := await reader.read(65536):
+            parser.feed(data)
+            pings = 0
+            out = b""
+            while (command := parser.gets()) is not False:
+                pings += command[0].upper() == b"PING"
+                out += b"+PONG\r\n" if command[0].upper() == b"PING" else b"+OK\r\n"
+            if pings == 2:
+                out = b"+PONG\r\n+PO"
+            writer.write(out)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+def test_a_reply_cut_short_in_a_pipeline_still_times_out() -> None:
+    """The first reply is read from the buffer without a timer; the second, only part of which
+    is buffered, must still time out after socket_timeout instead of waiting for ever."""
+    async def scenario() -> None:
+        server = await asyncio.start_server(_serve_a_reply_cut_short, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = make_async_redis(f"redis://127.0.0.1:{port}/0")
+        client.connection_pool.connection_kwargs["socket_timeout"] = 0.3
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.ping()
+            pipe.ping()
+            with pytest.raises(RedisTimeoutError):
+                await asyncio.wait_for(pipe.execute(), timeout=10)
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
 
     asyncio.run(scenario())
