@@ -13,6 +13,7 @@ unless asked to.
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -118,10 +119,22 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: An
             values[field.name] = msgspec.convert(_split_value(raw, tp), tp, strict=False)
         except (msgspec.ValidationError, ValueError) as exc:
             raise ConfigError(name, _expected_form(tp), raw) from exc
+        if _non_finite(values[field.name]):  # nan passes every "< minimum" check that follows
+            raise ConfigError(name, _expected_form(tp) + ", with finite numbers (not nan or inf)", raw)
     try:
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_field_env_from_error(cls, str(exc)), "a valid value", str(exc)) from exc
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
 
 
 def _field_env_from_error(cls: type[msgspec.Struct], message: str) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from detector.config import DetectorSettings
 from shared.errors import ConfigError
 from shared.settings import CommonSettings, load
+from writer.config import WriterSettings
 
 
 class Demo(CommonSettings, frozen=True, kw_only=True):
@@ -42,6 +44,30 @@ def test_bad_value_names_variable_and_form(var: str, value: str, expected: str) 
         load(Demo, {var: value})
     assert err.value.variable == var
     assert expected in str(err.value) and value in str(err.value)
+
+
+@pytest.mark.parametrize(("var", "value"), [
+    ("LIQ_THRESHOLD_USD", "nan"), ("LIQ_THRESHOLD_USD", "inf"), ("LIQ_THRESHOLD_USD", "-Infinity"),
+    ("LIQ_BY_SYMBOL", "BTCUSDT=nan"), ("LIQ_BY_SYMBOL", "ETHUSDT=1e5,BTCUSDT=inf"),
+])
+def test_non_finite_numbers_are_refused_naming_the_variable(var: str, value: str) -> None:
+    """nan passes every "below the minimum" check (all comparisons are false): refused first."""
+    with pytest.raises(ConfigError) as err:
+        load(Demo, {var: value})
+    assert err.value.variable == var and "finite" in str(err.value) and value in str(err.value)
+
+
+@pytest.mark.parametrize(("cls", "var", "value"), [
+    (WriterSettings, "LIQ_SIGNIFICANT_USD", "nan"),
+    (WriterSettings, "LIQ_SIGNIFICANT_USD_BY_SYMBOL", "BTCUSDT=nan"),
+    (WriterSettings, "LIQ_JANITOR_INTERVAL_S", "nan"),
+    (DetectorSettings, "LIQ_MIN_USD", "nan"),
+    (DetectorSettings, "LIQ_BAND_EDGES", "25,nan,75"),
+])
+def test_components_refuse_nan_in_their_settings(cls: type[msgspec.Struct], var: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(cls, {var: value})
+    assert err.value.variable == var
 
 
 def test_invalid_shard_count_names_variable() -> None:
