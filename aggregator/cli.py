@@ -9,7 +9,7 @@ import click
 
 from aggregator.service import Aggregator, make_consumer
 from shared import runtime
-from shared.levels import DEFAULT_LEVEL_SIZES, check_level_sizes
+from shared.levels import check_level_sizes, level_sizes
 from shared.metrics import serve_consumer_metrics
 from shared.redisconn import make_async_redis
 from shared.settings import CommonSettings, load
@@ -31,7 +31,7 @@ class AggregatorSettings(CommonSettings, frozen=True, kw_only=True):
 def aggregate() -> None:
     """Maintain liq:levels:* and liq:agg:* hashes from the event streams."""
     settings = load(AggregatorSettings)
-    sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
+    sizes = level_sizes(settings.level_sizes)
 
     async def main(stop: asyncio.Event) -> None:
         serve_consumer_metrics(settings.metrics_host, settings.metrics_port, METRICS_PORT)

@@ -40,6 +40,12 @@ def check_level_sizes(sizes: Mapping[str, float], variable: str = "LIQ_LEVEL_SIZ
             raise ConfigError(variable, "sizes above 0, e.g. BTC=100,ETH=10", f"{base}={size}")
 
 
+def level_sizes(overrides: Mapping[str, float]) -> dict[str, float]:
+    """The sizes in use: the defaults with ``LIQ_LEVEL_SIZES`` over them. Base assets are upper
+    case (``btc=50`` sets BTC), as in every ``Liquidation``."""
+    return {**DEFAULT_LEVEL_SIZES, **{base.upper(): size for base, size in overrides.items()}}
+
+
 def level_of(base: str, price: float, sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> float:
     """The level of ``price`` for ``base``."""
     return price_level(price, level_size(base, price, sizes))

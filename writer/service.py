@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
-from shared.levels import DEFAULT_LEVEL_SIZES
+from shared.levels import level_sizes
 from shared.streams import Message, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
@@ -58,7 +58,7 @@ class Writer:
         self.clock = clock
         self.sink = DatabaseSink(dsn)
         self.rules = SignificanceRules.from_settings(settings)
-        self.level_sizes = {**DEFAULT_LEVEL_SIZES, **settings.level_sizes}
+        self.level_sizes = level_sizes(settings.level_sizes)
         self.batcher = Batcher(settings.batch_age_ms, clock)
         self.lock = asyncio.Lock()
         self.name = name or consumer_name()

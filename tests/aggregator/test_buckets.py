@@ -65,3 +65,19 @@ def test_tiny_prices_keep_their_level_and_bad_level_sizes_are_refused() -> None:
     for bad in ({"BTC": 0.0}, {"BTC": -100.0}, {"BTC": float("nan")}):
         with pytest.raises(ConfigError, match="LIQ_LEVEL_SIZES"):
             check_level_sizes(bad)
+
+
+def test_level_size_settings_name_base_assets_in_any_case_for_both_consumers() -> None:
+    """``LIQ_LEVEL_SIZES=btc=50`` sets BTC: the aggregator and the writer share the merged sizes."""
+    from aggregator.cli import AggregatorSettings
+    from shared.levels import level_of, level_sizes
+    from shared.settings import load
+    from writer.config import WriterSettings
+    from writer.service import Writer
+
+    env = {"LIQ_LEVEL_SIZES": "btc=50,Doge=0.01"}
+    sizes = level_sizes(load(AggregatorSettings, env).level_sizes)
+    assert sizes == {"BTC": 50.0, "ETH": 10.0, "SOL": 1.0, "DOGE": 0.01}
+    assert level_of("BTC", 67_260.0, sizes) == 67_250.0
+    writer = Writer(None, load(WriterSettings, env), "postgresql://unused", name="t")  # type: ignore[arg-type]
+    assert writer.level_sizes == sizes
