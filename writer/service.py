@@ -84,8 +84,10 @@ class Writer:
         after a read of fewer than ``read_count`` entries, wait out the batch age."""
         async with self.lock:
             self.batcher.read_started()
-            batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(),
-                                stored_days(self.settings.retention_days, self.sink.mode), self.level_sizes)
+            # The mode decides how far back rows are kept: known before the first batch is built.
+            days = stored_days(self.settings.retention_days, await self.sink.storage_mode())
+            batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(), days,
+                                self.level_sizes)
             self.skipped["insignificant"] += batch.insignificant
             self.skipped["expired"] += batch.expired
             self.skipped["invalid"] += batch.invalid

@@ -102,6 +102,18 @@ class DatabaseSink:
         logger.info("connected to PostgreSQL (%s mode)", self.mode)
         return conn
 
+    async def storage_mode(self) -> Mode:
+        """The database's storage mode, connecting first when it is not known yet; raises
+        :class:`SinkRetry` when the database cannot be reached now."""
+        if self.mode is None:
+            try:
+                await self.connect()
+            except psycopg.Error as exc:
+                await self._fail(exc)
+                raise SinkRetry(f"database connect failed: {type(exc).__name__}: {exc}") from exc
+        assert self.mode is not None
+        return self.mode
+
     async def aclose(self) -> None:
         if self.conn is not None:
             await self.conn.close()

@@ -22,7 +22,7 @@ from shared import codec, keys, servers
 from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from shared.redisconn import make_async_redis
-from shared.streams import SinkRetry, publish
+from shared.streams import Message, SinkRetry, publish
 from tests.conftest import server_dir
 from tests.factories import liq
 from writer.config import WriterSettings
@@ -324,3 +324,32 @@ def test_the_utc_migration_rebuilds_rollups_a_fractional_zone_wrote(db: str) -> 
     assert rows(db, "SELECT hour, event_count FROM liquidations_hourly") == [
         (datetime(2026, 1, 1, 2, 0, tzinfo=UTC), 1)]
     assert_rollups_match_raw(db)
+
+
+class _TimescaleSink:
+    """Stands for a TimescaleDB the writer has not connected to yet (only the mode matters)."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.batches: list[Any] = []
+
+    async def storage_mode(self) -> str:
+        self.mode = "timescale"
+        return self.mode
+
+    async def write(self, batch: Any) -> None:
+        self.batches.append(batch)
+
+
+def test_the_first_read_after_a_start_uses_the_storage_modes_cutoff() -> None:
+    """TimescaleDB keeps rows two days less than the retention (its rollups refresh no further
+    back): the first read after a start, before any connection, must know that already."""
+    writer = Writer(None, settings("postgresql://unused"), "postgresql://unused",  # type: ignore[arg-type]
+                    clock=FakeClock(NOW_MS), name="t")
+    sink = _TimescaleSink()
+    writer.sink = sink  # type: ignore[assignment]
+    late = liq(price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS - 89 * 24 * HOUR_MS, event_id="late")
+    for _ in range(2):
+        asyncio.run(writer.handle([Message(keys.event_stream(0), "1-0", late)], 10))
+    assert writer.skipped["expired"] == 2
+    assert [b for b in sink.batches if not b.empty] == []
