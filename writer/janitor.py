@@ -54,11 +54,14 @@ def plan_run(now: datetime, settings: WriterSettings) -> JanitorRun:
     """Days to pre-create and the retention cutoffs for a run at ``now`` (UTC)."""
     today = now.astimezone(UTC).date()
     raw_cutoff = now - timedelta(days=settings.retention_days)
+    # Raw rows go by whole UTC days: the oldest kept partition starts at raw_day. Rollups (of
+    # that day's hours too) and cascades are kept at least as far back.
+    raw_day = datetime.combine(raw_cutoff.astimezone(UTC).date(), datetime.min.time(), UTC)
     return JanitorRun(
         days_ahead=[today + timedelta(days=k) for k in range(settings.partitions_ahead_days + 1)],
         raw_cutoff=raw_cutoff,
-        rollup_cutoff=now - timedelta(days=settings.rollup_retention_days),
-        cascade_cutoff=datetime.combine(raw_cutoff.astimezone(UTC).date(), datetime.min.time(), UTC),
+        rollup_cutoff=min(now - timedelta(days=settings.rollup_retention_days), raw_day),
+        cascade_cutoff=raw_day,
     )
 
 

@@ -150,6 +150,10 @@ def test_janitor_plan() -> None:
     assert run.raw_cutoff == datetime(2025, 12, 1, 12, 0, tzinfo=UTC)
     assert run.rollup_cutoff == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
     assert run.cascade_cutoff == datetime(2025, 12, 1, 0, 0, tzinfo=UTC), "whole days, as the writer refuses"
+    equal = plan_run(datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+                     WriterSettings(retention_days=90, rollup_retention_days=90))
+    assert equal.rollup_cutoff == equal.cascade_cutoff == datetime(2025, 12, 1, 0, 0, tzinfo=UTC), (
+        "rollups outlive the raw rows' whole days")
     assert not expired(int(datetime(2025, 12, 1, 0, 30, tzinfo=UTC).timestamp() * 1000),
                        int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1000), 90), (
         "a cascade the janitor keeps is one the writer still accepts, and the other way round")

@@ -353,3 +353,29 @@ def test_the_first_read_after_a_start_uses_the_storage_modes_cutoff() -> None:
         asyncio.run(writer.handle([Message(keys.event_stream(0), "1-0", late)], 10))
     assert writer.skipped["expired"] == 2
     assert [b for b in sink.batches if not b.empty] == []
+
+
+def test_equal_retentions_keep_the_rollups_of_every_raw_row(redis_url: str, db: str) -> None:
+    """Raw rows are dropped by whole UTC days, so the rollups of the oldest kept day's early
+    hours must stay too when both retentions are 30 days (they were purged from now - 30 days)."""
+    thirty_days_ago = NOW_MS - 30 * 24 * HOUR_MS  # 10:00 UTC
+    kept = [liq(price=60_000.0, quantity=5.0, timestamp_ms=thirty_days_ago + h * HOUR_MS, event_id=f"r{h}")
+            for h in (-8, -4, 2)]  # 02:00, 06:00 and 12:00 UTC of the oldest kept day
+    over = {"retention_days": 30, "rollup_retention_days": 30}
+    asyncio.run(publish_all(redis_url, to_shard(kept)))
+    assert asyncio.run(drain(redis_url, db, **over)).skipped["expired"] == 0
+
+    async def maintain() -> Any:
+        client = make_async_redis(redis_url)
+        w = Writer(client, settings(db, **over), db, clock=FakeClock(NOW_MS))
+        try:
+            return await w.maintain()
+        finally:
+            await w.aclose()
+            await client.aclose()
+
+    report = asyncio.run(maintain())
+    assert report.dropped == [] and report.rollups_purged == 0
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(3,)]
+    assert_rollups_match_raw(db)
+
