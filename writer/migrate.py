@@ -24,6 +24,7 @@ import psycopg
 
 from shared.errors import LiqError
 from writer.config import StorageMode
+from writer.rows import timescale_retention_error
 from writer.statements import VALUE_COLUMN_TYPE
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,8 @@ def plan(mode: Mode, ts_version: str | None = None, params: PlanParams | None = 
         raise MigrationError("the TimescaleDB plan needs the extension version")
     version = parse_version(ts_version) if ts_version else None
     p = params or PlanParams()
+    if mode == "timescale" and (error := timescale_retention_error(p.retention_days)) is not None:
+        raise error
     values = {
         "partition_by": "PARTITION BY RANGE (time)" if mode == "native" else "",
         "retention_days": str(int(p.retention_days)),

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from shared.errors import ConfigError
 from shared.levels import DEFAULT_LEVEL_SIZES, level_of
 from shared.models import MAX_AMOUNT, CascadeEvent, CascadeMember, Liquidation
 from writer.significance import SignificanceRules
@@ -120,12 +121,25 @@ def utc_day(ms: int) -> date:
 TIMESCALE_MARGIN_DAYS = 2
 
 
+TIMESCALE_MIN_RETENTION_DAYS = TIMESCALE_MARGIN_DAYS + 1
+
+
 def stored_days(retention_days: int, mode: str | None) -> int:
     """How many days back the writer stores rows: the retention, less two days in TimescaleDB
     mode. Its continuous aggregates refresh from ``retention - 2 h`` back only (inside the raw
     retention, so that a refresh never erases what a dropped chunk held): a row older than that
     would be stored but never reach the rollups. Native rollups follow every insert."""
     return max(1, retention_days - TIMESCALE_MARGIN_DAYS) if mode == "timescale" else retention_days
+
+
+def timescale_retention_error(retention_days: int) -> ConfigError | None:
+    """What is wrong with ``retention_days`` in TimescaleDB mode: below 3 days, the whole days
+    the writer stores (at least one, plus today) reach past the rollups' refresh window."""
+    if retention_days >= TIMESCALE_MIN_RETENTION_DAYS:
+        return None
+    return ConfigError("LIQ_RETENTION_DAYS",
+                       f"at least {TIMESCALE_MIN_RETENTION_DAYS} days in TimescaleDB mode (its rollups "
+                       "refresh up to the retention less 2 hours)", str(retention_days))
 
 
 def expired(ts_ms: int, now_ms: int, retention_days: int) -> bool:

@@ -31,11 +31,11 @@ from redis.exceptions import RedisError
 from shared import codec, keys
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
-from shared.streams import Message, StreamConsumer
+from shared.streams import Message, SinkRetry, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
-from writer.rows import Payload, build_batch, stored_days
+from writer.rows import Payload, build_batch, stored_days, timescale_retention_error
 from writer.significance import SignificanceRules
 from writer.sink import COMPONENT, DatabaseSink
 
@@ -85,7 +85,10 @@ class Writer:
         async with self.lock:
             self.batcher.read_started()
             # The mode decides how far back rows are kept: known before the first batch is built.
-            days = stored_days(self.settings.retention_days, await self.sink.storage_mode())
+            mode = await self.sink.storage_mode()
+            if mode == "timescale" and (error := timescale_retention_error(self.settings.retention_days)):
+                raise SinkRetry(str(error))  # held and retried, loudly, until the setting is fixed
+            days = stored_days(self.settings.retention_days, mode)
             batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(), days,
                                 self.level_sizes)
             self.skipped["insignificant"] += batch.insignificant

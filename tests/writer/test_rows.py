@@ -159,3 +159,27 @@ def test_janitor_plan() -> None:
         "a cascade the janitor keeps is one the writer still accepts, and the other way round")
     assert expired(int(datetime(2025, 11, 30, 23, 59, tzinfo=UTC).timestamp() * 1000),
                    int(datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp() * 1000), 90)
+
+
+@pytest.mark.parametrize("retention", [3, 4, 90])
+def test_timescale_rows_stay_inside_the_rollups_refresh_window(retention: int) -> None:
+    """Every row the writer stores in TimescaleDB mode is younger than the refresh window's start
+    (the retention less 2 hours), at any time of day: otherwise it never reaches the rollups."""
+    for hour in (0, 1, 12, 23):
+        now = NOW + hour * 3_600_000 + 3_599_999
+        rows_ = [liq(price=60_000.0, quantity=5.0, timestamp_ms=now - h * 3_600_000, event_id=str(h))
+                 for h in range(24 * (retention + 1))]
+        batch = build_batch(rows_, SignificanceRules(), now, stored_days(retention, "timescale"))
+        oldest = max(now - int(row[0].timestamp() * 1000) for row in batch.events)
+        assert oldest < retention * DAY_MS - 2 * 3_600_000
+
+
+@pytest.mark.parametrize("retention", [1, 2])
+def test_timescale_mode_refuses_a_retention_below_three_days(retention: int) -> None:
+    from writer.migrate import PlanParams, plan
+
+    with pytest.raises(ConfigError) as err:
+        plan("timescale", "2.17.2", PlanParams(retention_days=retention))
+    assert err.value.variable == "LIQ_RETENTION_DAYS" and "at least 3 days" in str(err.value)
+    assert plan("native", None, PlanParams(retention_days=retention)), "native rollups follow every insert"
+    assert plan("timescale", "2.17.2", PlanParams(retention_days=3))

@@ -379,3 +379,13 @@ def test_equal_retentions_keep_the_rollups_of_every_raw_row(redis_url: str, db: 
     assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(3,)]
     assert_rollups_match_raw(db)
 
+
+
+def test_a_timescale_database_with_a_retention_below_three_days_holds_the_entries() -> None:
+    """Refused loudly and retried (nothing acked) until LIQ_RETENTION_DAYS is fixed."""
+    writer = Writer(None, settings("postgresql://unused", retention_days=2),  # type: ignore[arg-type]
+                    "postgresql://unused", clock=FakeClock(NOW_MS), name="t")
+    writer.sink = _TimescaleSink()  # type: ignore[assignment]
+    event = liq(price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS, event_id="e")
+    with pytest.raises(SinkRetry, match="LIQ_RETENTION_DAYS"):
+        asyncio.run(writer.handle([Message(keys.event_stream(0), "1-0", event)], 10))
