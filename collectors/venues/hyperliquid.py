@@ -13,15 +13,18 @@ the account); ``userFills`` frames, which do, are parsed too::
 
 Side rule: ``side`` is the subscribed account's fill side (``A`` sell, ``B`` buy). When that
 account is ``liquidatedUser``, ``A`` means a long was liquidated; otherwise the account is the
-counterparty and the rule inverts (``A`` → a short was liquidated). An unknown account counts
-as the counterparty, as in the peer corpus.
+counterparty and the rule inverts (``A`` → a short was liquidated). A fill whose ``dir`` is
+``Liquidated Cross|Isolated Long|Short`` is the liquidated account's own, whoever watches; any
+other fill of an unknown account (``liq parse``) counts as the counterparty's, as in the peer
+corpus.
 
 Limits (semantics "partial"): only liquidations that touch a subscribed account are seen
 (market-method liquidations against other makers are invisible), and one liquidation spanning
 several fills yields one record per fill (quantity = that fill's ``sz``). Per IP Hyperliquid
 allows 10 connections, 10 distinct users in user subscriptions (extra addresses are dropped
 with a warning), 1000 subscriptions and 2000 messages a minute. Units: ``sz`` base, ``px``
-USDC; canonical ``BTCUSDC``. ``event_id`` = ``tid``. A ``userFills`` snapshot
+USDC; canonical ``BTCUSDC``; a ``k`` coin is a thousand of the coin (``kPEPE`` → ``1000PEPEUSDC``,
+as other venues name it). ``event_id`` = ``tid``. A ``userFills`` snapshot
 (``isSnapshot: true``, the account's past fills replayed on subscribe) is skipped as history.
 Heartbeat: ``{"method":"ping"}`` → ``{"channel":"pong"}``.
 """
@@ -52,6 +55,8 @@ FILL_CHANNELS = ("user", "userFills")
 MAX_USERS = 10
 """Distinct users across user-specific subscriptions per IP (also 10 connections per IP)."""
 PING = json.dumps({"method": "ping"})
+LIQUIDATED_DIR = "Liquidated"
+"""How the ``dir`` of the liquidated account's own fill starts (``Liquidated Cross Long``)."""
 
 
 class FillLiquidation(msgspec.Struct):
@@ -67,6 +72,7 @@ class Fill(msgspec.Struct, kw_only=True):
     side: str
     time: int
     tid: int
+    dir: str = ""
     liquidation: FillLiquidation | None = None
 
 
@@ -86,10 +92,12 @@ _fill_data = msgspec.json.Decoder(FillData)
 
 
 def coin_instrument(coin: str) -> Instrument:
-    """``BTC`` → BTC/USDC linear perpetual; spot pairs (``@107``) are never liquidated."""
+    """``BTC`` → BTC/USDC linear perpetual, ``kPEPE`` → 1000PEPE/USDC; spot pairs (``@107``) are
+    never liquidated."""
     if not coin or coin.startswith("@"):
         raise ParseError(NAME, f"not a perpetual: {coin!r}")
-    return Instrument(coin, coin, QUOTE, "linear_perpetual")
+    base = "1000" + coin[1:] if len(coin) > 1 and coin[0] == "k" and coin[1].isupper() else coin
+    return Instrument(coin, base, QUOTE, "linear_perpetual")
 
 
 def fill_position(fill_side: str, account_is_liquidated: bool) -> Side:
@@ -144,7 +152,8 @@ class HyperliquidSession:
         return make_liquidation(
             NAME,
             self.table.get(fill.coin) or coin_instrument(fill.coin),
-            side=fill_position(fill.side, bool(account) and account == liquidated),
+            side=fill_position(fill.side, fill.dir.startswith(LIQUIDATED_DIR) or (
+                bool(account) and account == liquidated)),
             side_raw=fill.side,
             price=num(fill.px, NAME, "px"),
             quantity_native=num(fill.sz, NAME, "sz"),

@@ -577,3 +577,21 @@ def test_lighter_market_id_units_and_ids() -> None:
     assert (liq.symbol, liq.symbol_native, liq.quantity, liq.notional_usd) == ("ETHUSDC", "0", 2.0, 5000.0)
     assert (liq.event_id, liq.extra["exchange_id"], liq.extra["usd_amount"]) == (
         "18237797923", "18237797923", 1258.030592)
+
+
+@pytest.mark.parametrize(("fill_side", "direction", "side"), [
+    ("A", "Liquidated Cross Long", "long"), ("B", "Liquidated Isolated Short", "short"),
+    ("A", "Open Short", "short"), ("B", "Close Short", "long")])
+def test_hyperliquid_the_liquidated_accounts_own_fill_is_known_by_its_dir(
+        fill_side: str, direction: str, side: str) -> None:
+    """Without a watched address (``liq parse``, a recording), ``dir`` tells the liquidated
+    account's own fill from the counterparty's."""
+    liq = one(parser("hyperliquid"), hl_user(hl_fill(side=fill_side, dir=direction)))
+    assert (liq.side, liq.side_raw) == (side, fill_side)
+
+
+def test_hyperliquid_k_coins_are_thousands_as_other_venues_name_them() -> None:
+    liq = one(parser("hyperliquid"), hl_user(hl_fill(coin="kPEPE", px="0.0123", sz="1000")))
+    assert (liq.symbol_native, liq.base, liq.symbol, liq.quantity) == (
+        "kPEPE", "1000PEPE", "1000PEPEUSDC", 1000.0)
+    assert one(parser("hyperliquid"), hl_user(hl_fill(coin="HYPE"))).symbol == "HYPEUSDC"
