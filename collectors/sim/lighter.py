@@ -6,6 +6,9 @@ from a maker ask (``true``). ``size`` is base in whole lots of a few significant
 ``usd_amount`` = size × price to 6 decimals. Expected: quantity = size, notional = size × price,
 event_id = ``trade_id``, extra ``usd_amount``. On subscribe the ``subscribed/trade`` frame (the
 ack) replays recent liquidations, which collectors must skip; ``{"type":"ping"}`` → pong.
+REST: ``GET /api/v1/orderBooks`` lists the three markets, ``NEWCOIN`` (a made-up listing absent
+from the shipped table) and a spot book (``ETH/USDC``) that a correct parser leaves out;
+``listed()`` is what it must read.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import base_step, lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
 MARKET_IDS = {"ETH": 0, "BTC": 1, "SOL": 2}
+LISTED_ONLY = {"NEWCOIN": 9001}
+"""Markets the orderBooks answer lists, but on which nothing is simulated."""
+SPOT_BOOK = ("ETH/USDC", 2048)
+ORDER_BOOKS_PATH = "/api/v1/orderBooks"
 
 
 def channel_of(market_id: int | str) -> str:
@@ -101,6 +109,25 @@ class LighterSim:
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
         return None
+
+    def rest(self, path: str, body: bytes | None) -> bytes | None:
+        """The orderBooks answer: every perpetual market and one spot book."""
+        if path != ORDER_BOOKS_PATH:
+            return None
+        books = [*({**MARKET_IDS, **LISTED_ONLY}.items()), SPOT_BOOK]
+        return json.dumps({"code": 200, "order_books": [_book(symbol, i) for symbol, i in books]}).encode()
+
+    def listed(self) -> list[Instrument]:
+        return [Instrument(str(i), base, "USDC", "linear_perpetual")
+                for base, i in {**MARKET_IDS, **LISTED_ONLY}.items()]
+
+
+def _book(symbol: str, market_id: int) -> dict[str, Any]:
+    """A market as ``GET /api/v1/orderBooks`` describes it."""
+    return {"symbol": symbol, "market_id": market_id, "status": "active", "taker_fee": "0.0000",
+            "maker_fee": "0.0000", "liquidation_fee": "1.0000", "min_base_amount": "0.01",
+            "min_quote_amount": "10.000000", "supported_size_decimals": 2,
+            "supported_price_decimals": 2, "supported_quote_decimals": 6}
 
 
 SIM = LighterSim()

@@ -14,8 +14,10 @@ Side rule: the liquidated account is the taker; ``is_maker_ask: true`` means the
 so a short was liquidated (``false``: a long).
 
 Units: ``size`` base, ``price`` and ``usd_amount`` USDC. ``market_id`` → symbol via the
-instrument table (1 = BTC, 0 = ETH, 2 = SOL; canonical ``BTCUSDC``); a liquidation on a market
-the table does not know is dropped with a warning rather than named by guess.
+instrument table (1 = BTC, 0 = ETH, 2 = SOL; canonical ``BTCUSDC``), kept fresh from the public
+``GET /api/v1/orderBooks`` (``{"order_books":[{"symbol":"BTC","market_id":1,...}]}``; spot books,
+``ETH/USDC``, are left out); a liquidation on a market the table does not know is dropped with a
+warning rather than named by guess.
 ``event_id`` = ``trade_id``. Keep-alive: ``{"type":"ping"}`` at least every 2 minutes (a server
 ``ping`` is answered with ``pong``). Limits per IP: 100 connections, 100 subscriptions per
 connection (so markets are spread over connections of at most 100), 1000 subscriptions.
@@ -30,8 +32,16 @@ from typing import Any
 
 import msgspec
 
-from collectors.instruments import InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.instruments import Instrument, InstrumentTable
+from collectors.venue import (
+    EMPTY,
+    ConnectionPlan,
+    InstrumentRequest,
+    InstrumentSource,
+    Outgoing,
+    SessionOutput,
+    VenueSpec,
+)
 from collectors.venues._common import decode, make_liquidation, num, with_default_path
 from shared.models import Liquidation
 
@@ -44,6 +54,8 @@ SUBS_PER_CONNECTION = 100
 """Lighter's per-connection subscription limit (per IP: 100 connections, 1000 subscriptions)."""
 PING = json.dumps({"type": "ping"})
 PONG = json.dumps({"type": "pong"})
+QUOTE = "USDC"
+ORDER_BOOKS_PATH = "/api/v1/orderBooks"
 
 
 class Trade(msgspec.Struct, kw_only=True):
@@ -65,6 +77,25 @@ class Frame(msgspec.Struct):
 
 
 _frame = msgspec.json.Decoder(Frame)
+
+
+class OrderBook(msgspec.Struct):
+    symbol: str
+    market_id: int
+
+
+class OrderBooks(msgspec.Struct):
+    order_books: list[OrderBook]
+
+
+_order_books = msgspec.json.Decoder(OrderBooks)
+
+
+def parse_order_books(body: bytes, request: InstrumentRequest) -> list[Instrument]:
+    """The perpetual markets an ``orderBooks`` answer lists, keyed by ``market_id``; ValueError
+    when malformed."""
+    return [Instrument(str(b.market_id), b.symbol, QUOTE, "linear_perpetual")
+            for b in _order_books.decode(body).order_books if b.symbol and "/" not in b.symbol]
 
 
 class LighterSession:
@@ -148,4 +179,10 @@ VENUE = VenueSpec(
     plans=_plans,
     new_parser=LighterSession,
     default_symbols=DEFAULT_MARKETS,
+    instruments=InstrumentSource(
+        live_rest_url="https://mainnet.zklighter.elliot.ai",
+        requests=(InstrumentRequest(ORDER_BOOKS_PATH),),
+        parse=parse_order_books,
+        table=TABLE,
+    ),
 )

@@ -26,7 +26,7 @@ from shared.backoff import Backoff
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
 
-WITH_SOURCE = ("binance_coinm", "okx", "bitmex", "htx", "gate")
+WITH_SOURCE = ("binance_coinm", "okx", "bitmex", "htx", "gate", "lighter")
 
 
 def fresh(spec: VenueSpec) -> VenueSpec:

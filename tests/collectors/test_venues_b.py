@@ -595,3 +595,24 @@ def test_hyperliquid_k_coins_are_thousands_as_other_venues_name_them() -> None:
     assert (liq.symbol_native, liq.base, liq.symbol, liq.quantity) == (
         "kPEPE", "1000PEPE", "1000PEPEUSDC", 1000.0)
     assert one(parser("hyperliquid"), hl_user(hl_fill(coin="HYPE"))).symbol == "HYPEUSDC"
+
+
+def test_lighter_shipped_table_names_markets_beyond_the_first_ten() -> None:
+    frame = {"type": "update/trade", "channel": "trade:11", "trades": [], "liquidation_trades": [
+        {"trade_id": 5, "type": "liquidation", "market_id": 11, "size": "2", "price": "5",
+         "usd_amount": "10", "is_maker_ask": False, "timestamp": RX}]}
+    liq = one(parser("lighter"), frame)
+    assert (liq.symbol_native, liq.symbol, liq.side, liq.notional_usd) == ("11", "DOTUSDC", "long", 10.0)
+
+
+def test_lighter_order_books_answer_lists_perpetuals_only() -> None:
+    from collectors.venue import InstrumentRequest
+
+    body = json.dumps({"code": 200, "order_books": [
+        {"symbol": "TAO", "market_id": 13, "status": "active"},
+        {"symbol": "ETH/USDC", "market_id": 2048, "status": "active"}]}).encode()
+    request = InstrumentRequest(lighter.ORDER_BOOKS_PATH)
+    [tao] = lighter.parse_order_books(body, request)
+    assert (tao.symbol_native, tao.symbol, tao.market_type) == ("13", "TAOUSDC", "linear_perpetual")
+    with pytest.raises(ValueError):
+        lighter.parse_order_books(b'{"code": 200}', request)
