@@ -14,7 +14,8 @@ Side rule: ``side`` is the POSITION side: ``buy`` means a long was liquidated.
 Units: ``amount`` is a QUOTE (USDT) value, so quantity = amount / price and notional = amount
 (peer-corpus doubt 1). ``ts`` is a ms string. No exchange id: ``event_id`` is the digest.
 Feed semantics: aggregated, at most one long and one short record per symbol per second, so
-every event carries ``sampled=True``. Heartbeat: the text ``ping``, answered by ``pong``.
+every event carries ``sampled=True``. A frame with ``action: "snapshot"`` (a subscribe replay)
+is history and skipped, as tardis does. Heartbeat: the text ``ping``, answered by ``pong``.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ class BitgetSession:
         frame = decode(_frame, raw, NAME)
         if frame.event == "error":
             logger.warning("%s: server error: %s", NAME, frame.msg[:200])
-        if frame.arg is None or frame.arg.topic != TOPIC or not frame.data:
-            return EMPTY
+        if frame.arg is None or frame.arg.topic != TOPIC or not frame.data or frame.action == "snapshot":
+            return EMPTY  # a snapshot (on subscribe) is history; tardis maps only "update"
         inst_type = frame.arg.instType
         with frame_errors(NAME, raw):
             return SessionOutput([self._liquidation(row, inst_type, received_ms) for row in frame.data])

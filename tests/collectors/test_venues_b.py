@@ -284,6 +284,7 @@ def test_bitget_subscribe_ping_and_control() -> None:
         {"event": "subscribe", "arg": {"instType": "usdt-futures", "topic": "liquidation"}},
         {"event": "error", "code": 30001, "msg": "topic does not exist"},
         bitget_frame(),
+        {**bitget_frame(bitget_row()), "action": "snapshot"},  # a subscribe replay: history
     )
     assert_malformed(
         session,
