@@ -67,7 +67,16 @@ class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
         checks = (("LIQ_WINDOW_S", self.window_s > 0), ("LIQ_MIN_COUNT", self.min_count >= 1),
                   ("LIQ_QUIET_S", self.quiet_s > 0), ("LIQ_RING_CAPACITY", self.ring_capacity >= 16),
                   ("LIQ_SAMPLED_WEIGHT", self.sampled_weight >= 1.0),
-                  ("LIQ_CROSS_FULL_VENUES", self.cross_full_venues >= 2))
+                  ("LIQ_CROSS_FULL_VENUES", self.cross_full_venues >= 2),
+                  # the scoring divides by these (detector.scoring): each must keep factors in [0, 1]
+                  ("LIQ_VOLUME_FLOOR_USD", self.volume_floor_usd > 0),
+                  ("LIQ_VOLUME_CAP_USD", self.volume_cap_usd > self.volume_floor_usd),
+                  ("LIQ_RATE_CAP_PER_MIN", self.rate_cap_per_min > self.min_count * 60.0 / self.window_s),
+                  ("LIQ_PRICE_BAND_BPS", self.price_band_bps > 0),
+                  ("LIQ_CROSS_TAU_S", self.cross_tau_s > 0),
+                  ("LIQ_INSTITUTIONAL_USD", self.institutional_usd > 0),
+                  ("LIQ_MIN_USD", self.min_usd >= 0), ("LIQ_SAMPLED_GAP_MS", self.sampled_gap_ms >= 0),
+                  ("LIQ_TICK_S", self.tick_s > 0), ("LIQ_TICK_LAG_S", self.tick_lag_s >= 0))
         for name, ok in checks:
             if not ok:
                 raise ConfigError(name, "a positive value in range (see detector.config)")

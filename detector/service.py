@@ -210,6 +210,9 @@ class Detector:
             if out:
                 outputs.extend(out)
                 self._note_alerts(out, m.value)
+                # An event can end another symbol's cascade (its lane's time passed the quiet
+                # period): that symbol's status hash must say so too.
+                touched.update(o.symbol for o in out if isinstance(o, CascadeEvent))
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
         self._anchor(lanes)

@@ -134,3 +134,15 @@ def test_sampled_weight_rule() -> None:
     assert scoring.sampled_weight(True, 1500, 1500, 2.0) == 2.0
     assert scoring.sampled_weight(True, 1501, 1500, 2.0) == 1.0
     assert scoring.sampled_weight(False, 0, 1500, 2.0) == 1.0
+
+
+@pytest.mark.parametrize("env", [
+    {"LIQ_CROSS_TAU_S": "0"}, {"LIQ_CROSS_TAU_S": "-20"}, {"LIQ_PRICE_BAND_BPS": "0"},
+    {"LIQ_PRICE_BAND_BPS": "-25"}, {"LIQ_VOLUME_FLOOR_USD": "0"}, {"LIQ_VOLUME_CAP_USD": "10000"},
+    {"LIQ_RATE_CAP_PER_MIN": "5"}, {"LIQ_INSTITUTIONAL_USD": "0"}, {"LIQ_TICK_S": "0"},
+])
+def test_scoring_settings_that_would_divide_by_zero_or_leave_0_to_1_are_refused(env: dict[str, str]) -> None:
+    """Each of these crashed the engine on every event or pushed a factor above 1."""
+    with pytest.raises(ConfigError) as err:
+        load(DetectorSettings, env)
+    assert err.value.variable == next(iter(env))

@@ -198,6 +198,31 @@ def test_late_copies_of_an_ended_cascade_start_nothing_after_a_restart(redis_url
     assert [(c.phase, c.cascade_id) for c in cascades(r)] == [("start", cascade_id), ("end", cascade_id)]
 
 
+def test_an_end_caused_by_another_symbols_event_rewrites_the_ended_symbols_status(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """SOLUSDT shares ETHUSDT's shard: its event moves the shard's time past ETHUSDT's quiet
+    period. ETHUSDT's status must say idle, or a restart adopts it and ends it a second time."""
+    assert keys.shard_of("SOLUSDT", 4) == ETH_SHARD
+    clock = FakeClock(CLOCK_START)
+    eth = [ev(k * 5, symbol="ETHUSDT", venue="bybit" if k % 2 else "okx") for k in range(5)]
+
+    async def body(client: aioredis.Redis) -> None:
+        await put(client, eth)
+        first = detector(client, [ETH_SHARD], clock)
+        await first.run_until_idle()
+        await put(client, [ev(60, 1_000.0, symbol="SOLUSDT")])  # ETHUSDT quiet since 20 s
+        await first.run_until_idle()
+        assert [(c.phase, c.symbol) for c in cascades(r)] == [("start", "ETHUSDT"), ("end", "ETHUSDT")]
+        assert status(r, "ETHUSDT")["state"] == "idle"
+        restarted = detector(client, [ETH_SHARD], clock)
+        await restarted.run_until_idle()
+        clock.advance(60.0)
+        await restarted.tick()
+
+    run(redis_url, body)
+    assert [(c.phase, c.symbol) for c in cascades(r)] == [("start", "ETHUSDT"), ("end", "ETHUSDT")]
+
+
 def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_url: str,
                                                                           r: syncredis.Redis) -> None:
     """Event time 40 s behind the wall clock (a backlog): a tick a second ends the cascade after
