@@ -119,8 +119,12 @@ def score_scenario(sc: Scenario, found: list[Detection], result: KindResult) -> 
     matched = sum(1 for d in found if any(_matches(d, label) for label in sc.cascades))
     result.matched_detections += matched
     result.false_alarms += len(found) - matched
-    labels_hit = sum(1 for label in sc.cascades if any(_matches(d, label) for d in found))
-    result.fragments += max(0, matched - labels_hit)
+    # A matched detection that is no label's first is a fragment, even when another detection
+    # spans two labels (counting the labels hit would let that one hide it).
+    firsts = {min((k for k, d in enumerate(found) if _matches(d, label)),
+                  key=lambda k: (found[k].detected_ms, found[k].start_ms))
+              for label in sc.cascades if any(_matches(d, label) for d in found)}
+    result.fragments += matched - len(firsts)
 
 
 def evaluate(settings: DetectorSettings | None = None, seeds: int = 40, quiet_hours: int = 24,

@@ -125,3 +125,24 @@ def test_a_cascade_detected_in_two_pieces_counts_a_fragment_against_precision() 
     summary = result.summary()
     assert (summary["fragments"], summary["false_alarms"], summary["precision"], summary["recall"]) == (
         1, 0, 0.5, 1.0)
+
+
+def test_a_second_detection_of_a_label_is_a_fragment_when_another_detection_spans_two_labels() -> None:
+    """D1 spans L1 and L2, D2 matches L2 only: D2 is L2's second detection, a fragment."""
+    from detector.evaluate import Detection, KindResult, score_scenario
+    from shared.market_model import CascadeLabel, Scenario
+
+    def label(name: str, start: int) -> CascadeLabel:
+        return CascadeLabel(cascade_id=name, symbol="BTCUSDT", venues=("okx",), start_ms=start,
+                            end_ms=start + 60_000, first_ms=start, fifth_ms=start + 4_000, count=20,
+                            published=20, notional_usd=1e6)
+
+    spans_both = Detection("BTCUSDT-a", "BTCUSDT", T0, T0 + 110_000, T0 + 4_000, ("okx",), 30, 1.0, "high")
+    second = Detection("BTCUSDT-b", "BTCUSDT", T0 + 140_000, T0 + 160_000, T0 + 144_000, ("okx",), 5, 1.0,
+                       "high")
+    result = KindResult("cross_venue_cascade")
+    labels = [label("l1", T0), label("l2", T0 + 100_000)]
+    scenario = Scenario("cross_venue_cascade", 1, T0, 3_600_000, [], labels)
+    score_scenario(scenario, [spans_both, second], result)
+    summary = result.summary()
+    assert (summary["fragments"], summary["precision"], summary["recall"]) == (1, 0.5, 1.0)
