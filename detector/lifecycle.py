@@ -88,6 +88,8 @@ class Cascade:
         self.venues.add(liq.exchange)
         if liq.timestamp_ms > self.last_event_ms:
             self.last_event_ms = liq.timestamp_ms
+        elif liq.timestamp_ms < self.start_ms:  # a slower venue's member, still in the window
+            self.start_ms = liq.timestamp_ms
 
     def rescore(self, factors: FactorScores, value: float) -> None:
         self.factors = factors

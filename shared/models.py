@@ -105,7 +105,10 @@ class CascadeEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     symbol: str
     phase: CascadePhase
     start_ms: EpochMs
+    """The oldest member's time: a slower venue's late member moves it earlier (the writer then
+    moves the stored row); ``cascade_id`` keeps the start it was named by."""
     end_ms: EpochMs
+    """The newest member's time."""
     venues: list[str]
     count: int
     total_notional_usd: Amount

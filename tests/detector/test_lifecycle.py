@@ -222,3 +222,16 @@ def test_sampled_feed_counts_double_when_the_cap_binds() -> None:
     spaced = Engine()
     assert feed_all(spaced, [ev(2 * k, 40_000.0, venue="binance_usdm", sampled=True) for k in range(4)]) == []
     assert spaced.symbols["BTCUSDT"].ring.count == 4.0  # 2 s gaps: the cap did not bind
+
+
+def test_a_late_member_older_than_the_start_is_inside_the_published_span() -> None:
+    """Another venue's event stamped before the start, still in the window, joins the cascade:
+    the span the messages publish includes it; the id keeps the start it was named by."""
+    engine = Engine()
+    feed_all(engine, [ev(s) for s in (10, 11, 12, 13, 14)])
+    late = ev(2, venue="okx")
+    assert phases(engine.feed(late))[0] == "member"
+    (end,) = engine.flush()
+    assert isinstance(end, CascadeEvent) and end.count == 6
+    assert (end.start_ms, end.end_ms, end.cascade_id) == (T0 + 2_000, T0 + 14_000, f"BTCUSDT-{T0 + 10_000}")
+
