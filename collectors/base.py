@@ -124,8 +124,11 @@ class Collector:
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
     spool: Spool | None = field(init=False)
+    _spool_writable: bool = True
+    """False after the disk refused a write: new liquidations wait in memory (behind what the
+    spool holds, which is still published first) until ``_spool_again_at``."""
     _spool_again_at: float = 0.0
-    """After a disk error the spool is off; from this time (monotonic) it is tried again."""
+    """After a disk error, from this time (monotonic) the spool is written again."""
 
     def __post_init__(self) -> None:
         spec = self.config.venue
@@ -197,9 +200,11 @@ class Collector:
 
     async def _remember_published(self) -> None:
         """Seed the duplicate filter with this venue's liquidations at the tail of the event
-        streams: the snapshot the venue replays on subscribe after a restart is not new."""
+        streams, and those its spool still holds (they go out first): the snapshot the venue
+        replays on subscribe after a restart is not new."""
         venue = self.config.venue.name
-        remembered = 0
+        spooled = await asyncio.to_thread(self.spool.waiting) if self.spool is not None else []
+        remembered = sum(not self.dedupe.seen_before(liq) for liq in spooled)
         try:
             for stream in keys.event_streams(self.config.shards):
                 entries: Any = await self.config.redis.xrevrange(stream, count=REMEMBER_ENTRIES)
@@ -376,7 +381,7 @@ class Collector:
         batch: list[Liquidation] = []
         while True:
             spool = self._waiting_spool()
-            if spool is not None and stop.is_set() and self._spool(self._drain_queue()):
+            if spool is not None and stop.is_set() and self._spool_with_queue([]):
                 await self._sync_spool()
                 logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
                                self.config.venue.name, spool.pending, spool.path)
@@ -393,7 +398,7 @@ class Collector:
             except (RedisError, OSError) as exc:  # Redis, or the disk under the spool
                 batch = self._unpublished(batch, spool is not None, exc)
                 await self._notify()
-                if stop.is_set() and self.spool is None:
+                if stop.is_set() and (self.spool is None or not self._spool_writable):
                     logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
                                  self.config.venue.name, exc, len(batch) + self.queue.qsize())
                     return
@@ -417,19 +422,13 @@ class Collector:
         if from_spool:
             return []  # still on disk: peeked again next time
         self._spool_back_on()
-        return self._to_spool(batch) if self.spool is not None else batch
+        return [] if self._spool_with_queue(batch) else batch
 
     def _spool_back_on(self) -> None:
-        """Try the spool again, a while after the disk refused it (the disk may have room now)."""
-        directory = self.config.spool_dir
-        if self.spool is not None or directory is None or time.monotonic() < self._spool_again_at:
+        """Write the spool again, a while after the disk refused it (it may have room now)."""
+        if self.spool is None or self._spool_writable or time.monotonic() < self._spool_again_at:
             return
-        try:
-            self.spool = Spool(directory, self.config.venue.name)
-        except OSError as exc:
-            self._spool_again_at = time.monotonic() + SPOOL_RETRY_S
-            logger.error("%s: spool %s still unusable (%s)", self.config.venue.name, directory, exc)
-            return
+        self._spool_writable = True
         logger.warning("%s: spooling to %s again", self.config.venue.name, self.spool.path)
 
     def _spool_published(self, spool: Spool) -> None:
@@ -442,19 +441,22 @@ class Collector:
         """The spool, when liquidations wait in it (they go out before anything newer)."""
         return self.spool if self.spool is not None and self.spool.pending else None
 
-    def _to_spool(self, batch: list[Liquidation]) -> list[Liquidation]:
-        """Move ``batch`` and the queue to the spool; returns what is left to publish from
-        memory (``batch`` again when the spool cannot be written)."""
+    def _spool_with_queue(self, batch: list[Liquidation]) -> bool:
+        """Move ``batch`` and the queue to the spool; False (the queue left as it was) when the
+        spool cannot be written."""
         queued = self._drain_queue()
         if self._spool([*batch, *queued]):
-            return []
+            return True
         for liq in queued:
             self.queue.put_nowait(liq)
-        return batch
+        return False
 
     def _spool(self, liquidations: list[Liquidation]) -> bool:
-        """Append to the spool; on a disk error, log it, stop spooling and return False."""
-        assert self.spool is not None
+        """Append to the spool; False (nothing written) when there is none, when the disk
+        refused an earlier write and the retry time has not come, or on a disk error, which
+        is logged. What the spool holds stays in it and is still published first."""
+        if self.spool is None or not self._spool_writable:
+            return False
         if liquidations and not self.spool.pending:
             logger.warning("%s: redis unavailable; liquidations wait in %s",
                            self.config.venue.name, self.spool.path)
@@ -463,7 +465,7 @@ class Collector:
         except OSError as exc:
             logger.error("%s: cannot write %s (%s); liquidations wait in memory, the spool is tried "
                          "again in %.0fs", self.config.venue.name, self.spool.path, exc, SPOOL_RETRY_S)
-            self.spool = None
+            self._spool_writable = False
             self._spool_again_at = time.monotonic() + SPOOL_RETRY_S
             return False
         SPOOLED.labels(self.config.venue.name).set(self.spool.pending)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -77,23 +77,36 @@ class Spool:
             return []
         out: list[Liquidation] = []
         end, lines = self.offset, 0
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            for line in handle:
-                end += len(line)
-                lines += 1
-                try:
-                    out.append(codec.decode_liquidation(line))
-                except (msgspec.DecodeError, msgspec.ValidationError):
-                    self.skipped += 1
-                    logger.error("spool %s: skipped an unreadable line at byte %d",
-                                 self.path, end - len(line))
-                if len(out) >= limit:
-                    break
+        for size, liq in self._lines():
+            end += size
+            lines += 1
+            if liq is None:
+                self.skipped += 1
+                logger.error("spool %s: skipped an unreadable line at byte %d", self.path, end - size)
+                continue
+            out.append(liq)
+            if len(out) >= limit:
+                break
         self._peeked_end, self._peeked_lines = end, lines
         if not lines:
             self.pending = 0  # nothing after the offset after all
         return out
+
+    def waiting(self) -> list[Liquidation]:
+        """Every readable liquidation after the committed offset, without consuming them."""
+        if not self.pending or not self.path.exists():
+            return []
+        return [liq for _, liq in self._lines() if liq is not None]
+
+    def _lines(self) -> Iterator[tuple[int, Liquidation | None]]:
+        """Each line after the committed offset: its size, and its liquidation (None: unreadable)."""
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            for line in handle:
+                try:
+                    yield len(line), codec.decode_liquidation(line)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    yield len(line), None
 
     def commit(self) -> None:
         """The last :meth:`peek` is in Redis: move past it (remove the spool once all is).

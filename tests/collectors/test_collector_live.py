@@ -427,3 +427,69 @@ def test_a_spool_the_disk_refused_is_used_again_once_it_can_be(
 
     with RestartableRedis(tmp_path / "redis") as redis:
         _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
+
+
+def test_spooled_liquidations_the_venue_replays_after_a_restart_are_published_once(tmp_path: Path) -> None:
+    """OKX replays recent liquidations on subscribe: after a restart, those still in the spool
+    (not yet in the streams) are not new either."""
+    spool_dir = tmp_path / "spool"
+
+    def okx(url: str, exchange: ExchangeSimulator) -> Collector:
+        return Collector(CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(url), shards=SHARDS,
+                                         base_url=exchange.urls["okx"], health_every_s=0.05,
+                                         instruments_every_s=None, spool_dir=spool_dir))
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            async with _running(okx(redis.url, exchange)) as first:
+                await exchange.wait_subscribed("okx", len(first.plans))
+                sent = await exchange.emit(events("okx", T0, 2))
+                await first.wait_until(lambda c: c.published == 2)
+                redis.stop()
+                sent += await exchange.emit(events("okx", T0 + 60_000, 3))
+                await first.wait_until(_spooled(3))
+            redis.start_again()
+            second = okx(redis.url, exchange)
+            async with _running(second):  # the replay on subscribe holds all five
+                await second.wait_until(lambda c: c.health.duplicates == 5 and c.published == 3)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        sent = asyncio.run(run(redis))
+        got = stream_contents(redis.url)
+    assert sorted(x.event_id for x in got) == sorted(normalized(x).event_id for x in sent)
+
+
+def test_a_spool_write_refused_while_lines_wait_keeps_them_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three liquidations wait in the spool when the disk refuses the next write: the newer one
+    waits in memory, behind them, and all are published once, in order, when Redis is back."""
+    from collectors.spool import Spool
+
+    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
+    armed = False
+
+    def append(self: Spool, liquidations: Any) -> None:
+        if armed and refusals and liquidations:
+            raise refusals.pop()
+        real_append(self, liquidations)
+
+    monkeypatch.setattr(Spool, "append", append)
+    spool_dir = tmp_path / "spool"
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        nonlocal armed
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
+                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 3, _spooled(3))
+                armed = True
+                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 1))
+                await collector.wait_until(lambda c: c.health.events == 6)
+                assert not refusals and collector.spool is not None and collector.spool.pending == 3
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 6)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
+    assert list(spool_dir.iterdir()) == []
