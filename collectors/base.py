@@ -41,7 +41,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidU
 
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
-from collectors.refresh import DEFAULT_EVERY_S, refresh_loop
+from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
 from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
@@ -167,8 +167,10 @@ class Collector:
         if self.config.venue.replays_on_subscribe:
             await self._remember_published()
         await self._notify()
-        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         source, every_s = self.config.venue.instruments, self.config.instruments_every_s
+        if source is not None and every_s is None:  # refreshes off: the cache still applies
+            await asyncio.to_thread(load_cached, self.config.venue.name, source, self.config.instruments_dir)
+        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         if source is not None and every_s is not None:
             tasks.append(asyncio.create_task(refresh_loop(
                 self.config.venue.name, source, self.config.base_url, self.config.instruments_dir,

@@ -76,6 +76,13 @@ async def refresh_once(venue: str, source: InstrumentSource, ws_url: str, cache_
     return len(listed)
 
 
+def load_cached(venue: str, source: InstrumentSource, cache_dir: Path | None) -> None:
+    """Overlay the disk cache the last good refresh wrote (refreshing or not: with refreshes
+    off, what the last one learnt still applies)."""
+    if cache_dir is not None and source.table.load_cache(cache_dir):
+        logger.info("%s: instrument cache loaded (%d known)", venue, len(source.table))
+
+
 async def refresh_loop(venue: str, source: InstrumentSource, ws_url: str, cache_dir: Path | None,
                        stop: asyncio.Event, every_s: float = DEFAULT_EVERY_S,
                        fetch: Fetch = http_fetch, on_refresh: OnRefresh | None = None) -> None:
@@ -83,8 +90,7 @@ async def refresh_loop(venue: str, source: InstrumentSource, ws_url: str, cache_
 
     ``on_refresh(listed)`` is awaited after each good refresh (the collector's health uses it).
     """
-    if cache_dir is not None and source.table.load_cache(cache_dir):
-        logger.info("%s: instrument cache loaded (%d known)", venue, len(source.table))
+    load_cached(venue, source, cache_dir)
     backoff = Backoff(base_s=30.0, cap_s=every_s)
     while not stop.is_set():
         try:

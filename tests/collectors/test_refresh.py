@@ -95,6 +95,34 @@ def test_a_collector_refreshes_and_caches_while_it_runs(redis_url: str, tmp_path
     assert {r["symbol_native"] for r in rows} == {i.symbol_native for i in listed}
 
 
+@pytest.mark.integration
+def test_with_refreshes_off_the_instrument_cache_still_applies(redis_url: str, tmp_path: Path) -> None:
+    """LIQ_INSTRUMENTS_REFRESH_S=0: no request, but what the last refresh learnt is used."""
+    spec = fresh(load_venue("okx"))
+    assert spec.instruments is not None
+    cache = tmp_path / "instruments"
+    known = Instrument("NEW-USDT-SWAP", "NEW", "USDT", "linear_perpetual", 10.0, "NEW")
+    InstrumentTable("okx", {known.symbol_native: known}).save(cache)
+
+    async def run() -> None:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            redis = make_async_redis(redis_url)
+            config = CollectorConfig(venue=spec, redis=redis, shards=4, base_url=exchange.urls["okx"],
+                                     instruments_dir=cache, instruments_every_s=None)
+            collector = Collector(config)
+            stop = asyncio.Event()
+            task = asyncio.create_task(collector.run(stop))
+            async with asyncio.timeout(20):
+                await exchange.wait_subscribed("okx", len(collector.plans))
+            stop.set()
+            await task
+            await redis.aclose()
+            assert collector.health.instruments_listed == 0, "no refresh ran"
+
+    asyncio.run(run())
+    assert spec.instruments.table.get("NEW-USDT-SWAP") == known
+
+
 def test_cache_survives_a_restart_and_a_failed_refresh_keeps_the_table(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     known = Instrument("NEW-USDT-SWAP", "NEW", "USDT", "linear_perpetual", 10.0, "NEW")
