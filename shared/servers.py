@@ -69,14 +69,32 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _wait_port(port: int, timeout_s: float, what: str, log: Path) -> None:
+def _answers(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(port: int, timeout_s: float, what: str, log: Path,
+               process: subprocess.Popen[bytes] | None = None) -> None:
+    """Until ``process`` (when given) listens on ``port``; a process that exits (the port taken
+    after all, a bad option) fails at once with its log."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"{what} exited with code {process.returncode} before listening on "
+                              f"127.0.0.1:{port}\n{_log_tail(log)}")
+        if _answers(port):
             return
         time.sleep(0.02)
-    tail = log.read_text()[-2000:] if log.exists() else ""
-    raise ServerError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s\n{tail}")
+    raise ServerError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s\n{_log_tail(log)}")
+
+
+def _log_tail(log: Path) -> str:
+    return log.read_text()[-2000:] if log.exists() else ""
 
 
 @dataclass
@@ -117,6 +135,9 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
     data_dir.mkdir(parents=True, exist_ok=True)
     pidfile = data_dir / "redis.pid"
     _stop_leftover_redis(pidfile)
+    if port and _answers(port):  # another program's server would answer in our place
+        raise ServerError(f"127.0.0.1:{port} is taken by another program: choose a free port "
+                          "(LIQ_EMBEDDED_REDIS_PORT, 0 for any)")
     port = port or free_port()
     binary = redis_binary()
     log = data_dir / "redis.log"
@@ -127,7 +148,7 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
             "--protected-mode", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, preexec_fn=die_with_parent)
-    _wait_port(port, 15, "redis-server", log)
+    _wait_port(port, 15, "redis-server", log, process)
     logger.info("redis %s on 127.0.0.1:%d", binary, port)
     return RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, binary=binary)
 

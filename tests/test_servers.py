@@ -8,6 +8,7 @@ import psycopg
 import pytest
 import redis
 
+from shared import servers
 from shared.servers import start_postgres, start_redis
 
 pytestmark = pytest.mark.integration
@@ -144,3 +145,27 @@ def test_a_client_only_postgresql_version_is_not_taken_for_a_server(
     real = servers.postgres_bin_dir()
     monkeypatch.setattr(servers.glob, "glob", lambda pattern: [str(real), str(client_only)])
     assert servers.postgres_bin_dir() == real, "postgresql-client-17 next to server 15"
+
+
+def test_redis_on_a_port_another_program_listens_on_is_an_error_not_that_programs_server(
+        tmp_path: Path) -> None:
+    import socket
+
+    from shared.errors import ServerError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerError, match=f"127.0.0.1:{port} is taken by another program"):
+            servers.start_redis(tmp_path / "redis", port=port)
+
+
+def test_a_redis_that_exits_before_listening_fails_at_once_with_its_exit_code(tmp_path: Path) -> None:
+    from unittest import mock
+
+    from shared.errors import ServerError
+
+    with mock.patch.object(servers, "redis_binary", return_value="/bin/false"), \
+            pytest.raises(ServerError, match="exited with code 1 before listening"):
+        servers.start_redis(tmp_path / "redis")
