@@ -187,7 +187,7 @@ class Collector:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await publisher
+            await asyncio.wait([publisher])  # its error is raised below, after the health says so
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
@@ -199,6 +199,7 @@ class Collector:
             logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
                         self.config.venue.name, self.published, self.health.parse_errors,
                         self.health.duplicates)
+            publisher.result()
 
     async def _remember_published(self) -> None:
         """Seed the duplicate filter with this venue's liquidations at the tail of the event

@@ -334,6 +334,8 @@ def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str
             with pytest.raises(RuntimeError, match="a bug in publishing"):
                 await asyncio.wait_for(task, 20)
             assert stop.is_set()
+            state = await collector.config.redis.hget(keys.venue_health("binance_usdm"), "state")
+            assert state == b"down", "the health hash must not keep saying up"
             await collector.config.redis.aclose()
 
     asyncio.run(run())
