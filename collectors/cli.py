@@ -20,11 +20,13 @@ from collectors.dedupe import RecentIds, number_repeats
 from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
+from shared.clock import SYSTEM_CLOCK
 from shared.errors import ConfigError, ParseError
 from shared.metrics import start_metrics_server
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
+from shared.status import venue_state
 from shared.streams import publish
 
 METRICS_PORT_BASE = 9501
@@ -85,6 +87,7 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
 def venues(as_json: bool) -> None:
     """Every venue: endpoint, markets, feed semantics and current health (from Redis)."""
     health = _read_health()
+    now_ms = SYSTEM_CLOCK.now_ms()
     rows = []
     for name in VENUES:
         spec = load_venue(name)
@@ -92,7 +95,7 @@ def venues(as_json: bool) -> None:
         rows.append({
             "venue": name, "endpoint": spec.live_url, "markets": spec.markets,
             "semantics": spec.semantics, "semantics_note": spec.semantics_note,
-            "state": h.get("state", "not running"), "reason": h.get("reason", ""),
+            "state": venue_state(h, now_ms), "reason": h.get("reason", ""),
             "events": int(h.get("events", "0") or 0),
             "last_event_age_s": _age_s(h.get("last_liquidation_received_ms")),
         })

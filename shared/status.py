@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,16 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
             "last_reason": last.reason if last else ""}
 
 
+def venue_state(health: Mapping[str, str], now_ms: int) -> str:
+    """A venue's state from its ``liq:venue:*`` hash: ``stopped`` when its collector has not
+    written it for :data:`STALE_HEALTH_MS` (killed, or gone without a word)."""
+    if not health:
+        return "not running"
+    if now_ms - int(health.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
+        return "stopped"
+    return health.get("state", "?")
+
+
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     rows = []
     for name in VENUE_NAMES:
@@ -144,12 +155,9 @@ def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
         if not raw:
             continue
         h = {reply_text(k): reply_text(v) for k, v in raw.items()}
-        state = h.get("state", "?")
-        if now_ms - int(h.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
-            state = "stopped"
         last = int(h.get("last_liquidation_received_ms", "0") or 0)
         rows.append({
-            "venue": name, "state": state, "reason": h.get("reason", ""),
+            "venue": name, "state": venue_state(h, now_ms), "reason": h.get("reason", ""),
             "connections": h.get("connections", ""), "events": int(h.get("events", "0") or 0),
             "parse_errors": int(h.get("parse_errors", "0") or 0),
             "duplicates": int(h.get("duplicates", "0") or 0),

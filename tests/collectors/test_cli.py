@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -386,6 +387,18 @@ def test_venues_json_shows_health_written_by_a_collector(redis_url: str) -> None
     assert 0.0 <= bybit["last_event_age_s"] < 60.0
     assert bybit["semantics"] == "complete"
     assert {(row["state"], row["events"]) for row in got.values()} == {("not running", 0)}
+
+
+def test_venues_shows_a_collector_that_stopped_writing_its_health_as_stopped(redis_url: str) -> None:
+    """SIGKILLed or OOM-killed: the hash still says up, but nobody has written it for an hour."""
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    client = syncredis.Redis.from_url(redis_url)
+    client.hset(keys.venue_health("bybit"), mapping={"state": "up", "reason": "", "events": "5",
+                                                      "updated_ms": str(hour_ago),
+                                                      "last_liquidation_received_ms": str(hour_ago)})
+    client.close()
+    bybit = {row["venue"]: row for row in venue_rows(redis_url)}["bybit"]
+    assert (bybit["state"], bybit["events"]) == ("stopped", 5)
 
 
 # -- plans are built off the event loop ----------------------------------------------------------
