@@ -7,8 +7,8 @@ States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq statu
 - ``degraded``: some connections of a sharded venue are up, some are not;
 - ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
   usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
-  acking subscriptions and sent nothing) shows up here; ``liq status`` also compares it with
-  the other venues' activity;
+  acking subscriptions and sent nothing) shows up here; ``liq status`` shows its last-event
+  age beside the other venues';
 - ``down``: nothing connected and the last attempt failed, or the collector was stopped;
   ``reason`` says why.
 """
