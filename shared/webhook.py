@@ -7,11 +7,16 @@ and a program gets the data. A failed POST (network error, HTTP 5xx or 429) is r
 backoff up to ``attempts`` times; a 4xx other than 429 is not retried (the request itself is
 wrong). Every give-up is one line on stderr. At most ``capacity`` alerts wait; beyond that the
 oldest is dropped, with a line saying so.
+
+Delivery is at least once: an endpoint that took the alert but answered after ``timeout_s`` gets
+it again. Every POST of one alert carries the same ``Idempotency-Key`` header (a digest of the
+body), so a receiver that keeps recent keys can drop the repeats.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import logging
@@ -83,9 +88,10 @@ class WebhookSender:
 
     def _deliver(self, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
+        key = hashlib.sha256(data).hexdigest()[:32]
         self.backoff.reset()
         for attempt in range(1, self.attempts + 1):
-            problem = self._post(data)
+            problem = self._post(data, key)
             if problem is None:
                 self.delivered += 1
                 return
@@ -95,10 +101,10 @@ class WebhookSender:
         self.failed += 1
         logger.warning("webhook: gave up on an alert after %d attempt(s): %s", attempt, problem)
 
-    def _post(self, data: bytes) -> str | None:
+    def _post(self, data: bytes, key: str) -> str | None:
         """None when delivered, else what went wrong."""
         request = urllib.request.Request(self.url, data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", "Idempotency-Key": key})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # http(s): see __init__
                 response.read()

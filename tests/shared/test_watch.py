@@ -128,7 +128,8 @@ class Endpoint:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status = endpoint.statuses.pop(0) if endpoint.statuses else 200
-                endpoint.bodies.put({"status": status, **body})
+                key = self.headers["Idempotency-Key"]
+                endpoint.bodies.put({"status": status, "idempotency_key": key, **body})
                 self.send_response(status)
                 self.end_headers()
 
@@ -155,6 +156,7 @@ def test_webhook_delivers_each_alert_and_retries_a_failing_endpoint() -> None:
         sender.close()
         endpoint.close()
     assert [b["status"] for b in received] == [503, 500, 200]
+    assert len({b["idempotency_key"] for b in received}) == 1, "a retry repeats the alert's key"
     body = received[-1]
     assert body["text"] == body["content"] == alert.line
     assert (body["kind"], body["cascade_id"], body["total_notional_usd"]) == (
@@ -173,6 +175,7 @@ def test_webhook_gives_up_on_a_request_the_endpoint_refuses() -> None:
         sender.close()
         endpoint.close()
     assert [(b["status"], b["text"]) for b in received] == [(400, "x"), (200, "y")], "a 400 is not retried"
+    assert received[0]["idempotency_key"] != received[1]["idempotency_key"]
     assert (sender.delivered, sender.failed) == (1, 1)
     with pytest.raises(ValueError, match="http"):
         WebhookSender("ftp://example.org")
@@ -235,11 +238,11 @@ def test_webhook_survives_a_bad_status_line_and_any_failure_nobody_foresaw() -> 
     sender = WebhookSender(f"http://127.0.0.1:{server.server_address[1]}/", attempts=1,
                            backoff=Backoff(base_s=0.001, cap_s=0.001))
     try:
-        problem = sender._post(b"{}")
+        problem = sender._post(b"{}", "key")
         assert problem is not None and problem.startswith("BadStatusLine"), problem
         calls: list[int] = []
 
-        def flaky(data: bytes) -> str | None:
+        def flaky(data: bytes, key: str) -> str | None:
             calls.append(1)
             if len(calls) == 1:
                 raise RuntimeError("a failure nobody foresaw")
