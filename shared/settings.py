@@ -47,9 +47,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError("LIQ_LOG_LEVEL", "one of " + ", ".join(LOG_LEVELS), self.log_level)
-        for name in ("embedded_redis_port", "embedded_pg_port"):
+        for name in ("embedded_redis_port", "embedded_pg_port", "metrics_port"):
             port = getattr(self, name)
-            if not 0 <= port <= 65535:
+            if port is not None and not 0 <= port <= 65535:
                 raise ConfigError(env_name(name), "a port number (0: any free port)", str(port))
 
 

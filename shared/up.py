@@ -35,7 +35,7 @@ from shared.backoff import Backoff
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load
-from shared.venues import VENUE_NAMES
+from shared.venues import chosen_venues
 
 logger = logging.getLogger("up")
 
@@ -70,10 +70,10 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
     """Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, and run every process."""
     settings = load(CommonSettings)
     logs.configure(settings.log_level, "up")
-    chosen = [v for v in venues.split(",") if v] or list(VENUE_NAMES)
-    unknown = sorted(set(chosen) - set(VENUE_NAMES))
-    if unknown:
-        raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
+    try:
+        chosen = chosen_venues(venues)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--venues") from exc
     data_dir = Path(settings.data_dir).resolve()
     with only_one_up(data_dir):
         code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings))

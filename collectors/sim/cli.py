@@ -16,7 +16,6 @@ from pathlib import Path
 
 import click
 
-from collectors import VENUES
 from collectors.sim.driver import DriveStats, TruthLog, drive, remove_ports, write_ports
 from collectors.sim.server import ExchangeSimulator, available_venues
 from shared.clock import SYSTEM_CLOCK
@@ -24,6 +23,7 @@ from shared.market import MarketEvent
 from shared.market_model import DEFAULT_PARAMS, MarketModel
 from shared.runtime import run_service
 from shared.settings import CommonSettings, load
+from shared.venues import chosen_venues
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,10 @@ class SimulateOptions:
 
 def choose_venues(requested: str) -> list[str]:
     """The venues to simulate: the requested ones that have a simulator module (default: all)."""
-    names = [v.strip() for v in requested.split(",") if v.strip()] or list(VENUES)
-    unknown = sorted(set(names) - set(VENUES))
-    if unknown:
-        raise click.BadParameter(f"unknown venue(s) {', '.join(unknown)}", param_hint="--venues")
+    try:
+        names = chosen_venues(requested)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--venues") from exc
     have = set(available_venues())
     missing = [v for v in names if v not in have]
     if missing:

@@ -90,4 +90,7 @@ def test_log_level_and_embedded_ports_name_their_variable() -> None:
         load(CommonSettings, {"LIQ_EMBEDDED_REDIS_PORT": "abc"})
     with pytest.raises(ConfigError, match="LIQ_EMBEDDED_PG_PORT.*a port number"):
         load(CommonSettings, {"LIQ_EMBEDDED_PG_PORT": "70000"})
+    with pytest.raises(ConfigError, match="LIQ_METRICS_PORT.*a port number"):
+        load(CommonSettings, {"LIQ_METRICS_PORT": "99999"})
+    assert load(CommonSettings, {"LIQ_METRICS_PORT": ""}).metrics_port is None
     assert load(CommonSettings, {"LIQ_LOG_LEVEL": "debug"}).log_level == "debug"

@@ -112,3 +112,12 @@ def _lines_until(stream: IO[str], marker: str, count: int) -> list[str]:
             if len(found) == count:
                 return found
     raise AssertionError(f"the process ended before {count} lines with {marker!r}")
+
+
+def test_venue_lists_may_have_spaces_and_name_the_unknown_ones() -> None:
+    from shared.venues import chosen_venues
+
+    assert chosen_venues("okx, bybit ,") == ["okx", "bybit"]
+    assert cli.choose_venues(" okx ") == ["okx"]
+    with pytest.raises(ValueError, match="unknown venue\\(s\\) ftx; known: binance_usdm"):
+        chosen_venues("okx, ftx")
