@@ -4,11 +4,12 @@ Contracts (USDT-settled, ``/v4/ws/usdt``): BTC → ``BTC_USDT`` (quanto 0.0001 B
 ``ETH_USDT`` (0.01 ETH), and ``NEWCOIN_USDT`` (10 NEWCOIN), a made-up listing absent from the
 shipped fallback table; SOL is not simulated (its multiplier is not in our sources). REST:
 ``GET /api/v4/futures/usdt/contracts`` lists exactly these contracts in Gate's format
-(``listed()`` is what a correct parser reads from it); ``/btc/contracts`` lists none. ``size``
-is a signed whole number of contracts: negative = sell order = a long was liquidated. ``time``
-is ms (the post-2026-08-20 format). Expected: base = |size| × multiplier, notional = base ×
-price, event_id = the digest. ``!all`` on the USDT endpoint subscribes every simulated contract;
-at most 20 rows go in one frame, as Gate flushes a contract's buffer at 20.
+(``listed()`` is what a correct parser reads from it); ``/btc`` and ``/usd1`` list none, and
+their endpoints carry no simulated contract. ``size`` is a signed whole number of contracts:
+negative = sell order = a long was liquidated. ``time`` is ms (the post-2026-08-20 format).
+Expected: base = |size| × multiplier, notional = base × price, event_id = the digest. ``!all``
+on the USDT endpoint subscribes every simulated contract; at most 20 rows go in one frame, as
+Gate flushes a contract's buffer at 20.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class GateSim:
         if channel == CHANNEL and event == "subscribe":
             payload = [str(p) for p in msg["payload"]]
             client.subscriptions.update(payload)
-            if ALL in payload and not client.path.rstrip("/").endswith("/btc"):
+            if ALL in payload and client.path.rstrip("/").endswith("/usdt"):
                 client.subscriptions.update(c.name for c in CONTRACTS.values())  # all USDT-settled
             return [_envelope(CHANNEL, "subscribe", payload=payload, result={"status": "success"})]
         raise ValueError(f"unknown request {channel!r}/{event!r}")
@@ -128,10 +129,11 @@ class GateSim:
         return None
 
     def rest(self, path: str, body: bytes | None) -> bytes | None:
-        """The contracts answer: every simulated contract on ``usdt``, none on ``btc``."""
+        """The contracts answer: every simulated contract on ``usdt``, none on ``btc`` or ``usd1``."""
         if path == CONTRACTS_PATH.format(settle="usdt"):
             return json.dumps([_contract_row(c) for c in CONTRACTS.values()]).encode()
-        return b"[]" if path == CONTRACTS_PATH.format(settle="btc") else None
+        empty = (CONTRACTS_PATH.format(settle="btc"), CONTRACTS_PATH.format(settle="usd1"))
+        return b"[]" if path in empty else None
 
     def listed(self) -> list[Instrument]:
         return [

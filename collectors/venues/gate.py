@@ -1,4 +1,4 @@
-"""Gate futures v4: the ``futures.public_liquidates`` channel on the USDT- and BTC-settled endpoints.
+"""Gate futures v4: ``futures.public_liquidates`` on the USDT-, BTC- and USD1-settled endpoints.
 
 Docs: gate.com/docs/developers/futures/ws (``futures.public_liquidates``). Subscribing with the
 payload ``["!all"]`` covers every contract of a settle currency; since 2026-08-20 every
@@ -13,14 +13,14 @@ Side rule: ``size`` is the signed size of the liquidation ORDER (Gate's order co
 negative = sell = a long was liquidated, positive = a short (inference, exchanges.md 1.7).
 
 Units: ``|size|`` contracts × ``quanto_multiplier`` (the instrument table's contract value in
-base) for USDT contracts; BTC-settled inverse contracts are 1 USD each. A contract missing
+base) for USDT and USD1 contracts; BTC-settled inverse contracts are 1 USD each. A contract missing
 from the table keeps its quantity in contracts with the notional unknown. ``size`` is an
 integer, or a string with the ``X-Gate-Size-Decimal`` header. ``time`` was seconds before the
 change and is ms after it (older rows carry ``time_ms``), so it is read by magnitude.
 No exchange id: ``event_id`` is the digest. Heartbeat: ``futures.ping`` → ``futures.pong``.
 
 Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
-``GET /api/v4/futures/{usdt,btc}/contracts`` → ``[{"name":"BTC_USDT","type":"direct",
+``GET /api/v4/futures/{usdt,btc,usd1}/contracts`` → ``[{"name":"BTC_USDT","type":"direct",
 "quanto_multiplier":"0.0001",…}]``. A ``direct`` contract quoted in its settle currency is
 ``quanto_multiplier`` base per contract; ``inverse`` ``X_USD`` is 1 USD per contract; a quanto
 contract (``direct``, quoted in another currency than it settles in) is listed with its size
@@ -58,7 +58,8 @@ NAME = "gate"
 CHANNEL = "futures.public_liquidates"
 ALL = "!all"
 WS_PATH = "/v4/ws/"
-SETTLES = {"usdt": "_USDT", "btc": "_USD"}
+SETTLES = {"usdt": "_USDT", "btc": "_USD", "usd1": "_USD1"}
+"""Settle currency → contract suffix; one connection each (USD1-settled since 2026-08-19)."""
 SECONDS_BELOW = 100_000_000_000  # a time below this (year 5138 in s, 1973 in ms) is in seconds
 
 
@@ -81,9 +82,10 @@ _frame = msgspec.json.Decoder(Frame)
 
 
 def contract_instrument(contract: str) -> Instrument:
-    """``X_USDT`` → linear perpetual, size unknown; ``X_USD`` → inverse, 1 USD per contract."""
+    """``X_USDT`` / ``X_USD1`` → linear perpetual, size unknown; ``X_USD`` → inverse, 1 USD per
+    contract."""
     base, _, quote = contract.rpartition("_")
-    if not base or quote not in ("USDT", "USD"):
+    if not base or quote not in ("USDT", "USD", "USD1"):
         raise ParseError(NAME, f"unknown contract {contract!r}")
     if quote == "USD":
         return Instrument(contract, base, "USD", "inverse_perpetual", 1.0, "USD")
@@ -202,7 +204,7 @@ TABLE = InstrumentTable.load(NAME)
 VENUE = VenueSpec(
     name=NAME,
     live_url="wss://fx-ws.gateio.ws/v4/ws/usdt",
-    markets="Gate USDT-settled and BTC-settled perpetuals (all contracts via !all)",
+    markets="Gate USDT-, USD1- and BTC-settled perpetuals (all contracts via !all)",
     semantics="complete",
     semantics_note="every liquidation since 2026-08-20, batched per contract per ~1 s (before: 1/s/contract)",
     heartbeat_s=10.0,

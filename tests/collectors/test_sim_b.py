@@ -168,13 +168,13 @@ def test_identical_rows_get_distinct_digests(venue: str) -> None:
     assert by_id(deliver(sim, connections, items)) == by_id([i.expected[0] for i in items])
 
 
-def test_gate_btc_settle_connection_gets_no_usdt_contracts() -> None:
+def test_gate_btc_and_usd1_settle_connections_get_no_usdt_contracts() -> None:
     sim, connections = connect("gate")
-    usdt, btc = (client for client, _ in connections)
-    assert usdt.path.endswith("/usdt") and btc.path.endswith("/btc")
+    usdt, btc, usd1 = (client for client, _ in connections)
+    assert usdt.path.endswith("/usdt") and btc.path.endswith("/btc") and usd1.path.endswith("/usd1")
     items = materialize(sim, EVENTS)
-    assert all(wants(usdt, item) and not wants(btc, item) for item in items)
-    assert btc.subscriptions == {"!all"}
+    assert all(wants(usdt, item) and not wants(btc, item) and not wants(usd1, item) for item in items)
+    assert btc.subscriptions == usd1.subscriptions == {"!all"}
 
 
 def test_hyperliquid_fills_reach_every_watched_account() -> None:

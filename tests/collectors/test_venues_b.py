@@ -183,9 +183,12 @@ def gate_row(**fields: Any) -> dict[str, Any]:
     return {"price": "65000.5", "size": -124, "time": RX - 9, "contract": "BTC_USDT", **fields}
 
 
-def test_gate_subscribes_all_contracts_on_usdt_and_btc() -> None:
+def test_gate_subscribes_all_contracts_on_usdt_btc_and_usd1() -> None:
     plans = gate.VENUE.plans(gate.VENUE.live_url, [])
-    assert [p.url for p in plans] == ["wss://fx-ws.gateio.ws/v4/ws/usdt", "wss://fx-ws.gateio.ws/v4/ws/btc"]
+    assert [p.url for p in plans] == ["wss://fx-ws.gateio.ws/v4/ws/usdt", "wss://fx-ws.gateio.ws/v4/ws/btc",
+                                      "wss://fx-ws.gateio.ws/v4/ws/usd1"]
+    (usd1,) = gate.VENUE.plans("ws://127.0.0.1:9", ["BTC_USD1"])
+    assert usd1.url == "ws://127.0.0.1:9/v4/ws/usd1"
     (sub,) = [json.loads(m) for m in plans[0].new_session().on_open()]
     assert (sub["channel"], sub["event"], sub["payload"]) == (gate.CHANNEL, "subscribe", ["!all"])
     assert isinstance(sub["time"], int)
