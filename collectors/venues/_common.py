@@ -38,6 +38,7 @@ The API is small and stable; venue modules import only these names:
 from __future__ import annotations
 
 import hashlib
+import logging
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -69,6 +70,13 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, venue: str) -> T:
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         raise ParseError(venue, str(exc), raw) from exc
+
+
+def server_error(venue: str, detail: object) -> None:
+    """Log what a venue answered with an error: a refused subscription (a renamed channel, a
+    delisted symbol) would otherwise look like a quiet market until the feed turns suspect."""
+    logging.getLogger(f"collectors.venues.{venue}").warning(
+        "%s: the venue answered with an error: %s", venue, str(detail)[:200])
 
 
 @contextmanager

@@ -28,7 +28,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
-from collectors.venues._common import decode, make_liquidation, with_default_path
+from collectors.venues._common import decode, make_liquidation, server_error, with_default_path
 from shared.errors import ParseError
 from shared.models import Liquidation
 
@@ -57,6 +57,8 @@ class Event(msgspec.Struct):
     event: str
     chanId: int | None = None
     key: str | None = None
+    code: Any = None
+    msg: Any = None
 
 
 _frame = msgspec.json.Decoder(Event | list[Any])
@@ -107,6 +109,8 @@ class BitfinexSession:
         if isinstance(frame, Event):
             if frame.event == "subscribed" and frame.chanId is not None:
                 self.channels[frame.chanId] = frame.key or ""
+            elif frame.event == "error":
+                server_error(NAME, f"{frame.code}: {frame.msg}")
             return EMPTY
         if len(frame) < 2 or not isinstance(frame[0], int):
             raise ParseError(NAME, "array frame without chanId and payload", raw)

@@ -21,7 +21,6 @@ is history and skipped, as tardis does. Heartbeat: the text ``ping``, answered b
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 
 import msgspec
@@ -34,12 +33,11 @@ from collectors.venues._common import (
     make_liquidation,
     num,
     position_side,
+    server_error,
     with_default_path,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "bitget"
 PATH = "/v3/ws/public"
@@ -99,7 +97,7 @@ class BitgetSession:
             return EMPTY
         frame = decode(_frame, raw, NAME)
         if frame.event == "error":
-            logger.warning("%s: server error: %s", NAME, frame.msg[:200])
+            server_error(NAME, frame.msg)
         if frame.arg is None or frame.arg.topic != TOPIC or not frame.data or frame.action == "snapshot":
             return EMPTY  # a snapshot (on subscribe) is history; tardis maps only "update"
         inst_type = frame.arg.instType

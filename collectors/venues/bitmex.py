@@ -50,6 +50,7 @@ from collectors.venues._common import (
     ms_date,
     num,
     position_side,
+    server_error,
     with_default_path,
 )
 from shared.errors import ParseError
@@ -118,6 +119,8 @@ class BitmexSession:
         if frame.table is None:
             if frame.info is None and frame.success is None and frame.error is None:
                 raise ParseError(NAME, "neither a table frame nor a control reply", raw)
+            if frame.error is not None:
+                server_error(NAME, frame.error)
             return EMPTY
         if frame.table != "liquidation" or frame.action != "insert":
             return EMPTY

@@ -41,6 +41,7 @@ from collectors.venues._common import (
     month_code_expiry,
     num,
     position_side,
+    server_error,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
@@ -84,6 +85,7 @@ class Frame(msgspec.Struct):
     topic: str | None = None
     op: str | None = None
     success: bool | None = None
+    ret_msg: Any = None
     ts: int | None = None
     data: list[Row] | Row | None = None
 
@@ -135,6 +137,8 @@ class BybitSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.topic is None:
+            if frame.success is False:
+                server_error(NAME, f"{frame.op}: {frame.ret_msg}")
             if frame.op is not None or frame.success is not None:
                 return EMPTY
             raise ParseError(NAME, "neither a topic frame nor an op reply", raw)

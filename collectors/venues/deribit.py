@@ -34,6 +34,7 @@ from collectors.venues._common import (
     make_liquidation,
     market_type,
     position_side,
+    server_error,
     with_default_path,
 )
 from shared.errors import ParseError
@@ -131,6 +132,8 @@ class DeribitSession:
             with frame_errors(NAME, raw):
                 return SessionOutput(self._trades(frame.params.data or [], received_ms))
         if frame.id is not None or frame.method is not None:
+            if frame.error is not None:
+                server_error(NAME, frame.error)
             return EMPTY
         raise ParseError(NAME, "neither a subscription, a heartbeat nor an RPC reply", raw)
 

@@ -26,7 +26,6 @@ answered by the client library; there is no application ping.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 
 import msgspec
@@ -40,12 +39,11 @@ from collectors.venues._common import (
     make_liquidation,
     num,
     position_side,
+    server_error,
     with_default_path,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "dydx"
 PATH = "/v4/ws"
@@ -103,7 +101,7 @@ class DydxSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.type == "error":
-            logger.warning("%s: server error: %s", NAME, frame.message[:200])
+            server_error(NAME, frame.message)
         if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
             return EMPTY
         batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]

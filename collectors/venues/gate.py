@@ -30,7 +30,6 @@ unknown, since its multiplier is not in base.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,11 +47,9 @@ from collectors.venue import (
     SessionOutput,
     VenueSpec,
 )
-from collectors.venues._common import decode, make_liquidation, num
+from collectors.venues._common import decode, make_liquidation, num, server_error
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "gate"
 CHANNEL = "futures.public_liquidates"
@@ -118,7 +115,7 @@ class GateSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.error is not None:
-            logger.warning("%s: server error: %s", NAME, str(frame.error)[:200])
+            server_error(NAME, frame.error)
         if frame.channel != CHANNEL or frame.event != "update" or not isinstance(frame.result, list):
             return EMPTY
         return SessionOutput([self._liquidation(row, received_ms) for row in frame.result])

@@ -31,7 +31,6 @@ per contract (USDT-margined) or USD per contract (coin-margined); ``delivery_dat
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -57,12 +56,11 @@ from collectors.venues._common import (
     market_type,
     num,
     position_side,
+    server_error,
     yymmdd_expiry,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "htx"
 ENDPOINTS = {  # path → which contract codes it serves
@@ -146,7 +144,7 @@ class HtxSession:
         if frame.ping is not None:
             return SessionOutput(replies=[json.dumps({"pong": frame.ping})])
         if frame.err_code or frame.op in ("error", "close"):
-            logger.warning("%s: %s %s: %s", NAME, frame.op, frame.err_code, frame.err_msg[:200])
+            server_error(NAME, f"{frame.op} {frame.err_code}: {frame.err_msg}")
         if frame.op != "notify" or not frame.topic.endswith(".liquidation_orders") or not frame.data:
             return EMPTY
         with frame_errors(NAME, raw):

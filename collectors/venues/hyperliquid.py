@@ -39,7 +39,14 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
-from collectors.venues._common import decode, make_liquidation, num, position_side, with_default_path
+from collectors.venues._common import (
+    decode,
+    make_liquidation,
+    num,
+    position_side,
+    server_error,
+    with_default_path,
+)
 from shared.errors import ParseError
 from shared.models import Liquidation, Side
 
@@ -127,6 +134,8 @@ class HyperliquidSession:
 
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
+        if frame.channel == "error":
+            server_error(NAME, bytes(frame.data).decode(errors="replace"))
         if frame.channel not in FILL_CHANNELS:
             return EMPTY
         data = decode(_fill_data, bytes(frame.data), NAME)

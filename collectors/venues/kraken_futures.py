@@ -20,7 +20,6 @@ Keep-alive: the server wants traffic at least every 60 s; WebSocket pings plus t
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Sequence
 
 import msgspec
@@ -34,13 +33,12 @@ from collectors.venues._common import (
     market_type,
     num,
     position_side,
+    server_error,
     with_default_path,
     yymmdd_expiry,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "kraken_futures"
 PATH = "/ws/v1"
@@ -103,7 +101,7 @@ class KrakenFuturesSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         envelope = decode(_envelope, raw, NAME)
         if envelope.event in ("alert", "error", "subscribed_failed"):
-            logger.warning("%s: %s: %s", NAME, envelope.event, envelope.message[:200])
+            server_error(NAME, f"{envelope.event}: {envelope.message}")
         if envelope.feed != "trade" or envelope.type != "liquidation":
             return EMPTY
         trade = decode(_trade, raw, NAME)

@@ -42,7 +42,7 @@ from collectors.venue import (
     SessionOutput,
     VenueSpec,
 )
-from collectors.venues._common import decode, make_liquidation, num, with_default_path
+from collectors.venues._common import decode, make_liquidation, num, server_error, with_default_path
 from shared.models import Liquidation
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class LighterSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.error is not None:
-            logger.warning("%s: server error: %s", NAME, str(frame.error)[:200])
+            server_error(NAME, frame.error)
         if frame.type == "ping":
             return SessionOutput(replies=[PONG])
         if frame.type != "update/trade" or not frame.liquidation_trades:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -54,6 +55,7 @@ from collectors.venues._common import (
     ms_date,
     num,
     position_side,
+    server_error,
     with_default_path,
     yymmdd_expiry,
 )
@@ -99,6 +101,8 @@ class Arg(msgspec.Struct):
 
 class Frame(msgspec.Struct):
     event: str | None = None
+    code: Any = None
+    msg: Any = None
     arg: Arg | None = None
     table: str | None = None
     data: list[Item] | None = None
@@ -158,6 +162,8 @@ class OkxSession:
 
     def _frame(self, frame: Frame, raw: bytes | str, received_ms: int) -> SessionOutput:
         if frame.event is not None:
+            if frame.event == "error":
+                server_error(NAME, f"{frame.code}: {frame.msg}")
             return EMPTY
         if frame.table in V3_TABLES:
             return SessionOutput(self._v3(frame.data or [], received_ms))

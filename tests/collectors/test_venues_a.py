@@ -526,3 +526,21 @@ def test_bitfinex_malformed() -> None:
     bad = pos(0.5)
     bad[6] = "x"
     assert_malformed(session, "[5,", [5], ["x", []], [5, [[1, 2]]], [5, [bad]], [5, [pos(0.0)]], "null")
+
+
+@pytest.mark.parametrize(("venue", "frame", "detail"), [
+    ("bybit", {"success": False, "ret_msg": "error:handler not found,topic:liquidation.BTCUSDT",
+               "op": "subscribe"}, "handler not found"),
+    ("okx", {"event": "error", "code": "60018", "msg": "Wrong URL or channel:liquidations"}, "60018"),
+    ("bitfinex", {"event": "error", "msg": "subscribe: dup", "code": 10301}, "subscribe: dup"),
+    ("bitmex", {"error": "Unknown table: liquidations"}, "Unknown table"),
+    ("deribit", {"jsonrpc": "2.0", "id": 2, "error": {"code": 11050, "message": "bad_request"}},
+     "bad_request"),
+    ("hyperliquid", {"channel": "error", "data": "Error parsing JSON into valid websocket request"},
+     "Error parsing JSON"),
+])
+def test_a_refused_subscription_or_error_reply_is_logged_not_mistaken_for_a_quiet_market(
+        venue: str, frame: dict[str, Any], detail: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        assert_control(parser(venue), frame)
+    assert f"{venue}: the venue answered with an error" in caplog.text and detail in caplog.text
