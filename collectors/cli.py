@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,12 +23,12 @@ from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
 from shared.clock import SYSTEM_CLOCK
-from shared.errors import ConfigError, ParseError
+from shared.errors import ParseError
 from shared.metrics import start_metrics_server
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
-from shared.status import venue_state
+from shared.status import discover, require_redis, venue_state
 from shared.streams import publish
 
 METRICS_PORT_BASE = 9501
@@ -86,7 +88,8 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def venues(as_json: bool) -> None:
     """Every venue: endpoint, markets, feed semantics and current health (from Redis)."""
-    health = _read_health()
+    found = discover(load(CommonSettings), dict(os.environ))
+    health = _read_health(found.redis_url)
     now_ms = SYSTEM_CLOCK.now_ms()
     rows = []
     for name in VENUES:
@@ -111,10 +114,13 @@ def venues(as_json: bool) -> None:
                    + (f"; reason: {row['reason']}" if row["reason"] else ""))
 
 
-def _read_health() -> dict[str, dict[str, str]]:
+def _read_health(redis_url: str | None) -> dict[str, dict[str, str]]:
+    """Each venue's health hash in the running system's Redis (said on stderr when there is none)."""
+    if redis_url is None:
+        click.echo("no running system found (LIQ_REDIS_URL unset, no liq up): health not shown", err=True)
+        return {}
     try:
-        settings = load(CommonSettings)
-        client = make_sync_redis(settings.redis_url)
+        client = make_sync_redis(redis_url)
         out = {}
         for name in VENUES:
             raw: dict[bytes, bytes] = client.hgetall(keys.venue_health(name))  # type: ignore[assignment]
@@ -122,7 +128,8 @@ def _read_health() -> dict[str, dict[str, str]]:
                 out[name] = {k.decode(): v.decode() for k, v in raw.items()}
         client.close()
         return out
-    except (OSError, ConfigError, RedisError):
+    except (OSError, RedisError) as exc:
+        click.echo(f"cannot reach Redis at {redis_url} ({exc}): health not shown", err=True)
         return {}
 
 
@@ -187,19 +194,33 @@ def read_records(stream: TextIO) -> Iterator[FrameRecord]:
               help="1 = original pace, 10 = ten times faster, 0 = as fast as possible.")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print liquidations instead of publishing.")
 def replay(file: Path, speed: float, to_stdout: bool) -> None:
-    """Feed a recorded frame file (liq collect --record) back through the parsers."""
+    """Feed a recorded frame file (liq collect --record) back through the parsers, into the running
+    system's streams (LIQ_REDIS_URL, else liq up's) or, with --stdout, to the terminal."""
     logs.configure("INFO", "replay")
-    settings = load(CommonSettings)
-    counts = asyncio.run(_replay(file, speed, to_stdout, settings))
+    found = discover(load(CommonSettings), dict(os.environ))
+    target = None if to_stdout else Target(require_redis(found), found.shards)
+    try:
+        counts = asyncio.run(_replay(file, speed, target))
+    except RedisError as exc:
+        where = target.url if target else "?"
+        raise click.ClickException(f"cannot publish to Redis at {where}: {exc}") from exc
     click.echo(json.dumps(counts), err=True)
 
 
-async def _replay(file: Path, speed: float, to_stdout: bool, settings: CommonSettings) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """Where ``liq replay`` publishes: a Redis and the shard count its consumers run with."""
+
+    url: str
+    shards: int
+
+
+async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, Any]:
     from collectors.venues._common import liquidation_to_row
 
     sessions: dict[tuple[str, str], VenueSession] = {}
     seen = RecentIds()
-    redis = None if to_stdout else make_async_redis(settings.redis_url)
+    redis = None if target is None else make_async_redis(target.url)
     counts = {"frames": 0, "liquidations": 0, "duplicates": 0, "parse_errors": 0}
     first_ms: int | None = None
     started = time.monotonic()
@@ -225,7 +246,8 @@ async def _replay(file: Path, speed: float, to_stdout: bool, settings: CommonSet
                     for liq in fresh:
                         click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
                 else:
-                    items = [(keys.event_stream(keys.shard_of(liq.symbol, settings.shards)), liq)
+                    assert target is not None
+                    items = [(keys.event_stream(keys.shard_of(liq.symbol, target.shards)), liq)
                              for liq in fresh]
                     await publish(redis, items, keys.EVENT_STREAM_MAXLEN)
     finally:

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -335,15 +336,15 @@ ENDPOINTS = {
 }
 
 
-def venue_rows(redis_url: str) -> list[dict[str, Any]]:
+def venue_rows(redis_url: str, stderr: str = "") -> list[dict[str, Any]]:
     result = invoke(venues, ["--json"], env={"LIQ_REDIS_URL": redis_url})
-    assert result.stderr == ""
+    assert stderr in result.stderr if stderr else result.stderr == ""
     out: list[dict[str, Any]] = json.loads(result.stdout)
     return out
 
 
 def test_venues_json_lists_every_venue_without_redis(tmp_path: Path) -> None:
-    got = venue_rows(f"unix://{tmp_path}/no-redis.sock")
+    got = venue_rows(f"unix://{tmp_path}/no-redis.sock", stderr="cannot reach Redis at unix://")
     assert [row["venue"] for row in got] == list(VENUE_NAMES)
     assert {row["venue"]: (row["endpoint"], row["semantics"]) for row in got} == ENDPOINTS
     for row in got:
@@ -399,6 +400,33 @@ def test_venues_shows_a_collector_that_stopped_writing_its_health_as_stopped(red
     client.close()
     bybit = {row["venue"]: row for row in venue_rows(redis_url)}["bybit"]
     assert (bybit["state"], bybit["events"]) == ("stopped", 5)
+
+
+def test_venues_and_replay_find_the_system_liq_up_runs(redis_url: str, tmp_path: Path) -> None:
+    """No LIQ_REDIS_URL: liq up's file (in LIQ_DATA_DIR) names the Redis, as for liq status."""
+    (tmp_path / "up.json").write_text(json.dumps({"redis_url": redis_url, "pg_dsn": "postgresql://x",
+                                                  "shards": SHARDS, "pid": os.getpid()}))
+    client = syncredis.Redis.from_url(redis_url)
+    client.hset(keys.venue_health("okx"), mapping={"state": "up", "events": "2",
+                                                    "updated_ms": str(int(time.time() * 1000))})
+    client.close()
+    result = invoke(venues, ["--json"], env={"LIQ_DATA_DIR": str(tmp_path)})
+    okx = {row["venue"]: row for row in json.loads(result.stdout)}["okx"]
+    assert (okx["state"], okx["events"]) == ("up", 2) and result.stderr == ""
+
+
+def test_replay_without_a_running_system_says_so(tmp_path: Path) -> None:
+    frame = ('{"time":1781000000,"channel":"futures.public_liquidates","event":"update","result":['
+             '{"price":"65000","size":-1,"time":1781000000045,"contract":"BTC_USDT"}]}')
+    record = tmp_path / "r.jsonl"
+    record.write_text(json.dumps({"venue": "gate", "conn": "gate:usdt", "received_ms": RECEIVED_MS,
+                                  "frame": frame}) + "\n")
+    result = CliRunner().invoke(replay, [str(record)], env={"LIQ_DATA_DIR": str(tmp_path / "none")})
+    assert result.exit_code == 1 and "no running system found" in result.output
+    result = CliRunner().invoke(replay, [str(record), "--speed", "0"],
+                                env={"LIQ_REDIS_URL": f"unix://{tmp_path}/no.sock"})
+    assert result.exit_code == 1 and f"cannot publish to Redis at unix://{tmp_path}/no.sock" in result.output
+    assert "Traceback" not in result.output
 
 
 # -- plans are built off the event loop ----------------------------------------------------------
