@@ -62,7 +62,8 @@ def require_dsn(settings: WriterSettings) -> str:
     """The DSN, or a :class:`ConfigError` naming ``LIQ_PG_DSN``."""
     if not settings.pg_dsn.strip():
         raise ConfigError(
-            "LIQ_PG_DSN", "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq",
+            "LIQ_PG_DSN", "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq "
+            "(it is not set; liq up sets it for the processes it starts, and liq status shows its DSN)",
             None,
         )
     return settings.pg_dsn
