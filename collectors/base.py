@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidU
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
-from collectors.spool import Spool
+from collectors.spool import Spool, SpoolBusy
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
 from shared import codec, keys
@@ -133,7 +133,7 @@ class Collector:
     def __post_init__(self) -> None:
         spec = self.config.venue
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms())
-        self.spool = Spool(self.config.spool_dir, spec.name) if self.config.spool_dir is not None else None
+        self.spool = self._open_spool()
         left = self._waiting_spool()
         if left is not None:
             logger.warning("%s: %d liquidations in %s from an earlier run; they are published first",
@@ -142,6 +142,16 @@ class Collector:
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
+
+    def _open_spool(self) -> Spool | None:
+        if self.config.spool_dir is None:
+            return None
+        try:
+            return Spool(self.config.spool_dir, self.config.venue.name)
+        except SpoolBusy as exc:
+            logger.warning("%s: another collector of this venue uses the spool (%s); this one keeps "
+                           "what Redis cannot take in memory", self.config.venue.name, exc)
+            return None
 
     @property
     def plans(self) -> list[ConnectionPlan]:

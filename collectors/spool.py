@@ -11,11 +11,16 @@ Reading never consumes: :meth:`Spool.peek` returns the next lines after the comm
 batch is in Redis. A crash between the two publishes that batch again (at least once); when
 everything is committed both files are removed. A line that does not decode (a write cut short
 by a crash) is counted and skipped.
+
+One process at a time: a spool holds an exclusive lock (``<directory>/../locks/spool-<venue>.lock``,
+released when the process ends), so a second collector of the venue on the same data directory
+gets :class:`SpoolBusy` instead of publishing and committing the same lines.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -31,8 +36,33 @@ logger = logging.getLogger(__name__)
 TAIL_CHUNK = 64 * 1024
 
 
+class SpoolBusy(OSError):
+    """Another process holds this venue's spool."""
+
+
+_HELD: dict[Path, int] = {}
+"""Lock files this process holds (a collector restarted in the same process takes its own again)."""
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on ``path`` held until the process ends (its descriptor stays open)."""
+    path = path.resolve()
+    if path in _HELD:
+        return _HELD[path]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise SpoolBusy(f"{path} is held by another process") from exc
+    _HELD[path] = fd
+    return fd
+
+
 class Spool:
     def __init__(self, directory: Path, venue: str) -> None:
+        self._lock_fd = _lock(directory.parent / "locks" / f"spool-{venue}.lock")
         self.path = directory / f"{venue}.jsonl"
         self.offset_path = directory / f"{venue}.offset"
         self.skipped = 0

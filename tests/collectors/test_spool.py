@@ -159,3 +159,25 @@ def test_a_write_the_disk_refuses_halfway_leaves_nothing_of_it(
         spool.append(_liqs(3, start=2))
     monkeypatch.undo()
     assert spool.pending == 2 and Spool(tmp_path, "okx").peek(10) == _liqs(2)
+
+
+def test_a_spool_another_process_holds_is_refused(tmp_path: Path) -> None:
+    """Two collectors of one venue on one data directory must not publish and commit the same
+    lines: the second gets SpoolBusy (and runs with its queue in memory)."""
+    import subprocess
+    import sys
+
+    from collectors.spool import SpoolBusy
+
+    code = ("import sys; from pathlib import Path; from collectors.spool import Spool; "
+            "Spool(Path(sys.argv[1]), 'okx'); print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "spool")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SpoolBusy, match="spool-okx.lock is held by another process"):
+            Spool(tmp_path / "spool", "okx")
+        Spool(tmp_path / "spool", "bybit")  # another venue's spool is its own
+    finally:
+        holder.communicate("", timeout=10)
+    assert holder.returncode == 0
