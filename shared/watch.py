@@ -55,13 +55,15 @@ def _clock(ms: int) -> str:
 
 
 def cascade_line(ev: CascadeEvent) -> str:
-    """``2026-12-01 02:06:07.123Z  CASCADE START     BTCUSDT  high 1.23  5 liq  $125,000 …``"""
+    """``2026-12-01 02:06:07.123Z  CASCADE START     BTCUSDT  high 1.23  5 liq  $125,000 …``; an end
+    shows the peak score, which its band describes (``high 1.30 peak``)."""
     total = ev.total_notional_usd
+    score = f"{ev.peak_risk_score:.2f} peak" if ev.phase == "end" else f"{ev.risk_score:.2f}"
     long_share = f" long {ev.long_notional_usd / total:.0%}" if total > 0 else ""
     scope = "cross-exchange" if ev.cross_exchange else "single venue"
     lasted = f"  lasted {(ev.end_ms - ev.start_ms) / 1000:.0f}s" if ev.phase == "end" else ""
     return (f"{_clock(ev.published_ms or ev.end_ms)}  CASCADE {ev.phase.upper():<9} {ev.symbol:<12} "
-            f"{ev.band:<8} {ev.risk_score:.2f}  {ev.count} liq  ${total:,.0f}{long_share}  "
+            f"{ev.band:<8} {score}  {ev.count} liq  ${total:,.0f}{long_share}  "
             f"{','.join(ev.venues)} ({scope}){lasted}  [{ev.cascade_id}]")
 
 

@@ -38,8 +38,9 @@ def test_lines_say_what_happened() -> None:
     assert cascade_line(cascade("start")) == (
         "2025-12-01 02:06:07.123Z  CASCADE START     BTCUSDT      high     1.23  5 liq  $125,000 long 75%  "
         "bybit,okx (cross-exchange)  [BTCUSDT-1]")
-    assert cascade_line(cascade("end", cross_exchange=False, venues=["okx"])).endswith(
-        "okx (single venue)  lasted 42s  [BTCUSDT-1]")
+    end = cascade_line(cascade("end", cross_exchange=False, venues=["okx"], risk_score=0.77))
+    assert end == ("2025-12-01 02:06:07.123Z  CASCADE END       BTCUSDT      high     1.30 peak  5 liq  "
+                   "$125,000 long 75%  okx (single venue)  lasted 42s  [BTCUSDT-1]"), "the band is the peak's"
     big = liq(exchange="binance_usdm", price=67_210.5, quantity=20.0, timestamp_ms=T0)
     assert liquidation_line(big) == (
         "2025-12-01 02:06:07.000Z  LIQUIDATION       BTCUSDT      long  $1,344,210 @ 67210.5  binance_usdm")
