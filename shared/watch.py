@@ -155,10 +155,12 @@ def _alert(spec: Watch, stream: str, fields: Any) -> Alert | None:
 
 def watch(client: redis.Redis, spec: Watch, emit: Callable[[Alert], None], *, last: int = 0,
           follow: bool = True, stop: threading.Event | None = None,
-          on_start: Callable[[], None] | None = None) -> int:
-    """Emit the history, then every new alert until ``stop`` (``follow``) or until the streams
-    have nothing new (not ``follow``); returns how many alerts were emitted. ``on_start`` is
-    called once the starting point is fixed: every entry added after it will be seen."""
+          on_start: Callable[[], None] | None = None,
+          emit_history: Callable[[Alert], None] | None = None) -> int:
+    """Emit the history (through ``emit_history`` when given), then every new alert until
+    ``stop`` (``follow``) or until the streams have nothing new (not ``follow``); returns how
+    many alerts were emitted. ``on_start`` is called once the starting point is fixed: every
+    entry added after it will be seen."""
     positions = _retrying(lambda: _newest_ids(client, spec.streams()), follow, stop)
     if positions is None:
         return 0
@@ -166,7 +168,7 @@ def watch(client: redis.Redis, spec: Watch, emit: Callable[[Alert], None], *, la
         on_start()
     emitted = 0
     for alert in history(client, spec, last, until=positions[keys.CASCADE_STREAM]):
-        emit(alert)
+        (emit_history or emit)(alert)
         emitted += 1
     while stop is None or not stop.is_set():
         reply = _retrying(lambda: client.xread(
@@ -225,8 +227,11 @@ def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool
     redis_url = require_redis(found)
     sender = WebhookSender(webhook) if webhook else None
 
-    def emit(alert: Alert) -> None:
+    def show(alert: Alert) -> None:
         click.echo(json.dumps(alert.as_json()) if as_json else alert.line)
+
+    def emit(alert: Alert) -> None:  # a new alert; the --last history is only shown
+        show(alert)
         if sender is not None:
             sender.send(alert.as_json())
 
@@ -241,10 +246,12 @@ def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool
             click.echo(f"watching {what} on {redis_url}; Ctrl-C to stop", err=True)
 
     try:
-        watch(client, spec, emit, last=last, follow=not no_follow, on_start=started)
+        watch(client, spec, emit, last=last, follow=not no_follow, on_start=started, emit_history=show)
     except KeyboardInterrupt:
         pass
     finally:
         client.close()
         if sender is not None:
+            if sender.waiting:
+                click.echo(f"delivering {sender.waiting} alert(s) to the webhook (at most 10 s)", err=True)
             sender.close()

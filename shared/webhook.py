@@ -66,14 +66,24 @@ class WebhookSender:
                 except queue.Empty:
                     pass
 
+    @property
+    def waiting(self) -> int:
+        """Alerts queued and not yet delivered (nor given up)."""
+        return self._queue.qsize()
+
     def close(self, wait_s: float = 10.0) -> None:
-        """Deliver what waits for at most ``wait_s``, then stop (what is left is dropped)."""
+        """Deliver what waits for at most ``wait_s``, then stop; what is left is dropped, with a
+        line saying how many."""
         deadline = time.monotonic() + wait_s
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=wait_s)
         self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._closing.set()  # no more waiting between retries, no next alert
         self._thread.join(timeout=self.timeout_s + 1)
+        left = sum(1 for item in list(self._queue.queue) if item is not _STOP)
+        if left:
+            self.dropped += left
+            logger.warning("webhook: %d alert(s) not delivered before exit", left)
 
     def _run(self) -> None:
         while not self._closing.is_set():

@@ -116,6 +116,22 @@ def test_the_command_prints_json_lines(redis_url: str, r: syncredis.Redis) -> No
         "cascade", "start", "BTCUSDT-1", cascade_line(cascade("start")))
 
 
+@pytest.mark.integration
+def test_the_last_history_is_shown_but_not_posted_again_to_the_webhook(redis_url: str,
+                                                                        r: syncredis.Redis) -> None:
+    """Every start of a watcher with --last would otherwise post old alerts to the chat again."""
+    _add(r, keys.CASCADE_STREAM, cascade("start"))
+    endpoint = Endpoint([])
+    try:
+        result = CliRunner().invoke(cli, ["watch", "--last", "3", "--no-follow", "--webhook", endpoint.url],
+                                    env={"LIQ_REDIS_URL": redis_url})
+    finally:
+        endpoint.close()
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == cascade_line(cascade("start"))
+    assert endpoint.bodies.empty()
+
+
 class Endpoint:
     """An HTTP server on 127.0.0.1 that answers with the given statuses in turn (then 200) and
     queues every body it received."""
