@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import time
 from typing import Any
 
@@ -34,9 +35,17 @@ def prepared(venue: str) -> tuple[Any, str | bytes]:
         raise ValueError(f"{venue}: the simulator has no BTC contract")
     client = SimClient(path="/", subscriptions={item.topic})
     session = load_venue(venue).new_parser()
-    for message in session.on_open():
-        for reply in sim.on_client_message(client, message):
-            _parse(session, reply)
+    # The default subscriptions of every endpoint go through one client here: the simulator
+    # refuses some (Bybit's other category), as expected, and the venue would log each refusal.
+    venues_log = logging.getLogger("collectors.venues")
+    level = venues_log.level
+    venues_log.setLevel(logging.ERROR)
+    try:
+        for message in session.on_open():
+            for reply in sim.on_client_message(client, message):
+                _parse(session, reply)
+    finally:
+        venues_log.setLevel(level)
     for frame in sim.frames([item], client):
         if _parse(copy.deepcopy(session), frame):  # a copy: choosing leaves no state behind
             return session, frame

@@ -21,7 +21,7 @@ def test_bench_runs_every_section_and_cleans_up(redis_url: str, pg_dsn: str) -> 
         bench, ["--events", str(EVENTS), "--rows", str(ROWS), "--json"],
         env={"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
 
     assert sorted(p["venue"] for p in report["parsers"]) == sorted(VENUE_NAMES)
     assert all(p["liquidations_per_frame"] == 1 for p in report["parsers"])
@@ -67,7 +67,7 @@ def test_bench_without_the_database_measures_the_redis_stages_alone(redis_url: s
         env={"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": "postgresql://nobody@127.0.0.1:1/none"},
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    streams = json.loads(result.output)["streams"]
+    streams = json.loads(result.stdout)["streams"]
     assert "writer_per_s" not in streams and streams["events"] == 1000
     assert list(streams["end_to_end_cpu_us_per_event"]) == [
         "producer", "redis", "aggregator", "detector", "total"]
