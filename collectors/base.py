@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -103,7 +104,8 @@ class CollectorConfig:
     instruments_dir: Path | None = None
     """Disk cache of the venue's instruments (``<data_dir>/instruments``); None: no cache."""
     instruments_every_s: float | None = DEFAULT_EVERY_S
-    """Refresh period of contract sizes from the venue's instruments endpoint; None: never."""
+    """Refresh period of contract sizes from the venue's instruments endpoint, and of the symbol
+    listing of a venue that ``relists``; None: never."""
     spool_dir: Path | None = None
     """Where liquidations wait while Redis is unreachable (``<data_dir>/spool``); None: in memory."""
 
@@ -181,6 +183,8 @@ class Collector:
         if source is not None and every_s is None:  # refreshes off: the cache still applies
             await asyncio.to_thread(load_cached, self.config.venue.name, source, self.config.instruments_dir)
         tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
+        if self.config.venue.relists and not self.config.symbols and every_s is not None:
+            tasks.append(asyncio.create_task(self._relist_loop(stop, every_s, tasks)))
         if source is not None and every_s is not None:
             tasks.append(asyncio.create_task(refresh_loop(
                 self.config.venue.name, source, self.config.base_url, self.config.instruments_dir,
@@ -234,6 +238,44 @@ class Collector:
             return
         if remembered:
             logger.info("%s: remembered %d liquidations published before", venue, remembered)
+
+    async def _relist_loop(self, stop: asyncio.Event, every_s: float,
+                           tasks: list[asyncio.Task[None]]) -> None:
+        """Every ``every_s``, ask the venue's listing again and open connections (added to
+        ``tasks``) for the symbols listed since: a new listing is covered without a restart.
+        The running connections stay as they are (a delisted symbol's topic just stays quiet)."""
+        generation = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+            if stop.is_set():
+                return
+            extra = await self._newly_listed(generation + 1)
+            if extra:
+                generation += 1
+                tasks.extend(asyncio.create_task(self._connection_loop(plan, stop)) for plan in extra)
+
+    async def _newly_listed(self, generation: int) -> list[ConnectionPlan]:
+        """Plans for the symbols the venue lists now and no running plan subscribes (none when the
+        listing fails: what runs stays)."""
+        venue = self.config.venue
+        try:
+            listed = await asyncio.to_thread(venue.plans, self.config.base_url, ())
+        except Exception as exc:  # noqa: BLE001 - a failed listing keeps what runs
+            logger.warning("%s: symbol listing failed (%s); subscriptions unchanged", venue.name, exc)
+            return []
+        known = {s for plan in self.plans for s in plan.symbols}
+        fresh = list(dict.fromkeys(s for plan in listed for s in plan.symbols if s not in known))
+        if not fresh:
+            return []
+        extra = [dataclasses.replace(plan, label=f"{plan.label}+{generation}")
+                 for plan in venue.plans(self.config.base_url, fresh)]
+        with self._plans_lock:
+            self._plans = [*(self._plans or []), *extra]
+            self.health.connections_total = len(self._plans)
+        logger.info("%s: %d symbol(s) listed since start (%s); %d more connection(s)", venue.name,
+                    len(fresh), ", ".join(fresh[:5]) + (", …" if len(fresh) > 5 else ""), len(extra))
+        return extra
 
     # -- connections -------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class ConnectionPlan:
     url: str
     label: str
     new_session: Callable[[], VenueSession]
+    symbols: tuple[str, ...] = ()
+    """The symbols it subscribes, where a listing chose them (``VenueSpec.relists``)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,10 @@ class VenueSpec:
     receives no frame for a few ping intervals is dead, and is reopened."""
     default_symbols: tuple[str, ...] = ()
     """Native symbols subscribed when none are given (venues without an all-symbol channel)."""
+    relists: bool = False
+    """Its plans subscribe symbol by symbol from the venue's listing (Bybit: no wildcard topic):
+    a collector given no symbols asks for the listing again periodically and opens connections
+    for symbols listed since (see ``Collector``)."""
     instruments: InstrumentSource | None = None
     """The public instruments endpoint of a venue whose quantities need contract sizes; None
     where frames carry base quantities (or fixed, documented contract sizes) already."""

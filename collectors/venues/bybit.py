@@ -49,6 +49,7 @@ from shared.models import Liquidation
 logger = logging.getLogger(__name__)
 
 NAME = "bybit"
+TOPIC = "allLiquidation."
 ARGS_LIMIT = 21_000
 TOPICS_PER_REQUEST = 100
 REST_URL = "https://api.bybit.com"
@@ -258,11 +259,10 @@ def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
     symbols_by_category = by_category(symbols) if symbols else discover_symbols(base_url)
     plans = []
     for category, names in symbols_by_category.items():
-        topics = [f"allLiquidation.{s}" for s in names]
+        topics = [f"{TOPIC}{s}" for s in names]
         for n, shard in enumerate(shard_topics(topics)):
-            plans.append(
-                ConnectionPlan(category_url(base_url, category), f"{NAME}:{category}:{n}", _factory(shard))
-            )
+            plans.append(ConnectionPlan(category_url(base_url, category), f"{NAME}:{category}:{n}",
+                                        _factory(shard), symbols=tuple(t.removeprefix(TOPIC) for t in shard)))
     return plans
 
 
@@ -287,6 +287,7 @@ VENUE = VenueSpec(
     semantics_note="every liquidation, pushed every 500 ms; needs one topic per symbol",
     heartbeat_s=20.0,
     answers_pings=True,
+    relists=True,
     usual_gap_s=60.0,
     plans=_plans,
     new_parser=BybitSession,
