@@ -71,6 +71,10 @@ class InstrumentTable:
     def __len__(self) -> int:
         return len(self._by_native)
 
+    def natives(self) -> list[str]:
+        """Every native symbol the table knows (a copy: refreshes may add to it meanwhile)."""
+        return list(self._by_native)
+
     def update(self, instruments: list[Instrument]) -> None:
         for inst in instruments:
             self._by_native[inst.symbol_native] = inst

@@ -152,12 +152,13 @@ class LighterSession:
 
 
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
-    """The markets' trade channels, at most ``SUBS_PER_CONNECTION`` per connection."""
-    markets = list(symbols) or list(DEFAULT_MARKETS)
+    """The markets' trade channels (``symbols``, else every market the instrument table knows),
+    at most ``SUBS_PER_CONNECTION`` per connection."""
+    markets = list(symbols) or sorted(TABLE.natives(), key=int) or list(DEFAULT_MARKETS)
     url = with_default_path(base_url, PATH)
     chunks = [markets[i : i + SUBS_PER_CONNECTION] for i in range(0, len(markets), SUBS_PER_CONNECTION)]
     return [
-        ConnectionPlan(url, f"{NAME}:trade" + (f":{n}" if n else ""), _factory(chunk))
+        ConnectionPlan(url, f"{NAME}:trade" + (f":{n}" if n else ""), _factory(chunk), symbols=tuple(chunk))
         for n, chunk in enumerate(chunks)
     ]
 
@@ -171,14 +172,14 @@ TABLE = InstrumentTable.load(NAME)
 VENUE = VenueSpec(
     name=NAME,
     live_url="wss://mainnet.zklighter.elliot.ai" + PATH,
-    markets="Lighter USDC perpetuals (trade channel per market_id)",
+    markets="Lighter USDC perpetuals (every listed market's trade channel, by market_id)",
     semantics="complete",
     semantics_note="every liquidation trade of the subscribed markets; subscribe snapshot skipped",
     heartbeat_s=60.0,
     usual_gap_s=3600.0,
     plans=_plans,
     new_parser=LighterSession,
-    default_symbols=DEFAULT_MARKETS,
+    relists=True,
     instruments=InstrumentSource(
         live_rest_url="https://mainnet.zklighter.elliot.ai",
         requests=(InstrumentRequest(ORDER_BOOKS_PATH),),

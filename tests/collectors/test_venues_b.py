@@ -620,3 +620,14 @@ def test_lighter_order_books_answer_lists_perpetuals_only() -> None:
     assert (tao.symbol_native, tao.symbol, tao.market_type) == ("13", "TAOUSDC", "linear_perpetual")
     with pytest.raises(ValueError):
         lighter.parse_order_books(b'{"code": 200}', request)
+
+
+def test_lighter_subscribes_every_market_its_table_knows_and_relists() -> None:
+    """No symbols given: every market of the instrument table (shipped, cached, refreshed from
+    orderBooks), at most 100 per connection; the collector asks again for new listings."""
+    plans = lighter.VENUE.plans("ws://127.0.0.1:9", [])
+    markets = [m for p in plans for m in p.symbols]
+    assert markets == sorted(lighter.TABLE.natives(), key=int) and {"0", "1", "2", "11", "67"} <= set(markets)
+    subs = [json.loads(m)["channel"] for p in plans for m in p.new_session().on_open()]
+    assert subs == [f"trade/{m}" for m in markets]
+    assert lighter.VENUE.relists and lighter.VENUE.default_symbols == ()
