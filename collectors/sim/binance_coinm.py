@@ -51,6 +51,7 @@ class CoinmSim(BinanceSimBase):
             extra={
                 "price_avg": price, "quantity_original": contracts,
                 "quantity_last_fill": contracts, "order_status": "FILLED",
+                "notional_usd_at_price_avg": value,  # an inverse contract's face, at any price
             },
         )  # fmt: skip
         return SimItem(native=native, expected=[expected], topic=ALL_STREAM)

@@ -68,18 +68,24 @@ class CoinmSession(ForceOrderSession):
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.s) or inverse_instrument(order.s, order.ps)
+        contracts = filled(order, NAME)
+        extra = order_extra(order, NAME)
+        if inst.contract_value is not None and inst.contract_value_unit == "USD":
+            # An inverse contract is worth its face in USD at any price, so the value "at the
+            # average price" is the face value too (exchanges.md 1.2: notional = z × contractSize).
+            extra["notional_usd_at_price_avg"] = contracts * inst.contract_value
         return make_liquidation(
             NAME,
             inst,
             side=order_side(order, NAME),
             side_raw=order.S,
             price=num(order.p, NAME, "o.p"),
-            quantity_native=filled(order, NAME),
+            quantity_native=contracts,
             native_unit="contracts",
             timestamp_ms=order.T,
             received_ms=received_ms,
             sampled=True,
-            extra=order_extra(order, NAME),
+            extra=extra,
         )
 
 
