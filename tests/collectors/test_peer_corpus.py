@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,7 @@ def test_corpus_record(venue: str, record: dict[str, Any]) -> None:
     _assert_matches(venue, record, record["expected"])
 
 
-ALTERNATIVES = {
+ALTERNATIVES: dict[str, Callable[[Any], Any]] = {
     # the one input each alternative hinges on, flipped: Bitfinex counts a match row, Lighter its
     # subscribe snapshot; the alternative's extra fields are then checked like any expected item
     "alternative_expected_if_matches_counted": lambda raw: [*raw[:1], [[*r[:8], 0, *r[9:]] for r in raw[1]],
