@@ -37,10 +37,13 @@ The API is small and stable; venue modules import only these names:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
+import urllib.request
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -49,6 +52,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
+from collectors.venue import ConnectionPlan, VenueSession
 from shared.errors import ParseError
 from shared.models import (
     Liquidation,
@@ -70,6 +74,12 @@ def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, venue: str) -> T:
         return decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a subclass
         raise ParseError(venue, str(exc), raw) from exc
+
+
+def get_json(url: str) -> Any:
+    """GET ``url`` and decode its JSON (a venue's public listing); OSError or ValueError on failure."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
 
 
 def server_error(venue: str, detail: object) -> None:
@@ -166,6 +176,15 @@ def market_type(linear: bool, expiry: str | None) -> MarketType:
     if expiry is None:
         return "linear_perpetual" if linear else "inverse_perpetual"
     return "linear_future" if linear else "inverse_future"
+
+
+def symbol_plans(url: str, label: str, symbols: list[str], per_connection: int,
+                 session: Callable[[list[str]], VenueSession]) -> list[ConnectionPlan]:
+    """One connection per ``per_connection`` symbols (a venue's subscription limit), labelled
+    ``label``, ``label:1``, …, each remembering its symbols (for relisting)."""
+    chunks = [symbols[i : i + per_connection] for i in range(0, len(symbols), per_connection)]
+    return [ConnectionPlan(url, label + (f":{n}" if n else ""), functools.partial(session, chunk),
+                           symbols=tuple(chunk)) for n, chunk in enumerate(chunks)]
 
 
 def with_default_path(base_url: str, path: str) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -37,6 +36,7 @@ from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
     frame_errors,
+    get_json,
     make_liquidation,
     month_code_expiry,
     num,
@@ -203,13 +203,8 @@ def category_url(base_url: str, category: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}{CATEGORY_PATH}{category}"
 
 
-def _get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def fetch_symbols(
-    category: str = "linear", get_json: Callable[[str], Any] = _get_json, rest: str = REST_URL
+    category: str = "linear", get_json: Callable[[str], Any] = get_json, rest: str = REST_URL
 ) -> list[str]:
     """Every trading symbol of a category from ``/v5/market/instruments-info`` (paginated)."""
     symbols: list[str] = []
@@ -230,7 +225,7 @@ def rest_url(base_url: str) -> str | None:
     return f"https://{host.replace('stream', 'api', 1)}" if host.startswith("stream") else None
 
 
-def discover_symbols(base_url: str, get_json: Callable[[str], Any] = _get_json) -> dict[str, list[str]]:
+def discover_symbols(base_url: str, get_json: Callable[[str], Any] = get_json) -> dict[str, list[str]]:
     """Every trading symbol per category (linear, inverse) from instruments-info, live hosts only.
 
     There is no wildcard topic, so full coverage needs the venue's own list (~800 symbols).

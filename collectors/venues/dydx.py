@@ -26,7 +26,10 @@ answered by the client library; there is no application ping.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -35,20 +38,27 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     decode,
     frame_errors,
+    get_json,
     iso_ms,
     make_liquidation,
     num,
     position_side,
     server_error,
+    symbol_plans,
     with_default_path,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
 
+logger = logging.getLogger(__name__)
+
 NAME = "dydx"
 PATH = "/v4/ws"
 CHANNEL = "v4_trades"
 DEFAULT_MARKETS = ("BTC-USD", "ETH-USD", "SOL-USD")
+LIVE_HOST = "indexer.dydx.trade"
+SUBS_PER_CONNECTION = 32
+"""The indexer caps one connection at 32 subscriptions per channel."""
 _CONTROL = frozenset({"connected", "subscribed", "unsubscribed", "error"})
 """Frames that carry no live trade (``subscribed``: the history snapshot)."""
 
@@ -130,10 +140,27 @@ class DydxSession:
         )
 
 
+def discover_markets(base_url: str, fetch: Callable[[str], Any] = get_json) -> list[str]:
+    """Every ACTIVE perpetual market from the indexer's ``GET /v4/perpetualMarkets``
+    (``{"markets": {"BTC-USD": {"ticker": "BTC-USD", "status": "ACTIVE", …}}}``), live host
+    only; the simulator, another host or a failed listing get :data:`DEFAULT_MARKETS`."""
+    if urlsplit(base_url).hostname == LIVE_HOST:
+        try:
+            markets = fetch(f"https://{LIVE_HOST}/v4/perpetualMarkets")["markets"]
+            active = sorted(t for t, m in markets.items() if m.get("status") == "ACTIVE")
+            if active:
+                return active
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("dydx: perpetualMarkets failed (%s); subscribing the default markets", exc)
+    return list(DEFAULT_MARKETS)
+
+
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
-    markets = list(symbols) or list(DEFAULT_MARKETS)
-    url = with_default_path(base_url, PATH)
-    return [ConnectionPlan(url, f"{NAME}:trades", lambda: DydxSession(markets))]
+    """The markets' ``v4_trades`` (``symbols``, else the listed ones), at most
+    ``SUBS_PER_CONNECTION`` per connection."""
+    markets = list(symbols) or discover_markets(base_url)
+    return symbol_plans(with_default_path(base_url, PATH), f"{NAME}:trades", markets, SUBS_PER_CONNECTION,
+                        DydxSession)
 
 
 TABLE = InstrumentTable.load(NAME)
@@ -141,12 +168,12 @@ TABLE = InstrumentTable.load(NAME)
 VENUE = VenueSpec(
     name=NAME,
     live_url="wss://indexer.dydx.trade" + PATH,
-    markets="dYdX v4 perpetuals (one v4_trades subscription per market)",
+    markets="dYdX v4 perpetuals (every listed market's v4_trades, 32 per connection)",
     semantics="complete",
     semantics_note="every LIQUIDATED trade of the subscribed markets; subscribe snapshot skipped",
     heartbeat_s=30.0,
     usual_gap_s=3600.0,
     plans=_plans,
     new_parser=DydxSession,
-    default_symbols=DEFAULT_MARKETS,
+    relists=True,
 )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -42,7 +42,14 @@ from collectors.venue import (
     SessionOutput,
     VenueSpec,
 )
-from collectors.venues._common import decode, make_liquidation, num, server_error, with_default_path
+from collectors.venues._common import (
+    decode,
+    make_liquidation,
+    num,
+    server_error,
+    symbol_plans,
+    with_default_path,
+)
 from shared.models import Liquidation
 
 logger = logging.getLogger(__name__)
@@ -155,16 +162,8 @@ def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
     """The markets' trade channels (``symbols``, else every market the instrument table knows),
     at most ``SUBS_PER_CONNECTION`` per connection."""
     markets = list(symbols) or sorted(TABLE.natives(), key=int) or list(DEFAULT_MARKETS)
-    url = with_default_path(base_url, PATH)
-    chunks = [markets[i : i + SUBS_PER_CONNECTION] for i in range(0, len(markets), SUBS_PER_CONNECTION)]
-    return [
-        ConnectionPlan(url, f"{NAME}:trade" + (f":{n}" if n else ""), _factory(chunk), symbols=tuple(chunk))
-        for n, chunk in enumerate(chunks)
-    ]
-
-
-def _factory(markets: list[str]) -> Callable[[], LighterSession]:
-    return lambda: LighterSession(markets)
+    return symbol_plans(with_default_path(base_url, PATH), f"{NAME}:trade", markets, SUBS_PER_CONNECTION,
+                        LighterSession)
 
 
 TABLE = InstrumentTable.load(NAME)

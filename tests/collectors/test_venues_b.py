@@ -631,3 +631,32 @@ def test_lighter_subscribes_every_market_its_table_knows_and_relists() -> None:
     subs = [json.loads(m)["channel"] for p in plans for m in p.new_session().on_open()]
     assert subs == [f"trade/{m}" for m in markets]
     assert lighter.VENUE.relists and lighter.VENUE.default_symbols == ()
+
+
+def test_dydx_subscribes_every_active_listed_market_32_per_connection() -> None:
+    from collectors.venues import dydx
+
+    tickers = [f"M{n:03d}-USD" for n in range(70)]
+    listing = {"markets": {t: {"ticker": t, "status": "ACTIVE"} for t in tickers}}
+    listing["markets"]["OLD-USD"] = {"ticker": "OLD-USD", "status": "FINAL_SETTLEMENT"}
+    urls: list[str] = []
+
+    def fetch(url: str) -> Any:
+        urls.append(url)
+        return listing
+
+    markets = dydx.discover_markets(dydx.VENUE.live_url, fetch)
+    assert urls == ["https://indexer.dydx.trade/v4/perpetualMarkets"]
+    assert markets == tickers, "active ones only"
+
+    def down(url: str) -> Any:
+        raise OSError("unreachable")
+
+    assert dydx.discover_markets(dydx.VENUE.live_url, down) == list(dydx.DEFAULT_MARKETS)
+    assert dydx.discover_markets("ws://127.0.0.1:9", fetch) == list(dydx.DEFAULT_MARKETS) and len(urls) == 1
+    plans = dydx.VENUE.plans("ws://127.0.0.1:9", markets)
+    assert [len(p.symbols) for p in plans] == [32, 32, 6]
+    assert [p.label for p in plans] == ["dydx:trades", "dydx:trades:1", "dydx:trades:2"]
+    subs = [json.loads(m)["id"] for p in plans for m in p.new_session().on_open()]
+    assert subs == markets
+    assert dydx.VENUE.relists and dydx.VENUE.default_symbols == ()
