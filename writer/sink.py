@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from typing import Any, cast
 
 import psycopg
 
@@ -34,9 +34,11 @@ from shared.metrics import ERRORS, EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
 from writer.migrate import Mode, old_schema_problem
-from writer.rows import CASCADE_TYPES, EVENT_TYPES, Batch
+from writer.rows import CASCADE_TYPES, EVENT_COLUMNS, EVENT_TYPES, Batch
 
 logger = logging.getLogger(__name__)
+
+TIME = EVENT_COLUMNS.index("time")
 
 COMPONENT = "writer"
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -168,10 +170,14 @@ class DatabaseSink:
         await _copy(conn, sql.COPY_EVENTS, EVENT_TYPES, rows)
         result.inserted += await _count_or_rowcount(conn, sql.INSERT_EVENTS, False)
         if members:
-            native = self.mode == "native"
             await conn.execute(sql.SET_JOINS, ("off", "off"))
-            result.upgraded = await _count_or_rowcount(
-                conn, sql.UPGRADE_MEMBERS_NATIVE if native else sql.UPGRADE_MEMBERS_TIMESCALE, native)
+            if self.mode == "native":
+                result.upgraded = await _count_or_rowcount(conn, sql.UPGRADE_MEMBERS_NATIVE, True)
+            else:
+                times = [cast(datetime, row[TIME]) for row in rows]
+                cur = await conn.execute(sql.UPGRADE_MEMBERS_TIMESCALE, {"lo": min(times), "hi": max(times)},
+                                         prepare=False)
+                result.upgraded = max(cur.rowcount, 0)
             await conn.execute(sql.SET_JOINS, self.join_settings)
 
     async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:

@@ -64,7 +64,11 @@ FROM liq_stage AS s
 WHERE s.is_cascade AND NOT t.is_cascade
   AND t.time = s.time AND t.exchange = s.exchange AND t.event_id = s.event_id"""
 
-UPGRADE_MEMBERS_TIMESCALE = _UPGRADE
+# With constant bounds on time: TimescaleDB picks the compressed batches an UPDATE must
+# decompress from constant conditions only, so without them it decompressed every compressed
+# chunk for each batch of members. Run unprepared, so that the bounds stay constants.
+UPGRADE_MEMBERS_TIMESCALE = _UPGRADE + """
+  AND t.time BETWEEN %(lo)s AND %(hi)s"""
 
 # Around the upgrade: a join by index probes only (see DatabaseSink._merge_events), then the
 # connection's own settings again (read once, JOIN_SETTINGS).

@@ -118,7 +118,9 @@ def _write_events(h: Harness, batch: Batch, counts: WriteResult) -> None:
     counts.inserted += _affected(h, sql.INSERT_EVENTS)
     if batch.members:
         h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["off", "off"])
-        counts.upgraded = _affected(h, sql.UPGRADE_MEMBERS_TIMESCALE)
+        times = [row[EVENT_COLUMNS.index("time")] for row in merged]
+        upgrade = sql.UPGRADE_MEMBERS_TIMESCALE.replace("%(lo)s", "$1").replace("%(hi)s", "$2")
+        counts.upgraded = h.execute(upgrade, [min(times), max(times)])[-1].affected  # type: ignore[type-var]
         h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["on", "on"])
 
 

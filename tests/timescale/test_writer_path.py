@@ -223,3 +223,33 @@ def test_retention_drops_old_chunks_and_rollups_keep_their_hours(ts: Harness, sc
     assert ts.scalar(old_hour) == "1", "the refresh window reached past the raw retention"
     cascades_hour = "SELECT count(*) FROM liquidation_cascades WHERE hour < now() - INTERVAL '90 days'"
     assert ts.scalar(cascades_hour) == "1"
+
+
+CHUNK_STATUS = ("SELECT c.chunk_name, k.status FROM timescaledb_information.chunks c JOIN "
+                "_timescaledb_catalog.chunk k ON k.table_name = c.chunk_name "
+                "WHERE c.hypertable_name = 'liquidations_significant' AND c.is_compressed "
+                "ORDER BY c.range_start")
+
+
+def test_upgrading_a_recent_member_leaves_the_compressed_chunks_compressed(ts: Harness) -> None:
+    """The upgrade bounds its time with constants: TimescaleDB decompressed every compressed
+    chunk for each batch of members when the only conditions were the join's."""
+    from shared.models import CascadeMember
+    from tests.factories import liq
+    from writer.rows import build_batch
+    from writer.significance import SignificanceRules
+
+    rules, day, t = SignificanceRules(), 86_400_000, now_ms(ts)
+    olds = [liq(exchange=ex, price=60_000.0 + i, quantity=3.0, timestamp_ms=t - d * day,
+                event_id=f"{ex}-{d}-{i}")
+            for d in (10, 20, 30) for ex in ("binance_usdm", "okx") for i in range(5)]
+    recent = liq(exchange="binance_usdm", price=61_000.0, quantity=3.0, timestamp_ms=t - 10 * MIN,
+                 event_id="now")
+    write_batch(ts, build_batch([*olds, recent], rules, t, 88))
+    run_job(ts, "policy_compression", "liquidations_significant")
+    before = ts.query(CHUNK_STATUS)
+    assert len(before) == 3 and all(status == "1" for _, status in before), before
+    member = CascadeMember(cascade_id="c-now", risk_score=0.9, liquidation=recent)
+    assert write_batch(ts, build_batch([member], rules, t, 88)).upgraded == 1
+    assert ts.query(CHUNK_STATUS) == before
+    assert ts.scalar("SELECT cascade_id FROM liquidations_significant WHERE event_id = 'now'") == "c-now"
