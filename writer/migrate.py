@@ -326,7 +326,7 @@ def _apply_policies(conn: psycopg.Connection[tuple[object, ...]], params: PlanPa
         changed = conn.execute(APPLY_POLICIES, (params.retention_days, params.rollup_retention_days,
                                                 params.compress_after_days)).fetchall()
     for (line,) in changed:
-        logger.info("policy changed to the current settings: %s", line)
+        logger.info("policy: %s", line)
 
 
 def _record_meta(conn: psycopg.Connection[tuple[object, ...]], mode: Mode, version: str | None) -> None:

@@ -124,12 +124,18 @@ TIMESCALE_MARGIN_DAYS = 2
 TIMESCALE_MIN_RETENTION_DAYS = TIMESCALE_MARGIN_DAYS + 1
 
 
-def stored_days(retention_days: int, mode: str | None) -> int:
-    """How many days back the writer stores rows: the retention, less two days in TimescaleDB
-    mode. Its continuous aggregates refresh from ``retention - 2 h`` back only (inside the raw
-    retention, so that a refresh never erases what a dropped chunk held): a row older than that
-    would be stored but never reach the rollups. Native rollups follow every insert."""
-    return max(1, retention_days - TIMESCALE_MARGIN_DAYS) if mode == "timescale" else retention_days
+def stored_days(retention_days: int, mode: str | None, refresh_window_days: float | None = None) -> int:
+    """How many days back the writer stores rows (whole UTC days, see :func:`expired`).
+
+    Native mode: the retention; its rollups follow every insert. TimescaleDB mode: inside the
+    continuous aggregates' refresh window, ``refresh_window_days`` as the database has it (by
+    default ``retention - 2 h``, narrower after a raised retention, sql/011): a row older than
+    the window's start would be stored but never reach the rollups. With the default window
+    that is the retention less two days."""
+    if mode != "timescale":
+        return retention_days
+    window = retention_days - 2 / 24 if refresh_window_days is None else refresh_window_days
+    return max(1, min(retention_days, math.floor(window)) - 1)
 
 
 def timescale_retention_error(retention_days: int) -> ConfigError | None:

@@ -88,7 +88,7 @@ class Writer:
             mode = await self.sink.storage_mode()
             if mode == "timescale" and (error := timescale_retention_error(self.settings.retention_days)):
                 raise SinkRetry(str(error))  # held and retried, loudly, until the setting is fixed
-            days = stored_days(self.settings.retention_days, mode)
+            days = stored_days(self.settings.retention_days, mode, self.sink.refresh_window_days)
             batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(), days,
                                 self.level_sizes)
             self.skipped["insignificant"] += batch.insignificant

@@ -75,6 +75,8 @@ class DatabaseSink:
         self.dsn = dsn
         self.conn: Conn | None = None
         self.mode: Mode | None = None
+        self.refresh_window_days: float | None = None
+        """TimescaleDB mode: how far back the rollups refresh (read at each connect)."""
         self.known_days: set[date] = set()
         self.stats = SinkStats()
         self.join_settings = ("on", "on")
@@ -92,6 +94,9 @@ class DatabaseSink:
             await conn.close()
             raise NotMigrated("the database has no schema_meta mode: run `liq migrate` first")
         self.mode = "timescale" if row[0] == "timescale" else "native"
+        if self.mode == "timescale":
+            window = await (await conn.execute(sql.REFRESH_WINDOW_DAYS)).fetchone()
+            self.refresh_window_days = float(window[0]) if window and window[0] is not None else None
         problem = old_schema_problem(await (await conn.execute(sql.VALUE_COLUMN_TYPE)).fetchone())
         if problem is not None:
             await conn.close()

@@ -150,6 +150,13 @@ ORDER BY 1, 2"""
 
 ENSURE_PARTITIONS = "SELECT liq_ensure_partitions(%s::date[])"
 READ_MODE = "SELECT value FROM schema_meta WHERE key = 'mode'"
+
+# TimescaleDB mode: how far back (in days) the rollups' refresh policies reach; the writer stores
+# no row older than that (sql/011: the window can stay narrower than the retention).
+REFRESH_WINDOW_DAYS = """
+SELECT extract(epoch FROM min((config->>'start_offset')::interval)) / 86400
+FROM timescaledb_information.jobs
+WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_schema = current_schema()"""
 # The writer COPies float8 values straight into the table: a pre-release schema had numeric.
 VALUE_COLUMN_TYPE = """
 SELECT format_type(atttypid, atttypmod) FROM pg_attribute

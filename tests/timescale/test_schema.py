@@ -170,31 +170,52 @@ def test_pre_2_18_compression_variant_applies_and_compresses(scratch_schema: Har
 
 def test_policies_follow_the_retention_settings_at_every_migrate(ts: Harness) -> None:
     """``liq migrate`` calls liq_apply_policies with the current settings: a later
-    LIQ_RETENTION_DAYS=180 must reach the policies, not only the writer's cutoff."""
+    LIQ_RETENTION_DAYS=180 must reach the policies, not only the writer's cutoff. The refresh
+    window widens only as far back as raw data is held (an empty database: not at all)."""
     def apply(retention: str, rollups: str, compress: str) -> list[str]:
         rows = ts.query("SELECT liq_apply_policies($1::interval, $2::interval, $3::interval)",
                         [retention, rollups, compress])
-        return [str(r[0]).split(":")[0] for r in rows]
+        return [str(r[0]) for r in rows]
 
     assert apply("90 days", "365 days", "7 days") == [], "the first migrate's settings: nothing to do"
     try:
-        changed = apply("180 days", "730 days", "14 days")
-        assert len(changed) == len(RAW_TABLES) + 2 * len(CAGGS) + 1
+        lines = apply("180 days", "730 days", "14 days")
+        changed = [line for line in lines if "window kept" not in line]
+        assert len(changed) == len(RAW_TABLES) + len(CAGGS) + 1, lines
+        assert sum("window kept at 89 days 22:00:00" in line for line in lines) == len(CAGGS)
         policies = jobs(ts)
         for table in RAW_TABLES:
             assert policies[("policy_retention", table)]["drop_after"] == "180 days"
         for cagg in CAGGS:
             assert policies[("policy_retention", cagg)]["drop_after"] == "730 days"
             refresh = policies[("policy_refresh_continuous_aggregate", cagg)]
-            assert refresh["start_offset"] == "179 days 22:00:00"
+            assert refresh["start_offset"] == "89 days 22:00:00", "no raw data held further back"
         assert policies[("policy_compression", "liquidations_significant")]["compress_after"] == "14 days"
-        assert apply("180 days", "730 days", "14 days") == [], "once is enough"
+        assert [line for line in apply("180 days", "730 days", "14 days") if "window kept" not in line] == []
     finally:
         apply("90 days", "365 days", "7 days")
     assert jobs(ts)[("policy_retention", "liquidations_significant")]["drop_after"] == "90 days"
     from writer.migrate import APPLY_POLICIES  # the statement liq migrate runs, with whole days
     statement = APPLY_POLICIES % ("$1", "$2", "$3")
     assert ts.query(statement, [90, 365, 7]) == []
-    assert len(ts.query(statement, [120, 365, 7])) == len(RAW_TABLES) + len(CAGGS), "retention and refresh"
+    assert len(ts.query(statement, [120, 365, 7])) == len(RAW_TABLES) + len(CAGGS), "retention, window kept"
     assert jobs(ts)[("policy_retention", "liquidations_significant")]["drop_after"] == "120 days"
     apply("90 days", "365 days", "7 days")
+    try:
+        assert len(ts.query(statement, [30, 365, 7])) == len(RAW_TABLES) + len(CAGGS), "narrowing is applied"
+        refresh = jobs(ts)[("policy_refresh_continuous_aggregate", CAGGS[0])]
+        assert refresh["start_offset"] == "29 days 22:00:00"
+    finally:  # the empty database cannot widen it back by itself: the session's window, restored
+        apply("90 days", "365 days", "7 days")
+        ts.query("SELECT alter_job(job_id, config => jsonb_set(config, '{start_offset}', "
+                 "to_jsonb('89 days 22:00:00'::text))) FROM timescaledb_information.jobs "
+                 "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
+    assert {jobs(ts)[("policy_refresh_continuous_aggregate", c)]["start_offset"] for c in CAGGS} == {
+        "89 days 22:00:00"}
+
+
+def test_the_writer_reads_the_refresh_window_the_database_has(ts: Harness) -> None:
+    from writer import statements as sql
+
+    assert float(ts.scalar(sql.REFRESH_WINDOW_DAYS) or 0) == pytest.approx(90 - 2 / 24)
+

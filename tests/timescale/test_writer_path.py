@@ -253,3 +253,34 @@ def test_upgrading_a_recent_member_leaves_the_compressed_chunks_compressed(ts: H
     assert write_batch(ts, build_batch([member], rules, t, 88)).upgraded == 1
     assert ts.query(CHUNK_STATUS) == before
     assert ts.scalar("SELECT cascade_id FROM liquidations_significant WHERE event_id = 'now'") == "c-now"
+
+
+def test_raising_the_retention_keeps_the_rollup_hours_of_dropped_chunks(ts: Harness,
+                                                                       scenario: Scenario) -> None:
+    """Retention marks a dropped chunk's range as changed for the caggs: a refresh window widened
+    over it (LIQ_RETENTION_DAYS 90 -> 180) recomputed those hours from nothing and erased them."""
+    write_all(ts, scenario)
+    refresh_all(ts)
+    run_refresh_policies(ts)
+    old_hour = "SELECT count(*) FROM liquidations_hourly WHERE hour < now() - INTERVAL '90 days'"
+    old_cascades = "SELECT count(*) FROM liquidation_cascades WHERE hour < now() - INTERVAL '90 days'"
+    run_job(ts, "policy_retention", "liquidations_significant")
+    run_job(ts, "policy_retention", "cascade_events")
+    run_refresh_policies(ts)
+    assert (ts.scalar(old_hour), ts.scalar(old_cascades)) == ("1", "1")
+    restore = ("SELECT alter_job(job_id, config => jsonb_set(config, '{start_offset}', "
+               "to_jsonb('89 days 22:00:00'::text))) FROM timescaledb_information.jobs "
+               "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
+    try:
+        lines = ts.query("SELECT liq_apply_policies('180 days', '365 days', '7 days')")
+        assert any("window kept" in str(line[0]) for line in lines)
+        run_refresh_policies(ts)
+        run_refresh_policies(ts)
+        assert (ts.scalar(old_hour), ts.scalar(old_cascades)) == ("1", "1")
+        held = ts.scalar("SELECT min((config->>'start_offset')::interval) < INTERVAL '90 days' "
+                         "FROM timescaledb_information.jobs "
+                         "WHERE proc_name = 'policy_refresh_continuous_aggregate'")
+        assert held == "t", "the window reaches no further back than the raw data held"
+    finally:
+        ts.query("SELECT liq_apply_policies('90 days', '365 days', '7 days')")
+        ts.query(restore)

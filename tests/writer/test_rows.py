@@ -122,6 +122,8 @@ def test_timescale_mode_stores_only_rows_its_continuous_aggregates_will_refresh(
     assert expired(old, NOW, stored_days(90, "timescale"))
     assert not expired(NOW - 87 * DAY_MS, NOW, stored_days(90, "timescale"))
     assert stored_days(90, None) == 90 and stored_days(2, "timescale") == 1
+    assert stored_days(180, "timescale", 90 - 2 / 24) == 88, "the database's window, not the setting"
+    assert stored_days(180, "timescale") == 178 and stored_days(30, "timescale", 200.0) == 29
 
 
 def test_retention_cutoff_is_whole_utc_days() -> None:

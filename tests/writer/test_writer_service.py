@@ -27,7 +27,10 @@ from tests.conftest import server_dir
 from tests.factories import liq
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
+from writer.rows import EVENT_COLUMNS
 from writer.service import Writer
+
+EVENT_ID = EVENT_COLUMNS.index("event_id")
 
 pytestmark = pytest.mark.integration
 
@@ -329,8 +332,9 @@ def test_the_utc_migration_rebuilds_rollups_a_fractional_zone_wrote(db: str) -> 
 class _TimescaleSink:
     """Stands for a TimescaleDB the writer has not connected to yet (only the mode matters)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refresh_window_days: float | None = None) -> None:
         self.mode: str | None = None
+        self.refresh_window_days = refresh_window_days
         self.batches: list[Any] = []
 
     async def storage_mode(self) -> str:
@@ -389,3 +393,19 @@ def test_a_timescale_database_with_a_retention_below_three_days_holds_the_entrie
     event = liq(price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS, event_id="e")
     with pytest.raises(SinkRetry, match="LIQ_RETENTION_DAYS"):
         asyncio.run(writer.handle([Message(keys.event_stream(0), "1-0", event)], 10))
+
+
+def test_in_timescale_mode_the_writer_stores_rows_only_inside_the_databases_refresh_window() -> None:
+    """LIQ_RETENTION_DAYS=180, but the database's window stayed at 90 days less 2 hours (sql/011):
+    a row 100 days old would never reach the rollups, so it is not stored."""
+    writer = Writer(None, settings("postgresql://unused", retention_days=180),  # type: ignore[arg-type]
+                    "postgresql://unused", clock=FakeClock(NOW_MS), name="t")
+    sink = _TimescaleSink(refresh_window_days=90 - 2 / 24)
+    writer.sink = sink  # type: ignore[assignment]
+    rows_ = [liq(price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS - days * 24 * HOUR_MS, event_id=f"d{days}")
+             for days in (100, 87)]
+    asyncio.run(writer.handle([Message(keys.event_stream(0), f"{i}-0", r) for i, r in enumerate(rows_)], 10))
+    assert writer.skipped["expired"] == 1
+    (stored,) = [b for b in sink.batches if not b.empty]
+    assert [row[EVENT_ID] for row in stored.events] == ["d87"]
+
