@@ -126,6 +126,8 @@ class Collector:
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
     spool: Spool | None = field(init=False)
+    _relist_now: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after an instruments refresh: the relisting looks at once (see ``_relist_loop``)."""
     _spool_writable: bool = True
     """False after the disk refused a write: new liquidations wait in memory (behind what the
     spool holds, which is still published first) until ``_spool_again_at``."""
@@ -153,7 +155,10 @@ class Collector:
         except SpoolBusy as exc:
             logger.warning("%s: another collector of this venue uses the spool (%s); this one keeps "
                            "what Redis cannot take in memory", self.config.venue.name, exc)
-            return None
+        except OSError as exc:  # a full or read-only disk must not stop the collector
+            logger.error("%s: no spool in %s (%s); what Redis cannot take waits in memory",
+                         self.config.venue.name, self.config.spool_dir, exc)
+        return None
 
     @property
     def plans(self) -> list[ConnectionPlan]:
@@ -170,6 +175,9 @@ class Collector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every connection, the publisher and the health reporter until ``stop``."""
+        source, every_s = self.config.venue.instruments, self.config.instruments_every_s
+        if source is not None:  # first: a venue's plans may come from its table (Lighter's markets)
+            await asyncio.to_thread(load_cached, self.config.venue.name, source, self.config.instruments_dir)
         try:
             plans = await asyncio.to_thread(lambda: self.plans)
         except BaseException:
@@ -179,9 +187,6 @@ class Collector:
         if self.config.venue.replays_on_subscribe:
             await self._remember_published()
         await self._notify()
-        source, every_s = self.config.venue.instruments, self.config.instruments_every_s
-        if source is not None and every_s is None:  # refreshes off: the cache still applies
-            await asyncio.to_thread(load_cached, self.config.venue.name, source, self.config.instruments_dir)
         tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         if self.config.venue.relists and not self.config.symbols and every_s is not None:
             tasks.append(asyncio.create_task(self._relist_loop(stop, every_s, tasks)))
@@ -241,15 +246,15 @@ class Collector:
 
     async def _relist_loop(self, stop: asyncio.Event, every_s: float,
                            tasks: list[asyncio.Task[None]]) -> None:
-        """Every ``every_s``, ask the venue's listing again and open connections (added to
-        ``tasks``) for the symbols listed since: a new listing is covered without a restart.
+        """Every ``every_s``, and after each instruments refresh (Lighter's markets come from its
+        table), ask the venue's listing again and open connections (added to ``tasks``) for the
+        symbols listed since: a new listing is covered without a restart.
         The running connections stay as they are (a delisted symbol's topic just stays quiet)."""
         generation = 0
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
-            if stop.is_set():
-                return
+            with contextlib.suppress(TimeoutError):  # a stop cancels this task
+                await asyncio.wait_for(self._relist_now.wait(), timeout=every_s)
+            self._relist_now.clear()
             extra = await self._newly_listed(generation + 1)
             if extra:
                 generation += 1
@@ -392,7 +397,7 @@ class Collector:
             self.health.duplicates += dropped
             DUPLICATES.labels(self.config.venue.name).inc(dropped)
         to_disk = self._waiting_spool() is not None  # then after what waits there
-        if not (to_disk and self._spool(fresh)):
+        if not (to_disk and self._spool_with_queue([], fresh)):
             for liq in fresh:
                 self.queue.put_nowait(liq)
         if fresh:
@@ -496,11 +501,12 @@ class Collector:
         """The spool, when liquidations wait in it (they go out before anything newer)."""
         return self.spool if self.spool is not None and self.spool.pending else None
 
-    def _spool_with_queue(self, batch: list[Liquidation]) -> bool:
-        """Move ``batch`` and the queue to the spool; False (the queue left as it was) when the
-        spool cannot be written."""
+    def _spool_with_queue(self, batch: list[Liquidation], newer: list[Liquidation] | None = None) -> bool:
+        """Move ``batch``, the queue and ``newer``, in that order, to the spool; False (the queue
+        left as it was) when the spool cannot be written. The queue holds liquidations only while
+        the spool could not be written: they go before anything newer."""
         queued = self._drain_queue()
-        if self._spool([*batch, *queued]):
+        if self._spool([*batch, *queued, *(newer or ())]):
             return True
         for liq in queued:
             self.queue.put_nowait(liq)
@@ -510,6 +516,7 @@ class Collector:
         """Append to the spool; False (nothing written) when there is none, when the disk
         refused an earlier write and the retry time has not come, or on a disk error, which
         is logged. What the spool holds stays in it and is still published first."""
+        self._spool_back_on()
         if self.spool is None or not self._spool_writable:
             return False
         if liquidations and not self.spool.pending:
@@ -573,6 +580,7 @@ class Collector:
     async def _instruments_refreshed(self, listed: int) -> None:
         self.health.instruments_refreshed_ms = self.config.clock.now_ms()
         self.health.instruments_listed = listed
+        self._relist_now.set()
         await self._notify()
 
     async def _health_loop(self, stop: asyncio.Event) -> None:

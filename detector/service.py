@@ -320,6 +320,9 @@ class Detector:
         self.next_seq = int(published or 0) + 1
         statuses = {symbol: fields async for symbol, fields in self._statuses()}
         self.committed = {s: entry_key(f["entry_id"]) for s, f in statuses.items() if f.get("entry_id")}
+        # A status hash rewritten before its symbol is fed again (its cascade ended by another
+        # symbol's event, or by a tick) keeps the mark it had.
+        self.entry_ids.update({s: f["entry_id"] for s, f in statuses.items() if f.get("entry_id")})
         for shard in self.shards:
             self.rebuilt += await self._rebuild(keys.event_stream(shard))
         adopted: set[str] = set()

@@ -529,3 +529,84 @@ def test_a_symbol_the_venue_lists_after_the_start_is_subscribed_without_a_restar
     assert [p.label for p in collector.plans] == ["bybit:linear:0", "bybit:linear:0+1"]
     got = sorted(x.event_id for x in stream_contents(redis_url))
     assert got == sorted(normalized(x).event_id for x in sent)
+
+
+def test_a_spool_refused_while_lines_wait_is_written_again_after_the_retry_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal's liquidation waits in memory; the next write after the retry time takes it
+    to the spool too, before the newer one, so nothing rests in memory through the outage."""
+    import collectors.base as base_module
+    from collectors.spool import Spool
+
+    monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
+    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
+    armed = False
+
+    def append(self: Spool, liquidations: Any) -> None:
+        if armed and refusals and liquidations:
+            raise refusals.pop()
+        real_append(self, liquidations)
+
+    monkeypatch.setattr(Spool, "append", append)
+    spool_dir = tmp_path / "spool"
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        nonlocal armed
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
+                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 3, _spooled(3))
+                armed = True
+                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 1))
+                await collector.wait_until(lambda c: c.health.events == 6)
+                assert collector.queue.qsize() == 1, "refused: in memory"
+                sent += await exchange.emit(events("binance_usdm", T0 + 180_000, 1))
+                await collector.wait_until(_spooled(5))
+                assert collector.queue.qsize() == 0
+                assert len((spool_dir / "binance_usdm.jsonl").read_bytes().splitlines()) == 5
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 7)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
+
+
+def test_a_disk_that_refuses_the_spool_leaves_the_collector_running_without_one(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collectors import spool as spool_module
+
+    def refuse(path: Path) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "_lock", refuse)
+    spec = load_venue("okx")
+    config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                             base_url="ws://127.0.0.1:9", spool_dir=tmp_path / "spool")
+    collector = Collector(config)
+    assert collector.spool is None
+    asyncio.run(collector.config.redis.aclose())
+
+
+def test_lighter_subscribes_the_markets_its_instrument_cache_knows(redis_url: str, tmp_path: Path) -> None:
+    """The cache is loaded before the plans are built (Lighter's markets come from its table)."""
+    from collectors.instruments import Instrument, InstrumentTable
+    from collectors.venues import lighter
+
+    cache = tmp_path / "instruments"
+    InstrumentTable("lighter", {"99": Instrument("99", "NEWCOIN", "USDC", "linear_perpetual")}).save(cache)
+
+    async def run() -> Collector:
+        async with ExchangeSimulator(["lighter"]) as exchange:
+            config = CollectorConfig(venue=load_venue("lighter"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["lighter"], instruments_dir=cache,
+                                     instruments_every_s=None, health_every_s=0.05)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("lighter", 1, topic="trade:99")
+            return collector
+
+    try:
+        collector = asyncio.run(run())
+    finally:
+        lighter.TABLE._by_native.pop("99", None)
+    assert "99" in {s for plan in collector.plans for s in plan.symbols}

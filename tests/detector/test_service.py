@@ -223,6 +223,32 @@ def test_an_end_caused_by_another_symbols_event_rewrites_the_ended_symbols_statu
     assert [(c.phase, c.symbol) for c in cascades(r)] == [("start", "ETHUSDT"), ("end", "ETHUSDT")]
 
 
+def test_a_restarted_detector_keeps_the_entry_mark_of_a_status_it_rewrites_unfed(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """An adopted cascade whose entries are past the rebuild's reach, ended by another symbol's
+    event before its own symbol is fed again: the rewritten status keeps its entry_id (the mark
+    that stops a later restart from feeding published entries again)."""
+    clock = FakeClock(CLOCK_START)
+    stream = keys.event_stream(ETH_SHARD)
+
+    def add(entry_id: str, liq: Liquidation) -> None:
+        r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(liq)}, id=entry_id)
+
+    async def body(client: aioredis.Redis) -> None:
+        for k in range(5):  # stream ids far older than the next entry: outside the rebuild's reach
+            add(f"1000-{k + 1}", ev(k * 5, symbol="ETHUSDT", venue="bybit" if k % 2 else "okx"))
+        add("10000000-0", ev(21, 1_000.0, symbol="SOLUSDT"))  # ETHUSDT still in its quiet period
+        await detector(client, [ETH_SHARD], clock).run_until_idle()
+        restarted = detector(client, [ETH_SHARD], clock)
+        await restarted.run_until_idle()
+        add("10000001-0", ev(60, 1_000.0, symbol="SOLUSDT"))  # ends ETHUSDT's cascade
+        await restarted.run_until_idle()
+
+    run(redis_url, body)
+    assert [c.phase for c in cascades(r)] == ["start", "end"]
+    assert status(r, "ETHUSDT")["state"] == "idle" and status(r, "ETHUSDT")["entry_id"] == "1000-5"
+
+
 def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_url: str,
                                                                           r: syncredis.Redis) -> None:
     """Event time 40 s behind the wall clock (a backlog): a tick a second ends the cascade after
