@@ -87,8 +87,10 @@ async def _run_venue(venue: str, url: str) -> dict[str, Any]:
     sim = CountingSim(load_sim(venue))
     async with ExchangeSimulator([sim]) as exchange:
         redis = make_async_redis(url)
+        # No instruments refresh: a refresh that lists a market (Lighter's NEWCOIN) would open a
+        # connection more while the connections are counted (tests/collectors/test_refresh.py).
         collector = Collector(CollectorConfig(venue=spec, redis=redis, shards=SHARDS,
-                                              base_url=exchange.urls[venue],
+                                              base_url=exchange.urls[venue], instruments_every_s=None,
                                               symbols=list(spec.default_symbols), health_every_s=0.05))
         stop = asyncio.Event()
         task = asyncio.create_task(collector.run(stop))
@@ -610,3 +612,26 @@ def test_lighter_subscribes_the_markets_its_instrument_cache_knows(redis_url: st
     finally:
         lighter.TABLE._by_native.pop("99", None)
     assert "99" in {s for plan in collector.plans for s in plan.symbols}
+
+
+def test_a_market_an_instruments_refresh_lists_is_subscribed_at_once(redis_url: str) -> None:
+    """Lighter's markets come from its table: the refresh at start lists NEWCOIN (9001), and the
+    collector opens a connection for it without waiting for the next listing period."""
+    from collectors.venues import lighter
+
+    async def run() -> Collector:
+        async with ExchangeSimulator(["lighter"]) as exchange:
+            config = CollectorConfig(venue=load_venue("lighter"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["lighter"],
+                                     instruments_every_s=3600.0, health_every_s=0.05)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("lighter", 1, topic="trade:9001")
+                await collector.wait_until(lambda c: len(c.health.connections_up) == 2)
+            return collector
+
+    try:
+        collector = asyncio.run(run())
+    finally:
+        lighter.TABLE._by_native.pop("9001", None)
+    assert [plan.symbols for plan in collector.plans][1:] == [("9001",)]
