@@ -316,7 +316,7 @@ class Collector:
         ws_ping = 20.0 if app_pings else spec.heartbeat_s
         async with connect(plan.url, open_timeout=self.config.open_timeout_s, max_size=2**24,
                            ping_interval=ws_ping, ping_timeout=max(ws_ping, 20.0),
-                           close_timeout=2) as ws:
+                           close_timeout=2, additional_headers=list(spec.headers) or None) as ws:
             for frame in session.on_open():
                 await ws.send(frame)
             self.health.connected(plan.label, self.config.clock.now_ms())

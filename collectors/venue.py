@@ -127,6 +127,8 @@ class VenueSpec:
     receives no frame for a few ping intervals is dead, and is reopened."""
     default_symbols: tuple[str, ...] = ()
     """Native symbols subscribed when none are given (venues without an all-symbol channel)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """HTTP headers sent with the WebSocket handshake (Gate: ``X-Gate-Size-Decimal: 1``)."""
     relists: bool = False
     """Its plans subscribe symbol by symbol from the venue's listing (Bybit: no wildcard topic):
     a collector given no symbols asks for the listing again periodically and opens connections

@@ -30,6 +30,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 CHANNEL = "futures.public_liquidates"
+SIZE_DECIMAL_HEADER = "X-Gate-Size-Decimal"
 ALL = "!all"
 MAX_ROWS = 20
 
@@ -113,9 +114,13 @@ class GateSim:
         raise ValueError(f"unknown request {channel!r}/{event!r}")
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
+        """Sizes are decimal strings for a client that sent ``X-Gate-Size-Decimal: 1``, else
+        whole numbers (Gate rounds fractional sizes then)."""
+        decimal = client.headers.get(SIZE_DECIMAL_HEADER.lower()) == "1"
         by_contract: dict[str, list[dict[str, Any]]] = {}
         for item in items:
-            by_contract.setdefault(item.topic, []).append(item.native)
+            row = {**item.native, "size": str(item.native["size"])} if decimal else item.native
+            by_contract.setdefault(item.topic, []).append(row)
         return [
             _envelope(CHANNEL, "update", result=rows[i : i + MAX_ROWS])
             for rows in by_contract.values()

@@ -35,6 +35,8 @@ class SimClient:
 
     path: str
     subscriptions: set[str] = field(default_factory=set)
+    headers: dict[str, str] = field(default_factory=dict)
+    """The handshake's HTTP headers (names in lower case)."""
     state: dict[str, Any] = field(default_factory=dict)
 
 

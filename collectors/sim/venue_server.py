@@ -107,7 +107,9 @@ class VenueServer:
         return dataclasses.replace(response, body=body)
 
     async def _handle(self, conn: ServerConnection) -> None:
-        client = SimClient(path=conn.request.path if conn.request else "/")
+        request = conn.request
+        client = SimClient(path=request.path if request else "/",
+                           headers={k.lower(): v for k, v in request.headers.raw_items()} if request else {})
         self.clients[conn] = client
         beat = asyncio.create_task(self._heartbeat(conn, client)) if self.sim.heartbeat_s > 0 else None
         try:

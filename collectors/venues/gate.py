@@ -16,7 +16,9 @@ Units: ``|size|`` contracts × ``quanto_multiplier`` (the instrument table's con
 base) for USDT and USD1 contracts; BTC-settled inverse contracts are 1 USD each. A contract missing
 from the table keeps its quantity in contracts with the notional unknown. ``size`` is an
 integer, or a string with the ``X-Gate-Size-Decimal`` header. ``time`` was seconds before the
-change and is ms after it (older rows carry ``time_ms``), so it is read by magnitude.
+change and is ms after it (older rows carry ``time_ms``), so it is read by magnitude. The
+handshake sends ``X-Gate-Size-Decimal: 1`` (exchanges.md trap 7): without it Gate sends sizes as
+integers, and a fractional size would be rounded.
 No exchange id: ``event_id`` is the digest. Heartbeat: ``futures.ping`` → ``futures.pong``.
 
 Instruments endpoint (``VENUE.instruments``, refreshed by ``collectors.refresh``):
@@ -202,6 +204,7 @@ VENUE = VenueSpec(
     name=NAME,
     live_url="wss://fx-ws.gateio.ws/v4/ws/usdt",
     markets="Gate USDT-, USD1- and BTC-settled perpetuals (all contracts via !all)",
+    headers=(("X-Gate-Size-Decimal", "1"),),  # sizes as exact decimal strings, never rounded
     semantics="complete",
     semantics_note="every liquidation since 2026-08-20, batched per contract per ~1 s (before: 1/s/contract)",
     heartbeat_s=10.0,

@@ -635,3 +635,24 @@ def test_a_market_an_instruments_refresh_lists_is_subscribed_at_once(redis_url: 
     finally:
         lighter.TABLE._by_native.pop("9001", None)
     assert [plan.symbols for plan in collector.plans][1:] == [("9001",)]
+
+
+def test_gate_asks_for_decimal_sizes_in_the_handshake(redis_url: str) -> None:
+    """Without ``X-Gate-Size-Decimal: 1`` Gate sends sizes as integers, rounding fractional ones."""
+    async def run() -> tuple[list[dict[str, str]], list[Liquidation]]:
+        async with ExchangeSimulator(["gate"]) as exchange:
+            config = CollectorConfig(venue=load_venue("gate"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["gate"], instruments_every_s=None,
+                                     health_every_s=0.05)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("gate", len(collector.plans))
+                sent = await exchange.emit(events("gate", T0, 2))
+                await collector.wait_until(lambda c: c.published == 2)
+                headers = [client.headers for client in exchange.venue("gate").clients.values()]
+            return headers, sent
+
+    headers, sent = asyncio.run(run())
+    assert len(headers) == 3 and all(h.get("x-gate-size-decimal") == "1" for h in headers)
+    got = sorted(x.event_id for x in stream_contents(redis_url))
+    assert got == sorted(normalized(x).event_id for x in sent)
