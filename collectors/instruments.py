@@ -94,7 +94,7 @@ class InstrumentTable:
             return False
         try:
             self.update(_from_rows(json.loads(path.read_text())))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError) as exc:
             logger.warning("ignoring unreadable instrument cache %s: %s", path, exc)
             return False
         return True

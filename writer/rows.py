@@ -135,7 +135,9 @@ def stored_days(retention_days: int, mode: str | None, refresh_window_days: floa
     if mode != "timescale":
         return retention_days
     window = retention_days - 2 / 24 if refresh_window_days is None else refresh_window_days
-    return max(1, min(retention_days, math.floor(window)) - 1)
+    # A kept row is up to one day older than the cutoff's day; 2 hours more keep it inside a
+    # window that starts on an hour and moves at each refresh run (a whole-day window too).
+    return max(1, min(retention_days, math.floor(window - 2 / 24)) - 1)
 
 
 def timescale_retention_error(retention_days: int) -> ConfigError | None:

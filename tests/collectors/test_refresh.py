@@ -175,3 +175,13 @@ def test_an_answer_no_parser_foresaw_does_not_end_the_refresh_loop(
         asyncio.run(refresh_loop("okx", source, "ws://127.0.0.1:1", None, stop, fetch=odd))
     assert len(calls) == 2, "it tried again after the odd answer"
     assert "instrument refresh failed; keeping 0 known" in caplog.text
+
+
+def test_an_unreadable_cache_is_ignored_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache the disk will not give back (a directory in its place, EIO, permissions) leaves
+    the table as it was: the collector starts with the shipped fallback."""
+    (tmp_path / "okx.json").mkdir()
+    table = InstrumentTable("okx")
+    with caplog.at_level(logging.WARNING):
+        assert table.load_cache(tmp_path) is False
+    assert len(table) == 0 and "ignoring unreadable instrument cache" in caplog.text

@@ -124,6 +124,20 @@ def test_timescale_mode_stores_only_rows_its_continuous_aggregates_will_refresh(
     assert stored_days(90, None) == 90 and stored_days(2, "timescale") == 1
     assert stored_days(180, "timescale", 90 - 2 / 24) == 88, "the database's window, not the setting"
     assert stored_days(180, "timescale") == 178 and stored_days(30, "timescale", 200.0) == 29
+    assert stored_days(180, "timescale", 95.0) == 93, "a whole-day window keeps the 2-hour margin"
+
+
+@pytest.mark.parametrize("window", [95.0, 95 + 1 / 24, 95.5, 95 + 23 / 24, 89 + 22 / 24])
+def test_every_row_the_writer_stores_stays_inside_the_refresh_window_at_the_next_run(window: float) -> None:
+    """At any time of day, the oldest row kept is younger than the window's start, rounded down
+    to the hour, a refresh interval (5 minutes) later."""
+    days = stored_days(180, "timescale", window)
+    for minute in range(0, 24 * 60, 7):
+        now = NOW + minute * 60_000
+        oldest_kept = now - now % DAY_MS - days * DAY_MS  # the start of the oldest day kept
+        assert not expired(oldest_kept, now, days)
+        window_start = now + 5 * 60_000 - int(window * DAY_MS)
+        assert oldest_kept > window_start - window_start % 3_600_000
 
 
 def test_retention_cutoff_is_whole_utc_days() -> None:
