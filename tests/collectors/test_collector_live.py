@@ -407,24 +407,15 @@ def test_a_spool_the_disk_refused_is_used_again_once_it_can_be(
     """A full disk turns the spool off (liquidations wait in memory); a later outage retry finds
     room and spools them again, and all of them are published once, in order."""
     import collectors.base as base_module
-    from collectors.spool import Spool
 
     monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
-    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
-
-    def append(self: Spool, liquidations: Any) -> None:
-        if refusals:
-            raise refusals.pop()
-        real_append(self, liquidations)
-
-    monkeypatch.setattr(Spool, "append", append)
-    spool_dir = tmp_path / "spool"
+    disk, spool_dir = RefusingDisk(monkeypatch, armed=True), tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
             async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
                 sent = await _through_an_outage(exchange, collector, redis.stop, 2, 4, _spooled(4))
-                assert not refusals, "the first spool write was refused, a later one took them"
+                assert not disk.refusals, "the first spool write was refused, a later one took them"
                 redis.start_again()
                 await collector.wait_until(lambda c: c.published == 6)
             return sent
@@ -464,32 +455,45 @@ def test_spooled_liquidations_the_venue_replays_after_a_restart_are_published_on
     assert sorted(x.event_id for x in got) == sorted(normalized(x).event_id for x in sent)
 
 
+class RefusingDisk:
+    """``Spool.append`` refuses one write (a full disk) once ``armed``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, armed: bool = False) -> None:
+        from collectors.spool import Spool
+
+        self.armed = armed
+        self.refusals = [OSError(28, "No space left on device")]
+        real_append = Spool.append
+
+        def append(spool: Spool, liquidations: Any) -> None:
+            if self.armed and self.refusals and liquidations:
+                raise self.refusals.pop()
+            real_append(spool, liquidations)
+
+        monkeypatch.setattr(Spool, "append", append)
+
+
+async def _refused_while_three_wait(exchange: ExchangeSimulator, collector: Collector,
+                                    redis: RestartableRedis, disk: RefusingDisk) -> list[Liquidation]:
+    """Two published, Redis stopped, three spooled, then one more whose spool write is refused."""
+    sent = await _through_an_outage(exchange, collector, redis.stop, 2, 3, _spooled(3))
+    disk.armed = True
+    sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 1))
+    await collector.wait_until(lambda c: c.health.events == 6)
+    assert not disk.refusals and collector.spool is not None and collector.spool.pending == 3
+    return sent
+
+
 def test_a_spool_write_refused_while_lines_wait_keeps_them_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three liquidations wait in the spool when the disk refuses the next write: the newer one
     waits in memory, behind them, and all are published once, in order, when Redis is back."""
-    from collectors.spool import Spool
-
-    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
-    armed = False
-
-    def append(self: Spool, liquidations: Any) -> None:
-        if armed and refusals and liquidations:
-            raise refusals.pop()
-        real_append(self, liquidations)
-
-    monkeypatch.setattr(Spool, "append", append)
-    spool_dir = tmp_path / "spool"
+    disk, spool_dir = RefusingDisk(monkeypatch), tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
-        nonlocal armed
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
             async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
-                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 3, _spooled(3))
-                armed = True
-                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 1))
-                await collector.wait_until(lambda c: c.health.events == 6)
-                assert not refusals and collector.spool is not None and collector.spool.pending == 3
+                sent = await _refused_while_three_wait(exchange, collector, redis, disk)
                 redis.start_again()
                 await collector.wait_until(lambda c: c.published == 6)
             return sent
@@ -499,67 +503,19 @@ def test_a_spool_write_refused_while_lines_wait_keeps_them_first(
     assert list(spool_dir.iterdir()) == []
 
 
-def test_a_symbol_the_venue_lists_after_the_start_is_subscribed_without_a_restart(redis_url: str) -> None:
-    """Bybit has no wildcard topic: a collector asks its listing again and opens a connection for
-    what is new (here ETHUSDT, listed after the start), keeping the running ones."""
-    from collectors.venues import bybit
-
-    listing = ["BTCUSDT"]
-
-    def plans(base_url: str, symbols: Any) -> list[Any]:
-        return bybit._plans(base_url, list(symbols) or list(listing))
-
-    spec = dataclasses.replace(load_venue("bybit"), plans=plans)
-    assert spec.relists
-
-    async def run() -> tuple[Collector, list[Liquidation]]:
-        async with ExchangeSimulator(["bybit"]) as exchange:
-            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
-                                     base_url=exchange.urls["bybit"], health_every_s=0.05,
-                                     instruments_every_s=0.05)
-            collector = Collector(config)
-            async with _running(collector):
-                await exchange.wait_subscribed("bybit", 1, topic="allLiquidation.BTCUSDT")
-                listing.append("ETHUSDT")
-                await exchange.wait_subscribed("bybit", 1, topic="allLiquidation.ETHUSDT")
-                await collector.wait_until(lambda c: len(c.health.connections_up) == 2)
-                sent = await exchange.emit(events("bybit", T0, 4))  # BTC and ETH
-                await collector.wait_until(lambda c: c.published == 4)
-            return collector, sent
-
-    collector, sent = asyncio.run(run())
-    assert [p.label for p in collector.plans] == ["bybit:linear:0", "bybit:linear:0+1"]
-    got = sorted(x.event_id for x in stream_contents(redis_url))
-    assert got == sorted(normalized(x).event_id for x in sent)
-
-
 def test_a_spool_refused_while_lines_wait_is_written_again_after_the_retry_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The refusal's liquidation waits in memory; the next write after the retry time takes it
     to the spool too, before the newer one, so nothing rests in memory through the outage."""
     import collectors.base as base_module
-    from collectors.spool import Spool
 
     monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
-    real_append, refusals = Spool.append, [OSError(28, "No space left on device")]
-    armed = False
-
-    def append(self: Spool, liquidations: Any) -> None:
-        if armed and refusals and liquidations:
-            raise refusals.pop()
-        real_append(self, liquidations)
-
-    monkeypatch.setattr(Spool, "append", append)
-    spool_dir = tmp_path / "spool"
+    disk, spool_dir = RefusingDisk(monkeypatch), tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
-        nonlocal armed
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
             async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
-                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 3, _spooled(3))
-                armed = True
-                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 1))
-                await collector.wait_until(lambda c: c.health.events == 6)
+                sent = await _refused_while_three_wait(exchange, collector, redis, disk)
                 assert collector.queue.qsize() == 1, "refused: in memory"
                 sent += await exchange.emit(events("binance_usdm", T0 + 180_000, 1))
                 await collector.wait_until(_spooled(5))
