@@ -612,3 +612,37 @@ def test_gate_asks_for_decimal_sizes_in_the_handshake(redis_url: str) -> None:
     assert len(headers) == 3 and all(h.get("x-gate-size-decimal") == "1" for h in headers)
     got = sorted(x.event_id for x in stream_contents(redis_url))
     assert got == sorted(normalized(x).event_id for x in sent)
+
+
+def test_a_symbol_the_venue_lists_after_the_start_is_subscribed_without_a_restart(redis_url: str) -> None:
+    """Bybit has no wildcard topic: a collector asks its listing again and opens a connection for
+    what is new (here ETHUSDT, listed after the start), keeping the running ones."""
+    from collectors.venues import bybit
+
+    listing = ["BTCUSDT"]
+
+    def plans(base_url: str, symbols: Any) -> list[Any]:
+        return bybit._plans(base_url, list(symbols) or list(listing))
+
+    spec = dataclasses.replace(load_venue("bybit"), plans=plans)
+    assert spec.relists
+
+    async def run() -> tuple[Collector, list[Liquidation]]:
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls["bybit"], health_every_s=0.05,
+                                     instruments_every_s=0.05)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("bybit", 1, topic="allLiquidation.BTCUSDT")
+                listing.append("ETHUSDT")
+                await exchange.wait_subscribed("bybit", 1, topic="allLiquidation.ETHUSDT")
+                await collector.wait_until(lambda c: len(c.health.connections_up) == 2)
+                sent = await exchange.emit(events("bybit", T0, 4))  # BTC and ETH
+                await collector.wait_until(lambda c: c.published == 4)
+            return collector, sent
+
+    collector, sent = asyncio.run(run())
+    assert [p.label for p in collector.plans] == ["bybit:linear:0", "bybit:linear:0+1"]
+    got = sorted(x.event_id for x in stream_contents(redis_url))
+    assert got == sorted(normalized(x).event_id for x in sent)
