@@ -20,7 +20,10 @@ Keep-alive: the server wants traffic at least every 60 s; WebSocket pings plus t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -29,22 +32,30 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     decode,
     frame_errors,
+    get_json,
     make_liquidation,
     market_type,
     num,
     position_side,
     server_error,
+    symbol_plans,
     with_default_path,
     yymmdd_expiry,
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
 
+logger = logging.getLogger(__name__)
+
 NAME = "kraken_futures"
 PATH = "/ws/v1"
 DEFAULT_PRODUCTS = ("PF_XBTUSD", "PF_ETHUSD", "PF_SOLUSD", "PI_XBTUSD", "PI_ETHUSD")
 INVERSE_PREFIXES = ("PI_", "FI_")
 LINEAR_PREFIXES = ("PF_", "FF_")
+PRODUCT_PREFIXES = INVERSE_PREFIXES + LINEAR_PREFIXES
+LIVE_HOST = "futures.kraken.com"
+PRODUCTS_PER_CONNECTION = 250
+"""Kraken documents no limit; a few hundred product ids keep one subscribe message small."""
 
 
 class Envelope(msgspec.Struct):
@@ -125,10 +136,28 @@ class KrakenFuturesSession:
         )
 
 
+def discover_products(base_url: str, fetch: Callable[[str], Any] = get_json) -> list[str]:
+    """Every tradeable future and perpetual of ``GET /derivatives/api/v3/instruments``
+    (``{"instruments": [{"symbol": "PF_XBTUSD", "tradeable": true, …}]}``; indices left out),
+    live host only; the simulator, another host or a failed listing get :data:`DEFAULT_PRODUCTS`."""
+    if urlsplit(base_url).hostname == LIVE_HOST:
+        try:
+            listed = fetch(f"https://{LIVE_HOST}/derivatives/api/v3/instruments")["instruments"]
+            products = sorted(i["symbol"] for i in listed
+                              if i.get("tradeable") and str(i["symbol"]).startswith(PRODUCT_PREFIXES))
+            if products:
+                return products
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("kraken_futures: instruments failed (%s); subscribing the default products", exc)
+    return list(DEFAULT_PRODUCTS)
+
+
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
-    products = list(symbols) or list(DEFAULT_PRODUCTS)
-    url = with_default_path(base_url, PATH)
-    return [ConnectionPlan(url, f"{NAME}:trade", lambda: KrakenFuturesSession(products))]
+    """The products' trade feed (``symbols``, else the listed ones), ``PRODUCTS_PER_CONNECTION``
+    per connection."""
+    products = list(symbols) or discover_products(base_url)
+    return symbol_plans(with_default_path(base_url, PATH), f"{NAME}:trade", products,
+                        PRODUCTS_PER_CONNECTION, KrakenFuturesSession)
 
 
 TABLE = InstrumentTable.load(NAME)
@@ -136,12 +165,12 @@ TABLE = InstrumentTable.load(NAME)
 VENUE = VenueSpec(
     name=NAME,
     live_url="wss://futures.kraken.com" + PATH,
-    markets="Kraken Futures linear (PF_) and inverse (PI_) perpetuals and dated futures",
+    markets="Kraken Futures linear and inverse perpetuals and dated futures (every listed product)",
     semantics="complete",
     semantics_note="every trade of type liquidation on the subscribed products (trade feed)",
     heartbeat_s=30.0,
     usual_gap_s=1800.0,
     plans=_plans,
     new_parser=KrakenFuturesSession,
-    default_symbols=DEFAULT_PRODUCTS,
+    relists=True,
 )

@@ -660,3 +660,31 @@ def test_dydx_subscribes_every_active_listed_market_32_per_connection() -> None:
     subs = [json.loads(m)["id"] for p in plans for m in p.new_session().on_open()]
     assert subs == markets
     assert dydx.VENUE.relists and dydx.VENUE.default_symbols == ()
+
+
+def test_kraken_subscribes_every_tradeable_listed_product() -> None:
+    from collectors.venues import kraken_futures
+
+    listing = {"result": "success", "instruments": [
+        {"symbol": "PF_XBTUSD", "type": "flexible_futures", "tradeable": True},
+        {"symbol": "PI_ETHUSD", "type": "futures_inverse", "tradeable": True},
+        {"symbol": "FF_XBTUSD_261225", "type": "flexible_futures", "tradeable": True},
+        {"symbol": "PF_OLDUSD", "type": "flexible_futures", "tradeable": False},
+        {"symbol": "in_xbtusd", "type": "spot index", "tradeable": False},
+        {"symbol": "rr_xbtusd", "type": "spot index", "tradeable": False}]}
+    live = kraken_futures.VENUE.live_url
+    assert kraken_futures.discover_products(live, lambda url: listing) == [
+        "FF_XBTUSD_261225", "PF_XBTUSD", "PI_ETHUSD"]
+
+    def down(url: str) -> Any:
+        raise OSError("unreachable")
+
+    assert kraken_futures.discover_products(live, down) == list(kraken_futures.DEFAULT_PRODUCTS)
+    assert kraken_futures.discover_products("ws://127.0.0.1:9", lambda url: listing) == list(
+        kraken_futures.DEFAULT_PRODUCTS)
+    products = [f"PF_C{n:03d}USD" for n in range(300)]
+    plans = kraken_futures.VENUE.plans("ws://127.0.0.1:9", products)
+    assert [len(p.symbols) for p in plans] == [250, 50] and plans[0].label == "kraken_futures:trade"
+    first = json.loads(plans[1].new_session().on_open()[0])
+    assert first == {"event": "subscribe", "feed": "trade", "product_ids": products[250:]}
+    assert kraken_futures.VENUE.relists and kraken_futures.VENUE.default_symbols == ()
