@@ -43,7 +43,7 @@ import json
 import logging
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -80,6 +80,22 @@ def get_json(url: str) -> Any:
     """GET ``url`` and decode its JSON (a venue's public listing); OSError or ValueError on failure."""
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+def listed_or_default(venue: str, base_url: str, live_host: str, listing: Callable[[], list[str]],
+                      defaults: Sequence[str]) -> list[str]:
+    """The venue's own listing (``listing()``, a public REST call) when ``base_url`` is its live
+    host and the listing names something; the simulator, another host or a failed listing get
+    ``defaults`` (a failure is logged)."""
+    if urlsplit(base_url).hostname == live_host:
+        try:
+            listed = listing()
+            if listed:
+                return listed
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logging.getLogger(f"collectors.venues.{venue}").warning(
+                "%s: listing failed (%s); subscribing the default symbols", venue, exc)
+    return list(defaults)
 
 
 def server_error(venue: str, detail: object) -> None:

@@ -26,10 +26,8 @@ answered by the client library; there is no application ping.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -40,6 +38,7 @@ from collectors.venues._common import (
     frame_errors,
     get_json,
     iso_ms,
+    listed_or_default,
     make_liquidation,
     num,
     position_side,
@@ -49,8 +48,6 @@ from collectors.venues._common import (
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "dydx"
 PATH = "/v4/ws"
@@ -144,15 +141,11 @@ def discover_markets(base_url: str, fetch: Callable[[str], Any] = get_json) -> l
     """Every ACTIVE perpetual market from the indexer's ``GET /v4/perpetualMarkets``
     (``{"markets": {"BTC-USD": {"ticker": "BTC-USD", "status": "ACTIVE", …}}}``), live host
     only; the simulator, another host or a failed listing get :data:`DEFAULT_MARKETS`."""
-    if urlsplit(base_url).hostname == LIVE_HOST:
-        try:
-            markets = fetch(f"https://{LIVE_HOST}/v4/perpetualMarkets")["markets"]
-            active = sorted(t for t, m in markets.items() if m.get("status") == "ACTIVE")
-            if active:
-                return active
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("dydx: perpetualMarkets failed (%s); subscribing the default markets", exc)
-    return list(DEFAULT_MARKETS)
+    def active() -> list[str]:
+        markets = fetch(f"https://{LIVE_HOST}/v4/perpetualMarkets")["markets"]
+        return sorted(t for t, m in markets.items() if m.get("status") == "ACTIVE")
+
+    return listed_or_default(NAME, base_url, LIVE_HOST, active, DEFAULT_MARKETS)
 
 
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:

@@ -20,10 +20,8 @@ Keep-alive: the server wants traffic at least every 60 s; WebSocket pings plus t
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -33,6 +31,7 @@ from collectors.venues._common import (
     decode,
     frame_errors,
     get_json,
+    listed_or_default,
     make_liquidation,
     market_type,
     num,
@@ -44,8 +43,6 @@ from collectors.venues._common import (
 )
 from shared.errors import ParseError
 from shared.models import Liquidation
-
-logger = logging.getLogger(__name__)
 
 NAME = "kraken_futures"
 PATH = "/ws/v1"
@@ -140,16 +137,12 @@ def discover_products(base_url: str, fetch: Callable[[str], Any] = get_json) -> 
     """Every tradeable future and perpetual of ``GET /derivatives/api/v3/instruments``
     (``{"instruments": [{"symbol": "PF_XBTUSD", "tradeable": true, …}]}``; indices left out),
     live host only; the simulator, another host or a failed listing get :data:`DEFAULT_PRODUCTS`."""
-    if urlsplit(base_url).hostname == LIVE_HOST:
-        try:
-            listed = fetch(f"https://{LIVE_HOST}/derivatives/api/v3/instruments")["instruments"]
-            products = sorted(i["symbol"] for i in listed
-                              if i.get("tradeable") and str(i["symbol"]).startswith(PRODUCT_PREFIXES))
-            if products:
-                return products
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning("kraken_futures: instruments failed (%s); subscribing the default products", exc)
-    return list(DEFAULT_PRODUCTS)
+    def tradeable() -> list[str]:
+        listed = fetch(f"https://{LIVE_HOST}/derivatives/api/v3/instruments")["instruments"]
+        return sorted(i["symbol"] for i in listed
+                      if i.get("tradeable") and str(i["symbol"]).startswith(PRODUCT_PREFIXES))
+
+    return listed_or_default(NAME, base_url, LIVE_HOST, tradeable, DEFAULT_PRODUCTS)
 
 
 def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
