@@ -481,7 +481,6 @@ class Collector:
         ERRORS.labels("collector", type(exc).__name__).inc()
         if from_spool:
             return []  # still on disk: peeked again next time
-        self._spool_back_on()
         return [] if self._spool_with_queue(batch) else batch
 
     def _spool_back_on(self) -> None:
