@@ -1,14 +1,14 @@
 """Contract sizes kept fresh: a venue's public instruments endpoint → its table, cached on disk.
 
-For a venue with a :class:`~collectors.venue.InstrumentSource`, a collector runs
-:func:`refresh_loop` beside its connections:
+For a venue with a :class:`~collectors.venue.InstrumentSource`, a collector:
 
-1. at start, the disk cache ``<data_dir>/instruments/<venue>.json`` (written by the last good
-   refresh) is overlaid on the shipped fallback table, so a restart without network still knows
-   what the last refresh learnt;
+1. at start, before building its connections, overlays the disk cache
+   ``<data_dir>/instruments/<venue>.json`` (written by the last good refresh) on the shipped
+   fallback table (:func:`load_cached`), so a restart without network still knows what the last
+   refresh learnt;
 2. then every ``every_s`` (6 h by default, backing off after a failure) every request of the
    source is fetched, parsed, merged into the live table (in place: the sessions see it at
-   once) and the cache is rewritten atomically.
+   once) and the cache is rewritten atomically (:func:`refresh_loop`, beside its connections).
 
 A failed fetch or an unreadable body is logged once per failure and changes nothing: the table
 keeps what it had. The REST host is the venue's own for a live collector; for a collector
@@ -86,11 +86,11 @@ def load_cached(venue: str, source: InstrumentSource, cache_dir: Path | None) ->
 async def refresh_loop(venue: str, source: InstrumentSource, ws_url: str, cache_dir: Path | None,
                        stop: asyncio.Event, every_s: float = DEFAULT_EVERY_S,
                        fetch: Fetch = http_fetch, on_refresh: OnRefresh | None = None) -> None:
-    """Overlay the disk cache, then refresh every ``every_s`` until ``stop`` (never raises).
+    """Refresh every ``every_s`` until ``stop`` (never raises); the caller has loaded the disk
+    cache already (:func:`load_cached`).
 
     ``on_refresh(listed)`` is awaited after each good refresh (the collector's health uses it).
     """
-    load_cached(venue, source, cache_dir)
     backoff = Backoff(base_s=30.0, cap_s=every_s)
     while not stop.is_set():
         try:

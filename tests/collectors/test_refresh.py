@@ -19,7 +19,7 @@ from collectors import load_venue
 from collectors import refresh as refresh_module
 from collectors.base import Collector, CollectorConfig
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.refresh import refresh_loop, refresh_once, rest_base
+from collectors.refresh import load_cached, refresh_loop, refresh_once, rest_base
 from collectors.sim.server import ExchangeSimulator, load_sim
 from collectors.venue import InstrumentRequest, InstrumentSource, VenueSpec
 from shared.backoff import Backoff
@@ -142,9 +142,11 @@ def test_cache_survives_a_restart_and_a_failed_refresh_keeps_the_table(
         raise OSError("network unreachable")
 
     with caplog.at_level(logging.INFO, logger="collectors.refresh"):
+        load_cached("okx", restarted, tmp_path)  # what a collector does first (collectors.base)
         asyncio.run(refresh_loop("okx", restarted, "ws://127.0.0.1:1", tmp_path, stop, fetch=failing))
     assert calls == ["http://127.0.0.1:1/i"]
-    assert restarted.table.get("NEW-USDT-SWAP") == known, "the disk cache is loaded before any fetch"
+    assert restarted.table.get("NEW-USDT-SWAP") == known, "the disk cache survives a failed refresh"
+    assert "instrument cache loaded (1 known)" in caplog.text
     assert "instrument refresh failed (network unreachable)" in caplog.text
 
 
