@@ -28,7 +28,7 @@ from shared.metrics import start_metrics_server
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
-from shared.status import discover, require_redis, venue_state
+from shared.status import discover, require_redis, venue_healths, venue_state
 from shared.streams import publish
 
 METRICS_PORT_BASE = 9501
@@ -121,13 +121,10 @@ def _read_health(redis_url: str | None) -> dict[str, dict[str, str]]:
         return {}
     try:
         client = make_sync_redis(redis_url)
-        out = {}
-        for name in VENUES:
-            raw: dict[bytes, bytes] = client.hgetall(keys.venue_health(name))  # type: ignore[assignment]
-            if raw:
-                out[name] = {k.decode(): v.decode() for k, v in raw.items()}
-        client.close()
-        return out
+        try:
+            return venue_healths(client)
+        finally:
+            client.close()
     except (OSError, RedisError) as exc:
         click.echo(f"cannot reach Redis at {redis_url} ({exc}): health not shown", err=True)
         return {}

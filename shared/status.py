@@ -148,13 +148,19 @@ def venue_state(health: Mapping[str, str], now_ms: int) -> str:
     return health.get("state", "?")
 
 
+def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
+    """Each venue's ``liq:venue:*`` health hash, as text, for the venues that have one."""
+    out = {}
+    for name in VENUE_NAMES:
+        raw: Any = client.hgetall(keys.venue_health(name))
+        if raw:
+            out[name] = {reply_text(k): reply_text(v) for k, v in raw.items()}
+    return out
+
+
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     rows = []
-    for name in VENUE_NAMES:
-        raw = client.hgetall(keys.venue_health(name))
-        if not raw:
-            continue
-        h = {reply_text(k): reply_text(v) for k, v in raw.items()}
+    for name, h in venue_healths(client).items():
         last = int(h.get("last_liquidation_received_ms", "0") or 0)
         rows.append({
             "venue": name, "state": venue_state(h, now_ms), "reason": h.get("reason", ""),
