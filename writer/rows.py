@@ -118,10 +118,9 @@ def utc_day(ms: int) -> date:
     return ms_to_datetime(ms - ms % DAY_MS).date()
 
 
-TIMESCALE_MARGIN_DAYS = 2
-
-
-TIMESCALE_MIN_RETENTION_DAYS = TIMESCALE_MARGIN_DAYS + 1
+TIMESCALE_MIN_RETENTION_DAYS = 3
+"""Below it, the whole days the writer stores (at least one, plus today) would reach past the
+rollups' refresh window (:func:`timescale_retention_error`)."""
 
 
 def stored_days(retention_days: int, mode: str | None, refresh_window_days: float | None = None) -> int:
