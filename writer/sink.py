@@ -180,9 +180,8 @@ class DatabaseSink:
                 result.upgraded = await _count_or_rowcount(conn, sql.UPGRADE_MEMBERS_NATIVE, True)
             else:
                 times = [cast(datetime, row[TIME]) for row in rows]
-                cur = await conn.execute(sql.UPGRADE_MEMBERS_TIMESCALE, {"lo": min(times), "hi": max(times)},
-                                         prepare=False)
-                result.upgraded = max(cur.rowcount, 0)
+                result.upgraded = await _count_or_rowcount(conn, sql.UPGRADE_MEMBERS_TIMESCALE, False,
+                                                           {"lo": min(times), "hi": max(times)})
             await conn.execute(sql.SET_JOINS, self.join_settings)
 
     async def _write_cascades(self, conn: Conn, rows: list[tuple[object, ...]]) -> int:
@@ -250,9 +249,11 @@ async def _copy(conn: Conn, statement: str, types: tuple[str, ...], rows: list[t
             await copy.write_row(row)
 
 
-async def _count_or_rowcount(conn: Conn, statement: str, returns_count: bool) -> int:
-    """Rows affected: the native CTE statements end in ``SELECT count(*)``, the others don't."""
-    cur = await conn.execute(statement)
+async def _count_or_rowcount(conn: Conn, statement: str, returns_count: bool,
+                             params: dict[str, Any] | None = None) -> int:
+    """Rows affected: the native CTE statements end in ``SELECT count(*)``, the others don't. A
+    statement with ``params`` runs unprepared, so that they stay constants for the planner."""
+    cur = await conn.execute(statement, params, prepare=False if params is not None else None)
     if returns_count:
         row = await cur.fetchone()
         return int(row[0]) if row else 0
