@@ -13,6 +13,7 @@ import asyncio
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from shared.clock import FakeClock
 from shared.redisconn import make_async_redis
 from shared.streams import publish
 from tests.factories import liq
-from tests.readme import our_redis_session
+from tests.readme import original_redis_commands, our_redis_session
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +58,10 @@ def pairs(lines: list[str]) -> dict[str, str]:
     return dict(zip(lines[::2], lines[1::2], strict=True))
 
 
-def write_keys(url: str) -> str:
+def write_keys(url: str) -> tuple[str, str]:
     """Publish the events; the aggregator and the BTC shard's detector take them all. Returns
-    the stream entry id of the last BTC event."""
-    async def run() -> str:
+    the stream entry id of the last BTC event and the detector's name."""
+    async def run() -> tuple[str, str]:
         client = make_async_redis(url)
         try:
             items = [(keys.event_stream(keys.shard_of(e.symbol, SHARDS)), e) for e in [*BTC, *SOL]]
@@ -69,7 +70,7 @@ def write_keys(url: str) -> str:
             clock = FakeClock(BUCKET + 60_000)
             detector = Detector(client, DetectorSettings(shards=SHARDS), [BTC_SHARD], clock)
             assert await detector.run_until_idle() == 5
-            return ids[len(BTC) - 1]
+            return ids[len(BTC) - 1], detector.name
         finally:
             await client.aclose()
 
@@ -89,7 +90,7 @@ MINUTE_HASH = {"count": "5", "long_count": "5", "count:bybit": "2", "count:okx":
 
 
 def test_our_readme_session_on_the_keys_really_written(redis_url: str) -> None:
-    last_btc_entry = write_keys(redis_url)
+    last_btc_entry, _ = write_keys(redis_url)
     shell, commands = our_redis_session()
     *listings, session = shell
     outputs = [run_cli(args, redis_url) for args in listings]
@@ -103,10 +104,37 @@ def test_our_readme_session_on_the_keys_really_written(redis_url: str) -> None:
     start = json.loads(payload)
     assert (field, start["phase"], start["count"], start["total_notional_usd"], start["venues"]) == (
         "d", "start", 5, 672_476.0, ["binance_usdm", "bybit", "okx"])
+    assert pairs(status) == active_status(start, last_btc_entry)
+
+
+def active_status(start: dict[str, Any], last_btc_entry: str) -> dict[str, str]:
+    """The status hash of the cascade ``start`` began, as the detector's clock left it."""
     score = f"{start['risk_score']:.4f}"
-    assert pairs(status) == {
+    return {
         "state": "active", "cascade_id": f"BTCUSDT-{BUCKET}", "risk_score": score, "peak_risk_score": score,
         "band": start["band"], "published_band": start["band"], "count": "5", "total_usd": "672476.00",
         "long_usd": "672476.00", "short_usd": "0.00", "venues": "binance_usdm,bybit,okx",
         "start_ms": str(BUCKET), "detected_ms": str(BUCKET + 20_000), "last_event_ms": str(BUCKET + 20_000),
         "updated_ms": str(BUCKET + 60_000), "entry_id": last_btc_entry}
+
+
+def test_the_original_readmes_redis_inspection_finds_the_same_keys(redis_url: str) -> None:
+    """The original's commands as its users type them (on the database of our URL: the original
+    used DB 1 by default, ours is the one in ``LIQ_REDIS_URL`` or ``.liq/up.json``)."""
+    last_btc_entry, detector = write_keys(redis_url)
+    session = ["redis-cli", "-u", UP_FILE_URL]
+    all_keys, level, minute, status = [run_cli([*session, *c], redis_url) for c in original_redis_commands()]
+
+    assert sorted(all_keys) == sorted({
+        LEVEL, *SOL_LEVELS, MINUTE, "liq:agg:SOLUSDT:60s:1729512000000", STATUS,
+        *keys.event_streams(SHARDS),  # every shard: the consumer groups create them
+        keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM, keys.detector_publications(detector)})
+    assert pairs(level) == LEVEL_HASH
+    assert pairs(minute) == MINUTE_HASH
+    (start,) = cascade_starts(redis_url)
+    assert pairs(status) == active_status(start, last_btc_entry)
+
+
+def cascade_starts(url: str) -> list[dict[str, Any]]:
+    lines = run_cli(["redis-cli", "-u", UP_FILE_URL, "XRANGE", keys.CASCADE_STREAM, "-", "+"], url)
+    return [json.loads(payload) for payload in lines[2::3]]
