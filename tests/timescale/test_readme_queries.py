@@ -1,4 +1,4 @@
-"""The four "Direct Database Queries" of the original README, run as written on TimescaleDB.
+"""The four "Direct Database Queries" of the original README, read from it and run on TimescaleDB.
 
 The scenario's batches are written through the writer's statements and the refresh policies are
 run (as the scheduler would); each query's rows are then compared with what Python computes
@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.readme import original_queries
 from tests.timescale.harness import Harness, Row
 from tests.timescale.replay import run_refresh_policies, write_batch
 from tests.timescale.scenario import HOUR, Scenario, build, expected_hourly, hour_of, usd
@@ -20,22 +21,9 @@ from writer.rows import ms_to_datetime
 
 pytestmark = pytest.mark.timescale
 
-# Verbatim from /work/shared/original-system/README.md ("Option 3: Direct Database Queries").
-RECENT_SIGNIFICANT = """
-SELECT time, exchange, symbol, side, value_usd, is_cascade, risk_score
-FROM liquidations_significant
-WHERE time >= NOW() - INTERVAL '1 hour'
-ORDER BY value_usd DESC
-LIMIT 10;"""
-PRICE_LEVEL_CLUSTERS = "SELECT * FROM get_price_level_clusters('BTCUSDT', 4);"
-HOURLY_ROLLUPS = """
-SELECT * FROM liquidations_hourly
-WHERE hour >= NOW() - INTERVAL '24 hours'
-ORDER BY hour DESC;"""
-CASCADE_EVENTS = """
-SELECT * FROM liquidation_cascades
-WHERE hour >= NOW() - INTERVAL '24 hours'
-ORDER BY total_value_usd DESC;"""
+# Read from ../shared/original-system/README.md ("Option 3: Direct Database Queries"); our README
+# shows the same statements (tests/writer/test_migrate_native.py checks that).
+RECENT_SIGNIFICANT, PRICE_LEVEL_CLUSTERS, HOURLY_ROLLUPS, CASCADE_EVENTS = original_queries()
 
 
 @pytest.fixture

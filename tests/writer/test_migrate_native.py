@@ -7,36 +7,26 @@ rows a user expects for data written through the writer's own statements.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 import pytest
 
 from shared.clock import SYSTEM_CLOCK
-from shared.models import CascadeEvent, CascadeMember, FactorScores
+from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from tests.factories import liq
+from tests.readme import original_queries, our_queries
 from writer.migrate import MigrationError, migrate_dsn
-from writer.rows import build_batch
+from writer.rows import build_batch, ms_to_datetime
 from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
 pytestmark = pytest.mark.integration
 
-README_QUERIES = {
-    "recent": """SELECT time, exchange, symbol, side, value_usd, is_cascade, risk_score
-FROM liquidations_significant
-WHERE time >= NOW() - INTERVAL '1 hour'
-ORDER BY value_usd DESC
-LIMIT 10;""",
-    "clusters": "SELECT * FROM get_price_level_clusters('BTCUSDT', 4);",
-    "hourly": """SELECT * FROM liquidations_hourly
-WHERE hour >= NOW() - INTERVAL '24 hours'
-ORDER BY hour DESC;""",
-    "cascades": """SELECT * FROM liquidation_cascades
-WHERE hour >= NOW() - INTERVAL '24 hours'
-ORDER BY total_value_usd DESC;""",
-}
+README_QUERIES = dict(zip(("recent", "clusters", "hourly", "cascades"), original_queries(), strict=True))
+"""The original README's "Direct Database Queries", read from it (our README shows the same)."""
 
 
 def query(dsn: str, sql: str) -> list[dict[str, Any]]:
@@ -87,22 +77,51 @@ def test_readme_queries_return_what_was_written(pg_dsn: str) -> None:
 
     recent = query(pg_dsn, README_QUERIES["recent"])
     by_value = sorted(big, key=lambda e: -e.notional_usd)
-    assert [(r["exchange"], r["side"], r["value_usd"], r["is_cascade"], r["risk_score"]) for r in recent] == [
-        (e.exchange, e.side, e.notional_usd, True, 1.3) for e in by_value]
+    assert [tuple(r.values()) for r in recent] == [
+        (ms_to_datetime(e.timestamp_ms), e.exchange, e.symbol, e.side, e.notional_usd, True, 1.3)
+        for e in by_value]
 
     clusters = query(pg_dsn, README_QUERIES["clusters"])  # $100 levels for BTC, last 4 hours
-    assert [(r["price_level"], r["event_count"], r["exchanges"]) for r in clusters] == [
-        (67200.0, 2, ["bybit", "okx"]), (67300.0, 1, ["binance_usdm"]),
-        (67100.0, 1, ["bybit"])]  # by liquidated value: $336,310, $269,240, $100,725
+    b0, b1, b2, b3 = big  # by liquidated value: $336,310 on 67200, $269,240 on 67300, $100,725 on 67100
+    assert [tuple(r.values()) for r in clusters] == [
+        (67200.0, 2, 336_310.0, 2, 0, 336_310.0, 0.0, 201_750.0, ["bybit", "okx"], *times(b0, b1)),
+        (67300.0, 1, 269_240.0, 0, 1, 0.0, 269_240.0, 269_240.0, ["binance_usdm"], *times(b2, b2)),
+        (67100.0, 1, 100_725.0, 1, 0, 100_725.0, 0.0, 100_725.0, ["bybit"], *times(b3, b3))]
 
     hourly = query(pg_dsn, README_QUERIES["hourly"])  # the 30-hour-old row is outside 24 h
-    assert sum(r["event_count"] for r in hourly) == 4
-    want_total = sum(e.notional_usd for e in big)
-    assert sum(r["total_value_usd"] for r in hourly) == pytest.approx(want_total, rel=1e-12)
-    assert sum(r["cascade_event_count"] for r in hourly) == 4
+    assert [r["hour"] for r in hourly] == sorted((r["hour"] for r in hourly), reverse=True)
+    assert {tuple(r.values())[:4]: tuple(r.values())[4:] for r in hourly} == expected_hourly(big)
 
     cascades = query(pg_dsn, README_QUERIES["cascades"])
-    assert [(r["symbol"], r["cascade_count"], r["liquidation_count"], r["total_value_usd"],
-             r["cross_exchange_count"]) for r in cascades] == [("BTCUSDT", 1, 4, 724_110.0, 1)]
+    assert [tuple(r.values()) for r in cascades] == [
+        (hour_of(t0), "BTCUSDT", 1, 4, 724_110.0, 454_870.0, 269_240.0, 1.3, 1.1, 1, 3)]
     assert query(pg_dsn, "SELECT count(*) AS n FROM liquidations_significant")[0]["n"] == 5
-    assert timedelta(0) <= datetime.now(UTC) - recent[0]["time"] < timedelta(hours=1)
+    for ours, original in zip(our_queries(), README_QUERIES.values(), strict=True):
+        assert query(pg_dsn, ours) == query(pg_dsn, original)
+
+
+def test_our_readme_shows_the_original_queries_as_written() -> None:
+    """"The queries of the original system work as written": ours are the same statements."""
+    assert our_queries() == original_queries()
+
+
+def hour_of(ms: int) -> datetime:
+    return ms_to_datetime(ms - ms % 3_600_000)
+
+
+def times(first: Liquidation, last: Liquidation) -> tuple[datetime, datetime]:
+    return ms_to_datetime(first.timestamp_ms), ms_to_datetime(last.timestamp_ms)
+
+
+def expected_hourly(events: list[Liquidation]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """``liquidations_hourly`` of cascade members, each key's values: count, USD total, average,
+    max, quantity, cascade count and cascade USD."""
+    cells: dict[tuple[Any, ...], list[Liquidation]] = {}
+    for e in events:
+        cells.setdefault((hour_of(e.timestamp_ms), e.exchange, e.symbol, e.side), []).append(e)
+    out = {}
+    for key, cell in cells.items():
+        total = sum(e.notional_usd for e in cell)
+        out[key] = (len(cell), total, Decimal(f"{total / len(cell):.2f}"), max(e.notional_usd for e in cell),
+                    sum(e.quantity for e in cell), len(cell), total)
+    return out
