@@ -30,6 +30,14 @@ def block_after(path: Path, marker: str) -> str:
     return found.group(1)
 
 
+def inline_code(path: Path, prefix: str) -> str:
+    """The first inline code span (`` `…` ``) of ``path`` that starts with ``prefix``."""
+    found = re.search("`(" + re.escape(prefix) + "[^`]*)`", path.read_text())
+    if found is None:
+        raise AssertionError(f"{path}: no `{prefix}…`")
+    return found.group(1)
+
+
 def sql_statements(block: str) -> list[str]:
     """The statements of a block, whitespace collapsed: ``--`` comments, shell comments (``#``)
     and the ``psql`` command line left out."""

@@ -4,6 +4,8 @@ rollup trigger, and a database created by an older schema."""
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ from shared.clock import SYSTEM_CLOCK
 from shared.models import CascadeMember
 from shared.streams import SinkRetry
 from tests.factories import liq
+from tests.readme import OURS, inline_code
 from tests.writer.test_writer_service import assert_rollups_match_raw, rows
 from writer import statements as sql
 from writer.migrate import MigrationError, migrate_dsn
@@ -81,6 +84,37 @@ def test_any_insert_feeds_the_rollups_once(db: str) -> None:
                         "ON CONFLICT DO NOTHING", backfill)
     assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(5,)]
     assert rows(db, "SELECT sum(event_count) FROM liquidation_heatmap") == [(5,)]
+    assert_rollups_match_raw(db)
+
+
+BACKFILL = """
+INSERT INTO liquidations_significant (time, exchange, symbol, symbol_native, base, market_type, side,
+                                      price, quantity, value_usd, price_level, event_id)
+VALUES ((%(day)s || ' 12:00:05+00')::timestamptz, 'bybit', 'BTCUSDT', 'BTCUSDT', 'BTC',
+        'linear_perpetual', 'long', 67234.5, 2, 134469, 67200, 'backfill-1'),
+       ((%(day)s || ' 12:40:00+00')::timestamptz, 'okx', 'BTCUSDT', 'BTC-USDT-SWAP', 'BTC',
+        'linear_perpetual', 'short', 67289, 3, 201867, 67200, 'backfill-2')"""
+
+
+def test_a_backfill_of_days_the_writer_never_saw_is_counted_once_the_readme_made_their_partitions(
+        db: str) -> None:
+    """README, plain PostgreSQL: "a backfill INSERT from psql is counted too". The writer makes
+    the daily partitions of its own batches and of the days ahead only; an older day takes the
+    partition call the README shows (without it PostgreSQL refuses the rows)."""
+    make_partitions = inline_code(OURS, "SELECT liq_ensure_partitions(")
+    day = re.findall(r"'(\d{4}-\d{2}-\d{2})'", make_partitions)[0]
+    with psycopg.connect(db) as conn, pytest.raises(psycopg.errors.CheckViolation, match="no partition"):
+        conn.execute(BACKFILL, {"day": day})
+
+    with psycopg.connect(db) as conn:
+        conn.execute(make_partitions)
+        conn.execute(BACKFILL, {"day": day})
+    hour = datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC)
+    assert rows(db, "SELECT hour, exchange, side, event_count, total_value_usd, total_quantity "
+                    "FROM liquidations_hourly ORDER BY exchange") == [
+        (hour, "bybit", "long", 1, 134_469.0, 2.0), (hour, "okx", "short", 1, 201_867.0, 3.0)]
+    assert rows(db, "SELECT price_level, event_count, total_value_usd FROM liquidation_heatmap "
+                    "ORDER BY side") == [(67200.0, 1, 134_469.0), (67200.0, 1, 201_867.0)]
     assert_rollups_match_raw(db)
 
 
