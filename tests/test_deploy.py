@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from shared.cli import SUBCOMMANDS, cli
 from shared.venues import VENUE_NAMES
+from tests.readme import our_redis_session
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,3 +143,15 @@ def test_prometheus_scrapes_every_process_on_its_port() -> None:
     assert f"names: [write], type: A, port: {WRITER}" in scrape
     for mounted in re.findall(r"\./(deploy/[\w./-]+?)(?::|\s|$)", compose):
         assert (REPO / mounted).exists(), mounted
+
+
+def test_bootstrap_installs_the_programs_the_readme_finds_the_servers_with() -> None:
+    """The README's redis-cli and psql lines read the servers' URLs from ``.liq/up.json`` with
+    ``$(jq …)``: like the servers (whose packages bring redis-cli and psql), jq is installed by
+    ``scripts/bootstrap`` with apt when it is missing."""
+    shell, _ = our_redis_session()
+    helpers = {word.removeprefix("$(").split()[0] for args in shell for word in args if word.startswith("$(")}
+    assert helpers == {"jq"}
+    bootstrap = (REPO / "scripts" / "bootstrap").read_text()
+    for program in helpers:
+        assert f"command -v {program} >/dev/null 2>&1 || apt_missing+=({program})" in bootstrap
