@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg
 import redis
 from redis.exceptions import RedisError
 
@@ -186,6 +185,8 @@ def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
 
 
 def database_status(pg_dsn: str) -> dict[str, Any]:
+    import psycopg  # here, not at the top: collectors import this module's venue helpers
+
     try:
         with psycopg.connect(pg_dsn, connect_timeout=5, autocommit=True) as conn:
             storage = {}
