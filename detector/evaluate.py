@@ -22,7 +22,7 @@ Seeds are fixed: kind number ``k`` (in ``SCENARIO_KINDS`` order) uses seeds
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from detector.config import DetectorSettings
@@ -196,7 +196,3 @@ def render(report: dict[str, Any]) -> str:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
-
-
-def as_dict(d: Detection) -> dict[str, Any]:
-    return asdict(d)

@@ -85,8 +85,3 @@ def decode_cascade(data: bytes) -> CascadeEvent:
 
 def decode_member(data: bytes) -> CascadeMember:
     return _member_decoder.decode(data)
-
-
-def to_jsonable(obj: msgspec.Struct) -> Any:
-    """Plain builtins for printing (``liq parse``, ``liq detect --replay``)."""
-    return msgspec.to_builtins(obj)
