@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, TypeGuard, get_args
 
 import msgspec
 
@@ -81,10 +81,18 @@ def _notional(row: ReplayRow) -> float | None:
     return row.notional_usd
 
 
+def _is_side(text: str) -> TypeGuard[Side]:
+    return text in SIDES
+
+
+def _is_market_type(text: str) -> TypeGuard[MarketType]:
+    return text in MARKET_TYPES
+
+
 def to_liquidation(row: ReplayRow) -> Liquidation:
     """A decoded row as a Liquidation; ValueError for a side that is neither long nor short."""
     side = row.side.strip().lower()
-    if side not in SIDES:
+    if not _is_side(side):
         raise ValueError(f"side must be long or short, got {row.side!r}")
     notional = _notional(row)
     for name, value in (("price", row.price), ("quantity", row.quantity), ("notional_usd", notional or 0.0)):
@@ -93,12 +101,12 @@ def to_liquidation(row: ReplayRow) -> Liquidation:
     if not plausible_epoch_ms(row.timestamp_ms):
         raise ValueError(f"timestamp_ms must be epoch milliseconds, got {row.timestamp_ms!r}")
     known = row.notional_known and notional is not None
-    market_type: MarketType = row.market_type if row.market_type in MARKET_TYPES else "linear_perpetual"  # type: ignore[assignment]
+    market_type: MarketType = row.market_type if _is_market_type(row.market_type) else "linear_perpetual"
     base, quote = split_symbol(row.symbol)
     return Liquidation(
         exchange=row.exchange, symbol=row.symbol, symbol_native=row.symbol_native or row.symbol,
         base=row.base or base, quote=row.quote or quote, market_type=market_type,
-        side=side,  # type: ignore[arg-type]
+        side=side,
         price=row.price, quantity=row.quantity, notional_usd=float(notional or 0.0) if known else 0.0,
         notional_known=known, timestamp_ms=row.timestamp_ms,
         event_id=row.event_id or derive_event_id(row), sampled=row.sampled,
