@@ -1,4 +1,4 @@
-"""The simulated market: labelled liquidation events from a small model of quiet periods and cascades.
+"""The simulated market's event: one labelled liquidation, as the model made it, before a venue formats it.
 
 Used by the exchange simulator (``liq simulate``, which renders each event in its venue's wire
 format) and by the detector's evaluation (``liq evaluate``), so both see the same market.
