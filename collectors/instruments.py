@@ -21,7 +21,8 @@ import logging
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import cast
+
+import msgspec
 
 from shared.models import MarketType
 
@@ -108,22 +109,10 @@ class InstrumentTable:
         return table
 
 
-def _from_rows(rows: list[dict[str, object]]) -> list[Instrument]:
-    out = []
-    for row in rows:
-        value = row.get("contract_value")
-        out.append(
-            Instrument(
-                symbol_native=str(row["symbol_native"]),
-                base=str(row["base"]),
-                quote=str(row["quote"]),
-                market_type=cast(MarketType, str(row["market_type"])),
-                contract_value=float(cast(float, value)) if value is not None else None,
-                contract_value_unit=cast("str | None", row.get("contract_value_unit")),
-                expiry=cast("str | None", row.get("expiry")),
-            )
-        )
-    return out
+def _from_rows(rows: object) -> list[Instrument]:
+    """Rows as :meth:`InstrumentTable.save` writes them; ``msgspec.ValidationError`` (a
+    ValueError) for one that is not an Instrument, e.g. an unknown market type."""
+    return msgspec.convert(rows, list[Instrument])
 
 
 def _shipped(venue: str) -> list[Instrument]:

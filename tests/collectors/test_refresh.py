@@ -187,3 +187,13 @@ def test_an_unreadable_cache_is_ignored_not_fatal(tmp_path: Path, caplog: pytest
     with caplog.at_level(logging.WARNING):
         assert table.load_cache(tmp_path) is False
     assert len(table) == 0 and "ignoring unreadable instrument cache" in caplog.text
+
+
+def test_a_cache_row_not_an_instrument_is_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A market type the system does not know is refused, not carried into every liquidation."""
+    row = {"symbol_native": "BTC-USDT-SWAP", "base": "BTC", "quote": "USDT", "market_type": "swapish"}
+    (tmp_path / "okx.json").write_text(json.dumps([row]))
+    table = InstrumentTable("okx")
+    with caplog.at_level(logging.WARNING):
+        assert table.load_cache(tmp_path) is False
+    assert len(table) == 0 and "ignoring unreadable instrument cache" in caplog.text
