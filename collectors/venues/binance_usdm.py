@@ -168,7 +168,7 @@ class ForceOrderSession:
 
 class UsdmSession(ForceOrderSession):
     def __init__(self, table: InstrumentTable | None = None) -> None:
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.s) or linear_instrument(order.s)

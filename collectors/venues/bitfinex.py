@@ -95,7 +95,7 @@ class BitfinexSession:
     """One public connection subscribed to ``status``/``liq:global``; routes by chanId."""
 
     def __init__(self, table: InstrumentTable | None = None) -> None:
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
         self.channels: dict[int, str] = {}
 
     def on_open(self) -> list[Outgoing]:

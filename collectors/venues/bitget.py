@@ -83,7 +83,7 @@ class BitgetSession:
 
     def __init__(self, inst_types: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.inst_types = list(inst_types) or list(DEFAULT_INST_TYPES)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def on_open(self) -> list[Outgoing]:
         args = [{"instType": t, "topic": TOPIC} for t in self.inst_types]

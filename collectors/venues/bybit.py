@@ -123,7 +123,7 @@ class BybitSession:
 
     def __init__(self, topics: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.topics = list(topics) or [f"allLiquidation.{s}" for s in DEFAULT_SYMBOLS]
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def on_open(self) -> list[Outgoing]:
         step = TOPICS_PER_REQUEST

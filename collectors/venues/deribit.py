@@ -107,7 +107,7 @@ class DeribitSession:
 
     def __init__(self, symbols: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.channels = channels(symbols)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
         self._ids = itertools.count(1)
 
     def _rpc(self, method: str, params: dict[str, Any]) -> str:

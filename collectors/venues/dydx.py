@@ -97,7 +97,7 @@ class DydxSession:
 
     def __init__(self, markets: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.markets = list(markets) or list(DEFAULT_MARKETS)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"type": "subscribe", "channel": CHANNEL, "id": m}) for m in self.markets]

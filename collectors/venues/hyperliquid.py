@@ -121,7 +121,7 @@ class HyperliquidSession:
 
     def __init__(self, address: str = "", table: InstrumentTable | None = None) -> None:
         self.address = address.lower()
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def on_open(self) -> list[Outgoing]:
         if not self.address:

@@ -95,7 +95,7 @@ class KrakenFuturesSession:
 
     def __init__(self, products: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.products = list(products) or list(DEFAULT_PRODUCTS)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
 
     def on_open(self) -> list[Outgoing]:
         return [

@@ -110,7 +110,7 @@ class LighterSession:
 
     def __init__(self, markets: Sequence[str] = (), table: InstrumentTable | None = None) -> None:
         self.markets = list(markets) or list(DEFAULT_MARKETS)
-        self.table = table or TABLE
+        self.table = TABLE if table is None else table
         self._unknown: set[int] = set()
 
     def on_open(self) -> list[Outgoing]:

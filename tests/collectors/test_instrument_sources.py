@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import pytest
 
+from collectors import VENUES as ALL_VENUES
 from collectors import load_venue
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.sim.protocol import SimClient, SimItem
@@ -341,3 +343,11 @@ def test_a_malformed_answer_raises_value_error(venue: str, body: bytes) -> None:
     source = source_of(venue)
     with pytest.raises(ValueError):
         source.parse(body, source.requests[0])
+
+
+@pytest.mark.parametrize("venue", sorted(ALL_VENUES))
+def test_a_session_reads_the_table_it_is_given_even_an_empty_one(venue: str) -> None:
+    """``table or TABLE`` would swap an empty table (falsy: it has a length) for the live one."""
+    table = InstrumentTable(venue)
+    session_class: Any = type(load_venue(venue).new_parser())
+    assert session_class(table=table).table is table
