@@ -6,7 +6,10 @@
     ├── ConfigError        a setting is missing or malformed (names the variable)
     ├── ParseError         a venue frame could not be decoded (counted and skipped)
     ├── ServerError        an embedded Redis/PostgreSQL server could not be started
-    └── SinkError          a side effect (Redis write, database commit) failed; retried
+    └── MigrationError     (``writer.migrate``) the schema cannot be migrated as asked
+
+A consumer's handler signals a transient failure of its side effect with
+:class:`shared.streams.SinkRetry`: the batch is retried with backoff, never dead-lettered.
 """
 
 from __future__ import annotations
@@ -38,7 +41,3 @@ class ParseError(LiqError):
 
 class ServerError(LiqError):
     """An embedded server did not start."""
-
-
-class SinkError(LiqError):
-    """A side effect failed and will be retried."""
