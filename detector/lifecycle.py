@@ -48,13 +48,16 @@ NO_OUTPUT: tuple[Output, ...] = ()
 
 @dataclass(frozen=True)
 class Rules:
-    window_ms: int = 60_000
-    min_count: int = 5
-    min_usd: float = 100_000.0
-    quiet_ms: int = 30_000
-    sampled_weight: float = 2.0
-    sampled_gap_ms: int = 1500
-    capacity: int = 4096
+    """The rule and lifecycle settings, from :class:`~detector.config.DetectorSettings` (whose
+    defaults are the only ones: ``detector.engine.rules_of``)."""
+
+    window_ms: int
+    min_count: int
+    min_usd: float
+    quiet_ms: int
+    sampled_weight: float
+    sampled_gap_ms: int
+    capacity: int
 
 
 @dataclass(slots=True)
