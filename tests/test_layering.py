@@ -110,6 +110,8 @@ def test_the_checker_sees_every_form_of_reference() -> None:
         ("shared.cli", COMPONENTS),
         ("collectors.cli", ("numpy", "psycopg", "detector", "writer", "aggregator")),
         ("aggregator.cli", ("numpy", "psycopg", "websockets", "collectors", "detector", "writer")),
+        ("detector.cli", ("psycopg", "websockets", "collectors", "aggregator", "writer")),
+        ("writer.cli", ("numpy", "websockets", "collectors", "detector", "aggregator")),
     ],
 )
 def test_a_process_loads_only_what_it_needs(module: str, absent: tuple[str, ...]) -> None:
