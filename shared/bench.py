@@ -233,16 +233,17 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
     for p in procs:
         p.start()
     client = redis.Redis.from_url(url)
+    postmaster = postmaster_pid(pg_dsn) if pg_dsn else None
     try:
         _await_ready(ready, procs, names)
-        before = _ServerCpu.now(client)
+        before = _ServerCpu.now(client, postmaster)
         started, producer_before = time.perf_counter(), time.process_time()
         asyncio.run(produce())
         producer_cpu = time.process_time() - producer_before
         while not _all_acked(client, keys.event_stream(0), len(names)):
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
-        servers_used = _ServerCpu.now(client).since(before)
+        servers_used = _ServerCpu.now(client, postmaster).since(before)
         stop_flag.set()
         reported = dict(cpu_report.get(timeout=60) for _ in procs)
     finally:
@@ -253,7 +254,7 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
                 p.terminate()
                 p.join()
     cpu = {"producer": producer_cpu, "redis": servers_used.redis_s, **{n: reported[n] for n in names}}
-    if pg_dsn:
+    if postmaster is not None:
         cpu["postgres"] = servers_used.postgres_s
     return EndToEnd(events=n, per_s=n / elapsed, cpu_s=cpu, machine_busy=servers_used.machine_busy())
 
@@ -277,8 +278,9 @@ class _ServerCpu:
     machine: tuple[int, int] | None
 
     @classmethod
-    def now(cls, client: redis.Redis) -> _ServerCpu:
-        return cls(_redis_cpu(client), _processes_cpu("postgres"), _machine_cpu())
+    def now(cls, client: redis.Redis, postmaster: int | None) -> _ServerCpu:
+        postgres = _process_tree_cpu(postmaster) if postmaster is not None else 0.0
+        return cls(_redis_cpu(client), postgres, _machine_cpu())
 
     def since(self, before: _ServerCpu) -> _ServerCpu:
         machine = None
@@ -298,21 +300,39 @@ def _redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def _processes_cpu(command: str) -> float:
-    """CPU seconds used so far by every live process named ``command`` (Linux /proc; 0 elsewhere).
+def postmaster_pid(pg_dsn: str) -> int | None:
+    """The pid of the PostgreSQL server behind ``pg_dsn`` when it runs on this machine (the
+    parent of this connection's backend, from /proc), else None: its CPU is then not measured."""
+    import psycopg
 
-    For PostgreSQL that is the server and its backends (the writer's connection lives through
-    the run); it counts any other PostgreSQL on the machine too."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    stat = _proc_stat(int(row[0])) if row else None
+    return int(stat[1]) if stat else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None when the
+    process does not exist (ended, or not on this machine)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rpartition(") ")[2].split()
+
+
+def _process_tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and its children (Linux /proc; 0 elsewhere).
+
+    For PostgreSQL's postmaster that is the server and its backends: a child's time stays
+    counted after it exits, in the parent's time of waited-for children. Nothing else on the
+    machine is counted (another PostgreSQL's backends ending mid-run made the sum go down)."""
     ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue  # the process ended meanwhile
-        name, _, rest = text.partition(" (")[2].rpartition(") ")
-        if name == command:
-            fields = rest.split()
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        fields = _proc_stat(int(stat.parent.name))
+        if fields is None or (int(stat.parent.name) != pid and fields[1] != str(pid)):
+            continue
+        ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime (fields 14-17)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -4,13 +4,17 @@ every section runs, counts what it must, and leaves no rows or tables behind."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 from click.testing import CliRunner
 
-from shared.bench import bench
+from shared.bench import _process_tree_cpu, bench, postmaster_pid
 from shared.venues import VENUE_NAMES
 
 EVENTS, ROWS = 2000, 1000
@@ -36,6 +40,7 @@ def test_bench_runs_every_section_and_cleans_up(redis_url: str, pg_dsn: str) -> 
         cpu = streams["end_to_end_cpu_us_per_event"]
         parts = ["producer", "redis", "aggregator", "detector", "writer", "postgres"]
         assert list(cpu) == [*parts, "total"]
+        assert all(cpu[p] >= 0 for p in parts), cpu
         assert cpu["total"] == pytest.approx(sum(cpu[p] for p in parts), abs=0.04)
         bound = streams["end_to_end_cpu_bound_per_s"]
         assert bound == pytest.approx(report["cpu_count"] * 1e6 / cpu["total"], rel=0.01)
@@ -71,3 +76,22 @@ def test_bench_without_the_database_measures_the_redis_stages_alone(redis_url: s
     assert "writer_per_s" not in streams and streams["events"] == 1000
     assert list(streams["end_to_end_cpu_us_per_event"]) == [
         "producer", "redis", "aggregator", "detector", "total"]
+
+
+def test_postmaster_pid_is_the_server_s_own(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    written = int((Path(row[0]) / "postmaster.pid").read_text().split("\n", 1)[0])
+    assert postmaster_pid(pg_dsn) == written
+
+
+def test_process_tree_cpu_keeps_the_time_of_children_that_ended() -> None:
+    """A child's CPU stays counted once it exits (as the parent's waited-for children's time), so
+    the server's figure never goes down when a backend ends mid-run."""
+    burn = "import time\nwhile time.process_time() < 0.3: pass"
+    before = _process_tree_cpu(os.getpid())
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    after = _process_tree_cpu(os.getpid())
+    assert after - before >= 0.28
+    assert _process_tree_cpu(2**22 + 7) == 0.0  # above pid_max: no such process, nothing counted
