@@ -3,7 +3,8 @@
 The API is small and stable; venue modules import only these names:
 
 - ``decode(decoder, raw, venue)``: run a module-level msgspec Decoder; any decode or validation
-  failure becomes :class:`shared.errors.ParseError` carrying a sample of the frame.
+  failure (bad UTF-8 and too deep nesting included) becomes :class:`shared.errors.ParseError`
+  carrying a sample of the frame.
 - ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
   frame (a bad date, a bad enum) into ParseError with the frame's sample.
 - ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad gzip raises
@@ -69,10 +70,14 @@ ExtraValue = str | float | int | None
 
 
 def decode(decoder: msgspec.json.Decoder[T], raw: bytes | str, venue: str) -> T:
-    """Decode one frame with a prebuilt Decoder; invalid JSON or shape → ParseError."""
+    """Decode one frame with a prebuilt Decoder; invalid JSON or shape → ParseError.
+
+    msgspec reports bad UTF-8 in bytes (UnicodeDecodeError), lone surrogates in a str
+    (UnicodeEncodeError) and nesting too deep to follow (RecursionError) outside DecodeError.
+    """
     try:
         return decoder.decode(raw)
-    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+    except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:  # ValidationError: a DecodeError
         raise ParseError(venue, str(exc), raw) from exc
 
 

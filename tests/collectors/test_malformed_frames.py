@@ -1,0 +1,44 @@
+"""Focused regressions for frames that broke the malformed-frame rule (found by the fuzzer in
+``test_venue_fuzz``): each must raise :class:`~shared.errors.ParseError`, the one exception the
+connection loop, ``liq parse`` and ``liq replay`` count and skip, and never yield an unusable
+Liquidation."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from collectors.venue import VenueSession
+from shared.errors import ParseError
+from shared.venues import VENUE_NAMES
+from tests.collectors.test_sim_a import _connect, _items
+
+RX = 1_767_225_600_000
+
+
+def _session_and_frame(venue: str) -> tuple[VenueSession, bytes]:
+    """A subscribed session and one real (inflated) data frame the simulator rendered for it."""
+    sim, client, session = _connect(venue)
+    frame = sim.frames(_items(sim)[:1], client)[0]
+    data = frame.encode() if isinstance(frame, str) else frame
+    return session, gzip.decompress(data) if data.startswith(b"\x1f\x8b") else data
+
+
+def _malformed(session: VenueSession, *frames: str | bytes) -> None:
+    for frame in frames:
+        with pytest.raises(ParseError):
+            session.on_message(frame, RX)
+
+
+@pytest.mark.parametrize("venue", VENUE_NAMES)
+def test_undecodable_text_and_deep_nesting_are_parse_errors(venue: str) -> None:
+    """msgspec raises UnicodeDecodeError (bad UTF-8 in a bytes frame, or in an inflated HTX
+    frame), UnicodeEncodeError (a str with lone surrogates, as ``liq parse`` reads bytes it
+    cannot decode under a C locale) and RecursionError (deep nesting), none a DecodeError."""
+    session, text = _session_and_frame(venue)
+    at = text.index(b'"', 3) + 1  # inside the first string after the opening key
+    bad_utf8 = text[:at] + b"\xff" + text[at:]
+    deep = b"[" * 5000 + b"]" * 5000
+    _malformed(session, bad_utf8, gzip.compress(bad_utf8, mtime=0),
+               bad_utf8.decode("utf-8", "surrogateescape"), deep, b'{"a":' + deep + b"}")
