@@ -10,7 +10,8 @@ The API is small and stable; venue modules import only these names:
 - ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad gzip raises
   ParseError (the connection loop, ``liq parse`` and ``liq replay`` all call it).
 - ``num(value, venue, name)``: a wire number (``"0.014"``, ``836``, ``9910.0``) as float; an
-  empty string, ``None`` or garbage raises ParseError naming the field.
+  empty string, ``None``, garbage or a value that is not finite (``"NaN"``, ``"inf"``,
+  ``"1e999"``) raises ParseError naming the field.
 - ``position_side(raw, long_if=..., short_if=..., venue=...)``: the liquidated position from a
   raw side string (case-insensitive), e.g. Binance ``long_if="SELL"``; anything else → ParseError.
 - ``event_digest(symbol_native, timestamp_ms, side, price, quantity_native)``: the deterministic
@@ -42,6 +43,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -134,13 +136,17 @@ def inflate(raw: bytes | str, venue: str) -> bytes | str:
 
 
 def num(value: str | float | None, venue: str, name: str) -> float:
-    """A wire number (string or JSON number) as float; missing or malformed → ParseError."""
+    """A wire number (string or JSON number) as a finite float; missing, malformed, ``"NaN"``,
+    ``"inf"`` or beyond the float range (``"1e999"``, a 400-digit integer) → ParseError."""
     if value is None or isinstance(value, bool):
         raise ParseError(venue, f"missing number {name}")
     try:
-        return float(value)
-    except ValueError as exc:
-        raise ParseError(venue, f"bad number {name}={value!r}") from exc
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise ParseError(venue, f"bad number {name}={str(value)[:40]!r}") from exc
+    if not math.isfinite(number):
+        raise ParseError(venue, f"bad number {name}={str(value)[:40]!r}")
+    return number
 
 
 def position_side(raw: str | None, *, long_if: str, short_if: str, venue: str) -> Side:

@@ -6,6 +6,7 @@ Liquidation."""
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -42,3 +43,36 @@ def test_undecodable_text_and_deep_nesting_are_parse_errors(venue: str) -> None:
     deep = b"[" * 5000 + b"]" * 5000
     _malformed(session, bad_utf8, gzip.compress(bad_utf8, mtime=0),
                bad_utf8.decode("utf-8", "surrogateescape"), deep, b'{"a":' + deep + b"}")
+
+
+def _with(venue: str, path: tuple[str | int, ...], value: object) -> tuple[VenueSession, str]:
+    """A subscribed session and its first simulated frame with the value at ``path`` replaced."""
+    session, text = _session_and_frame(venue)
+    tree = json.loads(text)
+    parent = tree
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return session, json.dumps(tree)
+
+
+OKX_DETAIL = ("data", 0, "details", 0)
+
+
+@pytest.mark.parametrize(("venue", "path", "value"), [
+    ("okx", (*OKX_DETAIL, "ts"), "1e999"),  # int(inf): OverflowError
+    ("okx", (*OKX_DETAIL, "ts"), "NaN"),
+    ("okx", (*OKX_DETAIL, "bkLoss"), "inf"),  # extra bankruptcy_loss
+    ("gate", ("result", 0, "size"), 10**400),  # float(int): OverflowError
+    ("binance_usdm", ("data", "o", "ap"), "NaN"),  # extra price_avg
+    ("binance_usdm", ("data", "o", "l"), "1e999"),  # extra quantity_last_fill
+    ("lighter", ("liquidation_trades", 0, "usd_amount"), "Infinity"),
+    ("hyperliquid", ("data", "fills", 0, "liquidation", "markPx"), "-inf"),
+], ids=lambda v: str(v)[:12])  # fmt: skip
+def test_a_number_that_is_not_finite_is_malformed(venue: str, path: tuple[str | int, ...],
+                                                  value: object) -> None:
+    """``num`` read "NaN", "inf" and "1e999" as floats (into the event time or an extra) and let
+    ``float()`` of a huge integer overflow; each is a malformed number naming its field."""
+    session, frame = _with(venue, path, value)
+    with pytest.raises(ParseError, match="bad number"):
+        session.on_message(frame, RX)
