@@ -288,18 +288,24 @@ def make_liquidation(
     """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`".
 
     An event time that is not epoch milliseconds before 2100 (microseconds or nanoseconds read
-    as milliseconds), or a price, quantity or notional outside ``[0, 1e15)``, makes the frame
-    malformed: no consumer could use it (``shared.models``).
+    as milliseconds), a price or quantity that is not above 0 (``quantity_native`` as sent: a
+    venue with signed amounts passes their magnitude), or a price, quantity or notional outside
+    ``[0, 1e15)``, makes the frame malformed: no consumer could use it (``shared.models``).
     """
     if not plausible_epoch_ms(timestamp_ms):
         raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds before 2100",
                          inst.symbol_native)
-    qty_native = abs(quantity_native)
+    if not (price > 0 and quantity_native > 0):
+        raise ParseError(venue, f"price {price!r} and quantity {quantity_native!r} must be above 0",
+                         inst.symbol_native)
+    qty_native = quantity_native
     amounts = _amounts(inst, qty_native, native_unit, price, venue)
     for name, value in (("price", price), ("quantity", qty_native), ("base quantity", amounts.quantity),
                         ("notional", amounts.notional)):
         if not plausible_amount(value):
             raise ParseError(venue, f"{name} {value!r} is outside [0, 1e15)", inst.symbol_native)
+    if amounts.quantity <= 0:
+        raise ParseError(venue, f"base quantity {amounts.quantity!r} must be above 0", inst.symbol_native)
     return Liquidation(
         exchange=venue,
         symbol=inst.symbol,

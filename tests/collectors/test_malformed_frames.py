@@ -76,3 +76,30 @@ def test_a_number_that_is_not_finite_is_malformed(venue: str, path: tuple[str | 
     session, frame = _with(venue, path, value)
     with pytest.raises(ParseError, match="bad number"):
         session.on_message(frame, RX)
+
+
+@pytest.mark.parametrize(("venue", "path", "value"), [
+    ("binance_usdm", ("data", "o", "p"), "0"),
+    ("binance_usdm", ("data", "o", "p"), "-0"),
+    ("binance_usdm", ("data", "o", "z"), "-1.923"),  # z not above 0 → q, which is 1.923: fine
+    ("bybit", ("data", 0, "v"), "0.0"),
+    ("bybit", ("data", 0, "v"), "-0.5"),
+    ("bitmex", ("data", 0, "leavesQty"), 0),
+    ("kraken_futures", ("qty",), -3),
+    ("dydx", ("contents", "trades", 0, "size"), "-0"),
+    ("hyperliquid", ("data", "fills", 0, "sz"), "-1.5"),
+    ("deribit", ("params", "data", 0, "amount"), -100),
+    ("okx", (*OKX_DETAIL, "bkPx"), "0"),
+    ("lighter", ("liquidation_trades", 0, "price"), "0"),
+], ids=lambda v: str(v)[:12])  # fmt: skip
+def test_a_price_or_quantity_not_above_zero_is_malformed(venue: str, path: tuple[str | int, ...],
+                                                         value: object) -> None:
+    """``make_liquidation`` accepted a price or quantity of 0 (and ``-0``), and quietly took the
+    absolute value of a negative quantity on venues whose quantities are never signed (Bitfinex
+    and Gate pass the magnitude of their signed amounts themselves)."""
+    session, frame = _with(venue, path, value)
+    if path[-1] == "z":  # Binance: a z that is not above 0 means "use q"
+        assert session.on_message(frame, RX).liquidations[0].quantity == 1.923
+        return
+    with pytest.raises(ParseError, match="above 0"):
+        session.on_message(frame, RX)
