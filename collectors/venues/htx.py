@@ -31,6 +31,7 @@ per contract (USDT-margined) or USD per contract (coin-margined); ``delivery_dat
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -60,7 +61,7 @@ from collectors.venues._common import (
     yymmdd_expiry,
 )
 from shared.errors import ParseError
-from shared.models import Liquidation
+from shared.models import Liquidation, plausible_amount
 
 NAME = "htx"
 ENDPOINTS = {  # path → which contract codes it serves
@@ -69,6 +70,8 @@ ENDPOINTS = {  # path → which contract codes it serves
     "/futures-notification": "futures",
 }
 DEFAULT_CODES = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "BTC-USD", "ETH-USD", "SOL-USD", "BTC", "ETH")
+TURNOVER_TOLERANCE = 0.1
+"""How far ``trade_turnover`` may be from amount × price (venue rounding, a fill-price turnover)."""
 _CODE = re.compile(r"^(?P<base>[A-Z0-9]+?)(?:-(?P<quote>USDT|USD))?(?:-?(?P<date>\d{6}))?$")
 
 
@@ -169,13 +172,17 @@ class HtxSession:
 def _with_frame_amounts(liq: Liquidation, order: Order) -> Liquidation:
     """USDT-margined: the frame's ``amount`` (base) and ``trade_turnover`` (USDT) win.
 
+    Both are checked as ``make_liquidation`` checks its own: above 0 and below 1e15, and the
+    turnover within ``TURNOVER_TOLERANCE`` of amount × price (else the frame is malformed).
     A contract missing from the table gets its size from the frame itself (amount / volume).
     """
     if order.amount is None:
         return liq
-    qty = num(order.amount, NAME, "amount")
+    qty = _frame_amount(num(order.amount, NAME, "amount"), "amount")
     turnover = order.trade_turnover
-    notional = num(turnover, NAME, "trade_turnover") if turnover is not None else qty * liq.price
+    notional = qty * liq.price
+    if turnover is not None:
+        notional = _frame_amount(num(turnover, NAME, "trade_turnover"), "trade_turnover", notional)
     cv, cv_unit = liq.contract_value, liq.contract_value_unit
     if cv is None and liq.quantity_native > 0:
         cv, cv_unit = float(f"{qty / liq.quantity_native:.12g}"), liq.base
@@ -183,6 +190,15 @@ def _with_frame_amounts(liq: Liquidation, order: Order) -> Liquidation:
         liq, quantity=qty, quantity_unit="base", notional_usd=notional, notional_known=True,
         contract_value=cv, contract_value_unit=cv_unit,
     )
+
+
+def _frame_amount(value: float, name: str, expected: float | None = None) -> float:
+    """``value`` when above 0, below 1e15 and (given ``expected``) close to it; else ParseError."""
+    if not (value > 0 and plausible_amount(value)):
+        raise ParseError(NAME, f"{name} {value!r} is not in (0, 1e15)")
+    if expected is not None and not math.isclose(value, expected, rel_tol=TURNOVER_TOLERANCE):
+        raise ParseError(NAME, f"{name} {value!r} is not amount x price ({expected!r})")
+    return value
 
 
 def endpoint_url(base_url: str, path: str) -> str:

@@ -103,3 +103,19 @@ def test_a_price_or_quantity_not_above_zero_is_malformed(venue: str, path: tuple
         return
     with pytest.raises(ParseError, match="above 0"):
         session.on_message(frame, RX)
+
+
+HTX_ORDER = ("data", 0)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("amount", 0), ("amount", -1.923), ("amount", 1e16),
+    ("trade_turnover", 0), ("trade_turnover", -5), ("trade_turnover", 3.44e-06), ("trade_turnover", 1e16),
+])  # fmt: skip
+def test_htx_frame_amount_and_turnover_are_checked_like_any_amount(field: str, value: float) -> None:
+    """The USDT-margined ``amount`` (base) and ``trade_turnover`` (notional) replaced the checked
+    quantity and notional after ``make_liquidation``: a zero, negative or absurd value, or a
+    turnover nowhere near amount × price, was published as it came."""
+    session, frame = _with("htx", (*HTX_ORDER, field), value)
+    with pytest.raises(ParseError, match=field):
+        session.on_message(frame, RX)

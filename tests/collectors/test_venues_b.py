@@ -141,10 +141,11 @@ def test_htx_linear_without_amount_uses_the_contract_size_or_stays_in_contracts(
     assert liq.quantity == pytest.approx(0.02) and liq.notional_usd == pytest.approx(0.02 * 60_000.5)
     unknown = one(parser("htx"), htx_notify(htx_order(contract_code="ZZZ-USDT", symbol="ZZZ", volume=20)))
     assert (unknown.quantity, unknown.quantity_unit, unknown.notional_known) == (20.0, "contracts", False)
-    order = htx_order(contract_code="ZZZ-USDT", symbol="ZZZ", volume=20, amount=200, trade_turnover=10)
+    order = htx_order(contract_code="ZZZ-USDT", symbol="ZZZ", volume=20, amount=200,
+                      trade_turnover=12_000_099)
     priced = one(parser("htx"), htx_notify(order))
     assert (priced.quantity, priced.quantity_unit, priced.notional_usd, priced.notional_known) == (
-        200.0, "base", 10.0, True)
+        200.0, "base", 12_000_099.0, True)  # the turnover, not 200 x 60_000.5 = 12_000_100
     assert (priced.contract_value, priced.contract_value_unit) == (10.0, "ZZZ")  # amount / volume
 
 
