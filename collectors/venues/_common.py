@@ -68,6 +68,9 @@ from shared.models import (
 )
 
 T = TypeVar("T")
+MIN_EVENT_MS = 1_230_768_000_000
+"""2009-01-01T00:00:00Z: no crypto venue liquidated anything before; an earlier event time is
+seconds (or 0) read as milliseconds."""
 ExtraValue = str | float | int | None
 
 
@@ -287,13 +290,13 @@ def make_liquidation(
 ) -> Liquidation:
     """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`".
 
-    An event time that is not epoch milliseconds before 2100 (microseconds or nanoseconds read
-    as milliseconds), a price or quantity that is not above 0 (``quantity_native`` as sent: a
+    An event time that is not epoch milliseconds in [2009, 2100) (seconds, microseconds or
+    nanoseconds read as milliseconds), a price or quantity that is not above 0 (``quantity_native`` as sent: a
     venue with signed amounts passes their magnitude), or a price, quantity or notional outside
     ``[0, 1e15)``, makes the frame malformed: no consumer could use it (``shared.models``).
     """
-    if not plausible_epoch_ms(timestamp_ms):
-        raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds before 2100",
+    if not (MIN_EVENT_MS <= timestamp_ms and plausible_epoch_ms(timestamp_ms)):
+        raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds in [2009, 2100)",
                          inst.symbol_native)
     if not (price > 0 and quantity_native > 0):
         raise ParseError(venue, f"price {price!r} and quantity {quantity_native!r} must be above 0",

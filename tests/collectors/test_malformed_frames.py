@@ -11,6 +11,7 @@ import json
 import pytest
 
 from collectors.venue import VenueSession
+from collectors.venues._common import MIN_EVENT_MS
 from shared.errors import ParseError
 from shared.venues import VENUE_NAMES
 from tests.collectors.test_sim_a import _connect, _items
@@ -119,3 +120,20 @@ def test_htx_frame_amount_and_turnover_are_checked_like_any_amount(field: str, v
     session, frame = _with("htx", (*HTX_ORDER, field), value)
     with pytest.raises(ParseError, match=field):
         session.on_message(frame, RX)
+
+
+@pytest.mark.parametrize(("venue", "path", "value"), [
+    ("binance_usdm", ("data", "o", "T"), 1_700_000_000),  # seconds read as milliseconds
+    ("okx", (*OKX_DETAIL, "ts"), "16800.0"),
+    ("gate", ("result", 0, "time"), 17_000.0),  # "seconds" by magnitude: 1970-01-01T04:43:20
+    ("lighter", ("liquidation_trades", 0, "timestamp"), 1),
+    ("kraken_futures", ("time",), 0),
+])  # fmt: skip
+def test_an_event_time_before_2009_is_malformed(venue: str, path: tuple[str | int, ...],
+                                                value: object) -> None:
+    """Only times from 2100 on were refused: a time in seconds (or 0) became a 1970 event that
+    the aggregator buckets and the writer stores decades before any crypto exchange existed."""
+    session, frame = _with(venue, path, value)
+    with pytest.raises(ParseError, match="is not epoch milliseconds"):
+        session.on_message(frame, RX)
+    assert MIN_EVENT_MS == 1_230_768_000_000  # 2009-01-01T00:00:00Z

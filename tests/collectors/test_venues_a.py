@@ -49,13 +49,13 @@ def test_common_contracts_conversions() -> None:
     inverse = Instrument("X", "BTC", "USD", "inverse_perpetual", 100.0, "USD")
     liq = _common.make_liquidation(
         "v", inverse, side="long", side_raw="SELL", price=50_000.0, quantity_native=3,
-        native_unit="contracts", timestamp_ms=1,
+        native_unit="contracts", timestamp_ms=RX,
     )  # fmt: skip
     assert (liq.quantity, liq.notional_usd, liq.contract_value_unit) == (300 / 50_000.0, 300.0, "USD")
     linear = Instrument("Y", "BTC", "USDT", "linear_perpetual", 0.01, "BTC")
     liq = _common.make_liquidation(
         "v", linear, side="short", side_raw="buy", price=20_000.0, quantity_native=30,
-        native_unit="contracts", timestamp_ms=1,
+        native_unit="contracts", timestamp_ms=RX,
     )  # fmt: skip
     assert liq.quantity == pytest.approx(0.3) and liq.notional_usd == pytest.approx(6000.0)
     assert liq.quantity_native_unit == "contracts" and liq.contract_value == 0.01
@@ -65,7 +65,7 @@ def test_common_unknown_contract_size_keeps_contracts() -> None:
     inst = Instrument("IOST-USDT-SWAP", "IOST", "USDT", "linear_perpetual")
     liq = _common.make_liquidation(
         "okx", inst, side="long", side_raw="sell", price=0.01, quantity_native=7,
-        native_unit="contracts", timestamp_ms=1,
+        native_unit="contracts", timestamp_ms=RX,
     )  # fmt: skip
     assert (liq.quantity, liq.quantity_unit, liq.notional_known, liq.notional_usd) == (
         7,
@@ -207,13 +207,14 @@ def test_bybit_subscribe_heartbeat_and_control() -> None:
 
 
 def test_bybit_batch_sides_and_inverse() -> None:
-    rows = [{"T": 1, "s": "BTCUSDT", "S": "Buy", "v": "0.5", "p": "60000"},
-            {"T": 2, "s": "BTCUSDT", "S": "Sell", "v": "0.25", "p": "60100"}]  # fmt: skip
+    rows = [{"T": RX + 1, "s": "BTCUSDT", "S": "Buy", "v": "0.5", "p": "60000"},
+            {"T": RX + 2, "s": "BTCUSDT", "S": "Sell", "v": "0.25", "p": "60100"}]  # fmt: skip
     long, short = feed(parser("bybit"), all_liq(*rows))
     assert (long.side, short.side) == ("long", "short")
-    assert (long.timestamp_ms, long.notional_usd) == (1, 30000.0)
+    assert (long.timestamp_ms, long.notional_usd) == (RX + 1, 30000.0)
     assert long.event_id != short.event_id
-    (inverse,) = feed(parser("bybit"), all_liq({"T": 3, "s": "XRPUSD", "S": "Sell", "v": "100", "p": "0.5"}))
+    inverse_row = {"T": RX + 3, "s": "XRPUSD", "S": "Sell", "v": "100", "p": "0.5"}
+    (inverse,) = feed(parser("bybit"), all_liq(inverse_row))
     assert (inverse.quantity, inverse.notional_usd, inverse.quantity_native_unit) == (
         200.0,
         100.0,
