@@ -272,6 +272,31 @@ def _amounts(inst: Instrument, qty: float, native_unit: str, price: float, venue
     return _from_value(inst, qty, native_unit, price, venue)
 
 
+def _refuse_implausible(venue: str, inst: Instrument, price: float, quantity_native: float,
+                        timestamp_ms: int) -> None:
+    """ParseError for a nameless instrument, an event time outside [2009, 2100), or a price or
+    quantity that is not above 0."""
+    if not (inst.symbol_native and inst.base and inst.quote):
+        raise ParseError(venue, f"instrument {inst.symbol_native!r} has an empty name, base or quote")
+    if not (MIN_EVENT_MS <= timestamp_ms and plausible_epoch_ms(timestamp_ms)):
+        raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds in [2009, 2100)",
+                         inst.symbol_native)
+    if not (price > 0 and quantity_native > 0):
+        raise ParseError(venue, f"price {price!r} and quantity {quantity_native!r} must be above 0",
+                         inst.symbol_native)
+
+
+def _refuse_implausible_amounts(venue: str, inst: Instrument, price: float, qty_native: float,
+                                amounts: _Amounts) -> None:
+    """ParseError for an amount beyond 1e15, or a base quantity that underflowed to 0."""
+    for name, value in (("price", price), ("quantity", qty_native), ("base quantity", amounts.quantity),
+                        ("notional", amounts.notional)):
+        if not plausible_amount(value):
+            raise ParseError(venue, f"{name} {value!r} is outside [0, 1e15)", inst.symbol_native)
+    if amounts.quantity <= 0:
+        raise ParseError(venue, f"base quantity {amounts.quantity!r} must be above 0", inst.symbol_native)
+
+
 def make_liquidation(
     venue: str,
     inst: Instrument,
@@ -290,25 +315,15 @@ def make_liquidation(
 ) -> Liquidation:
     """Build the normalized Liquidation; ``event_id=""`` means "use :func:`event_digest`".
 
-    An event time that is not epoch milliseconds in [2009, 2100) (seconds, microseconds or
-    nanoseconds read as milliseconds), a price or quantity that is not above 0 (``quantity_native`` as sent: a
-    venue with signed amounts passes their magnitude), or a price, quantity or notional outside
-    ``[0, 1e15)``, makes the frame malformed: no consumer could use it (``shared.models``).
+    A frame no consumer could use is malformed (ParseError, ``shared.models``): an instrument
+    with an empty native symbol, base or quote (a symbol fallback splitting garbage); an event
+    time outside [2009, 2100) (seconds, microseconds or nanoseconds read as milliseconds); a
+    price or quantity not above 0 (``quantity_native`` as sent: a venue with signed amounts
+    passes their magnitude); a price, quantity or notional beyond 1e15.
     """
-    if not (MIN_EVENT_MS <= timestamp_ms and plausible_epoch_ms(timestamp_ms)):
-        raise ParseError(venue, f"event time {timestamp_ms} is not epoch milliseconds in [2009, 2100)",
-                         inst.symbol_native)
-    if not (price > 0 and quantity_native > 0):
-        raise ParseError(venue, f"price {price!r} and quantity {quantity_native!r} must be above 0",
-                         inst.symbol_native)
-    qty_native = quantity_native
-    amounts = _amounts(inst, qty_native, native_unit, price, venue)
-    for name, value in (("price", price), ("quantity", qty_native), ("base quantity", amounts.quantity),
-                        ("notional", amounts.notional)):
-        if not plausible_amount(value):
-            raise ParseError(venue, f"{name} {value!r} is outside [0, 1e15)", inst.symbol_native)
-    if amounts.quantity <= 0:
-        raise ParseError(venue, f"base quantity {amounts.quantity!r} must be above 0", inst.symbol_native)
+    _refuse_implausible(venue, inst, price, quantity_native, timestamp_ms)
+    amounts = _amounts(inst, quantity_native, native_unit, price, venue)
+    _refuse_implausible_amounts(venue, inst, price, quantity_native, amounts)
     return Liquidation(
         exchange=venue,
         symbol=inst.symbol,
@@ -321,10 +336,10 @@ def make_liquidation(
         quantity=amounts.quantity,
         notional_usd=amounts.notional,
         timestamp_ms=timestamp_ms,
-        event_id=event_id or event_digest(inst.symbol_native, timestamp_ms, side, price, qty_native),
+        event_id=event_id or event_digest(inst.symbol_native, timestamp_ms, side, price, quantity_native),
         side_raw=side_raw,
         quantity_unit=amounts.unit,
-        quantity_native=qty_native,
+        quantity_native=quantity_native,
         quantity_native_unit=native_unit,
         contract_value=amounts.contract_value,
         contract_value_unit=amounts.contract_value_unit,

@@ -137,3 +137,19 @@ def test_an_event_time_before_2009_is_malformed(venue: str, path: tuple[str | in
     with pytest.raises(ParseError, match="is not epoch milliseconds"):
         session.on_message(frame, RX)
     assert MIN_EVENT_MS == 1_230_768_000_000  # 2009-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(("venue", "path", "value"), [
+    ("binance_coinm", ("data", "o", "s"), ""),  # the pair "ps" named the instrument alone
+    ("okx", ("data", 0, "instId"), "-1"),  # read as a spot pair "" / "1"
+    ("bitfinex", (1, 0, 4), ":"),  # base "" and quote ""
+    ("bitfinex", (1, 0, 4), "tF0:USTF0"),  # a perpetual of base ""
+    ("bybit", ("data", 0, "s"), "USDT-26DEC25"),  # a future of base ""
+])  # fmt: skip
+def test_an_instrument_without_a_name_base_or_quote_is_malformed(venue: str, path: tuple[str | int, ...],
+                                                                 value: object) -> None:
+    """Symbol fallbacks split whatever a frame named: an empty native symbol, base or quote
+    became a Liquidation of symbol ``""``, ``"USDT"`` or ``"1"``."""
+    session, frame = _with(venue, path, value)
+    with pytest.raises(ParseError, match="empty"):
+        session.on_message(frame, RX)
