@@ -319,9 +319,13 @@ def make_liquidation(
     with an empty native symbol, base or quote (a symbol fallback splitting garbage); an event
     time outside [2009, 2100) (seconds, microseconds or nanoseconds read as milliseconds); a
     price or quantity not above 0 (``quantity_native`` as sent: a venue with signed amounts
-    passes their magnitude); a price, quantity or notional beyond 1e15.
+    passes their magnitude); a price, quantity or notional beyond 1e15; an extra computed from
+    finite numbers that overflowed (Binance ``notional_usd_at_price_avg``).
     """
     _refuse_implausible(venue, inst, price, quantity_native, timestamp_ms)
+    for key, value in (extra or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):  # the codec would write null
+            raise ParseError(venue, f"extra {key} is {value!r}", inst.symbol_native)
     amounts = _amounts(inst, quantity_native, native_unit, price, venue)
     _refuse_implausible_amounts(venue, inst, price, quantity_native, amounts)
     return Liquidation(

@@ -153,3 +153,11 @@ def test_an_instrument_without_a_name_base_or_quote_is_malformed(venue: str, pat
     session, frame = _with(venue, path, value)
     with pytest.raises(ParseError, match="empty"):
         session.on_message(frame, RX)
+
+
+def test_an_extra_that_overflows_is_malformed() -> None:
+    """Binance's ``notional_usd_at_price_avg`` is z × ap, each finite: 1.923 × 1e308 is inf, which
+    the stream codec writes as null, so the extra changed on its way to every consumer."""
+    session, frame = _with("binance_usdm", ("data", "o", "ap"), 1e308)
+    with pytest.raises(ParseError, match="notional_usd_at_price_avg"):
+        session.on_message(frame, RX)
