@@ -22,6 +22,7 @@ from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
 from collectors.sim.protocol import SimClient
 from collectors.sim.server import ExchangeSimulator, load_sim
+from collectors.venues import okx
 from shared import codec, keys, servers
 from shared.market import MarketEvent
 from shared.models import Liquidation
@@ -288,14 +289,28 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
     assert list(spool_dir.iterdir()) == []
 
 
-def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
-        redis_url: str) -> None:
-    """An OKX time of "1e999" overflows int(): not a ParseError, yet it must cost only its frame."""
+def _okx_push(inst_id: str, ts: str) -> str:
     detail = {"bkLoss": "0", "bkPx": "67000", "ccy": "", "posSide": "long", "side": "sell", "sz": "1",
-              "ts": "1e999"}
-    odd = {"arg": {"channel": "liquidation-orders", "instType": "SWAP"},
-           "data": [{"instId": "BTC-USDT-SWAP", "instType": "SWAP", "uly": "BTC-USDT",
-                     "instFamily": "BTC-USDT", "details": [detail]}]}
+              "ts": ts}
+    data = [{"instId": inst_id, "instType": "SWAP", "details": [detail]}]
+    return msgspec.json.encode({"arg": {"channel": "liquidation-orders", "instType": "SWAP"},
+                                "data": data}).decode()
+
+
+def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two malformed frames that fail deep inside the OKX parser: a "ts" of "1e999" (a
+    ParseError raised by num() three calls down) and an instrument whose lookup raises an
+    exception no parser foresees (ZeroDivisionError, here injected into parse_inst_id). Each costs
+    only its frame: counted, sampled, the connection kept, later frames published."""
+    real_parse_inst_id = okx.parse_inst_id
+
+    def parse_inst_id(inst_id: str, table: Any) -> Any:
+        if inst_id == "BOOM-USDT-SWAP":
+            return 1 / 0
+        return real_parse_inst_id(inst_id, table)
+
+    monkeypatch.setattr(okx, "parse_inst_id", parse_inst_id)
 
     async def run() -> Collector:
         async with ExchangeSimulator(["okx"]) as exchange:
@@ -307,15 +322,18 @@ def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
                 await exchange.wait_subscribed("okx", len(collector.plans))
                 first = await exchange.emit(events("okx", T0, 3))
                 await collector.wait_until(lambda c: c.published == len(first))
-                assert await exchange.send_raw("okx", msgspec.json.encode(odd).decode()) == 1
+                assert await exchange.send_raw("okx", _okx_push("BTC-USDT-SWAP", "1e999")) == 1
                 await collector.wait_until(lambda c: c.health.parse_errors == 1)
+                assert await exchange.send_raw("okx", _okx_push("BOOM-USDT-SWAP", str(T0))) == 1
+                await collector.wait_until(lambda c: c.health.parse_errors == 2)
                 later = await exchange.emit(events("okx", T0 + 60_000, 3))
                 await collector.wait_until(lambda c: c.published == len(first) + len(later))
             return collector
 
     collector = asyncio.run(run())
-    assert (collector.health.reconnects, collector.health.parse_errors) == (0, 1)
+    assert (collector.health.reconnects, collector.health.parse_errors) == (0, 2)
     assert collector.health.last_error_sample.startswith('{"arg":{"channel":"liquidation-orders"')
+    assert '"instId":"BOOM-USDT-SWAP"' in collector.health.last_error_sample
 
 
 def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str) -> None:
