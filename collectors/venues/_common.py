@@ -7,8 +7,9 @@ The API is small and stable; venue modules import only these names:
   carrying a sample of the frame.
 - ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
   frame (a bad date, a bad enum) into ParseError with the frame's sample.
-- ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad gzip raises
-  ParseError (the connection loop, ``liq parse`` and ``liq replay`` all call it).
+- ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad or truncated
+  gzip, or more than ``MAX_INFLATED`` bytes inflated, raises ParseError (the connection loop,
+  ``liq parse`` and ``liq replay`` all call it).
 - ``num(value, venue, name)``: a wire number (``"0.014"``, ``836``, ``9910.0``) as float; an
   empty string, ``None``, garbage or a value that is not finite (``"NaN"``, ``"inf"``,
   ``"1e999"``) raises ParseError naming the field.
@@ -125,17 +126,26 @@ def frame_errors(venue: str, raw: bytes | str) -> Iterator[None]:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_INFLATED = 2**24
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def inflate(raw: bytes | str, venue: str) -> bytes | str:
-    """A gzip-compressed frame (HTX) inflated; anything else unchanged; bad gzip → ParseError."""
+    """A gzip-compressed frame (HTX) inflated; anything else unchanged. Bad or truncated gzip,
+    or a frame inflating beyond ``MAX_INFLATED`` bytes (the socket's own frame limit: a small
+    frame must not take gigabytes of memory), → ParseError."""
     if not isinstance(raw, bytes) or not raw.startswith(GZIP_MAGIC):
         return raw
+    inflater = zlib.decompressobj(_GZIP_WBITS)
     try:
-        return zlib.decompress(raw, _GZIP_WBITS)
+        data = inflater.decompress(raw, MAX_INFLATED)
     except zlib.error as exc:
         raise ParseError(venue, f"bad gzip frame: {exc}", raw[:40]) from exc
+    if inflater.unconsumed_tail:
+        raise ParseError(venue, f"gzip frame inflates beyond {MAX_INFLATED} bytes", raw[:40])
+    if not inflater.eof:
+        raise ParseError(venue, "truncated gzip frame", raw[:40])
+    return data
 
 
 def num(value: str | float | None, venue: str, name: str) -> float:

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from collectors.venue import VenueSession
-from collectors.venues._common import MIN_EVENT_MS
+from collectors.venues._common import MAX_INFLATED, MIN_EVENT_MS, inflate
 from shared.errors import ParseError
 from shared.venues import VENUE_NAMES
 from tests.collectors.test_sim_a import _connect, _items
@@ -161,3 +161,20 @@ def test_an_extra_that_overflows_is_malformed() -> None:
     session, frame = _with("binance_usdm", ("data", "o", "ap"), 1e308)
     with pytest.raises(ParseError, match="notional_usd_at_price_avg"):
         session.on_message(frame, RX)
+
+
+def test_a_gzip_frame_that_inflates_beyond_the_frame_limit_is_malformed() -> None:
+    """``inflate`` had no bound: a 17 KB gzip frame inflating to 17 MiB (or a 16 MiB one, the
+    largest the socket accepts, inflating to 16 GB) was decompressed whole in memory. Beyond
+    ``MAX_INFLATED`` (the socket's own frame limit) it is malformed; a truncated gzip frame
+    still is too."""
+    session, text = _session_and_frame("htx")
+    bomb = gzip.compress(text + b" " * MAX_INFLATED, mtime=0)
+    with pytest.raises(ParseError, match="inflates beyond"):
+        inflate(bomb, "htx")
+    with pytest.raises(ParseError, match="inflates beyond"):
+        session.on_message(bomb, RX)
+    packed = gzip.compress(text, mtime=0)
+    with pytest.raises(ParseError, match="gzip"):
+        inflate(packed[:-12], "htx")
+    assert inflate(packed, "htx") == text
