@@ -181,8 +181,7 @@ class Collector:
         try:
             plans = await asyncio.to_thread(lambda: self.plans)
         except BaseException:
-            if self._record is not None:
-                self._record.close()
+            self._close_record()
             raise
         if self.config.venue.replays_on_subscribe:
             await self._remember_published()
@@ -213,8 +212,7 @@ class Collector:
             self.health.stopped()
             with contextlib.suppress(RedisError, OSError):  # Redis may be what is down
                 await self._write_health()
-            if self._record is not None:
-                self._record.close()
+            self._close_record()
             logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
                         self.config.venue.name, self.published, self.health.parse_errors,
                         self.health.duplicates)
@@ -427,7 +425,24 @@ class Collector:
         else:
             text, binary = raw, False
         record = FrameRecord(self.config.venue.name, label, now_ms, text, binary)
-        self._record.write(msgspec.json.encode(record).decode() + "\n")
+        try:
+            self._record.write(msgspec.json.encode(record).decode() + "\n")
+        except OSError as exc:  # a full disk stops the recording, never the collecting
+            logger.error("%s: recording to %s stopped: %s", self.config.venue.name,
+                         self.config.record_path, exc)
+            self._close_record()
+
+    def _close_record(self) -> None:
+        """Close the ``--record`` file; what its buffer cannot write (a full disk) is lost, and
+        said, but never stops the collector."""
+        record, self._record = self._record, None
+        if record is None:
+            return
+        try:
+            record.close()
+        except OSError as exc:
+            logger.error("%s: the end of the recording to %s was lost: %s", self.config.venue.name,
+                         self.config.record_path, exc)
 
     # -- publishing ---------------------------------------------------------------------------
 

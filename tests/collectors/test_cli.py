@@ -316,6 +316,29 @@ def test_recorded_frames_replay_to_the_same_liquidations(venue: str, redis_url: 
     assert as_rows(stream_contents(redis_url)) == as_rows(published)
 
 
+@pytest.mark.integration
+def test_a_record_file_that_cannot_be_written_stops_the_recording_not_the_collecting(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """/dev/full refuses every write (ENOSPC, as a full disk does): each frame is still parsed
+    and published, none counted malformed, and the recording stops with one error line."""
+    sent, collector = asyncio.run(run_collector("bybit", redis_url, 300, Path("/dev/full")))
+    assert len(sent) == 300
+    assert collector.published == len(stream_contents(redis_url)) == 300
+    assert collector.health.parse_errors == 0
+    stopped = [r for r in caplog.records if "recording to /dev/full stopped" in r.getMessage()]
+    assert len(stopped) == 1
+
+
+@pytest.mark.integration
+def test_a_record_buffer_lost_at_stop_is_said_and_the_collector_stops_cleanly(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Two frames fit in the file's buffer: nothing fails until the close at stop flushes it."""
+    sent, collector = asyncio.run(run_collector("bybit", redis_url, 2, Path("/dev/full")))
+    assert collector.published == len(sent) == 2
+    lost = [r for r in caplog.records if "the end of the recording to /dev/full was lost" in r.getMessage()]
+    assert len(lost) == 1
+
+
 # -- liq venues ----------------------------------------------------------------------------------
 
 ENDPOINTS = {
