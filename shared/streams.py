@@ -2,7 +2,10 @@
 
 Delivery semantics (at-least-once):
 
-1. ``ensure_groups`` creates each group idempotently (``BUSYGROUP`` is success).
+1. ``ensure_groups`` creates each group idempotently (``BUSYGROUP`` is success). A group
+   found missing later (``NOGROUP``: Redis restarted without its data, or lost the key) is
+   created again before the next read, from the stream's start, so what the collectors publish
+   after such a restart is read instead of the consumer retrying forever.
 2. On start, a consumer first re-reads its own pending entries (ID ``0``), then new ones (``>``).
 3. The handler's side effect must be committed when it returns; only then are the entries
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
@@ -121,6 +124,11 @@ async def publish(
     return [reply_text(i) for i in ids]
 
 
+def lost_group(exc: BaseException) -> bool:
+    """``exc`` says the consumer group (or its stream) no longer exists in Redis."""
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP")
+
+
 @dataclass
 class ConsumerStats:
     handled: int = 0
@@ -163,6 +171,8 @@ class StreamConsumer(Generic[T]):
     _done_unacked: set[tuple[str, str]] = field(default_factory=set)
     """Entries whose side effect is committed but whose XACK failed: acked, not handled, when
     they are delivered again."""
+    _groups_lost: bool = False
+    """A command answered NOGROUP: the groups are created again before the next read."""
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -194,6 +204,7 @@ class StreamConsumer(Generic[T]):
                 await op()
                 return
             except TRANSIENT_ERRORS as exc:
+                self._groups_lost = self._groups_lost or lost_group(exc)
                 delay = self.backoff.next_delay()
                 self.stats.retries += 1
                 ERRORS.labels(self.component, type(exc).__name__).inc()
@@ -206,6 +217,12 @@ class StreamConsumer(Generic[T]):
 
     async def _step(self, block: bool) -> bool:
         """Read and handle one batch; returns False when there was nothing to do."""
+        if self._groups_lost:
+            await self.ensure_groups()
+            self._groups_lost = False
+            logger.warning("%s: group %s was missing on %s (Redis lost its data?); created again, "
+                           "reading from the streams' start", self.component, self.group,
+                           ", ".join(self.streams))
         if await self._claim_if_due():
             return True
         now = time.monotonic()

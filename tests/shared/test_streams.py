@@ -14,6 +14,7 @@ import pytest
 import redis as syncredis
 
 from shared import codec, keys, servers
+from shared.backoff import Backoff
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.status import redis_status, render
@@ -524,3 +525,61 @@ def test_a_stream_key_of_another_type_fails_the_whole_batch_and_adds_nothing(
     assert [entry_id.decode() for entry_id, _ in r.xrange(STREAM)] == [ids[0], ids[2]]
     assert [entry_id.decode() for entry_id, _ in r.xrange(bad)] == [ids[1]]
     assert [codec.decode_liquidation(f[b"d"]).quantity for _, f in r.xrange(STREAM)] == [1.0, 3.0]
+
+
+class SignallingBackoff(Backoff):
+    """Tiny delays, and an event set at each retry: a test awaits the consumer's first retry."""
+
+    def __init__(self) -> None:
+        super().__init__(base_s=0.01, cap_s=0.05)
+        self.retried = asyncio.Event()
+
+    def next_delay(self) -> float:
+        self.retried.set()
+        return super().next_delay()
+
+
+async def _handled(got: list[Liquidation], changed: asyncio.Condition, n: int) -> None:
+    async with asyncio.timeout(30), changed:
+        await changed.wait_for(lambda: len(got) >= n)
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["data-kept", "data-lost"])
+def test_a_running_consumer_resumes_after_redis_restarts(tmp_path: Path, persistent: bool) -> None:
+    """Redis stopped under a running consumer and started again. Without its data (no
+    persistence, a lost volume, a FLUSHALL) the group is gone: the consumer creates it again
+    and handles what the collectors publish next, instead of retrying NOGROUP forever."""
+    server = servers.start_redis(tmp_path, persistent=persistent)
+    got: list[Liquidation] = []
+    changed = asyncio.Condition()
+
+    async def handler(batch: list[Message[Liquidation]]) -> None:
+        got.extend(m.value for m in batch)
+        async with changed:
+            changed.notify_all()
+
+    async def run() -> None:
+        nonlocal server
+        before = await _seed(server.url, 3)
+        client = make_async_redis(server.url)
+        consumer = _consumer(client, handler, block_ms=50)
+        consumer.backoff = backoff = SignallingBackoff()
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        await _handled(got, changed, 3)
+        server.stop()
+        await asyncio.wait_for(backoff.retried.wait(), 30)
+        server = servers.start_redis(tmp_path, port=server.port, persistent=persistent)
+        after = [liq(timestamp_ms=1_700_000_001_000 + i, quantity=10 + i) for i in range(4)]
+        await publish(client, [(STREAM, x) for x in after], keys.EVENT_STREAM_MAXLEN)
+        await _handled(got, changed, 7)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        assert got == before + after
+
+    try:
+        asyncio.run(run())
+        assert _pending(server.url) == 0
+    finally:
+        server.stop()
