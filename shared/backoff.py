@@ -1,8 +1,13 @@
-"""The one retry/reconnect delay policy: exponential growth, full jitter, a cap, reset when healthy."""
+"""The one retry/reconnect policy: exponential delays with jitter and a cap, reset when healthy,
+and :class:`Outage`, which logs a dependency going down and coming back once each, not once
+per retry."""
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -25,3 +30,38 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+@dataclass
+class Outage:
+    """What a retry loop logs about ``what`` (``"writer: liq:cascades"``): one warning when it
+    fails first, one when it fails for another reason (an exception of another class), one when
+    it works again; the retries in between are logged at debug level only."""
+
+    what: str
+    log: logging.Logger
+    since: float | None = None
+    """When the outage began (monotonic); None while all is well."""
+    cause: str = ""
+    failures: int = 0
+    monotonic: Callable[[], float] = time.monotonic
+
+    def down(self, exc: BaseException, delay: float) -> None:
+        """A try failed with ``exc``; the next one is in ``delay`` seconds."""
+        cause = type(exc).__name__
+        self.failures += 1
+        if self.since is not None and cause == self.cause:
+            self.log.debug("%s: still failing (%s); next try in %.1fs", self.what, exc, delay)
+            return
+        self.since = self.since if self.since is not None else self.monotonic()
+        self.cause = cause
+        self.log.warning("%s: unavailable (%s: %s); retrying with backoff (first in %.1fs), logged "
+                         "again when it works", self.what, cause, exc, delay)
+
+    def up(self) -> None:
+        """A try succeeded (cheap when there was no outage)."""
+        if self.since is None:
+            return
+        self.log.info("%s: available again after %.0fs and %d failed tries", self.what,
+                      self.monotonic() - self.since, self.failures)
+        self.since, self.cause, self.failures = None, "", 0

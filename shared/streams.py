@@ -28,6 +28,7 @@ Delivery semantics (at-least-once):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -40,7 +41,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from shared import backlog, codec, keys
-from shared.backoff import Backoff
+from shared.backoff import Backoff, Outage
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
 from shared.redisconn import reply_text, stream_entries
 
@@ -173,6 +174,11 @@ class StreamConsumer(Generic[T]):
     they are delivered again."""
     _groups_lost: bool = False
     """A command answered NOGROUP: the groups are created again before the next read."""
+    _outage: Outage = field(init=False)
+
+    def __post_init__(self) -> None:
+        more = f" +{len(self.streams) - 1}" if len(self.streams) > 1 else ""
+        self._outage = Outage(f"{self.component} on {self.streams[0] if self.streams else '-'}{more}", logger)
 
     async def ensure_groups(self) -> None:
         for stream in self.streams:
@@ -202,18 +208,25 @@ class StreamConsumer(Generic[T]):
         while not stop.is_set():
             try:
                 await op()
-                return
             except TRANSIENT_ERRORS as exc:
-                self._groups_lost = self._groups_lost or lost_group(exc)
-                delay = self.backoff.next_delay()
-                self.stats.retries += 1
-                ERRORS.labels(self.component, type(exc).__name__).inc()
-                logger.warning("%s: %s; retrying in %.1fs", self.component, exc, delay)
-                self._pending_first = True
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):  # a stop cuts the pause short
+                    await asyncio.wait_for(stop.wait(), timeout=self._failed(exc))
+                continue
+            if self._outage.since is not None:
+                self._outage.up()
+                self.backoff.reset()
+            return
+
+    def _failed(self, exc: BaseException) -> float:
+        """Count and log (once per outage) a server failure; returns the pause before the retry,
+        which re-reads the pending entries first."""
+        self._groups_lost = self._groups_lost or lost_group(exc)
+        delay = self.backoff.next_delay()
+        self.stats.retries += 1
+        ERRORS.labels(self.component, type(exc).__name__).inc()
+        self._outage.down(exc, delay)
+        self._pending_first = True
+        return delay
 
     async def _step(self, block: bool) -> bool:
         """Read and handle one batch; returns False when there was nothing to do."""

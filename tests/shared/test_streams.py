@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -583,3 +585,36 @@ def test_a_running_consumer_resumes_after_redis_restarts(tmp_path: Path, persist
         assert _pending(server.url) == 0
     finally:
         server.stop()
+
+
+def test_an_outage_is_one_line_when_it_begins_and_one_when_it_ends_not_one_per_retry(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def run() -> StreamConsumer[Liquidation]:
+        await _seed(redis_url, 7)
+        stop = asyncio.Event()
+        attempts = 0
+
+        async def sink(batch: list[Message[Liquidation]]) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts <= 6:
+                raise SinkRetry("database write failed: OperationalError: connection refused")
+            stop.set()
+
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, sink, block_ms=50)
+        consumer.backoff = Backoff(base_s=0.001, cap_s=0.002)
+        with caplog.at_level(logging.INFO, logger="shared.streams"):
+            await asyncio.wait_for(consumer.run(stop), timeout=30)
+        await client.aclose()
+        return consumer
+
+    consumer = asyncio.run(run())
+    assert consumer.stats.retries == 6 and consumer.backoff.attempts == 0
+    lines = [(r.levelname, re.sub(r"after \d+s", "after Ns", r.getMessage()))
+             for r in caplog.records if r.name == "shared.streams"]
+    assert lines == [
+        ("WARNING", f"test on {STREAM}: unavailable (SinkRetry: database write failed: OperationalError: "
+                    "connection refused); retrying with backoff (first in 0.0s), logged again when it works"),
+        ("INFO", f"test on {STREAM}: available again after Ns and 6 failed tries"),
+    ]
