@@ -47,7 +47,7 @@ from collectors.spool import Spool, SpoolBusy
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
 from shared import codec, keys
-from shared.backoff import Backoff
+from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import ParseError
 from shared.metrics import (
@@ -453,6 +453,7 @@ class Collector:
         collector has one) and new liquidations follow them there; on stop, what waits stays
         on disk for the next start. Without a spool they wait in memory."""
         backoff = Backoff()
+        outage = Outage(f"{self.config.venue.name}: redis", logger)
         batch: list[Liquidation] = []
         while True:
             spool = self._waiting_spool()
@@ -479,12 +480,14 @@ class Collector:
                     return
                 await self._sync_spool()
                 delay = backoff.next_delay()
-                logger.warning("%s: redis unavailable (%s); %d waiting, retrying in %.1fs",
-                               self.config.venue.name, exc, self._waiting(batch), delay)
+                outage.down(exc, delay)
+                logger.debug("%s: %d liquidations waiting for redis", self.config.venue.name,
+                             self._waiting(batch))
                 with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
             backoff.reset()
+            outage.up()
             batch = []
             if spool is not None:
                 self._spool_published(spool)

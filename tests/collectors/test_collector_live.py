@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,12 +20,14 @@ import msgspec
 import pytest
 import redis as syncredis
 
+from collectors import base as base_module
 from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
 from collectors.sim.protocol import SimClient
 from collectors.sim.server import ExchangeSimulator, load_sim
 from collectors.venues import okx
 from shared import codec, keys, servers
+from shared.backoff import Backoff
 from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
@@ -664,3 +668,36 @@ def test_a_symbol_the_venue_lists_after_the_start_is_subscribed_without_a_restar
     assert [p.label for p in collector.plans] == ["bybit:linear:0", "bybit:linear:0+1"]
     got = sorted(x.event_id for x in stream_contents(redis_url))
     assert got == sorted(normalized(x).event_id for x in sent)
+
+
+def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a line per retry: an outage of an hour would otherwise log one every 30 s."""
+    made: list[Backoff] = []
+
+    def tiny(**_: Any) -> Backoff:
+        made.append(Backoff(base_s=0.001, cap_s=0.002))
+        return made[-1]
+
+    monkeypatch.setattr(base_module, "Backoff", tiny)
+    spool_dir = tmp_path / "spool"
+
+    async def run(redis: RestartableRedis) -> None:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as collector:
+                await _through_an_outage(exchange, collector, redis.stop, 3, 4, _spooled(4))
+                await collector.wait_until(lambda _: max(b.attempts for b in made) >= 6)
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 7)
+
+    with RestartableRedis(tmp_path / "redis") as redis, \
+            caplog.at_level(logging.INFO, logger="collectors.base"):
+        asyncio.run(run(redis))
+    lines = [re.sub(r"\(.*?\)|after \d+s and \d+", "…", r.getMessage()) for r in caplog.records
+             if "redis" in r.getMessage() or "spool" in r.getMessage()]
+    assert lines == [
+        "binance_usdm: redis unavailable; liquidations wait in " + str(spool_dir / "binance_usdm.jsonl"),
+        "binance_usdm: redis: unavailable …; retrying with backoff …, logged again when it works",
+        "binance_usdm: redis: available again … failed tries",
+        "binance_usdm: spool published; back to the in-memory queue",
+    ]
