@@ -52,6 +52,7 @@ from detector.config import DetectorSettings
 from detector.engine import Engine
 from detector.lifecycle import Output
 from shared import codec, keys
+from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
@@ -163,6 +164,8 @@ class Detector:
         self.alerts_received_ms: list[int] = []
         """Per cascade start in the outbox, when a collector received the liquidation that
         started it: observed as ``liq_cascade_alert_seconds`` once the start is published."""
+        self.backoff = Backoff()
+        """Pauses between warm start attempts while Redis does not answer."""
         self.fed_unpublished: set[tuple[str, str]] = set()
         """(stream, entry id) fed into the engine by a call that then failed (its outputs wait in
         the outbox): when the entry is delivered again it is acked without being fed twice."""
@@ -419,25 +422,32 @@ class Detector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Warm start, then one consumer per shard and the ticker, until ``stop`` is set."""
+        outage = Outage(f"{self.name}: warm start", logger)
         while not self.warmed and not stop.is_set():
             try:
                 await self.warm_start()
             except (RedisError, OSError) as exc:
-                logger.warning("%s: warm start failed (%s); retrying", self.name, exc)
-                await _wait(stop, 1.0)
+                delay = self.backoff.next_delay()
+                outage.down(exc, delay)
+                await _wait(stop, delay)
+        outage.up()
         await asyncio.gather(*(c.run(stop) for c in self.consumers), self._ticker(stop))
         logger.info("%s: %d events, published %s", self.name, self.engine.events, self.published)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
+        outage = Outage(f"{self.name}: tick", logger)
         while not stop.is_set():
             await _wait(stop, self.settings.tick_s)
             try:
                 await self.tick()
                 await self._heartbeat()
-            except (RedisError, OSError) as exc:
-                logger.warning("%s: tick failed (%s)", self.name, exc)
+            except (RedisError, OSError) as exc:  # the next tick retries: one line per outage
+                outage.down(exc, self.settings.tick_s)
+                continue
             except Exception:  # a bug: logged, and the consumers keep running; next tick retries
                 logger.exception("%s: tick failed", self.name)
+                continue
+            outage.up()
 
     async def _heartbeat(self) -> None:
         key = keys.process_heartbeat(self.name)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -14,7 +17,8 @@ import redis.asyncio as aioredis
 
 from detector.config import DetectorSettings
 from detector.service import Detector, consumer_name
-from shared import codec, keys
+from shared import codec, keys, servers
+from shared.backoff import Backoff
 from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, Liquidation
 from shared.redisconn import make_async_redis
@@ -495,3 +499,107 @@ def test_a_publication_whose_reply_was_lost_is_written_once(redis_url: str, r: s
 async def _warm(det: Detector) -> Detector:
     await det.warm_start()
     return det
+
+
+class Counted:
+    """Wraps a detector's coroutine method: counts its successes and failures, and lets a test
+    await a count (no polling)."""
+
+    def __init__(self, method: Callable[[], Awaitable[None]]) -> None:
+        self.method = method
+        self.ok = 0
+        self.failed = 0
+        self.changed = asyncio.Condition()
+
+    async def __call__(self) -> None:
+        try:
+            await self.method()
+        except Exception:
+            self.failed += 1
+            raise
+        else:
+            self.ok += 1
+        finally:
+            async with self.changed:
+                self.changed.notify_all()
+
+    async def until(self, predicate: Callable[[Counted], bool]) -> None:
+        async with asyncio.timeout(30), self.changed:
+            await self.changed.wait_for(lambda: predicate(self))
+
+
+RETRYING = "(…); retrying with backoff (…), logged again when it works"
+
+
+def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The detector's lines, with what varies (the error, the delay, the counts) as "…"."""
+    def vague(line: str) -> str:
+        line = re.sub(r"\(.*\); retrying with backoff \(.*?\)", "(…); retrying with backoff (…)", line)
+        return re.sub(r"after \d+s and \d+", "after …s and …", line)
+    return [(r.levelname, vague(r.getMessage())) for r in caplog.records if r.name == "detector.service"]
+
+
+def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = servers.start_redis(tmp_path)
+
+    async def body() -> None:
+        nonlocal server
+        client = make_async_redis(server.url)
+        det = Detector(client, DetectorSettings(shards=4, tick_s=0.001), [BTC_SHARD], FakeClock(CLOCK_START))
+        for consumer in det.consumers:
+            consumer.backoff = Backoff(base_s=0.001, cap_s=0.002)
+        det._heartbeat = heartbeat = Counted(det._heartbeat)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(det.run(stop))
+        await heartbeat.until(lambda h: h.ok >= 1)
+        server.stop()
+        await heartbeat.until(lambda h: h.failed >= 5)
+        server = servers.start_redis(tmp_path, port=server.port)
+        ok = heartbeat.ok
+        await heartbeat.until(lambda h: h.ok > ok)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="detector.service"):
+            asyncio.run(body())
+    finally:
+        server.stop()
+    assert _outage_lines(caplog) == [
+        ("WARNING", f"detect-s3: tick: unavailable {RETRYING}"),
+        ("INFO", "detect-s3: tick: available again after …s and … failed tries"),
+        ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),
+    ]
+
+
+def test_a_detector_started_while_redis_is_down_warms_up_once_it_answers_with_two_lines(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warm start is retried with the backoff (not every second), logged when it begins
+    failing and when it succeeds, not at every retry."""
+    port = servers.free_port()
+
+    async def body() -> servers.RedisServer:
+        client = make_async_redis(f"redis://127.0.0.1:{port}/0")
+        det = Detector(client, DetectorSettings(shards=4), [BTC_SHARD], FakeClock(CLOCK_START))
+        det.backoff = Backoff(base_s=0.001, cap_s=0.002)
+        det.warm_start = warm = Counted(det.warm_start)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(det.run(stop))
+        await warm.until(lambda w: w.failed >= 5)
+        server = servers.start_redis(tmp_path, port=port)
+        await warm.until(lambda w: w.ok == 1)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        return server
+
+    with caplog.at_level(logging.INFO, logger="detector.service"):
+        server = asyncio.run(body())
+    server.stop()
+    assert _outage_lines(caplog) == [
+        ("WARNING", f"detect-s3: warm start: unavailable {RETRYING}"),
+        ("INFO", "detect-s3: warm start: available again after …s and … failed tries"),
+        ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),
+    ]
