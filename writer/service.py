@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared import codec, keys
+from shared.backoff import Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.streams import Message, SinkRetry, StreamConsumer
@@ -137,11 +138,15 @@ class Writer:
                     self.sink.stats.upgraded, self.sink.stats.cascades, self.skipped)
 
     async def _every(self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``job`` every ``seconds``; a server outage is logged when it begins and ends."""
+        outage = Outage(f"writer: {job.__name__.lstrip('_')}", logger)
         while not stop.is_set():
             try:
                 await job()
             except (psycopg.Error, RedisError, OSError) as exc:
-                logger.warning("writer: %s failed (%s); next try in %.0fs", job.__name__, exc, seconds)
+                outage.down(exc, seconds)
+            else:
+                outage.up()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=seconds)
             except TimeoutError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from shared.models import CascadeEvent, CascadeMember, Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import publish
 from tests.detector.helpers import T0, ev
+from tests.outages import RETRYING, Counted, outage_lines
 
 pytestmark = pytest.mark.integration
 
@@ -501,44 +501,6 @@ async def _warm(det: Detector) -> Detector:
     return det
 
 
-class Counted:
-    """Wraps a detector's coroutine method: counts its successes and failures, and lets a test
-    await a count (no polling)."""
-
-    def __init__(self, method: Callable[[], Awaitable[None]]) -> None:
-        self.method = method
-        self.ok = 0
-        self.failed = 0
-        self.changed = asyncio.Condition()
-
-    async def __call__(self) -> None:
-        try:
-            await self.method()
-        except Exception:
-            self.failed += 1
-            raise
-        else:
-            self.ok += 1
-        finally:
-            async with self.changed:
-                self.changed.notify_all()
-
-    async def until(self, predicate: Callable[[Counted], bool]) -> None:
-        async with asyncio.timeout(30), self.changed:
-            await self.changed.wait_for(lambda: predicate(self))
-
-
-RETRYING = "(…); retrying with backoff (…), logged again when it works"
-
-
-def _outage_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    """The detector's lines, with what varies (the error, the delay, the counts) as "…"."""
-    def vague(line: str) -> str:
-        line = re.sub(r"\(.*\); retrying with backoff \(.*?\)", "(…); retrying with backoff (…)", line)
-        return re.sub(r"after \d+s and \d+", "after …s and …", line)
-    return [(r.levelname, vague(r.getMessage())) for r in caplog.records if r.name == "detector.service"]
-
-
 def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     server = servers.start_redis(tmp_path)
@@ -567,7 +529,7 @@ def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
             asyncio.run(body())
     finally:
         server.stop()
-    assert _outage_lines(caplog) == [
+    assert outage_lines(caplog, "detector.service") == [
         ("WARNING", f"detect-s3: tick: unavailable {RETRYING}"),
         ("INFO", "detect-s3: tick: available again after …s and … failed tries"),
         ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),
@@ -598,7 +560,7 @@ def test_a_detector_started_while_redis_is_down_warms_up_once_it_answers_with_tw
     with caplog.at_level(logging.INFO, logger="detector.service"):
         server = asyncio.run(body())
     server.stop()
-    assert _outage_lines(caplog) == [
+    assert outage_lines(caplog, "detector.service") == [
         ("WARNING", f"detect-s3: warm start: unavailable {RETRYING}"),
         ("INFO", "detect-s3: warm start: available again after …s and … failed tries"),
         ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),

@@ -8,6 +8,7 @@ an outage and partition drops.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,12 +20,15 @@ import psycopg
 import pytest
 
 from shared import codec, keys, servers
+from shared.backoff import Backoff
 from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import Message, SinkRetry, publish
 from tests.conftest import server_dir
 from tests.factories import liq
+from tests.outages import RETRYING, Counted, outage_lines
+from writer import service as writer_service
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
 from writer.rows import EVENT_COLUMNS
@@ -409,3 +413,41 @@ def test_in_timescale_mode_the_writer_stores_rows_only_inside_the_databases_refr
     (stored,) = [b for b in sink.batches if not b.empty]
     assert [row[EVENT_ID] for row in stored.events] == ["d87"]
 
+
+
+def test_a_redis_outage_under_a_running_writer_is_two_lines_not_one_per_heartbeat(
+        tmp_path: Path, db: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(writer_service, "HEARTBEAT_S", 0.001)
+    server = servers.start_redis(tmp_path)
+
+    async def body() -> None:
+        nonlocal server
+        client = make_async_redis(server.url)
+        writer = Writer(client, settings(db), db, clock=FakeClock(NOW_MS), name="w1")
+        for consumer in writer.consumers:
+            consumer.backoff = Backoff(base_s=0.001, cap_s=0.002)
+        writer._heartbeat = heartbeat = Counted(writer._heartbeat)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(writer.run(stop))
+        await heartbeat.until(lambda h: h.ok >= 1)
+        server.stop()
+        await heartbeat.until(lambda h: h.failed >= 5)
+        server = servers.start_redis(tmp_path, port=server.port)
+        ok = heartbeat.ok
+        await heartbeat.until(lambda h: h.ok > ok)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await writer.aclose()
+        await client.aclose()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="writer.service"):
+            asyncio.run(body())
+    finally:
+        server.stop()
+    assert outage_lines(caplog, "writer.service") == [
+        ("WARNING", f"writer: heartbeat: unavailable {RETRYING}"),
+        ("INFO", "writer: heartbeat: available again after …s and … failed tries"),
+        ("INFO", "writer: 0 batches, 0 rows inserted, 0 upgraded to cascade, 0 cascade upserts, "
+                 "skipped {'insignificant': 0, 'expired': 0, 'invalid': 0}"),
+    ]
