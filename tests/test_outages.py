@@ -1,0 +1,211 @@
+"""Outages an operator meets, against real servers and real processes: a consumer killed with
+SIGKILL in the middle of a batch and another of its group taking its entries over (XAUTOCLAIM);
+Redis and PostgreSQL stopped and started again under running consumers. Every check is an
+exact count or sum: each event applied once, stored once, nothing left pending."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis as syncredis
+
+from aggregator.buckets import fold
+from aggregator.service import Aggregator, make_consumer
+from shared import keys
+from shared.models import Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import publish
+from tests.factories import liq
+from writer.config import WriterSettings
+from writer.migrate import migrate_dsn
+from writer.service import Writer
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+SHARDS = 4
+READ = 5
+"""Entries a consumer reads at once from each stream: the events are on two shard streams, so the
+killed one applied a first read of ``2 * READ`` and holds a second one."""
+
+# The doomed consumer: handles its first read, then holds the second (delivered to it, not acked)
+# and says so on stdout; the test kills it there with SIGKILL.
+DOOMED_AGGREGATOR = """
+import asyncio, sys
+from aggregator.service import Aggregator, make_consumer
+from shared.redisconn import make_async_redis
+
+async def main(url, shards, read):
+    client = make_async_redis(url)
+    aggregator = Aggregator(client)
+    consumer = make_consumer(client, shards, aggregator, name="doomed")
+    consumer.count = read
+    calls = 0
+    async def apply_then_hold(messages):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            print(len(messages), flush=True)
+            await asyncio.Event().wait()
+        await aggregator.handle(messages)
+    consumer.handler = apply_then_hold
+    await consumer.run_until_idle()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+"""
+
+# The doomed writer: commits its first read, then holds the second inside its transaction, its
+# rows inserted and not committed.
+DOOMED_WRITER = """
+import asyncio, sys
+from writer.config import WriterSettings
+from writer.service import Writer
+from shared.redisconn import make_async_redis
+
+async def main(url, dsn, shards, read):
+    client = make_async_redis(url)
+    settings = WriterSettings(pg_dsn=dsn, shards=shards, batch_age_ms=0, event_read_count=read)
+    writer = Writer(client, settings, dsn, name="doomed")
+    real = writer.sink._write_in_transaction
+    calls = 0
+    async def hold_in_transaction(conn, batch):
+        nonlocal calls
+        calls += 1
+        result = await real(conn, batch)
+        if calls == 2:
+            print(len(batch.events), flush=True)
+            await asyncio.Event().wait()
+        return result
+    writer.sink._write_in_transaction = hold_in_transaction
+    await writer.run_until_idle()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+def recent_events(n: int) -> list[Liquidation]:
+    """``n`` liquidations of the last minutes, every one significant (>= $100K), on two symbols."""
+    now = int(time.time() * 1000)
+    return [liq(symbol="BTCUSDT" if i % 2 else "ETHUSDT", price=67_000.0 + i if i % 2 else 3_400.0 + i,
+                quantity=(110_000.0 + 1_000 * i) / (67_000.0 + i if i % 2 else 3_400.0 + i),
+                side="long" if i % 3 else "short", timestamp_ms=now - 60_000 - 1_000 * i,
+                event_id=f"e{i}") for i in range(n)]
+
+
+def publish_events(url: str, events: list[Liquidation]) -> None:
+    async def run() -> None:
+        client = make_async_redis(url)
+        items = [(keys.event_stream(keys.shard_of(e.symbol, SHARDS)), e) for e in events]
+        await publish(client, items, keys.EVENT_STREAM_MAXLEN)
+        await client.aclose()
+    asyncio.run(run())
+
+
+@pytest.fixture
+def killed() -> Iterator[list[subprocess.Popen[str]]]:
+    """Child processes the test starts; any still running at the end are killed."""
+    children: list[subprocess.Popen[str]] = []
+    yield children
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def start_doomed(children: list[subprocess.Popen[str]], script: str, *args: str) -> int:
+    """Start a doomed consumer; returns the size of the batch it holds once it holds it."""
+    child = subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    children.append(child)
+    assert child.stdout is not None
+    line = child.stdout.readline()  # blocks until it holds its batch (or dies: then "")
+    assert line, f"the doomed consumer exited with {child.wait(timeout=10)} before holding a batch"
+    return int(line)
+
+
+def sigkill(child: subprocess.Popen[str]) -> None:
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
+
+
+def pending(r: syncredis.Redis, group: str) -> dict[str, int]:
+    """Per consumer with entries of ``group`` pending on the event streams, how many."""
+    out: dict[str, int] = {}
+    for stream in keys.event_streams(SHARDS):
+        if not r.exists(stream):
+            continue
+        info: Any = r.xpending(stream, group)
+        for consumer in info["consumers"]:
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            out[name] = out.get(name, 0) + int(consumer["pending"])
+    return out
+
+
+def test_an_aggregator_killed_mid_batch_is_taken_over_and_every_event_counted_once(
+        redis_url: str, r: syncredis.Redis, killed: list[subprocess.Popen[str]]) -> None:
+    events = recent_events(40)
+    publish_events(redis_url, events)
+    held = start_doomed(killed, DOOMED_AGGREGATOR, redis_url, str(SHARDS), str(READ))
+    sigkill(killed[0])
+    assert held == 2 * READ and pending(r, keys.AGGREGATOR_GROUP) == {"doomed": held}
+
+    async def take_over() -> tuple[int, int]:
+        client = make_async_redis(redis_url)
+        alive = make_consumer(client, SHARDS, Aggregator(client), name="alive")
+        alive.claim_idle_ms = 0  # stands for the dead consumer's entries idling past the claim time
+        handled = await alive.run_until_idle()
+        await client.aclose()
+        return handled, alive.stats.claimed
+
+    assert asyncio.run(take_over()) == (len(events) - held, held)
+    assert pending(r, keys.AGGREGATOR_GROUP) == {}
+    for key, delta in fold(events).items():
+        stored = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}  # type: ignore[union-attr]
+        assert {f: int(stored[f]) for f in delta.counts} == delta.counts, key
+        assert {f: float(stored[f]) for f in delta.sums} == pytest.approx(delta.sums, rel=1e-12), key
+
+
+def test_a_writer_killed_inside_its_transaction_is_taken_over_and_every_row_stored_once(
+        redis_url: str, r: syncredis.Redis, pg_dsn: str, killed: list[subprocess.Popen[str]]) -> None:
+    migrate_dsn(pg_dsn, "native")
+    events = recent_events(40)
+    publish_events(redis_url, events)
+    held = start_doomed(killed, DOOMED_WRITER, redis_url, pg_dsn, str(SHARDS), str(READ))
+    assert held == 2 * READ and stored(pg_dsn)[0] == 2 * READ, "the first read only is committed"
+    sigkill(killed[0])
+    assert pending(r, keys.WRITER_GROUP) == {"doomed": held}
+
+    async def take_over() -> int:
+        client = make_async_redis(redis_url)
+        settings = WriterSettings(pg_dsn=pg_dsn, shards=SHARDS, batch_age_ms=0, event_read_count=READ)
+        alive = Writer(client, settings, pg_dsn, name="alive")
+        for consumer in alive.consumers:
+            consumer.claim_idle_ms = 0
+        handled = await alive.run_until_idle()
+        await alive.aclose()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(take_over()) == len(events) - held
+    assert pending(r, keys.WRITER_GROUP) == {}
+    assert stored(pg_dsn) == (40, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))
+
+
+def stored(dsn: str) -> tuple[int, float]:
+    """Distinct events stored (a duplicate row would fail the count) and their total value."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(DISTINCT event_id), count(*), coalesce(sum(value_usd), 0) "
+                           "FROM liquidations_significant").fetchone()
+    assert row is not None and row[0] == row[1], "an event stored twice"
+    return int(row[0]), float(row[2])
