@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,12 @@ import redis as syncredis
 
 from aggregator.buckets import fold
 from aggregator.service import Aggregator, make_consumer
-from shared import keys
+from shared import keys, servers
+from shared.backoff import Backoff
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
-from shared.streams import publish
+from shared.streams import StreamConsumer, publish
+from tests.conftest import server_dir
 from tests.factories import liq
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
@@ -170,10 +173,7 @@ def test_an_aggregator_killed_mid_batch_is_taken_over_and_every_event_counted_on
 
     assert asyncio.run(take_over()) == (len(events) - held, held)
     assert pending(r, keys.AGGREGATOR_GROUP) == {}
-    for key, delta in fold(events).items():
-        stored = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}  # type: ignore[union-attr]
-        assert {f: int(stored[f]) for f in delta.counts} == delta.counts, key
-        assert {f: float(stored[f]) for f in delta.sums} == pytest.approx(delta.sums, rel=1e-12), key
+    assert_aggregated_once(r, events)
 
 
 def test_a_writer_killed_inside_its_transaction_is_taken_over_and_every_row_stored_once(
@@ -209,3 +209,133 @@ def stored(dsn: str) -> tuple[int, float]:
                            "FROM liquidations_significant").fetchone()
     assert row is not None and row[0] == row[1], "an event stored twice"
     return int(row[0]), float(row[2])
+
+
+class Progress:
+    """Entries a running consumer's handler committed, and its failures: a test awaits counts."""
+
+    def __init__(self) -> None:
+        self.handled = 0
+        self.failed = 0
+        self.changed = asyncio.Condition()
+
+    def counting(self, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """``handler`` (its batch first), counting what it commits."""
+        async def handle(messages: list[Any], *more: Any) -> None:
+            try:
+                await handler(messages, *more)
+            except Exception:
+                self.failed += 1
+                raise
+            else:
+                self.handled += len(messages)
+            finally:
+                async with self.changed:
+                    self.changed.notify_all()
+        return handle
+
+    async def until(self, predicate: Callable[[Progress], bool]) -> None:
+        async with asyncio.timeout(60), self.changed:
+            await self.changed.wait_for(lambda: predicate(self))
+
+
+def test_redis_and_postgresql_restarted_under_running_consumers_lose_and_repeat_nothing(
+        tmp_path: Path) -> None:
+    """Redis stopped and started again (its data kept, as under ``liq up``) while the aggregator
+    and the writer wait on their streams; then PostgreSQL stopped between two transactions of
+    the writer's batch, and started again. Every event is counted once in the hashes and stored
+    once in the table, and nothing is left pending."""
+    redis_server = servers.start_redis(tmp_path / "redis", persistent=True)
+    pg_base = server_dir("outages")
+    pg_server = servers.start_postgres(pg_base)
+    migrate_dsn(pg_server.dsn, "native")
+    events = recent_events(60)
+
+    async def run() -> Writer:
+        nonlocal redis_server, pg_server
+        client = make_async_redis(redis_server.url)
+        aggregated, written = Progress(), Progress()
+        aggregator = make_consumer(client, SHARDS, Aggregator(client), name="a1")
+        aggregator.handler = aggregated.counting(aggregator.handler)
+        settings = WriterSettings(pg_dsn=pg_server.dsn, shards=SHARDS, batch_age_ms=0, batch_size=7)
+        writer = Writer(client, settings, pg_server.dsn, name="w1")
+        writer.handle = written.counting(writer.handle)  # type: ignore[assignment,method-assign]
+        for consumer in [aggregator, *writer.consumers]:
+            consumer.backoff = Backoff(base_s=0.001, cap_s=0.01)
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(aggregator.run(stop)), asyncio.create_task(writer.run(stop))]
+        await asyncio.to_thread(publish_events, redis_server.url, events[:20])
+        await aggregated.until(lambda p: p.handled == 20)
+        await written.until(lambda p: p.handled == 20)
+
+        redis_server.stop()
+        await asyncio.wait_for(retried(aggregator, *writer.consumers), 30)
+        redis_server = servers.start_redis(tmp_path / "redis", port=redis_server.port, persistent=True)
+        await asyncio.to_thread(publish_events, redis_server.url, events[20:40])
+        await aggregated.until(lambda p: p.handled == 40)
+        await written.until(lambda p: p.handled == 40)
+
+        stop_postgres_at_the_second_transaction(writer, pg_server)
+        await asyncio.to_thread(publish_events, redis_server.url, events[40:])
+        await aggregated.until(lambda p: p.handled == 60)
+        await written.until(lambda p: p.failed >= 3)
+        pg_server = servers.start_postgres(pg_base, port=pg_server.port)
+        await written.until(lambda p: p.handled == 60)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        await writer.aclose()
+        await client.aclose()
+        return writer
+
+    try:
+        stats = asyncio.run(run()).sink.stats
+        r = syncredis.Redis.from_url(redis_server.url)
+        assert pending(r, keys.AGGREGATOR_GROUP) == {} and pending(r, keys.WRITER_GROUP) == {}
+        assert_aggregated_once(r, events)
+        r.close()
+        assert stored(pg_server.dsn) == (60, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))
+        # The read's first transaction had committed before PostgreSQL stopped: its retry found
+        # those rows stored (one replayed batch) and inserted none of them again.
+        assert (stats.inserted, stats.replayed_batches) == (60, 1)
+    finally:
+        redis_server.stop()
+        pg_server.stop()
+        shutil.rmtree(pg_base, ignore_errors=True)
+
+
+async def retried(*consumers: StreamConsumer[Any]) -> None:
+    """Until each of ``consumers`` has failed and is backing off (awaited, not polled)."""
+    events = []
+    for consumer in consumers:
+        retry = asyncio.Event()
+        real = consumer.backoff.next_delay
+
+        def next_delay(real: Callable[[], float] = real, retry: asyncio.Event = retry) -> float:
+            retry.set()
+            return real()
+
+        consumer.backoff.next_delay = next_delay  # type: ignore[method-assign]
+        events.append(retry)
+    await asyncio.gather(*(e.wait() for e in events))
+
+
+def stop_postgres_at_the_second_transaction(writer: Writer, server: servers.PostgresServer) -> None:
+    """The writer's next read commits its first transaction; PostgreSQL stops before its second."""
+    real = writer.sink.write
+    calls = 0
+
+    async def write(batch: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            server.stop()
+        return await real(batch)
+
+    writer.sink.write = write  # type: ignore[method-assign]
+
+
+def assert_aggregated_once(r: syncredis.Redis, events: list[Liquidation]) -> None:
+    for key, delta in fold(events).items():
+        stored_ = {k.decode(): v.decode() for k, v in r.hgetall(key).items()}  # type: ignore[union-attr]
+        assert {f: int(stored_[f]) for f in delta.counts} == delta.counts, key
+        assert {f: float(stored_[f]) for f in delta.sums} == pytest.approx(delta.sums, rel=1e-12), key
