@@ -285,16 +285,18 @@ class Collector:
     async def _connection_loop(self, plan: ConnectionPlan, stop: asyncio.Event) -> None:
         backoff = Backoff()
         venue = self.config.venue.name
+        outage = Outage(f"{venue}[{plan.label}]", logger)
         while not stop.is_set():
             opened_at = time.monotonic()
+            failure: BaseException | str = "closed by server"
             try:
-                await self._session(plan)
-                reason = "closed by server"
+                await self._session(plan, outage)
             except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:300]
+                failure = exc
             except Exception as exc:  # a bug: logged whole, and the connection is opened again
                 logger.exception("%s[%s]: connection failed", venue, plan.label)
-                reason = f"{type(exc).__name__}: {exc}"[:300]
+                failure = exc
+            reason = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"[:300]
             self.health.disconnected(plan.label, reason)
             await self._notify()
             VENUE_CONNECTED.labels(venue, plan.label).set(0)
@@ -302,12 +304,11 @@ class Collector:
             if time.monotonic() - opened_at > HEALTHY_AFTER_S:
                 backoff.reset()
             delay = backoff.next_delay()
-            logger.warning("%s[%s]: disconnected (%s); reconnecting in %.1fs",
-                           venue, plan.label, reason, delay)
+            outage.down(failure, delay)  # logged when the connection is lost, not at every retry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _session(self, plan: ConnectionPlan) -> None:
+    async def _session(self, plan: ConnectionPlan, outage: Outage) -> None:
         session = plan.new_session()
         spec = self.config.venue
         app_pings = session.heartbeat() is not None
@@ -320,7 +321,9 @@ class Collector:
             self.health.connected(plan.label, self.config.clock.now_ms())
             await self._notify()
             VENUE_CONNECTED.labels(spec.name, plan.label).set(1)
-            logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
+            if outage.since is None:
+                logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
+            outage.up()
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
             # A venue that answers every application ping (``answers_pings``): no frame at all for
             # a few pings means a dead connection that TCP has not noticed. Others may be quiet

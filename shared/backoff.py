@@ -46,17 +46,19 @@ class Outage:
     failures: int = 0
     monotonic: Callable[[], float] = time.monotonic
 
-    def down(self, exc: BaseException, delay: float) -> None:
-        """A try failed with ``exc``; the next one is in ``delay`` seconds."""
-        cause = type(exc).__name__
+    def down(self, exc: BaseException | str, delay: float) -> None:
+        """A try failed with ``exc`` (or for the reason given as text); the next one is in
+        ``delay`` seconds."""
+        cause = exc if isinstance(exc, str) else type(exc).__name__
+        said = exc if isinstance(exc, str) else f"{cause}: {exc}"
         self.failures += 1
         if self.since is not None and cause == self.cause:
             self.log.debug("%s: still failing (%s); next try in %.1fs", self.what, exc, delay)
             return
         self.since = self.since if self.since is not None else self.monotonic()
         self.cause = cause
-        self.log.warning("%s: unavailable (%s: %s); retrying with backoff (first in %.1fs), logged "
-                         "again when it works", self.what, cause, exc, delay)
+        self.log.warning("%s: unavailable (%s); retrying with backoff (first in %.1fs), logged "
+                         "again when it works", self.what, said, delay)
 
     def up(self) -> None:
         """A try succeeded (cheap when there was no outage)."""

@@ -701,3 +701,39 @@ def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
         "binance_usdm: redis: available again … failed tries",
         "binance_usdm: spool published; back to the in-memory queue",
     ]
+
+
+def test_a_venue_that_refuses_connections_is_logged_once_when_down_and_once_when_back(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a line per reconnect attempt: a venue down for an hour would otherwise log one every
+    30 s per connection."""
+    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.002))
+
+    async def run() -> str:
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            collector = Collector(CollectorConfig(
+                venue=load_venue("bybit"), redis=make_async_redis(redis_url), shards=SHARDS,
+                base_url=exchange.urls["bybit"], symbols=["BTCUSDT"]))
+            async with _running(collector):
+                await exchange.wait_subscribed("bybit", 1)
+                await exchange.refuse("bybit")
+                await collector.wait_until(lambda c: c.health.reconnects >= 6)
+                exchange.accept("bybit")
+                await collector.wait_until(lambda c: bool(c.health.connections_up))
+            return collector.plans[0].label
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        label = asyncio.run(run())
+
+    def vague(line: str) -> str:  # the cause's class stays
+        line = re.sub(r"\((\w+)[^;]*\); retrying with backoff \(.*?\)", r"(\1 …); retrying with backoff (…)",
+                      line)
+        return re.sub(r"after \d+s and \d+|to ws://.*", "…", line)
+    lines = [vague(r.getMessage()) for r in caplog.records if r.getMessage().startswith(f"bybit[{label}]")]
+    again = "retrying with backoff (…), logged again when it works"
+    assert lines == [  # dropped, then refused: two causes, a line each
+        f"bybit[{label}]: connected …",
+        f"bybit[{label}]: unavailable (ConnectionClosedError …); {again}",
+        f"bybit[{label}]: unavailable (InvalidStatus …); {again}",
+        f"bybit[{label}]: available again … failed tries",
+    ]
