@@ -3,9 +3,10 @@
 Delivery semantics (at-least-once):
 
 1. ``ensure_groups`` creates each group idempotently (``BUSYGROUP`` is success). A group
-   found missing later (``NOGROUP``: Redis restarted without its data, or lost the key) is
-   created again before the next read, from the stream's start, so what the collectors publish
-   after such a restart is read instead of the consumer retrying forever.
+   found missing later (``NOGROUP``: Redis restarted without its data, or lost the group) is
+   created again before the next read, after the last entry this consumer read from the
+   stream: a stream lost with its group is read from the entries the collectors publish after
+   the restart (their ids are newer), and a stream kept without its group is not read again.
 2. On start, a consumer first re-reads its own pending entries (ID ``0``), then new ones (``>``).
 3. The handler's side effect must be committed when it returns; only then are the entries
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
@@ -174,6 +175,8 @@ class StreamConsumer(Generic[T]):
     they are delivered again."""
     _groups_lost: bool = False
     """A command answered NOGROUP: the groups are created again before the next read."""
+    _last_read: dict[str, str] = field(default_factory=dict)
+    """Per stream, the newest entry read (with ``>``): where a lost group is created again."""
     _outage: Outage = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,7 +186,8 @@ class StreamConsumer(Generic[T]):
     async def ensure_groups(self) -> None:
         for stream in self.streams:
             try:
-                await self.redis.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+                await self.redis.xgroup_create(stream, self.group, mkstream=True,
+                                               id=self._last_read.get(stream, self.start_id))
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -233,9 +237,8 @@ class StreamConsumer(Generic[T]):
         if self._groups_lost:
             await self.ensure_groups()
             self._groups_lost = False
-            logger.warning("%s: group %s was missing on %s (Redis lost its data?); created again, "
-                           "reading from the streams' start", self.component, self.group,
-                           ", ".join(self.streams))
+            logger.warning("%s: group %s was missing on %s (Redis lost its data?); created again "
+                           "after the last entry read", self.component, self.group, ", ".join(self.streams))
         if await self._claim_if_due():
             return True
         now = time.monotonic()
@@ -256,6 +259,8 @@ class StreamConsumer(Generic[T]):
             return True
         if not entries:
             return False
+        if not self._pending_first:
+            self._last_read.update((stream, entry_id) for stream, entry_id, _ in entries)
         await self._handle(entries)
         return True
 

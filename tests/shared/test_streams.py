@@ -618,3 +618,39 @@ def test_an_outage_is_one_line_when_it_begins_and_one_when_it_ends_not_one_per_r
                     "connection refused); retrying with backoff (first in 0.0s), logged again when it works"),
         ("INFO", f"test on {STREAM}: available again after Ns and 6 failed tries"),
     ]
+
+
+def test_a_group_lost_while_its_stream_is_kept_resumes_after_the_last_entry_read(redis_url: str,
+                                                                                  r: syncredis.Redis) -> None:
+    """XGROUP DESTROY, or a Redis that kept the stream and not the group: the group is created
+    again after the last entry this consumer read, not at the stream's start, which would hand
+    every entry still in the stream to the handler a second time (the aggregator would count
+    them twice)."""
+    got: list[Liquidation] = []
+    changed = asyncio.Condition()
+
+    async def handler(batch: list[Message[Liquidation]]) -> None:
+        got.extend(m.value for m in batch)
+        async with changed:
+            changed.notify_all()
+
+    async def run() -> None:
+        before = await _seed(redis_url, 3)
+        client = make_async_redis(redis_url)
+        consumer = _consumer(client, handler, block_ms=50)
+        consumer.backoff = backoff = SignallingBackoff()
+        stop = asyncio.Event()
+        task = asyncio.create_task(consumer.run(stop))
+        await _handled(got, changed, 3)
+        r.xgroup_destroy(STREAM, "g")
+        await asyncio.wait_for(backoff.retried.wait(), 30)
+        after = [liq(timestamp_ms=1_700_000_001_000 + i, quantity=10 + i) for i in range(2)]
+        await publish(client, [(STREAM, x) for x in after], keys.EVENT_STREAM_MAXLEN)
+        await _handled(got, changed, 5)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        assert got == before + after
+
+    asyncio.run(run())
+    assert _pending(redis_url) == 0
