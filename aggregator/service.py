@@ -29,8 +29,9 @@ def consumer_name() -> str:
 
 
 SERVER_STATES = frozenset({"OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN",
-                           "CLUSTERDOWN", "NOSCRIPT"})
-"""Error codes that say what state Redis is in (retried), not what the data is."""
+                           "CLUSTERDOWN", "NOSCRIPT", "NOGROUP"})
+"""Error codes that say what state Redis is in (retried), not what the data is. NOGROUP: the
+group is gone (Redis restarted without its data): the consumer loop creates it again."""
 
 WRONG_TYPE = "LIQWRONGTYPE"
 """The script's error when a hash key holds another type, or a field a value that is not a

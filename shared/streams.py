@@ -4,7 +4,7 @@ Delivery semantics (at-least-once):
 
 1. ``ensure_groups`` creates each group idempotently (``BUSYGROUP`` is success). A group
    found missing later (``NOGROUP``: Redis restarted without its data, or lost the group) is
-   created again before the next read, after the last entry this consumer read from the
+   created again before the next read, after the last entry this consumer handled from the
    stream: a stream lost with its group is read from the entries the collectors publish after
    the restart (their ids are newer), and a stream kept without its group is not read again.
 2. On start, a consumer first re-reads its own pending entries (ID ``0``), then new ones (``>``).
@@ -175,8 +175,8 @@ class StreamConsumer(Generic[T]):
     they are delivered again."""
     _groups_lost: bool = False
     """A command answered NOGROUP: the groups are created again before the next read."""
-    _last_read: dict[str, str] = field(default_factory=dict)
-    """Per stream, the newest entry read (with ``>``): where a lost group is created again."""
+    _last_handled: dict[str, str] = field(default_factory=dict)
+    """Per stream, the newest entry handled: where a lost group is created again."""
     _outage: Outage = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,7 +187,7 @@ class StreamConsumer(Generic[T]):
         for stream in self.streams:
             try:
                 await self.redis.xgroup_create(stream, self.group, mkstream=True,
-                                               id=self._last_read.get(stream, self.start_id))
+                                               id=self._last_handled.get(stream, self.start_id))
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -235,10 +235,7 @@ class StreamConsumer(Generic[T]):
     async def _step(self, block: bool) -> bool:
         """Read and handle one batch; returns False when there was nothing to do."""
         if self._groups_lost:
-            await self.ensure_groups()
-            self._groups_lost = False
-            logger.warning("%s: group %s was missing on %s (Redis lost its data?); created again "
-                           "after the last entry read", self.component, self.group, ", ".join(self.streams))
+            await self._recreate_groups()
         if await self._claim_if_due():
             return True
         now = time.monotonic()
@@ -259,10 +256,16 @@ class StreamConsumer(Generic[T]):
             return True
         if not entries:
             return False
-        if not self._pending_first:
-            self._last_read.update((stream, entry_id) for stream, entry_id, _ in entries)
         await self._handle(entries)
+        if start_ids == ">":  # newer than any pending entry handled since
+            self._last_handled.update((stream, entry_id) for stream, entry_id, _ in entries)
         return True
+
+    async def _recreate_groups(self) -> None:
+        await self.ensure_groups()
+        self._groups_lost = False
+        logger.warning("%s: group %s was missing on %s (Redis lost its data?); created again after "
+                       "the last entry handled", self.component, self.group, ", ".join(self.streams))
 
     async def _claim_if_due(self) -> bool:
         now = time.monotonic()

@@ -131,3 +131,35 @@ def test_a_batch_another_consumer_claimed_and_applied_is_not_applied_again(redis
     assert asyncio.run(run()) == (3, 0)
     assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "3", "each event once"
     assert r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP)["pending"] == 0
+
+
+def test_a_group_lost_before_the_batch_is_applied_is_retried_not_dead_lettered(redis_url: str) -> None:
+    """The group vanished between the read and the script (Redis restarted, XGROUP DESTROY): the
+    script's XCLAIM answers NOGROUP. That is Redis's state, not the data's: nothing is
+    dead-lettered, and once the group is created again every event is counted once."""
+    events = [liq(quantity=1.0, timestamp_ms=1_729_512_000_000 + k, event_id=f"e{k}") for k in range(3)]
+    stream = keys.event_stream(0)
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        await publish(client, [(stream, e) for e in events], keys.EVENT_STREAM_MAXLEN)
+        aggregator = Aggregator(client)
+        consumer = make_consumer(client, 1, aggregator, name="a1")
+
+        async def group_lost_first(messages: list[Message[Liquidation]]) -> None:
+            consumer.handler = aggregator.handle
+            r.xgroup_destroy(stream, keys.AGGREGATOR_GROUP)
+            await aggregator.handle(messages)
+
+        consumer.handler = group_lost_first
+        with pytest.raises(syncredis.ResponseError, match="NOGROUP"):
+            await consumer.run_until_idle()
+        handled = await consumer.run_until_idle()  # what the loop's retry does: the group again
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 3
+    assert r.exists(keys.dead_letter_stream(stream)) == 0
+    assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "3", "each event once"
+    assert r.xpending(stream, keys.AGGREGATOR_GROUP)["pending"] == 0
