@@ -104,6 +104,9 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     binary: str
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -193,6 +196,13 @@ class PostgresServer:
 
     def _cmd(self, *args: str) -> list[str]:
         return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
+
+    def alive(self) -> bool:
+        """False only when pg_ctl says no server runs on the data (a check that fails says nothing)."""
+        try:
+            return _pg_running(self, self.data_dir / "data")
+        except (OSError, subprocess.SubprocessError):
+            return True
 
     def stop(self) -> None:
         pg_ctl = str(self.bin_dir / "pg_ctl")

@@ -8,7 +8,9 @@
 4. One OS process per job (``liq collect <venue>`` for each venue, ``liq detect``,
    ``liq aggregate``, ``liq write``), each restarted with backoff if it dies. Their output is
    printed with a name prefix, as honcho does.
-5. Ctrl-C (or ``--for SECONDS``) stops every child with SIGTERM (SIGKILL after a grace
+5. An embedded server that dies (the OOM killer, a crash) is started again, with backoff, on
+   the same port and data: the processes, which wait out outages, carry on by themselves.
+6. Ctrl-C (or ``--for SECONDS``) stops every child with SIGTERM (SIGKILL after a grace
    period), then the servers. The URLs in use are written to ``.liq/up.json`` so that
    ``liq status`` finds a running system.
 """
@@ -24,14 +26,16 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 import click
 
 from shared import logs
-from shared.backoff import Backoff
+from shared.backoff import Backoff, Outage
+from shared.errors import ServerError
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load
@@ -54,6 +58,60 @@ class Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     backoff: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, cap_s=30.0))
+
+
+class Server(Protocol):
+    def alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Server)
+
+
+@dataclass
+class Watched(Generic[S]):
+    """An embedded server ``liq up`` started, started again by ``start`` when it dies."""
+
+    name: str
+    server: S
+    start: Callable[[], S]
+    every_s: float = 2.0
+    """How often it is checked."""
+    restarts: int = 0
+    backoff: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, cap_s=30.0))
+    restarted: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after each restart (tests await it)."""
+
+    async def keep(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: check the server every ``every_s``, start it again when it is dead."""
+        while not await _stopped_within(stop, self.every_s):
+            if not await asyncio.to_thread(self.server.alive):
+                await self._start_again(stop)
+
+    async def _start_again(self, stop: asyncio.Event) -> None:
+        self.restarts += 1
+        logger.warning("%s stopped unexpectedly; starting it again (restart %d)", self.name, self.restarts)
+        outage = Outage(f"starting {self.name}", logger)
+        while not stop.is_set():
+            try:
+                self.server = await asyncio.to_thread(self.start)
+            except ServerError as exc:
+                delay = self.backoff.next_delay()
+                outage.down(exc, delay)
+                await _stopped_within(stop, delay)
+                continue
+            self.backoff.reset()
+            logger.info("%s is back", self.name)
+            self.restarted.set()
+            return
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds``, cut short by ``stop``; True when stopped."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
 
 
 def liq_command(*args: str) -> list[str]:
@@ -108,12 +166,15 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    redis_server: RedisServer | None = None
-    pg_server: PostgresServer | None = None
+    embedded: list[Watched[Any]] = []
+    keepers: list[asyncio.Task[None]] = []
     children: list[Child] = []
     try:
         redis_url, redis_server = _redis(data_dir, settings.embedded_redis_port)
+        embedded += [redis_server] if redis_server is not None else []
         pg_dsn, pg_server = _postgres(data_dir, settings.embedded_pg_port)
+        embedded += [pg_server] if pg_server is not None else []
+        keepers = [asyncio.create_task(server.keep(stop)) for server in embedded]
         env = {**os.environ, "LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn,
                "LIQ_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         migrated = await _run_once("migrate", liq_command("migrate"), env, stop)
@@ -141,27 +202,29 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         return 0
     finally:
         await _stop_children(children)
-        if pg_server is not None:
-            pg_server.stop()
-        if redis_server is not None:
-            redis_server.stop()
+        stop.set()  # the keepers end (a restart in progress first), then their servers stop
+        await asyncio.gather(*keepers, return_exceptions=True)
+        for server in reversed(embedded):
+            server.server.stop()
         with contextlib.suppress(FileNotFoundError):
             (data_dir / UP_FILE).unlink()
         logger.info("all stopped")
 
 
-def _redis(data_dir: Path, port: int) -> tuple[str, RedisServer | None]:
+def _redis(data_dir: Path, port: int) -> tuple[str, Watched[RedisServer] | None]:
     if os.environ.get("LIQ_REDIS_URL"):
         return os.environ["LIQ_REDIS_URL"], None
     server = start_redis(data_dir / "redis", port=port, persistent=True)
-    return server.url, server
+    return server.url, Watched("redis", server, lambda: start_redis(data_dir / "redis", port=server.port,
+                                                                    persistent=True))
 
 
-def _postgres(data_dir: Path, port: int) -> tuple[str, PostgresServer | None]:
+def _postgres(data_dir: Path, port: int) -> tuple[str, Watched[PostgresServer] | None]:
     if os.environ.get("LIQ_PG_DSN"):
         return os.environ["LIQ_PG_DSN"], None
     server = start_postgres(data_dir / "pg", port=port, durable=True)
-    return server.dsn, server
+    return server.dsn, Watched("postgresql", server, lambda: start_postgres(data_dir / "pg", port=server.port,
+                                                                            durable=True))
 
 
 def _pipeline_children(venues: list[str], env: dict[str, str]) -> list[Child]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 from pathlib import Path
 
 import psycopg
@@ -9,7 +13,8 @@ import pytest
 import redis
 
 from shared import servers
-from shared.servers import start_postgres, start_redis
+from shared.backoff import Backoff
+from shared.servers import RedisServer, start_postgres, start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +174,70 @@ def test_a_redis_that_exits_before_listening_fails_at_once_with_its_exit_code(tm
     with mock.patch.object(servers, "redis_binary", return_value="/bin/false"), \
             pytest.raises(ServerError, match="exited with code 1 before listening"):
         servers.start_redis(tmp_path / "redis")
+
+
+def test_an_embedded_redis_killed_under_liq_up_is_started_again_on_its_port_with_its_data(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The OOM killer took the embedded redis-server: ``liq up`` starts it again, where every
+    process connects, instead of leaving the pipeline retrying against nothing until a human
+    restarts it."""
+    from shared.up import Watched
+
+    data_dir = tmp_path / "redis"
+    first = start_redis(data_dir, persistent=True)
+    client = redis.Redis.from_url(first.url)
+    client.set("kept", "1")  # in the append-only file before the reply (fsync aside, which a kill spares)
+    client.close()
+
+    async def run() -> Watched[RedisServer]:
+        watched = Watched("redis", first, lambda: start_redis(data_dir, port=first.port, persistent=True),
+                          every_s=0.01)
+        stop = asyncio.Event()
+        task = asyncio.create_task(watched.keep(stop))
+        os.kill(first.process.pid, signal.SIGKILL)
+        await asyncio.wait_for(watched.restarted.wait(), 30)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return watched
+
+    with caplog.at_level(logging.INFO, logger="up"):
+        watched = asyncio.run(run())
+    try:
+        again = redis.Redis.from_url(watched.server.url)
+        assert (watched.restarts, watched.server.port, again.get("kept")) == (1, first.port, b"1")
+        again.close()
+    finally:
+        watched.server.stop()
+    assert [r.getMessage() for r in caplog.records if r.name == "up"] == [
+        "redis stopped unexpectedly; starting it again (restart 1)", "redis is back"]
+
+
+def test_an_embedded_postgresql_killed_under_liq_up_is_started_again_on_its_port_with_its_data(
+        reachable_dir: Path) -> None:
+    from shared.up import Watched
+
+    base = reachable_dir / "pg"
+    first = start_postgres(base, durable=True)
+    with psycopg.connect(first.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+    postmaster = int((first.data_dir / "data" / "postmaster.pid").read_text().split()[0])
+
+    async def run() -> Watched[servers.PostgresServer]:
+        watched = Watched("postgresql", first, lambda: start_postgres(base, port=first.port, durable=True),
+                          every_s=0.01, backoff=Backoff(base_s=0.05, cap_s=0.2))
+        stop = asyncio.Event()
+        task = asyncio.create_task(watched.keep(stop))
+        os.kill(postmaster, signal.SIGKILL)
+        await asyncio.wait_for(watched.restarted.wait(), 60)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return watched
+
+    watched = asyncio.run(run())
+    try:
+        with psycopg.connect(watched.server.dsn) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+        assert (watched.restarts, watched.server.port) == (1, first.port)
+    finally:
+        watched.server.stop()
