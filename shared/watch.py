@@ -190,19 +190,24 @@ R = TypeVar("R")
 
 
 def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None) -> R | None:
-    """``read()``; while following, a Redis outage is waited out (with backoff, a line on
-    stderr per retry) instead of ending the watch. None when ``stop`` was set meanwhile."""
+    """``read()``; while following, a Redis outage is waited out (with backoff; a line on
+    stderr when it begins, one when it ends) instead of ending the watch. None when ``stop``
+    was set meanwhile."""
     backoff = Backoff(base_s=0.5, cap_s=10.0)
     while True:
         try:
-            return read()
+            value = read()
         except (RedisError, OSError) as exc:
             if not follow:
                 raise
-            delay = backoff.next_delay()
-            click.echo(f"redis unavailable ({exc}); retrying in {delay:.1f}s", err=True)
-            if (stop or threading.Event()).wait(delay):  # a pause, cut short by a stop
+            if not backoff.attempts:
+                click.echo(f"redis unavailable ({exc}); retrying with backoff", err=True)
+            if (stop or threading.Event()).wait(backoff.next_delay()):  # a pause, cut short by a stop
                 return None
+            continue
+        if backoff.attempts:
+            click.echo(f"redis available again after {backoff.attempts} failed tries", err=True)
+        return value
 
 
 # -- command line ---------------------------------------------------------------------------------

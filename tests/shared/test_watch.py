@@ -242,6 +242,25 @@ def test_a_redis_outage_is_waited_out_while_following(monkeypatch: pytest.Monkey
     assert watch_module._retrying(read, True, stopped) is None
 
 
+def test_a_redis_outage_while_following_is_one_line_when_it_begins_and_one_when_it_ends(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from shared import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.001))
+    failures = [syncredis.ConnectionError("Connection refused")] * 5
+
+    def read() -> str:
+        if failures:
+            raise failures.pop()
+        return "read"
+
+    assert watch_module._retrying(read, True, threading.Event()) == "read"
+    assert capsys.readouterr().err.splitlines() == [
+        "redis unavailable (Connection refused); retrying with backoff",
+        "redis available again after 5 failed tries",
+    ]
+
+
 def test_webhook_survives_a_bad_status_line_and_any_failure_nobody_foresaw() -> None:
     import socketserver
 
