@@ -30,6 +30,9 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
     compress_after_days: int = 7
     partitions_ahead_days: int = 2
     janitor_interval_s: float = 3600.0
+    db_timeout_s: float = 60.0
+    """Longest wait for the database to take a batch: past it, the connection is given up (a
+    host that hangs, a network path that died without a reset) and the batch retried."""
     level_sizes: dict[str, float] = {}
     """``LIQ_LEVEL_SIZES`` (shared with the aggregator): price-level sizes per base asset."""
 
@@ -46,6 +49,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         _at_least("compress_after_days", self.compress_after_days, 1)
         _at_least("partitions_ahead_days", self.partitions_ahead_days, 0)
         _at_least("janitor_interval_s", self.janitor_interval_s, 1)
+        _at_least("db_timeout_s", self.db_timeout_s, 0.1)
         _at_least("significant_usd", self.significant_usd, 0)
         check_level_sizes(self.level_sizes)
         for symbol, usd in self.significant_usd_by_symbol.items():

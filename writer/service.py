@@ -57,7 +57,7 @@ class Writer:
         self.redis = redis
         self.settings = settings
         self.clock = clock
-        self.sink = DatabaseSink(dsn)
+        self.sink = DatabaseSink(dsn, settings.db_timeout_s)
         self.rules = SignificanceRules.from_settings(settings)
         self.level_sizes = level_sizes(settings.level_sizes)
         self.batcher = Batcher(settings.batch_age_ms, clock)

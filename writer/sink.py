@@ -23,6 +23,7 @@ consumer isolates and dead-letters the row instead of retrying it forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -71,8 +72,10 @@ class NotMigrated(psycopg.Error):
 class DatabaseSink:
     """Owns the writer's connection; reconnects lazily after a failure."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, timeout_s: float = 60.0) -> None:
         self.dsn = dsn
+        self.timeout_s = timeout_s
+        """Longest wait for a batch's write: past it the connection is given up and closed."""
         self.conn: Conn | None = None
         self.mode: Mode | None = None
         self.refresh_window_days: float | None = None
@@ -133,11 +136,15 @@ class DatabaseSink:
         if batch.empty:
             return WriteResult()
         try:
-            conn = await self.connect()
-            if self.mode == "native":
-                await self._ensure_partitions(conn, batch.days)
-            async with conn.transaction():
-                result = await self._write_in_transaction(conn, batch)
+            async with asyncio.timeout(self.timeout_s):
+                conn = await self.connect()
+                if self.mode == "native":
+                    await self._ensure_partitions(conn, batch.days)
+                async with conn.transaction():
+                    result = await self._write_in_transaction(conn, batch)
+        except TimeoutError as exc:
+            await self._fail(exc)
+            raise SinkRetry(f"database did not answer within {self.timeout_s:g}s; connecting again") from exc
         except psycopg.Error as exc:
             await self._fail(exc)
             if refuses_the_data(exc):
@@ -213,10 +220,10 @@ class DatabaseSink:
         """Drop cached partition days that retention removed (the janitor calls this)."""
         self.known_days = {d for d in self.known_days if d >= cutoff}
 
-    async def _fail(self, exc: psycopg.Error) -> None:
+    async def _fail(self, exc: psycopg.Error | TimeoutError) -> None:
         self.stats.failures += 1
         ERRORS.labels(COMPONENT, type(exc).__name__).inc()
-        if isinstance(exc, psycopg.OperationalError | NotMigrated) or (
+        if isinstance(exc, psycopg.OperationalError | NotMigrated | TimeoutError) or (
                 self.conn is not None and self.conn.broken):
             await self.aclose()
             self.known_days.clear()

@@ -451,3 +451,80 @@ def test_a_redis_outage_under_a_running_writer_is_two_lines_not_one_per_heartbea
         ("INFO", "writer: 0 batches, 0 rows inserted, 0 upgraded to cascade, 0 cascade upserts, "
                  "skipped {'insignificant': 0, 'expired': 0, 'invalid': 0}"),
     ]
+
+
+class FreezingProxy:
+    """A TCP relay to PostgreSQL whose open connections can be frozen: bytes stop flowing both
+    ways and nothing is closed, as when the server's host hangs or a network path dies without
+    a reset. Connections opened after the freeze flow again (the path came back)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.frozen: list[asyncio.Event] = []
+        self.relays: list[asyncio.Task[Any]] = []
+        self.streams: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def freeze_open_connections(self) -> None:
+        for frozen in self.frozen:
+            frozen.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frozen = asyncio.Event()
+        self.frozen.append(frozen)
+        self.relays.append(asyncio.current_task())  # type: ignore[arg-type]
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.streams += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if frozen.is_set():
+                    await asyncio.Event().wait()  # held forever, as by a dead path
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        self.server.close()
+        for relay in self.relays:
+            relay.cancel()
+        await asyncio.gather(*self.relays, return_exceptions=True)
+        for stream in self.streams:
+            stream.close()
+        await asyncio.gather(*(stream.wait_closed() for stream in self.streams), return_exceptions=True)
+
+
+def test_a_database_that_stops_answering_without_closing_is_given_up_on_and_retried(
+        redis_url: str, db: str) -> None:
+    """Without a bound, the write would wait forever on a connection nobody answers (TCP has no
+    timeout for a read), holding its entries and every later one."""
+    info = psycopg.conninfo.conninfo_to_dict(db)
+    evs = events()
+
+    async def run() -> None:
+        proxy = FreezingProxy(int(info.get("port") or 5432))
+        port = await proxy.start()
+        relayed = psycopg.conninfo.make_conninfo(**{**info, "host": "127.0.0.1", "port": str(port)})
+        client = make_async_redis(redis_url)
+        writer = Writer(client, settings(relayed, db_timeout_s=0.5), relayed, clock=FakeClock(NOW_MS))
+        await publish(client, to_shard(evs[:6]), keys.EVENT_STREAM_MAXLEN)
+        await writer.run_until_idle()
+        proxy.freeze_open_connections()
+        await publish(client, to_shard(evs[6:]), keys.EVENT_STREAM_MAXLEN)
+        with pytest.raises(SinkRetry, match="did not answer within 0.5s"):
+            await asyncio.wait_for(writer.run_until_idle(), 30)
+        assert pending(redis_url) == 6, "held, not acked"
+        await asyncio.wait_for(writer.run_until_idle(), 30)  # a new connection
+        await writer.aclose()
+        await client.aclose()
+        await proxy.aclose()
+
+    asyncio.run(run())
+    assert pending(redis_url) == 0
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+    assert_rollups_match_raw(db)
