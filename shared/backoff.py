@@ -36,7 +36,8 @@ class Backoff:
 class Outage:
     """What a retry loop logs about ``what`` (``"writer: liq:cascades"``): one warning when it
     fails first, one when it fails for another reason (an exception of another class), one when
-    it works again; the retries in between are logged at debug level only."""
+    it works again, and a reminder every ``remind_s`` while it lasts; the retries in between are
+    logged at debug level only."""
 
     what: str
     log: logging.Logger
@@ -45,6 +46,8 @@ class Outage:
     cause: str = ""
     failures: int = 0
     monotonic: Callable[[], float] = time.monotonic
+    remind_s: float = 600.0
+    _reminded: float = 0.0
 
     def down(self, exc: BaseException | str, delay: float) -> None:
         """A try failed with ``exc`` (or for the reason given as text); the next one is in
@@ -52,10 +55,17 @@ class Outage:
         cause = exc if isinstance(exc, str) else type(exc).__name__
         said = exc if isinstance(exc, str) else f"{cause}: {exc}"
         self.failures += 1
+        now = self.monotonic()
         if self.since is not None and cause == self.cause:
-            self.log.debug("%s: still failing (%s); next try in %.1fs", self.what, exc, delay)
+            if now - self._reminded >= self.remind_s:
+                self._reminded = now
+                self.log.warning("%s: still unavailable after %.0fs and %d failed tries (%s)", self.what,
+                                 now - self.since, self.failures, said)
+            else:
+                self.log.debug("%s: still failing (%s); next try in %.1fs", self.what, exc, delay)
             return
-        self.since = self.since if self.since is not None else self.monotonic()
+        self.since = self.since if self.since is not None else now
+        self._reminded = now
         self.cause = cause
         self.log.warning("%s: unavailable (%s); retrying with backoff (first in %.1fs), logged "
                          "again when it works", self.what, said, delay)

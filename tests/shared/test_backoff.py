@@ -9,6 +9,7 @@ import pytest
 
 from shared.backoff import Backoff, Outage
 from shared.clock import FakeClock
+from shared.streams import SinkRetry
 
 
 class Extremes(random.Random):
@@ -63,3 +64,23 @@ def test_an_outage_is_logged_when_it_begins_when_its_cause_changes_and_when_it_e
     ]
     assert sum(r.levelno == logging.DEBUG for r in caplog.records) == 6
     assert outage.since is None and outage.failures == 0
+
+
+def test_a_long_outage_is_recalled_every_ten_minutes_not_at_every_retry(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A setting the writer holds its batches on (retried "loudly" until fixed) must not go quiet
+    after its first line: one reminder per ``remind_s``, however often it is retried."""
+    clock = FakeClock()
+    outage = Outage("writer on liq:cascades", logging.getLogger("test.outage"), monotonic=clock.monotonic)
+    with caplog.at_level(logging.INFO, logger="test.outage"):
+        for _ in range(1300):  # 1300 retries, one every second: 21 min 40 s
+            outage.down(SinkRetry("LIQ_RETENTION_DAYS=2 is below the refresh window"), 1.0)
+            clock.advance(1.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "writer on liq:cascades: unavailable (SinkRetry: LIQ_RETENTION_DAYS=2 is below the refresh window); "
+        "retrying with backoff (first in 1.0s), logged again when it works",
+        "writer on liq:cascades: still unavailable after 600s and 601 failed tries "
+        "(SinkRetry: LIQ_RETENTION_DAYS=2 is below the refresh window)",
+        "writer on liq:cascades: still unavailable after 1200s and 1201 failed tries "
+        "(SinkRetry: LIQ_RETENTION_DAYS=2 is below the refresh window)",
+    ]
