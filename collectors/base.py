@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import BusyLoadingError, RedisError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
 
@@ -184,7 +184,7 @@ class Collector:
             self._close_record()
             raise
         if self.config.venue.replays_on_subscribe:
-            await self._remember_published()
+            await self._remember_published(stop)
         await self._notify()
         tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
         if self.config.venue.relists and not self.config.symbols and every_s is not None:
@@ -218,29 +218,47 @@ class Collector:
                         self.health.duplicates)
             publisher.result()
 
-    async def _remember_published(self) -> None:
+    async def _remember_published(self, stop: asyncio.Event) -> None:
         """Seed the duplicate filter with this venue's liquidations at the tail of the event
         streams, and those its spool still holds (they go out first): the snapshot the venue
-        replays on subscribe after a restart is not new."""
+        replays on subscribe after a restart is not new.
+
+        A Redis that is loading its data (just restarted) is waited for: it answers soon. One
+        that does not answer at all is not: the collector must run, and spool, without it."""
         venue = self.config.venue.name
         spooled = await asyncio.to_thread(self.spool.waiting) if self.spool is not None else []
         remembered = sum(not self.dedupe.seen_before(liq) for liq in spooled)
-        try:
-            for stream in keys.event_streams(self.config.shards):
-                entries: Any = await self.config.redis.xrevrange(stream, count=REMEMBER_ENTRIES)
-                for _entry_id, fields in reversed(entries):
-                    try:
-                        liq = codec.decode_liquidation(codec.entry_payload(fields))
-                    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-                        continue
-                    if liq.exchange == venue and not self.dedupe.seen_before(liq):
-                        remembered += 1
-        except (RedisError, OSError) as exc:
-            logger.warning("%s: cannot read what was published before (%s); a replayed snapshot "
-                           "may be published again", venue, exc)
-            return
+        backoff, loading = Backoff(base_s=0.1, cap_s=5.0), Outage(f"{venue}: redis (loading)", logger)
+        while not stop.is_set():
+            try:
+                remembered += await self._remember_streams()
+                break
+            except BusyLoadingError as exc:
+                delay = backoff.next_delay()
+                loading.down(exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+            except (RedisError, OSError) as exc:
+                logger.warning("%s: cannot read what was published before (%s); a replayed snapshot "
+                               "may be published again", venue, exc)
+                return
+        loading.up()
         if remembered:
             logger.info("%s: remembered %d liquidations published before", venue, remembered)
+
+    async def _remember_streams(self) -> int:
+        """Seed the duplicate filter from the tail of each event stream; returns how many were new."""
+        remembered = 0
+        for stream in keys.event_streams(self.config.shards):
+            entries: Any = await self.config.redis.xrevrange(stream, count=REMEMBER_ENTRIES)
+            for _entry_id, fields in reversed(entries):
+                try:
+                    liq = codec.decode_liquidation(codec.entry_payload(fields))
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+                    continue
+                if liq.exchange == self.config.venue.name and not self.dedupe.seen_before(liq):
+                    remembered += 1
+        return remembered
 
     async def _relist_loop(self, stop: asyncio.Event, every_s: float,
                            tasks: list[asyncio.Task[None]]) -> None:

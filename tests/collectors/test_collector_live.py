@@ -737,3 +737,43 @@ def test_a_venue_that_refuses_connections_is_logged_once_when_down_and_once_when
         f"bybit[{label}]: unavailable (InvalidStatus …); {again}",
         f"bybit[{label}]: available again … failed tries",
     ]
+
+
+def test_a_collector_started_while_redis_loads_its_data_waits_to_remember_what_it_published(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started with Redis just restarted (liq up, docker compose): Redis answers LOADING until
+    its data is in memory. Giving up on reading the streams back then, the collector published
+    the snapshot OKX replays on subscribe a second time (the aggregator counts it twice)."""
+    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.002))
+
+    async def one_run(exchange: ExchangeSimulator, emit: int, loading: int) -> Collector:
+        client = make_async_redis(redis_url)
+        xrevrange = client.xrevrange
+
+        async def still_loading(*args: Any, **kwargs: Any) -> Any:
+            nonlocal loading
+            if loading:
+                loading -= 1
+                raise syncredis.BusyLoadingError("Redis is loading the dataset in memory")
+            return await xrevrange(*args, **kwargs)
+
+        client.xrevrange = still_loading  # type: ignore[method-assign]
+        collector = Collector(CollectorConfig(venue=load_venue("okx"), redis=client, shards=SHARDS,
+                                              base_url=exchange.urls["okx"], instruments_every_s=None))
+        async with _running(collector):
+            await exchange.wait_subscribed("okx", len(collector.plans))
+            if emit:
+                sent = await exchange.emit(events("okx", T0, emit))
+                await collector.wait_until(lambda c: c.published == len(sent))
+            else:  # the four replayed on subscribe: each judged once, a duplicate or published
+                await collector.wait_until(lambda c: c.health.duplicates + c.published == 4)
+        return collector
+
+    async def run() -> Collector:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            await one_run(exchange, 4, loading=0)
+            return await one_run(exchange, 0, loading=3)  # a new process, Redis still loading
+
+    again = asyncio.run(run())
+    assert (again.published, again.health.duplicates) == (0, 4)
+    assert len(stream_contents(redis_url)) == 4
