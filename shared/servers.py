@@ -34,6 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
 from shared.errors import ServerError
 from shared.runtime import die_with_parent
 
@@ -151,9 +153,30 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
             "--protected-mode", "no"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, preexec_fn=die_with_parent)
-    _wait_port(port, 15, "redis-server", log, process)
+    wait_ready(port, 120, log, process)
     logger.info("redis %s on 127.0.0.1:%d", binary, port)
     return RedisServer(url=f"redis://127.0.0.1:{port}/0", port=port, process=process, binary=binary)
+
+
+def wait_ready(port: int, timeout_s: float, log: Path, process: subprocess.Popen[bytes]) -> None:
+    """Until the redis-server ``process`` answers commands on ``port``. Restarted on its data,
+    Redis listens at once but answers LOADING until it has read the data back (a while, for a
+    large one): the processes that connect then would start with errors."""
+    deadline = time.monotonic() + timeout_s
+    _wait_port(port, min(timeout_s, 15), "redis-server", log, process)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.BusyLoadingError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ServerError(f"redis-server on 127.0.0.1:{port} was still loading its data "
+                                      f"after {timeout_s:g}s\n{_log_tail(log)}") from None
+                time.sleep(0.02)
+    finally:
+        client.close()
 
 
 def _stop_leftover_redis(pidfile: Path) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -241,3 +242,31 @@ def test_an_embedded_postgresql_killed_under_liq_up_is_started_again_on_its_port
         assert (watched.restarts, watched.server.port) == (1, first.port)
     finally:
         watched.server.stop()
+
+
+def test_a_redis_restarted_on_its_data_is_ready_for_commands_when_start_returns(tmp_path: Path) -> None:
+    """Restarted on a large append-only file, Redis listens at once but answers LOADING until the
+    data is read back: every process of ``liq up`` (and a restarted collector reading back what
+    it published) would start with errors."""
+    data_dir = tmp_path / "redis"
+    first = start_redis(data_dir, persistent=True)
+    client = redis.Redis.from_url(first.url)
+    pipe = client.pipeline(transaction=False)
+    for i in range(3000):
+        pipe.set(f"k{i}", "v")
+    pipe.execute()
+    client.close()
+    first.stop()
+    # The same server, reading its data back slowly (1 ms a key), as a large one would.
+    slow = subprocess.Popen([servers.redis_binary(), "--port", str(first.port), "--bind", "127.0.0.1",
+                             "--dir", str(data_dir), "--appendonly", "yes", "--save", "",
+                             "--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        servers.wait_ready(first.port, 60, data_dir / "redis.log", slow)
+        again = redis.Redis(port=first.port)
+        assert again.dbsize() == 3000, "answered at once, nothing LOADING"
+        again.close()
+    finally:
+        slow.terminate()
+        slow.wait(timeout=30)
