@@ -35,6 +35,8 @@ class BitgetSim:
     name = "bitget"
     gzip = False
     heartbeat_s = 0.0
+    idle_close_s = 120.0
+    """Bitget drops a connection that has not pinged for 2 minutes."""
 
     def __init__(self) -> None:
         self._last_ms: dict[str, int] = {}

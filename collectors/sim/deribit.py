@@ -2,7 +2,8 @@
 
 Wire (JSON-RPC 2.0): ``public/subscribe`` → result = the channels; ``public/set_heartbeat`` →
 ``"ok"`` and from then on the server heartbeat is ``{"method":"heartbeat","params":{"type":
-"test_request"}}``; ``public/test`` → a version result. Pushes are
+"test_request"}}``, and a client that has not answered one with ``public/test`` by the next
+is disconnected; ``public/test`` → a version result. Pushes are
 ``{"method":"subscription","params":{"channel":"trades.future.BTC.100ms","data":[trade,…]}}``.
 
 Each liquidation is one trade with flag ``T`` (odd seq: taker liquidated, direction = order
@@ -38,6 +39,8 @@ class DeribitSim:
     name = "deribit"
     gzip = False
     heartbeat_s = 10.0
+    max_unanswered = 1
+    """An unanswered ``test_request``: "the API server will immediately close the connection"."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         flag = _flag(seq)
@@ -77,6 +80,7 @@ class DeribitSim:
             client.subscriptions.difference_update(params["channels"])
             result = params["channels"]
         elif method == "public/test":
+            client.unanswered = 0
             result = {"version": "sim"}
         else:
             raise ValueError(f"unknown method {method!r}")
@@ -95,7 +99,10 @@ class DeribitSim:
         return []
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
-        return TEST_REQUEST if client.state.get("heartbeat") else None
+        if not client.state.get("heartbeat"):
+            return None
+        client.unanswered += 1
+        return TEST_REQUEST
 
 
 def _event_id(trade_id: str, flag: str, side: Side) -> str:

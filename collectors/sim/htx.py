@@ -12,7 +12,9 @@ a whole number of contracts. The expected Liquidation follows HTX's rules: ``dir
 order side (a liquidated long sells), linear quantity = ``amount`` and notional =
 ``trade_turnover``, coin-margined notional = contracts × 10 USD and base = notional / price.
 Every frame is gzip-compressed; the server pings every ``heartbeat_s`` with
-``{"op":"ping"}``. Prices keep few decimals (``tick``), so every float round-trips exactly.
+``{"op":"ping","ts":…}`` and hangs up after ``max_unanswered`` pings without a
+``{"op":"pong"}`` echoing their ``ts``. Prices keep few decimals (``tick``), so every float
+round-trips exactly.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class HtxSim:
     name = "htx"
     gzip = True
     heartbeat_s = 5.0
+    max_unanswered = 2
+    """HTX hangs up on a client that stops answering its pings."""
 
     def __init__(self) -> None:
         self._last_ms: dict[str, int] = {}
@@ -151,7 +155,11 @@ class HtxSim:
             client.subscriptions.add(WILDCARD if topic == topic_of("*") else topic)
             ack = {"op": "sub", "cid": msg.get("cid"), "topic": topic, "ts": _now_ms(), "err-code": 0}
             return [json.dumps(ack)]
-        if op in ("pong", "unsub"):
+        if op == "pong":
+            if msg.get("ts") == client.state.get("ping_ts"):  # the documented answer echoes ts
+                client.unanswered = 0
+            return []
+        if op == "unsub":
             return []
         raise ValueError(f"unknown op {op!r}")
 
@@ -168,7 +176,9 @@ class HtxSim:
         return []
 
     def heartbeat(self, client: SimClient) -> Outgoing | None:
-        return gzip.compress(json.dumps({"op": "ping", "ts": str(_now_ms())}).encode())
+        client.state["ping_ts"] = ts = str(_now_ms())
+        client.unanswered += 1
+        return gzip.compress(json.dumps({"op": "ping", "ts": ts}).encode())
 
     def rest(self, path: str, body: bytes | None) -> bytes | None:
         """A contract-info answer: the simulated contracts of that endpoint's market (not gzipped)."""

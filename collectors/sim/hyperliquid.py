@@ -28,6 +28,8 @@ class HyperliquidSim:
     name = "hyperliquid"
     gzip = False
     heartbeat_s = 0.0
+    idle_close_s = 60.0
+    """Hyperliquid closes idle connections after about 60 s (exact figure unconfirmed)."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         if event.base not in COINS:

@@ -44,6 +44,8 @@ class LighterSim:
     name = "lighter"
     gzip = False
     heartbeat_s = 0.0
+    idle_close_s = 120.0
+    """Lighter wants a ``ping`` at least every 2 minutes."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         market_id = MARKET_IDS.get(event.base)

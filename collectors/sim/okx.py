@@ -42,6 +42,9 @@ class OkxSim:
     name = "okx"
     gzip = False
     heartbeat_s = 0.0
+    idle_close_s = 30.0
+    """OKX: "The connection will break automatically if ... data has not been pushed for more than
+    30 seconds" (a ``ping`` gets a ``pong``, which keeps it open)."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         ct_val = CT_VAL.get(event.base)

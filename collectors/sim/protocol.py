@@ -15,6 +15,19 @@ Each ``collectors/sim/<venue>.py`` exposes ``SIM: SimVenue``. The generic server
    Lighter); empty for venues that replay nothing.
 4. ``heartbeat(client)`` is a server-initiated ping/heartbeat frame (HTX ping, Bitfinex hb,
    Deribit test_request), or None.
+
+The venue's own liveness rules, enforced by the server so that a collector that breaks them is
+disconnected as it would be live (optional attributes, read with ``getattr``; 0 = no rule):
+
+- ``max_unanswered: int``: the venue closes a connection once this many of its pings are
+  unanswered (HTX 2, Deribit 1: "the API server will immediately close the connection"). The
+  venue module counts them: ``heartbeat()`` adds one to ``client.unanswered`` for each ping
+  that needs an answer, ``on_client_message`` sets it back to 0 on the documented answer.
+- ``idle_close_s: float``: the venue closes a connection it has heard nothing from (no
+  subscribe, no ping) for this long (OKX 30 s, Hyperliquid 60 s, Bitget and Lighter 2 min).
+
+Both close with :data:`LIVENESS_CLOSE` (the code is the simulator's choice; the venues do not
+document theirs). A muted venue (a half-open connection) closes nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 Outgoing = str | bytes
+LIVENESS_CLOSE = 1008
+"""Close code of a connection the venue drops for breaking its heartbeat rules (policy violation)."""
 
 
 @dataclass
@@ -38,6 +53,10 @@ class SimClient:
     headers: dict[str, str] = field(default_factory=dict)
     """The handshake's HTTP headers (names in lower case)."""
     state: dict[str, Any] = field(default_factory=dict)
+    unanswered: int = 0
+    """The venue's pings this client has not answered yet (see ``max_unanswered``)."""
+    last_heard: float = 0.0
+    """Event-loop time of the client's last frame (or of the handshake; see ``idle_close_s``)."""
 
 
 @dataclass(frozen=True)

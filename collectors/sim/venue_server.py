@@ -1,4 +1,5 @@
-"""One simulated venue: its WebSocket server, clients, heartbeats, snapshot replay, truth log and faults.
+"""One simulated venue: its WebSocket server, clients, heartbeats and their rules, snapshot replay,
+truth log and faults.
 
 :class:`collectors.sim.server.ExchangeSimulator` runs one :class:`VenueServer` per venue; the
 delivery and truth semantics are described there.
@@ -13,15 +14,16 @@ import importlib
 import importlib.util
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from http import HTTPStatus
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from collectors import VENUES
-from collectors.sim.protocol import Outgoing, SimClient, SimItem, SimVenue
+from collectors.sim.protocol import LIVENESS_CLOSE, Outgoing, SimClient, SimItem, SimVenue
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
@@ -110,17 +112,19 @@ class VenueServer:
         request = conn.request
         client = SimClient(path=request.path if request else "/",
                            headers={k.lower(): v for k, v in request.headers.raw_items()} if request else {})
+        client.last_heard = asyncio.get_running_loop().time()
         self.clients[conn] = client
-        beat = asyncio.create_task(self._heartbeat(conn, client)) if self.sim.heartbeat_s > 0 else None
+        watches = [asyncio.create_task(watch(conn, client)) for watch in self._watches()]
         try:
             await self._after_change(conn, client, set(), self._on_connect(client))
             async for message in conn:
+                client.last_heard = asyncio.get_running_loop().time()
                 await self._on_message(conn, client, message)
         except ConnectionClosed:
             pass
         finally:
-            if beat is not None:
-                beat.cancel()
+            for task in watches:
+                task.cancel()
             del self.clients[conn]
             await self._notify()
 
@@ -150,12 +154,39 @@ class VenueServer:
         if client.subscriptions != before:
             await self._notify()
 
+    def _watches(self) -> list[Callable[[ServerConnection, SimClient], Coroutine[Any, Any, None]]]:
+        """The per-connection timers this venue runs: its pings, its idle limit."""
+        watches: list[Callable[[ServerConnection, SimClient], Coroutine[Any, Any, None]]] = []
+        if self.sim.heartbeat_s > 0:
+            watches.append(self._heartbeat)
+        if getattr(self.sim, "idle_close_s", 0.0) > 0:
+            watches.append(self._idle_close)
+        return watches
+
     async def _heartbeat(self, conn: ServerConnection, client: SimClient) -> None:
+        """The venue's pings; past ``max_unanswered`` unanswered ones, the venue hangs up."""
+        limit: int = getattr(self.sim, "max_unanswered", 0)
         while True:
             await asyncio.sleep(self.sim.heartbeat_s)
-            frame = None if self.paused else self.sim.heartbeat(client)
+            if self.paused:
+                continue
+            if limit and client.unanswered >= limit:
+                await conn.close(LIVENESS_CLOSE, f"{client.unanswered} ping(s) not answered")
+                return
+            frame = self.sim.heartbeat(client)
             if frame is not None:
                 await self.send(conn, frame)
+
+    async def _idle_close(self, conn: ServerConnection, client: SimClient) -> None:
+        """Hang up on a client silent for ``idle_close_s`` (unless muted: a half-open link)."""
+        idle_s = float(getattr(self.sim, "idle_close_s", 0.0))
+        loop = asyncio.get_running_loop()
+        while True:
+            left = client.last_heard + idle_s - loop.time()
+            if left <= 0 and not self.muted:
+                await conn.close(LIVENESS_CLOSE, f"nothing received for {idle_s:g}s")
+                return
+            await asyncio.sleep(left if left > 0 else idle_s)
 
     def _wire(self, frame: Outgoing) -> Outgoing:
         """Gzip venues send binary frames; compress anything a venue left uncompressed."""

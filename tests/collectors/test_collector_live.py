@@ -395,6 +395,32 @@ def test_a_connection_gone_silent_is_reopened_where_the_venue_answers_pings(venu
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("venue", ["htx", "deribit", "okx", "hyperliquid", "bitget", "lighter"])
+def test_the_collector_keeps_the_heartbeat_rules_the_simulated_venue_enforces(venue: str,
+                                                                              redis_url: str) -> None:
+    """The simulator hangs up on a client that leaves its pings unanswered (HTX, Deribit) or that
+    goes quiet (OKX, Hyperliquid, Bitget, Lighter), as those venues do; the collector answers
+    and pings, so it keeps its connections over twenty pings either way."""
+    async def run() -> None:
+        spec = dataclasses.replace(load_venue(venue), heartbeat_s=0.05)
+        sim = CountingSim(load_sim(venue))
+        sim.heartbeat_s = 0.05 if sim.inner.heartbeat_s else 0.0
+        sim.idle_close_s = 0.5 if getattr(sim.inner, "idle_close_s", 0.0) else 0.0
+        assert sim.heartbeat_s or sim.idle_close_s
+        async with ExchangeSimulator([sim]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05,
+                                     symbols=list(spec.default_symbols), instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                sim.wanted = sim.messages + 20 * conns  # pongs, or pings, each way > 1 s
+                await sim.enough.wait()
+                assert collector.health.reconnects == 0, collector.health.reason
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("venue", sorted(REPLAYING))
 def test_a_restarted_collector_does_not_publish_the_replayed_snapshot_again(venue: str,
                                                                             redis_url: str) -> None:
