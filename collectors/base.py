@@ -69,8 +69,9 @@ logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
 SILENT_PINGS = 3
-"""A connection pinged by the application is reopened after this many ping intervals without
-any frame (the venue answers each ping, so silence means the connection is dead)."""
+"""A connection is reopened after this many ping intervals without any frame, where a frame is
+due every interval: the venue answers each application ping (``answers_pings``) or pings by
+itself (``server_heartbeat_s``), so silence means the connection is dead."""
 REMEMBER_ENTRIES = 5000
 """Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 SPOOL_RETRY_S = 60.0
@@ -88,6 +89,16 @@ class FrameRecord(msgspec.Struct):
     received_ms: int
     frame: str
     binary: bool = False
+
+
+def silence_limit_s(spec: VenueSpec, app_pings: bool) -> float | None:
+    """How long a connection may go without any frame before it counts as dead: a few intervals
+    of whatever makes the venue send frames when no one is liquidated (its answers to our
+    application pings, its own pings). None: the venue may be quiet for long, and a dead
+    connection is left to WebSocket pings."""
+    due = [s for s in (spec.heartbeat_s if app_pings and spec.answers_pings else None,
+                       spec.server_heartbeat_s) if s]
+    return SILENT_PINGS * min(due) if due else None
 
 
 @dataclass
@@ -343,10 +354,7 @@ class Collector:
                 logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
             outage.up()
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
-            # A venue that answers every application ping (``answers_pings``): no frame at all for
-            # a few pings means a dead connection that TCP has not noticed. Others may be quiet
-            # for long, and are left to WebSocket pings.
-            silence_s = SILENT_PINGS * spec.heartbeat_s if app_pings and spec.answers_pings else None
+            silence_s = silence_limit_s(spec, app_pings)
             try:
                 while True:
                     try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
@@ -355,8 +363,9 @@ class Collector:
                     except ConnectionClosedOK:
                         return
                     except TimeoutError:
-                        raise TimeoutError(f"no frame for {silence_s:g}s although pinged every "
-                                           f"{spec.heartbeat_s:g}s") from None
+                        limit = silence_s or 0.0
+                        raise TimeoutError(f"no frame for {limit:g}s although one is due every "
+                                           f"{limit / SILENT_PINGS:g}s") from None
                     await self._on_frame(ws, session, plan.label, raw)
             finally:
                 heartbeat.cancel()

@@ -125,6 +125,10 @@ class VenueSpec:
     answers_pings: bool = False
     """The venue's documentation says it answers every application ping: a connection that then
     receives no frame for a few ping intervals is dead, and is reopened."""
+    server_heartbeat_s: float | None = None
+    """The venue sends a frame by itself at least this often (HTX's pings, Deribit's heartbeats
+    once ``set_heartbeat`` asked for them): a connection with no frame for a few of these is dead,
+    and is reopened, even if WebSocket pongs still come back."""
     default_symbols: tuple[str, ...] = ()
     """Native symbols subscribed when none are given (venues without an all-symbol channel)."""
     headers: tuple[tuple[str, str], ...] = ()

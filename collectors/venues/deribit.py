@@ -192,6 +192,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation trade of the subscribed currencies (trade feed, 100 ms batches)",
     heartbeat_s=float(HEARTBEAT_INTERVAL_S),
+    server_heartbeat_s=float(HEARTBEAT_INTERVAL_S),
     usual_gap_s=900.0,
     plans=_plans,
     new_parser=DeribitSession,

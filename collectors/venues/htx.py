@@ -17,7 +17,8 @@ inverse future expiring 2020-07-03. USDT-margined frames also carry ``amount`` (
 ``trade_turnover`` (USDT), which are used as quantity and notional (BTC-USDT is 0.001 BTC per
 contract). Timestamp: ``created_at`` (ms). No exchange id: ``event_id`` is the digest.
 Heartbeat: the server sends ``{"op":"ping","ts":…}`` (old endpoints ``{"ping":…}``) and
-expects the same ``ts`` back in ``{"op":"pong"}`` (``{"pong":…}``).
+expects the same ``ts`` back in ``{"op":"pong"}`` (``{"pong":…}``); a connection with no frame
+for three of its ping intervals is dead (``VenueSpec.server_heartbeat_s``).
 
 Instruments endpoints (``VENUE.instruments``, refreshed by ``collectors.refresh``), one per
 market: ``GET /linear-swap-api/v1/swap_contract_info?business_type=all`` (USDT-margined swaps
@@ -69,6 +70,8 @@ ENDPOINTS = {  # path → which contract codes it serves
     "/swap-notification": "swap",
     "/futures-notification": "futures",
 }
+SERVER_PING_S = 10.0
+"""HTX documents a ping every 5 s; clients have seen one every 10 s, so 10 s is the safe bound."""
 DEFAULT_CODES = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "BTC-USD", "ETH-USD", "SOL-USD", "BTC", "ETH")
 TURNOVER_TOLERANCE = 0.1
 """How far ``trade_turnover`` may be from amount × price (venue rounding, a fill-price turnover)."""
@@ -282,6 +285,7 @@ VENUE = VenueSpec(
     semantics="complete",
     semantics_note="every liquidation order of the subscribed contracts, real time",
     heartbeat_s=30.0,
+    server_heartbeat_s=SERVER_PING_S,
     usual_gap_s=300.0,
     plans=_plans,
     new_parser=HtxSession,

@@ -395,6 +395,34 @@ def test_a_connection_gone_silent_is_reopened_where_the_venue_answers_pings(venu
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("venue", ["htx", "deribit"])
+def test_a_connection_gone_silent_is_reopened_where_the_venue_pings(venue: str, redis_url: str) -> None:
+    """HTX pings every few seconds, Deribit sends a heartbeat every interval set_heartbeat set: no
+    frame for a few of them is a dead venue end, even while WebSocket pongs still come back (the
+    muted simulator answers those), and the collector reconnects by itself."""
+    async def run() -> None:
+        spec = dataclasses.replace(load_venue(venue), heartbeat_s=0.05, server_heartbeat_s=0.05)
+        sim = CountingSim(load_sim(venue))
+        sim.heartbeat_s = 0.05
+        async with ExchangeSimulator([sim]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05,
+                                     symbols=list(spec.default_symbols), instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                sim.wanted = sim.messages + 12 * conns  # a dozen pings answered, no liquidation
+                await sim.enough.wait()
+                assert collector.health.reconnects == 0, "pings are frames: no false alarm"
+                exchange.mute(venue)
+                await collector.wait_until(lambda c: c.health.reconnects >= conns)
+                assert "no frame for 0.15s" in collector.health.reason
+                exchange.mute(venue, False)
+                await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("venue", ["htx", "deribit", "okx", "hyperliquid", "bitget", "lighter"])
 def test_the_collector_keeps_the_heartbeat_rules_the_simulated_venue_enforces(venue: str,
                                                                               redis_url: str) -> None:
