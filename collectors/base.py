@@ -111,6 +111,9 @@ class CollectorConfig:
     record_path: Path | None = None
     clock: Clock = SYSTEM_CLOCK
     open_timeout_s: float = 10.0
+    ws_ping_s: float = 20.0
+    """WebSocket ping interval where the venue gets application pings (else its ``heartbeat_s``),
+    and the shortest wait for a pong: a link that returns none is dead, and is reopened."""
     health_every_s: float = 1.0
     instruments_dir: Path | None = None
     """Disk cache of the venue's instruments (``<data_dir>/instruments``); None: no cache."""
@@ -341,9 +344,9 @@ class Collector:
         session = plan.new_session()
         spec = self.config.venue
         app_pings = session.heartbeat() is not None
-        ws_ping = 20.0 if app_pings else spec.heartbeat_s
+        ws_ping = self.config.ws_ping_s if app_pings else spec.heartbeat_s
         async with connect(plan.url, open_timeout=self.config.open_timeout_s, max_size=2**24,
-                           ping_interval=ws_ping, ping_timeout=max(ws_ping, 20.0),
+                           ping_interval=ws_ping, ping_timeout=max(ws_ping, self.config.ws_ping_s),
                            close_timeout=2, additional_headers=list(spec.headers) or None) as ws:
             for frame in session.on_open():
                 await ws.send(frame)

@@ -140,9 +140,20 @@ class ExchangeSimulator:
         self.venue(venue).paused = False
 
     def mute(self, venue: str, muted: bool = True) -> None:
-        """Paused, and no acks or pongs either: what a half-open connection looks like."""
+        """Paused, and no acks or application pongs either: a venue end that went dead while
+        WebSocket pongs still come back. :meth:`freeze` stops those too."""
         server = self.venue(venue)
         server.paused = server.muted = muted
+
+    def freeze(self, venue: str) -> int:
+        """Make the current connections of ``venue`` half-open: its end stops reading and sending,
+        WebSocket pongs included, as when a link dies without a FIN. Frozen connections count no
+        more as subscribed; new connections work. Returns how many were frozen."""
+        return self.venue(venue).freeze()
+
+    async def thaw(self, venue: str) -> int:
+        """Abort the frozen connections of ``venue`` and wait until they are forgotten; how many."""
+        return await self.venue(venue).thaw()
 
     async def refuse(self, venue: str, drop: bool = True) -> None:
         """The venue is down: handshakes get HTTP 503; with ``drop`` current clients are aborted too."""

@@ -66,8 +66,11 @@ class VenueServer:
         self.seq = 0
         self.paused = False
         self.muted = False
-        """Connected but dead silent: not even acks or pongs (a half-open connection)."""
+        """Connected but dead silent: not even acks or application pongs (WebSocket pongs still flow)."""
         self.refusing = False
+        self.frozen: set[ServerConnection] = set()
+        """Connections whose venue end stopped reading and sending, WebSocket pongs included: a
+        half-open link. Only these; later connections work."""
         self._server: Server | None = None
         self._changed = asyncio.Condition()
 
@@ -168,7 +171,7 @@ class VenueServer:
         limit: int = getattr(self.sim, "max_unanswered", 0)
         while True:
             await asyncio.sleep(self.sim.heartbeat_s)
-            if self.paused:
+            if self.paused or conn in self.frozen:
                 continue
             if limit and client.unanswered >= limit:
                 await conn.close(LIVENESS_CLOSE, f"{client.unanswered} ping(s) not answered")
@@ -183,7 +186,7 @@ class VenueServer:
         loop = asyncio.get_running_loop()
         while True:
             left = client.last_heard + idle_s - loop.time()
-            if left <= 0 and not self.muted:
+            if left <= 0 and not self.muted and conn not in self.frozen:
                 await conn.close(LIVENESS_CLOSE, f"nothing received for {idle_s:g}s")
                 return
             await asyncio.sleep(left if left > 0 else idle_s)
@@ -196,7 +199,10 @@ class VenueServer:
         return data if data.startswith(GZIP_MAGIC) else gzip.compress(data, mtime=0)
 
     async def send(self, conn: ServerConnection, frame: Outgoing, raw: bool = False) -> bool:
-        """Send one frame; False when the client has gone (never raises for a closed socket)."""
+        """Send one frame; False when the client has gone or its link is frozen (never raises for a
+        closed socket)."""
+        if conn in self.frozen:
+            return False
         try:
             await conn.send(frame if raw else self._wire(frame))
         except ConnectionClosed:
@@ -222,7 +228,7 @@ class VenueServer:
         """Send ``items`` to every subscribed client; record the truth; return what was sent."""
         delivered: set[int] = set()
         if not self.paused:
-            clients = list(self.clients.items())
+            clients = [(conn, client) for conn, client in self.clients.items() if conn not in self.frozen]
             await asyncio.gather(*(self._push_client(c, client, items, delivered) for c, client in clients))
         sent: list[Liquidation] = []
         for index, item in enumerate(items):
@@ -258,13 +264,31 @@ class VenueServer:
             await self._changed.wait_for(lambda: not dropped & self.clients.keys())
         return len(dropped)
 
+    def freeze(self) -> int:
+        """Make every current connection half-open: the venue end neither reads (so not even
+        WebSocket pings get a pong) nor sends; how many. New connections work as usual."""
+        for conn in self.clients.keys() - self.frozen:
+            conn.transport.pause_reading()
+            self.frozen.add(conn)
+        return len(self.frozen)
+
+    async def thaw(self) -> int:
+        """Forget the frozen connections (their peers gave up on them long ago): abort them and
+        wait until they are gone; how many."""
+        frozen, self.frozen = self.frozen, set()
+        for conn in frozen:
+            conn.transport.abort()
+        async with self._changed:
+            await self._changed.wait_for(lambda: not frozen & self.clients.keys())
+        return len(frozen)
+
     async def send_raw(self, frame: Outgoing) -> int:
         """Send ``frame`` unchanged (no gzip) to every client; the number that got it."""
         results = await asyncio.gather(*(self.send(conn, frame, raw=True) for conn in list(self.clients)))
         return sum(results)
 
     def subscribed(self, topic: str | None = None) -> int:
-        subs = [client.subscriptions for client in self.clients.values()]
+        subs = [client.subscriptions for conn, client in self.clients.items() if conn not in self.frozen]
         return sum(1 for s in subs if (topic in s if topic is not None else s))
 
     async def wait_subscribed(self, count: int, topic: str | None = None) -> None:

@@ -395,6 +395,32 @@ def test_a_connection_gone_silent_is_reopened_where_the_venue_answers_pings(venu
     asyncio.run(run())
 
 
+@pytest.mark.parametrize("venue", ["binance_usdm", "binance_coinm", "dydx", "kraken_futures", "lighter"])
+def test_a_half_open_connection_is_reopened_by_websocket_pings(venue: str, redis_url: str) -> None:
+    """These venues may be quiet for hours, so only WebSocket pings can tell a dead link: once the
+    venue end stops reading (nothing at all comes back, not even pongs), the collector gives up
+    on the connection within its ping timeout, says why, and connects again."""
+    async def run() -> None:
+        spec = dataclasses.replace(load_venue(venue), heartbeat_s=0.05)
+        async with ExchangeSimulator([venue]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05, ws_ping_s=0.1,
+                                     symbols=list(spec.default_symbols), instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                assert exchange.freeze(venue) == conns
+                await collector.wait_until(lambda c: c.health.reconnects >= conns)
+                assert "keepalive ping timeout" in collector.health.reason
+                await exchange.wait_subscribed(venue, conns)
+                await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
+                assert await exchange.thaw(venue) == conns
+                sent = await exchange.emit(events(venue, T0, 4))
+                await collector.wait_until(lambda c: c.published == len(sent))
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("venue", ["htx", "deribit"])
 def test_a_connection_gone_silent_is_reopened_where_the_venue_pings(venue: str, redis_url: str) -> None:
     """HTX pings every few seconds, Deribit sends a heartbeat every interval set_heartbeat set: no
