@@ -402,6 +402,8 @@ class Collector:
             self._parse_error(ParseError(venue, f"unexpected {type(exc).__name__}: {exc}", raw))
             await self._notify()
             return
+        if output.error:
+            self.health.refused(label, output.error)
         for reply in output.replies:
             await ws.send(reply)
         self._accept(number_repeats(output.liquidations), now_ms)

@@ -4,7 +4,8 @@ States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq statu
 
 - ``connecting``: no connection up yet (first attempt, or reconnecting after a drop);
 - ``up``: every connection is open and subscribed;
-- ``degraded``: some connections of a sharded venue are up, some are not;
+- ``degraded``: some connections of a sharded venue are up, some are not; or every one is up
+  but the venue answered one with an error (a refused subscription), until that one reconnects;
 - ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
   usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
   acking subscriptions and sent nothing) shows up here; ``liq status`` shows its last-event
@@ -37,6 +38,8 @@ class VenueHealth:
     parse_errors: int = 0
     duplicates: int = 0
     reconnects: int = 0
+    venue_errors: int = 0
+    """Error replies from the venue (refused subscriptions and the like) since the start."""
     last_error_sample: str = ""
     instruments_listed: int = 0
     """Instruments the venue's endpoint listed at the last good refresh (0: none yet)."""
@@ -45,12 +48,21 @@ class VenueHealth:
     down_reasons: dict[str, str] = field(default_factory=dict)
     """Why each connection that is down went down (one connection's recovery must not erase
     another's reason)."""
+    refusals: dict[str, str] = field(default_factory=dict)
+    """The last error reply each open connection got from the venue (cleared when it reopens)."""
 
     def connected(self, label: str, now_ms: int) -> None:
         if not self.connections_up:
             self.up_since_ms = now_ms
         self.connections_up.add(label)
         self.down_reasons.pop(label, None)
+        self.refusals.pop(label, None)
+        self.reason = self._reason_text()
+
+    def refused(self, label: str, error: str) -> None:
+        """The venue answered connection ``label`` with ``error``: it misses what it asked for."""
+        self.venue_errors += 1
+        self.refusals[label] = f"venue error: {error}"
         self.reason = self._reason_text()
 
     def disconnected(self, label: str, reason: str) -> None:
@@ -60,9 +72,10 @@ class VenueHealth:
         self.reconnects += 1
 
     def _reason_text(self) -> str:
+        reasons = {**self.refusals, **self.down_reasons}
         if self.connections_total <= 1:
-            return next(iter(self.down_reasons.values()), "")
-        return "; ".join(f"{label}: {why}" for label, why in sorted(self.down_reasons.items()))
+            return next(iter(reasons.values()), "")
+        return "; ".join(f"{label}: {why}" for label, why in sorted(reasons.items()))
 
     def stopped(self) -> None:
         """The collector is shutting down: nothing is connected any more, and that is why."""
@@ -74,7 +87,7 @@ class VenueHealth:
         up = len(self.connections_up)
         if up == 0:
             return "down" if self.reason else "connecting"
-        if up < self.connections_total:
+        if up < self.connections_total or self.refusals.keys() & self.connections_up:
             return "degraded"
         silent_since = max(self.last_liquidation_received_ms, self.up_since_ms)
         if now_ms - silent_since > SUSPECT_FACTOR * self.usual_gap_s * 1000:
@@ -97,6 +110,7 @@ class VenueHealth:
             "parse_errors": str(self.parse_errors),
             "duplicates": str(self.duplicates),
             "reconnects": str(self.reconnects),
+            "venue_errors": str(self.venue_errors),
             "last_error_sample": self.last_error_sample,
             "instruments_listed": str(self.instruments_listed),
             "instruments_refreshed_ms": str(self.instruments_refreshed_ms),

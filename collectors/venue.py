@@ -12,7 +12,8 @@ Rules every session follows:
   OKX/BitMEX snapshot flags). It never does I/O and never sleeps.
 - A frame that cannot be decoded raises :class:`shared.errors.ParseError`; the loop counts it,
   logs a truncated sample and carries on with the same connection.
-- Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output.
+- Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output;
+  an error reply returns ``_common.server_error(...)``, which logs it and carries it in ``error``.
 - A replayed snapshot on (re)subscribe is returned like any other data; the loop removes
   duplicates by ``Liquidation.event_id`` across reconnects (``collectors.dedupe``). Only
   frames that a venue documents as history-only snapshots (Lighter ``subscribed/trade``,
@@ -38,6 +39,9 @@ class SessionOutput:
 
     liquidations: list[Liquidation] = field(default_factory=list)
     replies: list[Outgoing] = field(default_factory=list)
+    error: str = ""
+    """What the venue answered with an error (a refused subscription): the connection's health
+    says so (``degraded``) until it is reopened."""
 
 
 EMPTY = SessionOutput()

@@ -5,6 +5,7 @@ The API is small and stable; venue modules import only these names:
 - ``decode(decoder, raw, venue)``: run a module-level msgspec Decoder; any decode or validation
   failure (bad UTF-8 and too deep nesting included) becomes :class:`shared.errors.ParseError`
   carrying a sample of the frame.
+- ``server_error(venue, detail)``: log a venue's error reply; the SessionOutput to return for it.
 - ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
   frame (a bad date, a bad enum) into ParseError with the frame's sample.
 - ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad or truncated
@@ -56,7 +57,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
-from collectors.venue import ConnectionPlan, VenueSession
+from collectors.venue import ConnectionPlan, SessionOutput, VenueSession
 from shared.errors import ParseError
 from shared.models import (
     Liquidation,
@@ -109,11 +110,14 @@ def listed_or_default(venue: str, base_url: str, live_host: str, listing: Callab
     return list(defaults)
 
 
-def server_error(venue: str, detail: object) -> None:
-    """Log what a venue answered with an error: a refused subscription (a renamed channel, a
-    delisted symbol) would otherwise look like a quiet market until the feed turns suspect."""
+def server_error(venue: str, detail: object) -> SessionOutput:
+    """Log what a venue answered with an error, and return it as the frame's output: a refused
+    subscription (a renamed channel, a delisted symbol) would otherwise look like a quiet market
+    until the feed turns suspect; the collector marks the venue degraded with it."""
+    text = str(detail)[:200]
     logging.getLogger(f"collectors.venues.{venue}").warning(
-        "%s: the venue answered with an error: %s", venue, str(detail)[:200])
+        "%s: the venue answered with an error: %s", venue, text)
+    return SessionOutput(error=text)
 
 
 @contextmanager

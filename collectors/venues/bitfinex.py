@@ -110,7 +110,7 @@ class BitfinexSession:
             if frame.event == "subscribed" and frame.chanId is not None:
                 self.channels[frame.chanId] = frame.key or ""
             elif frame.event == "error":
-                server_error(NAME, f"{frame.code}: {frame.msg}")
+                return server_error(NAME, f"{frame.code}: {frame.msg}")
             return EMPTY
         if len(frame) < 2 or not isinstance(frame[0], int):
             raise ParseError(NAME, "array frame without chanId and payload", raw)

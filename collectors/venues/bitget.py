@@ -97,7 +97,7 @@ class BitgetSession:
             return EMPTY
         frame = decode(_frame, raw, NAME)
         if frame.event == "error":
-            server_error(NAME, frame.msg)
+            return server_error(NAME, frame.msg)
         if frame.arg is None or frame.arg.topic != TOPIC or not frame.data or frame.action == "snapshot":
             return EMPTY  # a snapshot (on subscribe) is history; tardis maps only "update"
         inst_type = frame.arg.instType

@@ -120,7 +120,7 @@ class BitmexSession:
             if frame.info is None and frame.success is None and frame.error is None:
                 raise ParseError(NAME, "neither a table frame nor a control reply", raw)
             if frame.error is not None:
-                server_error(NAME, frame.error)
+                return server_error(NAME, frame.error)
             return EMPTY
         if frame.table != "liquidation" or frame.action != "insert":
             return EMPTY

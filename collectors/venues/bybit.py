@@ -139,7 +139,7 @@ class BybitSession:
         frame = decode(_frame, raw, NAME)
         if frame.topic is None:
             if frame.success is False:
-                server_error(NAME, f"{frame.op}: {frame.ret_msg}")
+                return server_error(NAME, f"{frame.op}: {frame.ret_msg}")
             if frame.op is not None or frame.success is not None:
                 return EMPTY
             raise ParseError(NAME, "neither a topic frame nor an op reply", raw)

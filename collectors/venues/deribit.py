@@ -133,7 +133,7 @@ class DeribitSession:
                 return SessionOutput(self._trades(frame.params.data or [], received_ms))
         if frame.id is not None or frame.method is not None:
             if frame.error is not None:
-                server_error(NAME, frame.error)
+                return server_error(NAME, frame.error)
             return EMPTY
         raise ParseError(NAME, "neither a subscription, a heartbeat nor an RPC reply", raw)
 

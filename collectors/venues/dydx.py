@@ -108,7 +108,7 @@ class DydxSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.type == "error":
-            server_error(NAME, frame.message)
+            return server_error(NAME, frame.message)
         if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
             return EMPTY
         batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]

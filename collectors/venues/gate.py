@@ -117,7 +117,7 @@ class GateSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.error is not None:
-            server_error(NAME, frame.error)
+            return server_error(NAME, frame.error)
         if frame.channel != CHANNEL or frame.event != "update" or not isinstance(frame.result, list):
             return EMPTY
         return SessionOutput([self._liquidation(row, received_ms) for row in frame.result])

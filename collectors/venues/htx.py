@@ -150,7 +150,7 @@ class HtxSession:
         if frame.ping is not None:
             return SessionOutput(replies=[json.dumps({"pong": frame.ping})])
         if frame.err_code or frame.op in ("error", "close"):
-            server_error(NAME, f"{frame.op} {frame.err_code}: {frame.err_msg}")
+            return server_error(NAME, f"{frame.op} {frame.err_code}: {frame.err_msg}")
         if frame.op != "notify" or not frame.topic.endswith(".liquidation_orders") or not frame.data:
             return EMPTY
         with frame_errors(NAME, raw):

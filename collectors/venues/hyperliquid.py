@@ -135,7 +135,7 @@ class HyperliquidSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.channel == "error":
-            server_error(NAME, bytes(frame.data).decode(errors="replace"))
+            return server_error(NAME, bytes(frame.data).decode(errors="replace"))
         if frame.channel not in FILL_CHANNELS:
             return EMPTY
         data = decode(_fill_data, bytes(frame.data), NAME)

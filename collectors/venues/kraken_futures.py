@@ -109,7 +109,7 @@ class KrakenFuturesSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         envelope = decode(_envelope, raw, NAME)
         if envelope.event in ("alert", "error", "subscribed_failed"):
-            server_error(NAME, f"{envelope.event}: {envelope.message}")
+            return server_error(NAME, f"{envelope.event}: {envelope.message}")
         if envelope.feed != "trade" or envelope.type != "liquidation":
             return EMPTY
         trade = decode(_trade, raw, NAME)

@@ -122,7 +122,7 @@ class LighterSession:
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         frame = decode(_frame, raw, NAME)
         if frame.error is not None:
-            server_error(NAME, frame.error)
+            return server_error(NAME, frame.error)
         if frame.type == "ping":
             return SessionOutput(replies=[PONG])
         if frame.type != "update/trade" or not frame.liquidation_trades:

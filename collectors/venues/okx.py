@@ -163,7 +163,7 @@ class OkxSession:
     def _frame(self, frame: Frame, raw: bytes | str, received_ms: int) -> SessionOutput:
         if frame.event is not None:
             if frame.event == "error":
-                server_error(NAME, f"{frame.code}: {frame.msg}")
+                return server_error(NAME, f"{frame.code}: {frame.msg}")
             return EMPTY
         if frame.table in V3_TABLES:
             return SessionOutput(self._v3(frame.data or [], received_ms))

@@ -857,3 +857,52 @@ def test_a_collector_started_while_redis_loads_its_data_waits_to_remember_what_i
     again = asyncio.run(run())
     assert (again.published, again.health.duplicates) == (0, 4)
     assert len(stream_contents(redis_url)) == 4
+
+
+class RefusedOnce:
+    """A venue session whose first connection also asks for a topic the venue refuses."""
+
+    def __init__(self, inner: Any, extra: str, first: bool) -> None:
+        self.inner, self.extra, self.first = inner, extra, first
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def on_open(self) -> list[str | bytes]:
+        frames: list[str | bytes] = self.inner.on_open()
+        return [*frames, self.extra] if self.first else frames
+
+
+def test_a_refused_subscription_degrades_the_venue_until_the_connection_is_reopened(redis_url: str) -> None:
+    """Bybit refuses an inverse topic on its linear endpoint. The connection still delivers its
+    other topics, so the venue is not down, but it is not "up" either: it is degraded, and says
+    what the venue answered, until that connection is reopened and subscribes cleanly."""
+    spec = load_venue("bybit")
+    opened: list[int] = []
+
+    def plans(base_url: str, symbols: Any) -> list[Any]:
+        def session(plan: Any) -> RefusedOnce:
+            opened.append(1)
+            extra = '{"op":"subscribe","args":["allLiquidation.BTCUSD"]}'
+            return RefusedOnce(plan.new_session(), extra, first=len(opened) == 1)
+        return [dataclasses.replace(plan, new_session=lambda plan=plan: session(plan))
+                for plan in spec.plans(base_url, symbols)]
+
+    async def run() -> None:
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            config = CollectorConfig(venue=dataclasses.replace(spec, plans=plans), shards=SHARDS,
+                                     redis=make_async_redis(redis_url), base_url=exchange.urls["bybit"],
+                                     symbols=["BTCUSDT"], health_every_s=0.05, instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                await collector.wait_until(lambda c: c.health.state == "degraded")
+                assert "handler not found,topic:allLiquidation.BTCUSD" in collector.health.reason
+                stored = await collector.config.redis.hgetall(keys.venue_health("bybit"))
+                assert stored[b"venue_errors"] == b"1"
+                sent = await exchange.emit(events("bybit", T0, 2)[:1])
+                await collector.wait_until(lambda c: c.published == len(sent) == 1)
+                assert await exchange.drop_connections("bybit") == 1
+                await collector.wait_until(lambda c: c.health.reconnects == 1
+                                           and c.health.state == "up")
+                assert collector.health.reason == ""
+
+    asyncio.run(run())

@@ -25,3 +25,16 @@ def test_a_single_connection_venue_gives_its_reason_as_it_is() -> None:
     assert (health.compute_state(0), health.reason) == ("down", "ConnectionRefusedError: [Errno 111]")
     health.stopped()
     assert health.reason == "collector stopped"
+
+
+def test_a_connection_the_venue_refused_something_degrades_the_venue_until_it_reopens() -> None:
+    health = VenueHealth("bybit", usual_gap_s=10.0, connections_total=2)
+    health.connected("a", 1_000)
+    health.connected("b", 1_000)
+    health.refused("b", "subscribe: error:handler not found,topic:allLiquidation.BTCUSD")
+    assert health.compute_state(2_000) == "degraded"
+    assert health.reason == "b: venue error: subscribe: error:handler not found,topic:allLiquidation.BTCUSD"
+    health.disconnected("b", "closed by server")
+    assert health.reason == "b: closed by server", "down is the worse news"
+    health.connected("b", 3_000)
+    assert (health.compute_state(3_000), health.reason, health.venue_errors) == ("up", "", 1)

@@ -544,4 +544,6 @@ def test_a_refused_subscription_or_error_reply_is_logged_not_mistaken_for_a_quie
         venue: str, frame: dict[str, Any], detail: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING"):
         assert_control(parser(venue), frame)
+        output = parser(venue).on_message(json.dumps(frame), RX)
     assert f"{venue}: the venue answered with an error" in caplog.text and detail in caplog.text
+    assert detail in output.error, "the collector marks the venue degraded with it"
