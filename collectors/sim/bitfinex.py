@@ -72,6 +72,9 @@ class BitfinexSim:
             return [json.dumps({"event": "unsubscribed", "status": "OK", "chanId": request.get("chanId")})]
         raise ValueError(f"unsupported request {request!r}")
 
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"event": "error", "msg": "subscribe: invalid", "code": 10300})
+
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         if not items:
             return []

@@ -81,9 +81,15 @@ class BitgetSim:
             raise ValueError(f"unknown op {msg.get('op')!r}")
         replies: list[Outgoing] = []
         for arg in msg["args"]:
+            if arg["topic"] != TOPIC:
+                raise ValueError(f"instType:{arg['instType']},topic:{arg['topic']} doesn't exist")
+        for arg in msg["args"]:
             client.subscriptions.add(f"{arg['instType']}:{arg['topic']}")
             replies.append(json.dumps({"event": "subscribe", "arg": arg}))
         return replies
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"event": "error", "code": 30001, "msg": reason.strip("'\"")})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         arg = {"instType": INST_TYPE, "topic": TOPIC}

@@ -31,7 +31,7 @@ import msgspec
 
 from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick
-from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
@@ -98,12 +98,19 @@ class BitmexSim:
         op, args = request["op"], request["args"]
         if op not in ("subscribe", "unsubscribe"):
             raise ValueError(f"unknown op {op!r}")
-        topics = {TOPIC for arg in args if arg.split(":")[0] == TOPIC}
+        unknown = [arg for arg in args if arg.split(":")[0] != TOPIC]
+        if unknown:
+            raise ValueError(f"Unknown table: {unknown[0].split(':')[0]}")
+        topics = {TOPIC for arg in args}
         if op == "subscribe":
             client.subscriptions.update(topics)
         else:
             client.subscriptions.difference_update(topics)
         return [json.dumps({"success": True, op: arg, "request": request}) for arg in args]
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"status": 400, "error": reason.strip("'\""), "meta": {},
+                           "request": request_of(message)})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         if not items:

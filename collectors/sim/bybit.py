@@ -101,7 +101,8 @@ def _subscribe(client: SimClient, args: list[str]) -> str:
     total = sorted(client.subscriptions | set(args))
     if len(json.dumps(total)) > ARGS_LIMIT:
         return f"error:args size exceeds {ARGS_LIMIT} characters"
-    wrong = [topic for topic in args if endpoint_category(topic) != category]
+    wrong = [topic for topic in args
+             if not topic.startswith("allLiquidation.") or endpoint_category(topic) != category]
     client.subscriptions.update(topic for topic in args if topic not in wrong)
     return f"error:handler not found,topic:{','.join(wrong)}" if wrong else ""
 

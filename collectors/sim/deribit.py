@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from collectors.sim.binance_usdm import lots, tick
-from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from shared.market import MarketEvent
 from shared.models import Liquidation, Side
 
@@ -85,6 +85,10 @@ class DeribitSim:
         else:
             raise ValueError(f"unknown method {method!r}")
         return [json.dumps({"jsonrpc": "2.0", "id": request.get("id"), "result": result})]
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"jsonrpc": "2.0", "id": request_of(message).get("id"),
+                           "error": {"message": "Method not found", "code": -32601}})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         by_channel: dict[str, list[dict[str, Any]]] = {}

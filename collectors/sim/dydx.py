@@ -91,6 +91,11 @@ class DydxSim:
         client.state.setdefault("unacked", []).append(ticker)
         return []  # the ack is the ``subscribed`` snapshot, sent by ``snapshot``
 
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        client.state["message_id"] = message_id = client.state.get("message_id", 0) + 1
+        return json.dumps({"type": "error", "message": f"Invalid subscribe message: {reason}",
+                           "connection_id": CONNECTION_ID, "message_id": message_id})
+
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         by_ticker: dict[str, list[dict[str, Any]]] = {}
         for item in items:

@@ -24,7 +24,7 @@ import msgspec
 
 from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick, wire
-from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
 from shared.models import Liquidation
@@ -112,6 +112,12 @@ class GateSim:
                 client.subscriptions.update(c.name for c in CONTRACTS.values())  # all USDT-settled
             return [_envelope(CHANNEL, "subscribe", payload=payload, result={"status": "success"})]
         raise ValueError(f"unknown request {channel!r}/{event!r}")
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        request = request_of(message)
+        return _envelope(str(request.get("channel", "")), str(request.get("event", "")),
+                         error={"code": 2, "message": f"unknown channel {request.get('channel')}"},
+                         result={"status": "failed"})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         """Sizes are decimal strings for a client that sent ``X-Gate-Size-Decimal: 1``, else

@@ -31,7 +31,7 @@ import msgspec
 
 from collectors.instruments import Instrument
 from collectors.sim.binance_usdm import tick, wire
-from collectors.sim.protocol import Outgoing, SimClient, SimItem
+from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
 from shared.models import Liquidation
@@ -152,6 +152,8 @@ class HtxSim:
         op = msg.get("op")
         if op == "sub":
             topic = str(msg["topic"])
+            if not (topic.startswith("public.") and topic.endswith(".liquidation_orders")):
+                raise ValueError(f"invalid topic {topic}")
             client.subscriptions.add(WILDCARD if topic == topic_of("*") else topic)
             ack = {"op": "sub", "cid": msg.get("cid"), "topic": topic, "ts": _now_ms(), "err-code": 0}
             return [json.dumps(ack)]
@@ -162,6 +164,12 @@ class HtxSim:
         if op == "unsub":
             return []
         raise ValueError(f"unknown op {op!r}")
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        request = request_of(message)
+        return json.dumps({"op": request.get("op", "error"), "cid": request.get("cid"),
+                           "topic": request.get("topic", ""), "ts": _now_ms(), "err-code": 4000,
+                           "err-msg": reason})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         by_topic: dict[str, list[dict[str, Any]]] = {}

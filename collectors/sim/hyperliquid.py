@@ -78,6 +78,11 @@ class HyperliquidSim:
         client.subscriptions.add(TOPIC)
         return [json.dumps({"channel": "subscriptionResponse", "data": msg})]
 
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        text = message.decode(errors="replace") if isinstance(message, bytes) else message
+        return json.dumps({"channel": "error",
+                           "data": f"Error parsing JSON into valid websocket request: {text}"})
+
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         return [json.dumps({"channel": TOPIC, "data": {"fills": [item.native for item in items]}})]
 

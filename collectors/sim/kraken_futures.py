@@ -80,6 +80,9 @@ class KrakenFuturesSim:
         client.subscriptions.update(topic_of(p) for p in products)
         return [json.dumps({"event": "subscribed", "feed": "trade", "product_ids": products})]
 
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"event": "error", "message": "Invalid feed"})
+
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         return [json.dumps(item.native) for item in items]
 

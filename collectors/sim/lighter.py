@@ -96,6 +96,9 @@ class LighterSim:
     def on_connect(self, client: SimClient) -> list[Outgoing]:
         return [json.dumps({"type": "connected", "session_id": "sim"})]
 
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"error": {"code": 30005, "message": f"Invalid Channel: {reason}"}})
+
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         by_channel: dict[str, list[dict[str, Any]]] = {}
         for item in items:

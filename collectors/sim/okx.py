@@ -77,6 +77,9 @@ class OkxSim:
         if op not in ("subscribe", "unsubscribe"):
             raise ValueError(f"unknown op {op!r}")
         replies: list[Outgoing] = []
+        unknown = [arg["channel"] for arg in args if arg["channel"] != CHANNEL]
+        if unknown:
+            raise ValueError(f"{','.join(unknown)} doesn't exist")
         for arg in args:
             if arg["channel"] == CHANNEL:
                 topics = {arg["instType"]}
@@ -88,6 +91,10 @@ class OkxSim:
                 json.dumps({"id": request.get("id", ""), "event": op, "arg": arg, "connId": "sim"})
             )
         return replies
+
+    def refusal(self, client: SimClient, message: str | bytes, reason: str) -> Outgoing:
+        return json.dumps({"event": "error", "code": "60018", "msg": f"Wrong URL or channel:{reason}",
+                           "connId": "sim"})
 
     def frames(self, items: Sequence[SimItem], client: SimClient) -> list[Outgoing]:
         if not items:

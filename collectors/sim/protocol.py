@@ -28,10 +28,17 @@ disconnected as it would be live (optional attributes, read with ``getattr``; 0 
 
 Both close with :data:`LIVENESS_CLOSE` (the code is the simulator's choice; the venues do not
 document theirs). A muted venue (a half-open connection) closes nothing.
+
+A request the venue does not serve (``on_client_message`` raised ValueError, KeyError, …) gets
+the venue's error frame from the optional ``refusal(client, message, reason) -> Outgoing``
+(``{"event":"error",…}``, a JSON-RPC error, …), as live: a renamed or retired channel is
+answered, not met with silence.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +49,15 @@ from shared.models import Liquidation
 Outgoing = str | bytes
 LIVENESS_CLOSE = 1008
 """Close code of a connection the venue drops for breaking its heartbeat rules (policy violation)."""
+
+
+def request_of(message: str | bytes) -> dict[str, Any]:
+    """A client frame as a JSON object (for a refusal to echo its id); {} when it is not one."""
+    try:
+        request = json.loads(gzip.decompress(message) if isinstance(message, bytes) else message)
+    except (ValueError, OSError, EOFError):
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 @dataclass

@@ -141,8 +141,13 @@ class VenueServer:
             replies = self.sim.on_client_message(client, message)
         except VenueError as exc:
             logger.warning("%s: client frame not understood (%s): %.200r", self.name, exc, message)
-            return
+            replies = self._refusal(client, message, exc)
         await self._after_change(conn, client, before, replies)
+
+    def _refusal(self, client: SimClient, message: str | bytes, exc: Exception) -> list[Outgoing]:
+        """The venue's error reply to a request it does not serve (none if it has no ``refusal``)."""
+        refusal: Callable[[SimClient, str | bytes, str], Outgoing] | None = getattr(self.sim, "refusal", None)
+        return [] if refusal is None else [refusal(client, message, str(exc))]
 
     async def _after_change(
         self, conn: ServerConnection, client: SimClient, before: set[str], replies: Sequence[Outgoing]

@@ -243,3 +243,42 @@ def test_every_simulated_venue_loads() -> None:
         sim = load_sim(name)
         assert sim.name == name
         assert sim.heartbeat_s >= 0
+
+
+RENAMED = {
+    "bybit": ("allLiquidation.", "liquidation."),  # the topic Bybit retired
+    "okx": ("liquidation-orders", "liquidations"),
+    "bitmex": ('"liquidation"', '"liquidations"'),
+    "bitfinex": ("liq:global", "liq:globl"),
+    "deribit": ("public/subscribe", "public/subscrib"),
+    "hyperliquid": ("userEvents", "liquidations"),
+    "gate": ("futures.public_liquidates", "futures.liquidates"),
+    "htx": (".liquidation_orders", ".liquidation"),
+    "bitget": ('"liquidation"', '"liquidations"'),
+    "kraken_futures": ('"trade"', '"trades"'),
+    "dydx": ("v4_trades", "v4_trade"),
+    "lighter": ('"trade/', '"trades/'),
+}
+"""Per venue that subscribes by message: a channel or method renamed, as a collector could send it."""
+
+
+@pytest.mark.parametrize("name", sorted(RENAMED))
+def test_a_request_the_venue_refuses_gets_its_error_reply_which_the_session_reports(name: str) -> None:
+    """The venue answers what it does not serve with its error frame (not silence, as if the
+    market were quiet), and the collector's session hands that error on for the venue's health."""
+    async def run() -> str:
+        spec = load_venue(name)
+        async with ExchangeSimulator([name]) as sim:
+            plan = spec.plans(sim.urls[name], WATCH.get(name, spec.default_symbols))[0]
+            session = plan.new_session()
+            old, new = RENAMED[name]
+            request = next(str(f) for f in session.on_open() if old in str(f))
+            async with connect(plan.url, open_timeout=TIMEOUT) as ws, asyncio.timeout(TIMEOUT):
+                await ws.send(request.replace(old, new))
+                while True:
+                    output = session.on_message(text(await ws.recv()), 0)
+                    assert not output.liquidations
+                    if output.error:
+                        return output.error
+
+    assert asyncio.run(run())
