@@ -8,7 +8,8 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
 - A malformed frame is counted (``liq_parse_errors``), logged with a truncated sample (at most
   once per 10 s per venue) and skipped. It never closes the connection.
 - A dropped or failed connection is retried with exponential backoff and jitter
-  (``shared.backoff``), reset once a connection has been healthy for a while.
+  (``shared.backoff``), reset once a connection has been healthy for a while. A connection
+  the venue announces it will drop (``SessionOutput.reconnect``) is replaced the same way.
 - One publisher task drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
   event shard of each liquidation's symbol. While Redis is unreachable, liquidations wait in
   the disk spool (``collectors.spool``, ``<data_dir>/spool``) and are published first, in
@@ -99,6 +100,13 @@ def silence_limit_s(spec: VenueSpec, app_pings: bool) -> float | None:
     due = [s for s in (spec.heartbeat_s if app_pings and spec.answers_pings else None,
                        spec.server_heartbeat_s) if s]
     return SILENT_PINGS * min(due) if due else None
+
+
+class VenueAskedReconnect(Exception):
+    """A frame in which the venue announces it will drop the connection, or asks for a new one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the venue asked for a new connection: {why}")
 
 
 @dataclass
@@ -323,7 +331,8 @@ class Collector:
             failure: BaseException | str = "closed by server"
             try:
                 await self._session(plan, outage)
-            except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
+                    VenueAskedReconnect) as exc:
                 failure = exc
             except Exception as exc:  # a bug: logged whole, and the connection is opened again
                 logger.exception("%s[%s]: connection failed", venue, plan.label)
@@ -408,6 +417,8 @@ class Collector:
             await ws.send(reply)
         self._accept(number_repeats(output.liquidations), now_ms)
         await self._notify()
+        if output.reconnect:
+            raise VenueAskedReconnect(output.reconnect)
 
     async def _notify(self) -> None:
         async with self._progress:

@@ -42,6 +42,9 @@ class SessionOutput:
     error: str = ""
     """What the venue answered with an error (a refused subscription): the connection's health
     says so (``degraded``) until it is reopened."""
+    reconnect: str = ""
+    """Why the venue wants a new connection (OKX notice 64008 before an upgrade closes it,
+    Bitfinex info 20051 before a restart): the collector reopens it at once."""
 
 
 EMPTY = SessionOutput()

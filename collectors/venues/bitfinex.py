@@ -16,6 +16,7 @@ Price = ``BASE_PRICE`` (as the peer corpus does; ``PRICE_ACQUIRED`` goes to
 ``extra["price_acquired"]``), quantity = ``|AMOUNT|`` in base, timestamp = ``MTS``,
 ``event_id`` = ``POS_ID-MTS``. A data frame whose chanId was never acked (``liq parse`` on one
 frame) is accepted when its rows start with ``"pos"``. ``[chanId,"hb",…]`` is a heartbeat.
+Info ``20051`` (server restart) and ``20061`` (maintenance ended) get a new connection at once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from shared.models import Liquidation
 
 NAME = "bitfinex"
 KEY = "liq:global"
+RECONNECT_CODES = frozenset({20051, 20061})
+"""``{"event":"info","code":…}`` asking for a new connection: 20051 the server restarts ("please
+reconnect"), 20061 maintenance ended (resubscribing every channel is advised)."""
 
 
 class Row(msgspec.Struct, array_like=True):
@@ -111,6 +115,8 @@ class BitfinexSession:
                 self.channels[frame.chanId] = frame.key or ""
             elif frame.event == "error":
                 return server_error(NAME, f"{frame.code}: {frame.msg}")
+            elif frame.event == "info" and frame.code in RECONNECT_CODES:
+                return SessionOutput(reconnect=f"info {frame.code}: {frame.msg}")
             return EMPTY
         if len(frame) < 2 or not isinstance(frame[0], int):
             raise ParseError(NAME, "array frame without chanId and payload", raw)

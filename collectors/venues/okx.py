@@ -26,6 +26,8 @@ are deterministic digests, so the downstream dedupe removes replays. Also parsed
 recorded data holds them: tardis "generated" v3 REST envelopes (``futures/liquidation``,
 ``swap/liquidation``; ``type`` 3 = long closed, 4 = short closed) and v5 REST envelopes
 (``arg.channel == "liquidations"``, ``arg.instId``). Heartbeat: the literal ``ping`` → ``pong``.
+Notice ``64008`` (sent 60 s before connections are closed for a service upgrade) gets a new
+connection at once.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ from shared.errors import ParseError
 from shared.models import Liquidation, Side
 
 NAME = "okx"
+UPGRADE_NOTICE = "64008"
+"""``{"event":"notice","code":"64008",…}``: connections close in 60 s for a service upgrade."""
 INST_TYPES = ("SWAP", "FUTURES")
 V3_TABLES = ("futures/liquidation", "swap/liquidation")
 V3_SIDES: dict[str, Side] = {"3": "long", "4": "short"}
@@ -164,6 +168,8 @@ class OkxSession:
         if frame.event is not None:
             if frame.event == "error":
                 return server_error(NAME, f"{frame.code}: {frame.msg}")
+            if frame.event == "notice" and str(frame.code) == UPGRADE_NOTICE:
+                return SessionOutput(reconnect=f"notice {frame.code}: {frame.msg}")
             return EMPTY
         if frame.table in V3_TABLES:
             return SessionOutput(self._v3(frame.data or [], received_ms))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -904,5 +905,36 @@ def test_a_refused_subscription_degrades_the_venue_until_the_connection_is_reope
                 await collector.wait_until(lambda c: c.health.reconnects == 1
                                            and c.health.state == "up")
                 assert collector.health.reason == ""
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("venue", "notice", "reason"), [
+    ("okx", {"event": "notice", "code": "64008", "connId": "sim",
+             "msg": "The connection will soon be closed for a service upgrade. Please reconnect."}, "64008"),
+    ("bitfinex", {"event": "info", "code": 20051, "msg": "Stopping. Please try to reconnect"}, "20051"),
+    ("bitfinex", {"event": "info", "code": 20061, "msg": "Maintenance ended"}, "20061"),
+])
+def test_a_venue_announcing_a_disconnect_gets_a_new_connection_at_once(
+        venue: str, notice: dict[str, Any], reason: str, redis_url: str) -> None:
+    """OKX sends notice 64008 before closing connections for an upgrade; Bitfinex sends info 20051
+    before a restart and 20061 after maintenance (resubscribe advised). The collector opens a new
+    connection, subscribed afresh, instead of waiting for the close or a silent channel."""
+    async def run() -> None:
+        async with ExchangeSimulator([venue]) as exchange:
+            config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
+                                     instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                assert await exchange.send_raw(venue, json.dumps(notice)) == conns
+                await collector.wait_until(lambda c: c.health.reconnects == conns)
+                assert reason in collector.health.reason and "venue asked" in collector.health.reason
+                await exchange.wait_subscribed(venue, conns)
+                await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
+                sent = await exchange.emit(events(venue, T0, 3))
+                await collector.wait_until(lambda c: c.published == len(sent))
+                assert collector.health.reconnects == conns
 
     asyncio.run(run())
