@@ -102,6 +102,15 @@ def silence_limit_s(spec: VenueSpec, app_pings: bool) -> float | None:
     return SILENT_PINGS * min(due) if due else None
 
 
+def closed_by_server(closed: ConnectionClosedOK) -> str:
+    """``closed by server``, with the close code and reason the venue gave, if any."""
+    frame = closed.rcvd
+    if frame is None:
+        return "closed by server"
+    detail = f"{frame.code} {frame.reason}".strip()
+    return f"closed by server ({detail})"[:300]
+
+
 class VenueAskedReconnect(Exception):
     """A frame in which the venue announces it will drop the connection, or asks for a new one."""
 
@@ -330,7 +339,7 @@ class Collector:
             opened_at = time.monotonic()
             failure: BaseException | str = "closed by server"
             try:
-                await self._session(plan, outage)
+                failure = await self._session(plan, outage)
             except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
                     VenueAskedReconnect) as exc:
                 failure = exc
@@ -349,7 +358,8 @@ class Collector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _session(self, plan: ConnectionPlan, outage: Outage) -> None:
+    async def _session(self, plan: ConnectionPlan, outage: Outage) -> str:
+        """Run one connection until the venue closes it cleanly (why, then) or it fails (raises)."""
         session = plan.new_session()
         spec = self.config.venue
         app_pings = session.heartbeat() is not None
@@ -372,8 +382,8 @@ class Collector:
                     try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
                         async with asyncio.timeout(silence_s):
                             raw = await ws.recv()
-                    except ConnectionClosedOK:
-                        return
+                    except ConnectionClosedOK as closed:
+                        return closed_by_server(closed)
                     except TimeoutError:
                         limit = silence_s or 0.0
                         raise TimeoutError(f"no frame for {limit:g}s although one is due every "

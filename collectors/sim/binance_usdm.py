@@ -73,6 +73,8 @@ class BinanceSimBase:
     name = "binance"
     gzip = False
     heartbeat_s = 0.0
+    max_lifetime_s = 24 * 3600.0
+    """Binance ends each connection after 24 h ("only valid for 24 hours")."""
 
     def delivers(self, client: SimClient) -> bool:
         """Whether streams on this client's path carry data (USD-M: only under ``/market``)."""

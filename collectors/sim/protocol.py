@@ -25,9 +25,11 @@ disconnected as it would be live (optional attributes, read with ``getattr``; 0 
   that needs an answer, ``on_client_message`` sets it back to 0 on the documented answer.
 - ``idle_close_s: float``: the venue closes a connection it has heard nothing from (no
   subscribe, no ping) for this long (OKX 30 s, Hyperliquid 60 s, Bitget and Lighter 2 min).
+- ``max_lifetime_s: float``: the venue ends every connection this long after it opened
+  (Binance: "A single connection is only valid for 24 hours"), with :data:`LIFETIME_CLOSE`.
 
-Both close with :data:`LIVENESS_CLOSE` (the code is the simulator's choice; the venues do not
-document theirs). A muted venue (a half-open connection) closes nothing.
+The first two close with :data:`LIVENESS_CLOSE` (the codes are the simulator's choice; the venues
+do not document theirs). A muted venue (a half-open connection) closes nothing.
 
 A request the venue does not serve (``on_client_message`` raised ValueError, KeyError, …) gets
 the venue's error frame from the optional ``refusal(client, message, reason) -> Outgoing``
@@ -49,6 +51,8 @@ from shared.models import Liquidation
 Outgoing = str | bytes
 LIVENESS_CLOSE = 1008
 """Close code of a connection the venue drops for breaking its heartbeat rules (policy violation)."""
+LIFETIME_CLOSE = 1001
+"""Close code of a connection the venue ends at its maximum lifetime (going away)."""
 
 
 def request_of(message: str | bytes) -> dict[str, Any]:

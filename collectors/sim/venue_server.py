@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from collectors import VENUES
-from collectors.sim.protocol import LIVENESS_CLOSE, Outgoing, SimClient, SimItem, SimVenue
+from collectors.sim.protocol import LIFETIME_CLOSE, LIVENESS_CLOSE, Outgoing, SimClient, SimItem, SimVenue
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
@@ -169,6 +169,8 @@ class VenueServer:
             watches.append(self._heartbeat)
         if getattr(self.sim, "idle_close_s", 0.0) > 0:
             watches.append(self._idle_close)
+        if getattr(self.sim, "max_lifetime_s", 0.0) > 0:
+            watches.append(self._end_of_life)
         return watches
 
     async def _heartbeat(self, conn: ServerConnection, client: SimClient) -> None:
@@ -195,6 +197,13 @@ class VenueServer:
                 await conn.close(LIVENESS_CLOSE, f"nothing received for {idle_s:g}s")
                 return
             await asyncio.sleep(left if left > 0 else idle_s)
+
+    async def _end_of_life(self, conn: ServerConnection, client: SimClient) -> None:
+        """End the connection ``max_lifetime_s`` after it opened (a frozen one stays frozen)."""
+        lifetime_s = float(getattr(self.sim, "max_lifetime_s", 0.0))
+        await asyncio.sleep(lifetime_s)
+        if conn not in self.frozen:
+            await conn.close(LIFETIME_CLOSE, f"connection lifetime of {lifetime_s:g}s reached")
 
     def _wire(self, frame: Outgoing) -> Outgoing:
         """Gzip venues send binary frames; compress anything a venue left uncompressed."""

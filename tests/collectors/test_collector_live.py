@@ -938,3 +938,33 @@ def test_a_venue_announcing_a_disconnect_gets_a_new_connection_at_once(
                 assert collector.health.reconnects == conns
 
     asyncio.run(run())
+
+
+class Expiring(CountingSim):
+    """A venue's simulator whose connections live ``lifetime_s`` (Binance: 24 h)."""
+
+    def __init__(self, inner: Any, lifetime_s: float) -> None:
+        super().__init__(inner)
+        self.max_lifetime_s = lifetime_s
+
+
+@pytest.mark.parametrize("venue", ["binance_usdm", "binance_coinm"])
+def test_a_connection_the_venue_ends_at_its_lifetime_is_opened_again(venue: str, redis_url: str) -> None:
+    """Binance ends every connection after 24 h (here 0.5 s); the collector opens a new one,
+    saying the server closed it, and the liquidations after it are published."""
+    async def run() -> None:
+        sim = Expiring(load_sim(venue), 0.5)
+        async with ExchangeSimulator([sim]) as exchange:
+            config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
+                                     instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                ended = "closed by server (1001 connection lifetime of 0.5s reached)"
+                await collector.wait_until(lambda c: ended in c.health.reason)
+                await exchange.wait_subscribed(venue, conns)
+                sent = await exchange.emit(events(venue, T0, 2))
+                await collector.wait_until(lambda c: c.published == len(sent) == 2)
+
+    asyncio.run(run())
