@@ -411,8 +411,7 @@ def test_a_half_open_connection_is_reopened_by_websocket_pings(venue: str, redis
                 conns = len(collector.plans)
                 await exchange.wait_subscribed(venue, conns)
                 assert exchange.freeze(venue) == conns
-                await collector.wait_until(lambda c: c.health.reconnects >= conns)
-                assert "keepalive ping timeout" in collector.health.reason
+                await collector.wait_until(lambda c: "keepalive ping timeout" in c.health.reason)
                 await exchange.wait_subscribed(venue, conns)
                 await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
                 assert await exchange.thaw(venue) == conns
@@ -442,8 +441,7 @@ def test_a_connection_gone_silent_is_reopened_where_the_venue_pings(venue: str, 
                 await sim.enough.wait()
                 assert collector.health.reconnects == 0, "pings are frames: no false alarm"
                 exchange.mute(venue)
-                await collector.wait_until(lambda c: c.health.reconnects >= conns)
-                assert "no frame for 0.15s" in collector.health.reason
+                await collector.wait_until(lambda c: "no frame for 0.15s" in c.health.reason)
                 exchange.mute(venue, False)
                 await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
 
@@ -929,8 +927,8 @@ def test_a_venue_announcing_a_disconnect_gets_a_new_connection_at_once(
                 conns = len(collector.plans)
                 await exchange.wait_subscribed(venue, conns)
                 assert await exchange.send_raw(venue, json.dumps(notice)) == conns
-                await collector.wait_until(lambda c: c.health.reconnects == conns)
-                assert reason in collector.health.reason and "venue asked" in collector.health.reason
+                await collector.wait_until(lambda c: f"new connection: info {reason}" in c.health.reason
+                                           or f"new connection: notice {reason}" in c.health.reason)
                 await exchange.wait_subscribed(venue, conns)
                 await collector.wait_until(lambda c: len(c.health.connections_up) == conns)
                 sent = await exchange.emit(events(venue, T0, 3))
