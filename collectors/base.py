@@ -9,7 +9,9 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
   once per 10 s per venue) and skipped. It never closes the connection.
 - A dropped or failed connection is retried with exponential backoff and jitter
   (``shared.backoff``), reset once a connection has been healthy for a while. A connection
-  the venue announces it will drop (``SessionOutput.reconnect``) is replaced the same way.
+  the venue announces it will drop (``SessionOutput.reconnect``) is replaced the same way; one
+  the venue ends at a fixed age (``VenueSpec.max_connection_s``) is replaced before then, the
+  new connection opened before the old one is closed.
 - One publisher task drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
   event shard of each liquidation's symbol. While Redis is unreachable, liquidations wait in
   the disk spool (``collectors.spool``, ``<data_dir>/spool``) and are published first, in
@@ -30,7 +32,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +75,9 @@ SILENT_PINGS = 3
 """A connection is reopened after this many ping intervals without any frame, where a frame is
 due every interval: the venue answers each application ping (``answers_pings``) or pings by
 itself (``server_heartbeat_s``), so silence means the connection is dead."""
+REPLACE_AT = 0.75
+"""A venue that ends connections at a fixed age (``VenueSpec.max_connection_s``) gets a new
+connection at this fraction of it; the old one is closed once the new one is subscribed."""
 REMEMBER_ENTRIES = 5000
 """Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 SPOOL_RETRY_S = 60.0
@@ -109,6 +114,21 @@ def closed_by_server(closed: ConnectionClosedOK) -> str:
         return "closed by server"
     detail = f"{frame.code} {frame.reason}".strip()
     return f"closed by server ({detail})"[:300]
+
+
+@dataclass
+class Handover:
+    """One connection's part in replacing a connection before the venue ends it at its age limit."""
+
+    ready: asyncio.Event | None = None
+    """Set once this connection is open and has sent its subscriptions: the one it replaces may
+    close."""
+    successor: asyncio.Event | None = None
+    """The ``ready`` of the connection replacing this one, once that one is started."""
+
+    def replaced(self) -> bool:
+        """The replacement is subscribed: this connection ending is no outage."""
+        return self.successor is not None and self.successor.is_set()
 
 
 class VenueAskedReconnect(Exception):
@@ -164,6 +184,9 @@ class Collector:
     spool holds, which is still published first) until ``_spool_again_at``."""
     _spool_again_at: float = 0.0
     """After a disk error, from this time (monotonic) the spool is written again."""
+    _stop: asyncio.Event | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    """The connection loops (and helpers) ``run()`` cancels on stop, replacements included."""
 
     def __post_init__(self) -> None:
         spec = self.config.venue
@@ -217,7 +240,8 @@ class Collector:
         if self.config.venue.replays_on_subscribe:
             await self._remember_published(stop)
         await self._notify()
-        tasks = [asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans]
+        self._stop, tasks = stop, self._tasks
+        tasks.extend(asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans)
         if self.config.venue.relists and not self.config.symbols and every_s is not None:
             tasks.append(asyncio.create_task(self._relist_loop(stop, every_s, tasks)))
         if source is not None and every_s is not None:
@@ -331,26 +355,36 @@ class Collector:
 
     # -- connections -------------------------------------------------------------------------
 
-    async def _connection_loop(self, plan: ConnectionPlan, stop: asyncio.Event) -> None:
+    async def _connection_loop(self, plan: ConnectionPlan, stop: asyncio.Event,
+                               ready: asyncio.Event | None = None) -> None:
+        """Keep ``plan``'s connection open, reconnecting with backoff; ``ready`` is set once it is
+        subscribed (this loop replaces one the venue is about to end). A loop that started its
+        own replacement ends with its connection (an outage only if the replacement is not yet
+        subscribed): the replacement carries on."""
         backoff = Backoff()
         venue = self.config.venue.name
         outage = Outage(f"{venue}[{plan.label}]", logger)
         while not stop.is_set():
             opened_at = time.monotonic()
             failure: BaseException | str = "closed by server"
+            handover = Handover(ready)
             try:
-                failure = await self._session(plan, outage)
+                failure = await self._session(plan, outage, handover)
             except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
                     VenueAskedReconnect) as exc:
                 failure = exc
             except Exception as exc:  # a bug: logged whole, and the connection is opened again
                 logger.exception("%s[%s]: connection failed", venue, plan.label)
                 failure = exc
+            if handover.replaced():
+                return
             reason = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"[:300]
             self.health.disconnected(plan.label, reason)
             await self._notify()
             VENUE_CONNECTED.labels(venue, plan.label).set(0)
             RECONNECTS.labels(venue).inc()
+            if handover.successor is not None:
+                return
             if time.monotonic() - opened_at > HEALTHY_AFTER_S:
                 backoff.reset()
             delay = backoff.next_delay()
@@ -358,8 +392,9 @@ class Collector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
-    async def _session(self, plan: ConnectionPlan, outage: Outage) -> str:
-        """Run one connection until the venue closes it cleanly (why, then) or it fails (raises)."""
+    async def _session(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> str:
+        """Run one connection until the venue closes it cleanly (why, then), it fails (raises) or
+        its replacement is subscribed (``handover.replaced()``)."""
         session = plan.new_session()
         spec = self.config.venue
         app_pings = session.heartbeat() is not None
@@ -375,7 +410,10 @@ class Collector:
             if outage.since is None:
                 logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
             outage.up()
+            if handover.ready is not None:
+                handover.ready.set()
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
+            replace = asyncio.create_task(self._replace_before_the_end(ws, plan, handover))
             silence_s = silence_limit_s(spec, app_pings)
             try:
                 while True:
@@ -390,9 +428,30 @@ class Collector:
                                            f"{limit / SILENT_PINGS:g}s") from None
                     await self._on_frame(ws, session, plan.label, raw)
             finally:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await heartbeat
+                for task in (heartbeat, replace):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    def _start(self, loop: Coroutine[Any, Any, None]) -> None:
+        """Run ``loop`` beside the other connections; it is cancelled with them."""
+        self._tasks.append(asyncio.create_task(loop))
+
+    async def _replace_before_the_end(self, ws: ClientConnection, plan: ConnectionPlan,
+                                      handover: Handover) -> None:
+        """Where the venue ends connections at a fixed age (Binance: 24 h, then a gap until the
+        reconnect), open a replacement before then and close ``ws`` once it is subscribed; the
+        liquidations both receive meanwhile are published once (``collectors.dedupe``)."""
+        max_age_s = self.config.venue.max_connection_s
+        if max_age_s is None or self._stop is None:
+            return
+        await asyncio.sleep(REPLACE_AT * max_age_s)
+        handover.successor = asyncio.Event()
+        self._start(self._connection_loop(plan, self._stop, handover.successor))
+        await handover.successor.wait()
+        logger.info("%s[%s]: replaced before the venue's %gs limit", self.config.venue.name,
+                    plan.label, max_age_s)
+        await ws.close(1000, "replaced")
 
     async def _heartbeat(self, ws: ClientConnection, session: VenueSession) -> None:
         interval = self.config.venue.heartbeat_s

@@ -132,6 +132,9 @@ class VenueSpec:
     answers_pings: bool = False
     """The venue's documentation says it answers every application ping: a connection that then
     receives no frame for a few ping intervals is dead, and is reopened."""
+    max_connection_s: float | None = None
+    """The venue ends every connection at this age (Binance: 24 h), and what happens until the
+    reconnect is lost: a collector opens a replacement before then (``collectors.base``)."""
     server_heartbeat_s: float | None = None
     """The venue sends a frame by itself at least this often (HTX's pings, Deribit's heartbeats
     once ``set_heartbeat`` asked for them): a connection with no frame for a few of these is dead,

@@ -163,7 +163,7 @@ class VenueServer:
             await self._notify()
 
     def _watches(self) -> list[Callable[[ServerConnection, SimClient], Coroutine[Any, Any, None]]]:
-        """The per-connection timers this venue runs: its pings, its idle limit."""
+        """The per-connection timers this venue runs: its pings, its idle limit, its lifetime."""
         watches: list[Callable[[ServerConnection, SimClient], Coroutine[Any, Any, None]]] = []
         if self.sim.heartbeat_s > 0:
             watches.append(self._heartbeat)
@@ -274,9 +274,13 @@ class VenueServer:
                 conn.transport.abort()
             else:
                 await conn.close(code, "simulated failure")
-        async with self._changed:
-            await self._changed.wait_for(lambda: not dropped & self.clients.keys())
+        await self.wait_gone(dropped)
         return len(dropped)
+
+    async def wait_gone(self, conns: set[ServerConnection]) -> None:
+        """Wait until none of ``conns`` is connected any more (whoever closed them); no timeout."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: not conns & self.clients.keys())
 
     def freeze(self) -> int:
         """Make every current connection half-open: the venue end neither reads (so not even
@@ -292,8 +296,7 @@ class VenueServer:
         frozen, self.frozen = self.frozen, set()
         for conn in frozen:
             conn.transport.abort()
-        async with self._changed:
-            await self._changed.wait_for(lambda: not frozen & self.clients.keys())
+        await self.wait_gone(frozen)
         return len(frozen)
 
     async def send_raw(self, frame: Outgoing) -> int:

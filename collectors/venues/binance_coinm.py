@@ -30,6 +30,7 @@ from collectors.venue import ConnectionPlan, InstrumentRequest, InstrumentSource
 from collectors.venues._common import make_liquidation, market_type, ms_date, num, yymmdd_expiry
 from collectors.venues.binance_usdm import (
     ALL_STREAM,
+    CONNECTION_LIFETIME_S,
     ForceOrderSession,
     Order,
     filled,
@@ -136,6 +137,7 @@ VENUE = VenueSpec(
     semantics="sampled",
     semantics_note="at most 1 liquidation per symbol per second (latest-in-1000ms snapshot)",
     heartbeat_s=60.0,
+    max_connection_s=CONNECTION_LIFETIME_S,
     usual_gap_s=300.0,
     plans=_plans,
     new_parser=CoinmSession,

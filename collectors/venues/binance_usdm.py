@@ -40,6 +40,8 @@ from shared.models import Liquidation, Side
 NAME = "binance_usdm"
 ALL_STREAM = "!forceOrder@arr"
 MAX_STREAMS = 1024
+CONNECTION_LIFETIME_S = 24 * 3600.0
+"""Binance ends every connection after 24 h (USD-M and COIN-M)."""
 LINEAR_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "USD1")
 
 
@@ -204,6 +206,7 @@ VENUE = VenueSpec(
     semantics="sampled",
     semantics_note="at most 1 liquidation per symbol per second (latest-in-1000ms snapshot)",
     heartbeat_s=60.0,
+    max_connection_s=CONNECTION_LIFETIME_S,
     usual_gap_s=120.0,
     plans=_plans,
     new_parser=UsdmSession,

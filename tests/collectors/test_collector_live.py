@@ -966,3 +966,31 @@ def test_a_connection_the_venue_ends_at_its_lifetime_is_opened_again(venue: str,
                 await collector.wait_until(lambda c: c.published == len(sent) == 2)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("venue", ["binance_usdm", "binance_coinm"])
+def test_a_connection_near_its_lifetime_is_replaced_before_the_venue_ends_it(venue: str,
+                                                                             redis_url: str) -> None:
+    """Binance ends connections at 24 h (here 2 s) and replays nothing: a reconnect after that
+    loses what happened meanwhile. The collector opens the replacement first, and closes the old
+    connection once the new one is subscribed, so a liquidation right after the old one is gone
+    still reaches a subscribed connection, and is published once."""
+    async def run() -> None:
+        sim = Expiring(load_sim(venue), 2.0)
+        spec = dataclasses.replace(load_venue(venue), max_connection_s=2.0)
+        async with ExchangeSimulator([sim]) as exchange:
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05,
+                                     instruments_every_s=None)
+            async with _running(Collector(config)) as collector:
+                conns = len(collector.plans)
+                await exchange.wait_subscribed(venue, conns)
+                server = exchange.venue(venue)
+                await server.wait_gone(set(server.clients))
+                assert exchange.subscribed(venue) == conns, "the replacements were already subscribed"
+                sent = await exchange.emit(events(venue, T0, 2))
+                assert len(sent) == 2
+                await collector.wait_until(lambda c: c.published == 2)
+                assert collector.health.reconnects == 0, collector.health.reason
+
+    asyncio.run(run())
