@@ -20,10 +20,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
+from redis.connection import parse_url
 
 from shared.errors import ConfigError
 
 ENV_PREFIX = "LIQ_"
+REDIS_URL_FORM = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -43,6 +45,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """``liq up``'s own PostgreSQL listens here (0: a free port)."""
 
     def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
+        if not self.metrics_host.strip():
+            raise ConfigError("LIQ_METRICS_HOST", "an address to serve metrics on, e.g. 127.0.0.1 "
+                              "(0.0.0.0 for every interface)", self.metrics_host)
         if self.shards < 1:
             raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
         if self.log_level.upper() not in LOG_LEVELS:
@@ -51,6 +57,14 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
             port = getattr(self, name)
             if port is not None and not 0 <= port <= 65535:
                 raise ConfigError(env_name(name), "a port number (0: any free port)", str(port))
+
+
+def check_redis_url(url: str, variable: str = "LIQ_REDIS_URL") -> None:
+    """A :class:`ConfigError` naming ``variable`` unless redis-py can connect with ``url``."""
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    except ValueError as exc:
+        raise ConfigError(variable, REDIS_URL_FORM, url) from exc
 
 
 def env_name(field: str) -> str:

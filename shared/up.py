@@ -170,7 +170,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
     keepers: list[asyncio.Task[None]] = []
     children: list[Child] = []
     try:
-        redis_url, redis_server = _redis(data_dir, settings.embedded_redis_port)
+        redis_url, redis_server = _redis(data_dir, settings)
         embedded += [redis_server] if redis_server is not None else []
         pg_dsn, pg_server = _postgres(data_dir, settings.embedded_pg_port)
         embedded += [pg_server] if pg_server is not None else []
@@ -211,9 +211,10 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         logger.info("all stopped")
 
 
-def _redis(data_dir: Path, port: int) -> tuple[str, Watched[RedisServer] | None]:
-    if os.environ.get("LIQ_REDIS_URL"):
-        return os.environ["LIQ_REDIS_URL"], None
+def _redis(data_dir: Path, settings: CommonSettings) -> tuple[str, Watched[RedisServer] | None]:
+    if "LIQ_REDIS_URL" in os.environ:  # validated by load(): an empty or malformed one stopped liq up
+        return settings.redis_url, None
+    port = settings.embedded_redis_port
     server = start_redis(data_dir / "redis", port=port, persistent=True)
     return server.url, Watched("redis", server, lambda: start_redis(data_dir / "redis", port=server.port,
                                                                     persistent=True))

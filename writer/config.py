@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from shared.errors import ConfigError
 from shared.levels import check_level_sizes
 from shared.settings import CommonSettings, env_name
 
 StorageMode = Literal["auto", "timescale", "native"]
+DSN_FORM = "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq"
 
 
 class WriterSettings(CommonSettings, frozen=True, kw_only=True):
@@ -38,6 +42,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_dsn(self.pg_dsn)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("batch_age_ms", self.batch_age_ms, 0)
         _at_least("event_read_count", self.event_read_count, 1)
@@ -57,6 +62,16 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
                 raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
 
 
+def _check_dsn(dsn: str) -> None:
+    """A :class:`ConfigError` naming ``LIQ_PG_DSN`` when it is set but libpq cannot parse it."""
+    if not dsn.strip():
+        return  # unset: require_dsn says so, for the commands that need one
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError("LIQ_PG_DSN", DSN_FORM, dsn) from exc
+
+
 def _at_least(field: str, value: float, minimum: float) -> None:
     if value < minimum:
         raise ConfigError(env_name(field), f"a number >= {minimum:g}", str(value))
@@ -66,8 +81,7 @@ def require_dsn(settings: WriterSettings) -> str:
     """The DSN, or a :class:`ConfigError` naming ``LIQ_PG_DSN``."""
     if not settings.pg_dsn.strip():
         raise ConfigError(
-            "LIQ_PG_DSN", "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq "
-            "(it is not set; liq up sets it for the processes it starts, and liq status shows its DSN)",
-            None,
+            "LIQ_PG_DSN", DSN_FORM + " (it is not set; liq up sets it for the processes it starts, "
+            "and liq status shows its DSN)", None,
         )
     return settings.pg_dsn

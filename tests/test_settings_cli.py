@@ -1,0 +1,51 @@
+"""Bad ``LIQ_*`` values through the real ``liq`` entry point: each stops the command at once with
+one line naming the variable and the form expected, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shared.up import liq_command
+
+BAD_VALUES = [
+    # (variable, value, command, what the message must say)
+    ("LIQ_REDIS_URL", "foo", ["status"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["venues"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["dlq", "list"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["watch", "--no-follow"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["detect"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["aggregate"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "foo", ["collect", "okx"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "", ["collect", "okx"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "", ["status"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "redis://127.0.0.1:port/0", ["aggregate"], "a Redis URL"),
+    ("LIQ_PG_DSN", "nonsense", ["write"], "a PostgreSQL connection string"),
+    ("LIQ_PG_DSN", "nonsense", ["migrate"], "a PostgreSQL connection string"),
+    ("LIQ_METRICS_HOST", "", ["aggregate"], "an address to serve metrics on"),
+]
+
+
+def run_liq(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    return subprocess.run(liq_command(*args), env={**clean, "LIQ_DATA_DIR": str(cwd / ".liq"), **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("var", "value", "args", "form"), BAD_VALUES,
+                         ids=[f"{v}={val!r}-{' '.join(a)}" for v, val, a, _ in BAD_VALUES])
+def test_a_bad_setting_stops_the_command_with_one_line(var: str, value: str, args: list[str], form: str,
+                                                       tmp_path: Path) -> None:
+    env = {var: value}
+    if var == "LIQ_PG_DSN":
+        env["LIQ_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: the DSN stops it first
+    result = run_liq(args, env, tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"Error: {var}: expected {form}"), lines[0]
+    assert f"(got {value!r})" in lines[0]
