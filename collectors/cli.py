@@ -23,7 +23,7 @@ from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
 from shared.clock import SYSTEM_CLOCK
-from shared.errors import ParseError
+from shared.errors import ConfigError, ParseError
 from shared.metrics import start_metrics_server
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
@@ -31,6 +31,8 @@ from shared.settings import CommonSettings, load
 from shared.status import discover, require_redis, venue_healths, venue_state
 from shared.streams import publish
 
+MIN_REFRESH_S = 60.0
+"""The shortest refresh period of ``LIQ_INSTRUMENTS_REFRESH_S`` (less would hammer the venues)."""
 METRICS_PORT_BASE = 9501
 """Collector k of ``collectors.VENUES`` serves on 9501 + k: 9501-9599, clear of the consumers (94x1)."""
 
@@ -42,6 +44,18 @@ class CollectorSettings(CommonSettings, frozen=True, kw_only=True):
     record_dir: str | None = None
     instruments_refresh_s: float = 6 * 3600.0
     """Seconds between contract-size refreshes from the venue's instruments endpoint (0: never)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bad = [f"{v}={u}" for v, u in self.venue_urls.items()
+               if v not in VENUES or not u.startswith(("ws://", "wss://"))]
+        if bad:
+            raise ConfigError("LIQ_VENUE_URLS", "VENUE=ws://… or VENUE=wss://… pairs, VENUE one of "
+                              + ", ".join(VENUES), ",".join(bad))
+        if self.instruments_refresh_s != 0 and not self.instruments_refresh_s >= MIN_REFRESH_S:
+            raise ConfigError("LIQ_INSTRUMENTS_REFRESH_S", f"0 (never) or seconds >= {MIN_REFRESH_S:g}"
+                              " (the venues' REST endpoints are rate limited)",
+                              f"{self.instruments_refresh_s:g}")
 
 
 def _venue_option(name: str) -> str:
