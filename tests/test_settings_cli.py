@@ -30,6 +30,11 @@ BAD_VALUES = [
     ("LIQ_VENUE_URLS", "okx=127.0.0.1:9001", ["collect", "okx"], "VENUE=ws://"),
     ("LIQ_INSTRUMENTS_REFRESH_S", "-5", ["collect", "okx"], "0 (never) or seconds >= 60"),
     ("LIQ_INSTRUMENTS_REFRESH_S", "0.5", ["collect", "okx"], "0 (never) or seconds >= 60"),
+    ("LIQ_RING_CAPACITY", "8", ["detect"], "a whole number >= 16"),
+    ("LIQ_QUIET_S", "0", ["detect"], "a number > 0"),
+    ("LIQ_SAMPLED_WEIGHT", "0.5", ["detect"], "a number >= 1"),
+    ("LIQ_VOLUME_CAP_USD", "5000", ["detect"], "a number > LIQ_VOLUME_FLOOR_USD (10000)"),
+    ("LIQ_MIN_COUNT", "0", ["evaluate"], "a whole number >= 1"),
 ]
 
 
