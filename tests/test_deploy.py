@@ -155,3 +155,37 @@ def test_bootstrap_installs_the_programs_the_readme_finds_the_servers_with() -> 
     bootstrap = (REPO / "scripts" / "bootstrap").read_text()
     for program in helpers:
         assert f"command -v {program} >/dev/null 2>&1 || apt_missing+=({program})" in bootstrap
+
+
+def _readme_settings() -> dict[str, str]:
+    """Each variable of the README's settings table, with its documented default (a row
+    ``| `A` / `B` | 1 / 2 | … |`` documents A=1 and B=2)."""
+    section = (REPO / "README.md").read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, str] = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        names = re.findall(r"`(LIQ_[A-Z0-9_]+)`", cells[0]) if len(cells) >= 3 else []
+        defaults = [d.strip().strip("`") for d in cells[1].split(" / ")] if names else []
+        for k, name in enumerate(names):
+            documented[name] = defaults[k] if len(defaults) == len(names) else cells[1]
+    return documented
+
+
+def test_readme_documents_every_setting_with_its_default() -> None:
+    import msgspec
+
+    from aggregator.cli import AggregatorSettings
+    from collectors.cli import CollectorSettings
+    from detector.config import DetectorSettings
+    from shared.settings import env_name
+    from writer.config import WriterSettings
+
+    documented = _readme_settings()
+    for cls in (AggregatorSettings, CollectorSettings, DetectorSettings, WriterSettings):
+        instance = cls()
+        for field in msgspec.structs.fields(cls):
+            name = env_name(field.name)
+            assert name in documented, f"{name} is read but not in the README's settings table"
+            default = getattr(instance, field.name)
+            if isinstance(default, int | float) and re.fullmatch(r"[0-9.]+", documented[name]):
+                assert float(documented[name]) == default, (name, documented[name], default)
