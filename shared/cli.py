@@ -11,6 +11,8 @@ import sys
 from typing import Any
 
 import click
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import ConfigError, ServerError
 
@@ -71,6 +73,8 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except (ConfigError, ServerError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # a one-shot tool meeting no Redis
+            raise click.ClickException(f"Redis does not answer: {exc}") from exc
 
 
 @click.group(cls=LazyGroup)

@@ -1,5 +1,7 @@
-"""Bad ``LIQ_*`` values through the real ``liq`` entry point: each stops the command at once with
-one line naming the variable and the form expected, a non-zero exit, and no traceback."""
+"""The operator's error paths through the real ``liq`` entry point: a bad ``LIQ_*`` value, a
+Redis that does not answer, no running system. Each stops the command at once with one line
+saying what is wrong (the variable and the form expected, or the server), a non-zero exit, and
+no traceback."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.servers import free_port
 from shared.up import liq_command
 
 BAD_VALUES = [
@@ -58,3 +61,34 @@ def test_a_bad_setting_stops_the_command_with_one_line(var: str, value: str, arg
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"Error: {var}: expected {form}"), lines[0]
     assert f"(got {value!r})" in lines[0]
+
+
+UNREACHABLE_REDIS = [["dlq", "list"], ["dlq", "replay"], ["dlq", "drop", "--yes"], ["watch", "--no-follow"],
+                     ["replay", "frames.jsonl"]]
+
+
+@pytest.mark.parametrize("args", UNREACHABLE_REDIS, ids=[" ".join(a) for a in UNREACHABLE_REDIS])
+def test_a_redis_that_does_not_answer_is_one_line(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "frames.jsonl").write_text(
+        '{"venue":"okx","conn":"c","received_ms":1,"frame":"{\\"event\\":\\"subscribe\\"}","binary":false}\n'
+        '{"venue":"okx","conn":"c","received_ms":2,"frame":"{\\"arg\\":{\\"channel\\":\\"liquidation-orders\\"},'
+        '\\"data\\":[{\\"instId\\":\\"BTC-USDT-SWAP\\",\\"instType\\":\\"SWAP\\",\\"details\\":[{\\"bkPx\\":\\"60000\\",'
+        '\\"sz\\":\\"1\\",\\"side\\":\\"sell\\",\\"posSide\\":\\"long\\",\\"ts\\":\\"1\\"}]}]}","binary":false}\n')
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_liq(args, {"LIQ_REDIS_URL": url}, tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and url.split("/")[2] in error[0], result.stderr
+
+
+NO_SYSTEM = [["status"], ["dlq", "list"], ["watch"], ["replay", "frames.jsonl"]]
+
+
+@pytest.mark.parametrize("args", NO_SYSTEM, ids=[" ".join(a) for a in NO_SYSTEM])
+def test_no_running_system_is_one_line(args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "frames.jsonl").write_text("")
+    result = run_liq(args, {}, tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: no running system found"), lines[0]
