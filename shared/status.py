@@ -1,8 +1,9 @@
 """``liq status``: one screen (or JSON document) describing a running system.
 
-Streams (length, consumer groups with pending and lag), venues (connection state, reason,
-last-event age), ``liq:*`` keys by kind, cascade states, and the database (row counts of the
-main tables and the storage mode report of ``liq_storage_status()``).
+Streams (length, consumer groups with pending, lag, and whether any consumer still reads),
+venues (connection state, reason, last-event age), ``liq:*`` keys by kind, cascade states, and
+the database (row counts of the main tables and the storage mode report of
+``liq_storage_status()``).
 
 Where to look: ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when set, otherwise the URLs that ``liq up``
 wrote to ``<data_dir>/up.json``.
@@ -32,6 +33,9 @@ from shared.venues import VENUE_NAMES
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
 STALE_HEALTH_MS = 10_000
+STALE_CONSUMER_MS = 60_000
+"""A group's consumers read at least every second when idle and every 30 s at most while they
+retry an outage: none having read for this long means none is running (or it is stuck)."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +117,28 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     if not client.exists(stream):
         return info
     for group in client.xinfo_groups(stream):
-        lag = group.get("lag")
+        name, pending, lag = reply_text(group["name"]), int(group["pending"]), group.get("lag")
+        lag = None if lag is None else int(lag)
+        idle_ms = _least_idle_ms(client, stream, name)
         info["groups"].append({
-            "group": reply_text(group["name"]),
-            "consumers": int(group["consumers"]),
-            "pending": int(group["pending"]),
-            "lag": None if lag is None else int(lag),
+            "group": name, "consumers": int(group["consumers"]), "pending": pending, "lag": lag,
+            "idle_s": None if idle_ms is None else round(idle_ms / 1000, 1),
+            "stalled": group_stalled(pending, lag, idle_ms),
         })
     return info
+
+
+def _least_idle_ms(client: redis.Redis, stream: str, group: str) -> int | None:
+    """How long ago the group's most recent reader read (None: it has no consumer)."""
+    consumers: Any = client.xinfo_consumers(stream, group)
+    return min((int(c["idle"]) for c in consumers), default=None)
+
+
+def group_stalled(pending: int, lag: int | None, idle_ms: int | None) -> bool:
+    """Entries wait for the group (delivered and not acked, or not delivered yet) and none of
+    its consumers has read for :data:`STALE_CONSUMER_MS`, or it has none: nothing takes them."""
+    waiting = pending > 0 or (lag or 0) > 0
+    return waiting and (idle_ms is None or idle_ms > STALE_CONSUMER_MS)
 
 
 def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
@@ -229,7 +247,11 @@ def status(as_json: bool) -> None:
 
 def _group_text(group: dict[str, Any]) -> str:
     lag = "n/a" if group["lag"] is None else group["lag"]
-    return f"{group['group']}: pending={group['pending']} lag={lag}"
+    text = f"{group['group']}: pending={group['pending']} lag={lag} consumers={group['consumers']}"
+    if group["stalled"]:
+        idle = "" if group["idle_s"] is None else f" for {group['idle_s']:.0f}s"
+        text += f"  NO CONSUMER READING{idle}"
+    return text
 
 
 def render(report: dict[str, Any]) -> str:

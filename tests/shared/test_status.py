@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +67,47 @@ def test_discover_takes_the_shards_liq_up_runs_with_and_knows_a_dead_liq_up(tmp_
     up.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "shards": 8, "pid": int(dead.stdout)}))
     found = discover(settings, {})
     assert found.redis_url is None and found.stale_up is not None and "is not running" in found.stale_up
+
+
+def test_status_says_when_no_consumer_reads_a_group_that_is_behind(redis_url: str) -> None:
+    """A group with entries waiting and no consumer (never started, or dead) is flagged; a group
+    whose consumer is reading is not, whether it is behind or not."""
+    import redis as syncredis
+
+    from shared import keys
+    from shared.status import collect_status
+
+    stream = keys.event_stream(0)
+    client = syncredis.Redis.from_url(redis_url)
+    for group in (keys.DETECTOR_GROUP, keys.AGGREGATOR_GROUP, keys.WRITER_GROUP):
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    for k in range(5):
+        client.xadd(stream, {"k": str(k)})
+    client.xreadgroup(keys.DETECTOR_GROUP, "detect-1", {stream: ">"}, count=2)  # 2 pending, 3 lag
+    read: Any = client.xreadgroup(keys.AGGREGATOR_GROUP, "aggregate-1", {stream: ">"})
+    client.xack(stream, keys.AGGREGATOR_GROUP, *(entry_id for entry_id, _ in read[0][1]))
+    client.close()
+    groups = {g["group"]: g for g in collect_status(redis_url, None, 1)["streams"][0]["groups"]}
+    assert {name: (g["consumers"], g["pending"], g["lag"], g["stalled"]) for name, g in groups.items()} == {
+        keys.DETECTOR_GROUP: (1, 2, 3, False), keys.AGGREGATOR_GROUP: (1, 0, 0, False),
+        keys.WRITER_GROUP: (0, 0, 5, True)}
+    assert groups[keys.WRITER_GROUP]["idle_s"] is None
+    text = render({"streams": [{"stream": stream, "length": 5, "groups": list(groups.values())}]})
+    assert text.count("NO CONSUMER READING") == 1
+    assert f"{keys.WRITER_GROUP}: pending=0 lag=5 consumers=0  NO CONSUMER READING" in text
+
+
+@pytest.mark.parametrize(("pending", "lag", "idle_ms", "stalled"), [
+    (0, 0, None, False),         # nothing waits: no consumer is needed
+    (0, 5, None, True),          # entries wait and no consumer ever joined
+    (4, 0, 10 * 60_000, True),   # its consumer died holding entries
+    (0, 7, 10 * 60_000, True),   # its consumer died and the stream went on
+    (4, 7, 2_000, False),        # its consumer read 2 s ago: behind, but reading
+    (0, None, 10 * 60_000, False),  # Redis cannot tell the lag, nothing pending: not flagged
+    (3, None, 10 * 60_000, True),
+])
+def test_a_group_is_stalled_when_entries_wait_and_no_consumer_read_lately(
+        pending: int, lag: int | None, idle_ms: int | None, stalled: bool) -> None:
+    from shared.status import group_stalled
+
+    assert group_stalled(pending, lag, idle_ms) is stalled
