@@ -59,6 +59,7 @@ from shared.metrics import (
     EVENTS_IN,
     EVENTS_OUT,
     PARSE_ERRORS,
+    PUBLISH_SECONDS,
     RECONNECTS,
     SPOOLED,
     VENUE_CONNECTED,
@@ -703,7 +704,9 @@ class Collector:
     async def _publish(self, batch: list[Liquidation]) -> None:
         shards = self.config.shards
         items = [(keys.event_stream(keys.shard_of(liq.symbol, shards)), liq) for liq in batch]
+        started = time.perf_counter()
         await publish(self.config.redis, items, keys.EVENT_STREAM_MAXLEN)
+        PUBLISH_SECONDS.labels(self.config.venue.name).observe(time.perf_counter() - started)
         self.published += len(batch)
         EVENTS_OUT.labels("collector", self.config.venue.name).inc(len(batch))
 

@@ -13,11 +13,14 @@ EVENTS_OUT = Counter("liq_events_out", "Items emitted (XADDed, written, flagged)
 ERRORS = Counter("liq_errors", "Errors by kind", ["component", "kind"])
 PARSE_ERRORS = Counter("liq_parse_errors", "Malformed venue frames skipped", ["venue"])
 DUPLICATES = Counter("liq_duplicates_dropped", "Replayed liquidations dropped", ["venue"])
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SECONDS = Histogram(
-    "liq_batch_seconds",
-    "Time to handle one batch, side effect included",
-    ["component"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    "liq_batch_seconds", "Time to handle one batch, side effect included", ["component"],
+    buckets=LATENCY_BUCKETS,
+)
+PUBLISH_SECONDS = Histogram(
+    "liq_collector_publish_seconds", "Time for a collector to publish one batch to Redis (one script run)",
+    ["venue"], buckets=LATENCY_BUCKETS,
 )
 VENUE_CONNECTED = Gauge("liq_venue_connected", "1 when the venue connection is up", ["venue", "conn"])
 VENUE_LAST_EVENT_MS = Gauge("liq_venue_last_event_ms", "Exchange time of the last liquidation", ["venue"])
