@@ -258,8 +258,17 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"redis: {report.get('redis_url')}   postgres: {report.get('pg_dsn')}"]
     if "redis_error" in report:
         lines.append(f"REDIS UNREACHABLE: {report['redis_error']}")
-    lines.append("\nSTREAMS")
-    for s in report.get("streams", []):
+    if "streams" in report:  # Redis answered: its sections, none over nothing when it did not
+        lines += _redis_lines(report)
+    db = report.get("database")
+    if db is not None:
+        lines += _database_lines(db)
+    return "\n".join(lines)
+
+
+def _redis_lines(report: dict[str, Any]) -> list[str]:
+    lines = ["\nSTREAMS"]
+    for s in report["streams"]:
         groups = "  ".join(_group_text(g) for g in s["groups"]) or "(no groups)"
         lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")
     dead = report.get("dead_letters", [])
@@ -279,13 +288,15 @@ def render(report: dict[str, Any]) -> str:
     lines.append("\nCASCADES")
     for c in report.get("cascades", []):
         lines.append(f"  {c['symbol']:<12} " + " ".join(f"{k}={v}" for k, v in c.items() if k != "symbol"))
-    db = report.get("database")
-    if db is not None:
-        lines.append("\nDATABASE")
-        if "error" in db:
-            lines.append(f"  UNREACHABLE: {db['error']}")
-        for table, n in db.get("rows", {}).items():
-            lines.append(f"  {table:<26} {n} rows")
-        for k, v in db.get("storage", {}).items():
-            lines.append(f"  {k}: {v}")
-    return "\n".join(lines)
+    return lines
+
+
+def _database_lines(db: dict[str, Any]) -> list[str]:
+    lines = ["\nDATABASE"]
+    if "error" in db:
+        lines.append(f"  UNREACHABLE: {db['error']}")
+    for table, n in db.get("rows", {}).items():
+        lines.append(f"  {table:<26} {n} rows")
+    for k, v in db.get("storage", {}).items():
+        lines.append(f"  {k}: {v}")
+    return lines

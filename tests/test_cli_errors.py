@@ -5,6 +5,7 @@ no traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -92,3 +93,17 @@ def test_no_running_system_is_one_line(args: list[str], tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0].startswith("Error: no running system found"), lines[0]
+
+
+def test_status_with_redis_down_says_so_and_shows_no_empty_redis_sections(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_liq(["status"], {"LIQ_REDIS_URL": url}, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == f"redis: {url}   postgres: None"
+    assert lines[1].startswith(f"REDIS UNREACHABLE: Error 111 connecting to {url.split('/')[2]}")
+    assert len(lines) == 2, lines  # no STREAMS, VENUES, KEYS or CASCADES headings over nothing
+    json_result = run_liq(["status", "--json"], {"LIQ_REDIS_URL": url}, tmp_path)
+    assert json_result.returncode == 1
+    report = json.loads(json_result.stdout)
+    assert sorted(report) == ["pg_dsn", "redis_error", "redis_url"]
