@@ -201,7 +201,7 @@ def read_records(stream: TextIO) -> Iterator[FrameRecord]:
 
 @click.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--speed", type=float, default=1.0, show_default=True,
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="1 = original pace, 10 = ten times faster, 0 = as fast as possible.")
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print liquidations instead of publishing.")
 def replay(file: Path, speed: float, to_stdout: bool) -> None:

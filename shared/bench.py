@@ -394,8 +394,10 @@ def _require_empty(url: str) -> None:
 
 
 @click.command()
-@click.option("--events", type=int, default=100_000, show_default=True, help="Events through the streams.")
-@click.option("--rows", type=int, default=100_000, show_default=True, help="Rows for the writer stage.")
+@click.option("--events", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Events through the streams.")
+@click.option("--rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows for the writer stage.")
 @click.option("--only", default=",".join(SECTIONS), show_default=True, help="Sections to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--no-db", is_flag=True,

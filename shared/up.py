@@ -121,9 +121,11 @@ def liq_command(*args: str) -> list[str]:
 @click.command()
 @click.option("--simulate", is_flag=True, help="Connect collectors to the local exchange simulator.")
 @click.option("--venues", default="", help="Comma-separated venues (default: all).")
-@click.option("--for", "duration", type=float, default=None, help="Stop by itself after SECONDS.")
+@click.option("--for", "duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop by itself after SECONDS.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator market seed.")
-@click.option("--speed", type=float, default=1.0, show_default=True, help="Simulator speed factor.")
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Simulator speed factor (0 = as fast as possible).")
 def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: float) -> None:
     """Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, and run every process."""
     settings = load(CommonSettings)

@@ -215,9 +215,9 @@ def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None)
 @click.command()
 @click.option("--min-band", type=click.Choice(BANDS), default="low", show_default=True,
               help="Only cascades that reach this band (a cascade shown is followed to its end).")
-@click.option("--big", "big_usd", type=float, default=0.0,
+@click.option("--big", "big_usd", type=click.FloatRange(min=0), default=0.0,
               help="Also every single liquidation of at least this many USD (0: none).")
-@click.option("--last", type=int, default=0, help="First show the last N cascade messages.")
+@click.option("--last", type=click.IntRange(min=0), default=0, help="First show the last N cascade messages.")
 @click.option("--no-follow", is_flag=True, help="Show what is there and exit (like tail without -f).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--webhook", help="Also POST each alert as JSON to this URL (Slack/Discord-style "

@@ -107,3 +107,28 @@ def test_status_with_redis_down_says_so_and_shows_no_empty_redis_sections(tmp_pa
     assert json_result.returncode == 1
     report = json.loads(json_result.stdout)
     assert sorted(report) == ["pg_dsn", "redis_error", "redis_url"]
+
+
+OUT_OF_RANGE = [
+    (["up", "--for", "-5"], "--for"), (["up", "--for", "0"], "--for"), (["up", "--speed", "-1"], "--speed"),
+    (["watch", "--last", "-3"], "--last"), (["watch", "--big", "-1"], "--big"),
+    (["replay", "frames.jsonl", "--speed", "-2"], "--speed"),
+    (["simulate", "--speed", "-1"], "--speed"), (["simulate", "--duration", "-1"], "--duration"),
+    (["simulate", "--max-events", "-1"], "--max-events"),
+    (["bench", "--events", "0"], "--events"), (["bench", "--rows", "-1"], "--rows"),
+]
+
+
+@pytest.mark.parametrize(("args", "option"), OUT_OF_RANGE, ids=[" ".join(a) for a, _ in OUT_OF_RANGE])
+def test_an_option_out_of_range_is_refused_before_anything_starts(args: list[str], option: str,
+                                                                  tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import cli
+
+    (tmp_path / "frames.jsonl").write_text("")
+    with CliRunner().isolated_filesystem(tmp_path):
+        (Path.cwd() / "frames.jsonl").write_text("")
+        result = CliRunner().invoke(cli, args, env={"LIQ_DATA_DIR": str(tmp_path / ".liq")})
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}'" in result.output

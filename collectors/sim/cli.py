@@ -117,11 +117,12 @@ def _log_summary(sim: ExchangeSimulator, stats: DriveStats) -> None:
 @click.command()
 @click.option("--venues", default="", help="Comma-separated venues (default: every simulated venue).")
 @click.option("--seed", type=int, default=7, show_default=True, help="Market model seed.")
-@click.option("--speed", type=float, default=1.0, show_default=True,
+@click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Market time per wall second (0 = as fast as possible).")
-@click.option("--duration", type=float, default=None,
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds of market time to play (default: no end).")
-@click.option("--max-events", type=int, default=None, help="Stop the market after N events.")
+@click.option("--max-events", type=click.IntRange(min=1), default=None,
+              help="Stop the market after N events.")
 @click.option("--ports-file", type=click.Path(path_type=Path), default=None,
               help="Where to write {venue: url} (default: <data_dir>/sim/ports.json).")
 @click.option("--truth-file", type=click.Path(path_type=Path), default=None,
