@@ -44,6 +44,7 @@ from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
+from shared.settings import CommonSettings, load
 from shared.streams import publish
 
 BATCH = 500
@@ -356,8 +357,9 @@ def _all_acked(client: redis.Redis, stream: str, groups: int) -> bool:
 
 @contextmanager
 def servers(workdir: Path, with_db: bool = True) -> Iterator[tuple[str, str | None]]:
-    redis_url = os.environ.get("LIQ_REDIS_URL")
-    pg_dsn = os.environ.get("LIQ_PG_DSN") if with_db else None
+    settings = load(CommonSettings)
+    redis_url = settings.redis_url if "LIQ_REDIS_URL" in os.environ else None
+    pg_dsn = settings.pg_dsn if with_db else None
     started: list[RedisServer | PostgresServer] = []
     if redis_url:
         _require_empty(redis_url)

@@ -34,6 +34,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """Settings every process shares: where Redis is, how events are sharded, metrics, logs."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    pg_dsn: str = ""
+    """PostgreSQL/TimescaleDB (empty: none given; ``liq up`` starts its own). Its form is checked
+    by the writer's settings, which connect with it (``writer.config``)."""
     shards: int = 4
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None

@@ -53,7 +53,7 @@ def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
     """Redis URL, PostgreSQL DSN and shard count: the environment first, then ``liq up``'s file
     (whose shard count is the one its processes run with), unless that ``liq up`` is gone."""
     redis_url = settings.redis_url if "LIQ_REDIS_URL" in environ else None  # as validated
-    pg_dsn = environ.get("LIQ_PG_DSN")
+    pg_dsn = settings.pg_dsn or None
     shards = settings.shards
     up_file = Path(settings.data_dir) / "up.json"
     if not up_file.exists():

@@ -174,7 +174,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
     try:
         redis_url, redis_server = _redis(data_dir, settings)
         embedded += [redis_server] if redis_server is not None else []
-        pg_dsn, pg_server = _postgres(data_dir, settings.embedded_pg_port)
+        pg_dsn, pg_server = _postgres(data_dir, settings)
         embedded += [pg_server] if pg_server is not None else []
         keepers = [asyncio.create_task(server.keep(stop)) for server in embedded]
         env = {**os.environ, "LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_dsn,
@@ -222,10 +222,10 @@ def _redis(data_dir: Path, settings: CommonSettings) -> tuple[str, Watched[Redis
                                                                     persistent=True))
 
 
-def _postgres(data_dir: Path, port: int) -> tuple[str, Watched[PostgresServer] | None]:
-    if os.environ.get("LIQ_PG_DSN"):
-        return os.environ["LIQ_PG_DSN"], None
-    server = start_postgres(data_dir / "pg", port=port, durable=True)
+def _postgres(data_dir: Path, settings: CommonSettings) -> tuple[str, Watched[PostgresServer] | None]:
+    if settings.pg_dsn:
+        return settings.pg_dsn, None
+    server = start_postgres(data_dir / "pg", port=settings.embedded_pg_port, durable=True)
     return server.dsn, Watched("postgresql", server, lambda: start_postgres(data_dir / "pg", port=server.port,
                                                                             durable=True))
 

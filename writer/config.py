@@ -20,7 +20,6 @@ DSN_FORM = "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:543
 
 
 class WriterSettings(CommonSettings, frozen=True, kw_only=True):
-    pg_dsn: str = ""
     storage_mode: StorageMode = "auto"
     significant_usd: float = 100_000.0
     significant_usd_by_symbol: dict[str, float] = {}

@@ -111,3 +111,19 @@ def test_a_group_is_stalled_when_entries_wait_and_no_consumer_read_lately(
     from shared.status import group_stalled
 
     assert group_stalled(pending, lag, idle_ms) is stalled
+
+
+def test_where_the_system_is_comes_from_the_typed_settings(tmp_path: Path) -> None:
+    """LIQ_REDIS_URL and LIQ_PG_DSN are read once, by load(), like every setting: the tools that
+    find a running system take them from the settings, not from os.environ again."""
+    from shared.settings import CommonSettings, load
+    from shared.status import discover
+
+    env = {"LIQ_REDIS_URL": "redis://127.0.0.1:7/0", "LIQ_PG_DSN": "postgresql://liq@127.0.0.1:8/liq",
+           "LIQ_DATA_DIR": str(tmp_path)}
+    settings = load(CommonSettings, env)
+    assert (settings.redis_url, settings.pg_dsn) == (env["LIQ_REDIS_URL"], env["LIQ_PG_DSN"])
+    found = discover(settings, env)
+    assert (found.redis_url, found.pg_dsn) == (env["LIQ_REDIS_URL"], env["LIQ_PG_DSN"])
+    unset = discover(load(CommonSettings, {"LIQ_DATA_DIR": str(tmp_path)}), {})
+    assert (unset.redis_url, unset.pg_dsn) == (None, None)
