@@ -54,7 +54,7 @@ from detector.lifecycle import Output
 from shared import codec, keys
 from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
-from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, EVENTS_OUT
+from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DROPPED, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import group_info, reply_text
 from shared.streams import Message, StreamConsumer, streams_check_lua
@@ -195,6 +195,7 @@ class Detector:
         outputs, touched = self.outbox, self.outbox_symbols
         feed, unpublished, lane_of = self.engine.feed, self.fed_unpublished, self.lane_of
         lanes: set[int] = set()
+        from_future, published_before = self.engine.from_future, 0
         for m in messages:
             symbol = m.value.symbol
             if unpublished and (m.stream, m.id) in unpublished:
@@ -203,6 +204,7 @@ class Detector:
                 continue
             if self._already_published(symbol, m.id):
                 self.skipped += 1
+                published_before += 1
                 continue
             lane = lane_of.get(m.stream, 0)
             lanes.add(lane)
@@ -219,6 +221,8 @@ class Detector:
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
         self._anchor(lanes)
+        DROPPED.labels(COMPONENT, "from_future").inc(self.engine.from_future - from_future)
+        DROPPED.labels(COMPONENT, "published_before").inc(published_before)
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)

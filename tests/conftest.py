@@ -151,3 +151,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
             and any(item.get_closest_marker(m) for m in REAL_SERVER_MARKERS)):
         report.outcome = "failed"
         report.longrepr = f"integration test skipped in CI (counts as a failure): {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    """This test process's Prometheus endpoint (``tests.scrape`` reads it), served as the
+    processes serve theirs."""
+    from shared.metrics import start_metrics_server
+
+    port = start_metrics_server("127.0.0.1", servers.free_port())
+    assert port is not None
+    return port
+

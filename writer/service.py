@@ -32,11 +32,12 @@ from shared import codec, keys
 from shared.backoff import Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
+from shared.metrics import DROPPED
 from shared.streams import Message, SinkRetry, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
-from writer.rows import Payload, build_batch, stored_days, timescale_retention_error
+from writer.rows import Batch, Payload, build_batch, stored_days, timescale_retention_error
 from writer.significance import SignificanceRules
 from writer.sink import COMPONENT, DatabaseSink
 
@@ -92,14 +93,18 @@ class Writer:
             days = stored_days(self.settings.retention_days, mode, self.sink.refresh_window_days)
             batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(), days,
                                 self.level_sizes)
-            self.skipped["insignificant"] += batch.insignificant
-            self.skipped["expired"] += batch.expired
-            self.skipped["invalid"] += batch.invalid
+            self._count_skipped(batch)
             for part in batch.split(self.settings.batch_size):
                 await self.sink.write(part)
             pause = self.batcher.pause_after(len(messages), read_count)
         if pause > 0:
             await asyncio.sleep(pause)
+
+    def _count_skipped(self, batch: Batch) -> None:
+        for reason, n in (("insignificant", batch.insignificant), ("expired", batch.expired),
+                          ("invalid", batch.invalid)):
+            self.skipped[reason] += n
+            DROPPED.labels(COMPONENT, reason).inc(n)
 
     async def ensure_groups(self) -> None:
         for consumer in self.consumers:

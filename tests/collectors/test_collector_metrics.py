@@ -10,44 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
 from collectors.sim.protocol import Outgoing
 from collectors.sim.server import ExchangeSimulator
-from shared.metrics import start_metrics_server
 from shared.redisconn import make_async_redis
-from shared.servers import free_port
 from tests.collectors.test_collector_live import T0, events
+from tests.scrape import scrape, value
 
 pytestmark = pytest.mark.integration
 VENUE = "binance_usdm"  # no application heartbeat: every frame it receives is one the test sent
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-@pytest.fixture(scope="module")
-def metrics_port() -> Iterator[int]:
-    port = start_metrics_server("127.0.0.1", free_port())
-    assert port is not None
-    yield port
 
 
 def test_a_collectors_endpoint_counts_its_real_work_exactly(redis_url: str, metrics_port: int) -> None:

@@ -565,3 +565,36 @@ def test_a_detector_started_while_redis_is_down_warms_up_once_it_answers_with_tw
         ("INFO", "detect-s3: warm start: available again after …s and … failed tries"),
         ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),
     ]
+
+
+def test_the_detectors_endpoint_counts_events_cascades_and_drops_exactly(redis_url: str,
+                                                                         metrics_port: int) -> None:
+    """Scraped over HTTP: 6 entries in, one stamped 10 minutes after its receipt dropped as
+    from the future, one cascade started and ended, its 5 members published."""
+    from tests.scrape import scrape, total, value
+
+    clock = FakeClock(CLOCK_START)
+    received = [msgspec.structs.replace(e, received_ms=CLOCK_START - 100) for e in BTC]
+    ahead = ev(30, venue="okx", received_ms=T0 - 600_000)  # exchange time 10 min past its receipt
+
+    async def body(client: aioredis.Redis) -> None:
+        await put(client, [*received, ahead])
+        det = detector(client, [BTC_SHARD], clock)
+        await det.run_until_idle()
+        clock.advance(40.0)
+        await det.tick()
+
+    before = scrape(metrics_port)
+    run(redis_url, body)
+    after = scrape(metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert total(after, "liq_events_in_total", component="detector") - total(
+        before, "liq_events_in_total", component="detector") == 6
+    assert delta("liq_events_dropped_total", component="detector", reason="from_future") == 1
+    assert (delta("liq_cascades_total", phase="start"), delta("liq_cascades_total", phase="end")) == (1, 1)
+    assert delta("liq_events_out_total", component="detector", sink=keys.CASCADE_STREAM) == 2
+    assert delta("liq_events_out_total", component="detector", sink=keys.CASCADE_MEMBER_STREAM) == 5
+    assert delta("liq_cascade_alert_seconds_count") == 1

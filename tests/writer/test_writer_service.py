@@ -528,3 +528,33 @@ def test_a_database_that_stops_answering_without_closing_is_given_up_on_and_retr
     assert pending(redis_url) == 0
     assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
     assert_rollups_match_raw(db)
+
+
+def test_the_writers_endpoint_counts_rows_and_what_it_drops_exactly(redis_url: str, db: str,
+                                                                    metrics_port: int) -> None:
+    """Scraped over HTTP after a real drain: 15 entries in, 8 rows out, 4 below the threshold,
+    2 older than the retention and 1 from the future dropped, each under its reason."""
+    from tests.scrape import scrape, total, value
+
+    old = [liq(symbol="BTCUSDT", price=67_000.0, quantity=3.0, timestamp_ms=NOW_MS - 100 * 24 * HOUR_MS - k,
+               event_id=f"old{k}") for k in range(2)]
+    future = [liq(symbol="ETHUSDT", price=3_400.0, quantity=100.0, timestamp_ms=NOW_MS + 30 * HOUR_MS,
+                  event_id="future")]
+    asyncio.run(publish_all(redis_url, to_shard(events() + old + future)))
+    before = scrape(metrics_port)
+    writer = asyncio.run(drain(redis_url, db))
+    after = scrape(metrics_port)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert total(after, "liq_events_in_total", component="writer") - total(
+        before, "liq_events_in_total", component="writer") == 15
+    assert delta("liq_events_out_total", component="writer", sink="liquidations_significant") == 8
+    assert {reason: delta("liq_events_dropped_total", component="writer", reason=reason)
+            for reason in ("insignificant", "expired", "invalid")} == {
+        "insignificant": 4, "expired": 2, "invalid": 1}
+    batches = sum(c.stats.batches for c in writer.consumers)
+    assert delta("liq_batch_seconds_count", component="writer") == batches
+    assert total(after, "liq_errors_total", component="writer") == total(
+        before, "liq_errors_total", component="writer")
