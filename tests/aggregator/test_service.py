@@ -163,3 +163,32 @@ def test_a_group_lost_before_the_batch_is_applied_is_retried_not_dead_lettered(r
     assert r.exists(keys.dead_letter_stream(stream)) == 0
     assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "3", "each event once"
     assert r.xpending(stream, keys.AGGREGATOR_GROUP)["pending"] == 0
+
+
+def test_the_aggregators_endpoint_counts_its_real_work_exactly(redis_url: str, metrics_port: int) -> None:
+    from tests.scrape import scrape, total, value
+
+    events = [liq(price=67200.0 + i, quantity=0.5, timestamp_ms=1_729_512_000_000 + i * 1000)
+              for i in range(40)]
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        await publish(client, [(keys.event_stream(keys.shard_of(e.symbol, 4)), e) for e in events],
+                      keys.EVENT_STREAM_MAXLEN)
+        consumer = make_consumer(client, 4, Aggregator(client), name="a1")
+        consumer.count = 15  # three batches: 15, 15, 10
+        await consumer.run_until_idle()
+        await client.aclose()
+        return consumer.stats.batches
+
+    before = scrape(metrics_port)
+    batches = asyncio.run(run())
+    after = scrape(metrics_port)
+    assert total(after, "liq_events_in_total", component="aggregator") - total(
+        before, "liq_events_in_total", component="aggregator") == 40
+    assert value(after, "liq_events_out_total", component="aggregator", sink="redis") - value(
+        before, "liq_events_out_total", component="aggregator", sink="redis") == 40
+    assert value(after, "liq_batch_seconds_count", component="aggregator") - value(
+        before, "liq_batch_seconds_count", component="aggregator") == batches == 3
+    stream = keys.event_stream(keys.shard_of("BTCUSDT", 4))
+    assert value(after, "liq_stream_length", stream=stream) == 40
