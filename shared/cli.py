@@ -14,7 +14,7 @@ import click
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.errors import ConfigError, ServerError
+from shared.errors import EX_CONFIG, ConfigError, ServerError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("shared.up", "up"),
@@ -53,6 +53,12 @@ HELP: dict[str, str] = {
 }
 
 
+class SettingsRefused(click.ClickException):
+    """A :class:`ConfigError` on the command line: its one line, and exit code :data:`EX_CONFIG`."""
+
+    exit_code = EX_CONFIG
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(SUBCOMMANDS)
@@ -71,7 +77,9 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConfigError, ServerError) as exc:
+        except ConfigError as exc:
+            raise SettingsRefused(str(exc)) from exc
+        except ServerError as exc:
             raise click.ClickException(str(exc)) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:  # a one-shot tool meeting no Redis
             raise click.ClickException(f"Redis does not answer: {exc}") from exc

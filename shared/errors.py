@@ -14,6 +14,10 @@ A consumer's handler signals a transient failure of its side effect with
 
 from __future__ import annotations
 
+EX_CONFIG = 78
+"""Exit code of a command that refused its settings (``sysexits.h``): starting it again with the
+same environment cannot help, so ``liq up`` does not restart it."""
+
 
 class LiqError(Exception):
     """Base of every error this project raises on purpose."""

@@ -35,7 +35,7 @@ import click
 
 from shared import logs
 from shared.backoff import Backoff, Outage
-from shared.errors import ServerError
+from shared.errors import EX_CONFIG, ServerError
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load
@@ -57,6 +57,8 @@ class Child:
     env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
+    refused: bool = False
+    """It exited refusing its settings (:data:`EX_CONFIG`): not restarted, ``liq up`` stops."""
     backoff: Backoff = field(default_factory=lambda: Backoff(base_s=1.0, cap_s=30.0))
 
 
@@ -201,7 +203,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         logger.info("stopping %d processes", len(children))
         await _stop_children(children)
         await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
+        return 1 if any(c.refused for c in children) else 0
     finally:
         await _stop_children(children)
         stop.set()  # the keepers end (a restart in progress first), then their servers stop
@@ -325,6 +327,12 @@ async def _supervise(child: Child, stop: asyncio.Event) -> None:
         await done_before_stop(waiter, stop)
         if stop.is_set():
             waiter.cancel()
+            return
+        if child.process.returncode == EX_CONFIG:
+            logger.error("%s: its settings are wrong (the line above says which); not restarting it, "
+                         "stopping everything", child.name)
+            child.refused = True
+            stop.set()
             return
         if time.monotonic() - started > 60:
             child.backoff.reset()

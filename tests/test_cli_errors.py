@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.errors import EX_CONFIG
 from shared.servers import free_port
 from shared.up import liq_command
 
@@ -57,7 +58,7 @@ def test_a_bad_setting_stops_the_command_with_one_line(var: str, value: str, arg
         env["LIQ_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: the DSN stops it first
     result = run_liq(args, env, tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.returncode == EX_CONFIG, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"Error: {var}: expected {form}"), lines[0]

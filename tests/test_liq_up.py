@@ -301,3 +301,19 @@ def _cmdline(process: psutil.Process) -> str:
         return " ".join(process.cmdline())
     except psutil.Error:
         return ""
+
+
+def test_a_process_refusing_its_settings_stops_liq_up_instead_of_a_restart_loop(reachable_dir: Path) -> None:
+    """A bad value only the detector reads (LIQ_WEIGHTS) stops ``liq detect`` with exit code 78
+    (EX_CONFIG): restarting it can never help, so ``liq up`` says so once and stops, exit 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
+                "LIQ_WEIGHTS": "nonsense=1"})
+    result = subprocess.run([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "90"],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    assert "Error: LIQ_WEIGHTS: expected FACTOR=WEIGHT pairs" in output
+    assert "detect: its settings are wrong (the line above says which); not restarting it" in output
+    assert "restart 1 in" not in output
+    assert "stopping" in output
