@@ -52,6 +52,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.metrics_host.strip():
             raise ConfigError("LIQ_METRICS_HOST", "an address to serve metrics on, e.g. 127.0.0.1 "
                               "(0.0.0.0 for every interface)", self.metrics_host)
+        if not self.data_dir.strip():  # "" would put the servers' data and the spools in the cwd
+            raise ConfigError("LIQ_DATA_DIR", "a folder for the embedded servers' data, caches and spools, "
+                              "e.g. .liq", self.data_dir)
         if self.shards < 1:
             raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
         if self.log_level.upper() not in LOG_LEVELS:

@@ -31,6 +31,8 @@ BAD_VALUES = [
     ("LIQ_PG_DSN", "nonsense", ["write"], "a PostgreSQL connection string"),
     ("LIQ_PG_DSN", "nonsense", ["migrate"], "a PostgreSQL connection string"),
     ("LIQ_METRICS_HOST", "", ["aggregate"], "an address to serve metrics on"),
+    ("LIQ_DATA_DIR", "", ["collect", "okx"], "a folder"),
+    ("LIQ_DATA_DIR", " ", ["status"], "a folder"),
     ("LIQ_VENUE_URLS", "okx_spot=ws://127.0.0.1:9001", ["collect", "okx"], "VENUE=ws://"),
     ("LIQ_VENUE_URLS", "okx=127.0.0.1:9001", ["collect", "okx"], "VENUE=ws://"),
     ("LIQ_INSTRUMENTS_REFRESH_S", "-5", ["collect", "okx"], "0 (never) or seconds >= 60"),
