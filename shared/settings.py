@@ -13,6 +13,7 @@ unless asked to.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import typing
@@ -28,6 +29,21 @@ ENV_PREFIX = "LIQ_"
 REDIS_URL_FORM = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 S = TypeVar("S", bound=msgspec.Struct)
+SETTING_NAMES = frozenset({
+    "LIQ_BAND_EDGES", "LIQ_BATCH_AGE_MS", "LIQ_BATCH_SIZE", "LIQ_COMPRESS_AFTER_DAYS",
+    "LIQ_CROSS_FULL_VENUES", "LIQ_CROSS_TAU_S", "LIQ_DATA_DIR", "LIQ_DETECT_SHARDS",
+    "LIQ_EMBEDDED_PG_PORT", "LIQ_EMBEDDED_REDIS_PORT", "LIQ_EVENT_READ_COUNT", "LIQ_INSTITUTIONAL_USD",
+    "LIQ_INSTRUMENTS_REFRESH_S", "LIQ_JANITOR_INTERVAL_S", "LIQ_LEVEL_SIZES", "LIQ_LOG_LEVEL",
+    "LIQ_METRICS_HOST", "LIQ_METRICS_PORT", "LIQ_MIN_COUNT", "LIQ_MIN_USD", "LIQ_PARTITIONS_AHEAD_DAYS",
+    "LIQ_PG_DSN", "LIQ_PRICE_BAND_BPS", "LIQ_QUIET_S", "LIQ_RATE_CAP_PER_MIN", "LIQ_RECORD_DIR",
+    "LIQ_REDIS_URL", "LIQ_RETENTION_DAYS", "LIQ_RING_CAPACITY", "LIQ_ROLLUP_RETENTION_DAYS",
+    "LIQ_SAMPLED_GAP_MS", "LIQ_SAMPLED_WEIGHT", "LIQ_SHARDS", "LIQ_SIGNIFICANT_USD",
+    "LIQ_SIGNIFICANT_USD_BY_SYMBOL", "LIQ_STORAGE_MODE", "LIQ_TICK_LAG_S", "LIQ_TICK_S",
+    "LIQ_VENUE_URLS", "LIQ_VOLUME_CAP_USD", "LIQ_VOLUME_FLOOR_USD", "LIQ_WEIGHTS", "LIQ_WINDOW_S",
+})
+"""Every variable some process reads (a test keeps it equal to the fields of the components'
+settings): any other ``LIQ_*`` variable is a typo, refused by :func:`load` rather than ignored
+while its default stays in force. ``LIQ_TEST_*`` belongs to the test suite."""
 
 
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +140,7 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: An
     ``overrides`` (already-typed values, e.g. from CLI options) win over the environment.
     """
     env = os.environ if environ is None else environ
+    _refuse_unknown(env, {env_name(f.name) for f in msgspec.structs.fields(cls)})
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for field in msgspec.structs.fields(cls):
@@ -145,6 +162,16 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: An
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_field_env_from_error(cls, str(exc)), "a valid value", str(exc)) from exc
+
+
+def _refuse_unknown(env: Mapping[str, str], own: set[str]) -> None:
+    known = SETTING_NAMES | own
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known and not name.startswith("LIQ_TEST_"):
+            suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)  # the prefix would match them all
+            guess = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.75)
+            hint = f"did you mean {ENV_PREFIX}{guess[0]}?" if guess else "README.md, Settings, lists them"
+            raise ConfigError(name, f"a liq setting ({hint})", env[name])
 
 
 def _non_finite(value: Any) -> bool:

@@ -189,3 +189,18 @@ def test_readme_documents_every_setting_with_its_default() -> None:
             default = getattr(instance, field.name)
             if isinstance(default, int | float) and re.fullmatch(r"[0-9.]+", documented[name]):
                 assert float(documented[name]) == default, (name, documented[name], default)
+
+
+def test_the_list_of_setting_names_is_every_settings_field() -> None:
+    """``SETTING_NAMES`` is what an unknown ``LIQ_*`` variable (a typo) is checked against."""
+    import msgspec
+
+    from aggregator.cli import AggregatorSettings
+    from collectors.cli import CollectorSettings
+    from detector.config import DetectorSettings
+    from shared.settings import SETTING_NAMES, env_name
+    from writer.config import WriterSettings
+
+    classes = (AggregatorSettings, CollectorSettings, DetectorSettings, WriterSettings)
+    fields = {env_name(f.name) for cls in classes for f in msgspec.structs.fields(cls)}
+    assert fields == SETTING_NAMES
