@@ -73,6 +73,14 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 """Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
+def error_kind(exc: BaseException) -> str:
+    """The ``kind`` label of ``liq_errors_total``: what failed, so a :class:`SinkRetry` is
+    labelled with the error it wraps (``OperationalError``); this loop is the one place a
+    consumer's failures are counted."""
+    cause = exc.__cause__ if isinstance(exc, SinkRetry) else None
+    return type(cause if cause is not None else exc).__name__
+
+
 # One script run per batch: all of it or none of it. A MULTI would not do: Redis runs the rest of
 # a transaction when one command fails (an event stream key of another type), and the retry
 # would add the others again. The key types are checked before the first XADD.
@@ -227,7 +235,7 @@ class StreamConsumer(Generic[T]):
         self._groups_lost = self._groups_lost or lost_group(exc)
         delay = self.backoff.next_delay()
         self.stats.retries += 1
-        ERRORS.labels(self.component, type(exc).__name__).inc()
+        ERRORS.labels(self.component, error_kind(exc)).inc()
         self._outage.down(exc, delay)
         self._pending_first = True
         return delay
@@ -345,7 +353,7 @@ class StreamConsumer(Generic[T]):
         logger.error("%s: handler failed on a batch of %d (%s: %s); isolating the entries it "
                      "cannot process", self.component, len(batch), type(exc).__name__, exc,
                      exc_info=exc)
-        ERRORS.labels(self.component, type(exc).__name__).inc()
+        ERRORS.labels(self.component, error_kind(exc)).inc()
         fields = {(stream, entry_id): f for stream, entry_id, f in entries}
         return await self._isolate(batch, exc, fields)
 

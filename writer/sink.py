@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import psycopg
 
-from shared.metrics import ERRORS, EVENTS_OUT
+from shared.metrics import EVENTS_OUT
 from shared.streams import SinkRetry
 from writer import statements as sql
 from writer.migrate import Mode, old_schema_problem
@@ -221,8 +221,7 @@ class DatabaseSink:
         self.known_days = {d for d in self.known_days if d >= cutoff}
 
     async def _fail(self, exc: psycopg.Error | TimeoutError) -> None:
-        self.stats.failures += 1
-        ERRORS.labels(COMPONENT, type(exc).__name__).inc()
+        self.stats.failures += 1  # liq_errors_total is counted by the consumer loop (shared.streams)
         if isinstance(exc, psycopg.OperationalError | NotMigrated | TimeoutError) or (
                 self.conn is not None and self.conn.broken):
             await self.aclose()

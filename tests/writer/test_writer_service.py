@@ -31,7 +31,7 @@ from tests.outages import RETRYING, Counted, outage_lines
 from writer import service as writer_service
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
-from writer.rows import EVENT_COLUMNS
+from writer.rows import EVENT_COLUMNS, Payload
 from writer.service import Writer
 
 EVENT_ID = EVENT_COLUMNS.index("event_id")
@@ -558,3 +558,46 @@ def test_the_writers_endpoint_counts_rows_and_what_it_drops_exactly(redis_url: s
     assert delta("liq_batch_seconds_count", component="writer") == batches
     assert total(after, "liq_errors_total", component="writer") == total(
         before, "liq_errors_total", component="writer")
+
+
+def test_a_database_outage_counts_each_failed_attempt_once_under_its_cause(
+        redis_url: str, metrics_port: int) -> None:
+    """liq_errors_total{component="writer"}: one per failed attempt, labelled with what failed
+    (OperationalError), not once by the sink and again as SinkRetry by the consumer loop."""
+    from shared.backoff import Backoff
+    from tests.scrape import scrape, total, value
+
+    asyncio.run(publish_all(redis_url, to_shard(events()[:3])))
+    dsn = f"postgresql://liq@127.0.0.1:{servers.free_port()}/liq"  # nothing listens there
+
+    async def body() -> None:
+        client = make_async_redis(redis_url)
+        writer = Writer(client, settings(dsn), dsn, clock=FakeClock(NOW_MS))
+        consumer = writer.consumers[0]
+        consumer.backoff = Backoff(base_s=0.0, cap_s=0.0)
+        stop = asyncio.Event()
+        failures = 0
+        handle = consumer.handler
+
+        async def counted(batch: list[Message[Payload]]) -> None:
+            nonlocal failures
+            try:
+                await handle(batch)
+            except SinkRetry:
+                failures += 1
+                if failures == 3:
+                    stop.set()
+                raise
+
+        consumer.handler = counted
+        await asyncio.wait_for(consumer.run(stop), timeout=30)
+        await writer.aclose()
+        await client.aclose()
+
+    before = scrape(metrics_port)
+    asyncio.run(body())
+    after = scrape(metrics_port)
+    assert total(after, "liq_errors_total", component="writer") - total(
+        before, "liq_errors_total", component="writer") == 3
+    assert value(after, "liq_errors_total", component="writer", kind="OperationalError") - value(
+        before, "liq_errors_total", component="writer", kind="OperationalError") == 3
