@@ -66,7 +66,8 @@ def _venue_option(name: str) -> str:
 
 @click.command()
 @click.argument("venue", callback=lambda _c, _p, v: _venue_option(v))
-@click.option("--url", help="Connect here instead of the live endpoint (e.g. the simulator).")
+@click.option("--url", help="Connect here, e.g. to the simulator (default: LIQ_VENUE_URLS, else the live "
+                            "endpoint).")
 @click.option("--symbols", default="", help="Comma-separated native symbols (venues without a wildcard).")
 @click.option("--record", "record_path", type=click.Path(path_type=Path),
               help="Append every raw frame to this JSON-lines file (for liq replay).")

@@ -44,7 +44,8 @@ def parse_shards(text: str | None, total: int) -> list[int] | None:
 
 
 @click.command()
-@click.option("--shards", "shards_text", metavar="K,K", help="Shard streams to consume (default: all).")
+@click.option("--shards", "shards_text", metavar="K,K",
+              help="Shard streams to consume (default: LIQ_DETECT_SHARDS, else all).")
 @click.option("--replay", "replay_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Detect offline over a JSON-lines file of normalized liquidations.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True, allow_dash=True),

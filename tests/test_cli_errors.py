@@ -138,3 +138,16 @@ def test_an_option_out_of_range_is_refused_before_anything_starts(args: list[str
         result = CliRunner().invoke(cli, args, env={"LIQ_DATA_DIR": str(tmp_path / ".liq")})
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{option}'" in result.output
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["detect", "--help"], "default: LIQ_DETECT_SHARDS, else all"),
+    (["collect", "--help"], "default: LIQ_VENUE_URLS, else the live endpoint"),
+])
+def test_help_names_the_setting_behind_a_default(args: list[str], says: str) -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import cli
+
+    result = CliRunner().invoke(cli, args, terminal_width=200)
+    assert result.exit_code == 0 and says in " ".join(result.output.split()), result.output
