@@ -212,6 +212,15 @@ def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None)
 
 # -- command line ---------------------------------------------------------------------------------
 
+def _webhook_url(url: str | None) -> str | None:
+    from shared.webhook import check_url
+
+    try:
+        return None if url is None else check_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.command()
 @click.option("--min-band", type=click.Choice(BANDS), default="low", show_default=True,
               help="Only cascades that reach this band (a cascade shown is followed to its end).")
@@ -220,8 +229,9 @@ def _retrying(read: Callable[[], R], follow: bool, stop: threading.Event | None)
 @click.option("--last", type=click.IntRange(min=0), default=0, help="First show the last N cascade messages.")
 @click.option("--no-follow", is_flag=True, help="Show what is there and exit (like tail without -f).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--webhook", help="Also POST each alert as JSON to this URL (Slack/Discord-style "
-                                "{text, content} plus the message).")
+@click.option("--webhook", callback=lambda _c, _p, url: _webhook_url(url),
+              help="Also POST each alert as JSON to this URL (Slack/Discord-style {text, content} "
+                   "plus the message).")
 def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool, as_json: bool,
                   webhook: str | None) -> None:
     """Print cascades (and big liquidations) as they happen; Ctrl-C to stop."""

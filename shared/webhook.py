@@ -34,12 +34,17 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+def check_url(url: str) -> str:
+    """``url`` when it is one a webhook can be POSTed to; ValueError otherwise."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https:// (got {url!r})")
+    return url
+
+
 class WebhookSender:
     def __init__(self, url: str, *, attempts: int = 5, timeout_s: float = 5.0, capacity: int = 1000,
                  backoff: Backoff | None = None) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must start with http:// or https:// (got {url!r})")
-        self.url = url
+        self.url = check_url(url)
         self.attempts = attempts
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff(base_s=0.5, cap_s=10.0)

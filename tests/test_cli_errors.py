@@ -151,3 +151,11 @@ def test_help_names_the_setting_behind_a_default(args: list[str], says: str) -> 
 
     result = CliRunner().invoke(cli, args, terminal_width=200)
     assert result.exit_code == 0 and says in " ".join(result.output.split()), result.output
+
+
+def test_a_webhook_url_that_is_not_http_is_refused_as_an_option(tmp_path: Path) -> None:
+    result = run_liq(["watch", "--webhook", "hooks.slack.com/services/x"],
+                     {"LIQ_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert "Invalid value for '--webhook': must start with http:// or https://" in result.stderr
