@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -194,10 +194,16 @@ def _parse_one(session: VenueSession, venue: str, frame: str | bytes,
 _record_decoder = msgspec.json.Decoder(FrameRecord)
 
 
-def read_records(stream: TextIO) -> Iterator[FrameRecord]:
-    for line in stream:
-        if line.strip():
+def read_records(stream: TextIO, bad: Callable[[int, str], None]) -> Iterator[FrameRecord]:
+    """The recorded frames of ``stream``; a line that is not one (half a line left by a crash, or
+    another file) is given to ``bad`` with its number and skipped."""
+    for line_no, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
             yield _record_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            bad(line_no, str(exc))
 
 
 @click.command()
@@ -217,6 +223,8 @@ def replay(file: Path, speed: float, to_stdout: bool) -> None:
         where = target.url if target else "?"
         raise click.ClickException(f"cannot publish to Redis at {where}: {exc}") from exc
     click.echo(json.dumps(counts), err=True)
+    if counts["bad_lines"]:
+        sys.exit(1)  # after every good frame was replayed, so scripts notice
 
 
 @dataclass(frozen=True)
@@ -233,12 +241,17 @@ async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, 
     sessions: dict[tuple[str, str], VenueSession] = {}
     seen = RecentIds()
     redis = None if target is None else make_async_redis(target.url)
-    counts = {"frames": 0, "liquidations": 0, "duplicates": 0, "parse_errors": 0}
+    counts = {"frames": 0, "liquidations": 0, "duplicates": 0, "parse_errors": 0, "bad_lines": 0}
+
+    def bad(line_no: int, reason: str) -> None:
+        counts["bad_lines"] += 1
+        click.echo(f"{file}: line {line_no} is not a recorded frame ({reason}); skipped", err=True)
+
     first_ms: int | None = None
     started = time.monotonic()
     try:
         with file.open(encoding="utf-8") as handle:
-            for rec in read_records(handle):
+            for rec in read_records(handle, bad):
                 first_ms = rec.received_ms if first_ms is None else first_ms
                 await _pace(rec.received_ms - first_ms, started, speed)
                 key = (rec.venue, rec.conn)

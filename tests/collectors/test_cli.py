@@ -302,7 +302,8 @@ def test_recorded_frames_replay_to_the_same_liquidations(venue: str, redis_url: 
     assert sorted(rows(result.stdout), key=lambda r: (r["exchange"], r["event_id"], r["side"])) \
         == as_rows(published)
     counts = json.loads(result.stderr.splitlines()[-1])
-    assert counts == {"frames": len(recs), "liquidations": 6, "duplicates": 0, "parse_errors": 0}
+    assert counts == {"frames": len(recs), "liquidations": 6, "duplicates": 0, "parse_errors": 0,
+                      "bad_lines": 0}
 
     syncredis.Redis.from_url(redis_url).flushdb()
     env = {"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": str(SHARDS)}
@@ -496,3 +497,19 @@ def test_collector_builds_its_plans_in_a_worker_thread(redis_url: str) -> None:
     off_loop, during, planned = asyncio.run(main())
     assert off_loop, "plans() must run once, in a worker thread"
     assert (during, planned) == (0, 2)  # bybit: the linear and the inverse endpoint
+
+
+def test_replay_skips_a_line_that_is_not_a_recorded_frame_names_it_and_exits_1(tmp_path: Path) -> None:
+    """A recording cut short by a crash ends in half a line: the frames around it are replayed."""
+    later = {**GATE_FRAME, "result": [{**GATE_FRAME["result"][0], "price": "67100.5", "time": 1767225601000}]}
+    record = tmp_path / "gate.jsonl"
+    record.write_text("\n".join([
+        msgspec.json.encode(FrameRecord("gate", "c", RECEIVED_MS, json.dumps(GATE_FRAME))).decode(),
+        '{"venue": "gate", "conn": "c", "recei',
+        msgspec.json.encode(FrameRecord("gate", "c", RECEIVED_MS + 1, json.dumps(later))).decode(),
+    ]) + "\n")
+    result = invoke(replay, [str(record), "--stdout", "--speed", "0"], exit_code=1)
+    assert [row["price"] for row in rows(result.stdout)] == [67200.5, 67100.5]
+    assert f"{record}: line 2 is not a recorded frame" in result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == {
+        "frames": 2, "liquidations": 2, "duplicates": 0, "parse_errors": 0, "bad_lines": 1}
