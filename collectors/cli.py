@@ -76,8 +76,7 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
     settings = load(CollectorSettings)
     spec = load_venue(venue)
     base_url = url or settings.venue_urls.get(venue) or spec.live_url
-    if record_path is None and settings.record_dir:
-        record_path = Path(settings.record_dir) / f"{venue}.jsonl"
+    record_path = _record_target(record_path, settings.record_dir, venue)
     symbol_list = [s for s in symbols.split(",") if s] or list(spec.default_symbols)
     port = settings.metrics_port
     if port is None:
@@ -97,6 +96,22 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
             await redis.aclose()
 
     sys.exit(runtime.run_service(f"collect-{venue}", main, settings.log_level))
+
+
+def _record_target(option: Path | None, record_dir: str | None, venue: str) -> Path | None:
+    """Where ``--record`` (else ``LIQ_RECORD_DIR``) sends the raw frames, checked writable now:
+    a failure later would stop the collector with a traceback."""
+    path = option or (Path(record_dir) / f"{venue}.jsonl" if record_dir else None)
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.open("a", encoding="utf-8").close()
+    except OSError as exc:
+        if option is None:
+            raise ConfigError("LIQ_RECORD_DIR", "a folder liq collect can write", record_dir) from exc
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror}", param_hint="'--record'") from exc
+    return path
 
 
 @click.command()

@@ -32,6 +32,7 @@ BAD_VALUES = [
     ("LIQ_PG_DSN", "nonsense", ["migrate"], "a PostgreSQL connection string"),
     ("LIQ_METRICS_HOST", "", ["aggregate"], "an address to serve metrics on"),
     ("LIQ_DATA_DIR", "", ["collect", "okx"], "a folder"),
+    ("LIQ_RECORD_DIR", "/proc/no/such/dir", ["collect", "okx"], "a folder liq collect can write"),
     ("LIQ_REDIS_ULR", "redis://127.0.0.1:6379/0", ["status"], "a liq setting (did you mean LIQ_REDIS_URL?"),
     ("LIQ_RETENTION_DAY", "30", ["migrate"], "a liq setting (did you mean LIQ_RETENTION_DAYS?"),
     ("LIQ_WHATEVER", "1", ["aggregate"], "a liq setting (README.md, Settings, lists them)"),
@@ -159,3 +160,10 @@ def test_a_webhook_url_that_is_not_http_is_refused_as_an_option(tmp_path: Path) 
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2
     assert "Invalid value for '--webhook': must start with http:// or https://" in result.stderr
+
+
+def test_a_record_file_that_cannot_be_written_is_refused_as_an_option(tmp_path: Path) -> None:
+    result = run_liq(["collect", "okx", "--record", "/proc/no/such/dir/okx.jsonl"], {}, tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert "Invalid value for '--record': cannot write /proc/no/such/dir/okx.jsonl" in result.stderr
