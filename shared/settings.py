@@ -18,6 +18,7 @@ import math
 import os
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -87,6 +88,19 @@ def check_redis_url(url: str, variable: str = "LIQ_REDIS_URL") -> None:
         parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     except ValueError as exc:
         raise ConfigError(variable, REDIS_URL_FORM, url) from exc
+
+
+def writable_folder(path: str, variable: str = "LIQ_DATA_DIR") -> Path:
+    """``path`` as a folder, created when missing (the one function here that touches the disk);
+    a :class:`ConfigError` naming ``variable`` when this user cannot create or write it."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(variable, "a folder this user can create and write", path) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(variable, "a folder this user can create and write", path)
+    return folder
 
 
 def env_name(field: str) -> str:

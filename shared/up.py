@@ -38,7 +38,7 @@ from shared.backoff import Backoff, Outage
 from shared.errors import EX_CONFIG, ServerError
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
-from shared.settings import CommonSettings, load
+from shared.settings import CommonSettings, load, writable_folder
 from shared.venues import chosen_venues
 
 logger = logging.getLogger("up")
@@ -136,7 +136,7 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
         chosen = chosen_venues(venues)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--venues") from exc
-    data_dir = Path(settings.data_dir).resolve()
+    data_dir = writable_folder(settings.data_dir).resolve()
     with only_one_up(data_dir):
         code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings))
     sys.exit(code)

@@ -22,7 +22,7 @@ from shared.clock import SYSTEM_CLOCK
 from shared.market import MarketEvent
 from shared.market_model import DEFAULT_PARAMS, MarketModel
 from shared.runtime import run_service
-from shared.settings import CommonSettings, load
+from shared.settings import CommonSettings, load, writable_folder
 from shared.venues import chosen_venues
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,8 @@ def simulate(venues: str, seed: int, speed: float, duration: float | None, max_e
     """Run the local exchange simulator (WebSocket servers on 127.0.0.1) until Ctrl-C."""
     settings = load(CommonSettings)
     sim_dir = Path(settings.data_dir) / "sim"
+    if ports_file is None or (truth_file is None and not no_truth):  # they go under LIQ_DATA_DIR
+        writable_folder(settings.data_dir)
     options = SimulateOptions(
         venues=choose_venues(venues), seed=seed, speed=speed, duration_s=duration, max_events=max_events,
         ports_file=ports_file or sim_dir / "ports.json",
