@@ -52,6 +52,10 @@ def event_stream(shard: int) -> str:
     return f"{PREFIX}:{{s{shard}}}:events"
 
 
+EVENT_STREAM_PATTERN = f"{PREFIX}:{{s*}}:events"
+"""SCAN pattern of every event shard stream, whatever the shard count that wrote it."""
+
+
 def event_streams(shards: int) -> list[str]:
     return [event_stream(k) for k in range(shards)]
 

@@ -108,7 +108,17 @@ def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
         "venues": _venues(client, now_ms),
         "keys": {kind: _count_keys(client, pattern) for kind, pattern in keys.KEY_KINDS.items()},
         "cascades": _cascade_states(client),
+        "shards": shards,
+        "stray_streams": _stray_streams(client, shards),
     }
+
+
+def _stray_streams(client: redis.Redis, shards: int) -> list[dict[str, Any]]:
+    """Event streams beyond ``shards``: written by a process run with a larger LIQ_SHARDS, read
+    by no consumer of this one."""
+    known = set(keys.event_streams(shards))
+    found = {reply_text(k) for k in client.scan_iter(match=keys.EVENT_STREAM_PATTERN, count=1000)}
+    return [{"stream": s, "length": int(client.xlen(s))} for s in sorted(found - known)]
 
 
 
@@ -271,6 +281,11 @@ def _redis_lines(report: dict[str, Any]) -> list[str]:
     for s in report["streams"]:
         groups = "  ".join(_group_text(g) for g in s["groups"]) or "(no groups)"
         lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")
+    stray = report.get("stray_streams", [])
+    if stray:
+        listed = ", ".join(f"{x['stream']} ({x['length']} entries)" for x in stray)
+        lines.append(f"\nSHARDS: {listed} are outside LIQ_SHARDS={report['shards']}: no consumer reads them; "
+                     "a process runs with another LIQ_SHARDS")
     dead = report.get("dead_letters", [])
     if dead:
         lines.append("\nDEAD LETTERS (entries set aside: liq dlq list, liq dlq replay, liq dlq drop)")

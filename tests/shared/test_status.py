@@ -127,3 +127,26 @@ def test_where_the_system_is_comes_from_the_typed_settings(tmp_path: Path) -> No
     assert (found.redis_url, found.pg_dsn) == (env["LIQ_REDIS_URL"], env["LIQ_PG_DSN"])
     unset = discover(load(CommonSettings, {"LIQ_DATA_DIR": str(tmp_path)}), {})
     assert (unset.redis_url, unset.pg_dsn) == (None, None)
+
+
+def test_status_names_event_streams_outside_the_shard_count(redis_url: str) -> None:
+    """A collector run with LIQ_SHARDS=8 next to consumers run with 4 writes streams no consumer
+    reads: liq status names them instead of showing only the four it knows."""
+    import redis as syncredis
+
+    from shared import keys
+    from shared.status import collect_status
+
+    client = syncredis.Redis.from_url(redis_url)
+    for shard, n in ((0, 2), (5, 3), (7, 1)):
+        for k in range(n):
+            client.xadd(keys.event_stream(shard), {"k": str(k)})
+    client.xadd(keys.dead_letter_stream(keys.event_stream(0)), {"k": "dead"})
+    client.close()
+    report = collect_status(redis_url, None, 4)
+    assert report["stray_streams"] == [{"stream": keys.event_stream(5), "length": 3},
+                                       {"stream": keys.event_stream(7), "length": 1}]
+    text = render(report)
+    assert ("SHARDS: liq:{s5}:events (3 entries), liq:{s7}:events (1 entries) are outside "
+            "LIQ_SHARDS=4: no consumer reads them; a process runs with another LIQ_SHARDS") in text
+    assert "SHARDS:" not in render(collect_status(redis_url, None, 8))
