@@ -1,8 +1,9 @@
 """How far each consumer group is behind: stream length, pending and lag, as Prometheus gauges.
 
-Every consumer reports its own group's backlog on its streams every few seconds (one XLEN and
-one XINFO GROUPS per stream), so an alert on ``liq_stream_lag`` or ``liq_stream_pending``
-needs no extra process. ``lag`` is what Redis (7+) counts as not yet delivered to the group;
+Every consumer reports the backlog of every group on its streams every few seconds (one XLEN
+and one XINFO GROUPS per stream), so an alert on ``liq_stream_lag`` or ``liq_stream_pending``
+needs no extra process, and still fires for a group whose own consumers are all dead.
+``lag`` is what Redis (7+) counts as not yet delivered to the group;
 ``pending`` is delivered but not acked yet.
 """
 
@@ -16,7 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client import Gauge
 from redis.exceptions import ResponseError
 
-from shared.redisconn import group_info
+from shared.redisconn import group_info, group_names
 
 STREAM_LENGTH = Gauge("liq_stream_length", "Entries in the stream (XLEN)", ["stream"])
 STREAM_PENDING = Gauge("liq_stream_pending", "Entries delivered to the group, not acked yet",
@@ -44,7 +45,9 @@ def group_backlog(stream: str, group: str, length: int, groups: Sequence[dict[An
 
 
 async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> list[Backlog]:
-    """Read and publish ``group``'s backlog on each of ``streams``."""
+    """Publish the backlog of every group on each of ``streams``, and return ``group``'s: a
+    group whose consumers are all dead reports nothing itself, so the live consumers of the
+    other groups report its growing lag."""
     out: list[Backlog] = []
     for stream in streams:
         try:
@@ -52,12 +55,18 @@ async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> l
             groups: list[dict[Any, Any]] = await redis.xinfo_groups(stream)
         except ResponseError:
             continue  # the stream does not exist yet
-        backlog = group_backlog(stream, group, length, groups)
-        if backlog is None:
-            continue
         STREAM_LENGTH.labels(stream).set(length)
-        STREAM_PENDING.labels(stream, group).set(backlog.pending)
-        if backlog.lag is not None:
-            STREAM_LAG.labels(stream, group).set(backlog.lag)
-        out.append(backlog)
+        for name in group_names(groups):
+            backlog = group_backlog(stream, name, length, groups)
+            if backlog is None:
+                continue
+            _publish(backlog)
+            if name == group:
+                out.append(backlog)
     return out
+
+
+def _publish(backlog: Backlog) -> None:
+    STREAM_PENDING.labels(backlog.stream, backlog.group).set(backlog.pending)
+    if backlog.lag is not None:
+        STREAM_LAG.labels(backlog.stream, backlog.group).set(backlog.lag)

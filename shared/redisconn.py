@@ -111,6 +111,11 @@ def reply_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def group_names(groups: Sequence[Mapping[Any, Any]]) -> list[str]:
+    """The group names of an XINFO GROUPS reply, whether its field names are text or bytes."""
+    return [reply_text({reply_text(k): v for k, v in info.items()}.get("name", "")) for info in groups]
+
+
 def group_info(groups: Sequence[Mapping[Any, Any]], group: str) -> dict[str, Any] | None:
     """``group``'s line of an XINFO GROUPS reply, its field names as text (None: no such group)."""
     for info in groups:

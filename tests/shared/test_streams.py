@@ -654,3 +654,29 @@ def test_a_group_lost_while_its_stream_is_kept_resumes_after_the_last_entry_read
 
     asyncio.run(run())
     assert _pending(redis_url) == 0
+
+
+def test_a_group_whose_consumer_died_is_still_reported_by_the_others(redis_url: str,
+                                                                     metrics_port: int) -> None:
+    """The dead consumer reports nothing: the backlog of its group must come from a live one,
+    or the alert on a growing liq_stream_lag never fires for the group that needs it."""
+    from tests.scrape import scrape, value
+
+    async def run() -> None:
+        await _seed(redis_url, 13)
+        client = make_async_redis(redis_url)
+        await client.xgroup_create(STREAM, "dead", id="0")
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            pass
+
+        consumer = _consumer(client, handler, backlog_every_s=0.0)
+        assert await consumer.run_until_idle() == 13
+        await client.aclose()
+
+    asyncio.run(run())
+    after = scrape(metrics_port)
+    assert ("liq_stream_lag", frozenset({"stream": STREAM, "group": "dead"}.items())) in after
+    assert value(after, "liq_stream_lag", stream=STREAM, group="dead") == 13
+    assert value(after, "liq_stream_pending", stream=STREAM, group="dead") == 0
+    assert value(after, "liq_stream_lag", stream=STREAM, group="g") == 0
