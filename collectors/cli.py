@@ -229,8 +229,9 @@ def read_records(stream: TextIO, bad: Callable[[int, str], None]) -> Iterator[Fr
 def replay(file: Path, speed: float, to_stdout: bool) -> None:
     """Feed a recorded frame file (liq collect --record) back through the parsers, into the running
     system's streams (LIQ_REDIS_URL, else liq up's) or, with --stdout, to the terminal."""
-    logs.configure("INFO", "replay")
-    found = discover(load(CommonSettings), dict(os.environ))
+    settings = load(CommonSettings)
+    logs.configure(settings.log_level, "replay")
+    found = discover(settings, dict(os.environ))
     target = None if to_stdout else Target(require_redis(found), found.shards)
     try:
         counts = asyncio.run(_replay(file, speed, target))

@@ -513,3 +513,18 @@ def test_replay_skips_a_line_that_is_not_a_recorded_frame_names_it_and_exits_1(t
     assert f"{record}: line 2 is not a recorded frame" in result.stderr
     assert json.loads(result.stderr.splitlines()[-1]) == {
         "frames": 2, "liquidations": 2, "duplicates": 0, "parse_errors": 0, "bad_lines": 1}
+
+
+def test_replay_logs_at_the_level_liq_log_level_sets(tmp_path: Path) -> None:
+    import logging
+
+    record = tmp_path / "empty.jsonl"
+    record.write_text("")
+    root = logging.getLogger()
+    level = root.level
+    try:
+        invoke(replay, [str(record), "--stdout"],
+               env={"LIQ_LOG_LEVEL": "ERROR", "LIQ_DATA_DIR": str(tmp_path)})
+        assert root.level == logging.ERROR
+    finally:
+        root.setLevel(level)
