@@ -204,3 +204,16 @@ def test_the_list_of_setting_names_is_every_settings_field() -> None:
     classes = (AggregatorSettings, CollectorSettings, DetectorSettings, WriterSettings)
     fields = {env_name(f.name) for cls in classes for f in msgspec.structs.fields(cls)}
     assert fields == SETTING_NAMES
+
+
+def test_the_liquidations_panel_counts_liquidations_and_the_new_series_are_shown() -> None:
+    """liq_events_in_total{component="collector"} counts frames (pongs, acks, frames of several
+    liquidations): the liquidations per venue are what the collectors publish."""
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/liq.json").read_text())
+    panels = {panel["title"]: [t["expr"] for t in panel["targets"]] for panel in dashboard["panels"]}
+    liquidations = [exprs for title, exprs in panels.items() if title.startswith("Liquidations received")]
+    assert liquidations == [['sum by (sink) (rate(liq_events_out_total{component="collector"}[1m]))']]
+    used = " ".join(e for exprs in panels.values() for e in exprs)
+    for series in ("liq_collector_publish_seconds_bucket", "liq_events_dropped_total",
+                   'liq_events_in_total{component="collector"}'):
+        assert series in used, series
