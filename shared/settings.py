@@ -4,8 +4,9 @@ Each component declares a frozen Struct of its own settings (``detector.config``
 ``writer.config``, …) and loads it with :func:`load`. A field ``foo_bar`` is read from
 ``LIQ_FOO_BAR``. Values are coerced leniently (``"5"`` → 5, ``"true"`` → True); lists are
 comma-separated (``BTCUSDT,ETHUSDT``) and mappings are ``KEY=VALUE`` pairs
-(``BTCUSDT=250000,ETHUSDT=100000``). A bad value stops the process with a
-:class:`~shared.errors.ConfigError` that names the variable and the expected form.
+(``BTCUSDT=250000,ETHUSDT=100000``). A bad value, or a ``LIQ_*`` variable no process reads (a
+typo), stops the process with a :class:`~shared.errors.ConfigError` that names the variable and
+the expected form (the ``liq`` command prints it as one line, exit code 78).
 
 Tests build settings with :func:`load` on a plain dict; nothing here reads ``os.environ``
 unless asked to.
