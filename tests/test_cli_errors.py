@@ -84,7 +84,7 @@ def test_a_redis_that_does_not_answer_is_one_line(args: list[str], tmp_path: Pat
         '{"venue":"okx","conn":"c","received_ms":1,"frame":"{\\"event\\":\\"subscribe\\"}","binary":false}\n'
         '{"venue":"okx","conn":"c","received_ms":2,"frame":"{\\"arg\\":{\\"channel\\":\\"liquidation-orders\\"},'
         '\\"data\\":[{\\"instId\\":\\"BTC-USDT-SWAP\\",\\"instType\\":\\"SWAP\\",\\"details\\":[{\\"bkPx\\":\\"60000\\",'
-        '\\"sz\\":\\"1\\",\\"side\\":\\"sell\\",\\"posSide\\":\\"long\\",\\"ts\\":\\"1\\"}]}]}","binary":false}\n')
+        '\\"sz\\":\\"1\\",\\"side\\":\\"sell\\",\\"posSide\\":\\"long\\",\\"ts\\":\\"1700000000000\\"}]}]}","binary":false}\n')
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = run_liq(args, {"LIQ_REDIS_URL": url}, tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
