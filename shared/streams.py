@@ -12,7 +12,9 @@ Delivery semantics (at-least-once):
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
    so a Redis or database outage loses nothing. Entries whose side effect was committed but
    whose XACK failed are remembered, and acked without being handled again when redelivered.
-4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM.
+4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM
+   (following its cursor); a consumer idle for ``forget_idle_ms`` with nothing pending is
+   deleted from the group.
 5. An entry whose payload cannot be decoded is copied to ``<stream>:dlq`` and acked in one
    MULTI. A handler failing on a server (Redis, the database: :data:`TRANSIENT_ERRORS`) is
    retried with backoff without limit, so an outage loses nothing. A handler failing on the
@@ -167,6 +169,8 @@ class StreamConsumer(Generic[T]):
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
     claim_every_s: float = 15.0
+    forget_idle_ms: int = 3_600_000
+    """A consumer of the group idle this long with nothing pending is deleted (a dead process's)."""
     backlog_every_s: float = 5.0
     """How often the group's length, pending and lag go to the metrics (``shared.backlog``)."""
     handler_acks: bool = False
@@ -280,10 +284,31 @@ class StreamConsumer(Generic[T]):
         if now - self._last_claim < self.claim_every_s:
             return False
         self._last_claim = now
+        await self._forget_dead_consumers()
         claimed: list[Entry] = []
         for stream in self.streams:
+            claimed += await self._claim_from(stream, self.count - len(claimed))
+            if len(claimed) >= self.count:
+                self._last_claim = 0.0  # a full batch: more may wait, claimed on the next step
+                break
+        if not claimed:
+            return False
+        taken = sum(1 for entry in claimed if entry[2] is not None)
+        self.stats.claimed += taken
+        if taken:
+            logger.info("%s: claimed %d entries idle on dead consumers", self.component, taken)
+        await self._handle(claimed)
+        return True
+
+    async def _claim_from(self, stream: str, wanted: int) -> list[Entry]:
+        """Up to ``wanted`` entries of ``stream`` idle on other consumers, following XAUTOCLAIM's
+        cursor past the pending entries live consumers hold (one call scans at most ten times
+        its COUNT)."""
+        claimed: list[Entry] = []
+        cursor = "0-0"
+        while len(claimed) < wanted:
             reply: list[Any] = await self.redis.xautoclaim(
-                stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.count
+                stream, self.group, self.consumer, self.claim_idle_ms, cursor, count=wanted - len(claimed)
             )
             # Redis 7 answers [cursor, entries, ids of pending entries that MAXLEN trimmed] (it
             # drops those from the pending list): they are dead-lettered as such. Redis 6.2 has no
@@ -296,14 +321,27 @@ class StreamConsumer(Generic[T]):
             claimed += [(stream, reply_text(entry_id), fields) for entry_id, fields in pairs
                         if entry_id is not None]
             claimed += [(stream, reply_text(entry_id), None) for entry_id in trimmed]
-        if not claimed:
-            return False
-        taken = sum(1 for entry in claimed if entry[2] is not None)
-        self.stats.claimed += taken
-        if taken:
-            logger.info("%s: claimed %d entries idle on dead consumers", self.component, taken)
-        await self._handle(claimed)
-        return True
+            cursor = reply_text(reply[0])
+            if cursor == "0-0":
+                break
+        return claimed
+
+    async def _forget_dead_consumers(self) -> None:
+        """Delete the group's consumers idle for ``forget_idle_ms`` with nothing pending.
+
+        Consumers are named after their process, so every restart leaves one behind, and
+        ``XINFO CONSUMERS`` (and the count ``liq status`` shows) would grow for ever. Nothing
+        is lost: a consumer holding entries is kept until they are claimed, and a live one
+        deleted while idle is created again by its next read."""
+        for stream in self.streams:
+            consumers: list[dict[str, Any]] = await self.redis.xinfo_consumers(stream, self.group)
+            for info in consumers:
+                name = reply_text(info["name"])
+                if (name != self.consumer and int(info["pending"]) == 0
+                        and int(info["idle"]) >= self.forget_idle_ms):
+                    await self.redis.xgroup_delconsumer(stream, self.group, name)
+                    logger.info("%s: forgot consumer %s of %s on %s (idle, nothing pending)",
+                                self.component, name, self.group, stream)
 
     async def _handle(self, entries: list[Entry]) -> None:
         started = time.perf_counter()

@@ -374,6 +374,59 @@ def test_entries_of_a_dead_consumer_are_claimed_by_another(redis_url: str) -> No
     assert _pending(redis_url) == 0
 
 
+def test_claims_follow_the_cursor_past_the_entries_live_consumers_hold(redis_url: str,
+                                                                     r: syncredis.Redis) -> None:
+    """One XAUTOCLAIM scans at most ten times its COUNT: 280 entries a live consumer holds ahead
+    of 20 a dead one left must not hide those 20."""
+    asyncio.run(_seed(redis_url, 300))
+    r.xgroup_create(STREAM, "g", id="0")
+    read = r.xreadgroup("g", "live", {STREAM: ">"}, count=300)
+    ids = [entry_id for entry_id, _ in read[0][1]]
+    r.xclaim(STREAM, "g", "dead", 0, ids[-20:], idle=120_000)
+    got: list[str] = []
+
+    async def ok(batch: list[Message[Liquidation]]) -> None:
+        got.extend(m.id for m in batch)
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        alive = _consumer(client, ok, name="alive", count=10, claim_idle_ms=60_000)
+        handled = await alive.run_until_idle()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 20
+    assert got == [i.decode() for i in ids[-20:]]
+    held = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(STREAM, "g")}
+    assert held == {"live": 280, "dead": 0, "alive": 0}
+
+
+@pytest.mark.parametrize(("forget_idle_ms", "left"), [(0, {"holding", "me"}),
+                                                      (3_600_000, {"gone", "holding", "me"})])
+def test_consumers_idle_with_nothing_pending_are_forgotten(redis_url: str, r: syncredis.Redis,
+                                                           forget_idle_ms: int, left: set[str]) -> None:
+    """A restarted process leaves its old consumer behind: one idle past ``forget_idle_ms`` with
+    nothing pending is deleted; one holding an entry is kept (deleting it would drop the entry)."""
+    asyncio.run(_seed(redis_url, 3))
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "holding", {STREAM: ">"}, count=1)
+    r.xgroup_createconsumer(STREAM, "g", "gone")
+
+    async def ok(batch: list[Message[Liquidation]]) -> None:
+        return None
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        me = _consumer(client, ok, name="me", claim_idle_ms=10**9, forget_idle_ms=forget_idle_ms)
+        handled = await me.run_until_idle()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 2
+    assert {c["name"].decode() for c in r.xinfo_consumers(STREAM, "g")} == left
+    assert _pending(redis_url) == 1
+
+
 class CuttingProxy:
     """A TCP relay to Redis that, once armed, passes ``budget`` more bytes from the client and
     then cuts the connection (and refuses every later one): a connection lost mid-publish."""
