@@ -140,6 +140,21 @@ def corpus_dir() -> Path:
 
 
 REAL_SERVER_MARKERS = ("integration", "e2e", "timescale")
+REAL_SERVER_FIXTURES = frozenset({"_redis_server_url", "_pg_server_dsn", "harness"})
+"""Session fixtures that start (or reach) a real server: a test using one, even through other
+fixtures, is an integration test whatever its marks say."""
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``integration`` every test that needs a real server and carries none of the marks."""
+    for item in items:
+        needs_server = REAL_SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if needs_server and not any(item.get_closest_marker(m) for m in REAL_SERVER_MARKERS):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -147,7 +162,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     """In CI (``CI=true``) a skipped integration, e2e or TimescaleDB test is a failure."""
     outcome = yield
     report = outcome.get_result()
-    if (os.environ.get("CI", "").lower() in ("1", "true", "yes") and report.skipped
+    if (_in_ci() and report.skipped
             and any(item.get_closest_marker(m) for m in REAL_SERVER_MARKERS)):
         report.outcome = "failed"
         report.longrepr = f"integration test skipped in CI (counts as a failure): {report.longrepr}"
@@ -163,3 +178,13 @@ def metrics_port() -> int:
     assert port is not None
     return port
 
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):  # type: ignore[no-untyped-def]
+    """In CI a module skipped while collected (``importorskip``, ``skip(allow_module_level=True)``)
+    is a failure: its tests, integration ones included, would not run and nothing would say so."""
+    outcome = yield
+    report = outcome.get_result()
+    if _in_ci() and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"{report.nodeid} skipped in CI (counts as a failure): {report.longrepr}"
