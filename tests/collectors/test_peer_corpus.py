@@ -1,13 +1,11 @@
 """Every peer-corpus record through its venue's parser, compared field by field with ``expected``.
 
 The corpus lives outside the repository (``../shared/peer-corpus``); a missing folder is a
-failure, never a skip. Records of venue modules that do not exist yet are collected and marked
-xfail (non-strict) until the module is written.
+failure, never a skip; so is a record whose venue module is missing.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -16,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from collectors import VENUES, load_venue
+from collectors import load_venue
 from collectors.venues._common import liquidation_to_row
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "peer-corpus"
@@ -63,14 +61,8 @@ def _records() -> list[Any]:
         for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                params.append(pytest.param(venue, record, id=record["id"], marks=_marks(venue)))
+                params.append(pytest.param(venue, record, id=record["id"]))
     return params
-
-
-def _marks(venue: str) -> list[pytest.MarkDecorator]:
-    if importlib.util.find_spec(VENUES[venue]) is None:
-        return [pytest.mark.xfail(reason="venue module not written yet", strict=False)]
-    return []
 
 
 def _same(got: Any, want: Any) -> bool:
