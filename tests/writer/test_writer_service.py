@@ -31,7 +31,7 @@ from tests.outages import RETRYING, Counted, outage_lines
 from writer import service as writer_service
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
-from writer.rows import EVENT_COLUMNS, Payload
+from writer.rows import EVENT_COLUMNS, Payload, ms_to_datetime
 from writer.service import Writer
 
 EVENT_ID = EVENT_COLUMNS.index("event_id")
@@ -200,6 +200,29 @@ def test_cascade_members_upgrade_rows_and_cascade_rollup(redis_url: str, db: str
         stored = rows(db, "SELECT phase, status, event_count, total_value_usd, venues FROM cascade_events")
         assert stored == [("end", "ended", 9, 900_000.0, ["bybit", "okx"])]
         assert_rollups_match_raw(db)
+
+
+def test_a_cascade_keeps_its_latest_message_of_a_phase_and_its_rollup_follows_a_moved_start(
+        redis_url: str, db: str) -> None:
+    """Two escalations stored newest first (a redelivery): the older one must not overwrite the
+    newer. Then the detector moves the start back into the previous hour: the row moves, and the
+    hourly cascade rollup leaves the old hour for the new one."""
+    newer = cascade("escalate", 7, 700_000.0, 30_000, NOW_MS - HOUR_MS + 60_000)
+    older = cascade("escalate", 5, 500_000.0, 20_000, NOW_MS - HOUR_MS + 30_000)
+    for message in (newer, older):  # two batches: within one, writer.rows already keeps the newer
+        asyncio.run(publish_all(redis_url, [(keys.CASCADE_STREAM, message)]))
+        asyncio.run(drain(redis_url, db))
+    stored = "SELECT phase, event_count, total_value_usd, start_time FROM cascade_events"
+    assert rows(db, stored) == [("escalate", 7, 700_000.0, ms_to_datetime(NOW_MS - HOUR_MS))]
+    moved_ms = NOW_MS - HOUR_MS - 5 * 60_000
+    moved = msgspec.structs.replace(cascade("end", 9, 900_000.0, 40_000, NOW_MS - HOUR_MS + 90_000),
+                                    start_ms=moved_ms)
+    asyncio.run(publish_all(redis_url, [(keys.CASCADE_STREAM, moved)]))
+    asyncio.run(drain(redis_url, db))
+    assert rows(db, stored) == [("end", 9, 900_000.0, ms_to_datetime(moved_ms))]
+    assert rows(db, "SELECT hour, cascade_count, liquidation_count FROM liquidation_cascades") == [
+        (ms_to_datetime(NOW_MS - 2 * HOUR_MS), 1, 9)]
+    assert_rollups_match_raw(db)
 
 
 def test_retention_cutoff_and_janitor_drop_whole_partitions(redis_url: str, db: str) -> None:
