@@ -38,13 +38,20 @@ def test_fold_sums_per_key_and_side() -> None:
         liq(price=67250.0, quantity=0.5, side="short", exchange="okx"),
     ]
     deltas = fold(batch)
+    assert sorted(deltas) == ["liq:agg:BTCUSDT:60s:1699999980000", "liq:levels:BTCUSDT:67200:LONG",
+                              "liq:levels:BTCUSDT:67200:SHORT"]
     level = deltas["liq:levels:BTCUSDT:67200:LONG"]
     assert level.counts == {"count": 2, "count:bybit": 1, "count:okx": 1}
-    assert level.sums["value_usd"] == pytest.approx(67234.5 + 134500.0)
+    assert level.sums == pytest.approx({"value_usd": 67234.5 + 134500.0, "quantity": 3.0,
+                                        "value_usd:bybit": 67234.5, "value_usd:okx": 134500.0})
+    short = deltas["liq:levels:BTCUSDT:67200:SHORT"]
+    assert short.counts == {"count": 1, "count:okx": 1}
+    assert short.sums == pytest.approx({"value_usd": 33625.0, "quantity": 0.5, "value_usd:okx": 33625.0})
     bucket = deltas["liq:agg:BTCUSDT:60s:1699999980000"]
-    assert bucket.counts["count"] == 3 and bucket.counts["short_count"] == 1
-    assert bucket.sums["short_usd"] == pytest.approx(33625.0)
-    assert "liq:levels:BTCUSDT:67200:SHORT" in deltas
+    assert bucket.counts == {"count": 3, "count:bybit": 1, "count:okx": 2, "long_count": 2, "short_count": 1}
+    assert bucket.sums == pytest.approx({
+        "value_usd": 235359.5, "long_usd": 201734.5, "short_usd": 33625.0,
+        "value_usd:bybit": 67234.5, "value_usd:okx": 168125.0})
 
 
 def test_a_quantity_in_contracts_of_unknown_size_is_not_added_to_base_quantities() -> None:
