@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import msgspec
 import pytest
 
 from detector.config import DetectorSettings
@@ -59,11 +61,14 @@ def test_one_venue_is_not_cross_exchange() -> None:
     assert start.factors.cross_exchange == 0.0 and start.factors.side_imbalance == 1.0
 
 
+VOLUME_ONLY = DetectorSettings(weights={"volume_concentration": 1.0, **{n: 0.0 for n in (
+    "time_compression", "price_clustering", "side_imbalance", "institutional_ratio", "cross_exchange")}},
+    band_edges=[0.35, 0.45, 0.55])
+"""score = volume_concentration only, bands at 0.35 / 0.45 / 0.55 (log10(total / $10K) / 3)"""
+
+
 def test_escalates_once_per_band_rise() -> None:
-    # score = volume_concentration only, bands at 0.35 / 0.45 / 0.55 (log10(total / $10K) / 3)
-    weights = {"volume_concentration": 1.0, **{n: 0.0 for n in (
-        "time_compression", "price_clustering", "side_imbalance", "institutional_ratio", "cross_exchange")}}
-    engine = Engine(DetectorSettings(weights=weights, band_edges=[0.35, 0.45, 0.55]))
+    engine = Engine(VOLUME_ONLY)
     out = feed_all(engine, [ev(k) for k in range(5)])  # $125K → 0.3656, moderate
     assert isinstance(out[0], CascadeEvent) and out[0].band == "moderate"
     assert phases(engine.feed(ev(5))) == ["member"]  # $150K → 0.392, still moderate
@@ -235,3 +240,24 @@ def test_a_late_member_older_than_the_start_is_inside_the_published_span() -> No
     assert isinstance(end, CascadeEvent) and end.count == 6
     assert (end.start_ms, end.end_ms, end.cascade_id) == (T0 + 2_000, T0 + 14_000, f"BTCUSDT-{T0 + 10_000}")
 
+
+
+
+def test_the_quiet_period_runs_from_the_last_time_the_rule_held_and_the_end_shows_the_peak_band() -> None:
+    """Members keep coming after the window has thinned out below the rule: they are members, but
+    the quiet period runs from the last time the rule held (56 s), and the end message carries
+    the last score with the band of the peak. A member of unknown notional adds no dollars."""
+    engine = Engine(VOLUME_ONLY)  # score = log10(window USD / $10K) / 3; bands at 0.35 / 0.45 / 0.55
+    feed_all(engine, [ev(s) for s in (0, 1, 2, 3)])
+    assert phases(engine.feed(ev(55))) == ["start"] + ["member"] * 5  # $125K: moderate
+    unknown = msgspec.structs.replace(ev(56, 1_000_000.0), notional_known=False)
+    assert phases(engine.feed(unknown)) == ["member"]  # six events, $125K: the rule holds at 56 s
+    assert phases(engine.feed(ev(62, 1_000.0))) == ["member"]  # 0, 1, 2 leave: 4 events, $51K
+    assert engine.tick(T0 + 85_999) == []
+    (end,) = engine.tick(T0 + 86_000)
+    assert isinstance(end, CascadeEvent) and end.phase == "end"
+    assert (end.count, end.total_notional_usd, end.long_notional_usd, end.end_ms) == (
+        7, 126_000.0, 126_000.0, T0 + 62_000)
+    assert end.risk_score == round(math.log10(5.1) / 3, 4)  # low (scores are rounded to 4 places)
+    assert end.peak_risk_score == round(math.log10(12.5) / 3, 4)
+    assert end.band == "moderate"
