@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 import logging
 import re
@@ -1010,3 +1011,49 @@ def test_a_connection_near_its_lifetime_is_replaced_before_the_venue_ends_it(ven
                 assert collector.health.reconnects == 0, collector.health.reason
 
     asyncio.run(run())
+
+
+def _htx_pong(message: str | bytes) -> bool:
+    text = gzip.decompress(message) if isinstance(message, bytes) else message
+    return bool(json.loads(text).get("op") == "pong")
+
+
+def _deribit_test(message: str | bytes) -> bool:
+    return bool(json.loads(message).get("method") == "public/test")
+
+
+SERVER_PINGS: dict[str, Callable[[str | bytes], bool]] = {"htx": _htx_pong, "deribit": _deribit_test}
+"""Venues whose server pings the client, and how the collector's answer looks."""
+
+
+@pytest.mark.parametrize("venue", sorted(SERVER_PINGS))
+def test_the_collector_answers_every_connection_the_venues_own_pings(venue: str, redis_url: str) -> None:
+    """HTX pings with ``{"op":"ping"}`` and Deribit with ``test_request``: a client that does not
+    answer is disconnected by the real venue, so each connection must answer them."""
+    async def run() -> Collector:
+        inner = load_sim(venue)
+        inner.heartbeat_s = 0.02
+        answers: dict[int, int] = {}
+        enough = asyncio.Event()
+
+        class Answering(CountingSim):
+            def on_client_message(self, client: SimClient, message: str | bytes) -> list[str | bytes]:
+                if SERVER_PINGS[venue](message):
+                    answers[id(client)] = answers.get(id(client), 0) + 1
+                    if len(answers) == conns and min(answers.values()) >= 3:
+                        enough.set()
+                return super().on_client_message(client, message)
+
+        async with ExchangeSimulator([Answering(inner)]) as exchange:
+            collector = Collector(CollectorConfig(
+                venue=load_venue(venue), redis=make_async_redis(redis_url), shards=SHARDS,
+                base_url=exchange.urls[venue], health_every_s=0.05, instruments_every_s=None))
+            conns = len(collector.plans)
+            async with _running(collector):
+                await exchange.wait_subscribed(venue, conns)
+                async with asyncio.timeout(20):  # three answers on each connection
+                    await enough.wait()
+        return collector
+
+    collector = asyncio.run(run())
+    assert (collector.health.reconnects, collector.health.parse_errors) == (0, 0)
