@@ -70,6 +70,15 @@ def status(r: syncredis.Redis, symbol: str) -> dict[str, str]:
 BTC = [ev(k * 5, venue="bybit" if k % 2 else "okx") for k in range(5)]  # $125K in 20 s, 2 venues
 
 
+@pytest.fixture(params=[1000, 2], ids=["one-page", "pages-of-2"])
+def page(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """The warm restart reads streams and pending lists in pages: also in pages of two entries."""
+    from detector import service
+
+    monkeypatch.setattr(service, "PAGE", request.param)
+    return int(request.param)
+
+
 def test_start_members_status_and_end(redis_url: str, r: syncredis.Redis) -> None:
     clock = FakeClock(CLOCK_START)
 
@@ -156,7 +165,31 @@ def test_two_detectors_on_disjoint_shards(redis_url: str, r: syncredis.Redis) ->
     assert groups["detector"]["pending"] == 0
 
 
-def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: syncredis.Redis) -> None:
+def test_a_restarted_detector_continues_only_the_cascades_of_its_own_shards(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """Two processes on disjoint shards, both with an active cascade: the BTC process restarts
+    and ends its own cascade; the ETH cascade is the other process's, which ends it once."""
+    clock = FakeClock(CLOCK_START)
+    eth = [ev(k, 30_000.0, symbol="ETHUSDT") for k in range(5)]
+
+    async def body(client: aioredis.Redis) -> tuple[int, int]:
+        await put(client, BTC + eth)
+        await detector(client, [BTC_SHARD], clock).run_until_idle()
+        eth_process = detector(client, [ETH_SHARD], clock)
+        await eth_process.run_until_idle()
+        btc_again = detector(client, [BTC_SHARD], clock)
+        await btc_again.run_until_idle()
+        assert sorted(btc_again.engine.active) == ["BTCUSDT"]
+        clock.advance(40.0)
+        return await btc_again.tick(), await eth_process.tick()
+
+    assert run(redis_url, body) == (1, 1)
+    assert sorted((c.symbol, c.phase) for c in cascades(r)) == [
+        ("BTCUSDT", "end"), ("BTCUSDT", "start"), ("ETHUSDT", "end"), ("ETHUSDT", "start")]
+
+
+def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: syncredis.Redis,
+                                                             page: int) -> None:
     clock = FakeClock(CLOCK_START)
 
     async def body(client: aioredis.Redis) -> Detector:
@@ -196,6 +229,8 @@ def test_late_copies_of_an_ended_cascade_start_nothing_after_a_restart(redis_url
         await restarted.run_until_idle()
         await put(client, copies)
         await restarted.run_until_idle()
+        clock.advance(40.0)
+        assert await restarted.tick() == 0, "the rebuilt cascade was fenced: it does not end twice"
 
     run(redis_url, body)
     cascade_id = "BTCUSDT-1700000000000"
@@ -323,7 +358,7 @@ def test_redelivery_after_a_crash_before_the_ack_publishes_nothing_twice(
 
 
 def test_redelivery_after_a_crash_before_publishing_publishes_once(
-        redis_url: str, r: syncredis.Redis) -> None:
+        redis_url: str, r: syncredis.Redis, page: int) -> None:
     async def body(client: aioredis.Redis) -> Detector:
         await put(client, BTC)
         stream = keys.event_stream(BTC_SHARD)
