@@ -110,6 +110,24 @@ def test_latest_cascades_keeps_the_furthest_phase_then_the_latest() -> None:
         "ids that are one once stored are one here, or the upsert would touch a row twice")
 
 
+def test_latest_cascades_keeps_the_last_of_equal_messages() -> None:
+    """Same phase, same publication time (a detector's clock that stood still): stream order."""
+    first, last = cascade("escalate", 7), msgspec.structs.replace(cascade("escalate", 7), count=6)
+    assert [e.count for e in latest_cascades([first, last])] == [6]
+
+
+def test_a_member_of_unknown_notional_is_stored_with_no_dollars() -> None:
+    """Contracts of unknown size: the row keeps the quantity, but its value is 0 (not the
+    parser's placeholder), so no rollup adds dollars nobody knows."""
+    sized = liq(price=60_000.0, quantity=7.0, timestamp_ms=NOW - 1000, event_id="u")
+    unknown = msgspec.structs.replace(sized, notional_known=False, quantity_unit="contracts")
+    batch = build_batch([CascadeMember(cascade_id="c1", risk_score=1.0, liquidation=unknown)],
+                        SignificanceRules(), NOW, 90)
+    (row,) = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in batch.events]
+    assert (row["value_usd"], row["notional_known"], row["quantity"], row["is_cascade"]) == (
+        0.0, False, 7.0, True)
+
+
 def test_a_cascade_count_beyond_int4_is_invalid_not_wrapped() -> None:
     huge = msgspec.structs.replace(cascade("start", 1), count=2**31)
     assert build_batch([huge], SignificanceRules(), NOW, 90).invalid == 1
