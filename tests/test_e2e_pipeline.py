@@ -48,7 +48,8 @@ def market(t0: int) -> list[MarketEvent]:
 
 
 async def collect(redis_url: str, t0: int) -> list[Liquidation]:
-    """Run the three collectors until every liquidation the simulator sent is published."""
+    """Run the three collectors until every liquidation the simulator sent is published (in the
+    market's order, so the detector's input, and so its messages, are the same on every run)."""
     async with ExchangeSimulator(list(VENUES)) as exchange:
         redis = make_async_redis(redis_url)
         collectors = [Collector(CollectorConfig(
@@ -59,10 +60,12 @@ async def collect(redis_url: str, t0: int) -> list[Liquidation]:
         async with asyncio.timeout(30):
             for venue, c in zip(VENUES, collectors, strict=True):
                 await exchange.wait_subscribed(venue, len(c.plans))
-            sent = await exchange.emit(market(t0))
-            for venue, c in zip(VENUES, collectors, strict=True):
-                expected = sum(1 for s in sent if s.exchange == venue)
-                await c.wait_until(lambda col, n=expected: col.published == n)  # type: ignore[misc]
+            sent: list[Liquidation] = []
+            by_venue = dict(zip(VENUES, collectors, strict=True))
+            for event in market(t0):  # one at a time, published before the next: the streams
+                sent += await exchange.emit([event])  # hold them in time order, run after run
+                expected = sum(1 for s in sent if s.exchange == event.venue)
+                await by_venue[event.venue].wait_until(lambda col, n=expected: col.published == n)  # type: ignore[misc]
         stop.set()
         await asyncio.gather(*tasks)
         await redis.aclose()
@@ -110,7 +113,10 @@ def test_simulator_to_every_storage_level(redis_url: str, pg_dsn: str) -> None:
         assert handled["detector"] == handled["aggregator"] == 12
         check_aggregates(client, sent)
         cascades = [codec.decode_cascade(f[b"d"]) for _i, f in client.xrange(keys.CASCADE_STREAM)]
-        assert [c.phase for c in cascades][0] == "start" and cascades[-1].phase == "end"
+        # Started at the fifth liquidation, already in the top band (so no escalation); ended with
+        # all nine.
+        assert [(c.phase, c.count, c.band) for c in cascades] == [
+            ("start", 5, "extreme"), ("end", 9, "extreme")]
         assert {c.cascade_id for c in cascades} == {cascades[0].cascade_id}
         end = cascades[-1]
         assert (end.symbol, end.count, sorted(end.venues), end.cross_exchange) == (
@@ -118,7 +124,7 @@ def test_simulator_to_every_storage_level(redis_url: str, pg_dsn: str) -> None:
         assert end.total_notional_usd == pytest.approx(sum(s.notional_usd for s in btc))
         members = [codec.decode_member(f[b"d"]) for _i, f in client.xrange(keys.CASCADE_MEMBER_STREAM)]
         assert sorted(m.liquidation.event_id for m in members) == sorted(s.event_id for s in btc)
-        assert handled["writer"] == len(sent) + len(cascades) + len(members)
+        assert handled["writer"] == len(sent) + len(cascades) + len(members) == 12 + 2 + 9
         assert handled["ended"] == 1
         status = redis_hashes(client, keys.cascade_status("BTCUSDT"))[keys.cascade_status("BTCUSDT")]
         assert status["state"] == "idle" and status["cascade_id"] == end.cascade_id  # the last one
