@@ -733,3 +733,24 @@ def test_a_group_whose_consumer_died_is_still_reported_by_the_others(redis_url: 
     assert value(after, "liq_stream_lag", stream=STREAM, group="dead") == 13
     assert value(after, "liq_stream_pending", stream=STREAM, group="dead") == 0
     assert value(after, "liq_stream_lag", stream=STREAM, group="g") == 0
+
+
+def test_publish_trims_each_stream_to_about_maxlen_keeping_the_newest(redis_url: str,
+                                                                     r: syncredis.Redis) -> None:
+    """``MAXLEN ~``: Redis trims whole nodes of ``stream-node-max-entries`` entries, so a stream
+    holds at least ``maxlen`` and fewer than ``maxlen`` plus one node, the newest ones."""
+    node = int(r.config_get("stream-node-max-entries")["stream-node-max-entries"])
+
+    async def run() -> list[str]:
+        client = make_async_redis(redis_url)
+        ids: list[str] = []
+        for batch in range(10):
+            items = [(STREAM, liq(quantity=1 + batch * node + i)) for i in range(node)]
+            ids += await publish(client, items, maxlen=node // 2)
+        await client.aclose()
+        return ids
+
+    ids = asyncio.run(run())
+    kept = [entry_id.decode() for entry_id, _ in r.xrange(STREAM)]
+    assert node // 2 <= len(kept) < node // 2 + node
+    assert kept == ids[-len(kept):], "the oldest entries go first"
