@@ -3,7 +3,14 @@ fails the run, whether it skips in its body, in a fixture, by a marker, or with 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["pytester"]
 
@@ -66,3 +73,17 @@ def test_outside_ci_a_skip_is_only_a_skip(ci: pytest.Pytester, monkeypatch: pyte
     result = ci.runpytest()
     result.assert_outcomes(skipped=1)
     assert result.ret == pytest.ExitCode.OK
+
+
+def test_the_ci_entry_point_runs_the_suite_with_ci_set(tmp_path: Path) -> None:
+    """The rule only applies under ``CI=true``: ``.ci/run`` sets it, whatever the runner exports."""
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
+    stub = tmp_path / "scripts" / "test"
+    stub.write_text('#!/usr/bin/env bash\necho "CI=${CI:-unset} args=$*"\n')
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    done = subprocess.run([str(tmp_path / ".ci" / "run")], env=env, capture_output=True, text=True,
+                          check=True, timeout=30)
+    assert done.stdout == "CI=true args=\n"
