@@ -71,6 +71,19 @@ def test_a_batch_that_overlaps_stored_rows_inserts_only_the_new_ones(db: str) ->
     assert_rollups_match_raw(db)
 
 
+def test_a_batch_of_stored_and_new_rows_takes_the_replay_path_and_stores_the_new_ones(db: str) -> None:
+    """A redelivery that reaches past what was committed: the direct COPY hits e2, so the whole
+    batch goes through the staging table, and e4 to e6 are stored once, with their rollups."""
+    start = SYSTEM_CLOCK.now_ms() - 3_600_000
+    results, sink = asyncio.run(write_all(db, [batch_of(events(0, 4, start)), batch_of(events(2, 7, start))]))
+    assert [(r.inserted, r.upgraded, r.replayed) for r in results] == [(4, 0, False), (3, 0, True)]
+    assert (sink.stats.replayed_batches, sink.stats.inserted) == (1, 7)
+    assert rows(db, "SELECT event_id FROM liquidations_significant ORDER BY event_id") == [
+        (f"e{i}",) for i in range(7)]
+    assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(7,)]
+    assert_rollups_match_raw(db)
+
+
 def test_any_insert_feeds_the_rollups_once(db: str) -> None:
     """A backfill with plain SQL is counted like the writer's COPY; its conflicting rows are not."""
     start = SYSTEM_CLOCK.now_ms() - 3_600_000
