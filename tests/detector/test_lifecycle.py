@@ -261,3 +261,16 @@ def test_the_quiet_period_runs_from_the_last_time_the_rule_held_and_the_end_show
     assert end.risk_score == round(math.log10(5.1) / 3, 4)  # low (scores are rounded to 4 places)
     assert end.peak_risk_score == round(math.log10(12.5) / 3, 4)
     assert end.band == "moderate"
+
+
+def test_a_cascade_started_later_does_not_delay_the_end_of_an_earlier_one() -> None:
+    """BTC is due to end at 34 s; ETH and ADA, started after it, at 54 s and 59 s: an event at
+    35 s ends BTC (not only one at 54 s). ``flush`` then ends the rest in symbol order."""
+    engine = Engine()
+    feed_all(engine, [ev(k) for k in range(5)])  # BTC: the rule last holds at 4 s
+    feed_all(engine, [ev(20 + k, symbol="ETHUSDT") for k in range(5)])  # ETH: at 24 s
+    feed_all(engine, [ev(25 + k, symbol="ADAUSDT") for k in range(5)])  # ADA: at 29 s
+    ended = engine.feed(ev(35, 1_000.0, symbol="XRPUSDT"))
+    assert [(o.phase, o.symbol) for o in ended if isinstance(o, CascadeEvent)] == [("end", "BTCUSDT")]
+    flushed = [(o.phase, o.symbol) for o in engine.flush() if isinstance(o, CascadeEvent)]
+    assert flushed == [("end", "ADAUSDT"), ("end", "ETHUSDT")]
