@@ -38,3 +38,25 @@ def test_a_connection_the_venue_refused_something_degrades_the_venue_until_it_re
     assert health.reason == "b: closed by server", "down is the worse news"
     health.connected("b", 3_000)
     assert (health.compute_state(3_000), health.reason, health.venue_errors) == ("up", "", 1)
+
+
+def test_connecting_until_a_first_failure_then_down() -> None:
+    health = VenueHealth("okx", usual_gap_s=10.0, connections_total=1)
+    assert health.compute_state(0) == "connecting"
+    health.disconnected("okx:public", "closed by server")
+    assert health.compute_state(0) == "down"
+
+
+def test_suspect_after_five_usual_gaps_without_a_liquidation_counted_from_the_later_of_up_and_last() -> None:
+    """Usual gap 10 s: suspect once silent for more than 50 s, silence counted from the last
+    liquidation or from when the venue came up, whichever is later; a second connection coming
+    up does not restart the count."""
+    health = VenueHealth("bybit", usual_gap_s=10.0, connections_total=2)
+    health.connected("a", 100_000)
+    health.connected("b", 120_000)
+    assert health.up_since_ms == 100_000
+    assert [health.compute_state(t) for t in (150_000, 150_001)] == ["up", "suspect"]
+    health.last_liquidation_received_ms = 90_000  # before the connection: the silence runs from up
+    assert health.compute_state(150_000) == "up"
+    health.last_liquidation_received_ms = 130_000
+    assert [health.compute_state(t) for t in (180_000, 180_001)] == ["up", "suspect"]
