@@ -255,6 +255,42 @@ def test_retention_cutoff_and_janitor_drop_whole_partitions(redis_url: str, db: 
     assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(9,)]
 
 
+def test_the_janitor_purges_the_cascades_and_rollups_of_the_dropped_day(redis_url: str, db: str) -> None:
+    """With rollups kept as long as raw rows, the day that leaves the raw table takes its
+    cascade and its rollup rows along; the recent ones stay."""
+    day_ms = 24 * HOUR_MS
+    edge = liq(symbol="BTCUSDT", price=60_000.0, quantity=5.0, timestamp_ms=NOW_MS - 89 * day_ms,
+               event_id="kept-then-dropped")
+    old = msgspec.structs.replace(cascade("end", 5, 500_000.0, 10_000, NOW_MS - 89 * day_ms + 20_000),
+                                  cascade_id="BTCUSDT-old", start_ms=NOW_MS - 89 * day_ms)
+    recent = cascade("end", 9, 900_000.0, 60_000, NOW_MS - HOUR_MS + 90_000)
+    asyncio.run(publish_all(redis_url, [*to_shard([edge, *events()]), (keys.CASCADE_STREAM, old),
+                                        (keys.CASCADE_STREAM, recent)]))
+    asyncio.run(drain(redis_url, db, rollup_retention_days=90))
+    old_rollups = """SELECT (SELECT count(*) FROM liquidations_hourly WHERE hour < %(t)s),
+                            (SELECT count(*) FROM liquidation_heatmap WHERE hour < %(t)s),
+                            (SELECT count(*) FROM liquidation_cascades WHERE hour < %(t)s)"""
+    with psycopg.connect(db) as conn:
+        old_hours = conn.execute(old_rollups, {"t": ms_to_datetime(NOW_MS - 80 * day_ms)}).fetchall()
+    assert old_hours == [(1, 1, 1)], "the edge's hour in each rollup, before the run"
+
+    async def maintain() -> Any:
+        client = make_async_redis(redis_url)
+        w = Writer(client, settings(db, rollup_retention_days=90), db, clock=FakeClock(NOW_MS + 2 * day_ms))
+        try:
+            return await w.maintain()
+        finally:
+            await w.aclose()
+            await client.aclose()
+
+    report = asyncio.run(maintain())
+    assert (report.dropped, report.cascades_purged, report.rollups_purged) == (
+        ["liquidations_significant_p20251004"], 1, 3)
+    assert rows(db, "SELECT cascade_id FROM cascade_events") == [("BTCUSDT-1",)]
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+    assert_rollups_match_raw(db)
+
+
 def test_database_outage_holds_entries_and_resumes_without_loss(redis_url: str) -> None:
     # Its own server, to stop and start again.
     base = server_dir("outage")
