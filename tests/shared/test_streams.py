@@ -112,6 +112,7 @@ def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
         assert _pending(redis_url) == 6
         r.acl_setuser("acker", commands=["+xack"])
         assert await consumer.run_until_idle() == 0  # nothing handled again, all acked
+        assert consumer._done_unacked == set(), "acked at last: no longer remembered"
         await _seed(redis_url, 2)
         assert await consumer.run_until_idle() == 2
         await client.aclose()
