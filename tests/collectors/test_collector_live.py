@@ -1057,3 +1057,37 @@ def test_the_collector_answers_every_connection_the_venues_own_pings(venue: str,
 
     collector = asyncio.run(run())
     assert (collector.health.reconnects, collector.health.parse_errors) == (0, 0)
+
+
+@pytest.mark.parametrize(("healthy_after_s", "steps"), [(0.0, [0, 0, 0]), (3600.0, [0, 1, 2])],
+                         ids=["healthy-resets", "short-lived-grows"])
+def test_the_reconnect_delay_starts_over_after_a_connection_that_lived_long_enough(
+        healthy_after_s: float, steps: list[int], redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three drops in a row: each delay is the first step again when the dropped connection had
+    been healthy for ``HEALTHY_AFTER_S``, else the delays keep growing."""
+    import collectors.base as base_module
+    from shared.backoff import Backoff
+
+    taken: list[int] = []
+
+    class Recording(Backoff):
+        def next_delay(self) -> float:
+            taken.append(self.attempts)
+            super().next_delay()
+            return 0.001
+
+    monkeypatch.setattr(base_module, "Backoff", Recording)
+    monkeypatch.setattr(base_module, "HEALTHY_AFTER_S", healthy_after_s)
+
+    async def run() -> None:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis_url, exchange, None)) as collector:
+                for drop in range(1, 4):
+                    await exchange.wait_subscribed("binance_usdm", 1)
+                    await collector.wait_until(lambda c: len(c.health.connections_up) == 1)
+                    assert await exchange.drop_connections("binance_usdm") == 1
+                    await collector.wait_until(lambda c, n=drop: c.health.reconnects == n)  # type: ignore[misc]
+                await collector.wait_until(lambda c: len(c.health.connections_up) == 1)
+
+    asyncio.run(run())
+    assert taken == steps
