@@ -1091,3 +1091,45 @@ def test_the_reconnect_delay_starts_over_after_a_connection_that_lived_long_enou
 
     asyncio.run(run())
     assert taken == steps
+
+
+def test_without_a_spool_what_arrives_between_failed_publishes_waits_in_memory_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis down, no spool: a failed batch is retried while newer liquidations queue behind it;
+    every failed retry keeps both, and all are published once, in order. After the recovery, the
+    next outage's retries start again from the first delay."""
+    import collectors.base as base_module
+    from shared.backoff import Backoff
+
+    steps: list[int] = []
+
+    class Recording(Backoff):
+        def next_delay(self) -> float:
+            steps.append(self.attempts)
+            super().next_delay()
+            return 0.001
+
+    monkeypatch.setattr(base_module, "Backoff", Recording)
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, None)) as collector:
+                sent = await _through_an_outage(exchange, collector, redis.stop, 2, 2,
+                                                lambda c: c.health.events == 4 and len(steps) >= 1)
+                sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 2))
+                await collector.wait_until(lambda c: c.health.events == 6)
+                queued = len(steps)
+                await collector.wait_until(lambda c: len(steps) > queued)  # failed with them queued
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 6)
+                redis.stop()
+                failed_before = len(steps)
+                sent += await exchange.emit(events("binance_usdm", T0 + 180_000, 1))
+                await collector.wait_until(lambda c: len(steps) > failed_before)
+                assert steps[failed_before] == 0, "a new outage starts from the first delay"
+                redis.start_again()
+                await collector.wait_until(lambda c: c.published == 7)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
