@@ -309,7 +309,7 @@ def postmaster_pid(pg_dsn: str) -> int | None:
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    stat = _proc_stat(int(row[0])) if row else None
+        stat = _proc_stat(int(row[0])) if row else None  # while connected: the backend lives
     return int(stat[1]) if stat else None
 
 
