@@ -23,13 +23,14 @@ from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
 from shared.clock import SYSTEM_CLOCK
+from shared.discovery import discover, require_redis
 from shared.errors import ConfigError, ParseError
 from shared.metrics import start_metrics_server
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
-from shared.status import discover, require_redis, venue_healths, venue_state
 from shared.streams import publish
+from shared.venue_health import venue_healths, venue_state
 
 MIN_REFRESH_S = 60.0
 """The shortest refresh period of ``LIQ_INSTRUMENTS_REFRESH_S`` (less would hammer the venues)."""

@@ -24,6 +24,7 @@ import click
 import redis
 
 from shared import codec, keys
+from shared.discovery import discover, require_redis
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
 
@@ -150,8 +151,6 @@ def render(letters: Sequence[DeadLetter]) -> str:
 # -- command line ---------------------------------------------------------------------------------
 
 def _client() -> tuple[redis.Redis, list[str]]:
-    from shared.status import discover, require_redis
-
     found = discover(load(CommonSettings), dict(os.environ))
     return make_sync_redis(require_redis(found)), keys.all_streams(found.shards)
 

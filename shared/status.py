@@ -6,7 +6,7 @@ the database (row counts of the main tables and the storage mode report of
 ``liq_storage_status()``).
 
 Where to look: ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when set, otherwise the URLs that ``liq up``
-wrote to ``<data_dir>/up.json``.
+wrote to ``<data_dir>/up.json`` (``shared.discovery``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -26,63 +23,16 @@ from redis.exceptions import RedisError
 
 from shared import dlq as dead_letters
 from shared import keys
+from shared.discovery import discover
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
-from shared.venues import VENUE_NAMES
+from shared.venue_health import venue_healths, venue_state
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
-STALE_HEALTH_MS = 10_000
 STALE_CONSUMER_MS = 60_000
 """A group's consumers read at least every second when idle and every 30 s at most while they
 retry an outage: none having read for this long means none is running (or it is stuck)."""
-
-
-@dataclass(frozen=True)
-class Discovered:
-    """Where a running system is, for the tools that inspect it."""
-
-    redis_url: str | None
-    pg_dsn: str | None
-    shards: int
-    stale_up: str | None = None
-    """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers."""
-
-
-def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
-    """Redis URL, PostgreSQL DSN and shard count: the environment first, then ``liq up``'s file
-    (whose shard count is the one its processes run with), unless that ``liq up`` is gone."""
-    redis_url = settings.redis_url if "LIQ_REDIS_URL" in environ else None  # as validated
-    pg_dsn = settings.pg_dsn or None
-    shards = settings.shards
-    up_file = Path(settings.data_dir) / "up.json"
-    if not up_file.exists():
-        return Discovered(redis_url, pg_dsn, shards)
-    info = json.loads(up_file.read_text())
-    pid = int(info.get("pid", 0) or 0)
-    if pid and not _alive(pid):
-        return Discovered(redis_url, pg_dsn, shards,
-                          stale_up=f"liq up (pid {pid}) is not running: {up_file} is left from it")
-    if "LIQ_SHARDS" not in environ:
-        shards = int(info.get("shards", shards))
-    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def require_redis(found: Discovered) -> str:
-    """The Redis URL of a running system, or a clear error saying why there is none."""
-    if found.redis_url:
-        return found.redis_url
-    raise click.ClickException(found.stale_up or "no running system found: set LIQ_REDIS_URL or run liq up")
 
 
 def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:
@@ -165,26 +115,6 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
             "last_reason": last.reason if last else ""}
 
 
-def venue_state(health: Mapping[str, str], now_ms: int) -> str:
-    """A venue's state from its ``liq:venue:*`` hash: ``stopped`` when its collector has not
-    written it for :data:`STALE_HEALTH_MS` (killed, or gone without a word)."""
-    if not health:
-        return "not running"
-    if now_ms - int(health.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
-        return "stopped"
-    return health.get("state", "?")
-
-
-def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
-    """Each venue's ``liq:venue:*`` health hash, as text, for the venues that have one."""
-    out = {}
-    for name in VENUE_NAMES:
-        raw: Any = client.hgetall(keys.venue_health(name))
-        if raw:
-            out[name] = {reply_text(k): reply_text(v) for k, v in raw.items()}
-    return out
-
-
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     rows = []
     for name, h in venue_healths(client).items():
@@ -213,7 +143,7 @@ def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
 
 
 def database_status(pg_dsn: str) -> dict[str, Any]:
-    import psycopg  # here, not at the top: collectors import this module's venue helpers
+    import psycopg  # here, not at the top: only a report with a database needs it
 
     try:
         with psycopg.connect(pg_dsn, connect_timeout=5, autocommit=True) as conn:

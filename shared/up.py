@@ -35,6 +35,7 @@ import click
 
 from shared import logs
 from shared.backoff import Backoff, Outage
+from shared.discovery import UP_FILE
 from shared.errors import EX_CONFIG, ServerError
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
@@ -44,7 +45,6 @@ from shared.venues import chosen_venues
 logger = logging.getLogger("up")
 
 STOP_GRACE_S = 15.0
-UP_FILE = "up.json"
 LOCK_FILE = "up.lock"
 PUMP_LIMIT = 1 << 20
 """Longest output line read whole from a child (longer ones are copied in pieces)."""

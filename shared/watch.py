@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from shared import codec, keys
 from shared.backoff import Backoff
+from shared.discovery import discover, require_redis
 from shared.models import CascadeEvent, Liquidation, RiskBand
 from shared.redisconn import make_sync_redis, reply_text, stream_entries
 from shared.settings import CommonSettings, load
@@ -235,7 +236,6 @@ def _webhook_url(url: str | None) -> str | None:
 def watch_command(min_band: RiskBand, big_usd: float, last: int, no_follow: bool, as_json: bool,
                   webhook: str | None) -> None:
     """Print cascades (and big liquidations) as they happen; Ctrl-C to stop."""
-    from shared.status import discover, require_redis
     from shared.webhook import WebhookSender
 
     found = discover(load(CommonSettings), dict(os.environ))

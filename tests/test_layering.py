@@ -108,6 +108,7 @@ def test_the_checker_sees_every_form_of_reference() -> None:
     ("module", "absent"),
     [
         ("shared.cli", COMPONENTS),
+        ("shared.discovery", ("numpy", "psycopg", *COMPONENTS)),
         ("collectors.cli", ("numpy", "psycopg", "detector", "writer", "aggregator")),
         ("aggregator.cli", ("numpy", "psycopg", "websockets", "collectors", "detector", "writer")),
         ("detector.cli", ("psycopg", "websockets", "collectors", "aggregator", "writer")),

@@ -52,8 +52,8 @@ def test_discover_takes_the_shards_liq_up_runs_with_and_knows_a_dead_liq_up(tmp_
     import subprocess
     import sys
 
+    from shared.discovery import discover
     from shared.settings import CommonSettings
-    from shared.status import discover
 
     settings = CommonSettings(data_dir=str(tmp_path))
     up = tmp_path / "up.json"
@@ -116,8 +116,8 @@ def test_a_group_is_stalled_when_entries_wait_and_no_consumer_read_lately(
 def test_where_the_system_is_comes_from_the_typed_settings(tmp_path: Path) -> None:
     """LIQ_REDIS_URL and LIQ_PG_DSN are read once, by load(), like every setting: the tools that
     find a running system take them from the settings, not from os.environ again."""
+    from shared.discovery import discover
     from shared.settings import CommonSettings, load
-    from shared.status import discover
 
     env = {"LIQ_REDIS_URL": "redis://127.0.0.1:7/0", "LIQ_PG_DSN": "postgresql://liq@127.0.0.1:8/liq",
            "LIQ_DATA_DIR": str(tmp_path)}

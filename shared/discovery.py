@@ -1,0 +1,67 @@
+"""Finding a running system: ``LIQ_REDIS_URL`` / ``LIQ_PG_DSN`` when set, otherwise the URLs
+that ``liq up`` wrote to ``<data_dir>/up.json`` (:data:`UP_FILE`).
+
+Light on purpose: every tool that inspects a running system imports it, ``liq collect``'s
+commands too, so it loads neither psycopg nor numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from shared.settings import CommonSettings
+
+UP_FILE = "up.json"
+"""The file in ``<data_dir>`` where ``liq up`` writes the URLs in use, its pid and shard count."""
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """Where a running system is, for the tools that inspect it."""
+
+    redis_url: str | None
+    pg_dsn: str | None
+    shards: int
+    stale_up: str | None = None
+    """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers."""
+
+
+def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
+    """Redis URL, PostgreSQL DSN and shard count: the environment first, then ``liq up``'s file
+    (whose shard count is the one its processes run with), unless that ``liq up`` is gone."""
+    redis_url = settings.redis_url if "LIQ_REDIS_URL" in environ else None  # as validated
+    pg_dsn = settings.pg_dsn or None
+    shards = settings.shards
+    up_file = Path(settings.data_dir) / UP_FILE
+    if not up_file.exists():
+        return Discovered(redis_url, pg_dsn, shards)
+    info = json.loads(up_file.read_text())
+    pid = int(info.get("pid", 0) or 0)
+    if pid and not _alive(pid):
+        return Discovered(redis_url, pg_dsn, shards,
+                          stale_up=f"liq up (pid {pid}) is not running: {up_file} is left from it")
+    if "LIQ_SHARDS" not in environ:
+        shards = int(info.get("shards", shards))
+    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def require_redis(found: Discovered) -> str:
+    """The Redis URL of a running system, or a clear error saying why there is none."""
+    if found.redis_url:
+        return found.redis_url
+    raise click.ClickException(found.stale_up or "no running system found: set LIQ_REDIS_URL or run liq up")

@@ -1,0 +1,35 @@
+"""The venues' health as their collectors report it in ``liq:venue:*``: reading it, and the rule
+that turns it into a state."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.redisconn import reply_text
+from shared.venues import VENUE_NAMES
+
+STALE_HEALTH_MS = 10_000
+
+
+def venue_state(health: Mapping[str, str], now_ms: int) -> str:
+    """A venue's state from its ``liq:venue:*`` hash: ``stopped`` when its collector has not
+    written it for :data:`STALE_HEALTH_MS` (killed, or gone without a word)."""
+    if not health:
+        return "not running"
+    if now_ms - int(health.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
+        return "stopped"
+    return health.get("state", "?")
+
+
+def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
+    """Each venue's ``liq:venue:*`` health hash, as text, for the venues that have one."""
+    out = {}
+    for name in VENUE_NAMES:
+        raw: Any = client.hgetall(keys.venue_health(name))
+        if raw:
+            out[name] = {reply_text(k): reply_text(v) for k, v in raw.items()}
+    return out
