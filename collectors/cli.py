@@ -30,7 +30,7 @@ from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
 from shared.streams import publish
-from shared.venue_health import venue_healths, venue_state
+from shared.venue_health import venue_healths, venue_row
 
 MIN_REFRESH_S = 60.0
 """The shortest refresh period of ``LIQ_INSTRUMENTS_REFRESH_S`` (less would hammer the venues)."""
@@ -125,13 +125,10 @@ def venues(as_json: bool) -> None:
     rows = []
     for name in VENUES:
         spec = load_venue(name)
-        h = health.get(name, {})
         rows.append({
             "venue": name, "endpoint": spec.live_url, "markets": spec.markets,
             "semantics": spec.semantics, "semantics_note": spec.semantics_note,
-            "state": venue_state(h, now_ms), "reason": h.get("reason", ""),
-            "events": int(h.get("events", "0") or 0),
-            "last_event_age_s": _age_s(h.get("last_liquidation_received_ms")),
+            **venue_row(health.get(name, {}), now_ms),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -159,12 +156,6 @@ def _read_health(redis_url: str | None) -> dict[str, dict[str, str]]:
     except (OSError, RedisError) as exc:
         click.echo(f"cannot reach Redis at {redis_url} ({exc}): health not shown", err=True)
         return {}
-
-
-def _age_s(ms: str | None) -> float | None:
-    if not ms or ms == "0":
-        return None
-    return max(0.0, time.time() - int(ms) / 1000)
 
 
 @click.command()

@@ -26,7 +26,7 @@ from shared import keys
 from shared.discovery import discover
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
-from shared.venue_health import venue_healths, venue_state
+from shared.venue_health import venue_healths, venue_row
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
@@ -118,14 +118,11 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
 def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     rows = []
     for name, h in venue_healths(client).items():
-        last = int(h.get("last_liquidation_received_ms", "0") or 0)
         rows.append({
-            "venue": name, "state": venue_state(h, now_ms), "reason": h.get("reason", ""),
-            "connections": h.get("connections", ""), "events": int(h.get("events", "0") or 0),
+            "venue": name, **venue_row(h, now_ms), "connections": h.get("connections", ""),
             "parse_errors": int(h.get("parse_errors", "0") or 0),
             "duplicates": int(h.get("duplicates", "0") or 0),
             "reconnects": int(h.get("reconnects", "0") or 0),
-            "last_event_age_s": round((now_ms - last) / 1000, 1) if last else None,
         })
     return rows
 
