@@ -703,7 +703,7 @@ class Collector:
 
     async def _publish(self, batch: list[Liquidation]) -> None:
         shards = self.config.shards
-        items = [(keys.event_stream(keys.shard_of(liq.symbol, shards)), liq) for liq in batch]
+        items = [(keys.event_stream_of(liq.symbol, shards), liq) for liq in batch]
         started = time.perf_counter()
         await publish(self.config.redis, items, keys.EVENT_STREAM_MAXLEN)
         PUBLISH_SECONDS.labels(self.config.venue.name).observe(time.perf_counter() - started)

@@ -280,8 +280,7 @@ async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, 
                         click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
                 else:
                     assert target is not None
-                    items = [(keys.event_stream(keys.shard_of(liq.symbol, target.shards)), liq)
-                             for liq in fresh]
+                    items = [(keys.event_stream_of(liq.symbol, target.shards), liq) for liq in fresh]
                     await publish(redis, items, keys.EVENT_STREAM_MAXLEN)
     finally:
         if redis is not None:

@@ -52,6 +52,11 @@ def event_stream(shard: int) -> str:
     return f"{PREFIX}:{{s{shard}}}:events"
 
 
+def event_stream_of(symbol: str, shards: int) -> str:
+    """The event stream a liquidation of ``symbol`` goes to, with ``shards`` shards."""
+    return event_stream(shard_of(symbol, shards))
+
+
 EVENT_STREAM_PATTERN = f"{PREFIX}:{{s*}}:events"
 """SCAN pattern of every event shard stream, whatever the shard count that wrote it."""
 
