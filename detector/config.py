@@ -6,7 +6,7 @@ import msgspec
 
 from detector.scoring import DEFAULT_BAND_EDGES, DEFAULT_WEIGHTS, FACTOR_NAMES, ScoringParams
 from shared.errors import ConfigError
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, at_least
 
 _SCORING = ScoringParams()
 """The scoring defaults: the settings below that feed :class:`ScoringParams` take them from here."""
@@ -64,40 +64,31 @@ class DetectorSettings(CommonSettings, frozen=True, kw_only=True):
         edges = self.band_edges
         if len(edges) != 3 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ConfigError("LIQ_BAND_EDGES", "three ascending numbers, e.g. 0.7,1.0,1.5", str(edges))
-        for name, ok, form, got in self._range_checks():
-            if not ok:
-                raise ConfigError(name, form, f"{got:g}")
+        self._check_ranges()
         bad = [k for k in self.detect_shards if not 0 <= k < self.shards]
         if bad:
             raise ConfigError("LIQ_DETECT_SHARDS", f"shard numbers in 0..{self.shards - 1}", str(bad))
 
-    def _range_checks(self) -> list[tuple[str, bool, str, float]]:
-        """(variable, holds, the form expected, value) of each bound; the scoring divides by
-        several of these (``detector.scoring``): each must keep factors in [0, 1]."""
-        rate_floor = self.min_count * 60.0 / self.window_s if self.window_s > 0 else 0.0
-        floor = self.volume_floor_usd
-        return [
-            ("LIQ_WINDOW_S", self.window_s > 0, "a number > 0", self.window_s),
-            ("LIQ_MIN_COUNT", self.min_count >= 1, "a whole number >= 1", self.min_count),
-            ("LIQ_QUIET_S", self.quiet_s > 0, "a number > 0", self.quiet_s),
-            ("LIQ_RING_CAPACITY", self.ring_capacity >= 16, "a whole number >= 16", self.ring_capacity),
-            ("LIQ_SAMPLED_WEIGHT", self.sampled_weight >= 1.0, "a number >= 1", self.sampled_weight),
-            ("LIQ_CROSS_FULL_VENUES", self.cross_full_venues >= 2, "a whole number >= 2",
-             self.cross_full_venues),
-            ("LIQ_VOLUME_FLOOR_USD", floor > 0, "a number > 0", floor),
-            ("LIQ_VOLUME_CAP_USD", self.volume_cap_usd > floor,
-             f"a number > LIQ_VOLUME_FLOOR_USD ({floor:g})", self.volume_cap_usd),
-            ("LIQ_RATE_CAP_PER_MIN", self.rate_cap_per_min > rate_floor,
-             f"a number > LIQ_MIN_COUNT per LIQ_WINDOW_S in a minute ({rate_floor:g})",
-             self.rate_cap_per_min),
-            ("LIQ_PRICE_BAND_BPS", self.price_band_bps > 0, "a number > 0", self.price_band_bps),
-            ("LIQ_CROSS_TAU_S", self.cross_tau_s > 0, "a number > 0", self.cross_tau_s),
-            ("LIQ_INSTITUTIONAL_USD", self.institutional_usd > 0, "a number > 0", self.institutional_usd),
-            ("LIQ_MIN_USD", self.min_usd >= 0, "a number >= 0", self.min_usd),
-            ("LIQ_SAMPLED_GAP_MS", self.sampled_gap_ms >= 0, "a whole number >= 0", self.sampled_gap_ms),
-            ("LIQ_TICK_S", self.tick_s > 0, "a number > 0", self.tick_s),
-            ("LIQ_TICK_LAG_S", self.tick_lag_s >= 0, "a number >= 0", self.tick_lag_s),
-        ]
+    def _check_ranges(self) -> None:
+        """The bound of each number, in this order; the scoring divides by several of these
+        (``detector.scoring``): each must keep factors in [0, 1]."""
+        at_least(self, "window_s", 0, above=True)
+        at_least(self, "min_count", 1)
+        at_least(self, "quiet_s", 0, above=True)
+        at_least(self, "ring_capacity", 16)
+        at_least(self, "sampled_weight", 1.0)
+        at_least(self, "cross_full_venues", 2)
+        at_least(self, "volume_floor_usd", 0, above=True)
+        at_least(self, "volume_cap_usd", self.volume_floor_usd, above=True, bound="LIQ_VOLUME_FLOOR_USD")
+        at_least(self, "rate_cap_per_min", self.min_count * 60.0 / self.window_s, above=True,
+                 bound="LIQ_MIN_COUNT per LIQ_WINDOW_S in a minute")
+        at_least(self, "price_band_bps", 0, above=True)
+        at_least(self, "cross_tau_s", 0, above=True)
+        at_least(self, "institutional_usd", 0, above=True)
+        at_least(self, "min_usd", 0)
+        at_least(self, "sampled_gap_ms", 0)
+        at_least(self, "tick_s", 0, above=True)
+        at_least(self, "tick_lag_s", 0)
 
     @property
     def window_ms(self) -> int:

@@ -108,6 +108,19 @@ def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
+def at_least(settings: msgspec.Struct, field: str, minimum: float, *, above: bool = False,
+             bound: str = "") -> None:
+    """A :class:`ConfigError` naming ``LIQ_<FIELD>`` unless that setting is at least ``minimum``
+    (more than it, with ``above``). The message names the bound: ``minimum``, or ``bound`` (the
+    setting it comes from, say) followed by its value."""
+    value = getattr(settings, field)
+    if value > minimum if above else value >= minimum:
+        return
+    form = _expected_form(typing.get_type_hints(type(settings))[field])
+    limit = f"{bound} ({minimum:g})" if bound else f"{minimum:g}"
+    raise ConfigError(env_name(field), f"{form} {'>' if above else '>='} {limit}", f"{value:g}")
+
+
 def _expected_form(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is dict:

@@ -13,7 +13,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from shared.errors import ConfigError
 from shared.levels import check_level_sizes
-from shared.settings import CommonSettings, env_name
+from shared.settings import CommonSettings, at_least, env_name
 
 StorageMode = Literal["auto", "timescale", "native"]
 DSN_FORM = "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq"
@@ -42,19 +42,17 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_dsn(self.pg_dsn)
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("batch_age_ms", self.batch_age_ms, 0)
-        _at_least("event_read_count", self.event_read_count, 1)
-        _at_least("retention_days", self.retention_days, 1)
-        if self.rollup_retention_days < self.retention_days:  # rollups must outlive their raw rows
-            raise ConfigError(env_name("rollup_retention_days"),
-                              f"a number >= LIQ_RETENTION_DAYS ({self.retention_days})",
-                              str(self.rollup_retention_days))
-        _at_least("compress_after_days", self.compress_after_days, 1)
-        _at_least("partitions_ahead_days", self.partitions_ahead_days, 0)
-        _at_least("janitor_interval_s", self.janitor_interval_s, 1)
-        _at_least("db_timeout_s", self.db_timeout_s, 0.1)
-        _at_least("significant_usd", self.significant_usd, 0)
+        at_least(self, "batch_size", 1)
+        at_least(self, "batch_age_ms", 0)
+        at_least(self, "event_read_count", 1)
+        at_least(self, "retention_days", 1)
+        # rollups must outlive their raw rows
+        at_least(self, "rollup_retention_days", self.retention_days, bound="LIQ_RETENTION_DAYS")
+        at_least(self, "compress_after_days", 1)
+        at_least(self, "partitions_ahead_days", 0)
+        at_least(self, "janitor_interval_s", 1)
+        at_least(self, "db_timeout_s", 0.1)
+        at_least(self, "significant_usd", 0)
         check_level_sizes(self.level_sizes)
         for symbol, usd in self.significant_usd_by_symbol.items():
             if usd < 0:
@@ -69,11 +67,6 @@ def _check_dsn(dsn: str) -> None:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise ConfigError("LIQ_PG_DSN", DSN_FORM, dsn) from exc
-
-
-def _at_least(field: str, value: float, minimum: float) -> None:
-    if value < minimum:
-        raise ConfigError(env_name(field), f"a number >= {minimum:g}", str(value))
 
 
 def require_dsn(settings: WriterSettings) -> str:

@@ -94,3 +94,19 @@ def test_log_level_and_embedded_ports_name_their_variable() -> None:
         load(CommonSettings, {"LIQ_METRICS_PORT": "99999"})
     assert load(CommonSettings, {"LIQ_METRICS_PORT": ""}).metrics_port is None
     assert load(CommonSettings, {"LIQ_LOG_LEVEL": "debug"}).log_level == "debug"
+
+
+@pytest.mark.parametrize(("cls", "env", "message"), [
+    (WriterSettings, {"LIQ_BATCH_SIZE": "0"}, "LIQ_BATCH_SIZE: expected a whole number >= 1 (got '0')"),
+    (WriterSettings, {"LIQ_DB_TIMEOUT_S": "0.05"}, "LIQ_DB_TIMEOUT_S: expected a number >= 0.1 (got '0.05')"),
+    (WriterSettings, {"LIQ_ROLLUP_RETENTION_DAYS": "30"},
+     "LIQ_ROLLUP_RETENTION_DAYS: expected a whole number >= LIQ_RETENTION_DAYS (90) (got '30')"),
+    (DetectorSettings, {"LIQ_QUIET_S": "0"}, "LIQ_QUIET_S: expected a number > 0 (got '0')"),
+    (DetectorSettings, {"LIQ_VOLUME_CAP_USD": "5000"},
+     "LIQ_VOLUME_CAP_USD: expected a number > LIQ_VOLUME_FLOOR_USD (10000) (got '5000')"),
+])
+def test_a_bound_names_the_form_the_bound_and_the_value(cls: type[msgspec.Struct], env: dict[str, str],
+                                                        message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(cls, env)
+    assert str(raised.value) == message
