@@ -18,7 +18,8 @@ import json
 from typing import Any
 
 from collectors.instruments import Instrument
-from collectors.sim.binance_usdm import ALL_STREAM, BinanceSimBase, force_order, tick
+from collectors.sim._numbers import tick
+from collectors.sim.binance_usdm import ALL_STREAM, BinanceSimBase, force_order
 from collectors.sim.protocol import SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent

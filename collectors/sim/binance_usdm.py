@@ -1,4 +1,4 @@
-"""Simulated Binance USDⓈ-M: ``forceOrder`` events on path-subscribed streams; also the sims' number helpers.
+"""Simulated Binance USDⓈ-M: ``forceOrder`` events on path-subscribed streams.
 
 Wire: one event per frame, wrapped as ``{"stream": ..., "data": ...}`` when the client used the
 combined ``/market/stream?streams=`` path, bare on ``/market/ws/<stream>``. Subscriptions come
@@ -12,9 +12,6 @@ Expected Liquidation (documented rules, computed here, not by the parser): ``S``
 long; price = ``p``; quantity = ``z`` (base, lot-rounded); notional = price × quantity;
 timestamp = ``T``; ``sampled=True``; event_id = digest of (symbol, T, side, p, z). The simulator
 does not drop same-second events the way Binance does.
-
-``wire``, ``lots`` and ``tick`` are the number helpers every simulated venue uses: prices and
-sizes with few decimals so that string → float round trips are exact.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from collectors.sim._numbers import base_step, lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
@@ -31,30 +29,6 @@ from shared.models import Liquidation
 
 ALL_STREAM = "!forceOrder@arr"
 MARKET_PREFIX = "/market"
-
-
-def wire(value: float) -> str:
-    """A number as an exchange string: at most 8 decimals, no trailing zeros."""
-    text = f"{value:.8f}".rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def tick(price: float) -> float:
-    """A price with few decimals (3 from 10 up, else 6): the model's ticks pass unchanged."""
-    return float(wire(round(price, 3 if price >= 10 else 6)))
-
-
-def lots(amount: float, step: float) -> float:
-    """``amount`` rounded to a whole number (≥ 1) of ``step``, as its exact wire value."""
-    return float(wire(max(1, round(amount / step)) * step))
-
-
-def base_step(price: float) -> float:
-    """A base-quantity lot that keeps a few significant digits at this price."""
-    for floor, step in ((10_000, 0.001), (1_000, 0.01), (10, 0.1)):
-        if price >= floor:
-            return step
-    return 1.0
 
 
 def streams_from_path(path: str) -> set[str]:

@@ -20,7 +20,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from collectors.sim.binance_usdm import base_step, lots, tick
+from collectors.sim._numbers import base_step, lots, tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation

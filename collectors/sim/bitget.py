@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from collectors.sim.binance_usdm import lots, tick, wire
+from collectors.sim._numbers import lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from collectors.instruments import Instrument
-from collectors.sim.binance_usdm import tick
+from collectors.sim._numbers import tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from shared.market import MarketEvent
 from shared.models import Liquidation

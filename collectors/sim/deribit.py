@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from collectors.sim.binance_usdm import lots, tick
+from collectors.sim._numbers import lots, tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from shared.market import MarketEvent
 from shared.models import Liquidation, Side

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from collectors.instruments import Instrument
-from collectors.sim.binance_usdm import tick, wire
+from collectors.sim._numbers import tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem, request_of
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent

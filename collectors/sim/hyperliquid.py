@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from collectors.sim.binance_usdm import base_step, lots, tick, wire
+from collectors.sim._numbers import base_step, lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation

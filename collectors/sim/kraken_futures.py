@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from collectors.sim.binance_usdm import base_step, lots, tick
+from collectors.sim._numbers import base_step, lots, tick
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation

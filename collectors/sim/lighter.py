@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from collectors.instruments import Instrument
-from collectors.sim.binance_usdm import base_step, lots, tick, wire
+from collectors.sim._numbers import base_step, lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation

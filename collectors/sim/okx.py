@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from collectors.instruments import Instrument
-from collectors.sim.binance_usdm import tick, wire
+from collectors.sim._numbers import tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from collectors.venues._common import event_digest
 from shared.market import MarketEvent
