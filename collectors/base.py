@@ -118,18 +118,32 @@ def closed_by_server(closed: ConnectionClosedOK) -> str:
 
 
 @dataclass
+class Relay:
+    """What a connection near the venue's age limit and the connection replacing it share."""
+
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the replacement is open and has sent its subscriptions: the old one may close."""
+    old_open: bool = True
+    """The old connection still runs: until the replacement is subscribed, it serves the plan,
+    so a failed attempt of the replacement is no loss of the venue's connection."""
+
+    def covered(self) -> bool:
+        """The replacement is not subscribed yet and the old connection still serves the plan."""
+        return self.old_open and not self.subscribed.is_set()
+
+
+@dataclass
 class Handover:
     """One connection's part in replacing a connection before the venue ends it at its age limit."""
 
-    ready: asyncio.Event | None = None
-    """Set once this connection is open and has sent its subscriptions: the one it replaces may
-    close."""
-    successor: asyncio.Event | None = None
-    """The ``ready`` of the connection replacing this one, once that one is started."""
+    relay: Relay | None = None
+    """Where this connection is the replacement."""
+    successor: Relay | None = None
+    """Where this connection is the one replaced, once its replacement is started."""
 
     def replaced(self) -> bool:
         """The replacement is subscribed: this connection ending is no outage."""
-        return self.successor is not None and self.successor.is_set()
+        return self.successor is not None and self.successor.subscribed.is_set()
 
 
 class VenueAskedReconnect(Exception):
@@ -357,33 +371,24 @@ class Collector:
     # -- connections -------------------------------------------------------------------------
 
     async def _connection_loop(self, plan: ConnectionPlan, stop: asyncio.Event,
-                               ready: asyncio.Event | None = None) -> None:
-        """Keep ``plan``'s connection open, reconnecting with backoff; ``ready`` is set once it is
-        subscribed (this loop replaces one the venue is about to end). A loop that started its
-        own replacement ends with its connection (an outage only if the replacement is not yet
-        subscribed): the replacement carries on."""
+                               relay: Relay | None = None) -> None:
+        """Keep ``plan``'s connection open, reconnecting with backoff. With ``relay``, this loop
+        replaces a connection the venue is about to end: its failed attempts change no health
+        while that one still serves the plan. A loop that started its own replacement ends with
+        its connection (a lost connection only if the replacement is not yet subscribed): the
+        replacement carries on."""
         backoff = Backoff()
-        venue = self.config.venue.name
-        outage = Outage(f"{venue}[{plan.label}]", logger)
+        outage = Outage(f"{self.config.venue.name}[{plan.label}]", logger)
         while not stop.is_set():
             opened_at = time.monotonic()
-            failure: BaseException | str = "closed by server"
-            handover = Handover(ready)
-            try:
-                failure = await self._session(plan, outage, handover)
-            except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
-                    VenueAskedReconnect) as exc:
-                failure = exc
-            except Exception as exc:  # a bug: logged whole, and the connection is opened again
-                logger.exception("%s[%s]: connection failed", venue, plan.label)
-                failure = exc
+            handover = Handover(relay)
+            failure = await self._attempt(plan, outage, handover)
+            if handover.successor is not None:
+                handover.successor.old_open = False
             if handover.replaced():
                 return
-            reason = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"[:300]
-            self.health.disconnected(plan.label, reason)
-            await self._notify()
-            VENUE_CONNECTED.labels(venue, plan.label).set(0)
-            RECONNECTS.labels(venue).inc()
+            if relay is None or not relay.covered():
+                await self._lost(plan.label, failure)
             if handover.successor is not None:
                 return
             if time.monotonic() - opened_at > HEALTHY_AFTER_S:
@@ -392,6 +397,26 @@ class Collector:
             outage.down(failure, delay)  # logged when the connection is lost, not at every retry
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def _attempt(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> BaseException | str:
+        """Run one connection (:meth:`_session`); why it ended."""
+        try:
+            return await self._session(plan, outage, handover)
+        except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
+                VenueAskedReconnect) as exc:
+            return exc
+        except Exception as exc:  # a bug: logged whole, and the connection is opened again
+            logger.exception("%s[%s]: connection failed", self.config.venue.name, plan.label)
+            return exc
+
+    async def _lost(self, label: str, failure: BaseException | str) -> None:
+        """Connection ``label`` is down: its health, gauge and the reconnect count say so."""
+        venue = self.config.venue.name
+        reason = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"[:300]
+        self.health.disconnected(label, reason)
+        await self._notify()
+        VENUE_CONNECTED.labels(venue, label).set(0)
+        RECONNECTS.labels(venue).inc()
 
     async def _session(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> str:
         """Run one connection until the venue closes it cleanly (why, then), it fails (raises) or
@@ -411,8 +436,8 @@ class Collector:
             if outage.since is None:
                 logger.info("%s[%s]: connected to %s", spec.name, plan.label, plan.url)
             outage.up()
-            if handover.ready is not None:
-                handover.ready.set()
+            if handover.relay is not None:
+                handover.relay.subscribed.set()
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
             replace = asyncio.create_task(self._replace_before_the_end(ws, plan, handover))
             silence_s = silence_limit_s(spec, app_pings)
@@ -447,9 +472,9 @@ class Collector:
         if max_age_s is None or self._stop is None:
             return
         await asyncio.sleep(REPLACE_AT * max_age_s)
-        handover.successor = asyncio.Event()
+        handover.successor = Relay()
         self._start(self._connection_loop(plan, self._stop, handover.successor))
-        await handover.successor.wait()
+        await handover.successor.subscribed.wait()
         logger.info("%s[%s]: replaced before the venue's %gs limit", self.config.venue.name,
                     plan.label, max_age_s)
         await ws.close(1000, "replaced")

@@ -1013,6 +1013,62 @@ def test_a_connection_near_its_lifetime_is_replaced_before_the_venue_ends_it(ven
     asyncio.run(run())
 
 
+class Logged(logging.Handler):
+    """Sets ``seen`` once a record whose message contains ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+def test_a_replacement_refused_by_the_venue_leaves_the_connection_it_replaces_up(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the replacement of a connection near its age limit is refused, the old connection
+    still delivers: the venue stays up, and no reconnect is counted. Once the replacement is
+    subscribed the old one closes, still with no reconnect."""
+    venue = "binance_usdm"
+
+    async def run() -> None:
+        spec = dataclasses.replace(load_venue(venue), max_connection_s=0.4)
+        async with ExchangeSimulator([load_sim(venue)]) as exchange:
+            server, opened = exchange.venue(venue), []
+            real_connect = base_module.connect
+
+            def connect(*args: Any, **kwargs: Any) -> Any:  # the venue refuses the second one
+                opened.append(args[0])
+                server.refusing = server.refusing or len(opened) == 2
+                return real_connect(*args, **kwargs)
+
+            monkeypatch.setattr(base_module, "connect", connect)
+            refused = Logged("unavailable (InvalidStatus")
+            logging.getLogger(base_module.__name__).addHandler(refused)
+            config = CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=SHARDS,
+                                     base_url=exchange.urls[venue], health_every_s=0.05,
+                                     instruments_every_s=None)
+            try:
+                async with _running(Collector(config)) as collector:
+                    [label] = [plan.label for plan in collector.plans]
+                    await exchange.wait_subscribed(venue, 1)
+                    first = set(server.clients)
+                    await refused.seen.wait()
+                    health = collector.health
+                    assert (health.connections_up, health.reconnects, health.reason) == ({label}, 0, "")
+                    assert health.compute_state(config.clock.now_ms()) == "up"
+                    exchange.accept(venue)
+                    await server.wait_gone(first)
+                    await exchange.wait_subscribed(venue, 1)
+                    assert (health.connections_up, health.reconnects) == ({label}, 0)
+            finally:
+                logging.getLogger(base_module.__name__).removeHandler(refused)
+
+    asyncio.run(run())
+
+
 def _htx_pong(message: str | bytes) -> bool:
     text = gzip.decompress(message) if isinstance(message, bytes) else message
     return bool(json.loads(text).get("op") == "pong")
