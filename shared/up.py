@@ -36,7 +36,7 @@ import click
 from shared import logs
 from shared.backoff import Backoff, Outage
 from shared.discovery import UP_FILE
-from shared.errors import EX_CONFIG, ServerError
+from shared.errors import EX_CONFIG
 from shared.runtime import die_with_parent, done_before_stop
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load, writable_folder
@@ -98,7 +98,7 @@ class Watched(Generic[S]):
         while not stop.is_set():
             try:
                 self.server = await asyncio.to_thread(self.start)
-            except ServerError as exc:
+            except Exception as exc:  # noqa: BLE001 - ServerError, a tool timing out, a fork refused: all retried
                 delay = self.backoff.next_delay()
                 outage.down(exc, delay)
                 await _stopped_within(stop, delay)

@@ -213,6 +213,49 @@ def test_an_embedded_redis_killed_under_liq_up_is_started_again_on_its_port_with
         "redis stopped unexpectedly; starting it again (restart 1)", "redis is back"]
 
 
+def test_a_restart_of_an_embedded_server_that_fails_otherwise_than_by_server_error_is_retried(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Starting a server again can fail with what its tools raise (pg_ctl timing out, a fork
+    refused), not only ServerError: the keeper retries with backoff instead of ending, which left
+    the server dead for the rest of ``liq up`` without a word."""
+    from shared.up import Watched
+
+    data_dir = tmp_path / "redis"
+    first = start_redis(data_dir, persistent=True)
+    attempts: list[int] = []
+
+    def start() -> RedisServer:
+        attempts.append(len(attempts))
+        if len(attempts) == 1:
+            raise subprocess.TimeoutExpired(["redis-server"], 120)
+        return start_redis(data_dir, port=first.port, persistent=True)
+
+    async def run() -> Watched[RedisServer]:
+        watched = Watched("redis", first, start, every_s=0.01, backoff=Backoff(base_s=0.01, cap_s=0.02))
+        stop = asyncio.Event()
+        task = asyncio.create_task(watched.keep(stop))
+        os.kill(first.process.pid, signal.SIGKILL)
+        restarted = asyncio.create_task(watched.restarted.wait())
+        await asyncio.wait([task, restarted], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        restarted.cancel()
+        await asyncio.wait_for(task, 10)  # raises what ended the keeper, if anything did
+        return watched
+
+    with caplog.at_level(logging.INFO, logger="up"):
+        watched = asyncio.run(run())
+    try:
+        assert (watched.restarts, len(attempts), watched.server.port) == (1, 2, first.port)
+        assert watched.server.alive()
+    finally:
+        watched.server.stop()
+    assert [r.getMessage() for r in caplog.records if r.name == "up"] == [
+        "redis stopped unexpectedly; starting it again (restart 1)",
+        "starting redis: unavailable (TimeoutExpired: Command '['redis-server']' timed out after 120 "
+        "seconds); retrying with backoff (first in 0.0s), logged again when it works",
+        "redis is back"]
+
+
 def test_an_embedded_postgresql_killed_under_liq_up_is_started_again_on_its_port_with_its_data(
         reachable_dir: Path) -> None:
     from shared.up import Watched
