@@ -93,9 +93,9 @@ class Writer:
             days = stored_days(self.settings.retention_days, mode, self.sink.refresh_window_days)
             batch = build_batch([m.value for m in messages], self.rules, self.clock.now_ms(), days,
                                 self.level_sizes)
-            self._count_skipped(batch)
             for part in batch.split(self.settings.batch_size):
                 await self.sink.write(part)
+            self._count_skipped(batch)  # once committed: a batch retried is built again
             pause = self.batcher.pause_after(len(messages), read_count)
         if pause > 0:
             await asyncio.sleep(pause)

@@ -660,3 +660,49 @@ def test_a_database_outage_counts_each_failed_attempt_once_under_its_cause(
         before, "liq_errors_total", component="writer") == 3
     assert value(after, "liq_errors_total", component="writer", kind="OperationalError") - value(
         before, "liq_errors_total", component="writer", kind="OperationalError") == 3
+
+
+def test_entries_dropped_in_a_batch_the_database_refused_are_counted_once_when_it_commits(
+        redis_url: str, db: str, metrics_port: int) -> None:
+    """A batch retried through a database outage is built again at each attempt: the entry it
+    drops (below the threshold) counts once, when the batch commits, not once per attempt."""
+    from tests.scrape import scrape, value
+
+    asyncio.run(publish_all(redis_url, to_shard(events()[:3])))  # e0 is below $100K
+    dead = f"postgresql://liq@127.0.0.1:{servers.free_port()}/liq"  # nothing listens there
+
+    async def refused_three_times() -> None:
+        client = make_async_redis(redis_url)
+        writer = Writer(client, settings(db), db, clock=FakeClock(NOW_MS))
+        assert await writer.sink.storage_mode() == "native"  # known, then the database goes away
+        await writer.sink.aclose()
+        writer.sink.dsn = dead
+        consumer = writer.consumers[0]
+        consumer.backoff = Backoff(base_s=0.0, cap_s=0.0)
+        stop, failures, handle = asyncio.Event(), [], consumer.handler
+
+        async def counted(batch: list[Message[Payload]]) -> None:
+            try:
+                await handle(batch)
+            except SinkRetry:
+                failures.append(len(batch))
+                if len(failures) == 3:
+                    stop.set()
+                raise
+
+        consumer.handler = counted
+        await asyncio.wait_for(consumer.run(stop), timeout=30)
+        await writer.aclose()
+        await client.aclose()
+        assert failures == [3, 3, 3]
+
+    def dropped(scraped: Any) -> float:
+        return value(scraped, "liq_events_dropped_total", component="writer", reason="insignificant")
+
+    before = scrape(metrics_port)
+    asyncio.run(refused_three_times())
+    assert dropped(scrape(metrics_port)) - dropped(before) == 0
+    asyncio.run(drain(redis_url, db))
+    assert dropped(scrape(metrics_port)) - dropped(before) == 1
+    assert pending(redis_url) == 0
+    assert rows(db, "SELECT event_id FROM liquidations_significant ORDER BY 1") == [("e1",), ("e2",)]
