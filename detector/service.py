@@ -179,19 +179,22 @@ class Detector:
             fed: list[tuple[str, str]] = []
             fed_before: list[tuple[str, str]] = []
             try:
-                self._feed(messages, fed, fed_before)
+                published_before = self._feed(messages, fed, fed_before)
                 await self._flush()
             except BaseException:
                 self.fed_unpublished.update(fed)
                 raise
+            # Counted once the batch is through: a failed one is delivered, and skipped, again.
+            DROPPED.labels(COMPONENT, "published_before").inc(published_before)
             # Published now, and acked once this returns. An entry fed before but not in this
             # batch (the rest of a failed batch, being split) stays marked until it comes back.
             self.fed_unpublished.difference_update(fed_before)
 
     def _feed(self, messages: list[Message[Liquidation]], fed: list[tuple[str, str]],
-              fed_before: list[tuple[str, str]]) -> None:
+              fed_before: list[tuple[str, str]]) -> int:
         """Feed the entries not fed yet; their outputs join the outbox, their keys ``fed``. The
-        keys of entries an earlier, failed call already fed go to ``fed_before``."""
+        keys of entries an earlier, failed call already fed go to ``fed_before``. Returns how
+        many entries were skipped as published before a restart."""
         outputs, touched = self.outbox, self.outbox_symbols
         feed, unpublished, lane_of = self.engine.feed, self.fed_unpublished, self.lane_of
         lanes: set[int] = set()
@@ -221,8 +224,8 @@ class Detector:
             touched.add(symbol)
             self.entry_ids[symbol] = m.id
         self._anchor(lanes)
-        DROPPED.labels(COMPONENT, "from_future").inc(self.engine.from_future - from_future)
-        DROPPED.labels(COMPONENT, "published_before").inc(published_before)
+        DROPPED.labels(COMPONENT, "from_future").inc(self.engine.from_future - from_future)  # fed once
+        return published_before
 
     def _already_published(self, symbol: str, entry_id: str) -> bool:
         mark = self.committed.get(symbol)

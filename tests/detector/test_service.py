@@ -375,6 +375,41 @@ def test_redelivery_after_a_crash_before_publishing_publishes_once(
     assert len(members(r)) == 5 and status(r, "BTCUSDT")["state"] == "active"
 
 
+def test_entries_published_before_a_restart_count_as_dropped_once_through_a_failed_publication(
+        redis_url: str, r: syncredis.Redis, metrics_port: int) -> None:
+    """After a restart, the 5 entries published but not acked are redelivered with a new one
+    and skipped; the publication fails (for the new entry), so all 6 are redelivered, and the 5
+    skipped again: liq_events_dropped_total{reason="published_before"} counts them once."""
+    from tests.scrape import scrape, value
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC)
+        crashed = detector(client, [BTC_SHARD])
+
+        async def no_ack(_: Any) -> None:  # published, then died before XACK
+            return None
+        crashed.consumers[0]._ack = no_ack  # type: ignore[method-assign,assignment]
+        await crashed.run_until_idle()
+        await put(client, [ev(21)])
+        stream = keys.event_stream(BTC_SHARD)  # delivered too, then the process died
+        await client.xreadgroup(keys.DETECTOR_GROUP, consumer_name(BTC_SHARD), {stream: ">"})
+        again = detector(client, [BTC_SHARD])
+        with publication_refused(r):
+            await again.run_until_idle()
+        await again.run_until_idle()
+        return again
+
+    def dropped(scraped: Any) -> float:
+        return value(scraped, "liq_events_dropped_total", component="detector", reason="published_before")
+
+    before = scrape(metrics_port)
+    again = run(redis_url, body)
+    assert dropped(scrape(metrics_port)) - dropped(before) == 5
+    assert again.skipped == 5 + 5 + 1  # per delivery: twice the 5, and ev(21) fed once
+    assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC] + [ev(21).event_id]
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
 @contextmanager
 def publication_refused(r: syncredis.Redis) -> Iterator[None]:
     """A real Redis error for the publication inside the block, which must raise it:
