@@ -379,6 +379,9 @@ class Collector:
         replacement carries on."""
         backoff = Backoff()
         outage = Outage(f"{self.config.venue.name}[{plan.label}]", logger)
+        asked_at_once = False
+        """A venue's announced disconnect was answered at once: the next one within
+        ``HEALTHY_AFTER_S`` waits its backoff like any failure (a venue repeating it)."""
         while not stop.is_set():
             opened_at = time.monotonic()
             handover = Handover(relay)
@@ -393,6 +396,11 @@ class Collector:
                 return
             if time.monotonic() - opened_at > HEALTHY_AFTER_S:
                 backoff.reset()
+                asked_at_once = False
+            if isinstance(failure, VenueAskedReconnect) and not asked_at_once:
+                asked_at_once = True  # routine (an upgrade, a restart): said, not an outage
+                logger.info("%s[%s]: %s; reconnecting now", self.config.venue.name, plan.label, failure)
+                continue
             delay = backoff.next_delay()
             outage.down(failure, delay)  # logged when the connection is lost, not at every retry
             with contextlib.suppress(TimeoutError):

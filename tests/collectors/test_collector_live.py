@@ -931,11 +931,12 @@ def test_a_refused_subscription_degrades_the_venue_until_the_connection_is_reope
     ("bitfinex", {"event": "info", "code": 20061, "msg": "Maintenance ended"}, "20061"),
 ])
 def test_a_venue_announcing_a_disconnect_gets_a_new_connection_at_once(
-        venue: str, notice: dict[str, Any], reason: str, redis_url: str) -> None:
+        venue: str, notice: dict[str, Any], reason: str, redis_url: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """OKX sends notice 64008 before closing connections for an upgrade; Bitfinex sends info 20051
     before a restart and 20061 after maintenance (resubscribe advised). The collector opens a new
     connection, subscribed afresh, instead of waiting for the close or a silent channel."""
-    async def run() -> None:
+    async def run() -> int:
         async with ExchangeSimulator([venue]) as exchange:
             config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
                                      shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
@@ -951,8 +952,14 @@ def test_a_venue_announcing_a_disconnect_gets_a_new_connection_at_once(
                 sent = await exchange.emit(events(venue, T0, 3))
                 await collector.wait_until(lambda c: c.published == len(sent))
                 assert collector.health.reconnects == conns
+                return conns
 
-    asyncio.run(run())
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        conns = asyncio.run(run())
+    said = [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "collectors.base" and reason in r.getMessage()]
+    assert len(said) == conns, said
+    assert all(level == "INFO" and msg.endswith("; reconnecting now") for level, msg in said), said
 
 
 class Expiring(CountingSim):
