@@ -181,6 +181,7 @@ class StreamConsumer(Generic[T]):
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _pending_first: bool = True
     _last_claim: float = 0.0
+    _last_forget: float = 0.0
     _last_backlog: float = 0.0
     _done_unacked: set[tuple[str, str]] = field(default_factory=set)
     """Entries whose side effect is committed but whose XACK failed: acked, not handled, when
@@ -284,7 +285,9 @@ class StreamConsumer(Generic[T]):
         if now - self._last_claim < self.claim_every_s:
             return False
         self._last_claim = now
-        await self._forget_dead_consumers()
+        if now - self._last_forget >= self.claim_every_s:  # not again for each batch of a backlog
+            self._last_forget = now
+            await self._forget_dead_consumers()
         claimed: list[Entry] = []
         for stream in self.streams:
             claimed += await self._claim_from(stream, self.count - len(claimed))
