@@ -205,7 +205,8 @@ class Collector:
 
     def __post_init__(self) -> None:
         spec = self.config.venue
-        self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms())
+        self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms(),
+                                  endpoint=self.config.base_url)
         self.spool = self._open_spool()
         left = self._waiting_spool()
         if left is not None:

@@ -126,7 +126,7 @@ def venues(as_json: bool) -> None:
     for name in VENUES:
         spec = load_venue(name)
         rows.append({
-            "venue": name, "endpoint": spec.live_url, "markets": spec.markets,
+            "venue": name, "endpoint": h.get("endpoint") or spec.live_url, "markets": spec.markets,
             "semantics": spec.semantics, "semantics_note": spec.semantics_note,
             **venue_row(health.get(name, {}), now_ms),
         })

@@ -44,6 +44,8 @@ class VenueHealth:
     instruments_listed: int = 0
     """Instruments the venue's endpoint listed at the last good refresh (0: none yet)."""
     instruments_refreshed_ms: int = 0
+    endpoint: str = ""
+    """The URL the collector connects to (the live endpoint, or e.g. the simulator's)."""
 
     down_reasons: dict[str, str] = field(default_factory=dict)
     """Why each connection that is down went down (one connection's recovery must not erase
@@ -114,5 +116,6 @@ class VenueHealth:
             "last_error_sample": self.last_error_sample,
             "instruments_listed": str(self.instruments_listed),
             "instruments_refreshed_ms": str(self.instruments_refreshed_ms),
+            "endpoint": self.endpoint,
             "updated_ms": str(now_ms),
         }

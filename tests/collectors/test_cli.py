@@ -411,7 +411,12 @@ def test_venues_json_shows_health_written_by_a_collector(redis_url: str) -> None
     assert (bybit["state"], bybit["reason"], bybit["events"]) == ("down", "collector stopped", 3)
     assert 0.0 <= bybit["last_event_age_s"] < 60.0
     assert bybit["semantics"] == "complete"
+    # The endpoint shown is the one the collector connected to (here the simulator), not the live one.
+    assert bybit["endpoint"] == collector.config.base_url
+    assert bybit["endpoint"].startswith("ws://127.0.0.1:")
     assert {(row["state"], row["events"]) for row in got.values()} == {("not running", 0)}
+    assert {name: row["endpoint"] for name, row in got.items()} == {
+        name: endpoint for name, (endpoint, _) in ENDPOINTS.items() if name != "bybit"}
 
 
 def test_venues_shows_a_collector_that_stopped_writing_its_health_as_stopped(redis_url: str) -> None:
