@@ -191,6 +191,17 @@ def test_readme_documents_every_setting_with_its_default() -> None:
                 assert float(documented[name]) == default, (name, documented[name], default)
 
 
+def test_readme_gives_the_servers_that_a_process_run_alone_uses() -> None:
+    """``liq collect``, ``detect``, ``aggregate``, ``write`` and ``migrate`` do not look for
+    ``liq up``'s servers: without the variables they use these defaults, which the table says."""
+    from shared.settings import CommonSettings
+
+    documented = _readme_settings()
+    assert documented["LIQ_REDIS_URL"] == CommonSettings().redis_url == "redis://127.0.0.1:6379/0"
+    assert CommonSettings().pg_dsn == ""
+    assert documented["LIQ_PG_DSN"].startswith("none (")
+
+
 def test_the_list_of_setting_names_is_every_settings_field() -> None:
     """``SETTING_NAMES`` is what an unknown ``LIQ_*`` variable (a typo) is checked against."""
     import msgspec
