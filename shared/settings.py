@@ -104,6 +104,15 @@ def writable_folder(path: str, variable: str = "LIQ_DATA_DIR") -> Path:
     return folder
 
 
+PAIR_EXAMPLES = {
+    "LIQ_LEVEL_SIZES": "BTC=100,ETH=10,SOL=1",
+    "LIQ_WEIGHTS": "cross_exchange=0.6,side_imbalance=0.5",
+    "LIQ_VENUE_URLS": "okx=ws://127.0.0.1:9001",
+}
+"""The example a bad ``KEY=VALUE`` setting is shown when its keys are not symbols."""
+SYMBOL_PAIRS_EXAMPLE = "BTCUSDT=250000,ETHUSDT=100000"
+
+
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
@@ -121,10 +130,10 @@ def at_least(settings: msgspec.Struct, field: str, minimum: float, *, above: boo
     raise ConfigError(env_name(field), f"{form} {'>' if above else '>='} {limit}", f"{value:g}")
 
 
-def _expected_form(tp: Any) -> str:
+def _expected_form(tp: Any, variable: str = "") -> str:
     origin = typing.get_origin(tp)
     if origin is dict:
-        return "comma-separated KEY=VALUE pairs, e.g. BTCUSDT=250000,ETHUSDT=100000"
+        return "comma-separated KEY=VALUE pairs, e.g. " + PAIR_EXAMPLES.get(variable, SYMBOL_PAIRS_EXAMPLE)
     if origin is list:
         return "a comma-separated list, e.g. BTCUSDT,ETHUSDT"
     if tp is bool:
@@ -135,7 +144,7 @@ def _expected_form(tp: Any) -> str:
         return "a number"
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if len(args) == 1:
-        return _expected_form(args[0])
+        return _expected_form(args[0], variable)
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
     return "a value of type " + getattr(tp, "__name__", str(tp))
@@ -183,9 +192,9 @@ def load(cls: type[S], environ: Mapping[str, str] | None = None, **overrides: An
         try:
             values[field.name] = msgspec.convert(_split_value(raw, tp), tp, strict=False)
         except (msgspec.ValidationError, ValueError) as exc:
-            raise ConfigError(name, _expected_form(tp), raw) from exc
+            raise ConfigError(name, _expected_form(tp, name), raw) from exc
         if _non_finite(values[field.name]):  # nan passes every "< minimum" check that follows
-            raise ConfigError(name, _expected_form(tp) + ", with finite numbers (not nan or inf)", raw)
+            raise ConfigError(name, _expected_form(tp, name) + ", with finite numbers (not nan or inf)", raw)
     try:
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:

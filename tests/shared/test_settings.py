@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from aggregator.cli import AggregatorSettings
+from collectors.cli import CollectorSettings
 from detector.config import DetectorSettings
 from shared.errors import ConfigError
 from shared.settings import CommonSettings, load
@@ -68,6 +70,21 @@ def test_components_refuse_nan_in_their_settings(cls: type[msgspec.Struct], var:
     with pytest.raises(ConfigError) as err:
         load(cls, {var: value})
     assert err.value.variable == var
+
+
+@pytest.mark.parametrize(("cls", "var", "value", "example"), [
+    (AggregatorSettings, "LIQ_LEVEL_SIZES", "BTC=abc", "e.g. BTC=100,ETH=10,SOL=1 "),
+    (DetectorSettings, "LIQ_WEIGHTS", "cross_exchange=high", "e.g. cross_exchange=0.6,side_imbalance=0.5 "),
+    (CollectorSettings, "LIQ_VENUE_URLS", "ws://127.0.0.1:9001", "e.g. okx=ws://127.0.0.1:9001 "),
+    (WriterSettings, "LIQ_SIGNIFICANT_USD_BY_SYMBOL", "BTCUSDT:5", "e.g. BTCUSDT=250000,ETHUSDT=100000 "),
+])
+def test_a_bad_mapping_is_shown_an_example_of_its_own_keys(cls: type[msgspec.Struct], var: str, value: str,
+                                                           example: str) -> None:
+    """Level sizes are keyed by base asset, weights by factor, URLs by venue: not by symbol."""
+    with pytest.raises(ConfigError) as err:
+        load(cls, {var: value})
+    assert err.value.variable == var
+    assert str(err.value) == f"{var}: expected comma-separated KEY=VALUE pairs, {example}(got {value!r})"
 
 
 def test_invalid_shard_count_names_variable() -> None:
