@@ -437,6 +437,9 @@ class Detector:
                 delay = self.backoff.next_delay()
                 outage.down(exc, delay)
                 await _wait(stop, delay)
+        if not self.warmed:
+            logger.info("%s: stopped before the warm start succeeded: nothing was consumed", self.name)
+            return
         outage.up()
         await asyncio.gather(*(c.run(stop) for c in self.consumers), self._ticker(stop))
         logger.info("%s: %d events, published %s", self.name, self.engine.events, self.published)

@@ -637,6 +637,32 @@ def test_a_detector_started_while_redis_is_down_warms_up_once_it_answers_with_tw
     ]
 
 
+def test_a_detector_stopped_before_redis_ever_answered_does_not_say_redis_came_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ctrl-C during the warm start's outage: the log says it stopped, not "available again"."""
+    port = servers.free_port()
+
+    async def body() -> None:
+        client = make_async_redis(f"redis://127.0.0.1:{port}/0")
+        det = Detector(client, DetectorSettings(shards=4), [BTC_SHARD], FakeClock(CLOCK_START))
+        det.backoff = Backoff(base_s=0.001, cap_s=0.002)
+        det.warm_start = warm = Counted(det.warm_start)  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(det.run(stop))
+        await warm.until(lambda w: w.failed >= 3)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        assert not det.warmed and warm.ok == 0
+
+    with caplog.at_level(logging.INFO, logger="detector.service"):
+        asyncio.run(body())
+    assert outage_lines(caplog, "detector.service") == [
+        ("WARNING", f"detect-s3: warm start: unavailable {RETRYING}"),
+        ("INFO", "detect-s3: stopped before the warm start succeeded: nothing was consumed"),
+    ]
+
+
 def test_the_detectors_endpoint_counts_events_cascades_and_drops_exactly(redis_url: str,
                                                                          metrics_port: int) -> None:
     """Scraped over HTTP: 6 entries in, one stamped 10 minutes after its receipt dropped as
