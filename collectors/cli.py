@@ -23,7 +23,7 @@ from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime
 from shared.clock import SYSTEM_CLOCK
-from shared.discovery import discover, require_redis
+from shared.discovery import Discovered, discover, require_redis
 from shared.errors import ConfigError, ParseError
 from shared.metrics import start_metrics_server
 from shared.models import Liquidation
@@ -120,15 +120,15 @@ def _record_target(option: Path | None, record_dir: str | None, venue: str) -> P
 def venues(as_json: bool) -> None:
     """Every venue: endpoint, markets, feed semantics and current health (from Redis)."""
     found = discover(load(CommonSettings), dict(os.environ))
-    health = _read_health(found.redis_url)
+    health = _read_health(found)
     now_ms = SYSTEM_CLOCK.now_ms()
     rows = []
     for name in VENUES:
-        spec = load_venue(name)
+        spec, h = load_venue(name), health.get(name, {})
         rows.append({
             "venue": name, "endpoint": h.get("endpoint") or spec.live_url, "markets": spec.markets,
             "semantics": spec.semantics, "semantics_note": spec.semantics_note,
-            **venue_row(health.get(name, {}), now_ms),
+            **venue_row(h, now_ms),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -142,10 +142,11 @@ def venues(as_json: bool) -> None:
                    + (f"; reason: {row['reason']}" if row["reason"] else ""))
 
 
-def _read_health(redis_url: str | None) -> dict[str, dict[str, str]]:
+def _read_health(found: Discovered) -> dict[str, dict[str, str]]:
     """Each venue's health hash in the running system's Redis (said on stderr when there is none)."""
+    redis_url = found.redis_url
     if redis_url is None:
-        click.echo("no running system found (LIQ_REDIS_URL unset, no liq up): health not shown", err=True)
+        click.echo(f"{found.not_found()}: health not shown", err=True)
         return {}
     try:
         client = make_sync_redis(redis_url)

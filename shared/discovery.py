@@ -29,6 +29,13 @@ class Discovered:
     shards: int
     stale_up: str | None = None
     """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers."""
+    looked_in: str = ""
+    """The folder where ``liq up``'s file was looked for (``LIQ_DATA_DIR``, resolved)."""
+
+    def not_found(self, unset: str = "LIQ_REDIS_URL is") -> str:
+        """Why no system was found: ``liq up`` is gone, or was never in ``looked_in``."""
+        return self.stale_up or (f"no running system found: no liq up in {self.looked_in} (run this where "
+                                 f"liq up runs, or set LIQ_DATA_DIR) and {unset} not set")
 
 
 def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
@@ -37,17 +44,19 @@ def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
     redis_url = settings.redis_url if "LIQ_REDIS_URL" in environ else None  # as validated
     pg_dsn = settings.pg_dsn or None
     shards = settings.shards
-    up_file = Path(settings.data_dir) / UP_FILE
+    folder = Path(settings.data_dir).resolve()
+    up_file = folder / UP_FILE
     if not up_file.exists():
-        return Discovered(redis_url, pg_dsn, shards)
+        return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder))
     info = json.loads(up_file.read_text())
     pid = int(info.get("pid", 0) or 0)
     if pid and not _alive(pid):
-        return Discovered(redis_url, pg_dsn, shards,
+        return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder),
                           stale_up=f"liq up (pid {pid}) is not running: {up_file} is left from it")
     if "LIQ_SHARDS" not in environ:
         shards = int(info.get("shards", shards))
-    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards)
+    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards,
+                      looked_in=str(folder))
 
 
 def _alive(pid: int) -> bool:
@@ -64,4 +73,4 @@ def require_redis(found: Discovered) -> str:
     """The Redis URL of a running system, or a clear error saying why there is none."""
     if found.redis_url:
         return found.redis_url
-    raise click.ClickException(found.stale_up or "no running system found: set LIQ_REDIS_URL or run liq up")
+    raise click.ClickException(found.not_found())

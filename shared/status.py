@@ -171,8 +171,7 @@ def status(as_json: bool) -> None:
     settings = load(CommonSettings)
     found = discover(settings, dict(os.environ))
     if not found.redis_url and not found.pg_dsn:
-        raise click.ClickException(found.stale_up or
-                                   "no running system found: set LIQ_REDIS_URL/LIQ_PG_DSN or run liq up")
+        raise click.ClickException(found.not_found("LIQ_REDIS_URL and LIQ_PG_DSN are"))
     report = collect_status(found.redis_url, found.pg_dsn, found.shards)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -105,6 +105,18 @@ def test_no_running_system_is_one_line(args: list[str], tmp_path: Path) -> None:
     assert lines[0].startswith("Error: no running system found"), lines[0]
 
 
+@pytest.mark.parametrize("args", NO_SYSTEM, ids=[" ".join(a) for a in NO_SYSTEM])
+def test_no_running_system_names_the_folder_it_looked_in(args: list[str], tmp_path: Path) -> None:
+    """Run outside the folder liq up runs in (a relative LIQ_DATA_DIR, the default), the command
+    says where it looked rather than only "run liq up", which is running."""
+    (tmp_path / "frames.jsonl").write_text("")
+    result = run_liq(args, {"LIQ_DATA_DIR": ".liq"}, tmp_path)
+    unset = "LIQ_REDIS_URL and LIQ_PG_DSN are" if args == ["status"] else "LIQ_REDIS_URL is"
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"Error: no running system found: no liq up in {tmp_path / '.liq'} "
+                                     f"(run this where liq up runs, or set LIQ_DATA_DIR) and {unset} not set")
+
+
 def test_status_with_redis_down_says_so_and_shows_no_empty_redis_sections(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = run_liq(["status"], {"LIQ_REDIS_URL": url}, tmp_path)
