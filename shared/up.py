@@ -184,6 +184,10 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         migrated = await _run_once("migrate", liq_command("migrate"), env, stop)
         if migrated is None:  # stopped meanwhile
             return 0
+        if migrated == EX_CONFIG:
+            logger.error("migrate: its settings are wrong (the line above says which); "
+                         "not starting the pipeline")
+            return 1
         if migrated != 0:
             logger.error("migrations failed; not starting the pipeline")
             return 1

@@ -317,3 +317,19 @@ def test_a_process_refusing_its_settings_stops_liq_up_instead_of_a_restart_loop(
     assert "detect: its settings are wrong (the line above says which); not restarting it" in output
     assert "restart 1 in" not in output
     assert "stopping" in output
+
+
+def test_a_setting_that_liq_migrate_refuses_is_reported_as_a_setting_not_as_failed_migrations(
+        reachable_dir: Path) -> None:
+    """``liq migrate`` exits 78 (EX_CONFIG) on a bad value: nothing was migrated, and nothing failed
+    in the database; ``liq up`` says the settings are wrong, as for any other process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
+                "LIQ_LEVEL_SIZES": "BTC=abc"})
+    result = subprocess.run([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "90"],
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1, result.stdout[-3000:]
+    output = result.stdout + result.stderr
+    assert "Error: LIQ_LEVEL_SIZES: expected comma-separated KEY=VALUE pairs" in output
+    assert "migrate: its settings are wrong (the line above says which); not starting the pipeline" in output
+    assert "migrations failed" not in output
