@@ -44,7 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
 
 from collectors.dedupe import RecentIds, number_repeats
-from collectors.health import VenueHealth
+from collectors.health import STOPPED_REASON, VenueHealth
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
 from collectors.spool import Spool, SpoolBusy
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
@@ -764,7 +764,8 @@ class Collector:
         state = self.health.compute_state(now_ms)
         self.health.state = state
         if state != self._logged_state:
-            level = logging.INFO if state in ("up", "connecting") else logging.WARNING
+            stopping = self.health.reason == STOPPED_REASON  # asked for: not a warning
+            level = logging.INFO if state in ("up", "connecting") or stopping else logging.WARNING
             logger.log(level, "%s: state %s%s", self.config.venue.name, state,
                        f" ({self.health.reason})" if self.health.reason and state != "up" else "")
             self._logged_state = state

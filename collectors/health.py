@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 SUSPECT_FACTOR = 5.0
 
 
+STOPPED_REASON = "collector stopped"
+"""The reason a venue is down once its collector was asked to stop."""
+
+
 @dataclass
 class VenueHealth:
     venue: str
@@ -82,7 +86,7 @@ class VenueHealth:
     def stopped(self) -> None:
         """The collector is shutting down: nothing is connected any more, and that is why."""
         self.connections_up.clear()
-        self.reason = "collector stopped"
+        self.reason = STOPPED_REASON
 
     def compute_state(self, now_ms: int) -> str:
         """The state this health record implies at ``now_ms``."""

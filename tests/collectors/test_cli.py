@@ -331,6 +331,15 @@ def test_a_record_file_that_cannot_be_written_stops_the_recording_not_the_collec
 
 
 @pytest.mark.integration
+def test_a_collector_asked_to_stop_says_so_at_info_not_as_a_warning(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        asyncio.run(run_collector("bybit", redis_url, 2))
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "state down" in r.getMessage()]
+    assert said == [("INFO", "bybit: state down (collector stopped)")]
+
+
+@pytest.mark.integration
 def test_a_record_buffer_lost_at_stop_is_said_and_the_collector_stops_cleanly(
         redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """Two frames fit in the file's buffer: nothing fails until the close at stop flushes it."""
