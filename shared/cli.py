@@ -7,6 +7,7 @@ numpy or psycopg, and ``shared`` never imports a component at module load.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -83,6 +84,9 @@ class LazyGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:  # a one-shot tool meeting no Redis
             raise click.ClickException(f"Redis does not answer: {exc}") from exc
+        except BrokenPipeError:  # the reader left (`liq parse … | head`): stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails too
+            raise SystemExit(0) from None
 
 
 @click.group(cls=LazyGroup)

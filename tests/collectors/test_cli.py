@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -157,6 +158,24 @@ def test_parse_prints_one_json_line_per_liquidation(venue: str) -> None:
     got = rows(result.stdout)
     assert [picked(row) for row in got] == PARSE_EXPECTED[venue]
     assert all(row["received_ms"] == RECEIVED_MS and row["event_id"] for row in got)
+
+
+def test_parse_into_a_reader_that_leaves_early_stops_quietly(tmp_path: Path) -> None:
+    """``liq parse < frames | head -1``: the reader closes the pipe after one line; the command
+    stops without a BrokenPipeError traceback, and exits 0 as nothing went wrong."""
+    from shared.up import liq_command
+
+    frames = tmp_path / "frames.jsonl"
+    frames.write_text((frame_line(PARSE_INPUT["bybit"][0]) + "\n") * 20_000)  # more than a pipe holds
+    with frames.open("rb") as stdin:
+        proc = subprocess.Popen(liq_command("parse", "bybit"), stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        json.loads(proc.stdout.readline())  # one whole row, then the reader leaves
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 0
+        with proc.stderr:
+            assert proc.stderr.read() == b""
 
 
 @pytest.mark.parametrize(("venue", "frame"), [
