@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import cast
 
 import pytest
 import redis as syncredis
@@ -18,6 +19,7 @@ from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import Message, StreamConsumer, publish
 from tests.factories import liq as make_liq
+from tests.redistypes import Entries, Hash
 
 pytestmark = pytest.mark.integration
 STREAM = keys.event_stream(0)
@@ -86,14 +88,15 @@ def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(
     writer.fixed = True
     assert _cli(redis_url, "replay", "--group", "writer") == "replayed 1 of 1 dead letters\n"
     assert r.xlen(DLQ) == 0 and r.xlen(STREAM) == 4
-    ((_, fields),) = r.xrevrange(STREAM, count=1)
+    ((_, fields),) = cast(Entries, r.xrevrange(STREAM, count=1))
     assert fields == {codec.PAYLOAD_FIELD: letter["payload"].encode(), codec.TARGET_GROUP_FIELD: b"writer"}
 
     handled = asyncio.run(_drain(redis_url, writer, detector_saw))
     assert handled == (0, 1, 0), "only the writer handles the replay; the others ack it unhandled"
     assert writer.stored == [EVENTS[0], EVENTS[2], EVENTS[1]]
     assert detector_saw == EVENTS
-    level = {k.decode(): v.decode() for k, v in r.hgetall("liq:levels:BTCUSDT:67200:LONG").items()}
+    level = {k.decode(): v.decode()
+             for k, v in cast(Hash, r.hgetall("liq:levels:BTCUSDT:67200:LONG")).items()}
     assert (level["count"], float(level["quantity"])) == ("3", 6.0), "the aggregator counted each event once"
     for group in (keys.AGGREGATOR_GROUP, keys.WRITER_GROUP, keys.DETECTOR_GROUP):
         assert r.xpending(STREAM, group)["pending"] == 0
@@ -101,9 +104,10 @@ def test_a_replayed_dead_letter_reaches_its_group_alone_and_counts_once(
 
 def test_an_entry_trimmed_before_it_was_processed_cannot_be_replayed_only_dropped(
         redis_url: str, r: syncredis.Redis) -> None:
-    trimmed = r.xadd(DLQ, {"reason": "trimmed", "source_id": "1-0", "group": "writer", "stage": "handle"})
-    kept = r.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "reason": "x", "source_id": "2-0",
-                        "group": "aggregator", "stage": "decode"})
+    trimmed = cast(bytes, r.xadd(DLQ, {"reason": "trimmed", "source_id": "1-0", "group": "writer",
+                                        "stage": "handle"}))
+    kept = cast(bytes, r.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "reason": "x", "source_id": "2-0",
+                                    "group": "aggregator", "stage": "decode"}))
     letters = list(dlq.read(r, [STREAM]))
     assert [d.id for d in letters] == [trimmed.decode(), kept.decode()]
     assert letters[0].payload is None and letters[1].payload == codec.encode(EVENTS[0])
@@ -116,14 +120,15 @@ def test_an_entry_trimmed_before_it_was_processed_cannot_be_replayed_only_droppe
 
 def test_dead_letters_are_read_page_by_page(r: syncredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dlq, "PAGE", 2)
-    ids = [r.xadd(DLQ, {"d": b"{}", "group": "writer", "reason": str(i)}).decode() for i in range(5)]
+    ids = [cast(bytes, r.xadd(DLQ, {"d": b"{}", "group": "writer", "reason": str(i)})).decode()
+           for i in range(5)]
     letters = list(dlq.read(r, [STREAM, keys.CASCADE_STREAM]))
     assert [d.id for d in letters] == ids and [d.reason for d in letters] == ["0", "1", "2", "3", "4"]
     assert dlq.select(letters, ids=[ids[3]]) == [letters[3]]
     progress: list[int] = []
     assert dlq.replay(r, letters[:4], progress.append) == (4, []) and progress == [2, 4]
     assert r.xlen(DLQ) == 1 and r.xlen(STREAM) == 4
-    assert [f[codec.TARGET_GROUP_FIELD] for _, f in r.xrange(STREAM)] == [b"writer"] * 4
+    assert [f[codec.TARGET_GROUP_FIELD] for _, f in cast(Entries, r.xrange(STREAM))] == [b"writer"] * 4
     assert dlq.drop(r, letters) == 1 and r.xlen(DLQ) == 0
 
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ import redis
 from shared import servers
 from shared.backoff import Backoff
 from shared.servers import RedisServer, start_postgres, start_redis
+from tests.redistypes import Entries
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +53,7 @@ def test_a_persistent_redis_keeps_streams_and_pending_entries_across_a_restart(t
     again = start_redis(tmp_path / "redis", port=server.port, persistent=True)
     try:
         client = redis.Redis.from_url(again.url)
-        assert [entry_id for entry_id, _ in client.xrange("liq:events:0")] == ids
+        assert [entry_id for entry_id, _ in cast(Entries, client.xrange("liq:events:0"))] == ids
         assert client.xpending("liq:events:0", "writer")["pending"] == 2
         assert client.hgetall("liq:levels:BTCUSDT:67200:LONG") == {b"count": b"2", b"value_usd": b"250000.5"}
         client.close()
@@ -79,7 +81,7 @@ def test_a_redis_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept
         try:
             assert leftover.process.wait(timeout=5) == 0, "the leftover server was shut down cleanly"
             client = redis.Redis.from_url(again.url)
-            assert [fields for _, fields in client.xrange("liq:cascades")] == [{b"d": b"kept"}]
+            assert [fields for _, fields in cast(Entries, client.xrange("liq:cascades"))] == [{b"d": b"kept"}]
             client.close()
         finally:
             again.stop()
@@ -149,7 +151,8 @@ def test_a_client_only_postgresql_version_is_not_taken_for_a_server(
     client_only.mkdir(parents=True)
     (client_only / "psql").touch()
     real = servers.postgres_bin_dir()
-    monkeypatch.setattr(servers.glob, "glob", lambda pattern: [str(real), str(client_only)])
+    monkeypatch.setattr(servers.glob, "glob",  # type: ignore[attr-defined]  # the glob servers calls
+                        lambda pattern: [str(real), str(client_only)])
     assert servers.postgres_bin_dir() == real, "postgresql-client-17 next to server 15"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 import redis as syncredis
@@ -13,6 +14,7 @@ from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import Message, publish
 from tests.factories import liq
+from tests.redistypes import TextEntries
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +68,7 @@ def test_a_hash_key_of_another_type_costs_only_its_events_and_nothing_is_applied
     assert r.hgetall("liq:levels:BTCUSDT:67200:LONG")["count"] == "2"
     assert r.hgetall("liq:agg:BTCUSDT:60s:1729512000000")["count"] == "2", "each good event once"
     assert r.get("liq:levels:BTCUSDT:67300:LONG") == "not a hash"
-    letters = r.xrange(keys.dead_letter_stream(keys.event_stream(0)))
+    letters = cast(TextEntries, r.xrange(keys.dead_letter_stream(keys.event_stream(0))))
     assert [f["reason"] for _, f in letters] == [
         "KeyTypeConflict: liq:levels:BTCUSDT:67300:LONG holds a string, not a hash: delete it (or rename it) "
         "and replay the dead letters"] * 2
@@ -96,7 +98,7 @@ def test_a_field_redis_would_refuse_to_increment_costs_only_its_events(
     assert asyncio.run(run()) == 1
     assert r.hgetall("liq:levels:BTCUSDT:67200:LONG")["count"] == "1", "e0 once, e1 never"
     assert r.hgetall("liq:agg:BTCUSDT:60s:1729512120000") == {field: value}
-    ((_, letter),) = r.xrange(keys.dead_letter_stream(keys.event_stream(0)))
+    ((_, letter),) = cast(TextEntries, r.xrange(keys.dead_letter_stream(keys.event_stream(0))))
     assert letter["reason"] == (
         f"KeyTypeConflict: liq:agg:BTCUSDT:60s:1729512120000 field {field} holds {value}, not a number: "
         "delete it (or rename it) and replay the dead letters")

@@ -44,7 +44,8 @@ def test_one_subclass_per_connection_class() -> None:
 
 
 def test_a_groups_line_is_found_whether_its_field_names_are_text_or_bytes() -> None:
-    reply = [{b"name": b"writer", b"last-delivered-id": b"5-0"}, {"name": "detector", "pending": 2}]
+    reply: list[dict[Any, Any]] = [{b"name": b"writer", b"last-delivered-id": b"5-0"},
+                                   {"name": "detector", "pending": 2}]
     assert group_info(reply, "writer") == {"name": b"writer", "last-delivered-id": b"5-0"}
     assert group_info(reply, "detector") == {"name": "detector", "pending": 2}
     assert group_info(reply, "aggregator") is None

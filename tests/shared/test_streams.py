@@ -9,25 +9,30 @@ import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 from unittest import mock
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as syncredis
+import redis.asyncio as aioredis
+from redis.typing import StreamIdT
 
 from shared import codec, keys, servers
 from shared.backoff import Backoff
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.status import redis_status, render
-from shared.streams import Message, SinkRetry, StreamConsumer, publish
+from shared.streams import Handler, Message, SinkRetry, StreamConsumer, publish
 from tests.factories import liq
+from tests.redistypes import Entries, ReadGroup
 
 pytestmark = pytest.mark.integration
 STREAM = keys.event_stream(0)
 
 
-def _consumer(client, handler, name="c1", **kw):  # type: ignore[no-untyped-def]
+def _consumer(client: aioredis.Redis, handler: Handler[Liquidation], name: str = "c1",
+              **kw: Any) -> StreamConsumer[Liquidation]:
     return StreamConsumer(redis=client, group="g", consumer=name, streams=[STREAM],
                           decode=codec.decode_liquidation, handler=handler, component="test", **kw)
 
@@ -149,7 +154,7 @@ def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(
     sent, calls, consumer = asyncio.run(run())
     assert calls == [10, 5, 5, 2, 1, 1, 3]  # halves until the 7th entry is alone
     assert consumer.stats.dead_lettered == 1 and _pending(redis_url) == 0
-    (_, fields), = r.xrange(keys.dead_letter_stream(STREAM))
+    (_, fields), = cast(Entries, r.xrange(keys.dead_letter_stream(STREAM)))
     assert fields[b"reason"] == b"ZeroDivisionError: a bug this entry triggers"
     assert fields[b"stage"] == b"handle" and fields[b"group"] == b"g"
     assert codec.decode_liquidation(fields[b"d"]) == sent[6]
@@ -203,7 +208,7 @@ def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_i
 
     consumer = asyncio.run(run())
     assert consumer.stats.dead_lettered == 3 and _pending(redis_url) == 0
-    dead = r.xrange(keys.dead_letter_stream(STREAM))
+    dead = cast(Entries, r.xrange(keys.dead_letter_stream(STREAM)))
     assert [f[b"reason"] for _, f in dead] == [
         b"stream entry was deleted (trimmed by MAXLEN) before it was processed"] * 3
     assert all(f[b"stage"] == b"decode" and b"d" not in f for _, f in dead)
@@ -234,7 +239,7 @@ def test_claiming_a_trimmed_entry_on_redis_62_dead_letters_it_once_with_its_id(r
 
         with pytest.raises(SinkRetry):
             await _consumer(client, crash, name="dead").run_until_idle()
-        first_id = (await client.xrange(STREAM, count=1))[0][0]
+        first_id = cast(Entries, await client.xrange(STREAM, count=1))[0][0]
         await client.xdel(STREAM, first_id)
         got: list[Liquidation] = []
 
@@ -244,7 +249,7 @@ def test_claiming_a_trimmed_entry_on_redis_62_dead_letters_it_once_with_its_id(r
         alive = _consumer(client, ok, name="alive", claim_idle_ms=0)
         assert await alive.run_until_idle() == 2
         assert got == sent[1:]
-        dead = await client.xrange(keys.dead_letter_stream(STREAM))
+        dead = cast(Entries, await client.xrange(keys.dead_letter_stream(STREAM)))
         assert [f[b"source_id"] for _, f in dead] == [first_id]
         await client.aclose()
         return alive
@@ -327,7 +332,7 @@ def test_a_full_dead_letter_stream_is_an_error_in_the_log(
     ({"price": 1e200, "quantity": 1e200}, b"price"),  # its notional would add up to infinity
 ])
 def test_an_unusable_payload_is_dead_lettered_with_the_field_named(
-        redis_url: str, r: syncredis.Redis, bad: dict[str, float], field: bytes) -> None:
+        redis_url: str, r: syncredis.Redis, bad: dict[str, Any], field: bytes) -> None:
     """A payload that decodes as JSON but that no consumer could use never reaches a handler."""
 
     async def run() -> list[Liquidation]:
@@ -344,7 +349,7 @@ def test_an_unusable_payload_is_dead_lettered_with_the_field_named(
         return seen
 
     assert [x.timestamp_ms for x in asyncio.run(run())] == [1_700_000_000_000, 1_700_000_000_001]
-    (_, fields), = r.xrange(keys.dead_letter_stream(STREAM))
+    (_, fields), = cast(Entries, r.xrange(keys.dead_letter_stream(STREAM)))
     assert field in fields[b"reason"] and fields[b"stage"] == b"decode" and fields[b"group"] == b"g"
     assert _pending(redis_url) == 0
 
@@ -381,9 +386,9 @@ def test_claims_follow_the_cursor_past_the_entries_live_consumers_hold(redis_url
     of 20 a dead one left must not hide those 20."""
     asyncio.run(_seed(redis_url, 300))
     r.xgroup_create(STREAM, "g", id="0")
-    read = r.xreadgroup("g", "live", {STREAM: ">"}, count=300)
+    read = cast(ReadGroup, r.xreadgroup("g", "live", {STREAM: ">"}, count=300))
     ids = [entry_id for entry_id, _ in read[0][1]]
-    r.xclaim(STREAM, "g", "dead", 0, ids[-20:], idle=120_000)
+    r.xclaim(STREAM, "g", "dead", 0, cast(list[StreamIdT], ids[-20:]), idle=120_000)
     got: list[str] = []
 
     async def ok(batch: list[Message[Liquidation]]) -> None:
@@ -581,9 +586,10 @@ def test_a_stream_key_of_another_type_fails_the_whole_batch_and_adds_nothing(
         return ids
 
     ids = asyncio.run(run())
-    assert [entry_id.decode() for entry_id, _ in r.xrange(STREAM)] == [ids[0], ids[2]]
-    assert [entry_id.decode() for entry_id, _ in r.xrange(bad)] == [ids[1]]
-    assert [codec.decode_liquidation(f[b"d"]).quantity for _, f in r.xrange(STREAM)] == [1.0, 3.0]
+    assert [entry_id.decode() for entry_id, _ in cast(Entries, r.xrange(STREAM))] == [ids[0], ids[2]]
+    assert [entry_id.decode() for entry_id, _ in cast(Entries, r.xrange(bad))] == [ids[1]]
+    assert [codec.decode_liquidation(f[b"d"]).quantity
+            for _, f in cast(Entries, r.xrange(STREAM))] == [1.0, 3.0]
 
 
 class SignallingBackoff(Backoff):
@@ -743,7 +749,9 @@ def test_publish_trims_each_stream_to_about_maxlen_keeping_the_newest(redis_url:
                                                                      r: syncredis.Redis) -> None:
     """``MAXLEN ~``: Redis trims whole nodes of ``stream-node-max-entries`` entries, so a stream
     holds at least ``maxlen`` and fewer than ``maxlen`` plus one node, the newest ones."""
-    node = int(r.config_get("stream-node-max-entries")["stream-node-max-entries"])
+    setting = r.config_get("stream-node-max-entries")["stream-node-max-entries"]
+    assert setting is not None
+    node = int(setting)
 
     async def run() -> list[str]:
         client = make_async_redis(redis_url)
@@ -755,6 +763,6 @@ def test_publish_trims_each_stream_to_about_maxlen_keeping_the_newest(redis_url:
         return ids
 
     ids = asyncio.run(run())
-    kept = [entry_id.decode() for entry_id, _ in r.xrange(STREAM)]
+    kept = [entry_id.decode() for entry_id, _ in cast(Entries, r.xrange(STREAM))]
     assert node // 2 <= len(kept) < node // 2 + node
     assert kept == ids[-len(kept):], "the oldest entries go first"

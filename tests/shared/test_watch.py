@@ -6,7 +6,7 @@ import json
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -218,7 +218,8 @@ def test_history_does_not_repeat_what_follows_and_replays_are_not_alerted_again(
                                      codec.TARGET_GROUP_FIELD: b"writer"})  # liq dlq replay --group writer
 
     assert watch(r, Watch(shards=4), seen.append, last=5, follow=False, on_start=meanwhile) == 2
-    assert [a.message.cascade_id for a in seen] == ["a", "b"], "a once, b once, the replay not at all"
+    assert [cast(CascadeEvent, a.message).cascade_id for a in seen] == ["a", "b"], (
+        "a once, b once, the replay not at all")
 
 
 def test_a_redis_outage_is_waited_out_while_following(monkeypatch: pytest.MonkeyPatch) -> None:
