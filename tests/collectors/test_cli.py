@@ -46,9 +46,9 @@ FIELDS = ("exchange", "symbol", "symbol_native", "side", "price", "quantity", "n
 
 # Gate has no corpus file: one ``futures.public_liquidates`` update as the simulator sends it
 # (size is signed contracts of 0.0001 BTC; negative = sell order = a long liquidated).
-GATE_FRAME = {"time": 1767225600, "time_ms": 1767225600123, "channel": "futures.public_liquidates",
-              "event": "update",
-              "result": [{"price": "67200.5", "size": -3000, "time": 1767225600000, "contract": "BTC_USDT"}]}
+GATE_FRAME: dict[str, Any] = {
+    "time": 1767225600, "time_ms": 1767225600123, "channel": "futures.public_liquidates", "event": "update",
+    "result": [{"price": "67200.5", "size": -3000, "time": 1767225600000, "contract": "BTC_USDT"}]}
 
 # venue -> the frames fed to ``liq parse`` (corpus "stem/record id", or a literal frame)
 PARSE_INPUT: dict[str, list[str | dict[str, Any]]] = {

@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -34,6 +34,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
+from tests.redistypes import Entries
 
 pytestmark = pytest.mark.integration
 SHARDS = 4
@@ -58,6 +59,9 @@ class CountingSim:
         self.enough = asyncio.Event()
         self.wanted = 1 << 30
 
+    heartbeat_s: float  # set on the wrapper by a test; anything else is the inner simulator's
+    idle_close_s: float
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
@@ -80,7 +84,7 @@ def normalized(liq: Liquidation) -> Liquidation:
 def stream_contents(url: str) -> list[Liquidation]:
     client = syncredis.Redis.from_url(url)
     out = [codec.decode_liquidation(f[b"d"]) for s in keys.event_streams(SHARDS)
-           for _i, f in client.xrange(s)]
+           for _i, f in cast(Entries, client.xrange(s))]
     client.close()
     return out
 
@@ -129,7 +133,8 @@ async def _run_venue(venue: str, url: str) -> dict[str, Any]:
 def shards_holding(url: str) -> dict[int, set[str]]:
     """Shard index -> the symbols found in that shard's event stream."""
     client = syncredis.Redis.from_url(url)
-    out = {k: {codec.decode_liquidation(f[b"d"]).symbol for _i, f in client.xrange(keys.event_stream(k))}
+    out = {k: {codec.decode_liquidation(f[b"d"]).symbol
+               for _i, f in cast(Entries, client.xrange(keys.event_stream(k)))}
            for k in range(SHARDS)}
     client.close()
     return {k: symbols for k, symbols in out.items() if symbols}
@@ -901,7 +906,7 @@ def test_a_refused_subscription_degrades_the_venue_until_the_connection_is_reope
             opened.append(1)
             extra = '{"op":"subscribe","args":["allLiquidation.BTCUSD"]}'
             return RefusedOnce(plan.new_session(), extra, first=len(opened) == 1)
-        return [dataclasses.replace(plan, new_session=lambda plan=plan: session(plan))
+        return [dataclasses.replace(plan, new_session=lambda plan=plan: session(plan))  # type: ignore[misc]  # a lambda with a default
                 for plan in spec.plans(base_url, symbols)]
 
     async def run() -> None:
@@ -1044,7 +1049,7 @@ def test_a_replacement_refused_by_the_venue_leaves_the_connection_it_replaces_up
         spec = dataclasses.replace(load_venue(venue), max_connection_s=0.4)
         async with ExchangeSimulator([load_sim(venue)]) as exchange:
             server, opened = exchange.venue(venue), []
-            real_connect = base_module.connect
+            real_connect = base_module.connect  # type: ignore[attr-defined]  # patched where base looks it up
 
             def connect(*args: Any, **kwargs: Any) -> Any:  # the venue refuses the second one
                 opened.append(args[0])

@@ -113,7 +113,7 @@ def test_a_commit_survives_a_deleted_spool_and_a_disk_that_refuses_the_offset(
     def full(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(spool_module.os, "fsync", full)
+    monkeypatch.setattr(spool_module.os, "fsync", full)  # type: ignore[attr-defined]  # the os spool calls
     spool.commit()
     assert "cannot record the published position" in caplog.text
     assert spool.pending == 3 and spool.peek(10) == _liqs(3, start=2), "this process moves on"
