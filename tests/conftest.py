@@ -17,6 +17,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -125,7 +126,7 @@ def pg_dsn(_pg_server_dsn: str) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_pg_server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(_pg_server_dsn)
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(_pg_server_dsn)
     info["dbname"] = name
     yield psycopg.conninfo.make_conninfo(**info)
     with psycopg.connect(_pg_server_dsn, autocommit=True) as conn:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -29,6 +29,7 @@ from shared.clock import SYSTEM_CLOCK, FakeClock
 from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
+from tests.redistypes import Entries, Hash
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
 from writer.service import Writer
@@ -93,7 +94,7 @@ async def consume(redis_url: str, pg_dsn: str) -> dict[str, int]:
 
 
 def redis_hashes(client: syncredis.Redis, pattern: str) -> dict[str, dict[str, str]]:
-    return {k.decode(): {f.decode(): v.decode() for f, v in client.hgetall(k).items()}
+    return {k.decode(): {f.decode(): v.decode() for f, v in cast(Hash, client.hgetall(k)).items()}
             for k in client.scan_iter(match=pattern, count=1000)}
 
 
@@ -108,11 +109,12 @@ def test_simulator_to_every_storage_level(redis_url: str, pg_dsn: str) -> None:
     try:
         # L2 input: every liquidation once in the stream of its symbol's shard.
         streamed = [codec.decode_liquidation(f[b"d"]) for s in keys.event_streams(SHARDS)
-                    for _i, f in client.xrange(s)]
+                    for _i, f in cast(Entries, client.xrange(s))]
         assert sorted(x.event_id for x in streamed) == sorted(s.event_id for s in sent)
         assert handled["detector"] == handled["aggregator"] == 12
         check_aggregates(client, sent)
-        cascades = [codec.decode_cascade(f[b"d"]) for _i, f in client.xrange(keys.CASCADE_STREAM)]
+        cascades = [codec.decode_cascade(f[b"d"])
+                    for _i, f in cast(Entries, client.xrange(keys.CASCADE_STREAM))]
         # Started at the fifth liquidation, already in the top band (so no escalation); ended with
         # all nine.
         assert [(c.phase, c.count, c.band) for c in cascades] == [
@@ -122,7 +124,8 @@ def test_simulator_to_every_storage_level(redis_url: str, pg_dsn: str) -> None:
         assert (end.symbol, end.count, sorted(end.venues), end.cross_exchange) == (
             "BTCUSDT", 9, sorted(VENUES), True)
         assert end.total_notional_usd == pytest.approx(sum(s.notional_usd for s in btc))
-        members = [codec.decode_member(f[b"d"]) for _i, f in client.xrange(keys.CASCADE_MEMBER_STREAM)]
+        members = [codec.decode_member(f[b"d"])
+                   for _i, f in cast(Entries, client.xrange(keys.CASCADE_MEMBER_STREAM))]
         assert sorted(m.liquidation.event_id for m in members) == sorted(s.event_id for s in btc)
         assert handled["writer"] == len(sent) + len(cascades) + len(members) == 12 + 2 + 9
         assert handled["ended"] == 1

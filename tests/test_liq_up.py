@@ -37,7 +37,7 @@ def _status(env: dict[str, str]) -> dict[str, Any] | None:
 def _ready(report: dict[str, Any] | None) -> bool:
     if not report or "streams" not in report:
         return False
-    events = sum(s["length"] for s in report["streams"] if s["stream"].endswith(":events"))
+    events: int = sum(s["length"] for s in report["streams"] if s["stream"].endswith(":events"))
     rows = report.get("database", {}).get("rows", {})
     return (events > 0 and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
             and report["keys"]["cascade_status"] > 0

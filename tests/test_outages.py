@@ -199,7 +199,7 @@ def test_a_writer_killed_inside_its_transaction_is_taken_over_and_every_row_stor
 
     assert asyncio.run(take_over()) == len(events) - held
     assert pending(r, keys.WRITER_GROUP) == {}
-    assert stored(pg_dsn) == (40, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))
+    assert stored(pg_dsn) == (40, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))  # type: ignore[comparison-overlap]  # approx equals a float
 
 
 def stored(dsn: str) -> tuple[int, float]:
@@ -260,7 +260,8 @@ def test_redis_and_postgresql_restarted_under_running_consumers_lose_and_repeat_
         settings = WriterSettings(pg_dsn=pg_server.dsn, shards=SHARDS, batch_age_ms=0, batch_size=7)
         writer = Writer(client, settings, pg_server.dsn, name="w1")
         writer.handle = written.counting(writer.handle)  # type: ignore[assignment,method-assign]
-        for consumer in [aggregator, *writer.consumers]:
+        consumers: list[StreamConsumer[Any]] = [aggregator, *writer.consumers]
+        for consumer in consumers:
             consumer.backoff = Backoff(base_s=0.001, cap_s=0.01)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(aggregator.run(stop)), asyncio.create_task(writer.run(stop))]
@@ -293,7 +294,7 @@ def test_redis_and_postgresql_restarted_under_running_consumers_lose_and_repeat_
         assert pending(r, keys.AGGREGATOR_GROUP) == {} and pending(r, keys.WRITER_GROUP) == {}
         assert_aggregated_once(r, events)
         r.close()
-        assert stored(pg_server.dsn) == (60, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))
+        assert stored(pg_server.dsn) == (60, pytest.approx(sum(e.notional_usd for e in events), rel=1e-12))  # type: ignore[comparison-overlap]  # approx equals a float
         # The read's first transaction had committed before PostgreSQL stopped: its retry found
         # those rows stored (one replayed batch) and inserted none of them again.
         assert (stats.inserted, stats.replayed_batches) == (60, 1)

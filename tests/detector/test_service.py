@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 import pytest
@@ -24,6 +24,7 @@ from shared.redisconn import make_async_redis
 from shared.streams import publish
 from tests.detector.helpers import T0, ev
 from tests.outages import RETRYING, Counted, outage_lines
+from tests.redistypes import Entries
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,7 @@ def test_the_alert_delay_is_measured_from_the_triggering_liquidations_receipt(re
         await detector(client, [BTC_SHARD]).run_until_idle()
 
     run(redis_url, body)
-    assert (sample("count") - count, sample("sum") - total) == (1, pytest.approx(0.25))
+    assert (sample("count") - count, sample("sum") - total) == (1, pytest.approx(0.25))  # type: ignore[comparison-overlap]  # approx equals a float
 
 
 def test_active_status_hash_is_exact(redis_url: str, r: syncredis.Redis) -> None:
@@ -495,7 +496,7 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice
     assert det.engine.events == 5
     assert [(c.phase, c.count) for c in cascades(r)] == [("start", 5)]
     assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC]
-    (_, fields), = r.xrange(keys.dead_letter_stream(keys.event_stream(BTC_SHARD)))
+    (_, fields), = cast(Entries, r.xrange(keys.dead_letter_stream(keys.event_stream(BTC_SHARD))))
     assert codec.decode_liquidation(fields[b"d"]) == bad and fields[b"reason"] == b"KeyError: 'a bug'"
     assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
 

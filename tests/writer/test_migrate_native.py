@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import pytest
 
 from shared.clock import SYSTEM_CLOCK
-from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
+from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation, Side
 from tests.factories import liq
 from tests.readme import original_queries, our_queries
 from writer.migrate import MigrationError, migrate_dsn
@@ -54,7 +54,7 @@ def test_readme_queries_return_what_was_written(pg_dsn: str) -> None:
     migrate_dsn(pg_dsn, "native")
     now = SYSTEM_CLOCK.now_ms()
     t0 = now - 60_000
-    big = [liq(exchange=ex, price=price, quantity=qty, side=side, timestamp_ms=t0 + i * 1000,
+    big = [liq(exchange=ex, price=price, quantity=qty, side=cast(Side, side), timestamp_ms=t0 + i * 1000,
                event_id=f"b{i}")
            for i, (ex, price, qty, side) in enumerate([
                ("bybit", 67_250.0, 3.0, "long"), ("okx", 67_280.0, 2.0, "long"),

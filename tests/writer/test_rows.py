@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import cast
 
 import msgspec
 import pytest
@@ -204,7 +205,7 @@ def test_timescale_rows_stay_inside_the_rollups_refresh_window(retention: int) -
         rows_ = [liq(price=60_000.0, quantity=5.0, timestamp_ms=now - h * 3_600_000, event_id=str(h))
                  for h in range(24 * (retention + 1))]
         batch = build_batch(rows_, SignificanceRules(), now, stored_days(retention, "timescale"))
-        oldest = max(now - int(row[0].timestamp() * 1000) for row in batch.events)
+        oldest = max(now - int(cast(datetime, row[0]).timestamp() * 1000) for row in batch.events)
         assert oldest < retention * DAY_MS - 2 * 3_600_000
 
 

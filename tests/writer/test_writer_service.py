@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import psycopg
@@ -28,6 +28,7 @@ from shared.streams import Message, SinkRetry, publish
 from tests.conftest import server_dir
 from tests.factories import liq
 from tests.outages import RETRYING, Counted, outage_lines
+from tests.redistypes import Entries
 from writer import service as writer_service
 from writer.config import WriterSettings
 from writer.migrate import migrate_dsn
@@ -353,7 +354,7 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored_once(redi
     client = redis.Redis.from_url(redis_url)
     try:
         stream = keys.event_stream(keys.shard_of(poison.symbol, SHARDS))
-        (_, fields), = client.xrange(keys.dead_letter_stream(stream))
+        (_, fields), = cast(Entries, client.xrange(keys.dead_letter_stream(stream)))
     finally:
         client.close()
     assert fields[b"stage"] == b"handle" and fields[b"group"] == keys.WRITER_GROUP.encode()
@@ -363,7 +364,7 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored_once(redi
 
 def test_hours_are_utc_hours_in_any_session_time_zone(redis_url: str, db: str) -> None:
     """India is UTC+05:30: an origin read in the session's zone made every hour start at :30."""
-    info = psycopg.conninfo.conninfo_to_dict(db)
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(db)
     kolkata = psycopg.conninfo.make_conninfo(**{**info, "options": "-c TimeZone=Asia/Kolkata"})
     asyncio.run(publish_all(redis_url, to_shard(events())))
     asyncio.run(drain(redis_url, kolkata))
@@ -562,7 +563,7 @@ def test_a_database_that_stops_answering_without_closing_is_given_up_on_and_retr
         redis_url: str, db: str) -> None:
     """Without a bound, the write would wait forever on a connection nobody answers (TCP has no
     timeout for a read), holding its entries and every later one."""
-    info = psycopg.conninfo.conninfo_to_dict(db)
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(db)
     evs = events()
 
     async def run() -> None:
