@@ -7,8 +7,12 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+
+from shared import servers
+from shared.servers import RedisServer
 
 
 class Counted:
@@ -48,3 +52,15 @@ def outage_lines(caplog: pytest.LogCaptureFixture, name: str) -> list[tuple[str,
         line = re.sub(r"\(.*\); retrying with backoff \(.*?\)", "(…); retrying with backoff (…)", line)
         return re.sub(r"after \d+s and \d+", "after …s and …", line)
     return [(r.levelname, vague(r.getMessage())) for r in caplog.records if r.name == name]
+
+
+async def redis_down_and_back(server: RedisServer, data_dir: Path, heartbeat: Counted) -> RedisServer:
+    """Once ``heartbeat`` has run, stop Redis; after five failed runs start it again on the same
+    port and data; return the new server once a run succeeds again."""
+    await heartbeat.until(lambda h: h.ok >= 1)
+    server.stop()
+    await heartbeat.until(lambda h: h.failed >= 5)
+    server = servers.start_redis(data_dir, port=server.port)
+    ok = heartbeat.ok
+    await heartbeat.until(lambda h: h.ok > ok)
+    return server

@@ -23,7 +23,7 @@ from shared.models import CascadeEvent, CascadeMember, Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import publish
 from tests.detector.helpers import T0, ev
-from tests.outages import RETRYING, Counted, outage_lines
+from tests.outages import RETRYING, Counted, outage_lines, redis_down_and_back
 from tests.redistypes import Entries
 
 pytestmark = pytest.mark.integration
@@ -585,12 +585,7 @@ def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
         det._heartbeat = heartbeat = Counted(det._heartbeat)  # type: ignore[method-assign]
         stop = asyncio.Event()
         task = asyncio.create_task(det.run(stop))
-        await heartbeat.until(lambda h: h.ok >= 1)
-        server.stop()
-        await heartbeat.until(lambda h: h.failed >= 5)
-        server = servers.start_redis(tmp_path, port=server.port)
-        ok = heartbeat.ok
-        await heartbeat.until(lambda h: h.ok > ok)
+        server = await redis_down_and_back(server, tmp_path, heartbeat)
         stop.set()
         await asyncio.wait_for(task, 10)
         await client.aclose()

@@ -27,7 +27,7 @@ from shared.redisconn import make_async_redis
 from shared.streams import Message, SinkRetry, publish
 from tests.conftest import server_dir
 from tests.factories import liq
-from tests.outages import RETRYING, Counted, outage_lines
+from tests.outages import RETRYING, Counted, outage_lines, redis_down_and_back
 from tests.redistypes import Entries
 from writer import service as writer_service
 from writer.config import WriterSettings
@@ -489,12 +489,7 @@ def test_a_redis_outage_under_a_running_writer_is_two_lines_not_one_per_heartbea
         writer._heartbeat = heartbeat = Counted(writer._heartbeat)  # type: ignore[method-assign]
         stop = asyncio.Event()
         task = asyncio.create_task(writer.run(stop))
-        await heartbeat.until(lambda h: h.ok >= 1)
-        server.stop()
-        await heartbeat.until(lambda h: h.failed >= 5)
-        server = servers.start_redis(tmp_path, port=server.port)
-        ok = heartbeat.ok
-        await heartbeat.until(lambda h: h.ok > ok)
+        server = await redis_down_and_back(server, tmp_path, heartbeat)
         stop.set()
         await asyncio.wait_for(task, 10)
         await writer.aclose()
