@@ -44,7 +44,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
 
 from collectors.dedupe import RecentIds, number_repeats
-from collectors.health import STOPPED_REASON, VenueHealth
+from collectors.health import VenueHealth
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
 from collectors.spool import Spool, SpoolBusy
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
@@ -68,6 +68,7 @@ from shared.metrics import (
 from shared.models import Liquidation
 from shared.runtime import done_before_stop
 from shared.streams import publish
+from shared.venue_health import STOPPED_REASON
 
 logger = logging.getLogger(__name__)
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shared.venue_health import STOPPED_REASON
+
 SUSPECT_FACTOR = 5.0
-
-
-STOPPED_REASON = "collector stopped"
-"""The reason a venue is down once its collector was asked to stop."""
 
 
 @dataclass

@@ -26,7 +26,7 @@ from shared import keys
 from shared.discovery import discover
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
-from shared.venue_health import venue_healths, venue_row
+from shared.venue_health import STOPPED_REASON, venue_healths, venue_row
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
@@ -166,19 +166,48 @@ def database_status(pg_dsn: str) -> dict[str, Any]:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(as_json: bool) -> None:
+@click.option("--check", is_flag=True,
+              help="Exit 1 when something needs someone (listed on stderr): a group no consumer "
+                   "reads, dead letters, a venue down or degraded, stray streams.")
+def status(as_json: bool, check: bool) -> None:
     """Streams, consumer groups, venues, keys and table counts of a running system."""
     settings = load(CommonSettings)
     found = discover(settings, dict(os.environ))
     if not found.redis_url and not found.pg_dsn:
         raise click.ClickException(found.not_found("LIQ_REDIS_URL and LIQ_PG_DSN are"))
     report = collect_status(found.redis_url, found.pg_dsn, found.shards)
+    report["problems"] = problems(report)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render(report))
     if "redis_error" in report or "error" in report.get("database", {}):
         sys.exit(1)  # a server of the system does not answer
+    if check and report["problems"]:
+        for problem in report["problems"]:
+            click.echo(f"problem: {problem}", err=True)
+        sys.exit(1)
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    """What in a status report needs someone: a server that does not answer, a group no consumer
+    reads, dead letters, a venue down or degraded, or whose collector died (not one whose
+    collector was asked to stop), event
+    streams outside ``LIQ_SHARDS``. A quiet (``suspect``) venue is not one: markets go quiet."""
+    found = [f"redis: {report['redis_error']}"] if "redis_error" in report else []
+    if "error" in report.get("database", {}):
+        found.append(f"database: {report['database']['error']}")
+    for stream in report.get("streams", []):
+        found += [f"{stream['stream']} {g['group']}: no consumer reading (pending={g['pending']} "
+                  f"lag={g['lag']})" for g in stream["groups"] if g["stalled"]]
+    found += [f"{d['stream']}: {d['length']} dead letters ({d['last_reason']})"
+              for d in report.get("dead_letters", [])]
+    found += [f"venue {v['venue']}: {v['state']} ({v['reason'] or 'no reason given'})"
+              for v in report.get("venues", [])
+              if v["state"] in ("down", "degraded", "stopped") and v["reason"] != STOPPED_REASON]
+    found += [f"{s['stream']}: {s['length']} entries outside LIQ_SHARDS={report['shards']}"
+              for s in report.get("stray_streams", [])]
+    return found
 
 
 def _group_text(group: dict[str, Any]) -> str:

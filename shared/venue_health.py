@@ -15,6 +15,10 @@ from shared.venues import VENUE_NAMES
 STALE_HEALTH_MS = 10_000
 
 
+STOPPED_REASON = "collector stopped"
+"""The reason a venue is down once its collector was asked to stop (not a failure)."""
+
+
 def venue_state(health: Mapping[str, str], now_ms: int) -> str:
     """A venue's state from its ``liq:venue:*`` hash: ``stopped`` when its collector has not
     written it for :data:`STALE_HEALTH_MS` (killed, or gone without a word)."""

@@ -150,3 +150,59 @@ def test_status_names_event_streams_outside_the_shard_count(redis_url: str) -> N
     assert ("SHARDS: liq:{s5}:events (3 entries), liq:{s7}:events (1 entries) are outside "
             "LIQ_SHARDS=4: no consumer reads them; a process runs with another LIQ_SHARDS") in text
     assert "SHARDS:" not in render(collect_status(redis_url, None, 8))
+
+
+def test_problems_name_what_needs_someone_and_nothing_else() -> None:
+    from shared.status import problems
+
+    report: dict[str, Any] = {
+        "shards": 4,
+        "streams": [{"stream": "liq:{s0}:events", "length": 9, "groups": [
+            {"group": "writer", "pending": 0, "lag": 5, "stalled": True},
+            {"group": "detector", "pending": 2, "lag": 3, "stalled": False}]}],
+        "dead_letters": [{"stream": "liq:{s0}:events:dlq", "length": 2, "last_reason": "bad row"}],
+        "venues": [
+            {"venue": "okx", "state": "down", "reason": "ConnectionRefusedError: refused"},
+            {"venue": "bybit", "state": "degraded", "reason": "a: venue error: topic refused"},
+            {"venue": "htx", "state": "stopped", "reason": ""},            # killed: no word left
+            {"venue": "gate", "state": "stopped", "reason": "collector stopped"},  # asked to stop
+            {"venue": "bitget", "state": "down", "reason": "collector stopped"},
+            {"venue": "deribit", "state": "suspect", "reason": ""},        # a quiet market
+            {"venue": "bitmex", "state": "up", "reason": ""}],
+        "stray_streams": [{"stream": "liq:{s5}:events", "length": 3}],
+        "database": {"error": "connection refused"},
+    }
+    assert problems(report) == [
+        "database: connection refused",
+        "liq:{s0}:events writer: no consumer reading (pending=0 lag=5)",
+        "liq:{s0}:events:dlq: 2 dead letters (bad row)",
+        "venue okx: down (ConnectionRefusedError: refused)",
+        "venue bybit: degraded (a: venue error: topic refused)",
+        "venue htx: stopped (no reason given)",
+        "liq:{s5}:events: 3 entries outside LIQ_SHARDS=4",
+    ]
+    assert problems({"redis_error": "Connection refused"}) == ["redis: Connection refused"]
+    assert problems({"streams": [], "venues": [{"venue": "okx", "state": "up", "reason": ""}]}) == []
+
+
+def test_status_check_exits_1_listing_the_problems_and_0_when_there_are_none(redis_url: str) -> None:
+    import redis as syncredis
+    from click.testing import CliRunner
+
+    from shared import keys
+    from shared.status import status
+
+    env = {"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": "1", "LIQ_PG_DSN": ""}
+    clean = CliRunner().invoke(status, ["--check"], env=env)
+    assert clean.exit_code == 0, clean.output
+    stream = keys.event_stream(0)
+    client = syncredis.Redis.from_url(redis_url)
+    client.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
+    client.xadd(stream, {"k": "1"})
+    client.close()
+    plain = CliRunner().invoke(status, [], env=env)
+    assert plain.exit_code == 0, plain.output  # without --check, only a silent server fails it
+    checked = CliRunner().invoke(status, ["--check", "--json"], env=env)
+    assert checked.exit_code == 1
+    assert checked.stderr == f"problem: {stream} {keys.WRITER_GROUP}: no consumer reading (pending=0 lag=1)\n"
+    assert '"problems": [' in checked.stdout
