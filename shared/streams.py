@@ -11,7 +11,8 @@ Delivery semantics (at-least-once):
 3. The handler's side effect must be committed when it returns; only then are the entries
    XACKed. If it raises, nothing is acked: the loop backs off and re-reads its pending entries,
    so a Redis or database outage loses nothing. Entries whose side effect was committed but
-   whose XACK failed are remembered, and acked without being handled again when redelivered.
+   whose XACK failed are remembered, and acked without being handled again when redelivered;
+   once the consumer's pending list reads empty, none can be redelivered and all are forgotten.
 4. Entries left pending by a dead consumer for ``claim_idle_ms`` are taken over with XAUTOCLAIM
    (following its cursor); a consumer idle for ``forget_idle_ms`` with nothing pending is
    deleted from the group.
@@ -266,6 +267,10 @@ class StreamConsumer(Generic[T]):
         entries: list[Entry] = stream_entries(reply)
         if self._pending_first and not entries:
             self._pending_first = False
+            # Nothing is pending for this consumer: an entry still remembered as committed but
+            # unacked was acked after all (a lost XACK reply) or taken by another consumer, and
+            # can never be delivered here again.
+            self._done_unacked.clear()
             return True
         if not entries:
             return False

@@ -130,6 +130,43 @@ def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
     assert _pending(redis_url) == 0
 
 
+def test_entries_whose_failed_xack_reached_redis_are_forgotten_once_nothing_is_pending(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """An XACK whose reply was lost after Redis ran it (or entries another consumer claimed and
+    acked) leaves entries remembered that are never delivered again: once this consumer's pending
+    list reads empty, none of them can come back, so they are forgotten (else a long-running
+    consumer keeps up to a batch of ids per lost reply for ever)."""
+    r.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                  commands=["+@all", "-xack"])
+    url = redis_url.replace("redis://", "redis://acker:pw@")
+
+    async def run() -> list[int]:
+        await _seed(redis_url, 6)
+        calls: list[int] = []
+
+        async def handler(batch: list[Message[Liquidation]]) -> None:
+            calls.append(len(batch))
+
+        client = make_async_redis(url)
+        consumer = _consumer(client, handler)
+        with pytest.raises(syncredis.exceptions.NoPermissionError):
+            await consumer.run_until_idle()
+        assert len(consumer._done_unacked) == 6
+        ids = [entry_id for entry_id, _ in r.xrange(STREAM)]
+        assert r.xack(STREAM, "g", *ids) == 6  # the lost reply's XACK did reach Redis
+        r.acl_setuser("acker", commands=["+xack"])
+        assert await consumer.run_until_idle() == 0
+        assert consumer._done_unacked == set(), "none of them can be delivered again"
+        await client.aclose()
+        return calls
+
+    try:
+        assert asyncio.run(run()) == [6]
+    finally:
+        r.acl_deluser("acker")
+    assert _pending(redis_url) == 0
+
+
 def test_an_entry_the_handler_can_never_process_is_isolated_and_dead_lettered(
         redis_url: str, r: syncredis.Redis) -> None:
     """The handler commits a batch whole or raises; one bad entry among 10 costs only itself."""
