@@ -67,7 +67,7 @@ async def serve_market(options: SimulateOptions, stop: asyncio.Event) -> None:
     ports = {v: options.base_port + i for i, v in enumerate(options.venues)} if options.base_port else {}
     truth = TruthLog(options.truth_file) if options.truth_file else None
     try:
-        async with ExchangeSimulator(options.venues, ports=ports) as sim:
+        async with ExchangeSimulator(options.venues, ports=ports, keep_sent=False) as sim:
             write_ports(options.ports_file, sim.urls)
             for venue, url in sim.urls.items():
                 logger.info("%s simulated on %s", venue, url)
@@ -111,7 +111,8 @@ def _log_summary(sim: ExchangeSimulator, stats: DriveStats) -> None:
     logger.info("market done: %d events, %d cascades, %d liquidations sent",
                 stats.events, len(stats.cascades), stats.sent)
     for venue in sim.venues:
-        logger.info("%s: %d sent, %d unsent", venue, len(sim.sent[venue]), len(sim.unsent[venue]))
+        server = sim.venue(venue)
+        logger.info("%s: %d sent, %d unsent", venue, server.sent_count, server.unsent_count)
 
 
 @click.command()

@@ -10,7 +10,9 @@ Delivery and truth semantics (what end-to-end tests compare a collector's output
   subscribed to ``"*"``). ``frames()`` is called once per client per ``emit`` with only those
   items, so venues batch as they do live.
 - An item's ``expected`` liquidations go to ``sent[venue]`` when at least one client received
-  it, otherwise to ``unsent[venue]`` (nobody subscribed, or the venue was paused).
+  it, otherwise to ``unsent[venue]`` (nobody subscribed, or the venue was paused). With
+  ``keep_sent=False`` (``liq simulate``, which runs for days) they are only counted
+  (``venue(name).sent_count`` / ``unsent_count``): the truth file has them.
 - ``recent`` (what ``snapshot()`` replays on subscribe) holds delivered items only, so a replay
   only ever repeats liquidations already in ``sent``: it tests de-duplication, never the truth.
 - Venues whose ``SIM.gzip`` is true send every frame as binary (gzip-compressed; a frame the
@@ -52,10 +54,12 @@ class ExchangeSimulator:
         *,
         ports: Mapping[str, int] | None = None,
         recent_size: int = RECENT_SIZE,
+        keep_sent: bool = True,
     ) -> None:
         sims = [load_sim(v) if isinstance(v, str) else v for v in venues]
         ports = ports or {}
-        self._venues = {sim.name: VenueServer(sim, ports.get(sim.name, 0), recent_size) for sim in sims}
+        self._venues = {sim.name: VenueServer(sim, ports.get(sim.name, 0), recent_size, keep_sent)
+                        for sim in sims}
 
     @property
     def venues(self) -> tuple[str, ...]:

@@ -55,14 +55,20 @@ def wants(client: SimClient, item: SimItem) -> bool:
 class VenueServer:
     """One venue's WebSocket server: clients, sequence counter, recent items and truth log."""
 
-    def __init__(self, sim: SimVenue, port: int = 0, recent_size: int = RECENT_SIZE) -> None:
+    def __init__(self, sim: SimVenue, port: int = 0, recent_size: int = RECENT_SIZE,
+                 keep_sent: bool = True) -> None:
         self.sim = sim
         self.name = sim.name
         self.port = port
         self.clients: dict[ServerConnection, SimClient] = {}
         self.recent: deque[SimItem] = deque(maxlen=recent_size)
+        self.keep_sent = keep_sent
+        """Keep every expected liquidation in ``sent``/``unsent`` (tests compare them); otherwise
+        only count them (``liq simulate`` runs for days)."""
         self.sent: list[Liquidation] = []
         self.unsent: list[Liquidation] = []
+        self.sent_count = 0
+        self.unsent_count = 0
         self.seq = 0
         self.paused = False
         self.muted = False
@@ -245,13 +251,18 @@ class VenueServer:
             clients = [(conn, client) for conn, client in self.clients.items() if conn not in self.frozen]
             await asyncio.gather(*(self._push_client(c, client, items, delivered) for c, client in clients))
         sent: list[Liquidation] = []
+        unsent: list[Liquidation] = []
         for index, item in enumerate(items):
             if index in delivered:
                 self.recent.append(item)
                 sent.extend(item.expected)
             else:
-                self.unsent.extend(item.expected)
-        self.sent.extend(sent)
+                unsent.extend(item.expected)
+        self.sent_count += len(sent)
+        self.unsent_count += len(unsent)
+        if self.keep_sent:
+            self.sent.extend(sent)
+            self.unsent.extend(unsent)
         return sent
 
     async def _push_client(

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from collectors import load_venue
 from collectors.sim import cli, driver
 from collectors.sim.driver import read_truth
-from collectors.sim.server import available_venues
+from collectors.sim.server import ExchangeSimulator, available_venues
 from shared.clock import SYSTEM_CLOCK
 from shared.market import MarketEvent
 
@@ -54,6 +54,8 @@ def test_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         truth_file=tmp_path / "truth.jsonl", base_port=0, wait_clients=True, exit_when_done=True,
     )
 
+    served: list[ExchangeSimulator] = []
+
     async def body() -> None:
         listening = asyncio.Event()
 
@@ -62,6 +64,7 @@ def test_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             listening.set()
 
         monkeypatch.setattr(cli, "write_ports", write_ports)
+        monkeypatch.setattr(cli, "_log_summary", lambda sim, stats: served.append(sim))
         run = asyncio.ensure_future(cli.serve_market(options, asyncio.Event()))
         await asyncio.wait_for(listening.wait(), 10)
         url = json.loads(options.ports_file.read_text())[name]
@@ -77,6 +80,9 @@ def test_a_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     truth = read_truth(tmp_path / "truth.jsonl")
     assert 1 <= len(truth) <= 3
     assert {liq.timestamp_ms for liq in truth} <= {t0, t0 + 1, t0 + 2}
+    [sim] = served
+    assert sim.sent[name] == [], "a simulator run for days holds none of what it sent"
+    assert sim.venue(name).sent_count == len(truth)
 
 
 def test_liq_simulate_process_serves_until_sigterm(tmp_path: Path) -> None:

@@ -140,7 +140,22 @@ def test_emit_pushes_only_subscribed_topics_and_keeps_the_truth() -> None:
             assert [liq.event_id for liq in sent] == ["fake-2", "fake-5"]
             assert [liq.event_id for liq in sim.sent["fake"]] == ["fake-2", "fake-5"]
             assert [liq.event_id for liq in sim.unsent["fake"]] == ["fake-1", "fake-3"]
+            assert (sim.venue("fake").sent_count, sim.venue("fake").unsent_count) == (2, 2)
             assert await ping_pong(ws) == []  # one frame per emit: the venue batches
+
+    run(body)
+
+
+def test_a_simulator_that_keeps_no_truth_counts_it_and_holds_no_liquidation() -> None:
+    """``liq simulate`` runs for days: its servers count what they sent, holding none of it."""
+    async def body() -> None:
+        async with ExchangeSimulator([FakeVenue()], keep_sent=False) as sim, connect(sim.urls["fake"]) as ws:
+            await sim.emit([event("BTC", 1)])
+            await subscribe(ws, "liq.BTC")
+            for ts in range(2, 1002):
+                assert len(await sim.emit([event("BTC", ts), event("ETH", ts)])) == 1
+            assert (sim.sent["fake"], sim.unsent["fake"]) == ([], [])
+            assert (sim.venue("fake").sent_count, sim.venue("fake").unsent_count) == (1000, 1001)
 
     run(body)
 
