@@ -99,7 +99,10 @@ def test_liq_simulate_process_serves_until_sigterm(tmp_path: Path) -> None:
         assert sorted(urls) == sorted(venues)
         assert all(urls[v] in line for v, line in zip(venues, listening, strict=True))
         proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=20)
+        # Not communicate(timeout=…): it reads the pipe's descriptor, past the lines the reader
+        # above already buffered ("market done:" when the market ended before they were read).
+        proc.wait(timeout=20)
+        rest = proc.stderr.read()
         assert proc.returncode == 0, rest
         assert "market done:" in rest
     assert not ports_file.exists()
