@@ -152,7 +152,7 @@ def test_entries_whose_failed_xack_reached_redis_are_forgotten_once_nothing_is_p
         with pytest.raises(syncredis.exceptions.NoPermissionError):
             await consumer.run_until_idle()
         assert len(consumer._done_unacked) == 6
-        ids = [entry_id for entry_id, _ in r.xrange(STREAM)]
+        ids = [entry_id for entry_id, _ in cast(Entries, r.xrange(STREAM))]
         assert r.xack(STREAM, "g", *ids) == 6  # the lost reply's XACK did reach Redis
         r.acl_setuser("acker", commands=["+xack"])
         assert await consumer.run_until_idle() == 0
