@@ -128,7 +128,8 @@ def test_status_with_redis_down_says_so_and_shows_no_empty_redis_sections(tmp_pa
     json_result = run_liq(["status", "--json"], {"LIQ_REDIS_URL": url}, tmp_path)
     assert json_result.returncode == 1
     report = json.loads(json_result.stdout)
-    assert sorted(report) == ["pg_dsn", "redis_error", "redis_url"]
+    assert sorted(report) == ["pg_dsn", "problems", "redis_error", "redis_url"]
+    assert report["problems"] == [f"redis: {report['redis_error']}"]
 
 
 OUT_OF_RANGE = [
