@@ -1127,6 +1127,24 @@ def test_the_collector_answers_every_connection_the_venues_own_pings(venue: str,
     assert (collector.health.reconnects, collector.health.parse_errors) == (0, 0)
 
 
+def _record_backoff_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The collector's backoffs record how many attempts each delay follows (0: the first after
+    a success) and wait 1 ms instead of their delay; the list fills as the test runs."""
+    from shared.backoff import Backoff
+
+    attempts: list[int] = []
+
+    class Recording(Backoff):
+        def next_delay(self) -> float:
+            attempts.append(self.attempts)
+            super().next_delay()
+            return 0.001
+
+    monkeypatch.setattr(base_module, "Backoff", Recording)
+    return attempts
+
+
+
 @pytest.mark.parametrize(("healthy_after_s", "steps"), [(0.0, [0, 0, 0]), (3600.0, [0, 1, 2])],
                          ids=["healthy-resets", "short-lived-grows"])
 def test_the_reconnect_delay_starts_over_after_a_connection_that_lived_long_enough(
@@ -1134,17 +1152,8 @@ def test_the_reconnect_delay_starts_over_after_a_connection_that_lived_long_enou
     """Three drops in a row: each delay is the first step again when the dropped connection had
     been healthy for ``HEALTHY_AFTER_S``, else the delays keep growing."""
     import collectors.base as base_module
-    from shared.backoff import Backoff
 
-    taken: list[int] = []
-
-    class Recording(Backoff):
-        def next_delay(self) -> float:
-            taken.append(self.attempts)
-            super().next_delay()
-            return 0.001
-
-    monkeypatch.setattr(base_module, "Backoff", Recording)
+    taken = _record_backoff_attempts(monkeypatch)
     monkeypatch.setattr(base_module, "HEALTHY_AFTER_S", healthy_after_s)
 
     async def run() -> None:
@@ -1166,18 +1175,7 @@ def test_without_a_spool_what_arrives_between_failed_publishes_waits_in_memory_i
     """Redis down, no spool: a failed batch is retried while newer liquidations queue behind it;
     every failed retry keeps both, and all are published once, in order. After the recovery, the
     next outage's retries start again from the first delay."""
-    import collectors.base as base_module
-    from shared.backoff import Backoff
-
-    steps: list[int] = []
-
-    class Recording(Backoff):
-        def next_delay(self) -> float:
-            steps.append(self.attempts)
-            super().next_delay()
-            return 0.001
-
-    monkeypatch.setattr(base_module, "Backoff", Recording)
+    steps = _record_backoff_attempts(monkeypatch)
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
         async with ExchangeSimulator(["binance_usdm"]) as exchange:

@@ -96,12 +96,18 @@ def test_failed_handler_acks_nothing_and_the_retry_sees_the_same_entries(redis_u
     assert _pending(redis_url) == 0
 
 
+def _user_who_may_not_xack(redis_url: str, r: syncredis.Redis) -> str:
+    """The URL of a Redis user ``acker`` who may do anything but XACK (a real XACK failure,
+    NOPERM); ``r.acl_setuser("acker", commands=["+xack"])`` lets it ack again."""
+    r.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                  commands=["+@all", "-xack"])
+    return redis_url.replace("redis://", "redis://acker:pw@")
+
+
 def test_an_entry_committed_but_not_acked_is_acked_without_a_second_side_effect(
         redis_url: str, r: syncredis.Redis) -> None:
     """A real XACK failure: the consumer's Redis user may not XACK (NOPERM) for one attempt."""
-    r.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                      commands=["+@all", "-xack"])
-    url = redis_url.replace("redis://", "redis://acker:pw@")
+    url = _user_who_may_not_xack(redis_url, r)
 
     async def run() -> list[int]:
         await _seed(redis_url, 6)
@@ -136,9 +142,7 @@ def test_entries_whose_failed_xack_reached_redis_are_forgotten_once_nothing_is_p
     acked) leaves entries remembered that are never delivered again: once this consumer's pending
     list reads empty, none of them can come back, so they are forgotten (else a long-running
     consumer keeps up to a batch of ids per lost reply for ever)."""
-    r.acl_setuser("acker", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                  commands=["+@all", "-xack"])
-    url = redis_url.replace("redis://", "redis://acker:pw@")
+    url = _user_who_may_not_xack(redis_url, r)
 
     async def run() -> list[int]:
         await _seed(redis_url, 6)
