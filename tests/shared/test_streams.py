@@ -7,7 +7,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
@@ -807,3 +807,37 @@ def test_publish_trims_each_stream_to_about_maxlen_keeping_the_newest(redis_url:
     kept = [entry_id.decode() for entry_id, _ in cast(Entries, r.xrange(STREAM))]
     assert node // 2 <= len(kept) < node // 2 + node
     assert kept == ids[-len(kept):], "the oldest entries go first"
+
+
+def test_a_consumer_that_reads_while_the_idle_ones_are_forgotten_keeps_its_entry(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """A consumer seen idle with nothing pending that reads just before it is deleted holds an
+    entry: deleting it then would drop that entry from the group's pending list for good."""
+    asyncio.run(_seed(redis_url, 3))
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xgroup_createconsumer(STREAM, "g", "other")
+    read: list[int] = []
+
+    async def ok(batch: list[Message[Liquidation]]) -> None:
+        return None
+
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        execute: Callable[..., Awaitable[Any]] = client.execute_command
+
+        async def other_reads_first(*args: Any, **options: Any) -> Any:
+            name = " ".join(str(a).upper() for a in args[:2])
+            if not read and name.startswith(("XGROUP DELCONSUMER", "EVAL")):
+                read.append(len(cast(ReadGroup, r.xreadgroup("g", "other", {STREAM: ">"}, count=1))))
+            return await execute(*args, **options)
+
+        client.execute_command = other_reads_first  # type: ignore[method-assign]
+        me = _consumer(client, ok, name="me", claim_idle_ms=10**9, forget_idle_ms=0)
+        handled = await me.run_until_idle()
+        await client.aclose()
+        return handled
+
+    assert asyncio.run(run()) == 2
+    assert read == [1]
+    held = {c["name"]: c["pending"] for c in cast(Any, r.xpending(STREAM, "g"))["consumers"]}
+    assert held == {b"other": 1}
