@@ -151,6 +151,26 @@ class ConsumerStats:
     retries: int = 0
 
 
+FORGET_LUA = """
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if consumers.err then return redis.error_reply(consumers.err) end  -- NOGROUP as it is (Redis 6.2)
+local forgot = {}
+for _, info in ipairs(consumers) do
+    local c = {}
+    for i = 1, #info, 2 do c[info[i]] = info[i + 1] end
+    if c['name'] ~= ARGV[2] and tonumber(c['pending']) == 0 and tonumber(c['idle']) >= tonumber(ARGV[3]) then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+        forgot[#forgot + 1] = c['name']
+    end
+end
+return forgot
+"""
+"""Delete the consumers of group ARGV[1] on stream KEYS[1] but ARGV[2] idle ARGV[3] ms or more
+with nothing pending; returns their names. Atomic: none can read between the check and the
+delete (``XINFO CONSUMERS`` answers the same fields, as pairs, on Redis 6.2 and 7). Its error
+is answered as it is: Redis 6.2 would prefix a script's, hiding a lost group's NOGROUP."""
+
+
 @dataclass
 class StreamConsumer(Generic[T]):
     """One consumer of a group over one or more streams.
@@ -340,16 +360,14 @@ class StreamConsumer(Generic[T]):
         Consumers are named after their process, so every restart leaves one behind, and
         ``XINFO CONSUMERS`` (and the count ``liq status`` shows) would grow for ever. Nothing
         is lost: a consumer holding entries is kept until they are claimed, and a live one
-        deleted while idle is created again by its next read."""
+        deleted while idle is created again by its next read. The check and the delete are one
+        script: a consumer that reads between them would lose the entries it read."""
         for stream in self.streams:
-            consumers: list[dict[str, Any]] = await self.redis.xinfo_consumers(stream, self.group)
-            for info in consumers:
-                name = reply_text(info["name"])
-                if (name != self.consumer and int(info["pending"]) == 0
-                        and int(info["idle"]) >= self.forget_idle_ms):
-                    await self.redis.xgroup_delconsumer(stream, self.group, name)
-                    logger.info("%s: forgot consumer %s of %s on %s (idle, nothing pending)",
-                                self.component, name, self.group, stream)
+            forgot: list[Any] = await self.redis.eval(
+                FORGET_LUA, 1, stream, self.group, self.consumer, self.forget_idle_ms)
+            for name in forgot:
+                logger.info("%s: forgot consumer %s of %s on %s (idle, nothing pending)",
+                            self.component, reply_text(name), self.group, stream)
 
     async def _handle(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
