@@ -442,11 +442,12 @@ def test_claims_follow_the_cursor_past_the_entries_live_consumers_hold(redis_url
         await client.aclose()
         return handled
 
-    r.config_resetstat()
-    assert asyncio.run(run()) == 20
+    forget = StreamConsumer._forget_dead_consumers
+    with mock.patch.object(StreamConsumer, "_forget_dead_consumers", autospec=True,
+                           side_effect=forget) as looked:  # Redis 6.2 counts no XINFO subcommand
+        assert asyncio.run(run()) == 20
     assert got == [i.decode() for i in ids[-20:]]
-    looked = r.info("commandstats").get("cmdstat_xinfo|consumers", {}).get("calls")
-    assert looked == 1, "dead consumers are looked for once per claim period, not per batch claimed"
+    assert looked.call_count == 1, "dead consumers are looked for once per claim period, not per batch"
     held = {c["name"].decode(): c["pending"] for c in r.xinfo_consumers(STREAM, "g")}
     assert held == {"live": 280, "dead": 0, "alive": 0}
 
