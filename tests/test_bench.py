@@ -95,3 +95,14 @@ def test_process_tree_cpu_keeps_the_time_of_children_that_ended() -> None:
     after = _process_tree_cpu(os.getpid())
     assert after - before >= 0.28
     assert _process_tree_cpu(2**22 + 7) == 0.0  # above pid_max: no such process, nothing counted
+
+
+def test_postmaster_pid_of_a_server_elsewhere_is_none(pg_dsn: str) -> None:
+    """A server on another machine (or in a container) answers a backend pid of its own: a local
+    process with that pid (here this test's, standing in) is not PostgreSQL, and neither its
+    parent nor anything else is measured."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE FUNCTION public.pg_backend_pid() RETURNS int LANGUAGE sql "
+                     f"AS 'SELECT {os.getpid()}'")
+    elsewhere = psycopg.conninfo.make_conninfo(pg_dsn, options="-c search_path=public,pg_catalog")
+    assert postmaster_pid(elsewhere) is None
