@@ -304,13 +304,24 @@ def _redis_cpu(client: redis.Redis) -> float:
 
 def postmaster_pid(pg_dsn: str) -> int | None:
     """The pid of the PostgreSQL server behind ``pg_dsn`` when it runs on this machine (the
-    parent of this connection's backend, from /proc), else None: its CPU is then not measured."""
+    parent of this connection's backend, from /proc), else None: its CPU is then not measured.
+    A server elsewhere (another machine, a container) answers a pid of its own, which may be
+    any local process's: the backend and its parent must both be ``postgres`` processes."""
     import psycopg
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        stat = _proc_stat(int(row[0])) if row else None  # while connected: the backend lives
-    return int(stat[1]) if stat else None
+        backend = int(row[0]) if row else None
+        stat = _proc_stat(backend) if backend and _is_postgres(backend) else None  # while connected
+    return int(stat[1]) if stat and _is_postgres(int(stat[1])) else None
+
+
+def _is_postgres(pid: int) -> bool:
+    """Process ``pid`` runs the ``postgres`` executable (its /proc comm)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "postgres"
+    except OSError:
+        return False
 
 
 def _proc_stat(pid: int) -> list[str] | None:
