@@ -561,3 +561,42 @@ def test_replay_logs_at_the_level_liq_log_level_sets(tmp_path: Path) -> None:
         assert root.level == logging.ERROR
     finally:
         root.setLevel(level)
+
+
+@pytest.mark.integration
+def test_a_collector_whose_publisher_died_is_not_reported_as_stopped_on_request(redis_url: str) -> None:
+    """The publisher failing on a bug stops the collector with its error: the venue's health must
+    not say 'collector stopped' (asked for), which ``liq status --check`` leaves alone."""
+    from unittest import mock
+
+    from shared.status import problems
+    from shared.venue_health import venue_row
+
+    async def bug(self: Collector, batch: list[Liquidation]) -> None:
+        raise RuntimeError("a bug")
+
+    async def run() -> None:
+        spec = load_venue("bybit")
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            redis = make_async_redis(redis_url)
+            collector = Collector(CollectorConfig(venue=spec, redis=redis, shards=SHARDS,
+                                                  base_url=exchange.urls["bybit"],
+                                                  symbols=list(spec.default_symbols)))
+            task = asyncio.create_task(collector.run(asyncio.Event()))
+            try:
+                await collector.wait_until(lambda c: c.health.connections_total > 0)
+                await exchange.wait_subscribed("bybit", collector.health.connections_total)
+                await exchange.emit(market("bybit", 1))
+                await asyncio.wait_for(task, 20)  # ends on its own: the publisher died
+            finally:
+                await redis.aclose()
+
+    with mock.patch.object(Collector, "_publish", bug), pytest.raises(RuntimeError, match="a bug"):
+        asyncio.run(run())
+    raw = cast(dict[bytes, bytes], syncredis.Redis.from_url(redis_url).hgetall(keys.venue_health("bybit")))
+    health = {k.decode(): v.decode() for k, v in raw.items()}
+    assert health["state"] == "down"
+    assert health["reason"] == "collector failed: the publisher stopped unexpectedly"
+    row = {"venue": "bybit", **venue_row(health, int(health["updated_ms"]))}
+    assert problems({"venues": [row]}) == [
+        "venue bybit: down (collector failed: the publisher stopped unexpectedly)"]
