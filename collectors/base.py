@@ -70,6 +70,9 @@ from shared.runtime import done_before_stop
 from shared.streams import publish
 from shared.venue_health import STOPPED_REASON
 
+PUBLISHER_DIED_REASON = "collector failed: the publisher stopped unexpectedly"
+"""The reason a venue is down once its collector stopped because its publisher died (a bug)."""
+
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
@@ -267,11 +270,13 @@ class Collector:
                 stop, every_s, on_refresh=self._instruments_refreshed)))
         publisher = asyncio.create_task(self._publisher(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
+        why = STOPPED_REASON
         try:
             await done_before_stop(publisher, stop)
             if not stop.is_set():  # the publisher died: stop, and exit with its error for a restart
                 logger.critical("%s: the publisher stopped unexpectedly; stopping the collector",
                                 self.config.venue.name)
+                why = PUBLISHER_DIED_REASON  # not asked for: liq status --check reports it
                 stop.set()
         finally:
             for task in tasks:
@@ -281,7 +286,7 @@ class Collector:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
-            self.health.stopped()
+            self.health.stopped(why)
             with contextlib.suppress(RedisError, OSError):  # Redis may be what is down
                 await self._write_health()
             self._close_record()

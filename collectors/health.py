@@ -81,10 +81,11 @@ class VenueHealth:
             return next(iter(reasons.values()), "")
         return "; ".join(f"{label}: {why}" for label, why in sorted(reasons.items()))
 
-    def stopped(self) -> None:
-        """The collector is shutting down: nothing is connected any more, and that is why."""
+    def stopped(self, reason: str = STOPPED_REASON) -> None:
+        """The collector is shutting down: nothing is connected any more, and that is why
+        (asked to, unless ``reason`` says it failed)."""
         self.connections_up.clear()
-        self.reason = STOPPED_REASON
+        self.reason = reason
 
     def compute_state(self, now_ms: int) -> str:
         """The state this health record implies at ``now_ms``."""
