@@ -31,8 +31,11 @@ from shared.venue_health import STOPPED_REASON, venue_healths, venue_row
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
 STALE_CONSUMER_MS = 60_000
-"""A group's consumers read at least every second when idle and every 30 s at most while they
-retry an outage: none having read for this long means none is running (or it is stuck)."""
+"""A live consumer reads what waits for its group within a second, and retries an outage every
+30 s at most: entries waiting while none has read for this long means none is running (or it is
+stuck). Before Redis 7.2 a read that finds nothing does not reset a consumer's idle time, so a
+dead consumer's entries waiting to be claimed (up to ``claim_every_s``) on a quiet stream can
+show the group as stalled for that long."""
 
 
 def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:

@@ -360,14 +360,15 @@ class StreamConsumer(Generic[T]):
         Consumers are named after their process, so every restart leaves one behind, and
         ``XINFO CONSUMERS`` (and the count ``liq status`` shows) would grow for ever. Nothing
         is lost: a consumer holding entries is kept until they are claimed, and a live one
-        deleted while idle is created again by its next read. The check and the delete are one
-        script: a consumer that reads between them would lose the entries it read."""
+        deleted while idle (before Redis 7.2 a blocked read that finds nothing leaves its idle
+        time running, hence the debug level) is created again by its next read. The check and
+        the delete are one script: a consumer that reads between them would lose what it read."""
         for stream in self.streams:
             forgot: list[Any] = await self.redis.eval(
                 FORGET_LUA, 1, stream, self.group, self.consumer, self.forget_idle_ms)
             for name in forgot:
-                logger.info("%s: forgot consumer %s of %s on %s (idle, nothing pending)",
-                            self.component, reply_text(name), self.group, stream)
+                logger.debug("%s: forgot consumer %s of %s on %s (idle, nothing pending)",
+                             self.component, reply_text(name), self.group, stream)
 
     async def _handle(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
