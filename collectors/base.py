@@ -586,17 +586,19 @@ class Collector:
         except OSError as exc:  # a full disk stops the recording, never the collecting
             logger.error("%s: recording to %s stopped: %s", self.config.venue.name,
                          self.config.record_path, exc)
-            self._close_record()
+            self._close_record(loss_said=True)
 
-    def _close_record(self) -> None:
+    def _close_record(self, loss_said: bool = False) -> None:
         """Close the ``--record`` file; what its buffer cannot write (a full disk) is lost, and
-        said, but never stops the collector."""
+        said once, but never stops the collector."""
         record, self._record = self._record, None
         if record is None:
             return
         try:
             record.close()
         except OSError as exc:
+            if loss_said:
+                return
             logger.error("%s: the end of the recording to %s was lost: %s", self.config.venue.name,
                          self.config.record_path, exc)
 

@@ -345,8 +345,8 @@ def test_a_record_file_that_cannot_be_written_stops_the_recording_not_the_collec
     assert len(sent) == 300
     assert collector.published == len(stream_contents(redis_url)) == 300
     assert collector.health.parse_errors == 0
-    stopped = [r for r in caplog.records if "recording to /dev/full stopped" in r.getMessage()]
-    assert len(stopped) == 1
+    said = [r.getMessage() for r in caplog.records if "/dev/full" in r.getMessage()]
+    assert len(said) == 1 and "recording to /dev/full stopped" in said[0], said
 
 
 @pytest.mark.integration
