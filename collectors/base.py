@@ -66,7 +66,7 @@ from shared.metrics import (
     VENUE_LAST_EVENT_MS,
 )
 from shared.models import Liquidation
-from shared.runtime import done_before_stop
+from shared.runtime import done_before_stop, stopped_within
 from shared.streams import publish
 from shared.venue_health import STOPPED_REASON
 
@@ -313,8 +313,7 @@ class Collector:
             except BusyLoadingError as exc:
                 delay = backoff.next_delay()
                 loading.down(exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await stopped_within(stop, delay)
             except (RedisError, OSError) as exc:
                 logger.warning("%s: cannot read what was published before (%s); a replayed snapshot "
                                "may be published again", venue, exc)
@@ -386,9 +385,9 @@ class Collector:
         replacement carries on."""
         backoff = Backoff()
         outage = Outage(f"{self.config.venue.name}[{plan.label}]", logger)
+        # A venue's announced disconnect is answered at once, but the next one after a connection
+        # that lived HEALTHY_AFTER_S or less waits its backoff like any failure (a venue repeating it).
         asked_at_once = False
-        """A venue's announced disconnect was answered at once: the next one within
-        ``HEALTHY_AFTER_S`` waits its backoff like any failure (a venue repeating it)."""
         while not stop.is_set():
             opened_at = time.monotonic()
             handover = Handover(relay)
@@ -410,8 +409,7 @@ class Collector:
                 continue
             delay = backoff.next_delay()
             outage.down(failure, delay)  # logged when the connection is lost, not at every retry
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await stopped_within(stop, delay)
 
     async def _attempt(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> BaseException | str:
         """Run one connection (:meth:`_session`); why it ended."""
@@ -641,8 +639,7 @@ class Collector:
                 outage.down(exc, delay)
                 logger.debug("%s: %d liquidations waiting for redis", self.config.venue.name,
                              self._waiting(batch))
-                with contextlib.suppress(TimeoutError):  # a stop cuts the wait short
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await stopped_within(stop, delay)
                 continue
             backoff.reset()
             outage.up()
@@ -764,8 +761,7 @@ class Collector:
         while not stop.is_set():
             with contextlib.suppress(RedisError, OSError):
                 await self._write_health()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.config.health_every_s)
+            await stopped_within(stop, self.config.health_every_s)
 
     async def _write_health(self) -> None:
         now_ms = self.config.clock.now_ms()

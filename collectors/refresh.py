@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from collectors.instruments import Instrument
 from collectors.venue import InstrumentSource
 from shared.backoff import Backoff
+from shared.runtime import stopped_within
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,4 @@ async def refresh_loop(venue: str, source: InstrumentSource, ws_url: str, cache_
             delay = backoff.next_delay()
             logger.exception("%s: instrument refresh failed; keeping %d known, retry in %.0fs",
                              venue, len(source.table), delay)
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=delay)
-        except TimeoutError:
-            pass
+        await stopped_within(stop, delay)

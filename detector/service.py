@@ -57,6 +57,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DROPPED, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import group_info, reply_text
+from shared.runtime import stopped_within
 from shared.streams import Message, StreamConsumer, streams_check_lua
 
 logger = logging.getLogger(__name__)
@@ -436,7 +437,7 @@ class Detector:
             except (RedisError, OSError) as exc:
                 delay = self.backoff.next_delay()
                 outage.down(exc, delay)
-                await _wait(stop, delay)
+                await stopped_within(stop, delay)
         if not self.warmed:
             logger.info("%s: stopped before the warm start succeeded: nothing was consumed", self.name)
             return
@@ -447,7 +448,7 @@ class Detector:
     async def _ticker(self, stop: asyncio.Event) -> None:
         outage = Outage(f"{self.name}: tick", logger)
         while not stop.is_set():
-            await _wait(stop, self.settings.tick_s)
+            await stopped_within(stop, self.settings.tick_s)
             try:
                 await self.tick()
                 await self._heartbeat()
@@ -467,13 +468,6 @@ class Detector:
                                 "from_future": self.engine.from_future})
         pipe.expire(key, keys.PROCESS_HEARTBEAT_TTL_SECONDS)
         await pipe.execute()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
 
 
 def bench_consumer(redis: aioredis.Redis, shards: int) -> Detector:

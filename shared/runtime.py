@@ -11,6 +11,7 @@ parent dies without stopping them (SIGKILL), Linux sends them SIGTERM, so nothin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import signal
@@ -24,6 +25,14 @@ logger = logging.getLogger(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
 PR_SET_PDEATHSIG = 1
+
+
+async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Pause ``seconds``, cut short by ``stop``; True when stopped (the pause every retry and
+    periodic loop takes between tries)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
 
 
 async def done_before_stop(task: asyncio.Task[Any], stop: asyncio.Event) -> bool:

@@ -32,7 +32,6 @@ Delivery semantics (at-least-once):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -48,6 +47,7 @@ from shared import backlog, codec, keys
 from shared.backoff import Backoff, Outage
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS, ERRORS, EVENTS_IN
 from shared.redisconn import reply_text, stream_entries
+from shared.runtime import stopped_within
 
 logger = logging.getLogger(__name__)
 
@@ -247,8 +247,7 @@ class StreamConsumer(Generic[T]):
             try:
                 await op()
             except TRANSIENT_ERRORS as exc:
-                with contextlib.suppress(TimeoutError):  # a stop cuts the pause short
-                    await asyncio.wait_for(stop.wait(), timeout=self._failed(exc))
+                await stopped_within(stop, self._failed(exc))  # a stop cuts the pause short
                 continue
             if self._outage.since is not None:
                 self._outage.up()

@@ -37,7 +37,7 @@ from shared import logs
 from shared.backoff import Backoff, Outage
 from shared.discovery import UP_FILE
 from shared.errors import EX_CONFIG
-from shared.runtime import die_with_parent, done_before_stop
+from shared.runtime import die_with_parent, done_before_stop, stopped_within
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, load, writable_folder
 from shared.venues import chosen_venues
@@ -87,7 +87,7 @@ class Watched(Generic[S]):
 
     async def keep(self, stop: asyncio.Event) -> None:
         """Until ``stop``: check the server every ``every_s``, start it again when it is dead."""
-        while not await _stopped_within(stop, self.every_s):
+        while not await stopped_within(stop, self.every_s):
             if not await asyncio.to_thread(self.server.alive):
                 await self._start_again(stop)
 
@@ -101,19 +101,12 @@ class Watched(Generic[S]):
             except Exception as exc:  # noqa: BLE001 - ServerError, a tool timing out, a fork refused: all retried
                 delay = self.backoff.next_delay()
                 outage.down(exc, delay)
-                await _stopped_within(stop, delay)
+                await stopped_within(stop, delay)
                 continue
             self.backoff.reset()
             logger.info("%s is back", self.name)
             self.restarted.set()
             return
-
-
-async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
-    """Wait ``seconds``, cut short by ``stop``; True when stopped."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    return stop.is_set()
 
 
 def liq_command(*args: str) -> list[str]:
@@ -272,9 +265,7 @@ async def _wait_for_file(path: Path, child: Child, stop: asyncio.Event, timeout_
         if child.process is None or child.process.returncode is not None or time.monotonic() > deadline:
             logger.error("the simulator did not start (see its output above)")
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.05)
-        if stop.is_set():
+        if await stopped_within(stop, 0.05):
             return False
     return True
 
@@ -344,8 +335,7 @@ async def _supervise(child: Child, stop: asyncio.Event) -> None:
         child.restarts += 1
         logger.warning("%s exited with %s; restart %d in %.1fs", child.name,
                        child.process.returncode, child.restarts, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=delay)
+        await stopped_within(stop, delay)
         child.process = None
 
 

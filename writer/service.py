@@ -33,6 +33,7 @@ from shared.backoff import Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.metrics import DROPPED
+from shared.runtime import stopped_within
 from shared.streams import Message, SinkRetry, StreamConsumer
 from writer import janitor
 from writer.batcher import Batcher
@@ -152,10 +153,7 @@ class Writer:
                 outage.down(exc, seconds)
             else:
                 outage.up()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=seconds)
-            except TimeoutError:
-                pass
+            await stopped_within(stop, seconds)
 
     async def _heartbeat(self) -> None:
         key = keys.process_heartbeat(f"write-{self.name}")
