@@ -263,7 +263,7 @@ class Collector:
         self._stop, tasks = stop, self._tasks
         tasks.extend(asyncio.create_task(self._connection_loop(plan, stop)) for plan in plans)
         if self.config.venue.relists and not self.config.symbols and every_s is not None:
-            tasks.append(asyncio.create_task(self._relist_loop(stop, every_s, tasks)))
+            tasks.append(asyncio.create_task(self._relist_loop(stop, every_s)))
         if source is not None and every_s is not None:
             tasks.append(asyncio.create_task(refresh_loop(
                 self.config.venue.name, source, self.config.base_url, self.config.instruments_dir,
@@ -336,10 +336,9 @@ class Collector:
                     remembered += 1
         return remembered
 
-    async def _relist_loop(self, stop: asyncio.Event, every_s: float,
-                           tasks: list[asyncio.Task[None]]) -> None:
+    async def _relist_loop(self, stop: asyncio.Event, every_s: float) -> None:
         """Every ``every_s``, and after each instruments refresh (Lighter's markets come from its
-        table), ask the venue's listing again and open connections (added to ``tasks``) for the
+        table), ask the venue's listing again and open connections (:meth:`_start`) for the
         symbols listed since: a new listing is covered without a restart.
         The running connections stay as they are (a delisted symbol's topic just stays quiet)."""
         generation = 0
@@ -350,7 +349,8 @@ class Collector:
             extra = await self._newly_listed(generation + 1)
             if extra:
                 generation += 1
-                tasks.extend(asyncio.create_task(self._connection_loop(plan, stop)) for plan in extra)
+                for plan in extra:
+                    self._start(self._connection_loop(plan, stop))
 
     async def _newly_listed(self, generation: int) -> list[ConnectionPlan]:
         """Plans for the symbols the venue lists now and no running plan subscribes (none when the
