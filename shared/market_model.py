@@ -7,22 +7,28 @@ venue's wire format) and by the detector evaluation (``liq evaluate``).
 
 The model (all rates and sizes live in :class:`ModelParams`):
 
+- **Bases.** BTC, ETH, SOL, XRP, DOGE, ADA and SUI (:data:`BASES`), each on the venues that list
+  it in the simulator (a venue's simulator drops a base it does not list). Seven bases in three
+  quotes spread the canonical symbols over every event shard (with three, two of the four
+  default shards stayed empty for minutes).
 - **Prices.** One log-price per base follows an Ornstein-Uhlenbeck walk on a 1 s grid
-  (annual volatility 55 % BTC, 70 % ETH, 90 % SOL; mean reversion over about two days), starting
-  inside BTC 60-100k, ETH 2-5k, SOL 100-250. Each venue adds a fixed basis of at most 2 bp and
-  each fill up to 1 bp of noise. Prices are rounded to the tick (BTC 0.1, ETH 0.01, SOL 0.001)
-  and notionals to the cent, so every venue format round-trips them exactly.
-- **Quiet market.** Small liquidations arrive as a Poisson process: 2.0 / 1.5 / 1.0 per minute
-  for BTC / ETH / SOL when all 14 venues are simulated, split by each venue's share of the flow
-  (:data:`VENUE_SHARE`; a subset of venues sees proportionally fewer). Sizes are log-normal,
-  median $2,000, sigma 1.1, capped at $250,000. Sides are 50/50.
+  (:data:`ANNUAL_VOL`: 55 % BTC, 70 % ETH, 85-100 % the others; mean reversion over about two
+  days), starting inside :data:`PRICE_RANGE` (BTC 60-100k, ETH 2-5k, SOL 100-250, …). Each venue
+  adds a fixed basis of at most 2 bp and each fill up to 1 bp of noise. Prices are rounded to the
+  tick (:data:`TICK`: BTC 0.1, ETH 0.01, SOL 0.001, DOGE 0.00001, the others 0.0001) and
+  notionals to the cent, so every venue format round-trips them exactly.
+- **Quiet market.** Small liquidations arrive as a Poisson process: 12 / 9 / 6 / 5 / 5 / 4 / 4
+  per minute for BTC / ETH / SOL / XRP / DOGE / ADA / SUI when all 14 venues are simulated (45 a
+  minute), split by each venue's share of the flow (:data:`VENUE_SHARE`; a subset of venues sees
+  proportionally fewer). Scenarios use a sixth of these rates (:data:`SCENARIO_PARAMS`). Sizes
+  are log-normal, median $2,000, sigma 1.1, capped at $250,000. Sides are 50/50.
 - **Cascades.** In the endless stream, cascades start as a Poisson process (3 per hour, the
   first one optionally at a fixed ``first_cascade_s``, so a demo shows one at once; base
-  BTC 50 %, ETH 30 %, SOL 20 %). A cascade hits 2-6 venues (at least two quoting the same
-  canonical symbol whenever possible): 12-60 liquidations over 15-90 s, front-loaded in time
-  (Beta(1.3, 2.6)), each venue joining with a lag of up to 3 s, sizes log-normal (median
-  $25,000, sigma 1.0), 85-100 % on one side. Price moves against that side by 0.3-2.5 % over
-  the cascade and retraces half of it over the following ten minutes.
+  BTC 40 %, ETH 25 %, SOL 13 %, XRP 7 %, DOGE 6 %, SUI 5 %, ADA 4 %). A cascade hits 2-6 venues
+  (at least two quoting the same canonical symbol whenever possible): 12-60 liquidations over
+  15-90 s, front-loaded in time (Beta(1.3, 2.6)), each venue joining with a lag of up to 3 s,
+  sizes log-normal (median $25,000, sigma 1.0), 85-100 % on one side. Price moves against that
+  side by 0.3-2.5 % over the cascade and retraces half of it over the following ten minutes.
 - **Sampling.** ``binance_usdm`` and ``binance_coinm`` publish at most one liquidation per
   symbol per second (the latest one of each second, as Binance's ``forceOrder`` stream does);
   the model drops the others. Every other venue publishes every liquidation.
@@ -72,7 +78,7 @@ VENUES: tuple[str, ...] = (
     "binance_usdm", "binance_coinm", "bybit", "okx", "bitmex", "deribit", "bitfinex",
     "htx", "gate", "bitget", "kraken_futures", "dydx", "hyperliquid", "lighter",
 )
-BASES: tuple[str, ...] = ("BTC", "ETH", "SOL")
+BASES: tuple[str, ...] = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "SUI")
 
 VENUE_SHARE: dict[str, float] = {
     "binance_usdm": 0.24, "bybit": 0.17, "okx": 0.11, "bitget": 0.07, "hyperliquid": 0.08,
@@ -91,11 +97,18 @@ QUOTE_OF_VENUE: dict[str, str] = {
 }
 INVERSE_VENUES = frozenset({"binance_coinm", "bitmex", "deribit", "kraken_futures"})
 
-TICK: dict[str, float] = {"BTC": 0.1, "ETH": 0.01, "SOL": 0.001}
+TICK: dict[str, float] = {
+    "BTC": 0.1, "ETH": 0.01, "SOL": 0.001, "XRP": 0.0001, "DOGE": 0.00001, "ADA": 0.0001,
+    "SUI": 0.0001,
+}
 PRICE_RANGE: dict[str, tuple[float, float]] = {
     "BTC": (60_000.0, 100_000.0), "ETH": (2_000.0, 5_000.0), "SOL": (100.0, 250.0),
+    "XRP": (0.5, 3.5), "DOGE": (0.08, 0.45), "ADA": (0.3, 1.2), "SUI": (0.8, 5.0),
 }
-ANNUAL_VOL: dict[str, float] = {"BTC": 0.55, "ETH": 0.70, "SOL": 0.90}
+ANNUAL_VOL: dict[str, float] = {
+    "BTC": 0.55, "ETH": 0.70, "SOL": 0.90, "XRP": 0.85, "DOGE": 1.0, "ADA": 0.9,
+    "SUI": 1.0,
+}
 
 ScenarioKind = Literal[
     "quiet", "single_venue_burst", "cross_venue_cascade", "slow_grind", "whale_alone", "feed_dropout"
@@ -161,13 +174,19 @@ def to_liquidation(event: MarketEvent) -> Liquidation:
 class ModelParams:
     """Every rate and size of the model (see the module docstring for what they mean)."""
 
-    quiet_per_min: tuple[tuple[str, float], ...] = (("BTC", 2.0), ("ETH", 1.5), ("SOL", 1.0))
+    quiet_per_min: tuple[tuple[str, float], ...] = (
+        ("BTC", 12.0), ("ETH", 9.0), ("SOL", 6.0), ("XRP", 5.0), ("DOGE", 5.0), ("ADA", 4.0),
+        ("SUI", 4.0),
+    )
     quiet_median_usd: float = 2_000.0
     quiet_sigma: float = 1.1
     quiet_max_usd: float = 250_000.0
     cascades_per_hour: float = 3.0
     first_cascade_s: float | None = None
-    cascade_base_weight: tuple[tuple[str, float], ...] = (("BTC", 0.5), ("ETH", 0.3), ("SOL", 0.2))
+    cascade_base_weight: tuple[tuple[str, float], ...] = (
+        ("BTC", 0.4), ("ETH", 0.25), ("SOL", 0.13), ("XRP", 0.07), ("DOGE", 0.06), ("ADA", 0.04),
+        ("SUI", 0.05),
+    )
     cascade_events: tuple[int, int] = (12, 60)
     cascade_duration_s: tuple[float, float] = (15.0, 90.0)
     cascade_venues: tuple[int, int] = (2, 6)
@@ -187,6 +206,14 @@ class ModelParams:
 
 
 DEFAULT_PARAMS = ModelParams()
+SCENARIO_PARAMS = replace(
+    DEFAULT_PARAMS, quiet_per_min=tuple((base, rate / 6) for base, rate in DEFAULT_PARAMS.quiet_per_min),
+)
+"""The scenarios' calmer background (a sixth of the endless market's rates), so that a scenario
+scores its one situation. At the endless market's rates the background alone meets the rule now
+and then (the detector flags about 1.6 such windows an hour, most on ``BTCUSDT``): cascades by
+the original definition, but no label's (labels count only a simulated cascade's liquidations),
+so they would count as false alarms (precision 0.52 on that background; see BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -603,7 +630,7 @@ SCENARIO_MINUTES: dict[str, int] = {**dict.fromkeys(SCENARIO_KINDS, 10), "quiet"
 
 
 def scenario(kind: str, seed: int, start_ms: int = 1_700_000_000_000, venues: Sequence[str] = VENUES,
-             bases: Sequence[str] = BASES, params: ModelParams = DEFAULT_PARAMS) -> Scenario:
+             bases: Sequence[str] = BASES, params: ModelParams = SCENARIO_PARAMS) -> Scenario:
     """One labelled scenario of ``kind`` (see the table in the module docstring)."""
     if kind not in SCENARIO_KINDS:
         raise ValueError(f"unknown scenario kind {kind!r}; choose one of {', '.join(SCENARIO_KINDS)}")

@@ -37,9 +37,10 @@ def _status(env: dict[str, str]) -> dict[str, Any] | None:
 def _ready(report: dict[str, Any] | None) -> bool:
     if not report or "streams" not in report:
         return False
-    events: int = sum(s["length"] for s in report["streams"] if s["stream"].endswith(":events"))
+    every_stream = all(s["length"] > 0 for s in report["streams"])  # the 4 shards and the cascades
     rows = report.get("database", {}).get("rows", {})
-    return (events > 0 and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
+    return (len(report["streams"]) == 6 and every_stream
+            and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
             and report["keys"]["cascade_status"] > 0
             and rows.get("liquidations_significant", 0) > 0 and rows.get("cascade_events", 0) > 0)
 

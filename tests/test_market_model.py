@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import defaultdict
+from decimal import Decimal
 
 import pytest
 
@@ -56,13 +57,18 @@ def test_events_are_time_ordered_within_bounds_and_use_known_venues() -> None:
     assert {e.base for e in events} == set(BASES)
 
 
+def _decimals(value: float) -> int:
+    """Decimals of a float's shortest repr (0.1 → 1, 1e-05 → 5)."""
+    return max(0, -int(Decimal(repr(value)).as_tuple().exponent))
+
+
 def test_prices_stay_realistic_and_on_the_tick() -> None:
     for e in _model(3).events(START + 3 * HOUR):
         lo, hi = PRICE_RANGE[e.base]
         assert lo * 0.9 <= e.price <= hi * 1.1
         ticks = e.price / TICK[e.base]
         assert abs(ticks - round(ticks)) < 1e-6, e
-        assert float(repr(e.price)) == e.price and len(repr(e.price).split(".")[1]) <= 3
+        assert float(repr(e.price)) == e.price and _decimals(e.price) <= _decimals(TICK[e.base])
         assert round(e.notional_usd, 2) == e.notional_usd > 0
 
 

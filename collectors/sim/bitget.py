@@ -1,6 +1,6 @@
 """Simulated Bitget v3: the all-symbol ``liquidation`` topic of ``usdt-futures``, text ``ping``/``pong``.
 
-Symbols: ``BTCUSDT``, ``ETHUSDT``, ``SOLUSDT``. ``side`` is the position side (``buy`` = long
+Symbols: ``<BASE>USDT`` for BTC, ETH, SOL, XRP, DOGE, ADA, SUI. ``side`` is the position side (``buy`` = long
 liquidated) and ``amount`` is the USDT value rounded to 0.0001, so the expected quantity is
 amount / price and the notional is amount. Every expected event is ``sampled`` (the real feed
 is aggregated per symbol per second). All items of one emit share one frame, as Bitget batches
@@ -24,7 +24,7 @@ from shared.models import Liquidation
 INST_TYPE = "usdt-futures"
 TOPIC = "liquidation"
 KEY = f"{INST_TYPE}:{TOPIC}"
-SYMBOLS = {"BTC": "BTCUSDT", "ETH": "ETHUSDT", "SOL": "SOLUSDT"}
+SYMBOLS = {base: f"{base}USDT" for base in ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "SUI")}
 AMOUNT_STEP = 0.0001
 
 

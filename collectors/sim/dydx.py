@@ -1,6 +1,6 @@
 """Simulated dYdX v4 indexer: ``v4_trades`` per market, with the ``subscribed`` history snapshot.
 
-Markets: ``BTC-USD``, ``ETH-USD``, ``SOL-USD``. Each liquidation is a ``LIQUIDATED`` trade
+Markets: ``<BASE>-USD`` for BTC, ETH, SOL, XRP, DOGE, ADA, SUI. Each liquidation is a ``LIQUIDATED`` trade
 whose ``side`` is the taker's (the liquidated account's) order side: a liquidated long SELLs.
 Expected: quantity = ``size`` (base, whole lots of a few significant digits), notional = size × price,
 event_id = the trade ``id``. A ``connected`` frame greets each client. On subscribe, the
@@ -24,7 +24,7 @@ CHANNEL = "v4_trades"
 CONNECTION_ID = "00000000-0000-4000-8000-000000000000"
 
 
-MARKETS = {"BTC": "BTC-USD", "ETH": "ETH-USD", "SOL": "SOL-USD"}
+MARKETS = {base: f"{base}-USD" for base in ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "SUI")}
 
 
 def topic_of(ticker: str) -> str:

@@ -4,8 +4,9 @@ Hyperliquid has no public liquidation feed, so the simulator plays the only free
 that subscribed ``userEvents`` for some address receives every simulated liquidation as a fill
 of that address acting as the COUNTERPARTY (``liquidatedUser`` is another, synthetic account).
 A liquidated long sold, so the watched account's fill side is ``B``; a liquidated short → ``A``.
-Coins BTC, ETH, SOL; ``sz`` in whole lots of a few significant digits. Expected: quantity = sz,
-notional = sz × px, event_id = ``tid``, extra ``liquidated_user``/``mark_price``/method.
+Coins BTC, ETH, SOL, XRP, DOGE, ADA, SUI; ``sz`` in whole lots of a few significant digits.
+Expected: quantity = sz, notional = sz × px, event_id = ``tid``, extra
+``liquidated_user``/``mark_price``/method.
 ``{"method":"ping"}`` → ``{"channel":"pong"}``; subscriptions get a ``subscriptionResponse``.
 """
 
@@ -20,7 +21,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 TOPIC = "user"
-COINS = frozenset({"BTC", "ETH", "SOL"})
+COINS = frozenset({"BTC", "ETH", "SOL", "XRP", "DOGE", "ADA", "SUI"})
 METHOD = "market"
 
 

@@ -1,10 +1,10 @@
 """Simulated Kraken Futures: one ``trade`` frame per liquidation, ``trade_snapshot`` on subscribe.
 
-Products: BTC → ``PF_XBTUSD``, ETH → ``PF_ETHUSD``, SOL → ``PF_SOLUSD`` (linear perpetuals,
-``qty`` in base, whole lots of a few significant digits). ``side`` is the taker side and the
-liquidated account is the taker, so a liquidated long is a taker ``sell``. Expected: quantity =
-qty, notional = qty × price, event_id = ``uid``. Each connection is greeted with
-``{"event":"info","version":1}``; acks are ``{"event":"subscribed",…}``. The ``heartbeat``
+Products: BTC → ``PF_XBTUSD``, the others (ETH, SOL, XRP, DOGE, ADA, SUI) → ``PF_<BASE>USD``
+(linear perpetuals, ``qty`` in base, whole lots of a few significant digits). ``side`` is the
+taker side and the liquidated account is the taker, so a liquidated long is a taker ``sell``.
+Expected: quantity = qty, notional = qty × price, event_id = ``uid``. Each connection is greeted
+with ``{"event":"info","version":1}``; acks are ``{"event":"subscribed",…}``. The ``heartbeat``
 feed, once subscribed, ticks every ``heartbeat_s``; the ``trade_snapshot`` replay of recent
 trades must be skipped by collectors.
 """
@@ -21,7 +21,10 @@ from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
-PRODUCTS = {"BTC": "PF_XBTUSD", "ETH": "PF_ETHUSD", "SOL": "PF_SOLUSD"}
+PRODUCTS = {
+    "BTC": "PF_XBTUSD", "ETH": "PF_ETHUSD", "SOL": "PF_SOLUSD", "XRP": "PF_XRPUSD", "DOGE": "PF_DOGEUSD",
+    "ADA": "PF_ADAUSD", "SUI": "PF_SUIUSD",
+}
 
 
 def topic_of(product_id: str) -> str:

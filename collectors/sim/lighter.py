@@ -1,12 +1,13 @@
 """Simulated Lighter: ``trade/{market_id}`` with ``liquidation_trades``, the skipped ``subscribed/trade``.
 
-Markets: 1 = BTC, 0 = ETH, 2 = SOL (USDC perpetuals). The liquidated account is the taker:
-a liquidated long sold into a maker bid (``is_maker_ask: false``), a liquidated short bought
-from a maker ask (``true``). ``size`` is base in whole lots of a few significant digits and
-``usd_amount`` = size × price to 6 decimals. Expected: quantity = size, notional = size × price,
-event_id = ``trade_id``, extra ``usd_amount``. On subscribe the ``subscribed/trade`` frame (the
-ack) replays recent liquidations, which collectors must skip; ``{"type":"ping"}`` → pong.
-REST: ``GET /api/v1/orderBooks`` lists the three markets, ``NEWCOIN`` (a made-up listing absent
+Markets: 1 = BTC, 0 = ETH, 2 = SOL, 3 = DOGE, 7 = XRP, 16 = SUI, 39 = ADA (USDC perpetuals, ids as
+in the shipped table). The liquidated account is the taker: a liquidated long sold into a maker
+bid (``is_maker_ask: false``), a liquidated short bought from a maker ask (``true``). ``size`` is
+base in whole lots of a few significant digits and ``usd_amount`` = size × price to 6 decimals.
+Expected: quantity = size, notional = size × price, event_id = ``trade_id``, extra ``usd_amount``.
+On subscribe the ``subscribed/trade`` frame (the ack) replays recent liquidations, which
+collectors must skip; ``{"type":"ping"}`` → pong. REST: ``GET /api/v1/orderBooks`` lists these
+markets, ``NEWCOIN`` (a made-up listing absent
 from the shipped table) and a spot book (``ETH/USDC``) that a correct parser leaves out;
 ``listed()`` is what it must read.
 """
@@ -23,7 +24,7 @@ from collectors.sim.protocol import Outgoing, SimClient, SimItem
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
-MARKET_IDS = {"ETH": 0, "BTC": 1, "SOL": 2}
+MARKET_IDS = {"ETH": 0, "BTC": 1, "SOL": 2, "DOGE": 3, "XRP": 7, "ADA": 39, "SUI": 16}
 LISTED_ONLY = {"NEWCOIN": 9001}
 """Markets the orderBooks answer lists, but on which nothing is simulated."""
 SPOT_BOOK = ("ETH/USDC", 2048)

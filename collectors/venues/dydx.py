@@ -52,7 +52,7 @@ from shared.models import Liquidation
 NAME = "dydx"
 PATH = "/v4/ws"
 CHANNEL = "v4_trades"
-DEFAULT_MARKETS = ("BTC-USD", "ETH-USD", "SOL-USD")
+DEFAULT_MARKETS = ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "SUI-USD")
 LIVE_HOST = "indexer.dydx.trade"
 SUBS_PER_CONNECTION = 32
 """The indexer caps one connection at 32 subscriptions per channel."""

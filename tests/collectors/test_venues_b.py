@@ -398,7 +398,8 @@ def dydx_frame(*trades: dict[str, Any], kind: str = "channel_data") -> dict[str,
 def test_dydx_subscribes_each_market() -> None:
     session = parser("dydx")
     assert [json.loads(m) for m in session.on_open()] == [
-        {"type": "subscribe", "channel": "v4_trades", "id": m} for m in ("BTC-USD", "ETH-USD", "SOL-USD")
+        {"type": "subscribe", "channel": "v4_trades", "id": m}
+        for m in ("BTC-USD", "ETH-USD", "SOL-USD", "XRP-USD", "DOGE-USD", "ADA-USD", "SUI-USD")
     ]
     assert session.heartbeat() is None
 

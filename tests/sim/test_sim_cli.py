@@ -20,8 +20,11 @@ from collectors import load_venue
 from collectors.sim import cli, driver
 from collectors.sim.driver import read_truth
 from collectors.sim.server import ExchangeSimulator, available_venues
+from collectors.sim.venue_server import load_sim
 from shared.clock import SYSTEM_CLOCK
+from shared.keys import shard_of
 from shared.market import MarketEvent
+from shared.settings import CommonSettings
 
 VENUE = "htx"
 
@@ -126,3 +129,24 @@ def test_venue_lists_may_have_spaces_and_name_the_unknown_ones() -> None:
     assert cli.choose_venues(" okx ") == ["okx"]
     with pytest.raises(ValueError, match="unknown venue\\(s\\) ftx; known: binance_usdm"):
         chosen_venues("okx, ftx")
+
+
+def _shards_hit(seed: int, seconds: int, shards: int) -> set[int]:
+    """Event shards that the liquidations ``liq simulate`` renders in its first ``seconds`` go to."""
+    venues = available_venues()
+    sims = {v: load_sim(v) for v in venues}
+    start = 1_800_000_000_123
+    hit: set[int] = set()
+    for event in cli.market_events(seed, venues, start, start + seconds * 1000, first_cascade_s=15.0):
+        item = sims[event.venue].materialize(event, 0)
+        hit |= {shard_of(liq.symbol, shards) for liq in item.expected} if item else set()
+    return hit
+
+
+def test_the_demo_market_sends_liquidations_to_every_event_shard_within_a_minute() -> None:
+    """``liq up --simulate``'s market (every venue, first cascade at 15 s) as the venues render it
+    reaches all of the default shards: with seed 7 (the default) within 30 s, with each of 40
+    seeds within a minute. With BTC, ETH and SOL alone, shards 1 and 2 stayed empty for minutes."""
+    shards = CommonSettings().shards
+    assert _shards_hit(7, 30, shards) == set(range(shards))
+    assert [seed for seed in range(40) if _shards_hit(seed, 60, shards) != set(range(shards))] == []
