@@ -8,8 +8,7 @@ COPY detector detector
 COPY aggregator aggregator
 COPY writer writer
 COPY sql sql
-# Editable, so that the code runs from /app and finds the migrations in /app/sql (a plain install
-# would look for them next to site-packages).
-RUN pip install --no-cache-dir -c constraints.txt -e .
+# A plain install: the wheel carries the migrations (sql/ next to writer/ in site-packages).
+RUN pip install --no-cache-dir -c constraints.txt .
 ENV LIQ_METRICS_HOST=0.0.0.0 LIQ_DATA_DIR=/data
 ENTRYPOINT ["liq"]

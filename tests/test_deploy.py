@@ -4,15 +4,21 @@ every venue has a collector line, and every command is a real ``liq`` subcommand
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from shared.cli import SUBCOMMANDS, cli
 from shared.venues import VENUE_NAMES
 from tests.readme import our_redis_session
+from writer.migrate import MigrationError, plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,3 +234,35 @@ def test_the_liquidations_panel_counts_liquidations_and_the_new_series_are_shown
     for series in ("liq_collector_publish_seconds_bucket", "liq_events_dropped_total",
                    'liq_events_in_total{component="collector"}'):
         assert series in used, series
+
+
+def test_an_installed_wheel_carries_the_migrations_the_writer_plans(tmp_path: Path) -> None:
+    """``pip install .`` (not editable, as an image or a user would) must bring ``sql/``: the
+    writer finds its migrations next to its package, and there were none in an installed copy."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("shared", "collectors", "detector", "aggregator", "writer", "sql"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
+                    str(source)], check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    [wheel] = (tmp_path / "dist").glob("*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    probe = ("import json, writer.migrate as m; print(json.dumps([m.__file__, "
+             "sorted(p.name for p in m.SQL_DIR.iterdir()), [x.filename for x in m.plan('native')]]))")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=60).stdout
+    module_file, installed, planned = json.loads(out)
+    assert Path(module_file).is_relative_to(site)  # the installed copy, not the repository
+    assert installed == sorted(p.name for p in (REPO / "sql").glob("*.sql"))
+    assert planned == [m.filename for m in plan("native", sql_dir=REPO / "sql")]
+
+
+def test_a_missing_migrations_folder_is_an_error_not_an_empty_plan(tmp_path: Path) -> None:
+    with pytest.raises(MigrationError, match=r"no migrations in .*nowhere"):
+        plan("native", sql_dir=tmp_path / "nowhere")

@@ -133,8 +133,11 @@ def plan(mode: Mode, ts_version: str | None = None, params: PlanParams | None = 
         "rollup_retention_days": str(int(p.rollup_retention_days)),
         "compress_after_days": str(int(p.compress_after_days)),
     }
+    paths = sorted(sql_dir.glob("*.sql"))
+    if not paths:  # an installation without its sql/ folder would otherwise migrate nothing
+        raise MigrationError(f"no migrations in {sql_dir}: the installation is missing its sql/ files")
     out: list[Migration] = []
-    for path in sorted(sql_dir.glob("*.sql")):
+    for path in paths:
         match = _FILE_RE.match(path.name)
         if match is None:
             raise MigrationError(f"unexpected file name in {sql_dir}: {path.name}")
