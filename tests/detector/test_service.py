@@ -690,3 +690,28 @@ def test_the_detectors_endpoint_counts_events_cascades_and_drops_exactly(redis_u
     assert delta("liq_events_out_total", component="detector", sink=keys.CASCADE_STREAM) == 2
     assert delta("liq_events_out_total", component="detector", sink=keys.CASCADE_MEMBER_STREAM) == 5
     assert delta("liq_cascade_alert_seconds_count") == 1
+
+
+def test_the_rebuild_reads_back_a_window_and_a_quiet_period_and_its_slack_no_further(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """The warm restart feeds the entries from ``window + quiet + 10 s`` before the group's last
+    delivered one (that edge included), not one millisecond older."""
+    from detector import service
+
+    settings = DetectorSettings(shards=4)
+    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
+    stream = keys.event_stream(BTC_SHARD)
+    last = T0 + 10 * reach
+    times = [last - reach - 1, last - reach, last - 1, last]
+
+    async def body(client: aioredis.Redis) -> tuple[int, int]:
+        for k, ms in enumerate(times):  # $1,000 each: no cascade, only the window to rebuild
+            entry = ev((ms - T0) / 1000, 1_000.0, venue="okx", event_id=f"okx-{k}")
+            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+        first = detector(client, [BTC_SHARD])
+        await first.run_until_idle()
+        restarted = detector(client, [BTC_SHARD])
+        await restarted.warm_start()
+        return first.engine.events, restarted.rebuilt
+
+    assert run(redis_url, body) == (4, 3)
