@@ -12,6 +12,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -308,6 +309,43 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
                 await second.wait_until(lambda c: c.published == 5)
                 await exchange.wait_subscribed("binance_usdm", len(second.plans))
                 sent += await exchange.emit(events("binance_usdm", T0 + 120_000, 3))
+                await second.wait_until(lambda c: c.published == 8)
+            return sent
+
+    with RestartableRedis(tmp_path / "redis") as redis:
+        _assert_published_once_in_order(redis.url, asyncio.run(run(redis)))
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_before_it_exits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Liquidations that arrived while the publisher waited out its backoff are in memory at stop:
+    they go to the spool, and the spool is fsynced whole (safe from a machine crash too, not only
+    from the process's), then published first by the next start."""
+    spool_dir = tmp_path / "spool"
+    synced: dict[str, int] = {}  # file → its size at its last fsync
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced[os.readlink(f"/proc/self/fd/{fd}")] = os.fstat(fd).st_size
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=60.0, cap_s=60.0))
+
+    def waiting(n: int) -> Callable[[Collector], bool]:  # on disk once the first publish failed
+        return lambda c: c.spool is not None and 0 < c.spool.pending == n - c.queue.qsize()
+
+    async def run(redis: RestartableRedis) -> list[Liquidation]:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            async with _running(_collector(redis.url, exchange, spool_dir)) as first:
+                sent = await _through_an_outage(exchange, first, redis.stop, 2, 5, waiting(5))
+                sent += await exchange.emit(events("binance_usdm", T0 + 90_000, 3))
+                await first.wait_until(waiting(8))  # the publisher waits 60 s before it tries again
+            assert first.spool is not None and first.spool.pending == 8
+            assert synced[str(first.spool.path.resolve())] == first.spool.path.stat().st_size
+            redis.start_again()
+            async with _running(_collector(redis.url, exchange, spool_dir)) as second:
                 await second.wait_until(lambda c: c.published == 8)
             return sent
 
