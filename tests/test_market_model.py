@@ -13,6 +13,7 @@ from shared.market import MarketEvent
 from shared.market_model import (
     BASES,
     DEFAULT_PARAMS,
+    LISTED,
     PRICE_RANGE,
     SAMPLED_VENUES,
     SCENARIO_KINDS,
@@ -187,3 +188,17 @@ def test_first_cascade_can_be_scheduled_at_a_fixed_time() -> None:
     assert scenario_.cascades, "the first cascade must happen within the first minutes"
     assert min(label.start_ms for label in scenario_.cascades) >= start + 30_000
     assert min(label.start_ms for label in scenario_.cascades) < start + 60_000
+
+
+def test_liquidations_happen_only_on_venues_listing_their_base_and_on_every_such_pair() -> None:
+    """Background, cascades and every scenario situation keep to :data:`LISTED`; three hours of
+    the endless market reach every listed (venue, base) pair."""
+    events = list(_model(3).events(START + 3 * HOUR))
+    events += [e for k, kind in enumerate(SCENARIO_KINDS) for i in range(6)
+               for e in scenario(kind, 100 * k + i).events]
+    assert {(e.venue, e.base) for e in events} == {(v, b) for v in VENUES for b in LISTED[v]}
+
+
+def test_a_market_whose_venues_list_none_of_its_bases_is_refused() -> None:
+    with pytest.raises(ValueError, match="lists any of"):
+        MarketModel(seed=1, venues=("gate",), bases=("SUI",))

@@ -1,10 +1,10 @@
 """Simulated Binance COIN-M: ``forceOrder`` events for ``<BASE>USD_PERP`` in whole USD contracts.
 
-Same protocol as :mod:`collectors.sim.binance_usdm`. Contract sizes (``CONTRACT_SIZE``, USD):
-100 for BTC, 10 for ETH, SOL, XRP, DOGE and ADA, and 50 for ``NEWCOINUSD_PERP``, a made-up listing absent from
-the shipped fallback table whose size differs from the 100/10 rule, so only a collector that
-refreshed its instruments sizes it right; other bases are not simulated. contracts =
-round(notional / size), at least 1. Expected Liquidation: notional = contracts × size, base
+Same protocol as :mod:`collectors.sim.binance_usdm`. Contract sizes (``CONTRACT_SIZE``, USD): 100
+for BTC, 10 for ETH, SOL, XRP, DOGE, ADA and SUI, and 50 for ``NEWCOINUSD_PERP``, a made-up
+listing absent from the shipped fallback table whose size differs from the 100/10 rule, so only a
+collector that refreshed its instruments sizes it right; other bases are not simulated. contracts
+= round(notional / size), at least 1. Expected Liquidation: notional = contracts × size, base
 quantity = notional / ``p``, ``quantity_native`` in contracts,
 ``contract_value``/``contract_value_unit`` = size/``USD``, ``sampled=True``.
 
@@ -26,7 +26,8 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 CONTRACT_SIZE = {
-    "BTC": 100.0, "ETH": 10.0, "SOL": 10.0, "XRP": 10.0, "DOGE": 10.0, "ADA": 10.0, "NEWCOIN": 50.0,
+    "BTC": 100.0, "ETH": 10.0, "SOL": 10.0, "XRP": 10.0, "DOGE": 10.0, "ADA": 10.0, "SUI": 10.0,
+    "NEWCOIN": 50.0,
 }
 EXCHANGE_INFO_PATH = "/dapi/v1/exchangeInfo"
 PERPETUAL_DELIVERY_MS = 4133404800000  # 2100-12-25, what Binance gives perpetuals

@@ -1,5 +1,7 @@
 """Simulated Bitfinex: ``status``/``liq:global`` rows for ``t<BASE>F0:USTF0`` perpetuals.
 
+Bases: BTC, ETH, SOL, XRP, DOGE, ADA (``BASES``; no SUI perpetual on Bitfinex could be confirmed).
+
 Wire: an ``info`` event on connect; subscribing gives ``{"event":"subscribed","channel":"status",
 "chanId":N,"key":"liq:global"}`` and then array frames ``[N, [[row], …]]``. Every liquidation is
 pushed as its initial trigger row (IS_MATCH 0) followed, in a second frame, by its market
@@ -26,6 +28,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 KEY = "liq:global"
+BASES = frozenset({"BTC", "ETH", "SOL", "XRP", "DOGE", "ADA"})
 POS_ID_BASE = 150_000_000
 
 
@@ -38,6 +41,8 @@ class BitfinexSim:
         self._chan_ids = itertools.count(200_001)
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        if event.base not in BASES:
+            return None
         symbol, price = f"t{event.base}F0:USTF0", tick(event.price)
         qty = lots(event.notional_usd / price, base_step(price))
         amount = qty if event.side == "long" else -qty

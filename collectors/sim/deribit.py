@@ -12,7 +12,8 @@ side) or ``M`` (even seq: maker liquidated, direction = the opposite); every 5th
 ``trade_id:long`` / ``trade_id:short``). BTC and ETH trade on
 ``BTC-PERPETUAL`` / ``ETH-PERPETUAL`` (ticks 0.5 / 0.05): ``amount`` is USD, a multiple of 10
 (≥ 10); expected quantity = amount / price, notional = amount, ``quantity_native_unit="USD"``.
-Other bases trade on ``<BASE>_USDC-PERPETUAL`` (channel ``trades.future.USDC.100ms``):
+SOL, XRP, DOGE and ADA trade on ``<BASE>_USDC-PERPETUAL`` (channel ``trades.future.USDC.100ms``;
+no SUI perpetual on Deribit could be confirmed, so SUI is not simulated):
 ``amount`` is base in lots of 0.1; quantity = amount, notional = amount × price, symbol
 ``<BASE>USDC``. event_id = ``trade_id``.
 """
@@ -31,6 +32,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation, Side
 
 INVERSE_TICK = {"BTC": 0.5, "ETH": 0.05}
+LINEAR_BASES = frozenset({"SOL", "XRP", "DOGE", "ADA"})
 LINEAR_LOT = 0.1
 TEST_REQUEST = json.dumps({"jsonrpc": "2.0", "method": "heartbeat", "params": {"type": "test_request"}})
 
@@ -43,6 +45,8 @@ class DeribitSim:
     """An unanswered ``test_request``: "the API server will immediately close the connection"."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
+        if event.base not in INVERSE_TICK and event.base not in LINEAR_BASES:
+            return None
         flag = _flag(seq)
         order_side = "sell" if event.side == "long" else "buy"
         direction = order_side if flag != "M" else ("buy" if order_side == "sell" else "sell")

@@ -6,7 +6,7 @@ details grouped by instrument. Subscribe acks are ``{"event":"subscribe","arg":â
 ``ping`` is answered ``pong``. On subscribe the recent liquidations are replayed (OKX's first
 push may carry recent history), so collectors must dedupe by event_id.
 
-Contract values (``ctVal``, base per contract): BTC 0.01, ETH 0.1, SOL 1, XRP 100, DOGE 1000, ADA 100,
+Contract values (``ctVal``, base per contract): BTC 0.01, ETH 0.1, SOL 1, XRP 100, DOGE 1000, ADA 100, SUI 1,
 and ``NEWCOIN-USDT-SWAP`` (10 NEWCOIN), a made-up listing absent from the shipped fallback table
 that only a collector that refreshed its instruments can size; other bases are not simulated.
 REST: ``GET /api/v5/public/instruments?instType=SWAP`` lists exactly these contracts in OKX's
@@ -32,7 +32,8 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 
 CT_VAL = {
-    "BTC": 0.01, "ETH": 0.1, "SOL": 1.0, "XRP": 100.0, "DOGE": 1000.0, "ADA": 100.0, "NEWCOIN": 10.0,
+    "BTC": 0.01, "ETH": 0.1, "SOL": 1.0, "XRP": 100.0, "DOGE": 1000.0, "ADA": 100.0, "SUI": 1.0,
+    "NEWCOIN": 10.0,
 }
 CHANNEL = "liquidation-orders"
 INST_TYPE = "SWAP"

@@ -39,6 +39,10 @@ EVENTS = [
     _event("ETH", "short", 3_199.5, 12.0, 41),
     _event("SOL", "short", 151.237, 8_765.43, 90),
     _event("SOL", "long", 150.001, 20_000.0, 91),
+    _event("XRP", "long", 2.3417, 15_000.0, 120),
+    _event("DOGE", "short", 0.18743, 4_321.0, 121),
+    _event("ADA", "long", 0.7129, 2_500.0, 150),
+    _event("SUI", "short", 3.4561, 11_000.0, 151),
 ]
 
 

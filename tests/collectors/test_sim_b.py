@@ -32,6 +32,10 @@ _ROWS: list[tuple[str, Side, float, float, int]] = [
     ("ETH", "long", 3_210.25, 50_000.0, 40),
     ("ETH", "short", 3_199.5, 12.0, 41),
     ("SOL", "short", 151.237, 9_000.0, 90),
+    ("XRP", "long", 2.3417, 15_000.0, 120),
+    ("DOGE", "short", 0.18743, 4_321.0, 121),
+    ("ADA", "long", 0.7129, 2_500.0, 150),
+    ("SUI", "short", 3.4561, 11_000.0, 151),
 ]
 EVENTS = [
     MarketEvent(venue="", base=base, side=side, price=price, notional_usd=usd, timestamp_ms=T0 + dt)

@@ -29,6 +29,7 @@ from collectors.venue import VenueSession
 from shared.clock import SYSTEM_CLOCK
 from shared.errors import ParseError
 from shared.market import MarketEvent
+from shared.market_model import BASES, LISTED, PRICE_RANGE
 from shared.models import Liquidation, Side
 
 TIMEOUT = 10.0
@@ -282,3 +283,17 @@ def test_a_request_the_venue_refuses_gets_its_error_reply_which_the_session_repo
                         return output.error
 
     assert asyncio.run(run())
+
+
+@pytest.mark.parametrize("venue", VENUES)
+def test_each_simulator_renders_exactly_the_bases_the_market_model_lists_for_it(venue: str) -> None:
+    """``shared.market_model.LISTED`` is the model's copy of what each simulator lists (the model
+    may not import collectors): a base one renders and the other does not list, or the reverse,
+    would be liquidations generated and never sent, or never generated."""
+    sim = load_sim(venue)
+    rendered = {
+        base for base in BASES
+        if sim.materialize(MarketEvent(venue=venue, base=base, side="long", price=sum(PRICE_RANGE[base]) / 2,
+                                       notional_usd=5_000.0, timestamp_ms=1_781_000_000_000), 1) is not None
+    }
+    assert rendered == LISTED[venue]
