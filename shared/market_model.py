@@ -21,8 +21,9 @@ The model (all rates and sizes live in :class:`ModelParams`):
 - **Quiet market.** Small liquidations arrive as a Poisson process: 12 / 9 / 6 / 5 / 5 / 4 / 4
   per minute for BTC / ETH / SOL / XRP / DOGE / ADA / SUI if all 14 venues listed them, split by
   each listing venue's share of the flow (:data:`VENUE_SHARE`; fewer venues see proportionally
-  fewer): about 41 published a minute with all 14 venues. Scenarios use a sixth of these rates (:data:`SCENARIO_PARAMS`). Sizes
-  are log-normal, median $2,000, sigma 1.1, capped at $250,000. Sides are 50/50.
+  fewer): about 41 published a minute with all 14 venues. Scenarios use a sixth of these rates
+  (:data:`SCENARIO_PARAMS`). Sizes are log-normal, median $2,000, sigma 1.1, capped at
+  $250,000. Sides are 50/50.
 - **Cascades.** In the endless stream, cascades start as a Poisson process (3 per hour, the
   first one optionally at a fixed ``first_cascade_s``, so a demo shows one at once; base
   BTC 40 %, ETH 25 %, SOL 13 %, XRP 7 %, DOGE 6 %, SUI 5 %, ADA 4 %). A cascade hits 2-6 venues
