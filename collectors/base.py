@@ -1,9 +1,10 @@
-"""The one connection loop every collector runs: connect, subscribe, heartbeat, parse, publish.
+"""The one connection loop every collector runs: connect, subscribe, heartbeat, parse, hand on.
 
 For each :class:`~collectors.venue.ConnectionPlan` of a venue, a task keeps one WebSocket open:
 it sends the session's subscribe frames, the venue's application ping every ``heartbeat_s``
 (WebSocket pings otherwise), decompresses gzip frames (HTX), hands each frame to the session,
-sends its replies, drops replayed liquidations (``collectors.dedupe``) and queues the rest.
+sends its replies, drops replayed liquidations (``collectors.dedupe``) and hands the rest to
+the publisher (``collectors.publisher``).
 
 - A malformed frame is counted (``liq_parse_errors``), logged with a truncated sample (at most
   once per 10 s per venue) and skipped. It never closes the connection.
@@ -12,10 +13,11 @@ sends its replies, drops replayed liquidations (``collectors.dedupe``) and queue
   the venue announces it will drop (``SessionOutput.reconnect``) is replaced the same way; one
   the venue ends at a fixed age (``VenueSpec.max_connection_s``) is replaced before then, the
   new connection opened before the old one is closed.
-- One publisher task drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
-  event shard of each liquidation's symbol. While Redis is unreachable, liquidations wait in
-  the disk spool (``collectors.spool``, ``<data_dir>/spool``) and are published first, in
-  order, once it answers, even by the next start of a collector stopped meanwhile.
+- One publisher task (``collectors.publisher``) drains the queue in pipelined batches of XADD
+  (``MAXLEN ~``) into the event shard of each liquidation's symbol. While Redis is unreachable,
+  liquidations wait in the disk spool (``collectors.spool``, ``<data_dir>/spool``) and are
+  published first, in order, once it answers, even by the next start of a collector stopped
+  meanwhile.
 - Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
 - ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
 - For a venue with an instruments endpoint, contract sizes are refreshed beside the
@@ -45,8 +47,9 @@ from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidU
 
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
+from collectors.publisher import Publisher
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
-from collectors.spool import Spool, SpoolBusy
+from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
 from shared import codec, keys
@@ -55,19 +58,14 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.errors import ParseError
 from shared.metrics import (
     DUPLICATES,
-    ERRORS,
     EVENTS_IN,
-    EVENTS_OUT,
     PARSE_ERRORS,
-    PUBLISH_SECONDS,
     RECONNECTS,
-    SPOOLED,
     VENUE_CONNECTED,
     VENUE_LAST_EVENT_MS,
 )
 from shared.models import Liquidation
 from shared.runtime import done_before_stop, stopped_within
-from shared.streams import publish
 from shared.venue_health import STOPPED_REASON
 
 PUBLISHER_DIED_REASON = "collector failed: the publisher stopped unexpectedly"
@@ -85,10 +83,6 @@ REPLACE_AT = 0.75
 connection at this fraction of it; the old one is closed once the new one is subscribed."""
 REMEMBER_ENTRIES = 5000
 """Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
-SPOOL_RETRY_S = 60.0
-"""After the disk refused a spool write, liquidations wait in memory this long before the spool
-is tried again."""
-PUBLISH_BATCH = 500
 PARSE_LOG_EVERY_S = 10.0
 
 
@@ -185,24 +179,17 @@ class Collector:
     """State of one venue's collector process (all its connections)."""
 
     config: CollectorConfig
-    queue: asyncio.Queue[Liquidation] = field(default_factory=asyncio.Queue)
     dedupe: RecentIds = field(default_factory=RecentIds)
     health: VenueHealth = field(init=False)
-    published: int = 0
+    publisher: Publisher = field(init=False)
     _record: IO[str] | None = None
     _last_parse_log: float = 0.0
     _logged_state: str = ""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
-    spool: Spool | None = field(init=False)
     _relist_now: asyncio.Event = field(default_factory=asyncio.Event)
     """Set after an instruments refresh: the relisting looks at once (see ``_relist_loop``)."""
-    _spool_writable: bool = True
-    """False after the disk refused a write: new liquidations wait in memory (behind what the
-    spool holds, which is still published first) until ``_spool_again_at``."""
-    _spool_again_at: float = 0.0
-    """After a disk error, from this time (monotonic) the spool is written again."""
     _stop: asyncio.Event | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     """The connection loops (and helpers) ``run()`` cancels on stop, replacements included."""
@@ -211,28 +198,26 @@ class Collector:
         spec = self.config.venue
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms(),
                                   endpoint=self.config.base_url)
-        self.spool = self._open_spool()
-        left = self._waiting_spool()
-        if left is not None:
-            logger.warning("%s: %d liquidations in %s from an earlier run; they are published first",
-                           spec.name, left.pending, left.path)
-            SPOOLED.labels(spec.name).set(left.pending)
+        self.publisher = Publisher(spec.name, self.config.redis, self.config.shards, self._notify,
+                                   self.config.spool_dir)
         if self.config.record_path is not None:
             self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record = self.config.record_path.open("a", encoding="utf-8")
 
-    def _open_spool(self) -> Spool | None:
-        if self.config.spool_dir is None:
-            return None
-        try:
-            return Spool(self.config.spool_dir, self.config.venue.name)
-        except SpoolBusy as exc:
-            logger.warning("%s: another collector of this venue uses the spool (%s); this one keeps "
-                           "what Redis cannot take in memory", self.config.venue.name, exc)
-        except OSError as exc:  # a full or read-only disk must not stop the collector
-            logger.error("%s: no spool in %s (%s); what Redis cannot take waits in memory",
-                         self.config.venue.name, self.config.spool_dir, exc)
-        return None
+    @property
+    def queue(self) -> asyncio.Queue[Liquidation]:
+        """The publisher's in-memory queue."""
+        return self.publisher.queue
+
+    @property
+    def spool(self) -> Spool | None:
+        """The publisher's disk spool (None: liquidations Redis cannot take wait in memory)."""
+        return self.publisher.spool
+
+    @property
+    def published(self) -> int:
+        """Liquidations the publisher put in Redis since the start."""
+        return self.publisher.published
 
     @property
     def plans(self) -> list[ConnectionPlan]:
@@ -268,7 +253,7 @@ class Collector:
             tasks.append(asyncio.create_task(refresh_loop(
                 self.config.venue.name, source, self.config.base_url, self.config.instruments_dir,
                 stop, every_s, on_refresh=self._instruments_refreshed)))
-        publisher = asyncio.create_task(self._publisher(stop))
+        publisher = asyncio.create_task(self.publisher.run(stop))
         reporter = asyncio.create_task(self._health_loop(stop))
         why = STOPPED_REASON
         try:
@@ -303,7 +288,8 @@ class Collector:
         A Redis that is loading its data (just restarted) is waited for: it answers soon. One
         that does not answer at all is not: the collector must run, and spool, without it."""
         venue = self.config.venue.name
-        spooled = await asyncio.to_thread(self.spool.waiting) if self.spool is not None else []
+        spool = self.publisher.spool
+        spooled = await asyncio.to_thread(spool.waiting) if spool is not None else []
         remembered = sum(not self.dedupe.seen_before(liq) for liq in spooled)
         backoff, loading = Backoff(base_s=0.1, cap_s=5.0), Outage(f"{venue}: redis (loading)", logger)
         while not stop.is_set():
@@ -548,10 +534,7 @@ class Collector:
         if dropped:
             self.health.duplicates += dropped
             DUPLICATES.labels(self.config.venue.name).inc(dropped)
-        to_disk = self._waiting_spool() is not None  # then after what waits there
-        if not (to_disk and self._spool_with_queue([], fresh)):
-            for liq in fresh:
-                self.queue.put_nowait(liq)
+        self.publisher.put(fresh)
         if fresh:
             self.health.events += len(fresh)
             self.health.last_event_ms = max(self.health.last_event_ms, *(liq.timestamp_ms for liq in fresh))
@@ -599,155 +582,6 @@ class Collector:
                 return
             logger.error("%s: the end of the recording to %s was lost: %s", self.config.venue.name,
                          self.config.record_path, exc)
-
-    # -- publishing ---------------------------------------------------------------------------
-
-    async def _publisher(self, stop: asyncio.Event) -> None:
-        """Move liquidations to Redis in batches: the disk spool first, then the queue.
-
-        While Redis is unreachable, the failed batch and the queue go to the spool (when the
-        collector has one) and new liquidations follow them there; on stop, what waits stays
-        on disk for the next start. Without a spool they wait in memory."""
-        backoff = Backoff()
-        outage = Outage(f"{self.config.venue.name}: redis", logger)
-        batch: list[Liquidation] = []
-        while True:
-            spool = self._waiting_spool()
-            if spool is not None and stop.is_set() and self._spool_with_queue([]):
-                await self._sync_spool()
-                logger.warning("%s: stopping with %d liquidations in %s; the next start publishes them",
-                               self.config.venue.name, spool.pending, spool.path)
-                return
-            try:
-                if spool is not None:
-                    batch = spool.peek(PUBLISH_BATCH)  # empty when it met only unreadable lines
-                elif not batch:
-                    batch = await self._next_batch(stop)
-                    if not batch:
-                        return
-                if batch:
-                    await self._publish(batch)
-            except (RedisError, OSError) as exc:  # Redis, or the disk under the spool
-                batch = self._unpublished(batch, spool is not None, exc)
-                await self._notify()
-                if stop.is_set() and (self.spool is None or not self._spool_writable):
-                    logger.error("%s: redis unavailable at shutdown (%s); %d liquidations not published",
-                                 self.config.venue.name, exc, len(batch) + self.queue.qsize())
-                    return
-                await self._sync_spool()
-                delay = backoff.next_delay()
-                outage.down(exc, delay)
-                logger.debug("%s: %d liquidations waiting for redis", self.config.venue.name,
-                             self._waiting(batch))
-                await stopped_within(stop, delay)
-                continue
-            backoff.reset()
-            outage.up()
-            batch = []
-            if spool is not None:
-                self._spool_published(spool)
-            await self._notify()
-
-    def _unpublished(self, batch: list[Liquidation], from_spool: bool,
-                     exc: BaseException) -> list[Liquidation]:
-        """What to retry from memory after a failed publish (nothing when it waits on disk)."""
-        ERRORS.labels("collector", type(exc).__name__).inc()
-        if from_spool:
-            return []  # still on disk: peeked again next time
-        return [] if self._spool_with_queue(batch) else batch
-
-    def _spool_back_on(self) -> None:
-        """Write the spool again, a while after the disk refused it (it may have room now)."""
-        if self.spool is None or self._spool_writable or time.monotonic() < self._spool_again_at:
-            return
-        self._spool_writable = True
-        logger.warning("%s: spooling to %s again", self.config.venue.name, self.spool.path)
-
-    def _spool_published(self, spool: Spool) -> None:
-        spool.commit()
-        SPOOLED.labels(self.config.venue.name).set(spool.pending)
-        if not spool.pending:
-            logger.info("%s: spool published; back to the in-memory queue", self.config.venue.name)
-
-    def _waiting_spool(self) -> Spool | None:
-        """The spool, when liquidations wait in it (they go out before anything newer)."""
-        return self.spool if self.spool is not None and self.spool.pending else None
-
-    def _spool_with_queue(self, batch: list[Liquidation], newer: list[Liquidation] | None = None) -> bool:
-        """Move ``batch``, the queue and ``newer``, in that order, to the spool; False (the queue
-        left as it was) when the spool cannot be written. The queue holds liquidations only while
-        the spool could not be written: they go before anything newer."""
-        queued = self._drain_queue()
-        if self._spool([*batch, *queued, *(newer or ())]):
-            return True
-        for liq in queued:
-            self.queue.put_nowait(liq)
-        return False
-
-    def _spool(self, liquidations: list[Liquidation]) -> bool:
-        """Append to the spool; False (nothing written) when there is none, when the disk
-        refused an earlier write and the retry time has not come, or on a disk error, which
-        is logged. What the spool holds stays in it and is still published first."""
-        self._spool_back_on()
-        if self.spool is None or not self._spool_writable:
-            return False
-        if liquidations and not self.spool.pending:
-            logger.warning("%s: redis unavailable; liquidations wait in %s",
-                           self.config.venue.name, self.spool.path)
-        try:
-            self.spool.append(liquidations)
-        except OSError as exc:
-            logger.error("%s: cannot write %s (%s); liquidations wait in memory, the spool is tried "
-                         "again in %.0fs", self.config.venue.name, self.spool.path, exc, SPOOL_RETRY_S)
-            self._spool_writable = False
-            self._spool_again_at = time.monotonic() + SPOOL_RETRY_S
-            return False
-        SPOOLED.labels(self.config.venue.name).set(self.spool.pending)
-        return True
-
-    async def _sync_spool(self) -> None:
-        """fsync the spool in a worker thread: a slow disk must not stall the WebSocket loop."""
-        if self.spool is None:
-            return
-        try:
-            await asyncio.to_thread(self.spool.sync)
-        except OSError as exc:
-            logger.error("%s: cannot flush %s to disk (%s)", self.config.venue.name, self.spool.path, exc)
-
-    def _drain_queue(self) -> list[Liquidation]:
-        out: list[Liquidation] = []
-        while not self.queue.empty():
-            out.append(self.queue.get_nowait())
-        return out
-
-    def _waiting(self, batch: list[Liquidation]) -> int:
-        return len(batch) + self.queue.qsize() + (self.spool.pending if self.spool is not None else 0)
-
-    async def _next_batch(self, stop: asyncio.Event) -> list[Liquidation]:
-        while self.queue.empty():
-            if stop.is_set():
-                return []
-            getter = asyncio.create_task(self.queue.get())
-            if await done_before_stop(getter, stop):
-                batch = [getter.result()]
-                break
-            getter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await getter
-        else:
-            batch = []
-        while len(batch) < PUBLISH_BATCH and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        return batch
-
-    async def _publish(self, batch: list[Liquidation]) -> None:
-        shards = self.config.shards
-        items = [(keys.event_stream_of(liq.symbol, shards), liq) for liq in batch]
-        started = time.perf_counter()
-        await publish(self.config.redis, items, keys.EVENT_STREAM_MAXLEN)
-        PUBLISH_SECONDS.labels(self.config.venue.name).observe(time.perf_counter() - started)
-        self.published += len(batch)
-        EVENTS_OUT.labels("collector", self.config.venue.name).inc(len(batch))
 
     # -- health -------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from click.testing import CliRunner, Result
 from collectors import load_venue
 from collectors.base import Collector, CollectorConfig, FrameRecord
 from collectors.cli import parse, replay, venues
+from collectors.publisher import Publisher
 from collectors.sim.server import ExchangeSimulator
 from collectors.venue import ConnectionPlan
 from collectors.venues._common import liquidation_to_row
@@ -572,7 +573,7 @@ def test_a_collector_whose_publisher_died_is_not_reported_as_stopped_on_request(
     from shared.status import problems
     from shared.venue_health import venue_row
 
-    async def bug(self: Collector, batch: list[Liquidation]) -> None:
+    async def bug(self: Publisher, batch: list[Liquidation]) -> None:
         raise RuntimeError("a bug")
 
     async def run() -> None:
@@ -591,7 +592,7 @@ def test_a_collector_whose_publisher_died_is_not_reported_as_stopped_on_request(
             finally:
                 await redis.aclose()
 
-    with mock.patch.object(Collector, "_publish", bug), pytest.raises(RuntimeError, match="a bug"):
+    with mock.patch.object(Publisher, "_publish", bug), pytest.raises(RuntimeError, match="a bug"):
         asyncio.run(run())
     raw = cast(dict[bytes, bytes], syncredis.Redis.from_url(redis_url).hgetall(keys.venue_health("bybit")))
     health = {k.decode(): v.decode() for k, v in raw.items()}

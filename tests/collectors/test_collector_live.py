@@ -25,6 +25,7 @@ import redis as syncredis
 
 from collectors import base as base_module
 from collectors import load_venue
+from collectors import publisher as publisher_module
 from collectors.base import Collector, CollectorConfig
 from collectors.sim.protocol import SimClient
 from collectors.sim.server import ExchangeSimulator, load_sim
@@ -331,7 +332,7 @@ def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_be
         synced[os.readlink(f"/proc/self/fd/{fd}")] = os.fstat(fd).st_size
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=60.0, cap_s=60.0))
+    monkeypatch.setattr(publisher_module, "Backoff", lambda **_: Backoff(base_s=60.0, cap_s=60.0))
 
     def waiting(n: int) -> Callable[[Collector], bool]:  # on disk once the first publish failed
         return lambda c: c.spool is not None and 0 < c.spool.pending == n - c.queue.qsize()
@@ -411,7 +412,7 @@ def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str
             async def broken(batch: list[Liquidation]) -> None:
                 raise RuntimeError("a bug in publishing")
 
-            collector._publish = broken  # type: ignore[method-assign]
+            collector.publisher._publish = broken  # type: ignore[method-assign]
             stop = asyncio.Event()
             task = asyncio.create_task(collector.run(stop))
             await exchange.wait_subscribed("binance_usdm", len(collector.plans))
@@ -567,9 +568,7 @@ def test_a_spool_the_disk_refused_is_used_again_once_it_can_be(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk turns the spool off (liquidations wait in memory); a later outage retry finds
     room and spools them again, and all of them are published once, in order."""
-    import collectors.base as base_module
-
-    monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
+    monkeypatch.setattr(publisher_module, "SPOOL_RETRY_S", 0.0)
     disk, spool_dir = RefusingDisk(monkeypatch, armed=True), tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
@@ -668,9 +667,7 @@ def test_a_spool_refused_while_lines_wait_is_written_again_after_the_retry_time(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The refusal's liquidation waits in memory; the next write after the retry time takes it
     to the spool too, before the newer one, so nothing rests in memory through the outage."""
-    import collectors.base as base_module
-
-    monkeypatch.setattr(base_module, "SPOOL_RETRY_S", 0.0)
+    monkeypatch.setattr(publisher_module, "SPOOL_RETRY_S", 0.0)
     disk, spool_dir = RefusingDisk(monkeypatch), tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
@@ -818,7 +815,7 @@ def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
         made.append(Backoff(base_s=0.001, cap_s=0.002))
         return made[-1]
 
-    monkeypatch.setattr(base_module, "Backoff", tiny)
+    monkeypatch.setattr(publisher_module, "Backoff", tiny)
     spool_dir = tmp_path / "spool"
 
     async def run(redis: RestartableRedis) -> None:
@@ -1178,7 +1175,8 @@ def _record_backoff_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             super().next_delay()
             return 0.001
 
-    monkeypatch.setattr(base_module, "Backoff", Recording)
+    for module in (base_module, publisher_module):  # the connections' and the publisher's
+        monkeypatch.setattr(module, "Backoff", Recording)
     return attempts
 
 
