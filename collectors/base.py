@@ -19,7 +19,8 @@ the publisher (``collectors.publisher``).
   published first, in order, once it answers, even by the next start of a collector stopped
   meanwhile.
 - Health is written to ``liq:venue:{VENUE}`` every second and logged once per state change.
-- ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``.
+- ``record`` appends every raw frame, as received, to a JSON-lines file for ``liq replay``
+  (``collectors.recording``).
 - For a venue with an instruments endpoint, contract sizes are refreshed beside the
   connections (``collectors.refresh``) and cached on disk.
 - The connection plans are built by ``run()`` in a worker thread: a venue may need the network
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -48,6 +49,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidU
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import VenueHealth
 from collectors.publisher import Publisher
+from collectors.recording import FrameRecorder
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
 from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
@@ -84,16 +86,6 @@ connection at this fraction of it; the old one is closed once the new one is sub
 REMEMBER_ENTRIES = 5000
 """Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
 PARSE_LOG_EVERY_S = 10.0
-
-
-class FrameRecord(msgspec.Struct):
-    """One line of a ``--record`` file."""
-
-    venue: str
-    conn: str
-    received_ms: int
-    frame: str
-    binary: bool = False
 
 
 def silence_limit_s(spec: VenueSpec, app_pings: bool) -> float | None:
@@ -182,7 +174,7 @@ class Collector:
     dedupe: RecentIds = field(default_factory=RecentIds)
     health: VenueHealth = field(init=False)
     publisher: Publisher = field(init=False)
-    _record: IO[str] | None = None
+    recorder: FrameRecorder = field(init=False)
     _last_parse_log: float = 0.0
     _logged_state: str = ""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -200,9 +192,7 @@ class Collector:
                                   endpoint=self.config.base_url)
         self.publisher = Publisher(spec.name, self.config.redis, self.config.shards, self._notify,
                                    self.config.spool_dir)
-        if self.config.record_path is not None:
-            self.config.record_path.parent.mkdir(parents=True, exist_ok=True)
-            self._record = self.config.record_path.open("a", encoding="utf-8")
+        self.recorder = FrameRecorder(spec.name, self.config.record_path)
 
     @property
     def queue(self) -> asyncio.Queue[Liquidation]:
@@ -240,7 +230,7 @@ class Collector:
         try:
             plans = await asyncio.to_thread(lambda: self.plans)
         except BaseException:
-            self._close_record()
+            self.recorder.close()
             raise
         if self.config.venue.replays_on_subscribe:
             await self._remember_published(stop)
@@ -274,7 +264,7 @@ class Collector:
             self.health.stopped(why)
             with contextlib.suppress(RedisError, OSError):  # Redis may be what is down
                 await self._write_health()
-            self._close_record()
+            self.recorder.close()
             logger.info("%s: %d liquidations published, %d parse errors, %d duplicates dropped",
                         self.config.venue.name, self.published, self.health.parse_errors,
                         self.health.duplicates)
@@ -495,7 +485,7 @@ class Collector:
         EVENTS_IN.labels("collector", venue).inc()
         try:
             raw = inflate(raw, venue)
-            self._record_frame(label, now_ms, raw)
+            self.recorder.frame(label, now_ms, raw)
             output = session.on_message(raw, now_ms)
         except ParseError as exc:
             self._parse_error(exc)
@@ -550,38 +540,6 @@ class Collector:
             self._last_parse_log = now
             logger.warning("%s: skipped malformed frame (%d so far): %s",
                            self.config.venue.name, self.health.parse_errors, exc)
-
-    def _record_frame(self, label: str, now_ms: int, raw: str | bytes) -> None:
-        if self._record is None:
-            return
-        if isinstance(raw, bytes):
-            try:
-                text, binary = raw.decode("utf-8"), False
-            except UnicodeDecodeError:
-                text, binary = raw.hex(), True
-        else:
-            text, binary = raw, False
-        record = FrameRecord(self.config.venue.name, label, now_ms, text, binary)
-        try:
-            self._record.write(msgspec.json.encode(record).decode() + "\n")
-        except OSError as exc:  # a full disk stops the recording, never the collecting
-            logger.error("%s: recording to %s stopped: %s", self.config.venue.name,
-                         self.config.record_path, exc)
-            self._close_record(loss_said=True)
-
-    def _close_record(self, loss_said: bool = False) -> None:
-        """Close the ``--record`` file; what its buffer cannot write (a full disk) is lost, and
-        said once, but never stops the collector."""
-        record, self._record = self._record, None
-        if record is None:
-            return
-        try:
-            record.close()
-        except OSError as exc:
-            if loss_said:
-                return
-            logger.error("%s: the end of the recording to %s was lost: %s", self.config.venue.name,
-                         self.config.record_path, exc)
 
     # -- health -------------------------------------------------------------------------------
 

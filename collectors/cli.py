@@ -17,8 +17,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from collectors import VENUES, load_venue
-from collectors.base import Collector, CollectorConfig, FrameRecord
+from collectors.base import Collector, CollectorConfig
 from collectors.dedupe import RecentIds, number_repeats
+from collectors.recording import FrameRecord
 from collectors.venue import VenueSession
 from collectors.venues._common import inflate
 from shared import keys, logs, runtime

@@ -27,9 +27,10 @@ import redis as syncredis
 from click.testing import CliRunner, Result
 
 from collectors import load_venue
-from collectors.base import Collector, CollectorConfig, FrameRecord
+from collectors.base import Collector, CollectorConfig
 from collectors.cli import parse, replay, venues
 from collectors.publisher import Publisher
+from collectors.recording import FrameRecord
 from collectors.sim.server import ExchangeSimulator
 from collectors.venue import ConnectionPlan
 from collectors.venues._common import liquidation_to_row
