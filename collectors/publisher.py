@@ -35,8 +35,7 @@ from shared.models import Liquidation
 from shared.runtime import done_before_stop, stopped_within
 from shared.streams import publish
 
-logger = logging.getLogger("collectors.base")
-"""The collector's logger: the publisher's lines keep the name they have always been logged under."""
+logger = logging.getLogger(__name__)
 
 SPOOL_RETRY_S = 60.0
 """After the disk refused a spool write, liquidations wait in memory this long before the spool

@@ -13,8 +13,7 @@ from typing import IO
 
 import msgspec
 
-logger = logging.getLogger("collectors.base")
-"""The collector's logger: the recording's lines keep the name they have always been logged under."""
+logger = logging.getLogger(__name__)
 
 
 class FrameRecord(msgspec.Struct):

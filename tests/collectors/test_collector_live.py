@@ -325,11 +325,15 @@ def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_be
     from the process's), then published first by the next start."""
     spool_dir = tmp_path / "spool"
     synced: dict[str, int] = {}  # file → its size at its last fsync
+    spool_synced: list[Callable[[], object]] = []  # wakes the test (fsync runs in a worker thread)
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
         real_fsync(fd)
-        synced[os.readlink(f"/proc/self/fd/{fd}")] = os.fstat(fd).st_size
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        synced[path] = os.fstat(fd).st_size
+        for wake in spool_synced if path.endswith(".jsonl") else ():
+            wake()
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(publisher_module, "Backoff", lambda **_: Backoff(base_s=60.0, cap_s=60.0))
@@ -338,9 +342,12 @@ def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_be
         return lambda c: c.spool is not None and 0 < c.spool.pending == n - c.queue.qsize()
 
     async def run(redis: RestartableRedis) -> list[Liquidation]:
+        retry_synced, loop = asyncio.Event(), asyncio.get_running_loop()
+        spool_synced.append(lambda: loop.call_soon_threadsafe(retry_synced.set))
         async with ExchangeSimulator(["binance_usdm"]) as exchange:
             async with _running(_collector(redis.url, exchange, spool_dir)) as first:
                 sent = await _through_an_outage(exchange, first, redis.stop, 2, 5, waiting(5))
+                await asyncio.wait_for(retry_synced.wait(), 10)  # the failed publish's fsync is done
                 sent += await exchange.emit(events("binance_usdm", T0 + 90_000, 3))
                 await first.wait_until(waiting(8))  # the publisher waits 60 s before it tries again
             assert first.spool is not None and first.spool.pending == 8
@@ -827,7 +834,7 @@ def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
                 await collector.wait_until(lambda c: c.published == 7)
 
     with RestartableRedis(tmp_path / "redis") as redis, \
-            caplog.at_level(logging.INFO, logger="collectors.base"):
+            caplog.at_level(logging.INFO, logger="collectors"):  # the collector and its publisher
         asyncio.run(run(redis))
     lines = [re.sub(r"\(.*?\)|after \d+s and \d+", "…", r.getMessage()) for r in caplog.records
              if "redis" in r.getMessage() or "spool" in r.getMessage()]
