@@ -320,9 +320,10 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
 
 def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_before_it_exits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Liquidations that arrived while the publisher waited out its backoff are in memory at stop:
-    they go to the spool, and the spool is fsynced whole (safe from a machine crash too, not only
-    from the process's), then published first by the next start."""
+    """Liquidations that arrived while the publisher waited out its backoff went straight to the
+    spool (it had lines waiting), unsynced: at stop the spool is fsynced whole (safe from a machine
+    crash too, not only from the process's), then published first by the next start. (Moving the
+    in-memory queue to the spool at stop is tested in ``test_publisher``.)"""
     spool_dir = tmp_path / "spool"
     synced: dict[str, int] = {}  # file → its size at its last fsync
     spool_synced: list[Callable[[], object]] = []  # wakes the test (fsync runs in a worker thread)
