@@ -1,7 +1,8 @@
 """Hot-path benchmark of the pure engine: per-event latency p50/p99 (µs) and events/s.
 
 The workload is the market model with a busy market (45 liquidations a minute and 120 cascades an
-hour across 14 venues on BTC, ETH and SOL: the workload of every earlier run), so a good share of
+hour across 14 venues on BTC, ETH and SOL, as in earlier runs; not the same events: Gate no longer
+trades SOL and the cascade bases are drawn from the seven-base weights), so a good share of
 events lands in an active cascade, where each one is scored. Called by ``liq bench``
 (``shared.bench``) as ``run(events)``.
 """
