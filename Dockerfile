@@ -8,7 +8,7 @@ COPY detector detector
 COPY aggregator aggregator
 COPY writer writer
 COPY sql sql
-# A plain install: the wheel carries the migrations (sql/ next to writer/ in site-packages).
+# A plain install: the wheel carries the migrations (the repository's sql/ as writer/sql).
 RUN pip install --no-cache-dir -c constraints.txt .
 ENV LIQ_METRICS_HOST=0.0.0.0 LIQ_DATA_DIR=/data
 ENTRYPOINT ["liq"]

@@ -8,7 +8,8 @@ outage logged once when it begins and once when it ends, ``shared.backoff``).
 - While Redis is unreachable, the failed batch and the queue go to the disk spool
   (``collectors.spool``, ``<data_dir>/spool``) and new liquidations follow them there; the
   spool is fsynced at each retry and published first, in order, once Redis answers, even by
-  the next start of a collector stopped meanwhile. On stop, what waits goes to the spool.
+  the next start of a collector stopped meanwhile. On stop, what waits goes to the spool;
+  without a writable spool, what Redis could not take by then is logged as not published.
 - Without a spool (none configured, another collector of the venue holds it, or the disk
   refused it), they wait in memory. A spool the disk refused a write is tried again after
   ``SPOOL_RETRY_S``; meanwhile new liquidations wait in memory, behind what the spool holds.

@@ -237,8 +237,9 @@ def test_the_liquidations_panel_counts_liquidations_and_the_new_series_are_shown
 
 
 def test_an_installed_wheel_carries_the_migrations_the_writer_plans(tmp_path: Path) -> None:
-    """``pip install .`` (not editable, as an image or a user would) must bring ``sql/``: the
-    writer finds its migrations next to its package, and there were none in an installed copy."""
+    """``pip install .`` (not editable, as an image or a user would) must bring ``sql/``, as
+    ``writer/sql`` (a top-level ``sql`` package would clash with PyPI's python-sql): the writer
+    finds its migrations there, and there were none in an installed copy."""
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -259,6 +260,7 @@ def test_an_installed_wheel_carries_the_migrations_the_writer_plans(tmp_path: Pa
                          cwd=tmp_path, env=env, timeout=60).stdout
     module_file, installed, planned = json.loads(out)
     assert Path(module_file).is_relative_to(site)  # the installed copy, not the repository
+    assert not (site / "sql").exists() and (site / "writer" / "sql").is_dir()
     assert installed == sorted(p.name for p in (REPO / "sql").glob("*.sql"))
     assert planned == [m.filename for m in plan("native", sql_dir=REPO / "sql")]
 

@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from shared.servers import start_redis
+from shared.settings import CommonSettings
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +38,9 @@ def _status(env: dict[str, str]) -> dict[str, Any] | None:
 def _ready(report: dict[str, Any] | None) -> bool:
     if not report or "streams" not in report:
         return False
-    every_stream = all(s["length"] > 0 for s in report["streams"])  # the 4 shards and the cascades
+    every_stream = all(s["length"] > 0 for s in report["streams"])  # the shards and both cascade streams
     rows = report.get("database", {}).get("rows", {})
-    return (len(report["streams"]) == 6 and every_stream
+    return (len(report["streams"]) == CommonSettings().shards + 2 and every_stream
             and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
             and report["keys"]["cascade_status"] > 0
             and rows.get("liquidations_significant", 0) > 0 and rows.get("cascade_events", 0) > 0)

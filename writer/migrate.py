@@ -31,7 +31,16 @@ logger = logging.getLogger(__name__)
 
 Mode = Literal["timescale", "native"]
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+def _migrations_dir() -> Path:
+    """``writer/sql`` in an installed wheel (pyproject maps the top-level ``sql/`` there), else
+    the repository's ``sql/`` beside ``writer/`` (a checkout, an editable install)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "sql"
+    return installed if installed.is_dir() else here.parent / "sql"
+
+
+SQL_DIR = _migrations_dir()
 MIN_TIMESCALE = (2, 13)
 COLUMNSTORE_FROM = (2, 18)
 _FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)(?:\.([a-z0-9-]+))?\.sql$")

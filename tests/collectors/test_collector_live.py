@@ -318,23 +318,28 @@ def test_liquidations_spooled_by_a_collector_stopped_during_an_outage_are_publis
     assert list(spool_dir.iterdir()) == []
 
 
-def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_before_it_exits(
+def test_a_collector_stopping_in_an_outage_fsyncs_its_spool_whole_before_it_exits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Liquidations that arrived while the publisher waited out its backoff went straight to the
     spool (it had lines waiting), unsynced: at stop the spool is fsynced whole (safe from a machine
     crash too, not only from the process's), then published first by the next start. (Moving the
     in-memory queue to the spool at stop is tested in ``test_publisher``.)"""
     spool_dir = tmp_path / "spool"
-    synced: dict[str, int] = {}  # file → its size at its last fsync
+    spool_file = spool_dir / "binance_usdm.jsonl"
+    synced: dict[tuple[int, int], int] = {}  # file (device, inode) → its size at its last fsync
     spool_synced: list[Callable[[], object]] = []  # wakes the test (fsync runs in a worker thread)
     real_fsync = os.fsync
 
+    def identity(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
     def fsync(fd: int) -> None:
         real_fsync(fd)
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        synced[path] = os.fstat(fd).st_size
-        for wake in spool_synced if path.endswith(".jsonl") else ():
-            wake()
+        st = os.fstat(fd)
+        synced[identity(st)] = st.st_size
+        if spool_file.exists() and identity(spool_file.stat()) == identity(st):
+            for wake in spool_synced:
+                wake()
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(publisher_module, "Backoff", lambda **_: Backoff(base_s=60.0, cap_s=60.0))
@@ -351,8 +356,8 @@ def test_what_a_collector_stopping_in_an_outage_moves_to_its_spool_is_fsynced_be
                 await asyncio.wait_for(retry_synced.wait(), 10)  # the failed publish's fsync is done
                 sent += await exchange.emit(events("binance_usdm", T0 + 90_000, 3))
                 await first.wait_until(waiting(8))  # the publisher waits 60 s before it tries again
-            assert first.spool is not None and first.spool.pending == 8
-            assert synced[str(first.spool.path.resolve())] == first.spool.path.stat().st_size
+            assert first.spool is not None and first.spool.pending == 8 and first.spool.path == spool_file
+            assert synced[identity(spool_file.stat())] == spool_file.stat().st_size
             redis.start_again()
             async with _running(_collector(redis.url, exchange, spool_dir)) as second:
                 await second.wait_until(lambda c: c.published == 8)
