@@ -28,7 +28,8 @@ from typing import Any
 from detector.config import DetectorSettings
 from detector.engine import Engine
 from detector.lifecycle import ended_cascades
-from shared.market_model import SCENARIO_KINDS, CascadeLabel, Scenario, scenario, to_liquidation
+from shared.market_model import to_liquidation
+from shared.scenarios import SCENARIO_KINDS, CascadeLabel, Scenario, scenario
 
 TARGETS = {"precision": 0.9, "recall": 0.9, "median_delay_after_fifth_s": 2.0,
            "quiet_false_alarms_per_hour": 1.0}

@@ -3,7 +3,8 @@
 Pure and deterministic: the same ``seed``, venues, bases and ``start_ms`` give the same events,
 byte for byte. No I/O, no wall clock; randomness comes only from ``numpy.random.Generator``
 seeded with ``seed``. Used by the exchange simulator (``liq simulate`` renders each event in its
-venue's wire format) and by the detector evaluation (``liq evaluate``).
+venue's wire format) and, through the labelled scenarios staged on :class:`Market`
+(``shared/scenarios.py``), by the detector evaluation (``liq evaluate``).
 
 The model (all rates and sizes live in :class:`ModelParams`):
 
@@ -21,9 +22,8 @@ The model (all rates and sizes live in :class:`ModelParams`):
 - **Quiet market.** Small liquidations arrive as a Poisson process: 12 / 9 / 6 / 5 / 5 / 4 / 4
   per minute for BTC / ETH / SOL / XRP / DOGE / ADA / SUI if all 14 venues listed them, split by
   each listing venue's share of the flow (:data:`VENUE_SHARE`; fewer venues see proportionally
-  fewer): about 41 published a minute with all 14 venues. Scenarios use a sixth of these rates
-  (:data:`SCENARIO_PARAMS`). Sizes are log-normal, median $2,000, sigma 1.1, capped at
-  $250,000. Sides are 50/50.
+  fewer): about 41 published a minute with all 14 venues (the scenarios use a sixth of these
+  rates). Sizes are log-normal, median $2,000, sigma 1.1, capped at $250,000. Sides are 50/50.
 - **Cascades.** In the endless stream, cascades start as a Poisson process (3 per hour, the
   first one optionally at a fixed ``first_cascade_s``, so a demo shows one at once; base
   BTC 40 %, ETH 25 %, SOL 13 %, XRP 7 %, DOGE 6 %, SUI 5 %, ADA 4 %). A cascade hits 2-6 venues
@@ -31,33 +31,12 @@ The model (all rates and sizes live in :class:`ModelParams`):
   15-90 s, front-loaded in time (Beta(1.3, 2.6)), each venue joining with a lag of up to 3 s,
   sizes log-normal (median $25,000, sigma 1.0), 85-100 % on one side. Price moves against that
   side by 0.3-2.5 % over the cascade and retraces half of it over the following ten minutes.
+  Its liquidations on each canonical symbol where they meet the original cascade rule
+  (:func:`rule_holds`) carry the ``cascade_id`` ``"<market cascade>/<symbol>"`` and are recorded
+  as a :class:`Truth` (the ground truth of the scenarios' labels).
 - **Sampling.** ``binance_usdm`` and ``binance_coinm`` publish at most one liquidation per
   symbol per second (the latest one of each second, as Binance's ``forceOrder`` stream does);
   the model drops the others. Every other venue publishes every liquidation.
-
-Ground truth. A *cascade* is what the original system calls one: at least 5 liquidations
-worth at least $100,000 in total within 60 s, here counted on the liquidations the cascade
-process itself generated (before sampling and drop-outs: what really happened), per canonical
-symbol, because that is where a detector can see them together. A market cascade that spills
-onto a symbol with fewer events than that is not labelled there, and its events there carry no
-``cascade_id``. Each labelled group is a :class:`CascadeLabel` whose id is
-``"<market cascade>/<symbol>"``, the ``cascade_id`` its published events carry.
-
-Scenario kinds (:func:`scenario`), each 10 minutes of quiet background plus one situation, the
-quiet kind one hour of background only:
-
-==========================  ==================================================================  =========
-kind                        what happens                                                        labelled
-==========================  ==================================================================  =========
-``quiet``                   background only                                                     0
-``single_venue_burst``      6-14 liquidations within 8-40 s on one venue (any), >= $100K        1
-``cross_venue_cascade``     a market cascade as above, >= 2 venues on one canonical symbol      >= 1
-``slow_grind``              one-sided liquidations every 16-28 s for 4-8 min on 1-2 venues:     0
-                            never 5 within 60 s (the grind is the symbol's only activity)
-``whale_alone``             one $1.5-8M liquidation, no other one on its symbol within 60 s     0
-``feed_dropout``            a cross-venue cascade on >= 3 venues; its busiest venue goes dark   >= 1
-                            30-60 % into it for 2 minutes (labels count the lost events too)
-==========================  ==================================================================  =========
 """
 
 from __future__ import annotations
@@ -66,9 +45,9 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -124,13 +103,6 @@ ANNUAL_VOL: dict[str, float] = {
     "BTC": 0.55, "ETH": 0.70, "SOL": 0.90, "XRP": 0.85, "DOGE": 1.0, "ADA": 0.9,
     "SUI": 1.0,
 }
-
-ScenarioKind = Literal[
-    "quiet", "single_venue_burst", "cross_venue_cascade", "slow_grind", "whale_alone", "feed_dropout"
-]
-SCENARIO_KINDS: tuple[ScenarioKind, ...] = (
-    "quiet", "single_venue_burst", "cross_venue_cascade", "slow_grind", "whale_alone", "feed_dropout"
-)
 
 RULE_MIN_COUNT = 5
 RULE_MIN_USD = 100_000.0
@@ -221,59 +193,12 @@ class ModelParams:
 
 
 DEFAULT_PARAMS = ModelParams()
-SCENARIO_PARAMS = replace(
-    DEFAULT_PARAMS, quiet_per_min=tuple((base, rate / 6) for base, rate in DEFAULT_PARAMS.quiet_per_min),
-)
-"""The scenarios' calmer background (a sixth of the endless market's rates), so that a scenario
-scores its one situation. At the endless market's rates the background alone meets the rule now
-and then (the detector flags about 1.2 such windows an hour, most on ``BTCUSDT``): cascades by
-the original definition, but no label's (labels count only a simulated cascade's liquidations),
-so they would count as false alarms (precision 0.54 on that background; see BENCHMARKS.md)."""
-
-
-@dataclass(frozen=True)
-class CascadeLabel:
-    """One labelled cascade on one canonical symbol.
-
-    ``start_ms``/``end_ms``/``count``/``notional_usd`` describe the liquidations that really
-    happened (before sampling and drop-outs); ``first_ms`` and ``fifth_ms`` are the times of the
-    first and fifth *published* ones (the fifth is the last published one when fewer than five
-    were), the reference points of detection delay.
-    """
-
-    cascade_id: str
-    symbol: str
-    venues: tuple[str, ...]
-    start_ms: int
-    end_ms: int
-    first_ms: int
-    fifth_ms: int
-    count: int
-    published: int
-    notional_usd: float
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A labelled scenario: its published events (time order) and the cascades among them."""
-
-    kind: str
-    seed: int
-    start_ms: int
-    duration_ms: int
-    events: list[MarketEvent]
-    cascades: list[CascadeLabel]
-    true_count: int = 0
-    """How many liquidations happened, published or not (sampling, drop-outs)."""
-
-    @property
-    def end_ms(self) -> int:
-        return self.start_ms + self.duration_ms
-
-
 @dataclass(order=True)
-class _Raw:
-    """A liquidation before pricing and sampling; ordered by (time, generation order)."""
+class Raw:
+    """A liquidation before pricing and sampling; ordered by (time, generation order).
+
+    ``cascade`` is the ``cascade_id`` it will be published with (empty outside labelled cascades).
+    """
 
     ts: int
     seq: int
@@ -303,11 +228,19 @@ class _Impact:
 
 
 @dataclass
-class _Truth:
-    """True (pre-sampling) facts of one market cascade, per canonical symbol."""
+class Truth:
+    """True (pre-sampling) facts of one market cascade: its liquidations on each canonical symbol
+    where they meet the rule (time order)."""
 
     cascade_id: str
-    events: dict[str, list[_Raw]] = field(default_factory=dict)
+    events: dict[str, list[Raw]] = field(default_factory=dict)
+
+
+class Mark(NamedTuple):
+    """How many price impacts and truths a :class:`Market` had recorded (see :meth:`Market.mark`)."""
+
+    impacts: int
+    truths: int
 
 
 def rule_holds(times: Sequence[int], notionals: Sequence[float]) -> bool:
@@ -324,11 +257,20 @@ def rule_holds(times: Sequence[int], notionals: Sequence[float]) -> bool:
     return False
 
 
-class _Market:
-    """The generator behind both the endless stream and the scenarios."""
+class Market:
+    """The generator behind both the endless stream (:class:`MarketModel`) and the scenarios.
+
+    :meth:`chunks` publishes what has been added to it, minute by minute, with background and (when
+    ``scheduled_cascades``) the endless stream's cascades drawn as it goes; every published event
+    carries ``tag`` as its ``scenario``. A scenario (``shared/scenarios.py``) stages its situation
+    before the first chunk through the public interface: ``rng``, ``params``, ``venues``, the
+    truths recorded so far (``truths``, labelled cascades), ``true_count`` (liquidations that
+    happened by the last chunk, published or not) and the methods without a leading underscore.
+    The other attributes are the generator's own state.
+    """
 
     def __init__(self, seed: int, venues: Sequence[str], bases: Sequence[str], start_ms: int,
-                 params: ModelParams, *, scheduled_cascades: bool) -> None:
+                 params: ModelParams, *, scheduled_cascades: bool, tag: str = "") -> None:
         unknown = [v for v in venues if v not in VENUE_SHARE]
         if unknown:
             raise ValueError(f"unknown venue(s) {unknown}; choose from {', '.join(VENUES)}")
@@ -341,7 +283,7 @@ class _Market:
         self.params = params
         self.start_ms = start_ms
         self.scheduled = scheduled_cascades
-        self.tag = ""
+        self.tag = tag
         self.traded = tuple(b for b in self.bases if self.listing(b))
         if not self.traded:
             raise ValueError(f"none of the venues {list(venues)} lists any of {list(bases)}")
@@ -352,12 +294,12 @@ class _Market:
             lo, hi = PRICE_RANGE.get(b, (10.0, 20.0))
             p0 = float(self.rng.uniform(lo + 0.2 * (hi - lo), hi - 0.2 * (hi - lo)))
             self.logp[b] = self.mu[b] = math.log(p0)
-        self.impacts: list[_Impact] = []
-        self.pending: list[_Raw] = []
-        self.truths: list[_Truth] = []
-        self.suppressed: list[tuple[str, int, int]] = []  # (symbol, lo, hi): no background there
-        self.exempt: set[int] = set()  # seqs of the situation's own events (never suppressed)
-        self.dark: list[tuple[str, int, int]] = []  # (venue, lo, hi)
+        self._impacts: list[_Impact] = []
+        self.pending: list[Raw] = []
+        self.truths: list[Truth] = []
+        self._suppressed: list[tuple[str, int, int]] = []  # (symbol, lo, hi): no background there
+        self._exempt: set[int] = set()  # seqs of the situation's own events (never suppressed)
+        self._dark: list[tuple[str, int, int]] = []  # (venue, lo, hi)
         self.seq = 0
         self.n_cascades = 0
         self.true_count = 0
@@ -383,20 +325,47 @@ class _Market:
         w = np.array([weights.get(b, 0.1) for b in self.traded])
         return self.traded[int(self.rng.choice(len(self.traded), p=w / w.sum()))]
 
-    def _raw(self, ts: int, venue: str, base: str, side: Side, notional: float, cascade: str = "") -> _Raw:
+    def raw(self, ts: int, venue: str, base: str, side: Side, notional: float, cascade: str = "") -> Raw:
+        """A new liquidation (notional rounded to the cent), next in generation order; not yet added."""
         self.seq += 1
-        return _Raw(int(ts), self.seq, venue, base, side, round(float(notional), 2), cascade)
+        return Raw(int(ts), self.seq, venue, base, side, round(float(notional), 2), cascade)
 
-    def _sizes(self, n: int, median: float, sigma: float, cap: float, floor: float = 50.0) -> np.ndarray:
+    def sizes(self, n: int, median: float, sigma: float, cap: float, floor: float = 50.0) -> np.ndarray:
+        """``n`` log-normal notionals around ``median``, clipped to [``floor``, ``cap``]."""
         return np.clip(self.rng.lognormal(math.log(median), sigma, n), floor, cap)
 
-    def add(self, raws: list[_Raw]) -> None:
+    def add(self, raws: list[Raw]) -> None:
+        """Schedule ``raws`` for publication (each in the chunk of its time)."""
         for r in raws:
             heapq.heappush(self.pending, r)
 
     def new_cascade_id(self) -> str:
         self.n_cascades += 1
         return f"c{self.seed}-{self.n_cascades}"
+
+    def move_price(self, base: str, start_ms: int, duration_ms: int, size: float) -> None:
+        """Move ``base``'s price by ``size`` (relative, signed) over ``duration_ms`` from ``start_ms``;
+        half of it retraces over the following ten minutes."""
+        self._impacts.append(_Impact(base, start_ms, duration_ms, size))
+
+    def suppress(self, symbol: str, lo_ms: int, hi_ms: int, keep: Iterable[Raw]) -> None:
+        """Rule out the background on ``symbol`` within [``lo_ms``, ``hi_ms``]: only ``keep`` (the
+        situation's own liquidations, and whatever else is exempt) happens there."""
+        self._suppressed.append((symbol, lo_ms, hi_ms))
+        self._exempt.update(r.seq for r in keep)
+
+    def go_dark(self, venue: str, lo_ms: int, hi_ms: int) -> None:
+        """Drop what ``venue`` publishes within [``lo_ms``, ``hi_ms``]: it happens, unheard."""
+        self._dark.append((venue, lo_ms, hi_ms))
+
+    def mark(self) -> Mark:
+        """The price impacts and truths recorded so far, for :meth:`rollback`."""
+        return Mark(len(self._impacts), len(self.truths))
+
+    def rollback(self, mark: Mark) -> None:
+        """Forget the price impacts and truths recorded since ``mark`` (a cascade drawn, not kept)."""
+        del self._impacts[mark.impacts:]
+        del self.truths[mark.truths:]
 
     # -- cascades -----------------------------------------------------------------------------
 
@@ -420,7 +389,7 @@ class _Market:
         return chosen
 
     def cascade(self, start_ms: int, base: str, venues: list[str], n: int, duration_s: float,
-                cid: str) -> list[_Raw]:
+                cid: str) -> list[Raw]:
         """The raw liquidations of one market cascade (unlabelled until :meth:`label`)."""
         p = self.params
         share = np.array([VENUE_SHARE[v] for v in venues])
@@ -429,26 +398,26 @@ class _Market:
         other: Side = "short" if side == "long" else "long"
         purity = float(self.rng.uniform(*p.cascade_purity))
         duration_ms = int(duration_s * 1000)
-        raws: list[_Raw] = []
+        raws: list[Raw] = []
         for venue, c in zip(venues, counts, strict=True):
             lag = int(self.rng.integers(0, p.venue_lag_ms + 1))
             offsets = np.sort(self.rng.beta(1.3, 2.6, int(c))) * duration_ms
-            sizes = self._sizes(int(c), p.cascade_median_usd, p.cascade_sigma, p.cascade_max_usd, 200.0)
+            sizes = self.sizes(int(c), p.cascade_median_usd, p.cascade_sigma, p.cascade_max_usd, 200.0)
             flips = self.rng.random(int(c)) > purity
             for off, usd, flip in zip(offsets, sizes, flips, strict=True):
-                raws.append(self._raw(start_ms + lag + int(off), venue, base, other if flip else side,
+                raws.append(self.raw(start_ms + lag + int(off), venue, base, other if flip else side,
                                       float(usd), cid))
         impact = float(self.rng.uniform(*p.cascade_impact)) * (-1.0 if side == "long" else 1.0)
-        self.impacts.append(_Impact(base, start_ms, duration_ms + p.venue_lag_ms, impact))
+        self.move_price(base, start_ms, duration_ms + p.venue_lag_ms, impact)
         return sorted(raws)
 
-    def label(self, cid: str, raws: list[_Raw]) -> list[_Raw]:
+    def label(self, cid: str, raws: list[Raw]) -> list[Raw]:
         """Tag the groups (per canonical symbol) that meet the rule; record them as truth."""
-        groups: dict[str, list[_Raw]] = {}
+        groups: dict[str, list[Raw]] = {}
         for r in sorted(raws):
             groups.setdefault(canonical_symbol_for(r.venue, r.base), []).append(r)
-        truth = _Truth(cid)
-        out: list[_Raw] = []
+        truth = Truth(cid)
+        out: list[Raw] = []
         for symbol, group in groups.items():
             if rule_holds([r.ts for r in group], [r.notional for r in group]):
                 label_id = f"{cid}/{symbol}"
@@ -461,7 +430,7 @@ class _Market:
             self.truths.append(truth)
         return out
 
-    def scheduled_cascade(self, start_ms: int) -> list[_Raw]:
+    def scheduled_cascade(self, start_ms: int) -> list[Raw]:
         p = self.params
         base = self.cascade_base()
         k = int(self.rng.integers(p.cascade_venues[0], p.cascade_venues[1] + 1))
@@ -502,18 +471,18 @@ class _Market:
     def _fold_impacts(self, now_ms: int) -> None:
         """Move impacts older than an hour into the price state (their retrace is over)."""
         keep: list[_Impact] = []
-        for imp in self.impacts:
+        for imp in self._impacts:
             if now_ms - imp.start_ms > 3_600_000:
                 if imp.base in self.logp:
                     self.logp[imp.base] += math.log(imp.factor(now_ms))
             else:
                 keep.append(imp)
-        self.impacts = keep
+        self._impacts = keep
 
-    def _background(self, lo: int, hi: int) -> list[_Raw]:
+    def _background(self, lo: int, hi: int) -> list[Raw]:
         p = self.params
         rates = dict(p.quiet_per_min)
-        raws: list[_Raw] = []
+        raws: list[Raw] = []
         for base in self.bases:
             listing = self.listing(base)
             if not listing:
@@ -526,18 +495,18 @@ class _Market:
                 continue
             times = np.sort(self.rng.integers(lo, hi, n))
             venues = self.rng.choice(len(listing), size=n, p=share / share.sum())
-            sizes = self._sizes(n, p.quiet_median_usd, p.quiet_sigma, p.quiet_max_usd)
+            sizes = self.sizes(n, p.quiet_median_usd, p.quiet_sigma, p.quiet_max_usd)
             sides = self.rng.random(n) < 0.5
             for ts, vi, usd, is_long in zip(times, venues, sizes, sides, strict=True):
-                raws.append(self._raw(int(ts), listing[int(vi)], base, "long" if is_long else "short",
+                raws.append(self.raw(int(ts), listing[int(vi)], base, "long" if is_long else "short",
                                       float(usd)))
         return raws
 
-    def _price(self, grids: dict[str, np.ndarray], chunk_lo: int, raw: _Raw) -> float:
+    def _price(self, grids: dict[str, np.ndarray], chunk_lo: int, raw: Raw) -> float:
         grid = grids[raw.base]
         i = min(len(grid) - 1, max(0, (raw.ts - chunk_lo) // 1000))
         price = math.exp(float(grid[i]))
-        for imp in self.impacts:
+        for imp in self._impacts:
             if imp.base == raw.base:
                 price *= imp.factor(raw.ts)
         lo, hi = PRICE_RANGE.get(raw.base, (0.0, math.inf))
@@ -549,16 +518,16 @@ class _Market:
         decimals = max(0, -int(math.floor(math.log10(tick) + 1e-9)))
         return round(round(price / tick) * tick, decimals)
 
-    def _happened(self, r: _Raw) -> bool:
-        """False for background the scenario rules out (around a grind or a lone whale)."""
-        if r.seq in self.exempt:
+    def _happened(self, r: Raw) -> bool:
+        """False for background ruled out by :meth:`suppress` (around a grind or a lone whale)."""
+        if r.seq in self._exempt:
             return True
         symbol = canonical_symbol_for(r.venue, r.base)
-        return not any(sym == symbol and lo <= r.ts <= hi for sym, lo, hi in self.suppressed)
+        return not any(sym == symbol and lo <= r.ts <= hi for sym, lo, hi in self._suppressed)
 
-    def _received(self, r: _Raw) -> bool:
+    def _received(self, r: Raw) -> bool:
         """False while the event's venue is dark (it happened, but nobody heard of it)."""
-        return not any(v == r.venue and lo <= r.ts <= hi for v, lo, hi in self.dark)
+        return not any(v == r.venue and lo <= r.ts <= hi for v, lo, hi in self._dark)
 
     def chunks(self, until_ms: int | None) -> Iterator[list[MarketEvent]]:
         """Published events, one list per minute of market time, forever or until ``until_ms``."""
@@ -570,7 +539,7 @@ class _Market:
                 self.next_cascade_ms += self._exp_ms(self.params.cascades_per_hour)
             self.add(self._background(lo, hi))
             grids = {b: self._price_grid(b, (hi - lo) // 1000 + 1) for b in self.bases}
-            due: list[_Raw] = []
+            due: list[Raw] = []
             while self.pending and self.pending[0].ts < hi:
                 due.append(heapq.heappop(self.pending))
             due = [r for r in due if self._happened(r)]
@@ -583,41 +552,19 @@ class _Market:
             self._fold_impacts(hi)
             lo, hi = hi, hi + CHUNK_MS
 
-    def _event(self, r: _Raw, grids: dict[str, np.ndarray], chunk_lo: int) -> MarketEvent:
+    def _event(self, r: Raw, grids: dict[str, np.ndarray], chunk_lo: int) -> MarketEvent:
         return MarketEvent(venue=r.venue, base=r.base, side=r.side, price=self._price(grids, chunk_lo, r),
                            notional_usd=r.notional, timestamp_ms=r.ts, cascade_id=r.cascade,
                            scenario=self.tag)
 
 
-def _sample(raws: list[_Raw]) -> list[_Raw]:
+def _sample(raws: list[Raw]) -> list[Raw]:
     """Binance's rule: of each (venue, base, second), only the latest liquidation is published."""
-    last: dict[tuple[str, str, int], _Raw] = {}
+    last: dict[tuple[str, str, int], Raw] = {}
     for r in raws:
         if r.venue in SAMPLED_VENUES:
             last[(r.venue, r.base, r.ts // 1000)] = r
     return [r for r in raws if r.venue not in SAMPLED_VENUES or last[(r.venue, r.base, r.ts // 1000)] is r]
-
-
-def _labels(truths: list[_Truth], events: list[MarketEvent]) -> list[CascadeLabel]:
-    published: dict[str, list[MarketEvent]] = {}
-    for e in events:
-        if e.cascade_id:
-            published.setdefault(e.cascade_id, []).append(e)
-    labels: list[CascadeLabel] = []
-    for truth in truths:
-        for symbol, group in truth.events.items():
-            label_id = f"{truth.cascade_id}/{symbol}"
-            seen = published.get(label_id, [])
-            first = seen[0].timestamp_ms if seen else group[0].ts
-            fifth = seen[min(4, len(seen) - 1)].timestamp_ms if seen else group[-1].ts
-            labels.append(CascadeLabel(
-                cascade_id=label_id, symbol=symbol,
-                venues=tuple(sorted({r.venue for r in group})),
-                start_ms=group[0].ts, end_ms=group[-1].ts, first_ms=first, fifth_ms=fifth,
-                count=len(group), published=len(seen),
-                notional_usd=round(sum(r.notional for r in group), 2),
-            ))
-    return sorted(labels, key=lambda lab: (lab.start_ms, lab.symbol))
 
 
 class MarketModel:
@@ -634,157 +581,19 @@ class MarketModel:
         self.bases = tuple(bases)
         self.start_ms = start_ms
         self.params = params
-        self._market()  # an unknown venue, or venues listing none of the bases: refused now
+        self.market()  # an unknown venue, or venues listing none of the bases: refused now
 
-    def _market(self) -> _Market:
-        return _Market(self.seed, self.venues, self.bases, self.start_ms, self.params,
-                       scheduled_cascades=True)
+    def market(self) -> Market:
+        """A fresh generator of this market (it starts at ``start_ms``)."""
+        return Market(self.seed, self.venues, self.bases, self.start_ms, self.params, scheduled_cascades=True)
 
     def events(self, until_ms: int | None = None) -> Iterator[MarketEvent]:
-        for chunk in self._market().chunks(until_ms):
+        for chunk in self.market().chunks(until_ms):
             yield from chunk
 
     def stream(self) -> Iterator[MarketEvent]:
         """Published events forever (``events(None)``)."""
         return self.events(None)
-
-    def labelled(self, until_ms: int) -> Scenario:
-        """Events up to ``until_ms`` with their cascade labels, as a Scenario of kind ``stream``."""
-        market = self._market()
-        events = [e for chunk in market.chunks(until_ms) for e in chunk]
-        truths = [t for t in market.truths if min(r.ts for g in t.events.values() for r in g) < until_ms]
-        return Scenario("stream", self.seed, self.start_ms, until_ms - self.start_ms, events,
-                        _labels(truths, events), market.true_count)
-
-
-SCENARIO_MINUTES: dict[str, int] = {**dict.fromkeys(SCENARIO_KINDS, 10), "quiet": 60}
-
-
-def scenario(kind: str, seed: int, start_ms: int = 1_700_000_000_000, venues: Sequence[str] = VENUES,
-             bases: Sequence[str] = BASES, params: ModelParams = SCENARIO_PARAMS) -> Scenario:
-    """One labelled scenario of ``kind`` (see the table in the module docstring)."""
-    if kind not in SCENARIO_KINDS:
-        raise ValueError(f"unknown scenario kind {kind!r}; choose one of {', '.join(SCENARIO_KINDS)}")
-    market = _Market(seed, venues, bases, start_ms, params, scheduled_cascades=False)
-    market.tag = kind
-    duration_ms = SCENARIO_MINUTES[kind] * 60_000
-    at = start_ms + int(market.rng.uniform(120_000, 300_000))
-    if kind != "quiet":
-        _SITUATIONS[kind](market, at)
-    events = [e for chunk in market.chunks(start_ms + duration_ms) for e in chunk]
-    return Scenario(kind, seed, start_ms, duration_ms, events, _labels(market.truths, events),
-                    market.true_count)
-
-
-def _base(market: _Market) -> str:
-    return market.cascade_base()
-
-
-def _single_venue_burst(market: _Market, at: int) -> None:
-    p = market.params
-    for _ in range(100):
-        base = _base(market)
-        listing = market.listing(base)
-        venue = listing[int(market.rng.integers(0, len(listing)))]
-        n = int(market.rng.integers(p.burst_events[0], p.burst_events[1] + 1))
-        duration_ms = int(market.rng.uniform(*p.burst_duration_s) * 1000)
-        offsets = np.sort(market.rng.integers(0, duration_ms + 1, n))
-        sizes = market._sizes(n, p.burst_median_usd, 0.8, p.cascade_max_usd, 1_000.0)
-        side: Side = "long" if market.rng.random() < 0.6 else "short"
-        cid = market.new_cascade_id()
-        raws = [market._raw(at + int(o), venue, base, side, float(s), cid) for o, s in zip(offsets, sizes,
-                                                                                          strict=True)]
-        if rule_holds([r.ts for r in raws], [r.notional for r in raws]):
-            market.impacts.append(_Impact(base, at, duration_ms, -0.004 if side == "long" else 0.004))
-            market.add(market.label(cid, raws))
-            return
-    raise RuntimeError("could not draw a single-venue burst that meets the rule")
-
-
-def _cross_venue(market: _Market, at: int, min_venues: int) -> _Truth:
-    p = market.params
-    family = market.main_family()
-    for _ in range(100):
-        base = _base(market)
-        k = int(market.rng.integers(max(p.cascade_venues[0], min_venues), p.cascade_venues[1] + 1))
-        venues = market.pick_cascade_venues(k, family, base)
-        n = int(market.rng.integers(p.cascade_events[0], p.cascade_events[1] + 1))
-        duration = float(market.rng.uniform(*p.cascade_duration_s))
-        cid = market.new_cascade_id()
-        impacts = len(market.impacts)
-        truths = len(market.truths)
-        raws = market.label(cid, market.cascade(at, base, venues, n, duration, cid))
-        truth = market.truths[-1] if len(market.truths) > truths else None
-        if truth and any(len({r.venue for r in g}) >= min_venues for g in truth.events.values()):
-            market.add(raws)
-            return truth
-        del market.impacts[impacts:]
-        del market.truths[truths:]
-    raise RuntimeError("could not draw a cross-venue cascade with enough venues")
-
-
-def _cross_venue_cascade(market: _Market, at: int) -> None:
-    _cross_venue(market, at, min(2, len(market.venues)))
-
-
-def _feed_dropout(market: _Market, at: int) -> None:
-    truth = _cross_venue(market, at, min(3, len(market.venues)))
-    group = max(truth.events.values(), key=len)
-    by_venue: dict[str, int] = {}
-    for r in group:
-        by_venue[r.venue] = by_venue.get(r.venue, 0) + 1
-    venue = max(sorted(by_venue), key=lambda v: (v not in SAMPLED_VENUES, by_venue[v]))
-    span = group[-1].ts - group[0].ts
-    dark_from = group[0].ts + int(span * market.rng.uniform(0.3, 0.6))
-    market.dark.append((venue, dark_from, dark_from + 120_000))
-
-
-def _slow_grind(market: _Market, at: int) -> None:
-    p = market.params
-    family = market.main_family()
-    base = _base(market)
-    listing = market.listing(base)
-    pool = [v for v in listing if family is None or QUOTE_OF_VENUE[v] == family] or listing
-    k = min(len(pool), int(market.rng.integers(1, 3)))
-    venues = [pool[int(i)] for i in market.rng.choice(len(pool), size=k, replace=False)]
-    side: Side = "long" if market.rng.random() < 0.5 else "short"
-    end = at + int(market.rng.uniform(*p.grind_duration_s) * 1000)
-    raws: list[_Raw] = []
-    ts = at
-    while ts < end:
-        venue = venues[int(market.rng.integers(0, len(venues)))]
-        usd = float(market._sizes(1, p.grind_median_usd, 0.7, 1_000_000.0, 1_000.0)[0])
-        raws.append(market._raw(ts, venue, base, side, usd))
-        ts += int(market.rng.uniform(*p.grind_gap_s) * 1000)
-    symbol = canonical_symbol_for(venues[0], base)
-    market.suppressed.append((symbol, raws[0].ts - RULE_WINDOW_MS, raws[-1].ts + RULE_WINDOW_MS))
-    market.exempt.update(r.seq for r in raws)
-    market.impacts.append(_Impact(base, at, end - at, -0.006 if side == "long" else 0.006))
-    market.add(raws)
-
-
-def _whale_alone(market: _Market, at: int) -> None:
-    p = market.params
-    base = _base(market)
-    listing = market.listing(base)
-    share = np.array([VENUE_SHARE[v] for v in listing])
-    venue = listing[int(market.rng.choice(len(listing), p=share / share.sum()))]
-    usd = float(market.rng.uniform(*p.whale_usd))
-    side: Side = "long" if market.rng.random() < 0.5 else "short"
-    whale = market._raw(at, venue, base, side, usd)
-    symbol = canonical_symbol_for(venue, base)
-    market.suppressed.append((symbol, at - RULE_WINDOW_MS, at + RULE_WINDOW_MS))
-    market.exempt.add(whale.seq)
-    market.add([whale])
-
-
-_SITUATIONS = {
-    "single_venue_burst": _single_venue_burst,
-    "cross_venue_cascade": _cross_venue_cascade,
-    "slow_grind": _slow_grind,
-    "whale_alone": _whale_alone,
-    "feed_dropout": _feed_dropout,
-}
 
 
 def last_liquidations(n: int, seed: int, end_ms: int) -> list[Liquidation]:

@@ -1,10 +1,9 @@
-"""The market model: determinism, order, realistic prices, and labels that mean what they say."""
+"""The market model: determinism, order, realistic prices, listings, sampling and the cascade rule."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections import defaultdict
 from decimal import Decimal
 
 import pytest
@@ -16,15 +15,14 @@ from shared.market_model import (
     LISTED,
     PRICE_RANGE,
     SAMPLED_VENUES,
-    SCENARIO_KINDS,
     TICK,
     VENUES,
     MarketModel,
     canonical_symbol_for,
     rule_holds,
-    scenario,
     to_liquidation,
 )
+from shared.scenarios import SCENARIO_KINDS, labelled_stream, scenario
 
 START = 1_700_000_000_000
 HOUR = 3_600_000
@@ -85,7 +83,7 @@ def test_binance_publishes_at_most_one_liquidation_per_symbol_per_second() -> No
 
 
 def test_stream_cascades_hit_several_venues_within_seconds() -> None:
-    sc = _model(5).labelled(START + 6 * HOUR)
+    sc = labelled_stream(_model(5), START + 6 * HOUR)
     assert len(sc.cascades) >= 5
     multi = [c for c in sc.cascades if len(c.venues) >= 2]
     assert len(multi) >= len(sc.cascades) // 2
@@ -93,62 +91,6 @@ def test_stream_cascades_hit_several_venues_within_seconds() -> None:
         firsts = [min(e.timestamp_ms for e in sc.events if e.cascade_id == c.cascade_id and e.venue == v)
                   for v in c.venues if any(e.cascade_id == c.cascade_id and e.venue == v for e in sc.events)]
         assert max(firsts) - min(firsts) < 60_000
-
-
-@pytest.mark.parametrize("kind", SCENARIO_KINDS)
-def test_scenarios_are_deterministic(kind: str) -> None:
-    assert scenario(kind, 3, START) == scenario(kind, 3, START)
-    assert scenario(kind, 3, START).events != scenario(kind, 4, START).events
-
-
-def _by_symbol(events: list[MarketEvent]) -> dict[str, list[MarketEvent]]:
-    out: dict[str, list[MarketEvent]] = defaultdict(list)
-    for e in events:
-        out[canonical_symbol_for(e.venue, e.base)].append(e)
-    return out
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_scenario_labels_are_consistent(seed: int) -> None:
-    expected = {"quiet": 0, "slow_grind": 0, "whale_alone": 0}
-    for kind in SCENARIO_KINDS:
-        sc = scenario(kind, seed, START)
-        times = [e.timestamp_ms for e in sc.events]
-        assert times == sorted(times)
-        assert all(sc.start_ms <= t < sc.end_ms for t in times)
-        assert all(e.scenario == kind for e in sc.events)
-        if kind in expected:
-            assert sc.cascades == [], kind
-            assert not any(e.cascade_id for e in sc.events)
-        else:
-            assert sc.cascades, kind
-        ids = {e.cascade_id for e in sc.events if e.cascade_id}
-        assert ids == {c.cascade_id for c in sc.cascades if c.published}
-        for label in sc.cascades:
-            mine = [e for e in sc.events if e.cascade_id == label.cascade_id]
-            assert {canonical_symbol_for(e.venue, e.base) for e in mine} == {label.symbol}
-            assert {e.venue for e in mine} <= set(label.venues)
-            assert label.start_ms <= label.first_ms <= label.fifth_ms <= label.end_ms
-            assert label.count >= label.published == len(mine)
-            assert label.count >= 5 and label.notional_usd >= 100_000
-        if kind == "cross_venue_cascade":
-            assert any(len(c.venues) >= 2 for c in sc.cascades)
-        if kind == "feed_dropout":
-            assert sc.true_count > len(sc.events)
-            assert any(len(c.venues) >= 3 for c in sc.cascades)
-        if kind == "single_venue_burst":
-            assert len(sc.cascades) == 1 and len(sc.cascades[0].venues) == 1
-
-
-@pytest.mark.parametrize("seed", range(8))
-def test_grind_and_whale_never_meet_the_rule_on_their_symbol(seed: int) -> None:
-    for kind in ("slow_grind", "whale_alone"):
-        sc = scenario(kind, seed, START)
-        for symbol, events in _by_symbol(sc.events).items():
-            assert not rule_holds([e.timestamp_ms for e in events], [e.notional_usd for e in events]), (
-                kind, symbol)
-    whale = scenario("whale_alone", seed, START)
-    assert max(e.notional_usd for e in whale.events) >= 1_500_000
 
 
 def test_rule_holds_edges() -> None:
@@ -174,17 +116,15 @@ def test_canonical_symbols_and_liquidations() -> None:
                                       timestamp_ms=START)).market_type == "inverse_perpetual"
 
 
-def test_unknown_venue_and_kind_are_refused() -> None:
+def test_unknown_venue_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown venue"):
         list(MarketModel(seed=1, venues=("nope",), start_ms=START).events(START + 1000))
-    with pytest.raises(ValueError, match="unknown scenario kind"):
-        scenario("nope", 1, START)
 
 
 def test_first_cascade_can_be_scheduled_at_a_fixed_time() -> None:
     start = 1_700_000_000_000
     params = dataclasses.replace(DEFAULT_PARAMS, first_cascade_s=30.0)
-    scenario_ = MarketModel(3, start_ms=start, params=params).labelled(start + 180_000)
+    scenario_ = labelled_stream(MarketModel(3, start_ms=start, params=params), start + 180_000)
     assert scenario_.cascades, "the first cascade must happen within the first minutes"
     assert min(label.start_ms for label in scenario_.cascades) >= start + 30_000
     assert min(label.start_ms for label in scenario_.cascades) < start + 60_000

@@ -114,7 +114,7 @@ def test_evaluate_meets_the_targets_on_a_few_seeds() -> None:
 
 def test_a_cascade_detected_in_two_pieces_counts_a_fragment_against_precision() -> None:
     from detector.evaluate import Detection, KindResult, score_scenario
-    from shared.market_model import CascadeLabel, Scenario
+    from shared.scenarios import CascadeLabel, Scenario
 
     label = CascadeLabel(cascade_id="c", symbol="BTCUSDT", venues=("okx",), start_ms=T0, end_ms=T0 + 60_000,
                          first_ms=T0, fifth_ms=T0 + 4_000, count=20, published=20, notional_usd=1e6)
@@ -130,7 +130,7 @@ def test_a_cascade_detected_in_two_pieces_counts_a_fragment_against_precision() 
 def test_a_second_detection_of_a_label_is_a_fragment_when_another_detection_spans_two_labels() -> None:
     """D1 spans L1 and L2, D2 matches L2 only: D2 is L2's second detection, a fragment."""
     from detector.evaluate import Detection, KindResult, score_scenario
-    from shared.market_model import CascadeLabel, Scenario
+    from shared.scenarios import CascadeLabel, Scenario
 
     def label(name: str, start: int) -> CascadeLabel:
         return CascadeLabel(cascade_id=name, symbol="BTCUSDT", venues=("okx",), start_ms=start,
