@@ -6,9 +6,9 @@
 - ``liq detect --replay EVENTS.jsonl [--out FILE]``: normalized liquidations (``liq parse``
   output, ``-`` for stdin) → one JSON line per cascade (``detector.replay``); a summary and
   the first bad lines go to stderr.
-- ``liq evaluate [--seeds N] [--quiet-hours H] [--json]``: precision, recall, detection delay
-  and quiet-hour false alarms on labelled market-model scenarios (``detector.evaluate``);
-  exits 1 when a target is missed.
+- ``liq evaluate [--seeds N] [--quiet-hours H] [--busy] [--json]``: precision, recall, detection
+  delay and quiet-hour false alarms on labelled market-model scenarios (``detector.evaluate``;
+  ``--busy``: on the endless market's background); exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -101,12 +101,15 @@ def _report_replay(stats: ReplayStats) -> None:
               help="Scenarios per cascade kind.")
 @click.option("--quiet-hours", type=click.IntRange(min=0), default=24, show_default=True,
               help="Simulated hours of background only (false alarms).")
+@click.option("--busy", is_flag=True,
+              help="Use the endless market's background rates (6x the scenarios'): shows how often "
+                   "the background alone meets the rule.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def evaluate(seeds: int, quiet_hours: int, as_json: bool) -> None:
+def evaluate(seeds: int, quiet_hours: int, busy: bool, as_json: bool) -> None:
     """Score the detector on labelled scenarios: precision, recall, delay."""
     from detector import evaluate as ev
 
     settings = load(DetectorSettings)
-    report = ev.evaluate(settings, seeds=seeds, quiet_hours=quiet_hours)
+    report = ev.evaluate(settings, seeds=seeds, quiet_hours=quiet_hours, busy=busy)
     click.echo(json.dumps(report, indent=2) if as_json else ev.render(report))
     sys.exit(0 if report["ok"] else 1)

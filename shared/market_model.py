@@ -89,7 +89,17 @@ QUOTE_OF_VENUE: dict[str, str] = {
     **dict.fromkeys(("binance_coinm", "bitmex", "deribit", "kraken_futures", "dydx"), "USD"),
     **dict.fromkeys(("hyperliquid", "lighter"), "USDC"),
 }
-INVERSE_VENUES = frozenset({"binance_coinm", "bitmex", "deribit", "kraken_futures"})
+QUOTE_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("htx", "SOL"): "USD",  # HTX's SOL is the coin-margined SOL-USD swap
+    **{("deribit", base): "USDC" for base in BASES if base not in ("BTC", "ETH")},  # <BASE>_USDC-PERPETUAL
+}
+"""(venue, base) pairs whose simulated contract is quoted otherwise than the venue's main one."""
+INVERSE_CONTRACTS = frozenset({
+    *(("binance_coinm", base) for base in BASES), ("bitmex", "BTC"), ("deribit", "BTC"), ("deribit", "ETH"),
+    ("htx", "SOL"),
+})
+"""(venue, base) pairs whose simulated contract is inverse (Kraken's ``PF_`` and BitMEX's quanto
+contracts are not)."""
 
 TICK: dict[str, float] = {
     "BTC": 0.1, "ETH": 0.01, "SOL": 0.001, "XRP": 0.0001, "DOGE": 0.00001, "ADA": 0.0001,
@@ -111,18 +121,24 @@ CHUNK_MS = 60_000
 _SECONDS_PER_YEAR = 365.0 * 86_400.0
 
 
-def canonical_symbol_for(venue: str, base: str) -> str:
-    """The canonical symbol a venue's main perpetual on ``base`` normalizes to.
+def quote_of(venue: str, base: str) -> str:
+    """The quote of the contract on ``base`` that a venue's simulator renders.
 
-    Linear USDT venues (binance_usdm, bybit, okx, gate, bitget, bitfinex, htx) → ``BTCUSDT``;
+    Linear USDT venues (binance_usdm, bybit, okx, gate, bitget, bitfinex, htx) → ``USDT``;
     USD-margined or USD-quoted ones (binance_coinm, bitmex, deribit, kraken_futures, dydx) →
-    ``BTCUSD``; USDC venues (hyperliquid, lighter) → ``BTCUSDC``.
+    ``USD``; USDC venues (hyperliquid, lighter) → ``USDC``; except :data:`QUOTE_EXCEPTIONS`
+    (Deribit's USDC perpetuals, HTX's SOL-USD).
     """
-    return base + QUOTE_OF_VENUE.get(venue, "USDT")
+    return QUOTE_EXCEPTIONS.get((venue, base), QUOTE_OF_VENUE.get(venue, "USDT"))
 
 
-def market_type_for(venue: str) -> MarketType:
-    return "inverse_perpetual" if venue in INVERSE_VENUES else "linear_perpetual"
+def canonical_symbol_for(venue: str, base: str) -> str:
+    """The canonical symbol that venue's contract on ``base`` normalizes to (``BTCUSDT``, …)."""
+    return base + quote_of(venue, base)
+
+
+def market_type_for(venue: str, base: str) -> MarketType:
+    return "inverse_perpetual" if (venue, base) in INVERSE_CONTRACTS else "linear_perpetual"
 
 
 def event_id_of(event: MarketEvent) -> str:
@@ -138,7 +154,7 @@ def to_liquidation(event: MarketEvent) -> Liquidation:
     Quantity is in base units (``notional / price``); Binance events carry ``sampled=True``.
     The simulator does its own venue-exact conversion; this one serves the detector evaluation.
     """
-    quote = QUOTE_OF_VENUE.get(event.venue, "USDT")
+    quote = quote_of(event.venue, event.base)
     symbol = event.base + quote
     return Liquidation(
         exchange=event.venue,
@@ -146,7 +162,7 @@ def to_liquidation(event: MarketEvent) -> Liquidation:
         symbol_native=symbol,
         base=event.base,
         quote=quote,
-        market_type=market_type_for(event.venue),
+        market_type=market_type_for(event.venue, event.base),
         side=event.side,
         price=event.price,
         quantity=round(event.notional_usd / event.price, 8),
@@ -373,7 +389,7 @@ class Market:
         """``k`` distinct venues listing ``base`` by flow share (fewer when fewer list it); at least
         two of ``family``'s quote when it has two."""
         listing = self.listing(base)
-        in_family = [v for v in listing if family is None or QUOTE_OF_VENUE[v] == family]
+        in_family = [v for v in listing if family is None or quote_of(v, base) == family]
         chosen: list[str] = []
         if family is not None and len(in_family) >= 2:
             p = np.array([VENUE_SHARE[v] for v in in_family])
@@ -434,17 +450,18 @@ class Market:
         p = self.params
         base = self.cascade_base()
         k = int(self.rng.integers(p.cascade_venues[0], p.cascade_venues[1] + 1))
-        venues = self.pick_cascade_venues(k, self.main_family(), base)
+        venues = self.pick_cascade_venues(k, self.main_family(base), base)
         n = int(self.rng.integers(p.cascade_events[0], p.cascade_events[1] + 1))
         duration = float(self.rng.uniform(*p.cascade_duration_s))
         cid = self.new_cascade_id()
         return self.label(cid, self.cascade(start_ms, base, venues, n, duration, cid))
 
-    def main_family(self) -> str | None:
-        """The quote family with the most flow among at least two venues (USDT when present)."""
+    def main_family(self, base: str) -> str | None:
+        """The quote with the most flow among at least two venues listing ``base`` (USDT when
+        present); None when no quote has two."""
         best: tuple[float, str] | None = None
         for quote in ("USDT", "USD", "USDC"):
-            members = [v for v in self.venues if QUOTE_OF_VENUE[v] == quote]
+            members = [v for v in self.listing(base) if quote_of(v, base) == quote]
             if len(members) >= 2:
                 flow = sum(VENUE_SHARE[v] for v in members)
                 if best is None or flow > best[0]:

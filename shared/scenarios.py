@@ -45,7 +45,6 @@ from shared.market import MarketEvent
 from shared.market_model import (
     BASES,
     DEFAULT_PARAMS,
-    QUOTE_OF_VENUE,
     RULE_WINDOW_MS,
     SAMPLED_VENUES,
     VENUE_SHARE,
@@ -56,6 +55,7 @@ from shared.market_model import (
     Raw,
     Truth,
     canonical_symbol_for,
+    quote_of,
     rule_holds,
 )
 from shared.models import Side
@@ -72,9 +72,9 @@ SCENARIO_PARAMS = replace(
 )
 """The scenarios' calmer background (a sixth of the endless market's rates), so that a scenario
 scores its one situation. At the endless market's rates the background alone meets the rule now
-and then (the detector flags about 1.2 such windows an hour, most on ``BTCUSDT``): cascades by
-the original definition, but no label's (labels count only a simulated cascade's liquidations),
-so they would count as false alarms (precision 0.54 on that background; see BENCHMARKS.md)."""
+and then: cascades by the original definition, but no label's (labels count only a simulated
+cascade's liquidations), so they count as false alarms there (``liq evaluate --busy``: 1.75 an
+hour of background, precision 0.54; see BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -194,11 +194,10 @@ def _single_venue_burst(market: Market, at: int) -> None:
 
 def _cross_venue(market: Market, at: int, min_venues: int) -> Truth:
     p = market.params
-    family = market.main_family()
     for _ in range(100):
         base = _base(market)
         k = int(market.rng.integers(max(p.cascade_venues[0], min_venues), p.cascade_venues[1] + 1))
-        venues = market.pick_cascade_venues(k, family, base)
+        venues = market.pick_cascade_venues(k, market.main_family(base), base)
         n = int(market.rng.integers(p.cascade_events[0], p.cascade_events[1] + 1))
         duration = float(market.rng.uniform(*p.cascade_duration_s))
         cid = market.new_cascade_id()
@@ -230,10 +229,10 @@ def _feed_dropout(market: Market, at: int) -> None:
 
 def _slow_grind(market: Market, at: int) -> None:
     p = market.params
-    family = market.main_family()
     base = _base(market)
     listing = market.listing(base)
-    pool = [v for v in listing if family is None or QUOTE_OF_VENUE[v] == family] or listing
+    family = market.main_family(base) or quote_of(listing[0], base)
+    pool = [v for v in listing if quote_of(v, base) == family]  # one quote: the grind is one symbol
     k = min(len(pool), int(market.rng.integers(1, 3)))
     venues = [pool[int(i)] for i in market.rng.choice(len(pool), size=k, replace=False)]
     side: Side = "long" if market.rng.random() < 0.5 else "short"

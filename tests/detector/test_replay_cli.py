@@ -112,6 +112,18 @@ def test_evaluate_meets_the_targets_on_a_few_seeds() -> None:
     assert kinds["single_venue_burst"]["recall"] == 1.0 and kinds["quiet"]["hours"] == 4.0
 
 
+def test_evaluate_busy_scores_on_the_endless_markets_background_where_the_rule_alone_fires() -> None:
+    """The same four quiet hours: nothing on the calm background, seven windows of the endless
+    market's background that meet the rule alone, each announced (and no label's)."""
+    def quiet_false_alarms(*flags: str) -> int:
+        args = ["--seeds", "1", "--quiet-hours", "4", "--json", *flags]
+        result = CliRunner().invoke(evaluate, args, env={})
+        kinds = {k["kind"]: k for k in json.loads(result.stdout)["kinds"]}
+        return int(kinds["quiet"]["false_alarms"])
+
+    assert (quiet_false_alarms(), quiet_false_alarms("--busy")) == (0, 7)
+
+
 def test_a_cascade_detected_in_two_pieces_counts_a_fragment_against_precision() -> None:
     from detector.evaluate import Detection, KindResult, score_scenario
     from shared.scenarios import CascadeLabel, Scenario

@@ -29,7 +29,7 @@ from collectors.venue import VenueSession
 from shared.clock import SYSTEM_CLOCK
 from shared.errors import ParseError
 from shared.market import MarketEvent
-from shared.market_model import BASES, LISTED, PRICE_RANGE
+from shared.market_model import BASES, LISTED, PRICE_RANGE, canonical_symbol_for, market_type_for
 from shared.models import Liquidation, Side
 
 TIMEOUT = 10.0
@@ -286,14 +286,18 @@ def test_a_request_the_venue_refuses_gets_its_error_reply_which_the_session_repo
 
 
 @pytest.mark.parametrize("venue", VENUES)
-def test_each_simulator_renders_exactly_the_bases_the_market_model_lists_for_it(venue: str) -> None:
-    """``shared.market_model.LISTED`` is the model's copy of what each simulator lists (the model
-    may not import collectors): a base one renders and the other does not list, or the reverse,
-    would be liquidations generated and never sent, or never generated."""
+def test_each_simulator_renders_exactly_the_bases_and_symbols_the_market_model_gives_it(venue: str) -> None:
+    """``shared.market_model`` keeps its own copy of what each simulator lists and on which symbol
+    (the model may not import collectors). A base one renders and the other does not list would be
+    liquidations generated and never sent; a symbol or market type the model has otherwise would
+    put cascade labels and ``liq evaluate``'s events on another symbol than the pipeline sees."""
     sim = load_sim(venue)
-    rendered = {
-        base for base in BASES
-        if sim.materialize(MarketEvent(venue=venue, base=base, side="long", price=sum(PRICE_RANGE[base]) / 2,
-                                       notional_usd=5_000.0, timestamp_ms=1_781_000_000_000), 1) is not None
-    }
-    assert rendered == LISTED[venue]
+    rendered: dict[str, tuple[str, str]] = {}
+    for base in BASES:
+        event = MarketEvent(venue=venue, base=base, side="long", price=sum(PRICE_RANGE[base]) / 2,
+                            notional_usd=5_000.0, timestamp_ms=1_781_000_000_000)
+        item = sim.materialize(event, 1)
+        if item is not None:
+            rendered[base] = (item.expected[0].symbol, item.expected[0].market_type)
+    assert rendered == {base: (canonical_symbol_for(venue, base), market_type_for(venue, base))
+                        for base in LISTED[venue]}
