@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -244,8 +245,10 @@ def test_an_installed_wheel_carries_the_migrations_the_writer_plans(tmp_path: Pa
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for package in ("shared", "collectors", "detector", "aggregator", "writer", "sql"):
-        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {p.split(".")[0] for p in setuptools["packages"]} | set(setuptools["package-dir"].values())
+    for folder in sorted(folders):  # what the build reads, as pyproject.toml lists it
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
                     str(source)], check=True, capture_output=True, cwd=tmp_path, timeout=120)
