@@ -13,6 +13,9 @@ outage logged once when it begins and once when it ends, ``shared.backoff``).
 - Without a spool (none configured, another collector of the venue holds it, or the disk
   refused it), they wait in memory. A spool the disk refused a write is tried again after
   ``SPOOL_RETRY_S``; meanwhile new liquidations wait in memory, behind what the spool holds.
+- A batch is sent again in the same order, so the venue's mark in Redis
+  (``keys.publisher_mark``) keeps one that Redis ran before (its reply lost, or the collector
+  killed before its spool recorded it) from being added twice.
 """
 
 from __future__ import annotations
@@ -231,7 +234,12 @@ class Publisher:
     async def _publish(self, batch: list[Liquidation]) -> None:
         items = [(keys.event_stream_of(liq.symbol, self.shards), liq) for liq in batch]
         started = time.perf_counter()
-        await publish(self.redis, items, keys.EVENT_STREAM_MAXLEN)
+        mark = keys.publisher_mark(self.venue)
+        added = len(await publish(self.redis, items, keys.EVENT_STREAM_MAXLEN, mark))
         PUBLISH_SECONDS.labels(self.venue).observe(time.perf_counter() - started)
-        self.published += len(batch)
+        if added < len(batch):
+            logger.info("%s: %d liquidations sent again were in redis already (its reply was lost, or "
+                        "the collector stopped before its spool knew); added once", self.venue,
+                        len(batch) - added)
+        self.published += len(batch)  # all of it is in Redis now, once
         EVENTS_OUT.labels("collector", self.venue).inc(len(batch))

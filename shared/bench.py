@@ -170,7 +170,8 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
         r = make_async_redis(url)
         started = time.perf_counter()
         for i in range(0, n, BATCH):
-            await publish(r, [(stream, e) for e in events[i:i + BATCH]], keys.EVENT_STREAM_MAXLEN)
+            await publish(r, [(stream, e) for e in events[i:i + BATCH]], keys.EVENT_STREAM_MAXLEN,
+                          keys.publisher_mark("bench"))  # as a collector publishes
         elapsed = time.perf_counter() - started
         await r.aclose()
         return n / elapsed

@@ -12,6 +12,7 @@ No other module builds a key with an f-string. Keys readable with plain ``redis-
 - ``liq:venue:{VENUE}``                      collector health (hash)
 - ``liq:proc:{NAME}``                        process heartbeat (hash with TTL)
 - ``liq:detector:published:{NAME}``          a detector's last publication number
+- ``liq:collector:published:{VENUE}``        a venue's last published batch (hash: first, n)
 
 Events are sharded by a stable CRC32 of the canonical symbol, so that one detector consumer
 per shard sees every venue's events for a symbol in order.
@@ -77,6 +78,12 @@ def dead_letter_stream(stream: str) -> str:
 def detector_publications(name: str) -> str:
     """The sequence number of a detector's last publication (see ``detector.service``)."""
     return f"{PREFIX}:detector:published:{name}"
+
+
+def publisher_mark(venue: str) -> str:
+    """The venue's last published batch, so that one sent again is not added twice
+    (``shared.streams.publish``)."""
+    return f"{PREFIX}:collector:published:{venue}"
 
 
 def cascade_status(symbol: str) -> str:

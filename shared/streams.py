@@ -87,7 +87,6 @@ def error_kind(exc: BaseException) -> str:
 # One script run per batch: all of it or none of it. A MULTI would not do: Redis runs the rest of
 # a transaction when one command fails (an event stream key of another type), and the retry
 # would add the others again. The key types are checked before the first XADD.
-#   KEYS: the batch's streams; ARGV: maxlen, payload field, then per entry: key index, payload
 def streams_check_lua(last_key: str) -> str:
     """Lua that fails a script, before its first write, when one of ``KEYS[1..last_key]`` holds
     another type than a stream: Redis does not undo the writes a script made before a command
@@ -102,38 +101,68 @@ end
 """
 
 
-PUBLISH_LUA = streams_check_lua("#KEYS") + """
+#   KEYS: the batch's streams, then the publisher's mark when ARGV[3] is '1';
+#   ARGV: maxlen, payload field, has-mark, then per entry: key index, payload.
+# The mark (a hash: ``digest`` = SHA1 of the last batch's payloads, ``n`` = how many) makes a
+# batch sent again (its reply lost, or the collector killed before its spool knew) add only
+# what it did not add before: a batch whose first ``n`` payloads have that digest skips them.
+PUBLISH_LUA = """
+local marked = ARGV[3] == '1'
+local streams = #KEYS
+if marked then streams = streams - 1 end
+""" + streams_check_lua("streams") + """
+local function digest(n)
+  local payloads = {}
+  for j = 1, n do payloads[j] = ARGV[3 + 2 * j] end
+  return redis.sha1hex(table.concat(payloads, '\\n'))
+end
+local count = (#ARGV - 3) / 2
+local skip = 0
+if marked then
+  local last = redis.call('HMGET', KEYS[#KEYS], 'digest', 'n')
+  local n = tonumber(last[2])
+  if n and n <= count and digest(n) == last[1] then skip = n end
+end
 local ids = {}
-for i = 3, #ARGV, 2 do
+for i = 4 + 2 * skip, #ARGV, 2 do
   local stream = KEYS[tonumber(ARGV[i])]
   ids[#ids + 1] = redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', ARGV[2], ARGV[i + 1])
 end
+if marked then redis.call('HSET', KEYS[#KEYS], 'digest', digest(count), 'n', count) end
 return ids
 """
 _PUBLISH_SHA = hashlib.sha1(PUBLISH_LUA.encode()).hexdigest()  # how Redis names a script
 
 
 async def publish(
-    redis: aioredis.Redis, items: Sequence[tuple[str, msgspec.Struct]], maxlen: int
+    redis: aioredis.Redis, items: Sequence[tuple[str, msgspec.Struct]], maxlen: int,
+    mark: str | None = None,
 ) -> list[str]:
     """XADD every (stream, struct), trimming with MAXLEN ~, in one script run: all or nothing.
+    Returns the ids of the entries added.
 
     A connection lost before Redis has the whole request adds none of the batch, and a stream
-    key of another type fails it before anything is added, so the caller's retry (the
-    collector's spool) adds no entry twice. (Only a reply lost after Redis ran the script
-    still repeats the batch; the detector and writer drop such repeats by event id, the
-    aggregator counts them.)"""
+    key of another type fails it before anything is added. With a ``mark`` (the collector's,
+    ``keys.publisher_mark``), a batch sent again after Redis ran it (its reply lost, or the
+    collector killed before its spool recorded it) adds only the entries it did not add the
+    first time, so no consumer counts them twice: the mark holds a digest of the last batch's
+    payloads and their number, and a batch that starts with the same payloads skips them. The
+    caller must therefore send again in the same order, as the spool and the in-memory retry
+    do (a batch sent again may be longer). A payload holds its receive time, so another
+    collector of the venue does not match it unless it sends the same entries. Without a mark
+    (tests, replays), such a batch is added again."""
     if not items:
         return []
     streams: dict[str, int] = {}
-    args: list[Any] = [maxlen, codec.PAYLOAD_FIELD]
+    args: list[Any] = [maxlen, codec.PAYLOAD_FIELD, "1" if mark is not None else "0"]
     for stream, obj in items:
         args += (streams.setdefault(stream, len(streams) + 1), codec.encode(obj))
+    script_keys = [*streams, *(() if mark is None else (mark,))]
     try:
-        ids = await redis.evalsha(_PUBLISH_SHA, len(streams), *streams, *args)
+        ids = await redis.evalsha(_PUBLISH_SHA, len(script_keys), *script_keys, *args)
     except NoScriptError:
         await redis.script_load(PUBLISH_LUA)
-        ids = await redis.evalsha(_PUBLISH_SHA, len(streams), *streams, *args)
+        ids = await redis.evalsha(_PUBLISH_SHA, len(script_keys), *script_keys, *args)
     return [reply_text(i) for i in ids]
 
 

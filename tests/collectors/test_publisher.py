@@ -1,15 +1,24 @@
-"""The publisher's stop with liquidations both on disk and in memory (no Redis needed)."""
+"""The publisher: its stop with liquidations both on disk and in memory (no Redis needed), and
+a batch it sends again after Redis ran it (a real Redis)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
+import pytest
+import redis as syncredis
 import redis.asyncio as aioredis
 
 from collectors.publisher import Publisher
+from shared import codec, keys
 from shared.models import Liquidation
+from shared.redisconn import make_async_redis
+from shared.streams import PUBLISH_LUA
 from tests.factories import liq
+from tests.redisproxy import CuttingProxy
+from tests.redistypes import Entries
 
 
 def _liqs(n: int, start: int = 0) -> list[Liquidation]:
@@ -37,3 +46,93 @@ def test_a_stop_moves_the_queue_behind_what_the_spool_holds_and_leaves_it_on_dis
         return [x.event_id for x in publisher.spool.waiting()]
 
     assert asyncio.run(run()) == [f"e{i}" for i in range(5)]
+
+
+class Killed(Exception):
+    """Stands for the collector killed at that point (SIGKILL, the OOM killer)."""
+
+
+def _published_ids(r: syncredis.Redis) -> list[str]:
+    return [codec.decode_liquidation(fields[b"d"]).event_id
+            for stream in keys.event_streams(4) for _, fields in cast(Entries, r.xrange(stream))]
+
+
+async def _nothing() -> None:
+    return None
+
+
+@pytest.mark.integration
+def test_a_collector_killed_after_publishing_its_spool_publishes_it_once(
+        redis_url: str, r: syncredis.Redis, tmp_path: Path) -> None:
+    """Killed between Redis taking the spool's batch and the spool recording it: the next start
+    sends that batch again, and the publisher's mark keeps Redis from adding it twice."""
+    async def run() -> int:
+        client = make_async_redis(redis_url)
+        first = Publisher("okx", client, 4, _nothing, tmp_path)
+        assert first.spool is not None
+        first.spool.append(_liqs(7))
+
+        def killed() -> None:
+            raise Killed
+
+        first.spool.commit = killed  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            await asyncio.wait_for(first.run(asyncio.Event()), 10)
+        assert sorted(_published_ids(r)) == sorted(f"e{i}" for i in range(7))
+        progress = asyncio.Event()
+
+        async def progressed() -> None:
+            progress.set()
+
+        restarted = Publisher("okx", client, 4, progressed, tmp_path)
+        assert restarted.spool is not None and restarted.spool.pending == 7
+        restarted.put(_liqs(2, start=7))  # behind the spool's lines
+        stop = asyncio.Event()
+        task = asyncio.create_task(restarted.run(stop))
+        while restarted.spool.pending:
+            progress.clear()
+            await asyncio.wait_for(progress.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        return restarted.published
+
+    assert asyncio.run(run()) == 9
+    assert sorted(_published_ids(r)) == sorted(f"e{i}" for i in range(9))
+
+
+@pytest.mark.integration
+def test_a_batch_whose_reply_was_lost_is_published_once(redis_url: str, r: syncredis.Redis,
+                                                         tmp_path: Path) -> None:
+    """Redis ran the batch and the connection died before its reply: the publisher retries
+    it (from its spool) and the liquidations are in the streams once each."""
+    async def run() -> int:
+        r.script_load(PUBLISH_LUA)  # else the lost reply may be NOSCRIPT's
+        proxy = CuttingProxy(redis_url)
+        client = make_async_redis(await proxy.start())
+        assert await client.ping()
+        progress = asyncio.Event()
+
+        async def progressed() -> None:
+            progress.set()
+
+        publisher = Publisher("okx", client, 4, progressed, tmp_path)
+        proxy.lose_reply = True
+        publisher.put(_liqs(5))
+        stop = asyncio.Event()
+        task = asyncio.create_task(publisher.run(stop))
+        await asyncio.wait_for(progress.wait(), 10)  # the failed attempt
+        assert proxy.cut and publisher.published == 0
+        assert len(_published_ids(r)) == 5  # Redis ran it
+        proxy.cut = False
+        while publisher.published < 5:  # the retry, from the spool
+            progress.clear()
+            await asyncio.wait_for(progress.wait(), 10)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        proxy.server.close()
+        return publisher.published
+
+    assert asyncio.run(run()) == 5
+    assert sorted(_published_ids(r)) == sorted(f"e{i}" for i in range(5))

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis as syncredis
@@ -23,8 +22,9 @@ from shared.backoff import Backoff
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.status import redis_status, render
-from shared.streams import Handler, Message, SinkRetry, StreamConsumer, publish
+from shared.streams import PUBLISH_LUA, Handler, Message, SinkRetry, StreamConsumer, publish
 from tests.factories import liq
+from tests.redisproxy import CuttingProxy
 from tests.redistypes import Entries, ReadGroup
 
 pytestmark = pytest.mark.integration
@@ -476,59 +476,15 @@ def test_consumers_idle_with_nothing_pending_are_forgotten(redis_url: str, r: sy
     assert _pending(redis_url) == 1
 
 
-class CuttingProxy:
-    """A TCP relay to Redis that, once armed, passes ``budget`` more bytes from the client and
-    then cuts the connection (and refuses every later one): a connection lost mid-publish."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target_host, self.target_port = target_host, target_port
-        self.budget: int | None = None
-        self.cut = False
-
-    async def start(self) -> int:
-        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.server = server
-        return int(server.sockets[0].getsockname()[1])
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if self.budget is not None:
-                    data, self.budget = data[:self.budget], self.budget - len(data)
-                up_writer.write(data)
-                await up_writer.drain()
-                if self.budget is not None and self.budget <= 0:
-                    self.cut = True
-                    break
-            up_writer.close()
-            writer.close()
-
-        async def downstream() -> None:
-            while (data := await up_reader.read(65536)) and not self.cut:
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
-
-
 def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str, r: syncredis.Redis) -> None:
     """The collector retries a batch whose publish failed: had Redis kept the part it received,
     the retry would add those entries twice (and the aggregator count them twice)."""
     items = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(200)]
     batch_bytes = sum(len(codec.encode(x)) for _, x in items)
-    target = urlsplit(redis_url)
 
     async def run() -> None:
-        proxy = CuttingProxy(target.hostname or "127.0.0.1", target.port or 6379)
-        relay = target._replace(netloc=target.netloc.replace(
-            f"{target.hostname}:{target.port}", f"127.0.0.1:{await proxy.start()}"))
-        client = make_async_redis(urlunsplit(relay))
+        proxy = CuttingProxy(redis_url)
+        client = make_async_redis(await proxy.start())
         assert await client.ping()
         proxy.budget = batch_bytes // 2  # the connection dies with half of the batch sent
         with pytest.raises((ConnectionError, OSError, syncredis.RedisError)):
@@ -536,6 +492,76 @@ def test_a_connection_lost_mid_publish_adds_none_of_the_batch(redis_url: str, r:
         assert proxy.cut
         await client.aclose()
         proxy.server.close()
+
+    asyncio.run(run())
+    assert r.xlen(STREAM) == 0
+
+
+MARK = keys.publisher_mark("okx")
+
+
+def _quantities(r: syncredis.Redis) -> list[float]:
+    return [codec.decode_liquidation(f[b"d"]).quantity for _, f in cast(Entries, r.xrange(STREAM))]
+
+
+def test_a_batch_sent_again_after_redis_ran_it_adds_only_what_it_had_not(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """Redis ran the publish and its reply was lost: the collector sends the batch again (from
+    its spool, longer by what arrived meanwhile). With the publisher's mark nothing is added
+    twice, so the aggregator counts each liquidation once."""
+    batch = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(5)]
+    later = [(STREAM, liq(timestamp_ms=1_700_000_000_100 + i, quantity=10 + i)) for i in range(2)]
+
+    async def run() -> list[list[str]]:
+        r.script_load(PUBLISH_LUA)  # else the lost reply may be NOSCRIPT's
+        proxy = CuttingProxy(redis_url)
+        client = make_async_redis(await proxy.start())
+        assert await client.ping()
+        proxy.lose_reply = True
+        with pytest.raises((ConnectionError, OSError, syncredis.RedisError)):
+            await publish(client, batch, keys.EVENT_STREAM_MAXLEN, MARK)
+        assert proxy.cut and r.xlen(STREAM) == 5  # Redis ran it
+        proxy.cut = False
+        again = await publish(client, batch + later, keys.EVENT_STREAM_MAXLEN, MARK)
+        same = await publish(client, batch + later, keys.EVENT_STREAM_MAXLEN, MARK)  # again, whole
+        await client.aclose()
+        proxy.server.close()
+        return [again, same]
+
+    again, same = asyncio.run(run())
+    assert _quantities(r) == [1, 2, 3, 4, 5, 10, 11]
+    assert [i.decode() for i, _ in cast(Entries, r.xrange(STREAM))][5:] == again
+    assert same == []
+    assert r.hget(MARK, "n") == b"7"
+
+
+def test_only_a_batch_starting_with_the_marks_payloads_skips_them(redis_url: str, r: syncredis.Redis) -> None:
+    """A new batch, one that starts with part of the last one, one shorter than it, another
+    venue's, and one published without a mark: each is added whole."""
+    first = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(3)]
+
+    async def run() -> list[int]:
+        client = make_async_redis(redis_url)
+        added = [len(await publish(client, first, keys.EVENT_STREAM_MAXLEN, MARK))]
+        for items, mark in [(first[:2], MARK), (first[1:], MARK), (first, keys.publisher_mark("gate")),
+                            (first, None)]:
+            added.append(len(await publish(client, items, keys.EVENT_STREAM_MAXLEN, mark)))
+        await client.aclose()
+        return added
+
+    assert asyncio.run(run()) == [3, 2, 2, 3, 3]
+    assert r.xlen(STREAM) == 13
+
+
+def test_a_mark_of_another_type_fails_the_batch_before_anything_is_added(
+        redis_url: str, r: syncredis.Redis) -> None:
+    r.set(MARK, "not a hash")
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        with pytest.raises(syncredis.ResponseError, match="WRONGTYPE"):
+            await publish(client, [(STREAM, liq())], keys.EVENT_STREAM_MAXLEN, MARK)
+        await client.aclose()
 
     asyncio.run(run())
     assert r.xlen(STREAM) == 0
