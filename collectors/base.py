@@ -495,6 +495,8 @@ class Collector:
             self._parse_error(ParseError(venue, f"unexpected {type(exc).__name__}: {exc}", raw))
             await self._notify()
             return
+        for row_error in output.rejected:  # the frame's other rows are kept
+            self._parse_error(row_error)
         if output.error:
             self.health.refused(label, output.error)
         for reply in output.replies:
@@ -538,7 +540,7 @@ class Collector:
         now = time.monotonic()
         if now - self._last_parse_log >= PARSE_LOG_EVERY_S:
             self._last_parse_log = now
-            logger.warning("%s: skipped malformed frame (%d so far): %s",
+            logger.warning("%s: skipped malformed frame or row (%d so far): %s",
                            self.config.venue.name, self.health.parse_errors, exc)
 
     # -- health -------------------------------------------------------------------------------

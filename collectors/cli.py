@@ -180,24 +180,29 @@ def parse(venue: str, dedupe: bool, received_ms: int | None) -> None:
         if not line.strip():
             continue
         try:
-            liquidations = _parse_one(session, venue, line.rstrip("\n"), received_ms)
+            liquidations, rejected = _parse_one(session, venue, line.rstrip("\n"), received_ms)
         except ParseError as exc:
             errors += 1
             click.echo(f"line {line_no}: {exc}", err=True)
             continue
+        for row_error in rejected:
+            errors += 1
+            click.echo(f"line {line_no}: row skipped: {row_error}", err=True)
         if seen is not None:
             liquidations, _ = seen.fresh(liquidations)
         for liq in liquidations:
             click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
     if errors:
-        click.echo(f"{errors} malformed frame(s) skipped", err=True)
+        click.echo(f"{errors} malformed frame(s) or row(s) skipped", err=True)
         sys.exit(1)
 
 
 def _parse_one(session: VenueSession, venue: str, frame: str | bytes,
-               received_ms: int | None) -> list[Liquidation]:
+               received_ms: int | None) -> tuple[list[Liquidation], list[ParseError]]:
+    """The frame's liquidations, and the errors of its rows that were left out."""
     now = received_ms if received_ms is not None else time.time_ns() // 1_000_000
-    return number_repeats(session.on_message(inflate(frame, venue), now).liquidations)
+    output = session.on_message(inflate(frame, venue), now)
+    return number_repeats(output.liquidations), output.rejected
 
 
 _record_decoder = msgspec.json.Decoder(FrameRecord)
@@ -270,10 +275,11 @@ async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, 
                 frame: str | bytes = bytes.fromhex(rec.frame) if rec.binary else rec.frame
                 counts["frames"] += 1
                 try:
-                    liqs = _parse_one(sessions[key], rec.venue, frame, rec.received_ms)
+                    liqs, rejected = _parse_one(sessions[key], rec.venue, frame, rec.received_ms)
                 except ParseError:
                     counts["parse_errors"] += 1
                     continue
+                counts["parse_errors"] += len(rejected)
                 fresh, dropped = seen.fresh(liqs)
                 counts["duplicates"] += dropped
                 counts["liquidations"] += len(fresh)

@@ -11,7 +11,9 @@ Rules every session follows:
 - ``on_message`` is pure apart from the session's own small state (Bitfinex chanId map,
   OKX/BitMEX snapshot flags). It never does I/O and never sleeps.
 - A frame that cannot be decoded raises :class:`shared.errors.ParseError`; the loop counts it,
-  logs a truncated sample and carries on with the same connection.
+  logs a truncated sample and carries on with the same connection. In a frame of several rows,
+  a row that is not valid is left out and returned in ``rejected`` (counted and logged the same
+  way), the others kept (``_common.each_row``); a frame none of whose rows is valid raises.
 - Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output;
   an error reply returns ``_common.server_error(...)``, which logs it and carries it in ``error``.
 - A replayed snapshot on (re)subscribe is returned like any other data; the loop removes
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from collectors.instruments import Instrument, InstrumentTable
+from shared.errors import ParseError
 from shared.models import Liquidation
 
 FeedSemantics = Literal["complete", "sampled", "aggregated", "partial"]
@@ -39,6 +42,9 @@ class SessionOutput:
 
     liquidations: list[Liquidation] = field(default_factory=list)
     replies: list[Outgoing] = field(default_factory=list)
+    rejected: list[ParseError] = field(default_factory=list)
+    """Rows of the frame that are not valid, left out of ``liquidations`` (each is counted and
+    logged like a malformed frame)."""
     error: str = ""
     """What the venue answered with an error (a refused subscription): the connection's health
     says so (``degraded``) until it is reopened."""

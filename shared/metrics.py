@@ -13,7 +13,7 @@ EVENTS_OUT = Counter("liq_events_out", "Items emitted (XADDed, written, flagged)
 ERRORS = Counter("liq_errors", "Errors by kind", ["component", "kind"])
 DROPPED = Counter("liq_events_dropped", "Entries read and deliberately not used, by reason",
                   ["component", "reason"])
-PARSE_ERRORS = Counter("liq_parse_errors", "Malformed venue frames skipped", ["venue"])
+PARSE_ERRORS = Counter("liq_parse_errors", "Malformed venue frames (or rows of a frame) skipped", ["venue"])
 DUPLICATES = Counter("liq_duplicates_dropped", "Replayed liquidations dropped", ["venue"])
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_SECONDS = Histogram(

@@ -8,6 +8,9 @@ The API is small and stable; venue modules import only these names:
 - ``server_error(venue, detail)``: log a venue's error reply; the SessionOutput to return for it.
 - ``frame_errors(venue, raw)``: context manager turning a ValueError raised while parsing one
   frame (a bad date, a bad enum) into ParseError with the frame's sample.
+- ``each_row(venue, raw, rows, build)``: the SessionOutput of a frame of several rows, built
+  row by row: a row that is not valid (ParseError, ValueError) is left out and carried in
+  ``rejected``, the others kept; when no row is valid the frame is malformed (ParseError).
 - ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad or truncated
   gzip, or more than ``MAX_INFLATED`` bytes inflated, raises ParseError (the connection loop,
   ``liq parse`` and ``liq replay`` all call it).
@@ -48,7 +51,7 @@ import logging
 import math
 import urllib.request
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -57,7 +60,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from collectors.instruments import USD_QUOTES, Instrument, canonical_asset
-from collectors.venue import ConnectionPlan, SessionOutput, VenueSession
+from collectors.venue import EMPTY, ConnectionPlan, SessionOutput, VenueSession
 from shared.errors import ParseError
 from shared.models import (
     Liquidation,
@@ -127,6 +130,36 @@ def frame_errors(venue: str, raw: bytes | str) -> Iterator[None]:
         yield
     except ValueError as exc:
         raise ParseError(venue, str(exc), raw) from exc
+
+
+R = TypeVar("R")
+
+
+def each_row(venue: str, raw: bytes | str, rows: Iterable[R],
+             build: Callable[[R], Liquidation | Sequence[Liquidation] | None]) -> SessionOutput:
+    """The liquidations of a frame's rows (``build`` returns none, one or several per row).
+
+    A row that is not valid is left out, its error (with the frame's sample) in ``rejected``:
+    one bad row must not cost the frame's other liquidations. When rows were refused and none
+    gave a liquidation, the frame is malformed: its first error is raised."""
+    liquidations: list[Liquidation] = []
+    rejected: list[ParseError] = []
+    for row in rows:
+        try:
+            built = build(row)
+        except ParseError as exc:
+            rejected.append(ParseError(venue, exc.reason, raw))  # the sample: the frame
+            continue
+        except ValueError as exc:
+            rejected.append(ParseError(venue, str(exc), raw))
+            continue
+        if isinstance(built, Liquidation):
+            liquidations.append(built)
+        elif built is not None:
+            liquidations += built
+    if rejected and not liquidations:
+        raise rejected[0]
+    return SessionOutput(liquidations, rejected=rejected) if liquidations else EMPTY
 
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -29,7 +29,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
-from collectors.venues._common import decode, make_liquidation, server_error, with_default_path
+from collectors.venues._common import decode, each_row, make_liquidation, server_error, with_default_path
 from shared.errors import ParseError
 from shared.models import Liquidation
 
@@ -125,17 +125,18 @@ class BitfinexSession:
             return EMPTY
         rows = rows_of(frame[1])
         if rows is not None:
-            return SessionOutput(self._liquidations(rows, raw, received_ms))
+            return self._liquidations(rows, raw, received_ms)
         if key is None or frame[1] == []:  # another channel's data, or an empty snapshot
             return EMPTY
         raise ParseError(NAME, "liq:global payload is not a list of pos rows", raw)
 
-    def _liquidations(self, rows: list[Any], raw: bytes | str, received_ms: int) -> list[Liquidation]:
+    def _liquidations(self, rows: list[Any], raw: bytes | str, received_ms: int) -> SessionOutput:
         try:
             decoded = msgspec.convert(rows, list[Row])
         except msgspec.ValidationError as exc:
             raise ParseError(NAME, str(exc), raw) from exc
-        return [self._liquidation(r, received_ms) for r in decoded if r.is_match == 0]
+        unmatched = [row for row in decoded if row.is_match == 0]
+        return each_row(NAME, raw, unmatched, lambda row: self._liquidation(row, received_ms))
 
     def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
         if row.amount == 0:

@@ -29,7 +29,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
-    frame_errors,
+    each_row,
     make_liquidation,
     num,
     position_side,
@@ -101,8 +101,7 @@ class BitgetSession:
         if frame.arg is None or frame.arg.topic != TOPIC or not frame.data or frame.action == "snapshot":
             return EMPTY  # a snapshot (on subscribe) is history; tardis maps only "update"
         inst_type = frame.arg.instType
-        with frame_errors(NAME, raw):
-            return SessionOutput([self._liquidation(row, inst_type, received_ms) for row in frame.data])
+        return each_row(NAME, raw, frame.data, lambda row: self._liquidation(row, inst_type, received_ms))
 
     def _liquidation(self, row: Row, inst_type: str, received_ms: int) -> Liquidation:
         inst = self.table.get(row.symbol) or symbol_instrument(row.symbol, inst_type)

@@ -42,7 +42,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
-    frame_errors,
+    each_row,
     iso_ms,
     make_liquidation,
     market_type,
@@ -124,8 +124,7 @@ class BitmexSession:
             return EMPTY
         if frame.table != "liquidation" or frame.action != "insert":
             return EMPTY
-        with frame_errors(NAME, raw):
-            return SessionOutput([self._liquidation(r, received_ms) for r in frame.data or []])
+        return each_row(NAME, raw, frame.data or [], lambda row: self._liquidation(row, received_ms))
 
     def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
         if not row.orderID or row.symbol is None:

@@ -35,7 +35,7 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
-    frame_errors,
+    each_row,
     get_json,
     make_liquidation,
     month_code_expiry,
@@ -147,8 +147,7 @@ class BybitSession:
             return EMPTY
         rows = frame.data if isinstance(frame.data, list) else [frame.data]
         ts = frame.ts if frame.topic.startswith("liquidation.") else None
-        with frame_errors(NAME, raw):
-            return SessionOutput([self._liquidation(row, ts, received_ms) for row in rows])
+        return each_row(NAME, raw, rows, lambda row: self._liquidation(row, ts, received_ms))
 
     def _liquidation(self, row: Row, frame_ts: int | None, received_ms: int) -> Liquidation:
         symbol, side = row.s or row.symbol, row.S or row.side

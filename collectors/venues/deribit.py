@@ -30,7 +30,7 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
-    frame_errors,
+    each_row,
     make_liquidation,
     market_type,
     position_side,
@@ -129,25 +129,20 @@ class DeribitSession:
                 return SessionOutput(replies=[self._rpc("public/test", {})])
             return EMPTY
         if frame.method == "subscription" and frame.params is not None:
-            with frame_errors(NAME, raw):
-                return SessionOutput(self._trades(frame.params.data or [], received_ms))
+            liquidated = [trade for trade in frame.params.data or [] if trade.liquidation is not None]
+            return each_row(NAME, raw, liquidated, lambda trade: self._trade(trade, received_ms))
         if frame.id is not None or frame.method is not None:
             if frame.error is not None:
                 return server_error(NAME, frame.error)
             return EMPTY
         raise ParseError(NAME, "neither a subscription, a heartbeat nor an RPC reply", raw)
 
-    def _trades(self, trades: list[Trade], received_ms: int) -> list[Liquidation]:
-        out = []
-        for trade in trades:
-            if trade.liquidation is None:
-                continue
-            if trade.liquidation not in FLAGS:
-                raise ParseError(NAME, f"unknown liquidation flag {trade.liquidation!r}")
-            inst = self.table.get(trade.instrument_name) or parse_instrument(trade.instrument_name)
-            if inst is not None:
-                out += self._events(trade, trade.liquidation, inst, received_ms)
-        return out
+    def _trade(self, trade: Trade, received_ms: int) -> list[Liquidation] | None:
+        """The liquidated sides of one liquidation trade (None: an instrument not parsed)."""
+        if trade.liquidation not in FLAGS:
+            raise ParseError(NAME, f"unknown liquidation flag {trade.liquidation!r}")
+        inst = self.table.get(trade.instrument_name) or parse_instrument(trade.instrument_name)
+        return None if inst is None else self._events(trade, trade.liquidation, inst, received_ms)
 
     def _events(self, trade: Trade, flag: str, inst: Instrument, received_ms: int) -> list[Liquidation]:
         sides = liquidated_sides(flag, trade.direction)

@@ -35,7 +35,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
-    frame_errors,
+    each_row,
     get_json,
     iso_ms,
     listed_or_default,
@@ -112,14 +112,8 @@ class DydxSession:
         if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
             return EMPTY
         batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]
-        with frame_errors(NAME, raw):
-            liquidations = [
-                self._liquidation(frame.id, trade, received_ms)
-                for batch in batches
-                for trade in batch.trades
-                if trade.type == "LIQUIDATED"
-            ]
-        return SessionOutput(liquidations) if liquidations else EMPTY
+        trades = [trade for batch in batches for trade in batch.trades if trade.type == "LIQUIDATED"]
+        return each_row(NAME, raw, trades, lambda trade: self._liquidation(frame.id, trade, received_ms))
 
     def _liquidation(self, market: str, trade: Trade, received_ms: int) -> Liquidation:
         return make_liquidation(

@@ -49,7 +49,7 @@ from collectors.venue import (
     SessionOutput,
     VenueSpec,
 )
-from collectors.venues._common import decode, make_liquidation, num, server_error
+from collectors.venues._common import decode, each_row, make_liquidation, num, server_error
 from shared.errors import ParseError
 from shared.models import Liquidation
 
@@ -120,7 +120,7 @@ class GateSession:
             return server_error(NAME, frame.error)
         if frame.channel != CHANNEL or frame.event != "update" or not isinstance(frame.result, list):
             return EMPTY
-        return SessionOutput([self._liquidation(row, received_ms) for row in frame.result])
+        return each_row(NAME, raw, frame.result, lambda row: self._liquidation(row, received_ms))
 
     def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
         size = num(row.size, NAME, "size")

@@ -52,7 +52,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
-    frame_errors,
+    each_row,
     inflate,
     make_liquidation,
     market_type,
@@ -153,8 +153,7 @@ class HtxSession:
             return server_error(NAME, f"{frame.op} {frame.err_code}: {frame.err_msg}")
         if frame.op != "notify" or not frame.topic.endswith(".liquidation_orders") or not frame.data:
             return EMPTY
-        with frame_errors(NAME, raw):
-            return SessionOutput([self._liquidation(order, received_ms) for order in frame.data])
+        return each_row(NAME, raw, frame.data, lambda order: self._liquidation(order, received_ms))
 
     def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
         inst = self.table.get(order.contract_code) or code_instrument(order.contract_code, order.symbol)

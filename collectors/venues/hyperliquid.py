@@ -41,6 +41,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
+    each_row,
     make_liquidation,
     num,
     position_side,
@@ -142,12 +143,8 @@ class HyperliquidSession:
         if data.isSnapshot:  # userFills replays the account's past fills on subscribe: history only
             return EMPTY
         account = (data.user or self.address).lower()
-        liquidations = [
-            self._liquidation(fill, account, received_ms)
-            for fill in data.fills
-            if fill.liquidation is not None
-        ]
-        return SessionOutput(liquidations) if liquidations else EMPTY
+        fills = [fill for fill in data.fills if fill.liquidation is not None]
+        return each_row(NAME, raw, fills, lambda fill: self._liquidation(fill, account, received_ms))
 
     def _liquidation(self, fill: Fill, account: str, received_ms: int) -> Liquidation:
         liq = fill.liquidation or FillLiquidation()

@@ -44,6 +44,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    each_row,
     make_liquidation,
     num,
     server_error,
@@ -127,9 +128,8 @@ class LighterSession:
             return SessionOutput(replies=[PONG])
         if frame.type != "update/trade" or not frame.liquidation_trades:
             return EMPTY
-        out = [self._liquidation(t, received_ms) for t in frame.liquidation_trades]
-        liquidations = [liq for liq in out if liq is not None]
-        return SessionOutput(liquidations) if liquidations else EMPTY
+        trades = frame.liquidation_trades
+        return each_row(NAME, raw, trades, lambda trade: self._liquidation(trade, received_ms))
 
     def _liquidation(self, trade: Trade, received_ms: int) -> Liquidation | None:
         if trade.type != "liquidation":

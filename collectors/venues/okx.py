@@ -50,6 +50,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    each_row,
     frame_errors,
     iso_ms,
     make_liquidation,
@@ -172,33 +173,35 @@ class OkxSession:
                 return SessionOutput(reconnect=f"notice {frame.code}: {frame.msg}")
             return EMPTY
         if frame.table in V3_TABLES:
-            return SessionOutput(self._v3(frame.data or [], received_ms))
+            return each_row(NAME, raw, frame.data or [], lambda item: self._v3(item, received_ms))
         if frame.arg is None:
             raise ParseError(NAME, "neither an event, a channel push nor a v3 table", raw)
         if frame.arg.channel == "liquidation-orders":
-            return SessionOutput(self._nested(frame.data or [], received_ms))
+            return self._rows(self._nested(frame.data or []), raw, received_ms)
         if frame.arg.channel == "liquidations" and frame.arg.instId:
             rows: list[tuple[str, Detail, str | None]] = [
                 (frame.arg.instId, item, item.instType) for item in frame.data or []
             ]
-            return SessionOutput(self._rows(rows, received_ms))
+            return self._rows(rows, raw, received_ms)
         return EMPTY
 
-    def _nested(self, items: list[Item], received_ms: int) -> list[Liquidation]:
+    @staticmethod
+    def _nested(items: list[Item]) -> list[tuple[str, Detail, str | None]]:
         rows = []
         for item in items:
             if item.instId is None:
                 raise ParseError(NAME, f"liquidation-orders entry without instId: {item!r}")
             rows += [(item.instId, d, item.instType) for d in item.details or []]
-        return self._rows(rows, received_ms)
+        return rows
 
-    def _rows(self, rows: list[tuple[str, Detail, str | None]], received_ms: int) -> list[Liquidation]:
-        out = []
-        for inst_id, detail, inst_type in rows:
+    def _rows(self, rows: list[tuple[str, Detail, str | None]], raw: bytes | str,
+              received_ms: int) -> SessionOutput:
+        def build(row: tuple[str, Detail, str | None]) -> Liquidation | None:
+            inst_id, detail, inst_type = row
             inst = parse_inst_id(inst_id, self.table)
-            if inst is not None:
-                out.append(self._v5(inst, detail, inst_type == "MARGIN", received_ms))
-        return out
+            return None if inst is None else self._v5(inst, detail, inst_type == "MARGIN", received_ms)
+
+        return each_row(NAME, raw, rows, build)
 
     def _v5(self, inst: Instrument, d: Detail, margin: bool, received_ms: int) -> Liquidation:
         if d.ts is None:
@@ -216,27 +219,22 @@ class OkxSession:
             extra=_loss(d.bkLoss) | ({"pos_side": d.posSide} if d.posSide else {}),
         )
 
-    def _v3(self, items: list[Item], received_ms: int) -> list[Liquidation]:
-        out = []
-        for item in items:
-            inst = parse_inst_id(item.instrument_id or "", self.table)
-            if inst is None or item.type not in V3_SIDES or item.created_at is None:
-                raise ParseError(NAME, f"unusable v3 liquidation row: {item!r}")
-            out.append(
-                make_liquidation(
-                    NAME,
-                    inst,
-                    side=V3_SIDES[item.type],
-                    side_raw=item.type,
-                    price=num(item.price, NAME, "price"),
-                    quantity_native=num(item.size, NAME, "size"),
-                    native_unit="contracts",
-                    timestamp_ms=_iso(item.created_at),
-                    received_ms=received_ms,
-                    extra=_loss(item.loss),
-                )
-            )
-        return out
+    def _v3(self, item: Item, received_ms: int) -> Liquidation:
+        inst = parse_inst_id(item.instrument_id or "", self.table)
+        if inst is None or item.type not in V3_SIDES or item.created_at is None:
+            raise ParseError(NAME, f"unusable v3 liquidation row: {item!r}")
+        return make_liquidation(
+            NAME,
+            inst,
+            side=V3_SIDES[item.type],
+            side_raw=item.type,
+            price=num(item.price, NAME, "price"),
+            quantity_native=num(item.size, NAME, "size"),
+            native_unit="contracts",
+            timestamp_ms=_iso(item.created_at),
+            received_ms=received_ms,
+            extra=_loss(item.loss),
+        )
 
 
 def _loss(value: Number) -> dict[str, str | float | int | None]:

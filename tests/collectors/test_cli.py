@@ -207,7 +207,7 @@ def test_parse_reports_malformed_lines_carries_on_and_exits_1() -> None:
     assert result.stderr.splitlines() == [
         "line 3: binance_usdm: JSON is malformed: object keys must be strings (byte 1): '{not json'",
         "line 4: binance_usdm: Expected `str | null`, got `int` - at `$.e`: '{\"e\":1}'",
-        "2 malformed frame(s) skipped",
+        "2 malformed frame(s) or row(s) skipped",
     ]
 
 

@@ -368,10 +368,11 @@ def test_a_collector_stopping_in_an_outage_fsyncs_its_spool_whole_before_it_exit
     assert list(spool_dir.iterdir()) == []
 
 
-def _okx_push(inst_id: str, ts: str) -> str:
-    detail = {"bkLoss": "0", "bkPx": "67000", "ccy": "", "posSide": "long", "side": "sell", "sz": "1",
-              "ts": ts}
-    data = [{"instId": inst_id, "instType": "SWAP", "details": [detail]}]
+def _okx_push(inst_id: str, *times: str) -> str:
+    """An OKX liquidation-orders push: one detail row per time."""
+    details = [{"bkLoss": "0", "bkPx": "67000", "ccy": "", "posSide": "long", "side": "sell", "sz": "1",
+                "ts": ts} for ts in times]
+    data = [{"instId": inst_id, "instType": "SWAP", "details": details}]
     return msgspec.json.encode({"arg": {"channel": "liquidation-orders", "instType": "SWAP"},
                                 "data": data}).decode()
 
@@ -413,6 +414,31 @@ def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
     assert (collector.health.reconnects, collector.health.parse_errors) == (0, 2)
     assert collector.health.last_error_sample.startswith('{"arg":{"channel":"liquidation-orders"')
     assert '"instId":"BOOM-USDT-SWAP"' in collector.health.last_error_sample
+
+
+def test_a_bad_row_is_a_parse_error_and_the_frames_other_rows_are_published(redis_url: str,
+                                                                             r: syncredis.Redis) -> None:
+    """A push of three rows, the middle one with a "ts" of "1e999": two liquidations reach the
+    event stream, the bad row counts one parse error, the connection lives on."""
+    async def run() -> Collector:
+        async with ExchangeSimulator(["okx"]) as exchange:
+            config = CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["okx"], health_every_s=0.05,
+                                     instruments_every_s=None)
+            collector = Collector(config)
+            async with _running(collector):
+                await exchange.wait_subscribed("okx", len(collector.plans))
+                push = _okx_push("BTC-USDT-SWAP", str(T0), "1e999", str(T0 + 1))
+                assert await exchange.send_raw("okx", push) == 1
+                await collector.wait_until(lambda c: c.published == 2 and c.health.parse_errors == 1)
+            return collector
+
+    collector = asyncio.run(run())
+    assert (collector.health.reconnects, collector.health.parse_errors) == (0, 1)
+    stream = keys.event_stream_of("BTCUSDT", SHARDS)
+    published = [codec.decode_liquidation(f[b"d"]) for _, f in cast(Entries, r.xrange(stream))]
+    assert [(x.symbol, x.timestamp_ms, x.price) for x in published] == [
+        ("BTCUSDT", T0, 67000.0), ("BTCUSDT", T0 + 1, 67000.0)]
 
 
 def test_a_publisher_that_dies_stops_the_collector_with_its_error(redis_url: str) -> None:

@@ -5,8 +5,10 @@ Liquidation."""
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
+from typing import Any
 
 import pytest
 
@@ -178,3 +180,49 @@ def test_a_gzip_frame_that_inflates_beyond_the_frame_limit_is_malformed() -> Non
     with pytest.raises(ParseError, match="gzip"):
         inflate(packed[:-12], "htx")
     assert inflate(packed, "htx") == text
+
+
+def _at(tree: Any, path: tuple[str | int, ...]) -> Any:
+    for step in path:
+        tree = tree[step]
+    return tree
+
+
+MULTI_ROW: list[tuple[str, tuple[str | int, ...], tuple[str | int, ...], object]] = [
+    ("bybit", ("data",), ("v",), "0.0"),
+    ("bitget", ("data",), ("price",), "0"),
+    ("bitmex", ("data",), ("leavesQty",), 0),
+    ("gate", ("result",), ("price",), "0"),
+    ("htx", ("data",), ("amount",), 0),
+    ("hyperliquid", ("data", "fills"), ("sz",), "-1.5"),
+    ("lighter", ("liquidation_trades",), ("price",), "0"),
+    ("dydx", ("contents", "trades"), ("size",), "-0"),
+    ("deribit", ("params", "data"), ("amount",), -100),
+    ("okx", ("data",), ("details", 0, "bkPx"), "0"),
+    ("okx", ("data", 0, "details"), ("ts",), "1e999"),
+    ("bitfinex", (1,), (5,), 0),
+]  # fmt: skip
+"""Every venue whose frames carry several rows: where the rows are, and a value that makes one
+row invalid."""
+
+
+@pytest.mark.parametrize(("venue", "rows", "field", "value"), MULTI_ROW, ids=lambda v: str(v)[:12])
+def test_a_bad_row_costs_only_itself_and_a_frame_of_bad_rows_is_malformed(
+        venue: str, rows: tuple[str | int, ...], field: tuple[str | int, ...], value: object) -> None:
+    """One invalid row (first, so that it does not stop the rows after it) is left out and
+    returned in ``rejected`` with the frame's sample; the good row is kept as if it came alone.
+    A frame with no valid row raises, as a single-row frame does."""
+    session, text = _session_and_frame(venue)
+    alone = session.on_message(text, RX).liquidations
+    tree = json.loads(text)
+    row_list = _at(tree, rows)
+    bad = copy.deepcopy(row_list[0])
+    _at(bad, field[:-1])[field[-1]] = value
+    row_list[:] = [bad, row_list[0]]
+    frame = json.dumps(tree)
+    fresh, _ = _session_and_frame(venue)
+    output = fresh.on_message(frame, RX)
+    assert len(alone) == 1 and output.liquidations == alone
+    assert [(e.venue, e.sample) for e in output.rejected] == [(venue, frame[:200])]
+    row_list[:] = [bad, bad]
+    _malformed(fresh, json.dumps(tree))
