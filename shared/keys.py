@@ -12,7 +12,7 @@ No other module builds a key with an f-string. Keys readable with plain ``redis-
 - ``liq:venue:{VENUE}``                      collector health (hash)
 - ``liq:proc:{NAME}``                        process heartbeat (hash with TTL)
 - ``liq:detector:published:{NAME}``          a detector's last publication number
-- ``liq:collector:published:{VENUE}``        a venue's last published batch (hash: first, n)
+- ``liq:collector:published:{VENUE}``        a venue's last published batch (hash: first, last, n)
 
 Events are sharded by a stable CRC32 of the canonical symbol, so that one detector consumer
 per shard sees every venue's events for a symbol in order.

@@ -536,21 +536,23 @@ def test_a_batch_sent_again_after_redis_ran_it_adds_only_what_it_had_not(
 
 
 def test_only_a_batch_starting_with_the_marks_payloads_skips_them(redis_url: str, r: syncredis.Redis) -> None:
-    """A new batch, one that starts with part of the last one, one shorter than it, another
-    venue's, and one published without a mark: each is added whole."""
+    """A batch shorter than the last one, one that starts with its second entry, one that starts
+    with the same entry as the last but differs at its size, another venue's, and one published
+    without a mark: each is added whole."""
     first = [(STREAM, liq(timestamp_ms=1_700_000_000_000 + i, quantity=1 + i)) for i in range(3)]
+    other = (STREAM, liq(timestamp_ms=1_700_000_000_100, quantity=9))
 
     async def run() -> list[int]:
         client = make_async_redis(redis_url)
         added = [len(await publish(client, first, keys.EVENT_STREAM_MAXLEN, MARK))]
-        for items, mark in [(first[:2], MARK), (first[1:], MARK), (first, keys.publisher_mark("gate")),
-                            (first, None)]:
+        for items, mark in [(first[:2], MARK), (first[1:], MARK), ([first[1], other], MARK),
+                            (first, keys.publisher_mark("gate")), (first, None)]:
             added.append(len(await publish(client, items, keys.EVENT_STREAM_MAXLEN, mark)))
         await client.aclose()
         return added
 
-    assert asyncio.run(run()) == [3, 2, 2, 3, 3]
-    assert r.xlen(STREAM) == 13
+    assert asyncio.run(run()) == [3, 2, 2, 2, 3, 3]
+    assert r.xlen(STREAM) == 15
 
 
 def test_a_mark_of_another_type_fails_the_batch_before_anything_is_added(
