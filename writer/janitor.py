@@ -17,6 +17,7 @@ writers at once. :func:`plan_run` is the pure part (which days and cutoffs), tes
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -65,11 +66,19 @@ def plan_run(now: datetime, settings: WriterSettings) -> JanitorRun:
     )
 
 
-async def run_once(conn: Conn, run: JanitorRun) -> JanitorReport:
-    """Apply one :class:`JanitorRun` (``conn`` in autocommit; each step its own transaction)."""
+async def run_once(conn: Conn, run: JanitorRun,
+                   before_ddl: Callable[[Conn], Awaitable[None]] | None = None) -> JanitorReport:
+    """Apply one :class:`JanitorRun` (``conn`` in autocommit; each step its own transaction).
+
+    ``before_ddl`` runs first in the transactions that create or drop partitions (the writer's
+    lock-wait limit): their lock on the whole table must not wait behind a long reader."""
     async with conn.transaction():
+        if before_ddl is not None:
+            await before_ddl(conn)
         created = await _names(conn, "SELECT liq_ensure_partitions(%s::date[])", (run.days_ahead,))
     async with conn.transaction():
+        if before_ddl is not None:
+            await before_ddl(conn)
         dropped = await _names(conn, "SELECT liq_drop_partitions_before(%s)", (run.raw_cutoff,))
     async with conn.transaction():
         cascades = await _scalar(conn, "SELECT liq_purge_cascades(%s)", (run.cascade_cutoff,))

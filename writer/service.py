@@ -130,7 +130,7 @@ class Writer:
                 return None
             now = datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=UTC)
             run = janitor.plan_run(now, self.settings)
-            report = await janitor.run_once(conn, run)
+            report = await janitor.run_once(conn, run, self.sink.limit_lock_wait)
             self.sink.forget_days_before(run.raw_cutoff.date())
             return report
 

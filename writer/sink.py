@@ -72,10 +72,13 @@ class NotMigrated(psycopg.Error):
 class DatabaseSink:
     """Owns the writer's connection; reconnects lazily after a failure."""
 
-    def __init__(self, dsn: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, dsn: str, timeout_s: float = 60.0,
+                 ddl_lock_timeout_s: float = sql.DDL_LOCK_TIMEOUT_S) -> None:
         self.dsn = dsn
         self.timeout_s = timeout_s
         """Longest wait for a batch's write: past it the connection is given up and closed."""
+        self.ddl_lock_timeout_s = ddl_lock_timeout_s
+        """Longest wait for the lock of partition DDL (``statements.DDL_LOCK_TIMEOUT_S``)."""
         self.conn: Conn | None = None
         self.mode: Mode | None = None
         self.refresh_window_days: float | None = None
@@ -209,12 +212,18 @@ class DatabaseSink:
         if not missing:
             return
         async with conn.transaction():
+            await self.limit_lock_wait(conn)
             created = await (await conn.execute(sql.ENSURE_PARTITIONS, (missing,))).fetchall()
         for (name,) in created:
             if name:
                 logger.info("created partition %s", name)
                 self.stats.partitions_created += 1
         self.known_days.update(missing)
+
+    async def limit_lock_wait(self, conn: Conn) -> None:
+        """In the current transaction, a lock not granted within ``ddl_lock_timeout_s`` fails
+        the statement (``LockNotAvailable``: retried later) instead of waiting for it."""
+        await conn.execute(sql.LOCK_TIMEOUT, (f"{round(self.ddl_lock_timeout_s * 1000)}ms",))
 
     def forget_days_before(self, cutoff: date) -> None:
         """Drop cached partition days that retention removed (the janitor calls this)."""

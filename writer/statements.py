@@ -149,6 +149,13 @@ GROUP BY 1, 2
 ORDER BY 1, 2"""
 
 ENSURE_PARTITIONS = "SELECT liq_ensure_partitions(%s::date[])"
+LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+"""For the rest of the transaction: give up a lock wait after that long (``'5000ms'``). Partition
+DDL locks ``liquidations_significant`` whole, so it waits for every query reading it (a user's
+long ``psql`` analysis) and, while it waits, every later reader and writer queues behind it."""
+DDL_LOCK_TIMEOUT_S = 5.0
+"""How long partition DDL (the janitor's, and a batch's new day) waits for its lock before it
+gives up and is tried again later: the writer's connection is never held longer by a reader."""
 READ_MODE = "SELECT value FROM schema_meta WHERE key = 'mode'"
 
 # TimescaleDB mode: how far back (in days) the rollups' refresh policies reach; the writer stores

@@ -182,3 +182,31 @@ def test_the_rest_of_the_transaction_plans_with_the_connections_own_join_setting
     result, settings = asyncio.run(run())
     assert (result.inserted, result.upgraded) == (0, 3)
     assert settings == ("on", "on")
+
+
+def test_partition_ddl_gives_up_behind_a_long_reader_and_the_batch_is_retried(db: str) -> None:
+    """A user's query reading ``liquidations_significant`` holds its lock until it ends: the
+    partition a batch's new day needs (which locks the whole table) gives up after the
+    lock-wait limit, a retry for the consumer loop, instead of holding the writer's connection
+    (and queueing every later reader behind it); once the reader is done the batch is stored."""
+    now = SYSTEM_CLOCK.now_ms()
+    today, days_ago = batch_of(events(0, 2, now)), batch_of(events(2, 4, now - 3 * 86_400_000))
+
+    async def run() -> list[int]:
+        sink = DatabaseSink(db, ddl_lock_timeout_s=0.2)
+        reader = await psycopg.AsyncConnection.connect(db)
+        try:
+            stored = [(await sink.write(today)).inserted]
+            await reader.execute("SELECT count(*) FROM liquidations_significant")  # its lock stays
+            with pytest.raises(SinkRetry, match="LockNotAvailable") as failed:
+                await asyncio.wait_for(sink.write(days_ago), 30)
+            assert isinstance(failed.value.__cause__, psycopg.errors.LockNotAvailable)
+            await reader.rollback()
+            stored.append((await asyncio.wait_for(sink.write(days_ago), 30)).inserted)
+            return stored
+        finally:
+            await reader.close()
+            await sink.aclose()
+
+    assert asyncio.run(run()) == [2, 2]
+    assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(4,)]

@@ -256,6 +256,33 @@ def test_retention_cutoff_and_janitor_drop_whole_partitions(redis_url: str, db: 
     assert rows(db, "SELECT sum(event_count) FROM liquidations_hourly") == [(9,)]
 
 
+def test_the_janitors_partition_ddl_gives_up_behind_a_long_reader(redis_url: str, db: str) -> None:
+    """The janitor runs on the writer's connection under its lock: behind a user's long query
+    its partition DDL gives up after the lock-wait limit (an outage of the job, logged and run
+    again later) instead of stalling every write; the next run creates the partitions."""
+    asyncio.run(publish_all(redis_url, to_shard(events())))
+    asyncio.run(drain(redis_url, db))
+
+    async def run() -> Any:
+        client = make_async_redis(redis_url)
+        w = Writer(client, settings(db), db, clock=FakeClock(NOW_MS + 7 * 24 * HOUR_MS))
+        w.sink.ddl_lock_timeout_s = 0.2
+        reader = await psycopg.AsyncConnection.connect(db)
+        try:
+            await reader.execute("SELECT count(*) FROM liquidations_significant")  # its lock stays
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                await asyncio.wait_for(w.maintain(), 30)
+            await reader.rollback()
+            return await asyncio.wait_for(w.maintain(), 30)
+        finally:
+            await reader.close()
+            await w.aclose()
+            await client.aclose()
+
+    report = asyncio.run(run())
+    assert report.created == [f"liquidations_significant_p202601{d:02d}" for d in (8, 9, 10)]
+
+
 def test_the_janitor_purges_the_cascades_and_rollups_of_the_dropped_day(redis_url: str, db: str) -> None:
     """With rollups kept as long as raw rows, the day that leaves the raw table takes its
     cascade and its rollup rows along; the recent ones stay."""
