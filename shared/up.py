@@ -190,7 +190,7 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
                 return 0 if stop.is_set() else 1
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
-        children += _pipeline_children(venues, env)
+        children += _pipeline_children(venues, env, settings.metrics_port)
         _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues, settings.shards)
         _print_banner(redis_url, pg_dsn, simulate, venues)
         tasks = [asyncio.create_task(_supervise(c, stop)) for c in children if c.process is None]
@@ -229,11 +229,26 @@ def _postgres(data_dir: Path, settings: CommonSettings) -> tuple[str, Watched[Po
                                                                             durable=True))
 
 
-def _pipeline_children(venues: list[str], env: dict[str, str]) -> list[Child]:
-    children = [Child(f"collect-{v}", liq_command("collect", v), env) for v in venues]
-    children += [Child("detect", liq_command("detect"), env),
-                 Child("aggregate", liq_command("aggregate"), env),
-                 Child("write", liq_command("write"), env)]
+MAX_PORT = 65_535
+
+
+def _pipeline_children(venues: list[str], env: dict[str, str],
+                       metrics_port: int | None = None) -> list[Child]:
+    """One child per pipeline process. With ``LIQ_METRICS_PORT`` set (not 0: any free port), each
+    gets its own port from it on, in this order (the same port for all would let only the first
+    bind it)."""
+    names_args = [(f"collect-{v}", liq_command("collect", v)) for v in venues]
+    names_args += [("detect", liq_command("detect")), ("aggregate", liq_command("aggregate")),
+                   ("write", liq_command("write"))]
+    if metrics_port is not None and metrics_port + len(names_args) - 1 > MAX_PORT:
+        logger.error("LIQ_METRICS_PORT=%d leaves no room for %d consecutive ports (the last must be at "
+                     "most %d); each process uses its default port", metrics_port, len(names_args), MAX_PORT)
+        metrics_port = None
+    if not metrics_port:
+        return [Child(name, args, env) for name, args in names_args]
+    children = [Child(name, args, {**env, "LIQ_METRICS_PORT": str(metrics_port + k)})
+                for k, (name, args) in enumerate(names_args)]
+    logger.info("metrics ports: %s", ", ".join(f"{c.name} {c.env['LIQ_METRICS_PORT']}" for c in children))
     return children
 
 

@@ -22,8 +22,10 @@ import psycopg
 import pytest
 import redis
 
-from shared.servers import start_redis
+from shared.servers import free_port_range, start_redis
 from shared.settings import CommonSettings
+from shared.venues import VENUE_NAMES
+from tests.scrape import scrape
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +48,17 @@ def _ready(report: dict[str, Any] | None) -> bool:
             and rows.get("liquidations_significant", 0) > 0 and rows.get("cascade_events", 0) > 0)
 
 
+PIPELINE = [*(("collector", v) for v in VENUE_NAMES), ("detector", None), ("aggregator", None),
+            ("writer", None)]
+"""liq up's pipeline processes in the order of their metrics ports: component and venue."""
+
+
+def _serves_metrics_of(port: int, component: str, venue: str | None) -> bool:
+    """The endpoint on ``port`` is that process's: its samples name the component (and venue)."""
+    labels = [dict(labelset) for _name, labelset in scrape(port)]
+    return any(ls.get("component") == component and venue in (None, *ls.values()) for ls in labels)
+
+
 def _descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
@@ -55,7 +68,8 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(reachable_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
-    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
+    first_port = free_port_range(len(PIPELINE))
+    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": str(first_port),
                 "LIQ_SIGNIFICANT_USD": "50000"})
     proc = subprocess.Popen([sys.executable, "-m", "shared", "up", "--simulate", "--speed", "5",
                              "--for", "240"], env=env, cwd=REPO, stdout=subprocess.PIPE,
@@ -75,6 +89,8 @@ def test_liq_up_simulate_reaches_every_level_and_stops_cleanly(reachable_dir: Pa
             settings = [conn.execute(f"SHOW {name}").fetchone() for name in
                         ("fsync", "full_page_writes", "synchronous_commit")]
         assert settings == [("on",), ("on",), ("on",)]
+        for k, (component, source) in enumerate(PIPELINE):  # each its own port, in this order
+            assert _serves_metrics_of(first_port + k, component, source), (k, component, source)
         children = _descendants(proc.pid)
     finally:
         proc.send_signal(signal.SIGINT)

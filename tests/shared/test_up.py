@@ -1,0 +1,40 @@
+"""liq up's pure parts: the pipeline it starts and each process's metrics port."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from shared import up
+
+ENV = {"LIQ_REDIS_URL": "redis://127.0.0.1:1/0", "LIQ_METRICS_PORT": "9300"}
+
+
+def _ports(children: list[up.Child]) -> list[str | None]:
+    return [c.env.get("LIQ_METRICS_PORT") for c in children]
+
+
+def test_each_process_gets_the_next_metrics_port_in_start_order() -> None:
+    children = up._pipeline_children(["okx", "gate"], ENV, 9300)
+    assert [c.name for c in children] == ["collect-okx", "collect-gate", "detect", "aggregate", "write"]
+    assert _ports(children) == ["9300", "9301", "9302", "9303", "9304"]
+    assert all(c.env["LIQ_REDIS_URL"] == ENV["LIQ_REDIS_URL"] for c in children)
+
+
+@pytest.mark.parametrize("port", [None, 0])
+def test_without_a_port_or_with_port_0_every_process_keeps_the_environment(port: int | None) -> None:
+    """No LIQ_METRICS_PORT: each its default port; 0: each any free port (the OS picks)."""
+    env = {"LIQ_REDIS_URL": ENV["LIQ_REDIS_URL"], **({"LIQ_METRICS_PORT": "0"} if port == 0 else {})}
+    children = up._pipeline_children(["okx"], env, port)
+    assert [c.env for c in children] == [env] * 4
+
+
+def test_a_first_port_without_room_for_every_process_is_said_and_not_used(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR, logger="shared.up"):
+        children = up._pipeline_children(["okx", "gate"], ENV, 65_532)
+    assert _ports(children) == ["9300"] * 5  # the environment's own, as without liq up
+    assert [r.getMessage() for r in caplog.records] == [
+        "LIQ_METRICS_PORT=65532 leaves no room for 5 consecutive ports (the last must be at most 65535); "
+        "each process uses its default port"]
