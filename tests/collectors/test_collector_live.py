@@ -368,6 +368,12 @@ def test_a_collector_stopping_in_an_outage_fsyncs_its_spool_whole_before_it_exit
     assert list(spool_dir.iterdir()) == []
 
 
+def _okx_collector(url: str, exchange: ExchangeSimulator) -> Collector:
+    return Collector(CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(url), shards=SHARDS,
+                                     base_url=exchange.urls["okx"], health_every_s=0.05,
+                                     instruments_every_s=None))
+
+
 def _okx_push(inst_id: str, *times: str) -> str:
     """An OKX liquidation-orders push: one detail row per time."""
     details = [{"bkLoss": "0", "bkPx": "67000", "ccy": "", "posSide": "long", "side": "sell", "sz": "1",
@@ -394,10 +400,7 @@ def test_a_frame_no_parser_foresaw_is_a_parse_error_and_the_connection_lives_on(
 
     async def run() -> Collector:
         async with ExchangeSimulator(["okx"]) as exchange:
-            config = CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(redis_url),
-                                     shards=SHARDS, base_url=exchange.urls["okx"], health_every_s=0.05,
-                                     instruments_every_s=None)
-            collector = Collector(config)
+            collector = _okx_collector(redis_url, exchange)
             async with _running(collector):
                 await exchange.wait_subscribed("okx", len(collector.plans))
                 first = await exchange.emit(events("okx", T0, 3))
@@ -422,10 +425,7 @@ def test_a_bad_row_is_a_parse_error_and_the_frames_other_rows_are_published(redi
     event stream, the bad row counts one parse error, the connection lives on."""
     async def run() -> Collector:
         async with ExchangeSimulator(["okx"]) as exchange:
-            config = CollectorConfig(venue=load_venue("okx"), redis=make_async_redis(redis_url),
-                                     shards=SHARDS, base_url=exchange.urls["okx"], health_every_s=0.05,
-                                     instruments_every_s=None)
-            collector = Collector(config)
+            collector = _okx_collector(redis_url, exchange)
             async with _running(collector):
                 await exchange.wait_subscribed("okx", len(collector.plans))
                 push = _okx_push("BTC-USDT-SWAP", str(T0), "1e999", str(T0 + 1))
