@@ -15,11 +15,10 @@ whole is still recognized as a replay.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import msgspec
 
 from shared.models import Liquidation
+from shared.recent import RecentKeys
 
 
 def number_repeats(liquidations: list[Liquidation]) -> list[Liquidation]:
@@ -36,24 +35,21 @@ def number_repeats(liquidations: list[Liquidation]) -> list[Liquidation]:
 
 
 class RecentIds:
-    """Insertion-ordered set with a capacity; the oldest id is forgotten first."""
+    """The newest ``capacity`` (exchange, event_id) pairs accepted."""
 
     def __init__(self, capacity: int = 200_000) -> None:
-        self.capacity = capacity
-        self._ids: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._ids: RecentKeys[tuple[str, str]] = RecentKeys(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._ids.capacity
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def seen_before(self, liq: Liquidation) -> bool:
         """True if this liquidation was already accepted; otherwise remember it."""
-        key = (liq.exchange, liq.event_id)
-        if key in self._ids:
-            return True
-        self._ids[key] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
-        return False
+        return self._ids.add((liq.exchange, liq.event_id))
 
     def fresh(self, liquidations: list[Liquidation]) -> tuple[list[Liquidation], int]:
         """The liquidations not seen before, and how many were dropped as duplicates."""

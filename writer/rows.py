@@ -15,8 +15,9 @@ Rules applied here, besides significance (``writer.significance``):
   and its cascade-member copy), one is kept: a member before a plain event, then the higher risk
   score, then the first; so the batch can be COPied straight into the table;
 - the cascade-member copy of a significant liquidation goes to ``Batch.merges``: the event stream
-  usually stored its plain copy first, so it is merged (inserted if absent, else upgraded)
-  instead of making the whole batch's COPY fail on the key;
+  may have stored its plain copy first, so it is merged (inserted if absent, else upgraded)
+  instead of making the whole batch's COPY fail on the key; the other way round, a plain event
+  whose member row the writer committed before goes there too (``Batch.merge_stored``);
 - the price level is computed here (``shared.levels``, the aggregator's rule and sizes), not
   in SQL: one rule for Redis and the database, and no per-row SQL function on the hot path.
 """
@@ -24,7 +25,7 @@ Rules applied here, besides significance (``writer.significance``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -89,6 +90,20 @@ class Batch:
     def members(self) -> int:
         """Rows of cascade members (the sink then upgrades stored rows they name)."""
         return sum(1 for row in (*self.events, *self.merges) if row[_IS_CASCADE])
+
+    def member_keys(self) -> list[tuple[object, ...]]:
+        """The natural keys of the batch's cascade-member rows."""
+        return [natural_key(row) for row in (*self.events, *self.merges) if row[_IS_CASCADE]]
+
+    def merge_stored(self, stored: Container[tuple[object, ...]]) -> None:
+        """Move to ``merges`` the events whose natural key is in ``stored`` (member rows
+        committed by earlier batches): their COPY would fail on the key (the member copy of a
+        liquidation is often read before its plain event), costing a rolled-back COPY and an
+        ERROR in the server's log; merged, they insert nothing."""
+        known = [row for row in self.events if natural_key(row) in stored]
+        if known:
+            self.events = [row for row in self.events if natural_key(row) not in stored]
+            self.merges = [*self.merges, *known]
 
     def split(self, max_rows: int) -> list[Batch]:
         """This batch as transactions of at most ``max_rows`` rows each: events, then merges,

@@ -8,8 +8,9 @@ batch's entries only once its rows are durable:
    transaction (``liq_ensure_partitions``), and remembered;
 2. one transaction: the events by binary COPY straight into ``liquidations_significant`` in a
    savepoint; the rows that may be stored already (``Batch.merges``: the member copies of
-   significant liquidations), and all of them if the COPY hit a stored row (a replayed or
-   redelivered batch, back to the savepoint), through the staging table with ``INSERT … ON
+   significant liquidations, and plain events whose member row this sink committed before),
+   and all of them if the COPY hit a stored row (a replayed or redelivered batch, back to the
+   savepoint), through the staging table with ``INSERT … ON
    CONFLICT DO NOTHING`` and the cascade-member upgrade; then the cascades under an advisory
    lock (native: the touched ``liquidation_cascades`` rows recomputed). Native rollups follow
    the inserts by trigger.
@@ -32,6 +33,7 @@ from typing import Any, cast
 import psycopg
 
 from shared.metrics import EVENTS_OUT
+from shared.recent import RecentKeys
 from shared.streams import SinkRetry
 from writer import statements as sql
 from writer.migrate import Mode, old_schema_problem
@@ -40,6 +42,9 @@ from writer.rows import CASCADE_TYPES, EVENT_COLUMNS, EVENT_TYPES, Batch
 logger = logging.getLogger(__name__)
 
 TIME = EVENT_COLUMNS.index("time")
+STORED_MEMBERS_KEPT = 20_000
+"""How many committed member keys the sink remembers: enough for the seconds between a member
+and its plain event reaching the writer, at cascade rates."""
 
 COMPONENT = "writer"
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -79,6 +84,9 @@ class DatabaseSink:
         """Longest wait for a batch's write: past it the connection is given up and closed."""
         self.ddl_lock_timeout_s = ddl_lock_timeout_s
         """Longest wait for the lock of partition DDL (``statements.DDL_LOCK_TIMEOUT_S``)."""
+        self.stored_members: RecentKeys[tuple[object, ...]] = RecentKeys(STORED_MEMBERS_KEPT)
+        """Natural keys of the member rows this sink committed last: a plain event read after
+        its member is merged, not COPied into a key error (``Batch.merge_stored``)."""
         self.conn: Conn | None = None
         self.mode: Mode | None = None
         self.refresh_window_days: float | None = None
@@ -138,6 +146,7 @@ class DatabaseSink:
         consumer loop isolates that row."""
         if batch.empty:
             return WriteResult()
+        batch.merge_stored(self.stored_members)
         try:
             async with asyncio.timeout(self.timeout_s):
                 conn = await self.connect()
@@ -153,6 +162,7 @@ class DatabaseSink:
             if refuses_the_data(exc):
                 raise  # the data, not the server: the consumer isolates and dead-letters the row
             raise SinkRetry(f"database write failed: {type(exc).__name__}: {exc}") from exc
+        self.stored_members.update(batch.member_keys())
         self._count(result)
         return result
 

@@ -210,3 +210,21 @@ def test_partition_ddl_gives_up_behind_a_long_reader_and_the_batch_is_retried(db
 
     assert asyncio.run(run()) == [2, 2]
     assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(4,)]
+
+
+def test_a_plain_event_read_after_its_member_is_merged_not_copied_into_a_key_error(db: str) -> None:
+    """The member copy of a liquidation often reaches the writer before its plain event: the
+    plain event's COPY failed on the key (an ERROR with the statement in the server's log, a
+    rolled-back COPY, the whole batch through the slow path). The sink remembers the member
+    rows it committed and merges such an event; a restarted sink, which does not know them,
+    still stores nothing twice through the fallback."""
+    start = SYSTEM_CLOCK.now_ms() - 3_600_000
+    plain, other = events(0, 2, start)
+    member = CascadeMember(cascade_id="c1", risk_score=1.1, liquidation=plain)
+    results, sink = asyncio.run(write_all(db, [batch_of([member]), batch_of([plain, other])]))
+    assert [(r.inserted, r.upgraded, r.replayed) for r in results] == [(1, 0, False), (1, 0, False)]
+    assert len(sink.stored_members) == 1
+    restarted, _ = asyncio.run(write_all(db, [batch_of([plain])]))
+    assert [(r.inserted, r.upgraded, r.replayed) for r in restarted] == [(0, 0, True)]
+    stored = "SELECT event_id, is_cascade, cascade_id FROM liquidations_significant ORDER BY event_id"
+    assert rows(db, stored) == [("e0", True, "c1"), ("e1", False, None)]
