@@ -1,6 +1,9 @@
 """Native-mode maintenance: what TimescaleDB's job scheduler does, run by the writer process.
 
-Every ``janitor_interval_s`` (and once at start), on its own connection:
+Every ``janitor_interval_s`` (and once at start), on the writer's connection and under its lock
+(each step at most ``LIQ_DB_TIMEOUT_S``, partition DDL waiting at most
+``statements.DDL_LOCK_TIMEOUT_S`` for its lock, so that a hung database or a long reader never
+holds the writes for longer):
 
 - create the UTC-day partitions from today to ``today + partitions_ahead_days``;
 - retention: detach and drop every partition lying entirely before ``now - retention_days``
@@ -16,6 +19,7 @@ writers at once. :func:`plan_run` is the pure part (which days and cutoffs), tes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -67,23 +71,24 @@ def plan_run(now: datetime, settings: WriterSettings) -> JanitorRun:
 
 
 async def run_once(conn: Conn, run: JanitorRun,
-                   before_ddl: Callable[[Conn], Awaitable[None]] | None = None) -> JanitorReport:
+                   before_ddl: Callable[[Conn], Awaitable[None]] | None = None,
+                   step_timeout_s: float | None = None) -> JanitorReport:
     """Apply one :class:`JanitorRun` (``conn`` in autocommit; each step its own transaction).
 
     ``before_ddl`` runs first in the transactions that create or drop partitions (the writer's
-    lock-wait limit): their lock on the whole table must not wait behind a long reader."""
-    async with conn.transaction():
-        if before_ddl is not None:
-            await before_ddl(conn)
-        created = await _names(conn, "SELECT liq_ensure_partitions(%s::date[])", (run.days_ahead,))
-    async with conn.transaction():
-        if before_ddl is not None:
-            await before_ddl(conn)
-        dropped = await _names(conn, "SELECT liq_drop_partitions_before(%s)", (run.raw_cutoff,))
-    async with conn.transaction():
-        cascades = await _scalar(conn, "SELECT liq_purge_cascades(%s)", (run.cascade_cutoff,))
-    async with conn.transaction():
-        rollups = await _scalar(conn, "SELECT liq_purge_rollups(%s)", (run.rollup_cutoff,))
+    lock-wait limit): their lock on the whole table must not wait behind a long reader. A step
+    that takes longer than ``step_timeout_s`` raises TimeoutError (a hung database); the caller
+    must then drop ``conn``, which may be in the middle of a statement."""
+    async def step(ddl: bool, query: str, value: object) -> list[Any]:
+        async with asyncio.timeout(step_timeout_s), conn.transaction():
+            if ddl and before_ddl is not None:
+                await before_ddl(conn)
+            return await (await conn.execute(query, (value,))).fetchall()
+
+    created = _names(await step(True, "SELECT liq_ensure_partitions(%s::date[])", run.days_ahead))
+    dropped = _names(await step(True, "SELECT liq_drop_partitions_before(%s)", run.raw_cutoff))
+    cascades = _scalar(await step(False, "SELECT liq_purge_cascades(%s)", run.cascade_cutoff))
+    rollups = _scalar(await step(False, "SELECT liq_purge_rollups(%s)", run.rollup_cutoff))
     report = JanitorReport(created, dropped, cascades, rollups)
     if created or dropped or cascades or rollups:
         logger.info("janitor: created %s, dropped %s, purged %d cascades and %d rollup rows",
@@ -91,11 +96,9 @@ async def run_once(conn: Conn, run: JanitorRun,
     return report
 
 
-async def _names(conn: Conn, query: str, params: tuple[Any, ...]) -> list[str]:
-    rows = await (await conn.execute(query, params)).fetchall()
+def _names(rows: list[Any]) -> list[str]:
     return [str(r[0]) for r in rows if r[0]]
 
 
-async def _scalar(conn: Conn, query: str, params: tuple[Any, ...]) -> int:
-    row = await (await conn.execute(query, params)).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
+def _scalar(rows: list[Any]) -> int:
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0

@@ -125,12 +125,17 @@ class Writer:
     async def maintain(self) -> janitor.JanitorReport | None:
         """One janitor run (native mode only); None in TimescaleDB mode."""
         async with self.lock:
-            conn = await self.sink.connect()
-            if self.sink.mode != "native":
-                return None
-            now = datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=UTC)
-            run = janitor.plan_run(now, self.settings)
-            report = await janitor.run_once(conn, run, self.sink.limit_lock_wait)
+            try:
+                async with asyncio.timeout(self.sink.timeout_s):
+                    conn = await self.sink.connect()
+                if self.sink.mode != "native":
+                    return None
+                now = datetime.fromtimestamp(self.clock.now_ms() / 1000, tz=UTC)
+                run = janitor.plan_run(now, self.settings)
+                report = await janitor.run_once(conn, run, self.sink.limit_lock_wait, self.sink.timeout_s)
+            except TimeoutError:  # a hung database: the connection may be mid-statement
+                await self.sink.aclose()
+                raise
             self.sink.forget_days_before(run.raw_cutoff.date())
             return report
 

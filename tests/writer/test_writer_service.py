@@ -612,6 +612,37 @@ def test_a_database_that_stops_answering_without_closing_is_given_up_on_and_retr
     assert_rollups_match_raw(db)
 
 
+def test_a_janitor_run_on_a_database_that_stops_answering_is_given_up_on(redis_url: str, db: str) -> None:
+    """The janitor holds the writer's lock: without a bound, a hung database would stall it, and
+    every write behind it, for ever. Each step gets ``LIQ_DB_TIMEOUT_S``; the connection is then
+    dropped, and the next run (a new connection) works."""
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(db)
+
+    async def run() -> list[str]:
+        proxy = FreezingProxy(int(info.get("port") or 5432))
+        port = await proxy.start()
+        relayed = psycopg.conninfo.make_conninfo(**{**info, "host": "127.0.0.1", "port": str(port)})
+        client = make_async_redis(redis_url)
+        writer = Writer(client, settings(relayed, db_timeout_s=0.5), relayed, clock=FakeClock(NOW_MS))
+        try:
+            first = await writer.maintain()
+            assert first is not None and len(first.created) == 3  # today and two days ahead
+            writer.clock = FakeClock(NOW_MS + 24 * HOUR_MS)  # a day later: one more to create
+            proxy.freeze_open_connections()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writer.maintain(), 30)
+            assert writer.sink.conn is None, "the frozen connection is dropped"
+            report = await asyncio.wait_for(writer.maintain(), 30)
+            assert report is not None
+            return report.created
+        finally:
+            await writer.aclose()
+            await client.aclose()
+            await proxy.aclose()
+
+    assert asyncio.run(run()) == ["liquidations_significant_p20260104"]
+
+
 def test_the_writers_endpoint_counts_rows_and_what_it_drops_exactly(redis_url: str, db: str,
                                                                     metrics_port: int) -> None:
     """Scraped over HTTP after a real drain: 15 entries in, 8 rows out, 4 below the threshold,
