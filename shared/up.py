@@ -243,7 +243,8 @@ def _pipeline_children(venues: list[str], env: dict[str, str],
     if metrics_port is not None and metrics_port + len(names_args) - 1 > MAX_PORT:
         logger.error("LIQ_METRICS_PORT=%d leaves no room for %d consecutive ports (the last must be at "
                      "most %d); each process uses its default port", metrics_port, len(names_args), MAX_PORT)
-        metrics_port = None
+        metrics_port = None  # and not the inherited LIQ_METRICS_PORT, which only one could bind
+        env = {name: value for name, value in env.items() if name != "LIQ_METRICS_PORT"}
     if not metrics_port:
         return [Child(name, args, env) for name, args in names_args]
     children = [Child(name, args, {**env, "LIQ_METRICS_PORT": str(metrics_port + k)})

@@ -32,9 +32,13 @@ def test_without_a_port_or_with_port_0_every_process_keeps_the_environment(port:
 
 def test_a_first_port_without_room_for_every_process_is_said_and_not_used(
         caplog: pytest.LogCaptureFixture) -> None:
+    """The environment holds the refused port (liq up's children inherit it): it is taken out,
+    so that each process binds its own default port instead of all of them that one."""
+    env = {**ENV, "LIQ_METRICS_PORT": "65532"}
     with caplog.at_level(logging.ERROR, logger="shared.up"):
-        children = up._pipeline_children(["okx", "gate"], ENV, 65_532)
-    assert _ports(children) == ["9300"] * 5  # the environment's own, as without liq up
+        children = up._pipeline_children(["okx", "gate"], env, 65_532)
+    assert _ports(children) == [None] * 5
+    assert all(c.env == {"LIQ_REDIS_URL": ENV["LIQ_REDIS_URL"]} for c in children)
     assert [r.getMessage() for r in caplog.records] == [
         "LIQ_METRICS_PORT=65532 leaves no room for 5 consecutive ports (the last must be at most 65535); "
         "each process uses its default port"]
