@@ -186,17 +186,21 @@ class OkxSession:
         return EMPTY
 
     @staticmethod
-    def _nested(items: list[Item]) -> list[tuple[str, Detail, str | None]]:
-        rows = []
+    def _nested(items: list[Item]) -> list[tuple[str, Detail, str | None] | Item]:
+        """One row per detail; an entry without ``instId`` stays whole, a row ``_rows`` refuses."""
+        rows: list[tuple[str, Detail, str | None] | Item] = []
         for item in items:
             if item.instId is None:
-                raise ParseError(NAME, f"liquidation-orders entry without instId: {item!r}")
-            rows += [(item.instId, d, item.instType) for d in item.details or []]
+                rows.append(item)
+            else:
+                rows += [(item.instId, d, item.instType) for d in item.details or []]
         return rows
 
-    def _rows(self, rows: list[tuple[str, Detail, str | None]], raw: bytes | str,
+    def _rows(self, rows: Sequence[tuple[str, Detail, str | None] | Item], raw: bytes | str,
               received_ms: int) -> SessionOutput:
-        def build(row: tuple[str, Detail, str | None]) -> Liquidation | None:
+        def build(row: tuple[str, Detail, str | None] | Item) -> Liquidation | None:
+            if isinstance(row, Item):
+                raise ParseError(NAME, f"liquidation-orders entry without instId: {row!r}")
             inst_id, detail, inst_type = row
             inst = parse_inst_id(inst_id, self.table)
             return None if inst is None else self._v5(inst, detail, inst_type == "MARGIN", received_ms)

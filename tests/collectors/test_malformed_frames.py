@@ -226,3 +226,22 @@ def test_a_bad_row_costs_only_itself_and_a_frame_of_bad_rows_is_malformed(
     assert [(e.venue, e.sample) for e in output.rejected] == [(venue, frame[:200])]
     row_list[:] = [bad, bad]
     _malformed(fresh, json.dumps(tree))
+
+
+def test_an_okx_entry_without_inst_id_costs_only_itself() -> None:
+    """A ``liquidation-orders`` push of several instruments: the entry without ``instId`` is a
+    bad row like any other (rejected with the frame's sample), not the whole frame."""
+    session, text = _session_and_frame("okx")
+    alone = session.on_message(text, RX).liquidations
+    tree = json.loads(text)
+    nameless = copy.deepcopy(tree["data"][0])
+    del nameless["instId"]
+    tree["data"][:] = [nameless, tree["data"][0]]
+    frame = json.dumps(tree)
+    fresh, _ = _session_and_frame("okx")
+    output = fresh.on_message(frame, RX)
+    assert len(alone) == 1 and output.liquidations == alone
+    assert [(e.venue, e.sample) for e in output.rejected] == [("okx", frame[:200])]
+    assert [e.reason.split(":")[0] for e in output.rejected] == ["liquidation-orders entry without instId"]
+    tree["data"][:] = [nameless, nameless]
+    _malformed(fresh, json.dumps(tree))
