@@ -14,6 +14,8 @@ Rules every session follows:
   logs a truncated sample and carries on with the same connection. In a frame of several rows,
   a row that is not valid is left out and returned in ``rejected`` (counted and logged the same
   way), the others kept (``_common.each_row``); a frame none of whose rows is valid raises.
+  That holds for a row of the wrong type as for a row of bad values: the frame's struct keeps
+  its rows raw (``list[msgspec.Raw]``) and each row is typed on its own (``_common.decode_row``).
 - Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output;
   an error reply returns ``_common.server_error(...)``, which logs it and carries it in ``error``.
 - A replayed snapshot on (re)subscribe is returned like any other data; the loop removes

@@ -11,6 +11,12 @@ The API is small and stable; venue modules import only these names:
 - ``each_row(venue, raw, rows, build)``: the SessionOutput of a frame of several rows, built
   row by row: a row that is not valid (ParseError, ValueError) is left out and carried in
   ``rejected``, the others kept; when no row is valid the frame is malformed (ParseError).
+  A frame struct declares its rows ``list[msgspec.Raw]`` and ``build`` types each one with
+  ``decode_row``, so a row of the wrong type (``"price": null``, a number where an object is
+  due) costs only itself, never the frame's typed decode; a builder also filters (returns
+  None for a row that is no liquidation: a plain trade or fill).
+- ``decode_row(decoder, row, venue)``: one ``msgspec.Raw`` row typed by a module-level Decoder;
+  a row of the wrong type or shape → ParseError (rejected alone by ``each_row``).
 - ``inflate(raw, venue)``: a gzip frame (HTX) inflated, anything else unchanged; bad or truncated
   gzip, or more than ``MAX_INFLATED`` bytes inflated, raises ParseError (the connection loop,
   ``liq parse`` and ``liq replay`` all call it).
@@ -132,6 +138,15 @@ def frame_errors(venue: str, raw: bytes | str) -> Iterator[None]:
         raise ParseError(venue, str(exc), raw) from exc
 
 
+def decode_row(decoder: msgspec.json.Decoder[T], row: msgspec.Raw, venue: str) -> T:
+    """One row of a frame (declared ``list[msgspec.Raw]``) typed on its own: a row of the wrong
+    type or shape → ParseError naming the row, which ``each_row`` rejects alone."""
+    try:
+        return decoder.decode(row)
+    except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:  # ValidationError: a DecodeError
+        raise ParseError(venue, f"row: {exc}") from exc
+
+
 R = TypeVar("R")
 
 
@@ -140,8 +155,10 @@ def each_row(venue: str, raw: bytes | str, rows: Iterable[R],
     """The liquidations of a frame's rows (``build`` returns none, one or several per row).
 
     A row that is not valid is left out, its error (with the frame's sample) in ``rejected``:
-    one bad row must not cost the frame's other liquidations. When rows were refused and none
-    gave a liquidation, the frame is malformed: its first error is raised."""
+    one bad row must not cost the frame's other liquidations. ``rows`` are best still raw
+    (``msgspec.Raw``, typed by ``build`` with :func:`decode_row`): a row of the wrong type is
+    then a bad row too. When rows were refused and none gave a liquidation, the frame is
+    malformed: its first error is raised."""
     liquidations: list[Liquidation] = []
     rejected: list[ParseError] = []
     for row in rows:

@@ -16,6 +16,8 @@ Price = ``BASE_PRICE`` (as the peer corpus does; ``PRICE_ACQUIRED`` goes to
 ``extra["price_acquired"]``), quantity = ``|AMOUNT|`` in base, timestamp = ``MTS``,
 ``event_id`` = ``POS_ID-MTS``. A data frame whose chanId was never acked (``liq parse`` on one
 frame) is accepted when its rows start with ``"pos"``. ``[chanId,"hb",…]`` is a heartbeat.
+Rows are typed one by one: a row of the wrong shape (a number, ``AMOUNT`` null) is rejected
+alone, as a row of bad values is, and the frame's other rows are kept.
 Info ``20051`` (server restart) and ``20061`` (maintenance ended) get a new connection at once.
 """
 
@@ -87,12 +89,23 @@ def _is_liq_row(value: Any) -> bool:
 
 
 def rows_of(payload: Any) -> list[Any] | None:
-    """The row list of a data payload: a list of rows, or a single row; None if not rows."""
+    """The row list of a data payload: a single row, or a list holding at least one ``pos`` row
+    (its other elements are bad rows, rejected one by one); None if not rows."""
     if _is_liq_row(payload):
         return [payload]
-    if isinstance(payload, list) and payload and all(_is_liq_row(r) for r in payload):
+    if isinstance(payload, list) and any(_is_liq_row(r) for r in payload):
         return payload
     return None
+
+
+def typed_row(value: Any) -> Row:
+    """One ``pos`` row typed by position; anything else (a number, a null ``AMOUNT``) → ParseError."""
+    if not _is_liq_row(value):
+        raise ParseError(NAME, f"not a pos row: {str(value)[:80]}")
+    try:
+        return msgspec.convert(value, Row)
+    except msgspec.ValidationError as exc:
+        raise ParseError(NAME, f"row: {exc}") from exc
 
 
 class BitfinexSession:
@@ -131,14 +144,12 @@ class BitfinexSession:
         raise ParseError(NAME, "liq:global payload is not a list of pos rows", raw)
 
     def _liquidations(self, rows: list[Any], raw: bytes | str, received_ms: int) -> SessionOutput:
-        try:
-            decoded = msgspec.convert(rows, list[Row])
-        except msgspec.ValidationError as exc:
-            raise ParseError(NAME, str(exc), raw) from exc
-        unmatched = [row for row in decoded if row.is_match == 0]
-        return each_row(NAME, raw, unmatched, lambda row: self._liquidation(row, received_ms))
+        return each_row(NAME, raw, rows, lambda row: self._liquidation(typed_row(row), received_ms))
 
-    def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
+    def _liquidation(self, row: Row, received_ms: int) -> Liquidation | None:
+        """The liquidation of a trigger row (``IS_MATCH`` 0); None for a match row."""
+        if row.is_match != 0:
+            return None
         if row.amount == 0:
             raise ParseError(NAME, f"zero AMOUNT in row of position {row.pos_id}")
         inst = self.table.get(row.symbol) or parse_symbol(row.symbol)

@@ -29,6 +29,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     make_liquidation,
     num,
@@ -63,11 +64,13 @@ class Frame(msgspec.Struct):
     action: str = ""
     event: str = ""
     arg: Arg | None = None
-    data: list[Row] | None = None
+    data: list[msgspec.Raw] | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
     msg: str = ""
 
 
 _frame = msgspec.json.Decoder(Frame)
+_row = msgspec.json.Decoder(Row)
 
 
 def symbol_instrument(symbol: str, inst_type: str) -> Instrument:
@@ -103,7 +106,8 @@ class BitgetSession:
         inst_type = frame.arg.instType
         return each_row(NAME, raw, frame.data, lambda row: self._liquidation(row, inst_type, received_ms))
 
-    def _liquidation(self, row: Row, inst_type: str, received_ms: int) -> Liquidation:
+    def _liquidation(self, raw_row: msgspec.Raw, inst_type: str, received_ms: int) -> Liquidation:
+        row = decode_row(_row, raw_row, NAME)
         inst = self.table.get(row.symbol) or symbol_instrument(row.symbol, inst_type)
         return make_liquidation(
             NAME,

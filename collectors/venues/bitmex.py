@@ -42,6 +42,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     iso_ms,
     make_liquidation,
@@ -72,13 +73,15 @@ class Row(msgspec.Struct):
 class Frame(msgspec.Struct):
     table: str | None = None
     action: str | None = None
-    data: list[Row] | None = None
+    data: list[msgspec.Raw] | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
     info: str | None = None
     success: bool | None = None
     error: str | None = None
 
 
 _frame = msgspec.json.Decoder(Frame)
+_row = msgspec.json.Decoder(Row)
 
 
 def parse_symbol(symbol: str) -> Instrument:
@@ -126,7 +129,8 @@ class BitmexSession:
             return EMPTY
         return each_row(NAME, raw, frame.data or [], lambda row: self._liquidation(row, received_ms))
 
-    def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
+    def _liquidation(self, raw_row: msgspec.Raw, received_ms: int) -> Liquidation:
+        row = decode_row(_row, raw_row, NAME)
         if not row.orderID or row.symbol is None:
             raise ParseError(NAME, f"insert row lacks orderID/symbol: {row!r}")
         inst = self.table.get(row.symbol) or parse_symbol(row.symbol)

@@ -35,6 +35,7 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
+    decode_row,
     each_row,
     get_json,
     make_liquidation,
@@ -88,10 +89,12 @@ class Frame(msgspec.Struct):
     success: bool | None = None
     ret_msg: Any = None
     ts: int | None = None
-    data: list[Row] | Row | None = None
+    data: list[msgspec.Raw] | Row | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
 
 
 _frame = msgspec.json.Decoder(Frame)
+_row = msgspec.json.Decoder(Row)
 
 
 def parse_symbol(symbol: str) -> Instrument:
@@ -145,9 +148,10 @@ class BybitSession:
             raise ParseError(NAME, "neither a topic frame nor an op reply", raw)
         if not frame.topic.startswith(("allLiquidation.", "liquidation.")) or frame.data is None:
             return EMPTY
-        rows = frame.data if isinstance(frame.data, list) else [frame.data]
+        rows: Sequence[msgspec.Raw | Row] = frame.data if isinstance(frame.data, list) else [frame.data]
         ts = frame.ts if frame.topic.startswith("liquidation.") else None
-        return each_row(NAME, raw, rows, lambda row: self._liquidation(row, ts, received_ms))
+        return each_row(NAME, raw, rows, lambda row: self._liquidation(
+            row if isinstance(row, Row) else decode_row(_row, row, NAME), ts, received_ms))
 
     def _liquidation(self, row: Row, frame_ts: int | None, received_ms: int) -> Liquidation:
         symbol, side = row.s or row.symbol, row.S or row.side

@@ -30,6 +30,7 @@ from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, Ven
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
+    decode_row,
     each_row,
     make_liquidation,
     market_type,
@@ -61,7 +62,8 @@ class Trade(msgspec.Struct):
 class Params(msgspec.Struct):
     channel: str | None = None
     type: str | None = None
-    data: list[Trade] | None = None
+    data: list[msgspec.Raw] | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
 
 
 class Frame(msgspec.Struct):
@@ -73,6 +75,7 @@ class Frame(msgspec.Struct):
 
 
 _frame = msgspec.json.Decoder(Frame)
+_trade = msgspec.json.Decoder(Trade)
 
 
 def parse_instrument(name: str) -> Instrument | None:
@@ -129,16 +132,19 @@ class DeribitSession:
                 return SessionOutput(replies=[self._rpc("public/test", {})])
             return EMPTY
         if frame.method == "subscription" and frame.params is not None:
-            liquidated = [trade for trade in frame.params.data or [] if trade.liquidation is not None]
-            return each_row(NAME, raw, liquidated, lambda trade: self._trade(trade, received_ms))
+            trades = frame.params.data or []
+            return each_row(NAME, raw, trades, lambda trade: self._trade(trade, received_ms))
         if frame.id is not None or frame.method is not None:
             if frame.error is not None:
                 return server_error(NAME, frame.error)
             return EMPTY
         raise ParseError(NAME, "neither a subscription, a heartbeat nor an RPC reply", raw)
 
-    def _trade(self, trade: Trade, received_ms: int) -> list[Liquidation] | None:
-        """The liquidated sides of one liquidation trade (None: an instrument not parsed)."""
+    def _trade(self, raw_trade: msgspec.Raw, received_ms: int) -> list[Liquidation] | None:
+        """The liquidated sides of one trade (None: no liquidation, or an instrument not parsed)."""
+        trade = decode_row(_trade, raw_trade, NAME)
+        if trade.liquidation is None:
+            return None
         if trade.liquidation not in FLAGS:
             raise ParseError(NAME, f"unknown liquidation flag {trade.liquidation!r}")
         inst = self.table.get(trade.instrument_name) or parse_instrument(trade.instrument_name)

@@ -35,6 +35,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     get_json,
     iso_ms,
@@ -70,7 +71,8 @@ class Trade(msgspec.Struct):
 
 
 class Contents(msgspec.Struct):
-    trades: list[Trade] = []
+    trades: list[msgspec.Raw] = []
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
 
 
 class Frame(msgspec.Struct):
@@ -82,6 +84,7 @@ class Frame(msgspec.Struct):
 
 
 _frame = msgspec.json.Decoder(Frame)
+_trade = msgspec.json.Decoder(Trade)
 
 
 def market_instrument(market: str) -> Instrument:
@@ -112,10 +115,14 @@ class DydxSession:
         if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
             return EMPTY
         batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]
-        trades = [trade for batch in batches for trade in batch.trades if trade.type == "LIQUIDATED"]
+        trades = [trade for batch in batches for trade in batch.trades]
         return each_row(NAME, raw, trades, lambda trade: self._liquidation(frame.id, trade, received_ms))
 
-    def _liquidation(self, market: str, trade: Trade, received_ms: int) -> Liquidation:
+    def _liquidation(self, market: str, raw_trade: msgspec.Raw, received_ms: int) -> Liquidation | None:
+        """The liquidation of one trade; None for a trade that is no liquidation."""
+        trade = decode_row(_trade, raw_trade, NAME)
+        if trade.type != "LIQUIDATED":
+            return None
         return make_liquidation(
             NAME,
             self.table.get(market) or market_instrument(market),

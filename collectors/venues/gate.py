@@ -49,7 +49,7 @@ from collectors.venue import (
     SessionOutput,
     VenueSpec,
 )
-from collectors.venues._common import decode, each_row, make_liquidation, num, server_error
+from collectors.venues._common import decode, decode_row, each_row, make_liquidation, num, server_error
 from shared.errors import ParseError
 from shared.models import Liquidation
 
@@ -73,11 +73,13 @@ class Row(msgspec.Struct):
 class Frame(msgspec.Struct):
     channel: str = ""
     event: str = ""
-    result: list[Row] | dict[str, Any] | None = None
+    result: list[msgspec.Raw] | dict[str, Any] | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
     error: dict[str, Any] | None = None
 
 
 _frame = msgspec.json.Decoder(Frame)
+_row = msgspec.json.Decoder(Row)
 
 
 def contract_instrument(contract: str) -> Instrument:
@@ -122,7 +124,8 @@ class GateSession:
             return EMPTY
         return each_row(NAME, raw, frame.result, lambda row: self._liquidation(row, received_ms))
 
-    def _liquidation(self, row: Row, received_ms: int) -> Liquidation:
+    def _liquidation(self, raw_row: msgspec.Raw, received_ms: int) -> Liquidation:
+        row = decode_row(_row, raw_row, NAME)
         size = num(row.size, NAME, "size")
         if size == 0:
             raise ParseError(NAME, f"liquidation of {row.contract} with size 0")

@@ -52,6 +52,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     inflate,
     make_liquidation,
@@ -93,13 +94,15 @@ class Frame(msgspec.Struct):
     op: str = ""
     topic: str = ""
     ts: int | str | None = None
-    data: list[Order] | None = None
+    data: list[msgspec.Raw] | None = None
+    """Orders kept raw: each is typed on its own (a wrong-typed order costs only itself)."""
     ping: int | str | None = None
     err_code: int = msgspec.field(default=0, name="err-code")
     err_msg: str = msgspec.field(default="", name="err-msg")
 
 
 _frame = msgspec.json.Decoder(Frame)
+_order = msgspec.json.Decoder(Order)
 
 
 def endpoint_of(code: str) -> str:
@@ -155,7 +158,8 @@ class HtxSession:
             return EMPTY
         return each_row(NAME, raw, frame.data, lambda order: self._liquidation(order, received_ms))
 
-    def _liquidation(self, order: Order, received_ms: int) -> Liquidation:
+    def _liquidation(self, raw_order: msgspec.Raw, received_ms: int) -> Liquidation:
+        order = decode_row(_order, raw_order, NAME)
         inst = self.table.get(order.contract_code) or code_instrument(order.contract_code, order.symbol)
         liq = make_liquidation(
             NAME,

@@ -41,6 +41,7 @@ from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     make_liquidation,
     num,
@@ -85,7 +86,8 @@ class Fill(msgspec.Struct, kw_only=True):
 
 
 class FillData(msgspec.Struct):
-    fills: list[Fill] = []
+    fills: list[msgspec.Raw] = []
+    """Fills kept raw: each is typed on its own (a wrong-typed fill costs only itself)."""
     user: str = ""
     isSnapshot: bool = False
 
@@ -97,6 +99,7 @@ class Frame(msgspec.Struct):
 
 _frame = msgspec.json.Decoder(Frame)
 _fill_data = msgspec.json.Decoder(FillData)
+_fill = msgspec.json.Decoder(Fill)
 
 
 def coin_instrument(coin: str) -> Instrument:
@@ -143,11 +146,14 @@ class HyperliquidSession:
         if data.isSnapshot:  # userFills replays the account's past fills on subscribe: history only
             return EMPTY
         account = (data.user or self.address).lower()
-        fills = [fill for fill in data.fills if fill.liquidation is not None]
-        return each_row(NAME, raw, fills, lambda fill: self._liquidation(fill, account, received_ms))
+        return each_row(NAME, raw, data.fills, lambda fill: self._liquidation(fill, account, received_ms))
 
-    def _liquidation(self, fill: Fill, account: str, received_ms: int) -> Liquidation:
-        liq = fill.liquidation or FillLiquidation()
+    def _liquidation(self, raw_fill: msgspec.Raw, account: str, received_ms: int) -> Liquidation | None:
+        """The liquidation of one fill; None for a fill that is no liquidation."""
+        fill = decode_row(_fill, raw_fill, NAME)
+        liq = fill.liquidation
+        if liq is None:
+            return None
         liquidated = (liq.liquidatedUser or "").lower()
         extra: dict[str, str | float | int | None] = {
             "exchange_id": str(fill.tid),

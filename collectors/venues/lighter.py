@@ -44,6 +44,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     make_liquidation,
     num,
@@ -80,11 +81,13 @@ class Trade(msgspec.Struct, kw_only=True):
 class Frame(msgspec.Struct):
     type: str = ""
     channel: str = ""
-    liquidation_trades: list[Trade] | None = None
+    liquidation_trades: list[msgspec.Raw] | None = None
+    """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
     error: dict[str, Any] | None = None
 
 
 _frame = msgspec.json.Decoder(Frame)
+_trade = msgspec.json.Decoder(Trade)
 
 
 class OrderBook(msgspec.Struct):
@@ -131,7 +134,9 @@ class LighterSession:
         trades = frame.liquidation_trades
         return each_row(NAME, raw, trades, lambda trade: self._liquidation(trade, received_ms))
 
-    def _liquidation(self, trade: Trade, received_ms: int) -> Liquidation | None:
+    def _liquidation(self, raw_trade: msgspec.Raw, received_ms: int) -> Liquidation | None:
+        """The liquidation of one trade; None for another kind of trade or an unknown market."""
+        trade = decode_row(_trade, raw_trade, NAME)
         if trade.type != "liquidation":
             return None
         inst = self.table.get(str(trade.market_id))

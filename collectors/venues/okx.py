@@ -50,6 +50,7 @@ from collectors.venue import (
 )
 from collectors.venues._common import (
     decode,
+    decode_row,
     each_row,
     frame_errors,
     iso_ms,
@@ -89,7 +90,8 @@ class Item(Detail):
 
     instId: str | None = None
     instType: str | None = None
-    details: list[Detail] | None = None
+    details: list[msgspec.Raw] | None = None
+    """Details kept raw: each is typed on its own (a wrong-typed detail costs only itself)."""
     instrument_id: str | None = None
     type: str | None = None
     size: Number = None
@@ -110,10 +112,16 @@ class Frame(msgspec.Struct):
     msg: Any = None
     arg: Arg | None = None
     table: str | None = None
-    data: list[Item] | None = None
+    data: list[msgspec.Raw] | None = None
+    """Entries kept raw: each is typed on its own (a wrong-typed entry costs only itself)."""
 
 
 _frame = msgspec.json.Decoder(Frame)
+_item = msgspec.json.Decoder(Item)
+_detail = msgspec.json.Decoder(Detail)
+NestedRow = tuple[str, msgspec.Raw, str | None] | ParseError
+"""A ``liquidation-orders`` detail (instId, raw detail, instType), or the error of an entry
+of the wrong type or naming no instrument (a bad row like any other)."""
 
 
 def parse_inst_id(inst_id: str, table: InstrumentTable) -> Instrument | None:
@@ -172,40 +180,35 @@ class OkxSession:
             if frame.event == "notice" and str(frame.code) == UPGRADE_NOTICE:
                 return SessionOutput(reconnect=f"notice {frame.code}: {frame.msg}")
             return EMPTY
+        data = frame.data or []
         if frame.table in V3_TABLES:
-            return each_row(NAME, raw, frame.data or [], lambda item: self._v3(item, received_ms))
+            return each_row(NAME, raw, data, lambda item: self._v3(item, received_ms))
         if frame.arg is None:
             raise ParseError(NAME, "neither an event, a channel push nor a v3 table", raw)
         if frame.arg.channel == "liquidation-orders":
-            return self._rows(self._nested(frame.data or []), raw, received_ms)
-        if frame.arg.channel == "liquidations" and frame.arg.instId:
-            rows: list[tuple[str, Detail, str | None]] = [
-                (frame.arg.instId, item, item.instType) for item in frame.data or []
-            ]
-            return self._rows(rows, raw, received_ms)
+            return each_row(NAME, raw, _nested(data), lambda row: self._nested_row(row, received_ms))
+        inst_id = frame.arg.instId
+        if frame.arg.channel == "liquidations" and inst_id:
+            return each_row(NAME, raw, data, lambda item: self._rest_row(inst_id, item, received_ms))
         return EMPTY
 
-    @staticmethod
-    def _nested(items: list[Item]) -> list[tuple[str, Detail, str | None] | Item]:
-        """One row per detail; an entry without ``instId`` stays whole, a row ``_rows`` refuses."""
-        rows: list[tuple[str, Detail, str | None] | Item] = []
-        for item in items:
-            if item.instId is None:
-                rows.append(item)
-            else:
-                rows += [(item.instId, d, item.instType) for d in item.details or []]
-        return rows
+    def _nested_row(self, row: NestedRow, received_ms: int) -> Liquidation | None:
+        """One ``liquidation-orders`` detail; an entry ``_nested`` could not use raises its error."""
+        if isinstance(row, ParseError):
+            raise row
+        inst_id, detail, inst_type = row
+        return self._detail(inst_id, decode_row(_detail, detail, NAME), inst_type, received_ms)
 
-    def _rows(self, rows: Sequence[tuple[str, Detail, str | None] | Item], raw: bytes | str,
-              received_ms: int) -> SessionOutput:
-        def build(row: tuple[str, Detail, str | None] | Item) -> Liquidation | None:
-            if isinstance(row, Item):
-                raise ParseError(NAME, f"liquidation-orders entry without instId: {row!r}")
-            inst_id, detail, inst_type = row
-            inst = parse_inst_id(inst_id, self.table)
-            return None if inst is None else self._v5(inst, detail, inst_type == "MARGIN", received_ms)
+    def _rest_row(self, inst_id: str, raw_item: msgspec.Raw, received_ms: int) -> Liquidation | None:
+        """One row of a v5 REST ``liquidations`` envelope (its instrument named by ``arg``)."""
+        item = decode_row(_item, raw_item, NAME)
+        return self._detail(inst_id, item, item.instType, received_ms)
 
-        return each_row(NAME, raw, rows, build)
+    def _detail(self, inst_id: str, detail: Detail, inst_type: str | None,
+                received_ms: int) -> Liquidation | None:
+        """A v5 detail of ``inst_id``; None for an instrument kind not parsed (options)."""
+        inst = parse_inst_id(inst_id, self.table)
+        return None if inst is None else self._v5(inst, detail, inst_type == "MARGIN", received_ms)
 
     def _v5(self, inst: Instrument, d: Detail, margin: bool, received_ms: int) -> Liquidation:
         if d.ts is None:
@@ -223,7 +226,8 @@ class OkxSession:
             extra=_loss(d.bkLoss) | ({"pos_side": d.posSide} if d.posSide else {}),
         )
 
-    def _v3(self, item: Item, received_ms: int) -> Liquidation:
+    def _v3(self, raw_item: msgspec.Raw, received_ms: int) -> Liquidation:
+        item = decode_row(_item, raw_item, NAME)
         inst = parse_inst_id(item.instrument_id or "", self.table)
         if inst is None or item.type not in V3_SIDES or item.created_at is None:
             raise ParseError(NAME, f"unusable v3 liquidation row: {item!r}")
@@ -239,6 +243,23 @@ class OkxSession:
             received_ms=received_ms,
             extra=_loss(item.loss),
         )
+
+
+def _nested(items: list[msgspec.Raw]) -> list[NestedRow]:
+    """One row per detail of each ``data[]`` entry; an entry of the wrong type or without
+    ``instId`` is one row too: its error, which ``each_row`` rejects alone."""
+    rows: list[NestedRow] = []
+    for raw_item in items:
+        try:
+            item = decode_row(_item, raw_item, NAME)
+        except ParseError as exc:
+            rows.append(exc)
+            continue
+        if item.instId is None:
+            rows.append(ParseError(NAME, f"liquidation-orders entry without instId: {item!r}"))
+        else:
+            rows += [(item.instId, detail, item.instType) for detail in item.details or []]
+    return rows
 
 
 def _loss(value: Number) -> dict[str, str | float | int | None]:

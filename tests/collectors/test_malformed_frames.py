@@ -206,18 +206,21 @@ MULTI_ROW: list[tuple[str, tuple[str | int, ...], tuple[str | int, ...], object]
 row invalid."""
 
 
-@pytest.mark.parametrize(("venue", "rows", "field", "value"), MULTI_ROW, ids=lambda v: str(v)[:12])
-def test_a_bad_row_costs_only_itself_and_a_frame_of_bad_rows_is_malformed(
-        venue: str, rows: tuple[str | int, ...], field: tuple[str | int, ...], value: object) -> None:
+def _bad_row_first(venue: str, rows: tuple[str | int, ...], field: tuple[str | int, ...],
+                   value: object) -> list[ParseError]:
     """One invalid row (first, so that it does not stop the rows after it) is left out and
     returned in ``rejected`` with the frame's sample; the good row is kept as if it came alone.
-    A frame with no valid row raises, as a single-row frame does."""
+    A frame with no valid row raises, as a single-row frame does. ``field`` ``()``: the row
+    itself is ``value``. Returns the rejected errors."""
     session, text = _session_and_frame(venue)
     alone = session.on_message(text, RX).liquidations
     tree = json.loads(text)
     row_list = _at(tree, rows)
     bad = copy.deepcopy(row_list[0])
-    _at(bad, field[:-1])[field[-1]] = value
+    if field:
+        _at(bad, field[:-1])[field[-1]] = value
+    else:
+        bad = value
     row_list[:] = [bad, row_list[0]]
     frame = json.dumps(tree)
     fresh, _ = _session_and_frame(venue)
@@ -225,7 +228,62 @@ def test_a_bad_row_costs_only_itself_and_a_frame_of_bad_rows_is_malformed(
     assert len(alone) == 1 and output.liquidations == alone
     assert [(e.venue, e.sample) for e in output.rejected] == [(venue, frame[:200])]
     row_list[:] = [bad, bad]
-    _malformed(fresh, json.dumps(tree))
+    _malformed(session, json.dumps(tree))  # acked its channel (Bitfinex: else not a liq:global frame)
+    return output.rejected
+
+
+@pytest.mark.parametrize(("venue", "rows", "field", "value"), MULTI_ROW, ids=lambda v: str(v)[:12])
+def test_a_bad_row_costs_only_itself_and_a_frame_of_bad_rows_is_malformed(
+        venue: str, rows: tuple[str | int, ...], field: tuple[str | int, ...], value: object) -> None:
+    """A row whose values are bad costs only itself (see ``_bad_row_first``)."""
+    _bad_row_first(venue, rows, field, value)
+
+
+WRONG_TYPED: list[tuple[str, tuple[str | int, ...], tuple[str | int, ...], object]] = [
+    ("bybit", ("data",), ("p",), {}),  # p and v may be null (the old topics' price and size)
+    ("bitget", ("data",), ("price",), None),
+    ("bitmex", ("data",), ("price",), {}),  # price may be null
+    ("gate", ("result",), ("price",), None),
+    ("htx", ("data",), ("price",), None),
+    ("hyperliquid", ("data", "fills"), ("sz",), None),
+    ("lighter", ("liquidation_trades",), ("price",), None),
+    ("dydx", ("contents", "trades"), ("size",), None),
+    ("deribit", ("params", "data"), ("amount",), None),
+    ("okx", ("data",), ("instId",), 5),
+    ("okx", ("data",), ("details",), {}),
+    ("okx", ("data", 0, "details"), ("sz",), {}),  # bkPx and sz may be null
+    ("bitfinex", (1,), (5,), None),
+]  # fmt: skip
+"""Every multi-row venue (``MULTI_ROW``): a field of one row set to a value of the wrong type."""
+NOT_A_ROW: list[tuple[str, tuple[str | int, ...], tuple[str | int, ...], object]] = [
+    (venue, rows, (), 7) for venue, rows in dict.fromkeys((venue, rows) for venue, rows, _, _ in MULTI_ROW)]
+"""The same rows replaced by a JSON number (an object, or Bitfinex's array, is due)."""
+
+
+@pytest.mark.parametrize(("venue", "rows", "field", "value"), WRONG_TYPED + NOT_A_ROW,
+                         ids=lambda v: str(v)[:12])
+def test_a_wrong_typed_row_costs_only_itself_and_a_frame_of_them_is_malformed(
+        venue: str, rows: tuple[str | int, ...], field: tuple[str | int, ...], value: object) -> None:
+    """A row of the wrong type (``"price": null``, ``"sz": {}``, a number for a row) failed
+    the typed decode of the whole frame, losing its other rows: each row is now typed on its
+    own (``_common.decode_row``), so it costs only itself, as a row of bad values does."""
+    rejected = _bad_row_first(venue, rows, field, value)
+    assert [e.reason.split(":")[0] for e in rejected] == [
+        "not a pos row" if venue == "bitfinex" and not field else "row"]
+
+
+def test_okx_v3_rows_of_the_wrong_type_cost_only_themselves() -> None:
+    """The tardis v3 ``swap/liquidation`` envelope: its rows are typed one by one too."""
+    good = {"loss": "0", "size": "8", "price": "3.523", "created_at": "2020-12-18T00:30:58.374Z",
+            "type": "3", "instrument_id": "UNI-USD-SWAP"}
+    session, _ = _session_and_frame("okx")
+    for bad in ({**good, "size": {}}, {**good, "type": 3}, 7):
+        frame = json.dumps({"table": "swap/liquidation", "generated": True, "data": [bad, good]})
+        output = session.on_message(frame, RX)
+        got = [(liq.symbol_native, liq.quantity_native, liq.timestamp_ms) for liq in output.liquidations]
+        assert got == [("UNI-USD-SWAP", 8.0, 1_608_251_458_374)]
+        assert [(e.reason.split(":")[0], e.sample) for e in output.rejected] == [("row", frame[:200])]
+        _malformed(session, json.dumps({"table": "swap/liquidation", "data": [bad, bad]}))
 
 
 def test_an_okx_entry_without_inst_id_costs_only_itself() -> None:
