@@ -164,6 +164,8 @@ class CollectorConfig:
     listing of a venue that ``relists``; None: never."""
     spool_dir: Path | None = None
     """Where liquidations wait while Redis is unreachable (``<data_dir>/spool``); None: in memory."""
+    stream_maxlen: int = keys.EVENT_STREAM_MAXLEN
+    """Entries each event stream keeps (``LIQ_STREAM_MAXLEN``)."""
 
 
 @dataclass
@@ -191,7 +193,7 @@ class Collector:
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms(),
                                   endpoint=self.config.base_url)
         self.publisher = Publisher(spec.name, self.config.redis, self.config.shards, self._notify,
-                                   self.config.spool_dir)
+                                   self.config.spool_dir, self.config.stream_maxlen)
         self.recorder = FrameRecorder(spec.name, self.config.record_path)
 
     @property

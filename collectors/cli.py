@@ -91,7 +91,8 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
                                  symbols=symbol_list, record_path=record_path,
                                  instruments_dir=Path(settings.data_dir) / "instruments",
                                  spool_dir=Path(settings.data_dir) / "spool",
-                                 instruments_every_s=settings.instruments_refresh_s or None)
+                                 instruments_every_s=settings.instruments_refresh_s or None,
+                                 stream_maxlen=settings.stream_maxlen)
         try:
             await Collector(config).run(stop)
         finally:
@@ -231,7 +232,7 @@ def replay(file: Path, speed: float, to_stdout: bool) -> None:
     settings = load(CommonSettings)
     logs.configure(settings.log_level, "replay")
     found = discover(settings, dict(os.environ))
-    target = None if to_stdout else Target(require_redis(found), found.shards)
+    target = None if to_stdout else Target(require_redis(found), found.shards, settings.stream_maxlen)
     try:
         counts = asyncio.run(_replay(file, speed, target))
     except RedisError as exc:
@@ -248,6 +249,8 @@ class Target:
 
     url: str
     shards: int
+    maxlen: int
+    """Entries each event stream keeps (``LIQ_STREAM_MAXLEN``)."""
 
 
 async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, Any]:
@@ -289,7 +292,7 @@ async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, 
                 else:
                     assert target is not None
                     items = [(keys.event_stream_of(liq.symbol, target.shards), liq) for liq in fresh]
-                    await publish(redis, items, keys.EVENT_STREAM_MAXLEN)
+                    await publish(redis, items, target.maxlen)
     finally:
         if redis is not None:
             await redis.aclose()

@@ -58,6 +58,8 @@ class Publisher:
     """Awaited after each publish attempt, failed or not: it wakes the collector's ``wait_until``."""
     spool_dir: Path | None = None
     """Where liquidations wait while Redis is unreachable; None: in memory."""
+    maxlen: int = keys.EVENT_STREAM_MAXLEN
+    """Entries each event stream keeps (``XADD MAXLEN ~``)."""
     queue: asyncio.Queue[Liquidation] = field(default_factory=asyncio.Queue)
     published: int = 0
     spool: Spool | None = field(init=False)
@@ -235,7 +237,7 @@ class Publisher:
         items = [(keys.event_stream_of(liq.symbol, self.shards), liq) for liq in batch]
         started = time.perf_counter()
         mark = keys.publisher_mark(self.venue)
-        added = len(await publish(self.redis, items, keys.EVENT_STREAM_MAXLEN, mark))
+        added = len(await publish(self.redis, items, self.maxlen, mark))
         PUBLISH_SECONDS.labels(self.venue).observe(time.perf_counter() - started)
         if added < len(batch):
             logger.info("%s: %d liquidations sent again were in redis already (its reply was lost, or "

@@ -34,6 +34,9 @@ AGGREGATOR_GROUP = "aggregator"
 WRITER_GROUP = "writer"
 
 EVENT_STREAM_MAXLEN = 1_000_000
+"""The default of ``LIQ_STREAM_MAXLEN``: entries each event stream keeps (about 320 MB of Redis
+memory per stream when full)."""
+MIN_EVENT_STREAM_MAXLEN = 100_000
 CASCADE_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 100_000
 """A dead-letter stream keeps about this many entries (the consumer logs an error once it is

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import msgspec
 from redis.connection import parse_url
 
+from shared import keys
 from shared.errors import ConfigError
 
 ENV_PREFIX = "LIQ_"
@@ -40,7 +41,7 @@ SETTING_NAMES = frozenset({
     "LIQ_PG_DSN", "LIQ_PRICE_BAND_BPS", "LIQ_QUIET_S", "LIQ_RATE_CAP_PER_MIN", "LIQ_RECORD_DIR",
     "LIQ_REDIS_URL", "LIQ_RETENTION_DAYS", "LIQ_RING_CAPACITY", "LIQ_ROLLUP_RETENTION_DAYS",
     "LIQ_SAMPLED_GAP_MS", "LIQ_SAMPLED_WEIGHT", "LIQ_SHARDS", "LIQ_SIGNIFICANT_USD",
-    "LIQ_SIGNIFICANT_USD_BY_SYMBOL", "LIQ_STORAGE_MODE", "LIQ_TICK_LAG_S", "LIQ_TICK_S",
+    "LIQ_SIGNIFICANT_USD_BY_SYMBOL", "LIQ_STORAGE_MODE", "LIQ_STREAM_MAXLEN", "LIQ_TICK_LAG_S", "LIQ_TICK_S",
     "LIQ_VENUE_URLS", "LIQ_VOLUME_CAP_USD", "LIQ_VOLUME_FLOOR_USD", "LIQ_WEIGHTS", "LIQ_WINDOW_S",
 })
 """Every variable some process reads (a test keeps it equal to the fields of the components'
@@ -56,6 +57,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """PostgreSQL/TimescaleDB (empty: none given; ``liq up`` starts its own). Its form is checked
     by the writer's settings, which connect with it (``writer.config``)."""
     shards: int = 4
+    stream_maxlen: int = keys.EVENT_STREAM_MAXLEN
+    """Each event stream keeps about this many entries (``XADD MAXLEN ~``), about 320 bytes of
+    Redis memory each: the streams are the backlog a stopped consumer catches up from."""
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
     log_level: str = "INFO"
@@ -75,6 +79,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
                               "e.g. .liq", self.data_dir)
         if self.shards < 1:
             raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
+        if self.stream_maxlen < keys.MIN_EVENT_STREAM_MAXLEN:
+            raise ConfigError("LIQ_STREAM_MAXLEN", f"a whole number >= {keys.MIN_EVENT_STREAM_MAXLEN:,}"
+                              " (entries kept per event stream; fewer would trim what a consumer has"
+                              " not read yet during a burst)", str(self.stream_maxlen))
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError("LIQ_LOG_LEVEL", "one of " + ", ".join(LOG_LEVELS), self.log_level)
         for name in ("embedded_redis_port", "embedded_pg_port", "metrics_port"):

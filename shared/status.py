@@ -63,6 +63,7 @@ def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
         "cascades": _cascade_states(client),
         "shards": shards,
         "stray_streams": _stray_streams(client, shards),
+        "memory_bytes": int(client.info("memory")["used_memory"]),
     }
 
 
@@ -235,7 +236,8 @@ def render(report: dict[str, Any]) -> str:
 
 
 def _redis_lines(report: dict[str, Any]) -> list[str]:
-    lines = ["\nSTREAMS"]
+    memory = report.get("memory_bytes")
+    lines = ["\nSTREAMS" + ("" if memory is None else f" (Redis memory {memory / 1e6:,.1f} MB)")]
     for s in report["streams"]:
         groups = "  ".join(_group_text(g) for g in s["groups"]) or "(no groups)"
         lines.append(f"  {s['stream']:<24} len={s['length']:<8} {groups}")

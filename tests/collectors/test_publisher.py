@@ -136,3 +136,32 @@ def test_a_batch_whose_reply_was_lost_is_published_once(redis_url: str, r: syncr
 
     assert asyncio.run(run()) == 5
     assert sorted(_published_ids(r)) == sorted(f"e{i}" for i in range(5))
+
+
+@pytest.mark.integration
+def test_the_publisher_keeps_each_stream_to_its_maxlen(redis_url: str, r: syncredis.Redis) -> None:
+    """``LIQ_STREAM_MAXLEN`` reaches the publisher through the collector's config, and XADD
+    trims with it: 1,000 liquidations into a stream kept to about 100 entries leave its newest
+    (MAXLEN ~ trims whole nodes of at most 100 entries), not all 1,000."""
+    from collectors import load_venue
+    from collectors.base import Collector, CollectorConfig
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        config = CollectorConfig(venue=load_venue("okx"), redis=client, shards=4, base_url="ws://127.0.0.1:1",
+                                 stream_maxlen=100)
+        collector = Collector(config)
+        publisher = collector.publisher
+        assert publisher.maxlen == 100
+        publisher.put(_liqs(1000))
+        stop = asyncio.Event()
+        task = asyncio.create_task(publisher.run(stop))
+        await asyncio.wait_for(collector.wait_until(lambda c: c.publisher.published == 1000), 30)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+
+    asyncio.run(run())
+    ids = _published_ids(r)
+    assert 100 <= len(ids) < 200
+    assert ids == [f"e{i}" for i in range(1000 - len(ids), 1000)]

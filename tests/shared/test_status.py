@@ -206,3 +206,23 @@ def test_status_check_exits_1_listing_the_problems_and_0_when_there_are_none(red
     assert checked.exit_code == 1
     assert checked.stderr == f"problem: {stream} {keys.WRITER_GROUP}: no consumer reading (pending=0 lag=1)\n"
     assert '"problems": [' in checked.stdout
+
+
+def test_status_shows_the_memory_redis_uses(redis_url: str) -> None:
+    """The streams are the bulk of Redis's memory (``LIQ_STREAM_MAXLEN`` bounds them): status
+    shows how much Redis holds, from INFO, so an operator sees it grow before the host runs out."""
+    import redis as syncredis
+
+    from shared import keys
+    from shared.status import collect_status
+
+    before = collect_status(redis_url, None, 4)["memory_bytes"]
+    client = syncredis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    for k in range(20_000):
+        pipe.xadd(keys.event_stream(1), {"d": f"{k:0200d}"})
+    pipe.execute()
+    client.close()
+    report = collect_status(redis_url, None, 4)
+    assert report["memory_bytes"] - before >= 20_000 * 200
+    assert f"STREAMS (Redis memory {report['memory_bytes'] / 1e6:,.1f} MB)" in render(report).splitlines()
