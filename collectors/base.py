@@ -33,6 +33,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -47,7 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
 
 from collectors.dedupe import RecentIds, number_repeats
-from collectors.health import VenueHealth
+from collectors.health import TwinWatch, VenueHealth
 from collectors.publisher import Publisher
 from collectors.recording import FrameRecorder
 from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
@@ -67,6 +70,7 @@ from shared.metrics import (
     VENUE_LAST_EVENT_MS,
 )
 from shared.models import Liquidation
+from shared.redisconn import reply_text
 from shared.runtime import done_before_stop, stopped_within
 from shared.venue_health import STOPPED_REASON
 
@@ -177,6 +181,7 @@ class Collector:
     health: VenueHealth = field(init=False)
     publisher: Publisher = field(init=False)
     recorder: FrameRecorder = field(init=False)
+    twins: TwinWatch = field(init=False)
     _last_parse_log: float = 0.0
     _logged_state: str = ""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -191,7 +196,9 @@ class Collector:
     def __post_init__(self) -> None:
         spec = self.config.venue
         self.health = VenueHealth(spec.name, spec.usual_gap_s, 0, started_ms=self.config.clock.now_ms(),
-                                  endpoint=self.config.base_url)
+                                  endpoint=self.config.base_url,
+                                  collector_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+        self.twins = TwinWatch(self.health.collector_id)
         self.publisher = Publisher(spec.name, self.config.redis, self.config.shards, self._notify,
                                    self.config.spool_dir, self.config.stream_maxlen)
         self.recorder = FrameRecorder(spec.name, self.config.record_path)
@@ -571,8 +578,23 @@ class Collector:
             self._logged_state = state
         key = keys.venue_health(self.config.venue.name)
         pipe = self.config.redis.pipeline(transaction=False)
+        pipe.hmget(key, ["collector", "updated_ms"])
         fields: dict[Any, Any] = dict(self.health.as_fields(now_ms))
         pipe.hset(key, mapping=fields)
         pipe.expire(key, keys.VENUE_HEALTH_TTL_SECONDS)
-        await pipe.execute()
+        (writer, updated), *_ = await pipe.execute()
+        self._note_twin(reply_text(writer or ""), int(updated or 0), now_ms)
         await self._notify()
+
+    def _note_twin(self, writer_id: str, writer_updated_ms: int, now_ms: int) -> None:
+        """One log line when another collector of this venue starts or stops publishing into
+        this Redis (``TwinWatch``); ``liq status --check`` names both while it lasts."""
+        if not self.twins.observe(self.health, writer_id, writer_updated_ms, now_ms):
+            return
+        venue = self.config.venue.name
+        if self.health.twin:
+            logger.warning("%s: another collector of this venue (%s) publishes into the same Redis as this "
+                           "one (%s): the aggregator counts the liquidations both receive twice; stop one",
+                           venue, self.health.twin, self.health.collector_id)
+        else:
+            logger.info("%s: no other collector of this venue publishes into this Redis any more", venue)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.venue_health import STOPPED_REASON
+from shared.venue_health import STALE_HEALTH_MS, STOPPED_REASON
 
 SUSPECT_FACTOR = 5.0
 
@@ -48,6 +48,12 @@ class VenueHealth:
     instruments_refreshed_ms: int = 0
     endpoint: str = ""
     """The URL the collector connects to (the live endpoint, or e.g. the simulator's)."""
+    collector_id: str = ""
+    """This collector process (``host:pid:nonce``), written beside its health."""
+    twin: str = ""
+    """Another collector of this venue writing the same health hash, so publishing into the same
+    Redis ("" when none wrote lately): see :class:`TwinWatch`."""
+    twin_seen_ms: int = 0
 
     down_reasons: dict[str, str] = field(default_factory=dict)
     """Why each connection that is down went down (one connection's recovery must not erase
@@ -120,5 +126,37 @@ class VenueHealth:
             "instruments_listed": str(self.instruments_listed),
             "instruments_refreshed_ms": str(self.instruments_refreshed_ms),
             "endpoint": self.endpoint,
+            "collector": self.collector_id,
+            "twin": self.twin if now_ms - self.twin_seen_ms <= STALE_HEALTH_MS else "",
+            "twin_seen_ms": str(self.twin_seen_ms),
             "updated_ms": str(now_ms),
         }
+
+
+@dataclass
+class TwinWatch:
+    """Tells when another collector of the same venue publishes into the same Redis: both write
+    the venue's health hash each second, so before each write this one reads who wrote last.
+
+    A second collector makes the aggregator count every liquidation both receive twice (the
+    detector and the writer drop repeated event ids). Another writer counts as a twin only once
+    its ``updated_ms`` has moved between two sightings: the last write of a collector that was
+    just restarted (a new pid) or stopped is seen, but never moves.
+    """
+
+    own_id: str
+    last_seen: dict[str, int] = field(default_factory=dict)
+    """Each other writer's ``updated_ms`` when last seen (a few entries: one per restart)."""
+
+    def observe(self, health: VenueHealth, writer_id: str, writer_updated_ms: int, now_ms: int) -> bool:
+        """Record who wrote the hash last; True when ``health.twin`` changed."""
+        before = health.twin
+        if writer_id and writer_id != self.own_id:
+            previous = self.last_seen.get(writer_id)
+            self.last_seen[writer_id] = writer_updated_ms
+            if previous is not None and writer_updated_ms > previous:
+                health.twin, health.twin_seen_ms = writer_id, now_ms
+        if health.twin and now_ms - health.twin_seen_ms > STALE_HEALTH_MS:
+            health.twin = ""
+            self.last_seen = {}
+        return health.twin != before

@@ -196,7 +196,7 @@ def status(as_json: bool, check: bool) -> None:
 def problems(report: dict[str, Any]) -> list[str]:
     """What in a status report needs someone: a server that does not answer, a group no consumer
     reads, dead letters, a venue down or degraded, or whose collector died (not one whose
-    collector was asked to stop), event
+    collector was asked to stop), a venue two collectors publish, event
     streams outside ``LIQ_SHARDS``. A quiet (``suspect``) venue is not one: markets go quiet."""
     found = [f"redis: {report['redis_error']}"] if "redis_error" in report else []
     if "error" in report.get("database", {}):
@@ -209,6 +209,9 @@ def problems(report: dict[str, Any]) -> list[str]:
     found += [f"venue {v['venue']}: {v['state']} ({v['reason'] or 'no reason given'})"
               for v in report.get("venues", [])
               if v["state"] in ("down", "degraded", "stopped") and v["reason"] != STOPPED_REASON]
+    found += [f"venue {v['venue']}: two collectors publish it ({' and '.join(v['collectors'])}): the "
+              "aggregator counts what both receive twice" for v in report.get("venues", [])
+              if len(v.get("collectors", ())) > 1]
     found += [f"{s['stream']}: {s['length']} entries outside LIQ_SHARDS={report['shards']}"
               for s in report.get("stray_streams", [])]
     return found
@@ -258,12 +261,17 @@ def _redis_lines(report: dict[str, Any]) -> list[str]:
         reason = f"  reason: {v['reason']}" if v["reason"] else ""
         lines.append(f"  {v['venue']:<15} {v['state']:<10} conn={v['connections']:<5} events={v['events']:<7}"
                      f" last={age:<8} parse_errors={v['parse_errors']} dups={v['duplicates']}"
-                     f" reconnects={v['reconnects']}{reason}")
+                     f" reconnects={v['reconnects']}{reason}{_twin_text(v)}")
     lines.append("\nKEYS  " + "  ".join(f"{k}={n}" for k, n in report.get("keys", {}).items()))
     lines.append("\nCASCADES")
     for c in report.get("cascades", []):
         lines.append(f"  {c['symbol']:<12} " + " ".join(f"{k}={v}" for k, v in c.items() if k != "symbol"))
     return lines
+
+
+def _twin_text(venue: dict[str, Any]) -> str:
+    collectors = venue.get("collectors", ())
+    return f"  TWO COLLECTORS: {' and '.join(collectors)}" if len(collectors) > 1 else ""
 
 
 def _database_lines(db: dict[str, Any]) -> list[str]:

@@ -41,11 +41,15 @@ def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
 
 def venue_row(health: Mapping[str, str], now_ms: int) -> dict[str, Any]:
     """What ``liq status`` and ``liq venues`` show of a venue's health: its state, the reason,
-    the events it published and the age of its last liquidation in seconds (None: none yet;
-    never negative, whatever the skew between the collector's clock and this one)."""
+    the events it published, the age of its last liquidation in seconds (None: none yet; never
+    negative, whatever the skew between the collector's clock and this one), and the collectors
+    writing it (two: both publish into this Redis, see ``collectors.health.TwinWatch``)."""
     last = int(health.get("last_liquidation_received_ms", "0") or 0)
+    twin_seen = int(health.get("twin_seen_ms", "0") or 0)
+    twin = health.get("twin", "") if now_ms - twin_seen <= STALE_HEALTH_MS else ""
     return {
         "state": venue_state(health, now_ms), "reason": health.get("reason", ""),
         "events": int(health.get("events", "0") or 0),
         "last_event_age_s": round(max(0, now_ms - last) / 1000, 1) if last else None,
+        "collectors": [c for c in (health.get("collector", ""), twin) if c],
     }

@@ -403,7 +403,7 @@ def test_venues_json_lists_every_venue_without_redis(tmp_path: Path) -> None:
     assert {row["venue"]: (row["endpoint"], row["semantics"]) for row in got} == ENDPOINTS
     for row in got:
         assert set(row) == {"venue", "endpoint", "markets", "semantics", "semantics_note", "state", "reason",
-                            "events", "last_event_age_s"}
+                            "events", "last_event_age_s", "collectors"}
         assert row["markets"] and row["semantics_note"]
         health = (row["state"], row["reason"], row["events"], row["last_event_age_s"])
         assert health == ("not running", "", 0, None)
@@ -413,7 +413,7 @@ def test_venues_json_lists_every_venue_without_redis(tmp_path: Path) -> None:
         "markets": "USDⓈ-M perpetuals and dated futures (all symbols)",
         "semantics": "sampled",
         "semantics_note": "at most 1 liquidation per symbol per second (latest-in-1000ms snapshot)",
-        "state": "not running", "reason": "", "events": 0, "last_event_age_s": None,
+        "state": "not running", "reason": "", "events": 0, "last_event_age_s": None, "collectors": [],
     }
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collectors.health import VenueHealth
+from collectors.health import TwinWatch, VenueHealth
+from shared.venue_health import STALE_HEALTH_MS
 
 
 def test_one_connection_coming_back_keeps_the_reason_another_is_down_for() -> None:
@@ -60,3 +61,27 @@ def test_suspect_after_five_usual_gaps_without_a_liquidation_counted_from_the_la
     assert health.compute_state(150_000) == "up"
     health.last_liquidation_received_ms = 130_000
     assert [health.compute_state(t) for t in (180_000, 180_001)] == ["up", "suspect"]
+
+
+def test_another_writer_is_a_twin_once_its_writes_move_and_not_after_it_stops() -> None:
+    health = VenueHealth("okx", 10.0, 1, collector_id="h:1:aa")
+    watch = TwinWatch("h:1:aa")
+    assert not watch.observe(health, "h:2:bb", 1_000, 1_500)  # seen once: maybe a restart's last write
+    assert not watch.observe(health, "h:1:aa", 1_500, 2_000)  # its own write
+    assert not watch.observe(health, "h:2:bb", 1_000, 2_500)  # the same write again: not moving
+    assert watch.observe(health, "h:2:bb", 2_000, 3_000)  # moved: another collector writes
+    assert (health.twin, health.twin_seen_ms) == ("h:2:bb", 3_000)
+    assert not watch.observe(health, "h:2:bb", 3_000, 4_000)
+    assert health.twin_seen_ms == 4_000
+    assert not watch.observe(health, "h:1:aa", 4_000, 4_000 + STALE_HEALTH_MS)  # not seen: still kept
+    assert watch.observe(health, "h:1:aa", 4_000, 4_001 + STALE_HEALTH_MS)  # gone
+    assert health.twin == ""
+
+
+def test_the_last_write_of_a_restarted_collector_never_makes_a_twin() -> None:
+    health = VenueHealth("okx", 10.0, 1, collector_id="h:2:bb")
+    watch = TwinWatch("h:2:bb")
+    changes = [watch.observe(health, "h:1:aa", 1_000, 1_001)]  # the last write of the one it replaced
+    changes += [watch.observe(health, "h:2:bb", k * 1_000, k * 1_000 + 1) for k in range(1, 20)]
+    assert not any(changes) and health.twin == ""
+    assert not watch.observe(health, "", 0, 30_000)  # a hash without a writer (an older collector)

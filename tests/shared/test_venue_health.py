@@ -8,13 +8,15 @@ NOW = 1_700_000_000_000
 
 
 def test_a_venue_without_health_is_not_running_and_has_no_age() -> None:
-    assert venue_row({}, NOW) == {"state": "not running", "reason": "", "events": 0, "last_event_age_s": None}
+    assert venue_row({}, NOW) == {"state": "not running", "reason": "", "events": 0, "last_event_age_s": None,
+                                  "collectors": []}
 
 
 def test_the_row_reads_the_hash_and_rounds_the_age_to_a_tenth() -> None:
     health = {"state": "up", "reason": "r", "events": "7", "updated_ms": str(NOW),
-              "last_liquidation_received_ms": str(NOW - 12_345)}
-    assert venue_row(health, NOW) == {"state": "up", "reason": "r", "events": 7, "last_event_age_s": 12.3}
+              "last_liquidation_received_ms": str(NOW - 12_345), "collector": "h:1:aa"}
+    assert venue_row(health, NOW) == {"state": "up", "reason": "r", "events": 7, "last_event_age_s": 12.3,
+                                      "collectors": ["h:1:aa"]}
 
 
 def test_a_stale_hash_is_stopped_and_an_age_from_a_clock_ahead_is_zero() -> None:
@@ -22,3 +24,10 @@ def test_a_stale_hash_is_stopped_and_an_age_from_a_clock_ahead_is_zero() -> None
               "last_liquidation_received_ms": str(NOW + 5_000)}
     row = venue_row(health, NOW)
     assert (row["state"], row["last_event_age_s"]) == ("stopped", 0.0)
+
+
+def test_a_twin_is_listed_while_it_was_seen_lately() -> None:
+    health = {"state": "up", "updated_ms": str(NOW), "collector": "h:1:aa", "twin": "h:2:bb",
+              "twin_seen_ms": str(NOW - STALE_HEALTH_MS)}
+    assert venue_row(health, NOW)["collectors"] == ["h:1:aa", "h:2:bb"]
+    assert venue_row(health, NOW + 1)["collectors"] == ["h:1:aa"]

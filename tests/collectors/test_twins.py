@@ -1,0 +1,63 @@
+"""Two collectors of one venue publishing into one Redis (a second ``liq collect okx`` beside
+``liq up``'s, a compose service scaled to 2): each says so once, ``liq status --check`` names
+both while it lasts, and it ends when one stops. Real Redis, the collectors' own health writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from collectors import load_venue
+from collectors.base import Collector, CollectorConfig
+from shared.clock import FakeClock
+from shared.redisconn import make_async_redis
+from shared.status import collect_status, problems, render
+from shared.venue_health import STALE_HEALTH_MS
+
+pytestmark = pytest.mark.integration
+
+
+def test_two_collectors_of_a_venue_are_named_until_one_stops(redis_url: str,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock(start_ms=time.time_ns() // 1_000_000)  # status reads the real clock
+
+    async def run() -> tuple[list[str], list[str], str]:
+        redis = make_async_redis(redis_url)
+
+        def collector() -> Collector:
+            return Collector(CollectorConfig(venue=load_venue("okx"), redis=redis, shards=4,
+                                             base_url="ws://127.0.0.1:1", clock=clock))
+
+        first, second = collector(), collector()
+        for _ in range(3):  # each writes its health once a second, reading who wrote last
+            await first._write_health()
+            await second._write_health()
+            clock.advance(1)
+        both = problems(collect_status(redis_url, None, 4))
+        text = render(collect_status(redis_url, None, 4))
+        for _ in range(STALE_HEALTH_MS // 1000 + 2):  # the second stopped: only the first writes
+            await first._write_health()
+            clock.advance(1)
+        await redis.aclose()
+        ids = [first.health.collector_id, second.health.collector_id]
+        assert first.health.twin == "" and second.health.twin == ids[0]
+        return both, ids, text
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        both, (first_id, second_id), text = asyncio.run(run())
+    # the hash's writer first (the second wrote last), then the twin it saw
+    assert both == [f"venue okx: two collectors publish it ({second_id} and {first_id}): the aggregator "
+                    "counts what both receive twice"]
+    assert f"TWO COLLECTORS: {second_id} and {first_id}" in text
+    twin_lines = [r.getMessage() for r in caplog.records if "collector of this venue" in r.getMessage()]
+    assert twin_lines == [
+        f"okx: another collector of this venue ({first_id}) publishes into the same Redis as this one "
+        f"({second_id}): the aggregator counts the liquidations both receive twice; stop one",
+        f"okx: another collector of this venue ({second_id}) publishes into the same Redis as this one "
+        f"({first_id}): the aggregator counts the liquidations both receive twice; stop one",
+        "okx: no other collector of this venue publishes into this Redis any more",
+    ]
+    assert problems(collect_status(redis_url, None, 4)) == []
