@@ -256,7 +256,8 @@ def _nested(items: list[msgspec.Raw]) -> list[NestedRow]:
             rows.append(exc)
             continue
         if item.instId is None:
-            rows.append(ParseError(NAME, f"liquidation-orders entry without instId: {item!r}"))
+            entry = bytes(raw_item)[:400].decode(errors="replace")  # the repr of its raw details says nothing
+            rows.append(ParseError(NAME, f"liquidation-orders entry without instId: {entry}"))
         else:
             rows += [(item.instId, detail, item.instType) for detail in item.details or []]
     return rows

@@ -301,5 +301,8 @@ def test_an_okx_entry_without_inst_id_costs_only_itself() -> None:
     assert len(alone) == 1 and output.liquidations == alone
     assert [(e.venue, e.sample) for e in output.rejected] == [("okx", frame[:200])]
     assert [e.reason.split(":")[0] for e in output.rejected] == ["liquidation-orders entry without instId"]
+    # the reason shows the entry itself (its details kept raw printed as "<msgspec.Raw object
+    # at 0x…>": neither what the entry held nor the same text twice)
+    assert json.dumps(nameless["details"][0]) in output.rejected[0].reason
     tree["data"][:] = [nameless, nameless]
     _malformed(fresh, json.dumps(tree))
