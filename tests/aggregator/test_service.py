@@ -46,6 +46,30 @@ def test_aggregates_exact_sums_and_sets_ttl(redis_url: str) -> None:
     assert int(r.hgetall("liq:agg:BTCUSDT:60s:1729512060000")["count"]) == 30
 
 
+def test_sums_read_as_the_decimals_they_are_in_hgetall(redis_url: str) -> None:
+    """``redis-cli HGETALL`` shows a sum as people write it: 3 × 6000.03 is 18000.09, over
+    batches too (HINCRBYFLOAT's long doubles showed 18000.08999999999999986), and a tiny
+    quantity without an exponent."""
+    first = [liq(price=20_000.1, quantity=0.3, timestamp_ms=1_729_512_000_000 + i, event_id=f"a{i}")
+             for i in range(3)]
+    tiny = [liq(price=30_000.0, quantity=0.00001, timestamp_ms=1_729_512_000_100, event_id="t")]
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        for batch in (first[:1], first[1:], tiny):  # three batches: each adds to what is stored
+            await publish(client, [(keys.event_stream(keys.shard_of(e.symbol, 4)), e) for e in batch],
+                          keys.EVENT_STREAM_MAXLEN)
+            await make_consumer(client, 4, Aggregator(client), name="a1").run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    level = r.hgetall("liq:levels:BTCUSDT:20000:LONG")
+    assert (level["count"], level["value_usd"], level["quantity"]) == ("3", "18000.09", "0.9")
+    assert r.hget("liq:levels:BTCUSDT:30000:LONG", "quantity") == "0.00001"  # %.15g: 1e-05
+    r.close()
+
+
 def test_a_hash_key_of_another_type_costs_only_its_events_and_nothing_is_applied_twice(
         redis_url: str) -> None:
     """Another program SET a level key to a string. Redis would keep the increments a script made
