@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
+import re
 from typing import cast
 
 import pytest
 import redis as syncredis
 
+from aggregator.buckets import fold
 from aggregator.service import Aggregator, StaleBatch, make_consumer
 from shared import codec, keys
 from shared.models import Liquidation
@@ -66,7 +70,7 @@ def test_sums_read_as_the_decimals_they_are_in_hgetall(redis_url: str) -> None:
     r = syncredis.Redis.from_url(redis_url, decode_responses=True)
     level = r.hgetall("liq:levels:BTCUSDT:20000:LONG")
     assert (level["count"], level["value_usd"], level["quantity"]) == ("3", "18000.09", "0.9")
-    assert r.hget("liq:levels:BTCUSDT:30000:LONG", "quantity") == "0.00001"  # %.15g: 1e-05
+    assert r.hget("liq:levels:BTCUSDT:30000:LONG", "quantity") == "0.00001"  # never 1e-05
     r.close()
 
 
@@ -218,3 +222,80 @@ def test_the_aggregators_endpoint_counts_its_real_work_exactly(redis_url: str, m
         before, "liq_batch_seconds_count", component="aggregator") == batches == 3
     stream = keys.event_stream(keys.shard_of("BTCUSDT", 4))
     assert value(after, "liq_stream_length", stream=stream) == 40
+
+
+PLAIN_DECIMAL = re.compile(r"0|[1-9]\d*|(0|[1-9]\d*)\.\d*[1-9]")
+"""A sum as the script writes it: digits, no exponent, no sign, no trailing zero or dot."""
+
+
+@pytest.mark.parametrize(("quantities", "shown"), [
+    ([6e14, 6e14], "1200000000000000"),  # %.15g wrote 1.2e+15
+    ([9e14, 1e14 + 1.0], "1000000000000001"),  # %.15g wrote 1e+15: the 1 was lost, on every batch
+    ([1.23456789012345e-05], "0.0000123456789012345"),  # %.12f wrote 0.000012345679
+    ([3e-13], "0.0000000000003"),  # %.12f wrote "0.", the quantity lost
+])
+def test_a_sum_of_any_size_is_written_as_a_plain_decimal_to_15_significant_digits(
+        redis_url: str, quantities: list[float], shown: str) -> None:
+    """Each amount is below 1e15, but a sum of them is not; and quantities can be tiny. Every sum
+    reads as a plain decimal keeping its 15 significant digits (at least: its integer digits)."""
+    events = [liq(price=1.0, quantity=q, timestamp_ms=1_729_512_000_000 + k, event_id=f"q{k}")
+              for k, q in enumerate(quantities)]
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        for event in events:  # one batch each: the second adds to what the first wrote
+            await publish(client, [(keys.event_stream(0), event)], keys.EVENT_STREAM_MAXLEN)
+            await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    level = next(key for key in fold(events[:1]) if key.startswith("liq:levels:"))
+    assert r.hget(level, "quantity") == shown
+    r.close()
+
+
+def test_sums_over_random_batches_match_pythons_exact_sums(redis_url: str) -> None:
+    """Property: random batches of liquidations whose amounts span 20 orders of magnitude, into
+    hashes that existed or not, every sum equal to the exact sum (``math.fsum``) to a relative
+    1e-12, and written as a plain decimal."""
+    rng = random.Random(20261202)
+    symbols = ["BTCUSDT", "PEPEUSDT", "DUSTUSDT"]
+    events = []
+    for k in range(1500):
+        symbol = rng.choice(symbols)
+        scale = {"BTCUSDT": 10 ** rng.uniform(-5, 2), "PEPEUSDT": 10 ** rng.uniform(6, 14.4),
+                 "DUSTUSDT": 10 ** rng.uniform(-14, -4)}[symbol]
+        events.append(liq(symbol=symbol, price=rng.choice([1.0, 0.5, 3.0]), quantity=scale,
+                          side=rng.choice(["long", "short"]), timestamp_ms=1_729_512_000_000 + k * 97,
+                          event_id=f"r{k}"))
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        at = 0
+        while at < len(events):
+            size = rng.randint(1, 60)
+            batch = events[at:at + size]
+            at += size
+            await publish(client, [(keys.event_stream(0), e) for e in batch], keys.EVENT_STREAM_MAXLEN)
+            await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+    expected: dict[str, dict[str, list[float]]] = {}
+    for e in events:
+        for key, delta in fold([e]).items():
+            for name, value in delta.sums.items():
+                expected.setdefault(key, {}).setdefault(name, []).append(value)
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    checked = 0
+    for key, sums in expected.items():
+        stored = cast(dict[str, str], r.hgetall(key))
+        for name, values in sums.items():
+            text = stored[name]
+            assert PLAIN_DECIMAL.fullmatch(text), (key, name, text)
+            exact = math.fsum(values)
+            assert float(text) == pytest.approx(exact, rel=1e-12, abs=0), (key, name, text, exact)
+            checked += 1
+    r.close()
+    assert checked > 50
