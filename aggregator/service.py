@@ -86,10 +86,14 @@ end
 local function tidy(n)  -- a sum as HGETALL shows it: 62807.6837, not 62807.68370000000008346
   -- 15 significant digits, always as a plain decimal: '%.15g' writes 1.2e+15 (and drops the
   -- units above 1e15) and 1e-05; a sum of 1e15 or more keeps all its integer digits.
-  if n == 0 then return '0' end
+  local text = string.format('%.15g', n)
+  if not string.find(text, 'e', 1, true) then  -- 1e-4 <= |n| < 1e15: nearly every sum
+    if text == '-0' then return '0' end
+    return text
+  end
   local decimals = 14 - math.floor(math.log10(math.abs(n)))
   if decimals < 0 then decimals = 0 elseif decimals > 99 then decimals = 99 end  -- %.99f at most
-  local text = string.format('%.' .. decimals .. 'f', n)
+  text = string.format('%.' .. decimals .. 'f', n)
   if decimals > 0 then text = string.gsub(string.gsub(text, '0+$', ''), '%.$', '') end
   if text == '-0' then return '0' end
   return text
