@@ -25,3 +25,21 @@ def test_the_oldest_id_is_forgotten_first_once_the_capacity_is_reached() -> None
     assert not ids.seen_before(liq(event_id="a")), "a was the oldest: forgotten"
     assert [ids.seen_before(liq(event_id=name)) for name in "cda"] == [True, True, True]
     assert not ids.seen_before(liq(event_id="b")), "b went when a came back"
+
+
+def test_a_full_memory_holds_hashes_not_the_liquidations_ids() -> None:
+    """Each of the 14 collectors keeps one: 50,000 ids by default, about 140 bytes each. Keeping
+    the (exchange, event_id) pairs held on to every id string as well (about 260 bytes each)."""
+    import tracemalloc
+
+    ids = RecentIds()
+    assert ids.capacity == 50_000
+    tracemalloc.start()
+    try:
+        for i in range(ids.capacity + 10):
+            ids.seen_before(liq(exchange="okx", event_id=f"okx-BTC-USDT-SWAP-1796172886727-{i:08d}-long"))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ids) == 50_000
+    assert held / 50_000 < 180
