@@ -235,10 +235,20 @@ def recorded_meta(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, str
     return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM schema_meta").fetchall()}
 
 
+def _preloaded(conn: psycopg.Connection[tuple[object, ...]]) -> bool | None:
+    """Whether ``shared_preload_libraries`` names timescaledb; None when this role may not read
+    it (only superusers and pg_read_all_settings may: a plain owner of the database may not)."""
+    try:
+        with conn.transaction():
+            preload = _scalar(conn, "SELECT current_setting('shared_preload_libraries')")
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    return "timescaledb" in str(preload or "")
+
+
 def _try_create_extension(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     available = _scalar(conn, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    preload = str(_scalar(conn, "SELECT current_setting('shared_preload_libraries')") or "")
-    if not available or "timescaledb" not in preload:
+    if not available or _preloaded(conn) is False:
         return
     try:
         with conn.transaction():

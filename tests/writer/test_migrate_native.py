@@ -50,6 +50,31 @@ def test_migrations_are_idempotent_and_record_the_mode(pg_dsn: str) -> None:
         migrate_dsn(pg_dsn, "timescale")
 
 
+def test_a_role_that_only_owns_its_database_migrates_it(pg_dsn: str) -> None:
+    """Not every user is a superuser: a role that owns the database (what a hosted PostgreSQL
+    or a DBA gives) may not read shared_preload_libraries, and reading it stopped the first
+    migrate ("must be superuser or have privileges of pg_read_all_settings")."""
+    import uuid
+
+    role = f"liq_owner_{uuid.uuid4().hex[:8]}"
+    info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        conn.execute(f'ALTER DATABASE "{info["dbname"]}" OWNER TO "{role}"')
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # what the role cannot do
+            conn.execute(f'SET ROLE "{role}"; SELECT current_setting(\'shared_preload_libraries\')')
+    owner_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+    try:
+        report = migrate_dsn(owner_dsn, "auto")
+        assert (report.mode, report.applied[-1]) == ("native", "009")
+        assert query(owner_dsn, "SELECT count(*) AS n FROM liquidations_significant") == [{"n": 0}]
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
 def test_readme_queries_return_what_was_written(pg_dsn: str) -> None:
     migrate_dsn(pg_dsn, "native")
     now = SYSTEM_CLOCK.now_ms()
