@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import click
 import msgspec
@@ -49,15 +50,39 @@ class CollectorSettings(CommonSettings, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bad = [f"{v}={u}" for v, u in self.venue_urls.items()
-               if v not in VENUES or not u.startswith(("ws://", "wss://"))]
+        bad = [f"{v}={u}" for v, u in self.venue_urls.items() if v not in VENUES or ws_url_problem(u)]
         if bad:
-            raise ConfigError("LIQ_VENUE_URLS", "VENUE=ws://… or VENUE=wss://… pairs, VENUE one of "
-                              + ", ".join(VENUES), ",".join(bad))
+            raise ConfigError("LIQ_VENUE_URLS", "comma-separated VENUE=ws://HOST:PORT… or VENUE=wss://… "
+                              "pairs, VENUE one of " + ", ".join(VENUES), ",".join(bad))
         if self.instruments_refresh_s != 0 and not self.instruments_refresh_s >= MIN_REFRESH_S:
             raise ConfigError("LIQ_INSTRUMENTS_REFRESH_S", f"0 (never) or seconds >= {MIN_REFRESH_S:g}"
                               " (the venues' REST endpoints are rate limited)",
                               f"{self.instruments_refresh_s:g}")
+
+
+def ws_url_problem(url: str) -> str | None:
+    """What makes ``url`` no WebSocket URL a collector can open (None: nothing). A space, say
+    from pairs separated by spaces instead of commas, or a port that is no number would
+    otherwise fail every connection attempt, retried forever."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number or out of range)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("ws", "wss"):
+        return "the scheme is not ws:// or wss://"
+    if not parts.hostname:
+        return "no host"
+    if any(ch.isspace() for ch in url):
+        return "a space in the URL"
+    return None
+
+
+def _url_option(_ctx: click.Context, _param: click.Parameter, url: str | None) -> str | None:
+    problem = None if url is None else ws_url_problem(url)
+    if problem:
+        raise click.BadParameter(f"{url!r} is not a WebSocket URL: {problem}")
+    return url
 
 
 def _venue_option(name: str) -> str:
@@ -68,8 +93,8 @@ def _venue_option(name: str) -> str:
 
 @click.command()
 @click.argument("venue", callback=lambda _c, _p, v: _venue_option(v))
-@click.option("--url", help="Connect here, e.g. to the simulator (default: LIQ_VENUE_URLS, else the live "
-                            "endpoint).")
+@click.option("--url", callback=_url_option,
+              help="Connect here, e.g. to the simulator (default: LIQ_VENUE_URLS, else the live endpoint).")
 @click.option("--symbols", default="", help="Comma-separated native symbols (venues without a wildcard).")
 @click.option("--record", "record_path", type=click.Path(path_type=Path),
               help="Append every raw frame to this JSON-lines file (for liq replay).")

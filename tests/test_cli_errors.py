@@ -40,8 +40,12 @@ BAD_VALUES = [
     ("LIQ_RETENTION_DAY", "30", ["migrate"], "a liq setting (did you mean LIQ_RETENTION_DAYS?"),
     ("LIQ_WHATEVER", "1", ["aggregate"], "a liq setting (README.md, Settings, lists them)"),
     ("LIQ_DATA_DIR", " ", ["status"], "a folder"),
-    ("LIQ_VENUE_URLS", "okx_spot=ws://127.0.0.1:9001", ["collect", "okx"], "VENUE=ws://"),
-    ("LIQ_VENUE_URLS", "okx=127.0.0.1:9001", ["collect", "okx"], "VENUE=ws://"),
+    ("LIQ_VENUE_URLS", "okx_spot=ws://127.0.0.1:9001", ["collect", "okx"], "comma-separated VENUE=ws://"),
+    ("LIQ_VENUE_URLS", "okx=127.0.0.1:9001", ["collect", "okx"], "comma-separated VENUE=ws://"),
+    ("LIQ_VENUE_URLS", "okx=ws://127.0.0.1:1 bybit=ws://127.0.0.1:2", ["collect", "okx"],
+     "comma-separated VENUE=ws://HOST:PORT"),
+    ("LIQ_VENUE_URLS", "okx=ws://127.0.0.1:90x1", ["collect", "okx"], "comma-separated VENUE=ws://"),
+    ("LIQ_VENUE_URLS", "okx=ws://:9001", ["collect", "okx"], "comma-separated VENUE=ws://"),
     ("LIQ_INSTRUMENTS_REFRESH_S", "-5", ["collect", "okx"], "0 (never) or seconds >= 60"),
     ("LIQ_INSTRUMENTS_REFRESH_S", "0.5", ["collect", "okx"], "0 (never) or seconds >= 60"),
     ("LIQ_RING_CAPACITY", "8", ["detect"], "a whole number >= 16"),
@@ -183,3 +187,19 @@ def test_a_record_file_that_cannot_be_written_is_refused_as_an_option(tmp_path: 
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 2
     assert "Invalid value for '--record': cannot write /proc/no/such/dir/okx.jsonl" in result.stderr
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("ws://127.0.0.1:90x1", "Port could not be cast to integer value as '90x1'"),
+    ("ws://127.0.0.1:9001 bybit=ws://127.0.0.1:9002", "Port could not be cast"),
+    ("ws://host name:9001", "a space in the URL"),
+    ("http://127.0.0.1:9001", "the scheme is not ws:// or wss://"),
+    ("ws://:9001", "no host"),
+])
+def test_a_url_no_collector_could_open_is_refused_as_an_option(url: str, problem: str,
+                                                               tmp_path: Path) -> None:
+    """It would otherwise fail every connection attempt, retried with backoff for ever."""
+    result = run_liq(["collect", "okx", "--url", url], {}, tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2
+    assert f"Invalid value for '--url': {url!r} is not a WebSocket URL: {problem}" in result.stderr
