@@ -13,6 +13,9 @@
 6. Ctrl-C (or ``--for SECONDS``) stops every child with SIGTERM (SIGKILL after a grace
    period), then the servers. The URLs in use are written to ``.liq/up.json`` so that
    ``liq status`` finds a running system.
+
+``--servers-only`` stops after step 3 (no pipeline process) and writes the variables those
+processes need to ``.liq/servers.env``, for honcho or supervisord to run them.
 """
 
 from __future__ import annotations
@@ -121,7 +124,12 @@ def liq_command(*args: str) -> list[str]:
 @click.option("--seed", type=int, default=7, show_default=True, help="Simulator market seed.")
 @click.option("--speed", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Simulator speed factor (0 = as fast as possible).")
-def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: float) -> None:
+@click.option("--servers-only", is_flag=True,
+              help="Start the servers (and the simulator with --simulate) and migrate, but no pipeline "
+                   "process: run those with honcho or supervisord, with the variables written to "
+                   ".liq/servers.env.")
+def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: float,
+       servers_only: bool) -> None:
     """Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, and run every process."""
     settings = load(CommonSettings)
     logs.configure(settings.log_level, "up")
@@ -130,9 +138,22 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--venues") from exc
     data_dir = writable_folder(settings.data_dir).resolve()
+    options = UpOptions(chosen, simulate, duration, seed, speed, servers_only)
     with only_one_up(data_dir):
-        code = asyncio.run(_up(data_dir, chosen, simulate, duration, seed, speed, settings))
+        code = asyncio.run(_up(data_dir, options, settings))
     sys.exit(code)
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """What ``liq up`` was asked for on its command line."""
+
+    venues: list[str]
+    simulate: bool
+    duration: float | None
+    seed: int
+    speed: float
+    servers_only: bool = False
 
 
 @contextlib.contextmanager
@@ -157,8 +178,7 @@ def only_one_up(data_dir: Path) -> Iterator[None]:
         yield
 
 
-async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float | None,
-              seed: int, speed: float, settings: CommonSettings) -> int:
+async def _up(data_dir: Path, options: UpOptions, settings: CommonSettings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -184,18 +204,21 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         if migrated != 0:
             logger.error("migrations failed; not starting the pipeline")
             return 1
-        if simulate:
-            sim = await _start_simulator(data_dir, venues, seed, speed, env, stop)
+        if options.simulate:
+            sim = await _start_simulator(data_dir, options.venues, options.seed, options.speed, env, stop)
             if sim is None:
                 return 0 if stop.is_set() else 1
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
-        children += _pipeline_children(venues, env, settings.metrics_port)
-        _write_up_file(data_dir, redis_url, pg_dsn, simulate, venues, settings.shards)
-        _print_banner(redis_url, pg_dsn, simulate, venues)
+        if options.servers_only:
+            _write_servers_env(data_dir, env)
+        else:
+            children += _pipeline_children(options.venues, env, settings.metrics_port)
+        _write_up_file(data_dir, redis_url, pg_dsn, options, settings.shards)
+        _print_banner(redis_url, pg_dsn, options, data_dir)
         tasks = [asyncio.create_task(_supervise(c, stop)) for c in children if c.process is None]
-        if duration is not None:
-            loop.call_later(duration, stop.set)
+        if options.duration is not None:
+            loop.call_later(options.duration, stop.set)
         await stop.wait()
         logger.info("stopping %d processes", len(children))
         await _stop_children(children)
@@ -207,8 +230,9 @@ async def _up(data_dir: Path, venues: list[str], simulate: bool, duration: float
         await asyncio.gather(*keepers, return_exceptions=True)
         for server in reversed(embedded):
             server.server.stop()
-        with contextlib.suppress(FileNotFoundError):
-            (data_dir / UP_FILE).unlink()
+        for written in (UP_FILE, SERVERS_ENV_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / written).unlink()
         logger.info("all stopped")
 
 
@@ -372,17 +396,34 @@ async def _stop_children(children: list[Child]) -> None:
             await child.process.wait()
 
 
-def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, simulate: bool, venues: list[str],
-                   shards: int) -> None:
+def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, options: UpOptions, shards: int) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    info = {"redis_url": redis_url, "pg_dsn": pg_dsn, "simulate": simulate, "venues": venues,
+    info = {"redis_url": redis_url, "pg_dsn": pg_dsn, "simulate": options.simulate,
+            "venues": [] if options.servers_only else options.venues, "servers_only": options.servers_only,
             "shards": shards, "pid": os.getpid(), "started_ms": time.time_ns() // 1_000_000}
     (data_dir / UP_FILE).write_text(json.dumps(info, indent=2))
 
 
-def _print_banner(redis_url: str, pg_dsn: str, simulate: bool, venues: list[str]) -> None:
-    mode = "SIMULATED exchanges" if simulate else "LIVE exchanges"
-    logger.info("pipeline up on %s: %s", mode, ", ".join(venues))
+SERVERS_ENV_FILE = "servers.env"
+SERVERS_ENV = ("LIQ_REDIS_URL", "LIQ_PG_DSN", "LIQ_DATA_DIR", "LIQ_VENUE_URLS")
+"""What ``liq up --servers-only`` writes to ``<data_dir>/servers.env`` for the processes that
+honcho (``honcho -e .liq/servers.env start``) or supervisord run beside it."""
+
+
+def _write_servers_env(data_dir: Path, env: dict[str, str]) -> None:
+    lines = [f"{name}={env[name]}" for name in SERVERS_ENV if name in env]
+    (data_dir / SERVERS_ENV_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _print_banner(redis_url: str, pg_dsn: str, options: UpOptions, data_dir: Path) -> None:
+    mode = "SIMULATED exchanges" if options.simulate else "LIVE exchanges"
+    if options.servers_only:
+        env_file = data_dir / SERVERS_ENV_FILE
+        logger.info("servers up, no pipeline process%s; their variables are in %s: "
+                    "honcho -e %s start   or   set -a; . %s; set +a; supervisord -c deploy/supervisord.conf",
+                    " (the simulator runs)" if options.simulate else "", env_file, env_file, env_file)
+    else:
+        logger.info("pipeline up on %s: %s", mode, ", ".join(options.venues))
     logger.info("redis: %s   (redis-cli -u %s)", redis_url, redis_url)
     logger.info("postgres: %s   (psql '%s')", pg_dsn, pg_dsn)
     logger.info("state: liq status   stop: Ctrl-C")

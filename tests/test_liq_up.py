@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,85 @@ def test_a_setting_that_liq_migrate_refuses_is_reported_as_a_setting_not_as_fail
     assert "Error: LIQ_LEVEL_SIZES: expected comma-separated KEY=VALUE pairs" in output
     assert "migrate: its settings are wrong (the line above says which); not starting the pipeline" in output
     assert "migrations failed" not in output
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> str:
+    """The output of ``proc`` up to the first line holding ``marker`` (a line at a time, so
+    without sleeping); fails after ``timeout_s`` or when the process ends first."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"no line with {marker!r}:\n" + "".join(seen)[-4000:])
+
+
+def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_dir: Path) -> None:
+    """The README's honcho path: ``liq up --servers-only --simulate`` starts the servers, the
+    database schema and the simulator, and writes their variables to .liq/servers.env;
+    ``honcho -e .liq/servers.env start …`` runs Procfile processes against them, and
+    ``liq status`` sees those processes (a venue up, every group read)."""
+    data_dir = reachable_dir / "liq"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
+    env.update({"LIQ_DATA_DIR": str(data_dir),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"})
+    up = subprocess.Popen([sys.executable, "-m", "shared", "up", "--servers-only", "--simulate",
+                           "--for", "240"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    honcho: subprocess.Popen[bytes] | None = None
+    report: dict[str, Any] | None = None
+    rest: list[str] = []
+    assert up.stdout is not None
+    reader = threading.Thread(target=rest.extend, args=(up.stdout,), daemon=True)
+    try:
+        banner = _read_until(up, "servers up, no pipeline process (the simulator runs)", 120)
+        reader.start()  # keeps the pipe drained, so liq up never blocks on its output
+        env_file = data_dir / "servers.env"
+        written = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        assert sorted(written) == ["LIQ_DATA_DIR", "LIQ_PG_DSN", "LIQ_REDIS_URL", "LIQ_VENUE_URLS"], banner
+        assert written["LIQ_DATA_DIR"] == str(data_dir)
+        assert sorted(p.split("=")[0] for p in written["LIQ_VENUE_URLS"].split(",")) == sorted(VENUE_NAMES)
+        assert "collect-" not in banner, "no pipeline process of its own"
+        honcho = subprocess.Popen([sys.executable, "-m", "honcho", "-e", str(env_file),
+                                   "-f", str(REPO / "Procfile"), "-d", str(reachable_dir), "start",
+                                   "collect-okx", "detect", "aggregate", "write"],
+                                  env=env, cwd=reachable_dir, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and honcho.poll() is None:
+            report = _status(env)
+            if report and _honcho_processes_seen(report):
+                break
+        assert report is not None and _honcho_processes_seen(report), json.dumps(report, indent=1)[:4000]
+        assert report["pg_dsn"] == written["LIQ_PG_DSN"] and report["redis_url"] == written["LIQ_REDIS_URL"]
+    finally:
+        for proc in (honcho, up):
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if reader.is_alive():
+            reader.join(timeout=30)  # it ends at the output's end, once liq up has exited
+        up.stdout.close()
+    assert up.returncode == 0, "".join(rest)[-4000:]
+    assert not env_file.exists(), "servers.env goes with the servers"
+    leftovers = [p for p in psutil.process_iter(["cmdline"])
+                 if str(data_dir) in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers, leftovers
+
+
+def _honcho_processes_seen(report: dict[str, Any]) -> bool:
+    """okx's collector up, and each event stream read by a detector, an aggregator and a writer."""
+    okx_up = any(v["venue"] == "okx" and v["state"] in ("up", "suspect") for v in report.get("venues", []))
+    groups = [{g["group"] for g in s["groups"] if g["consumers"] > 0}
+              for s in report.get("streams", []) if s["stream"].endswith(":events")]
+    return okx_up and len(groups) == 4 and all(g == {"detector", "aggregator", "writer"} for g in groups)
