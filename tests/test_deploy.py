@@ -271,3 +271,15 @@ def test_an_installed_wheel_carries_the_migrations_the_writer_plans(tmp_path: Pa
 def test_a_missing_migrations_folder_is_an_error_not_an_empty_plan(tmp_path: Path) -> None:
     with pytest.raises(MigrationError, match=r"no migrations in .*nowhere"):
         plan("native", sql_dir=tmp_path / "nowhere")
+
+
+def test_the_image_build_context_leaves_out_the_virtualenv_and_keeps_what_the_dockerfile_copies() -> None:
+    """Without .dockerignore every compose build sent .venv (about 300 MB) and .liq to the daemon."""
+    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".liq", ".git", "tests"} <= ignored
+    copied = {part for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              for part in line.split()[1:-1]}
+    assert copied == {"pyproject.toml", "constraints.txt", "README.md", "shared", "collectors", "detector",
+                      "aggregator", "writer", "sql"}
+    assert not copied & ignored
