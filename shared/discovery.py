@@ -35,7 +35,8 @@ class Discovered:
     def not_found(self, unset: str = "LIQ_REDIS_URL is") -> str:
         """Why no system was found: ``liq up`` is gone, or was never in ``looked_in``."""
         return self.stale_up or (f"no running system found: no liq up in {self.looked_in} (run this where "
-                                 f"liq up runs, or set LIQ_DATA_DIR) and {unset} not set")
+                                 f"liq up runs, or set LIQ_DATA_DIR) and {unset} not set (under honcho: "
+                                 "honcho run liq …)")
 
 
 def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:

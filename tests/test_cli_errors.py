@@ -118,7 +118,8 @@ def test_no_running_system_names_the_folder_it_looked_in(args: list[str], tmp_pa
     unset = "LIQ_REDIS_URL and LIQ_PG_DSN are" if args == ["status"] else "LIQ_REDIS_URL is"
     assert result.returncode == 1
     assert result.stderr.strip() == (f"Error: no running system found: no liq up in {tmp_path / '.liq'} "
-                                     f"(run this where liq up runs, or set LIQ_DATA_DIR) and {unset} not set")
+                                     f"(run this where liq up runs, or set LIQ_DATA_DIR) and {unset} not set "
+                                     "(under honcho: honcho run liq …)")
 
 
 def test_status_with_redis_down_says_so_and_shows_no_empty_redis_sections(tmp_path: Path) -> None:
