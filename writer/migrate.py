@@ -235,20 +235,29 @@ def recorded_meta(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, str
     return {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM schema_meta").fetchall()}
 
 
-def _preloaded(conn: psycopg.Connection[tuple[object, ...]]) -> bool | None:
-    """Whether ``shared_preload_libraries`` names timescaledb; None when this role may not read
-    it (only superusers and pg_read_all_settings may: a plain owner of the database may not)."""
+LOADER_SETTING = "timescaledb.disable_load"
+"""A setting TimescaleDB's loader defines when it starts: it exists in a session only where the
+library was preloaded, and any role may read it."""
+
+
+def _preloaded(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Whether ``shared_preload_libraries`` names timescaledb. Only superusers and
+    pg_read_all_settings may read it (a plain owner of the database may not): for the others,
+    whether the loader's own setting exists. Guessing instead is no option: CREATE EXTENSION
+    where the library is not preloaded ends the session (the loader's FATAL 'extension
+    "timescaledb" must be preloaded'), and the database owner may run it (the extension is
+    trusted)."""
     try:
         with conn.transaction():
             preload = _scalar(conn, "SELECT current_setting('shared_preload_libraries')")
     except psycopg.errors.InsufficientPrivilege:
-        return None
+        return _scalar(conn, f"SELECT current_setting('{LOADER_SETTING}', true)") is not None
     return "timescaledb" in str(preload or "")
 
 
 def _try_create_extension(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     available = _scalar(conn, "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    if not available or _preloaded(conn) is False:
+    if not available or not _preloaded(conn):
         return
     try:
         with conn.transaction():

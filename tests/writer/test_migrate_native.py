@@ -75,6 +75,68 @@ def test_a_role_that_only_owns_its_database_migrates_it(pg_dsn: str) -> None:
             conn.execute(f'DROP ROLE "{role}"')
 
 
+class _TimescaleInstalled:
+    """A connection to a server where the timescaledb package is installed (listed in
+    pg_available_extensions), preloaded or not. A database owner may CREATE EXTENSION
+    timescaledb (the extension is trusted); where it is not in shared_preload_libraries that
+    ends the session: TimescaleDB's loader raises FATAL 'extension "timescaledb" must be
+    preloaded'."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[object, ...]], preloaded: bool) -> None:
+        self._conn = conn
+        self.preloaded = preloaded
+        self.create_extension_tried = False
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        text = query.decode() if isinstance(query, bytes) else str(query)
+        if "pg_available_extensions" in text:
+            return self._conn.execute("SELECT 1")
+        if "CREATE EXTENSION" in text and "timescaledb" in text:
+            self.create_extension_tried = True
+            if self.preloaded:  # created (for this test: nothing else happens)
+                return self._conn.execute("SELECT 1")
+            return self._conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return self._conn.execute(query, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_an_owner_that_may_not_read_the_preload_setting_creates_timescaledb_only_if_preloaded(
+        pg_dsn: str, preloaded: bool) -> None:
+    """Where TimescaleDB is installed but not preloaded, CREATE EXTENSION ends the connection
+    (FATAL, not an error a warning can report), so a role that may not read
+    shared_preload_libraries must learn it another way: the loader's own setting
+    (timescaledb.disable_load) exists only where the library was preloaded (here a placeholder
+    set on the database stands for it)."""
+    import uuid
+
+    from writer.migrate import migrate
+
+    role = f"liq_owner_{uuid.uuid4().hex[:8]}"
+    info = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        conn.execute(f'ALTER DATABASE "{info["dbname"]}" OWNER TO "{role}"')
+        if preloaded:
+            conn.execute(f'ALTER DATABASE "{info["dbname"]}" SET timescaledb.disable_load = off')
+    owner_dsn = psycopg.conninfo.make_conninfo(pg_dsn, user=role)
+    try:
+        with psycopg.connect(owner_dsn, autocommit=True) as conn:
+            server = _TimescaleInstalled(conn, preloaded)
+            report = migrate(cast(psycopg.Connection[tuple[object, ...]], server), "auto")
+            assert server.create_extension_tried == preloaded, "not preloaded: it ends the connection"
+            assert not conn.closed
+        assert (report.mode, report.applied[-1]) == ("native", "009")
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{info["dbname"]}" RESET timescaledb.disable_load')
+            conn.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
 def test_readme_queries_return_what_was_written(pg_dsn: str) -> None:
     migrate_dsn(pg_dsn, "native")
     now = SYSTEM_CLOCK.now_ms()
