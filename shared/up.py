@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -411,7 +412,9 @@ honcho (``honcho -e .liq/servers.env start``) or supervisord run beside it."""
 
 
 def _write_servers_env(data_dir: Path, env: dict[str, str]) -> None:
-    lines = [f"{name}={env[name]}" for name in SERVERS_ENV if name in env]
+    """Each value quoted as sh quotes it (``shlex.quote``), which honcho's parser (shlex too)
+    reads back the same: a user's DSN may hold '&', ';', '#', '$' or spaces (a key=value DSN)."""
+    lines = [f"{name}={shlex.quote(env[name])}" for name in SERVERS_ENV if name in env]
     (data_dir / SERVERS_ENV_FILE).write_text("\n".join(lines) + "\n")
 
 

@@ -22,6 +22,7 @@ import psutil
 import psycopg
 import pytest
 import redis
+from honcho.environ import parse as honcho_parse
 
 from shared.servers import free_port_range, start_redis
 from shared.settings import CommonSettings
@@ -391,7 +392,7 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
         banner = _read_until(up, "servers up, no pipeline process (the simulator runs)", 120)
         reader.start()  # keeps the pipe drained, so liq up never blocks on its output
         env_file = data_dir / "servers.env"
-        written = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        written = honcho_parse(env_file.read_text())  # as honcho reads it (values are quoted)
         assert sorted(written) == ["LIQ_DATA_DIR", "LIQ_PG_DSN", "LIQ_REDIS_URL", "LIQ_VENUE_URLS"], banner
         assert written["LIQ_DATA_DIR"] == str(data_dir)
         assert sorted(p.split("=")[0] for p in written["LIQ_VENUE_URLS"].split(",")) == sorted(VENUE_NAMES)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +45,31 @@ def test_a_first_port_without_room_for_every_process_is_said_and_not_used(
     assert [r.getMessage() for r in caplog.records] == [
         "LIQ_METRICS_PORT=65532 leaves no room for 5 consecutive ports (the last must be at most 65535); "
         "each process uses its default port"]
+
+
+TRICKY = {
+    "LIQ_PG_DSN": "postgresql://u:p%40x@h:5432/db?sslmode=disable&application_name=liq",
+    "LIQ_REDIS_URL": "redis://:pa$$word;x@127.0.0.1:6379/0",
+    "LIQ_DATA_DIR": "/tmp/my liq's data #1",
+    "LIQ_VENUE_URLS": "okx=ws://127.0.0.1:9001,bybit=ws://[::1]:9002",
+}
+
+
+@pytest.mark.parametrize("dsn", [TRICKY["LIQ_PG_DSN"], "host=h port=5432 dbname=db user=u password=a#b;c"])
+def test_servers_env_gives_honcho_and_sh_the_values_as_they_are(tmp_path: Path, dsn: str) -> None:
+    """.liq/servers.env is read by honcho (-e) and by POSIX sh (set -a; . file; set +a): a
+    user's LIQ_PG_DSN with '&' put the assignment in the background (sh kept no LIQ_PG_DSN),
+    and a libpq key=value DSN or a data folder with a space lost its spaces in honcho and ran
+    the rest as a command in sh."""
+    from honcho.environ import parse
+
+    env = {**TRICKY, "LIQ_PG_DSN": dsn, "HOME": "/root", "PATH": os.environ["PATH"]}
+    up._write_servers_env(tmp_path, env)
+    written = tmp_path / up.SERVERS_ENV_FILE
+    names = [name for name in up.SERVERS_ENV if name in env]
+    assert {k: v for k, v in parse(written.read_text()).items() if k in names} == {k: env[k] for k in names}
+    script = f"set -a; . '{written}'; set +a; " + "; ".join(f'printf "%s\\0" "${name}"' for name in names)
+    shell = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env={"PATH": env["PATH"]},
+                           check=True)
+    assert shell.stderr == ""
+    assert shell.stdout.split("\0")[:-1] == [env[k] for k in names]
