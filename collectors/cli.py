@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import click
 import msgspec
 from redis.exceptions import RedisError
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from collectors import VENUES, load_venue
 from collectors.base import Collector, CollectorConfig
@@ -62,11 +64,12 @@ class CollectorSettings(CommonSettings, frozen=True, kw_only=True):
 
 def ws_url_problem(url: str) -> str | None:
     """What makes ``url`` no WebSocket URL a collector can open (None: nothing). A space, say
-    from pairs separated by spaces instead of commas, or a port that is no number would
-    otherwise fail every connection attempt, retried forever."""
+    from pairs separated by spaces instead of commas, a port that is no number, a fragment or a
+    user without a password (which websockets refuses, InvalidURI) would otherwise fail every
+    connection attempt, retried forever; port 0 would be taken for the scheme's default."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises ValueError for a port that is no number or out of range)
+        port = parts.port  # raises ValueError for a port that is no number or out of range
     except ValueError as exc:
         return str(exc)
     if parts.scheme not in ("ws", "wss"):
@@ -75,6 +78,16 @@ def ws_url_problem(url: str) -> str | None:
         return "no host"
     if any(ch.isspace() for ch in url):
         return "a space in the URL"
+    if not url.isprintable():
+        return "a control character in the URL"
+    if port == 0:
+        return "port 0 (websockets would connect to the scheme's default port instead)"
+    try:
+        parse_uri(url)  # what the collector's connect() checks, at every attempt
+    except InvalidURI as exc:
+        return exc.msg
+    except ValueError as exc:  # UnicodeError: a host that IDNA cannot encode
+        return str(exc)
     return None
 
 

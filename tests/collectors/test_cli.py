@@ -26,9 +26,9 @@ import pytest
 import redis as syncredis
 from click.testing import CliRunner, Result
 
-from collectors import load_venue
+from collectors import VENUES, load_venue
 from collectors.base import Collector, CollectorConfig
-from collectors.cli import parse, replay, venues
+from collectors.cli import parse, replay, venues, ws_url_problem
 from collectors.publisher import Publisher
 from collectors.recording import FrameRecord
 from collectors.sim.server import ExchangeSimulator
@@ -602,3 +602,28 @@ def test_a_collector_whose_publisher_died_is_not_reported_as_stopped_on_request(
     row = {"venue": "bybit", **venue_row(health, int(health["updated_ms"]))}
     assert problems({"venues": [row]}) == [
         "venue bybit: down (collector failed: the publisher stopped unexpectedly)"]
+
+
+@pytest.mark.parametrize("url", [
+    *(load_venue(name).live_url for name in VENUES),
+    "wss://fstream.binance.com/market/stream?streams=!forceOrder@arr",
+    "ws://[::1]:9001", "ws://[::1]:9001/okx?x=1", "wss://example.com", "ws://127.0.0.1:9001",
+    "ws://user:secret@127.0.0.1:9001/path",
+])
+def test_a_websocket_url_a_collector_can_open_is_accepted(url: str) -> None:
+    """Every live endpoint, the simulator's (ws://127.0.0.1:PORT), IPv6 literals, paths, query
+    strings, no port (the scheme's) and user:password are what websockets connects to."""
+    assert ws_url_problem(url) is None
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("ws://127.0.0.1:9001/ws#okx", "fragment"),
+    ("ws://user@127.0.0.1:9001", "username provided without password"),
+    ("ws://127.0.0.1:0", "port 0"),
+    ("ws://127.0.0.1\x00:9001", "a control character"),
+])
+def test_a_url_websockets_refuses_at_every_attempt_is_refused_at_start(url: str, problem: str) -> None:
+    """websockets refuses a fragment and a user without a password (InvalidURI) at every connection
+    attempt, retried for ever, and takes port 0 for the scheme's default port (80 or 443); a
+    control character makes a host no resolver finds."""
+    assert problem in (ws_url_problem(url) or "")
