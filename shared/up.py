@@ -212,7 +212,7 @@ async def _up(data_dir: Path, options: UpOptions, settings: CommonSettings) -> i
             children.append(sim[0])
             env["LIQ_VENUE_URLS"] = ",".join(f"{v}={u}" for v, u in sim[1].items())
         if options.servers_only:
-            _write_servers_env(data_dir, env)
+            _write_servers_env(data_dir, env, settings.shards)
         else:
             children += _pipeline_children(options.venues, env, settings.metrics_port)
         _write_up_file(data_dir, redis_url, pg_dsn, options, settings.shards)
@@ -406,14 +406,16 @@ def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, options: UpOptio
 
 
 SERVERS_ENV_FILE = "servers.env"
-SERVERS_ENV = ("LIQ_REDIS_URL", "LIQ_PG_DSN", "LIQ_DATA_DIR", "LIQ_VENUE_URLS")
+SERVERS_ENV = ("LIQ_REDIS_URL", "LIQ_PG_DSN", "LIQ_DATA_DIR", "LIQ_VENUE_URLS", "LIQ_SHARDS")
 """What ``liq up --servers-only`` writes to ``<data_dir>/servers.env`` for the processes that
-honcho (``honcho -e .liq/servers.env start``) or supervisord run beside it."""
+honcho (``honcho -e .liq/servers.env start``) or supervisord run beside it. LIQ_SHARDS is the
+count ``up.json`` records as theirs (``liq status`` and ``liq replay`` take it from there)."""
 
 
-def _write_servers_env(data_dir: Path, env: dict[str, str]) -> None:
+def _write_servers_env(data_dir: Path, env: dict[str, str], shards: int) -> None:
     """Each value quoted as sh quotes it (``shlex.quote``), which honcho's parser (shlex too)
     reads back the same: a user's DSN may hold '&', ';', '#', '$' or spaces (a key=value DSN)."""
+    env = {**env, "LIQ_SHARDS": str(shards)}
     lines = [f"{name}={shlex.quote(env[name])}" for name in SERVERS_ENV if name in env]
     (data_dir / SERVERS_ENV_FILE).write_text("\n".join(lines) + "\n")
 

@@ -393,7 +393,8 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
         reader.start()  # keeps the pipe drained, so liq up never blocks on its output
         env_file = data_dir / "servers.env"
         written = honcho_parse(env_file.read_text())  # as honcho reads it (values are quoted)
-        assert sorted(written) == ["LIQ_DATA_DIR", "LIQ_PG_DSN", "LIQ_REDIS_URL", "LIQ_VENUE_URLS"], banner
+        assert sorted(written) == ["LIQ_DATA_DIR", "LIQ_PG_DSN", "LIQ_REDIS_URL", "LIQ_SHARDS",
+                                   "LIQ_VENUE_URLS"], banner
         assert written["LIQ_DATA_DIR"] == str(data_dir)
         assert sorted(p.split("=")[0] for p in written["LIQ_VENUE_URLS"].split(",")) == sorted(VENUE_NAMES)
         assert "collect-" not in banner, "no pipeline process of its own"

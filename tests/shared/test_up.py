@@ -64,7 +64,7 @@ def test_servers_env_gives_honcho_and_sh_the_values_as_they_are(tmp_path: Path, 
     from honcho.environ import parse
 
     env = {**TRICKY, "LIQ_PG_DSN": dsn, "HOME": "/root", "PATH": os.environ["PATH"]}
-    up._write_servers_env(tmp_path, env)
+    up._write_servers_env(tmp_path, env, shards=4)
     written = tmp_path / up.SERVERS_ENV_FILE
     names = [name for name in up.SERVERS_ENV if name in env]
     assert {k: v for k, v in parse(written.read_text()).items() if k in names} == {k: env[k] for k in names}
@@ -73,3 +73,14 @@ def test_servers_env_gives_honcho_and_sh_the_values_as_they_are(tmp_path: Path, 
                            check=True)
     assert shell.stderr == ""
     assert shell.stdout.split("\0")[:-1] == [env[k] for k in names]
+
+
+def test_servers_env_gives_the_processes_the_shard_count_liq_status_expects(tmp_path: Path) -> None:
+    """up.json records liq up's LIQ_SHARDS as the count "its processes run with", and liq status
+    and liq replay take it from there. Under --servers-only those processes are honcho's or
+    supervisord's: without LIQ_SHARDS in servers.env they ran with the default 4 while
+    `LIQ_SHARDS=8 liq up --servers-only` made liq replay publish to 8 (4 of them read by no one)."""
+    from honcho.environ import parse
+
+    up._write_servers_env(tmp_path, {"LIQ_REDIS_URL": "redis://127.0.0.1:1/0"}, shards=8)
+    assert parse((tmp_path / up.SERVERS_ENV_FILE).read_text())["LIQ_SHARDS"] == "8"
