@@ -8,6 +8,7 @@ and ``liq:agg:*`` keys, a cascade status and rows in PostgreSQL; after SIGINT, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -384,6 +385,7 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
                            "--for", "240"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     honcho: subprocess.Popen[bytes] | None = None
+    started: list[psutil.Process] = []
     report: dict[str, Any] | None = None
     rest: list[str] = []
     assert up.stdout is not None
@@ -414,6 +416,8 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
         for proc in (honcho, up):
             if proc is None:
                 continue
+            with contextlib.suppress(psutil.NoSuchProcess):  # the Procfile's processes hold no data_dir
+                started += psutil.Process(proc.pid).children(recursive=True)
             proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=90)
@@ -427,6 +431,8 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
     assert not env_file.exists(), "servers.env goes with the servers"
     leftovers = [p for p in psutil.process_iter(["cmdline"])
                  if str(data_dir) in " ".join(p.info["cmdline"] or [])]
+    leftovers += [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert started, "honcho's and liq up's processes were seen"
     assert not leftovers, leftovers
 
 
