@@ -50,6 +50,19 @@ def test_aggregates_exact_sums_and_sets_ttl(redis_url: str) -> None:
     assert int(r.hgetall("liq:agg:BTCUSDT:60s:1729512060000")["count"]) == 30
 
 
+def _apply_in_batches(redis_url: str, batches: list[list[Liquidation]]) -> None:
+    """Each batch published to one stream, then drained by the aggregator before the next: every
+    batch adds to the sums the ones before it wrote."""
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        for batch in batches:
+            await publish(client, [(keys.event_stream(0), e) for e in batch], keys.EVENT_STREAM_MAXLEN)
+            await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
 def test_sums_read_as_the_decimals_they_are_in_hgetall(redis_url: str) -> None:
     """``redis-cli HGETALL`` shows a sum as people write it: 3 × 6000.03 is 18000.09, over
     batches too (HINCRBYFLOAT's long doubles showed 18000.08999999999999986), and a tiny
@@ -58,15 +71,7 @@ def test_sums_read_as_the_decimals_they_are_in_hgetall(redis_url: str) -> None:
              for i in range(3)]
     tiny = [liq(price=30_000.0, quantity=0.00001, timestamp_ms=1_729_512_000_100, event_id="t")]
 
-    async def run() -> None:
-        client = make_async_redis(redis_url)
-        for batch in (first[:1], first[1:], tiny):  # three batches: each adds to what is stored
-            await publish(client, [(keys.event_stream(keys.shard_of(e.symbol, 4)), e) for e in batch],
-                          keys.EVENT_STREAM_MAXLEN)
-            await make_consumer(client, 4, Aggregator(client), name="a1").run_until_idle()
-        await client.aclose()
-
-    asyncio.run(run())
+    _apply_in_batches(redis_url, [first[:1], first[1:], tiny])  # each adds to what is stored
     r = syncredis.Redis.from_url(redis_url, decode_responses=True)
     level = r.hgetall("liq:levels:BTCUSDT:20000:LONG")
     assert (level["count"], level["value_usd"], level["quantity"]) == ("3", "18000.09", "0.9")
@@ -241,14 +246,7 @@ def test_a_sum_of_any_size_is_written_as_a_plain_decimal_to_15_significant_digit
     events = [liq(price=1.0, quantity=q, timestamp_ms=1_729_512_000_000 + k, event_id=f"q{k}")
               for k, q in enumerate(quantities)]
 
-    async def run() -> None:
-        client = make_async_redis(redis_url)
-        for event in events:  # one batch each: the second adds to what the first wrote
-            await publish(client, [(keys.event_stream(0), event)], keys.EVENT_STREAM_MAXLEN)
-            await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
-        await client.aclose()
-
-    asyncio.run(run())
+    _apply_in_batches(redis_url, [[event] for event in events])  # the second adds to what the first wrote
     r = syncredis.Redis.from_url(redis_url, decode_responses=True)
     level = next(key for key in fold(events[:1]) if key.startswith("liq:levels:"))
     assert r.hget(level, "quantity") == shown
@@ -270,18 +268,12 @@ def test_sums_over_random_batches_match_pythons_exact_sums(redis_url: str) -> No
                           side=rng.choice(["long", "short"]), timestamp_ms=1_729_512_000_000 + k * 97,
                           event_id=f"r{k}"))
 
-    async def run() -> None:
-        client = make_async_redis(redis_url)
-        at = 0
-        while at < len(events):
-            size = rng.randint(1, 60)
-            batch = events[at:at + size]
-            at += size
-            await publish(client, [(keys.event_stream(0), e) for e in batch], keys.EVENT_STREAM_MAXLEN)
-            await make_consumer(client, 1, Aggregator(client), name="a1").run_until_idle()
-        await client.aclose()
-
-    asyncio.run(run())
+    batches, at = [], 0
+    while at < len(events):
+        size = rng.randint(1, 60)
+        batches.append(events[at:at + size])
+        at += size
+    _apply_in_batches(redis_url, batches)
     expected: dict[str, dict[str, list[float]]] = {}
     for e in events:
         for key, delta in fold([e]).items():
