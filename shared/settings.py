@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from redis.connection import parse_url
 
 from shared import keys
@@ -30,6 +32,7 @@ from shared.errors import ConfigError
 
 ENV_PREFIX = "LIQ_"
 REDIS_URL_FORM = "a Redis URL: redis://HOST:PORT/DB, rediss://HOST:PORT/DB or unix:///PATH"
+DSN_FORM = "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 S = TypeVar("S", bound=msgspec.Struct)
 SETTING_NAMES = frozenset({
@@ -55,7 +58,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     pg_dsn: str = ""
     """PostgreSQL/TimescaleDB (empty: none given; ``liq up`` starts its own). Its form is checked
-    by the writer's settings, which connect with it (``writer.config``)."""
+    here, by every process that loads settings (``liq up`` and ``liq status`` too, not only those
+    that connect with it)."""
     shards: int = 4
     stream_maxlen: int = keys.EVENT_STREAM_MAXLEN
     """Each event stream keeps about this many entries (``XADD MAXLEN ~``), about 320 bytes of
@@ -71,6 +75,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
+        check_dsn(self.pg_dsn)
         if not self.metrics_host.strip():
             raise ConfigError("LIQ_METRICS_HOST", "an address to serve metrics on, e.g. 127.0.0.1 "
                               "(0.0.0.0 for every interface)", self.metrics_host)
@@ -97,6 +102,17 @@ def check_redis_url(url: str, variable: str = "LIQ_REDIS_URL") -> None:
         parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     except ValueError as exc:
         raise ConfigError(variable, REDIS_URL_FORM, url) from exc
+
+
+def check_dsn(dsn: str) -> None:
+    """A :class:`ConfigError` naming ``LIQ_PG_DSN`` when it is set but libpq cannot parse it
+    (unset is no error here: the commands that need one say so)."""
+    if not dsn.strip():
+        return
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError("LIQ_PG_DSN", DSN_FORM, dsn) from exc
 
 
 def writable_folder(path: str, variable: str = "LIQ_DATA_DIR") -> Path:

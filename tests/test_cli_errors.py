@@ -30,6 +30,8 @@ BAD_VALUES = [
     ("LIQ_REDIS_URL", "redis://127.0.0.1:port/0", ["aggregate"], "a Redis URL"),
     ("LIQ_PG_DSN", "nonsense", ["write"], "a PostgreSQL connection string"),
     ("LIQ_PG_DSN", "nonsense", ["migrate"], "a PostgreSQL connection string"),
+    ("LIQ_PG_DSN", "nonsense", ["status"], "a PostgreSQL connection string"),
+    ("LIQ_PG_DSN", "not a dsn", ["up", "--for", "1"], "a PostgreSQL connection string"),
     ("LIQ_METRICS_HOST", "", ["aggregate"], "an address to serve metrics on"),
     ("LIQ_DATA_DIR", "", ["collect", "okx"], "a folder"),
     ("LIQ_RECORD_DIR", "/proc/no/such/dir", ["collect", "okx"], "a folder liq collect can write"),

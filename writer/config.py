@@ -8,15 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-
 from shared.errors import ConfigError
 from shared.levels import check_level_sizes
-from shared.settings import CommonSettings, at_least, env_name
+from shared.settings import DSN_FORM, CommonSettings, at_least, env_name
 
 StorageMode = Literal["auto", "timescale", "native"]
-DSN_FORM = "a PostgreSQL connection string, e.g. postgresql://user@127.0.0.1:5432/liq"
 
 
 class WriterSettings(CommonSettings, frozen=True, kw_only=True):
@@ -41,7 +37,6 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_dsn(self.pg_dsn)
         at_least(self, "batch_size", 1)
         at_least(self, "batch_age_ms", 0)
         at_least(self, "event_read_count", 1)
@@ -58,15 +53,6 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
             if usd < 0:
                 raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
 
-
-def _check_dsn(dsn: str) -> None:
-    """A :class:`ConfigError` naming ``LIQ_PG_DSN`` when it is set but libpq cannot parse it."""
-    if not dsn.strip():
-        return  # unset: require_dsn says so, for the commands that need one
-    try:
-        conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigError("LIQ_PG_DSN", DSN_FORM, dsn) from exc
 
 
 def require_dsn(settings: WriterSettings) -> str:
