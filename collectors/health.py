@@ -3,7 +3,9 @@
 States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq status``):
 
 - ``connecting``: no connection up yet (first attempt, or reconnecting after a drop);
-- ``up``: every connection is open and subscribed;
+- ``up``: every connection is open and its subscriptions sent. The venue's ack is not awaited:
+  a refusal makes it ``degraded`` (below), and a venue that acks and then sends nothing (the
+  failure mode that matters, see ``suspect``) looks the same with or without acks;
 - ``degraded``: some connections of a sharded venue are up, some are not; or every one is up
   but the venue answered one with an error (a refused subscription), until that one reconnects;
 - ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
