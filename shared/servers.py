@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "liq"
 FALLBACK_PG_ROOT = Path("/var/lib/liq")
+LOG_KEEP_BYTES = 10 * 2**20
+"""A server's log (``redis.log``, ``pg.log``) larger than this when the server starts is moved
+to ``<log>.1`` (replacing the one before): a ``.liq/`` used for months stays small."""
 
 
 def free_port() -> int:
@@ -78,6 +81,19 @@ def _answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def rotate_log(log: Path) -> bool:
+    """Move ``log`` to ``<log>.1`` when it holds more than ``LOG_KEEP_BYTES`` (call it while no
+    server writes it); True when it was moved."""
+    try:
+        if log.stat().st_size <= LOG_KEEP_BYTES:
+            return False
+    except FileNotFoundError:
+        return False
+    log.replace(log.with_name(log.name + ".1"))
+    logger.info("%s was over %d bytes: moved to %s.1", log, LOG_KEEP_BYTES, log.name)
+    return True
 
 
 def _wait_port(port: int, timeout_s: float, what: str, log: Path,
@@ -149,6 +165,7 @@ def start_redis(data_dir: Path, port: int = 0, persistent: bool = False) -> Redi
     port = port or free_port()
     binary = redis_binary()
     log = data_dir / "redis.log"
+    rotate_log(log)
     durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else [
         "--appendonly", "no"]
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *durability,
@@ -341,6 +358,7 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False,
     elif _pg_running(server, pgdata):
         logger.warning("stopping the PostgreSQL left running on %s by an earlier run", pgdata)
         server.stop()
+    rotate_log(data_dir / "pg.log")
     throwaway = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
     options = (f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 {throwaway}"
                "-c max_connections=100")

@@ -71,6 +71,37 @@ def test_a_plain_redis_writes_nothing_to_disk(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "redis").iterdir()) == ["redis.log"]
 
 
+def test_server_logs_over_the_limit_are_moved_aside_when_the_servers_start(
+        reachable_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``.liq/`` used for months: each start moves a log over ``LOG_KEEP_BYTES`` to ``.1``
+    (the one before is replaced) and the server writes a new one; a smaller log is kept."""
+    monkeypatch.setattr(servers, "LOG_KEEP_BYTES", 5000)
+    base = reachable_dir / "logs"
+    base.mkdir()
+    old = "an old line\n" * 500  # 6,000 bytes: over the limit
+    (base / "redis.log").write_text(old)
+    (base / "redis.log.1").write_text("older still\n")
+    (base / "pg.log").write_text(old)
+    redis_server = start_redis(base)
+    redis_server.stop()
+    pg_server = start_postgres(base)
+    pg_server.stop()
+    pg_dir = pg_server.data_dir  # as root, the data (and pg.log) may be elsewhere
+    assert (base / "redis.log.1").read_text() == old
+    assert old not in (base / "redis.log").read_text()
+    assert "Ready to accept connections" in (base / "redis.log").read_text()
+    if pg_dir == base:
+        assert (base / "pg.log.1").read_text() == old
+        assert old not in (base / "pg.log").read_text()
+    assert "database system is ready to accept connections" in (pg_dir / "pg.log").read_text()
+    small = (base / "redis.log").read_text()
+    assert len(small) < 5000
+    again = start_redis(base)
+    again.stop()
+    assert (base / "redis.log").read_text().startswith(small), "a log under the limit is kept"
+    assert (base / "redis.log.1").read_text() == old
+
+
 def test_a_redis_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept(tmp_path: Path) -> None:
     """``liq up`` killed with SIGKILL leaves its redis-server running on the data directory; the
     next start must not put a second server on the same append-only file."""
