@@ -98,6 +98,9 @@ return 1
 """
 REBUILD_SLACK_MS = 10_000
 PAGE = 1000
+TIMED_EVERY = 8
+"""Every this many events one is timed into ``liq_detect_event_seconds``: observing every one
+cost about 6 % of the detector's time, and a sample shows the same distribution."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class Detector:
         self.committed: dict[str, tuple[int, int]] = {}
         """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
         self.skipped = 0
+        self.fed_count = 0
         self.outbox: list[Output] = []
         """Outputs produced and not yet sent."""
         self.outbox_symbols: set[str] = set()
@@ -212,9 +216,13 @@ class Detector:
                 continue
             lane = lane_of.get(m.stream, 0)
             lanes.add(lane)
-            started = time.perf_counter()
-            out = feed(m.value, lane)
-            DETECT_SECONDS.observe(time.perf_counter() - started)
+            self.fed_count += 1
+            if self.fed_count % TIMED_EVERY:
+                out = feed(m.value, lane)
+            else:  # timed
+                started = time.perf_counter()
+                out = feed(m.value, lane)
+                DETECT_SECONDS.observe(time.perf_counter() - started)
             fed.append((m.stream, m.id))
             if out:
                 outputs.extend(out)

@@ -692,6 +692,29 @@ def test_the_detectors_endpoint_counts_events_cascades_and_drops_exactly(redis_u
     assert delta("liq_cascade_alert_seconds_count") == 1
 
 
+def test_every_eighth_event_fed_is_timed_into_the_hot_path_histogram(redis_url: str) -> None:
+    """17 events fed: the 8th and the 16th are timed (``TIMED_EVERY``), not one per event."""
+    from prometheus_client import REGISTRY
+
+    from detector.service import TIMED_EVERY
+
+    def timed() -> float:
+        return REGISTRY.get_sample_value("liq_detect_event_seconds_count") or 0.0
+
+    events = [ev(k, usd=1_000.0) for k in range(17)]  # $17K: no cascade
+
+    async def body(client: aioredis.Redis) -> int:
+        await put(client, events)
+        det = detector(client, [BTC_SHARD])
+        await det.run_until_idle()
+        return det.fed_count
+
+    before = timed()
+    assert run(redis_url, body) == 17
+    assert TIMED_EVERY == 8
+    assert timed() - before == 2
+
+
 def test_the_rebuild_reads_back_a_window_and_a_quiet_period_and_its_slack_no_further(
         redis_url: str, r: syncredis.Redis) -> None:
     """The warm restart feeds the entries from ``window + quiet + 10 s`` before the group's last
