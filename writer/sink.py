@@ -100,6 +100,9 @@ class DatabaseSink:
         if self.conn is not None and not self.conn.closed:
             return self.conn
         conn: Conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+        # psycopg reads timestamps back only in ISO style; a server or role set otherwise
+        # (SQL, DMY) would make every cascade batch fail as if its data were bad.
+        await conn.execute("SET DateStyle TO ISO")
         try:
             row = await (await conn.execute(sql.READ_MODE)).fetchone()
         except psycopg.errors.UndefinedTable:

@@ -18,6 +18,7 @@ from typing import Any, cast
 import msgspec
 import psycopg
 import pytest
+import redis
 
 from shared import codec, keys, servers
 from shared.backoff import Backoff
@@ -398,6 +399,26 @@ def test_hours_are_utc_hours_in_any_session_time_zone(redis_url: str, db: str) -
     for table in ("liquidations_hourly", "liquidation_heatmap"):
         minutes = rows(db, f"SELECT DISTINCT extract(minute FROM hour AT TIME ZONE 'UTC') FROM {table}")
         assert minutes == [(0,)], table
+    assert_rollups_match_raw(db)
+
+
+def test_a_server_whose_date_style_is_not_iso_stores_cascades_instead_of_dead_lettering_them(
+        redis_url: str, db: str) -> None:
+    """psycopg reads timestamps back only in ISO DateStyle; the cascade path reads some back
+    (a moved start's old row). A server or role set to ``SQL, DMY`` must change nothing."""
+    info: dict[str, Any] = psycopg.conninfo.conninfo_to_dict(db)
+    sql_style = psycopg.conninfo.make_conninfo(**{**info, "options": "-c DateStyle=SQL,DMY"})
+    first = cascade("start", 5, 500_000.0, 10_000, NOW_MS - HOUR_MS + 10_000)
+    moved_ms = NOW_MS - HOUR_MS - 5 * 60_000
+    moved = msgspec.structs.replace(cascade("end", 9, 900_000.0, 40_000, NOW_MS - HOUR_MS + 90_000),
+                                    start_ms=moved_ms)
+    for message in (first, moved):
+        asyncio.run(publish_all(redis_url, [(keys.CASCADE_STREAM, message)]))
+        asyncio.run(drain(redis_url, sql_style))
+    assert rows(db, "SELECT phase, event_count, start_time FROM cascade_events") == [
+        ("end", 9, ms_to_datetime(moved_ms))]
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.exists(keys.CASCADE_STREAM + keys.DEAD_LETTER_SUFFIX) == 0
     assert_rollups_match_raw(db)
 
 
