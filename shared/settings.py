@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from redis.connection import parse_url
 
 from shared import keys
@@ -58,8 +56,8 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
     pg_dsn: str = ""
     """PostgreSQL/TimescaleDB (empty: none given; ``liq up`` starts its own). Its form is checked
-    here, by every process that loads settings (``liq up`` and ``liq status`` too, not only those
-    that connect with it)."""
+    (:func:`check_dsn`) by the commands that use it: the writer's settings, ``liq up`` and
+    ``liq status``; the others never load psycopg."""
     shards: int = 4
     stream_maxlen: int = keys.EVENT_STREAM_MAXLEN
     """Each event stream keeps about this many entries (``XADD MAXLEN ~``), about 320 bytes of
@@ -75,7 +73,6 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
-        check_dsn(self.pg_dsn)
         if not self.metrics_host.strip():
             raise ConfigError("LIQ_METRICS_HOST", "an address to serve metrics on, e.g. 127.0.0.1 "
                               "(0.0.0.0 for every interface)", self.metrics_host)
@@ -109,8 +106,10 @@ def check_dsn(dsn: str) -> None:
     (unset is no error here: the commands that need one say so)."""
     if not dsn.strip():
         return
+    import psycopg  # here: the processes that never use a database do not load it
+
     try:
-        conninfo_to_dict(dsn)
+        psycopg.conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise ConfigError("LIQ_PG_DSN", DSN_FORM, dsn) from exc
 

@@ -25,7 +25,7 @@ from shared import dlq as dead_letters
 from shared import keys
 from shared.discovery import discover
 from shared.redisconn import make_sync_redis, reply_text
-from shared.settings import CommonSettings, load
+from shared.settings import CommonSettings, check_dsn, load
 from shared.venue_health import STOPPED_REASON, venue_healths, venue_row
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
@@ -176,6 +176,7 @@ def database_status(pg_dsn: str) -> dict[str, Any]:
 def status(as_json: bool, check: bool) -> None:
     """Streams, consumer groups, venues, keys and table counts of a running system."""
     settings = load(CommonSettings)
+    check_dsn(settings.pg_dsn)
     found = discover(settings, dict(os.environ))
     if not found.redis_url and not found.pg_dsn:
         raise click.ClickException(found.not_found("LIQ_REDIS_URL and LIQ_PG_DSN are"))

@@ -43,7 +43,7 @@ from shared.discovery import UP_FILE
 from shared.errors import EX_CONFIG
 from shared.runtime import die_with_parent, done_before_stop, stopped_within
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
-from shared.settings import CommonSettings, load, writable_folder
+from shared.settings import CommonSettings, check_dsn, load, writable_folder
 from shared.venues import chosen_venues
 
 logger = logging.getLogger("up")
@@ -133,6 +133,7 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
        servers_only: bool) -> None:
     """Start servers (embedded unless LIQ_REDIS_URL/LIQ_PG_DSN), migrate, and run every process."""
     settings = load(CommonSettings)
+    check_dsn(settings.pg_dsn)
     logs.configure(settings.log_level, "up")
     try:
         chosen = chosen_venues(venues)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from shared.errors import ConfigError
 from shared.levels import check_level_sizes
-from shared.settings import DSN_FORM, CommonSettings, at_least, env_name
+from shared.settings import DSN_FORM, CommonSettings, at_least, check_dsn, env_name
 
 StorageMode = Literal["auto", "timescale", "native"]
 
@@ -37,6 +37,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_dsn(self.pg_dsn)
         at_least(self, "batch_size", 1)
         at_least(self, "batch_age_ms", 0)
         at_least(self, "event_read_count", 1)
