@@ -1,6 +1,7 @@
 // Test harness: one in-process PGlite + TimescaleDB (WASM), driven by JSON lines on stdin.
 //
 // Request  (one line):  {"id": 1, "sql": "SELECT ...", "params": [..]}   params optional
+//                   or  {"id": 1, "sql": "COPY t (..) FROM '/dev/blob' (FORMAT BINARY)", "blob": "<base64>"}
 // Response (one line):  {"id": 1, "ok": true, "results": [{"fields": [..], "rows": [[..]], "affected": n}]}
 //                   or  {"id": 1, "ok": false, "error": "...", "code": "42P01"}
 //
@@ -55,8 +56,10 @@ for await (const line of lines) {
     continue;
   }
   try {
-    const results = request.params
-      ? [await pg.query(request.sql, request.params, options)]
+    // "blob" (base64): the data of a COPY … FROM '/dev/blob' (PGlite's stand-in for STDIN).
+    const blob = request.blob == null ? {} : { blob: new Blob([Buffer.from(request.blob, 'base64')]) };
+    const results = request.params || request.blob != null
+      ? [await pg.query(request.sql, request.params ?? [], { ...options, ...blob })]
       : await pg.exec(request.sql, options);
     send({ id: request.id, ok: true, results: results.map(shape) });
   } catch (err) {

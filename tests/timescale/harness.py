@@ -3,12 +3,15 @@
 The harness speaks JSON lines over the child's stdin/stdout. Values travel as PostgreSQL's text
 form both ways (``None`` is NULL), so results are compared as strings or converted in SQL.
 
-PGlite has exactly one session, so this client is strictly sequential. It cannot COPY:
-:func:`insert_rows` loads tables with parameterized multi-row ``INSERT … VALUES`` instead.
+PGlite has exactly one session, so this client is strictly sequential. It has no COPY …
+FROM STDIN; :func:`copy_rows` runs the writer's COPY statements on ``'/dev/blob'`` instead (PGlite's
+stand-in), with the rows encoded by psycopg's own binary COPY formatter, the bytes the writer's
+``cursor.copy`` sends.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import subprocess
@@ -23,13 +26,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+from psycopg import adapt, postgres, pq
+from psycopg._copy_base import BinaryFormatter  # the encoder behind psycopg's Copy.write_row
+
 HARNESS_DIR = Path(__file__).resolve().parents[1] / "pglite"
 RUN_MJS = HARNESS_DIR / "run.mjs"
 INSTALL_SH = HARNESS_DIR / "install.sh"
 PACKAGE_JSON = HARNESS_DIR / "node_modules" / "@unni-craftsman" / "pglite" / "package.json"
 START_TIMEOUT_S = 60.0
 QUERY_TIMEOUT_S = 60.0
-MAX_PARAMS = 60_000
 
 Row = tuple[str | None, ...]
 
@@ -143,6 +148,15 @@ class Harness:
         return [Result(tuple(r["fields"]), tuple(tuple(row) for row in r["rows"]), int(r["affected"]))
                 for r in reply["results"]]
 
+    def copy(self, sql: str, data: bytes) -> int:
+        """Run ``COPY … FROM '/dev/blob'`` with ``data`` as its input; the rows copied."""
+        self._next_id += 1
+        self._send(json.dumps({"id": self._next_id, "sql": sql, "blob": base64.b64encode(data).decode()}))
+        reply = self._receive(self._next_id)
+        if not reply.get("ok"):
+            raise PGliteError(str(reply.get("error")), reply.get("code"), sql)
+        return int(reply["results"][-1]["affected"])
+
     def query(self, sql: str, params: Sequence[object] | None = None) -> list[Row]:
         """The rows of the last statement of ``sql``."""
         results = self.execute(sql, params)
@@ -230,18 +244,14 @@ def _read_ready(proc: subprocess.Popen[str], stderr: IO[str], timeout: float) ->
     return ready
 
 
-def insert_rows(h: Harness, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
-                rows_per_statement: int = 200) -> int:
-    """Parameterized multi-row ``INSERT INTO table (columns) VALUES …``; rows inserted."""
-    width = len(columns)
-    step = max(1, min(rows_per_statement, MAX_PARAMS // max(width, 1)))
-    total = 0
-    for start in range(0, len(rows), step):
-        chunk = rows[start:start + step]
-        values = ", ".join(
-            "(" + ", ".join(f"${i * width + j + 1}" for j in range(width)) + ")" for i in range(len(chunk))
-        )
-        params = [value for row in chunk for value in row]
-        result = h.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}", params)
-        total += result[-1].affected
-    return total
+def copy_rows(h: Harness, copy_from_stdin: str, types: Sequence[str],
+              rows: Sequence[Sequence[object]]) -> int:
+    """Run the writer's ``COPY … FROM STDIN (FORMAT BINARY)`` statement on ``rows`` (typed as
+    ``types``, as the writer's ``copy.set_types``); the rows copied."""
+    transformer = adapt.Transformer()
+    oids = [postgres.types.get_oid(name) for name in types]
+    transformer.set_dumper_types(oids, pq.Format.BINARY)
+    formatter = BinaryFormatter(transformer)
+    data = b"".join(bytes(formatter.write_row(row)) for row in rows) + bytes(formatter.end())
+    return h.copy(copy_from_stdin.replace("FROM STDIN", "FROM '/dev/blob'"), data)
+

@@ -6,8 +6,9 @@
 - :func:`write_batch` mirrors ``writer.sink.DatabaseSink`` in TimescaleDB mode: the temp staging
   tables once per session, then per batch one transaction running the exact statement texts of
   ``writer.statements``: the rows straight into ``liquidations_significant`` in a savepoint and,
-  on a duplicate key, back to it and through staging. The only difference: rows are loaded with
-  ``INSERT … VALUES`` where the sink COPies, because the harness cannot COPY.
+  on a duplicate key, back to it and through staging. The rows go in by the same binary COPY
+  statements and bytes (``harness.copy_rows``), read from PGlite's ``'/dev/blob'`` where the
+  sink sends them on STDIN.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tests.timescale.harness import Harness, PGliteError, insert_rows
+from tests.timescale.harness import Harness, PGliteError, copy_rows
 from writer import statements as sql
 from writer.migrate import BOOTSTRAP, Migration
-from writer.rows import CASCADE_COLUMNS, EVENT_COLUMNS, Batch
+from writer.rows import CASCADE_TYPES, EVENT_COLUMNS, EVENT_TYPES, Batch
 from writer.sink import WriteResult
 
 RAW_TABLES = ("liquidations_significant", "cascade_events")
@@ -88,7 +89,7 @@ def write_batch(h: Harness, batch: Batch) -> WriteResult:
             _write_events(h, batch, counts)
         if batch.cascades:
             h.execute(sql.LOCK_CASCADES)
-            insert_rows(h, "liq_cascade_stage", CASCADE_COLUMNS, batch.cascades)
+            copy_rows(h, sql.COPY_CASCADES, CASCADE_TYPES, batch.cascades)
             h.execute(sql.DELETE_MOVED_CASCADES)
             counts.cascades = _affected(h, sql.UPSERT_CASCADES)
     return counts
@@ -104,7 +105,7 @@ def _write_events(h: Harness, batch: Batch, counts: WriteResult) -> None:
     if batch.events:
         h.execute("SAVEPOINT liq_direct")
         try:
-            counts.inserted = insert_rows(h, "liquidations_significant", EVENT_COLUMNS, batch.events)
+            counts.inserted = copy_rows(h, sql.COPY_EVENTS_DIRECT, EVENT_TYPES, batch.events)
             h.execute("RELEASE SAVEPOINT liq_direct")
         except PGliteError as exc:
             if exc.code != UNIQUE_VIOLATION:
@@ -114,7 +115,7 @@ def _write_events(h: Harness, batch: Batch, counts: WriteResult) -> None:
             merged = [*batch.events, *batch.merges]
     if not merged:
         return
-    insert_rows(h, "liq_stage", EVENT_COLUMNS, merged)
+    copy_rows(h, sql.COPY_EVENTS, EVENT_TYPES, merged)
     counts.inserted += _affected(h, sql.INSERT_EVENTS)
     if batch.members:
         h.execute(sql.SET_JOINS.replace("%s", "$1", 1).replace("%s", "$2", 1), ["off", "off"])
