@@ -162,6 +162,10 @@ class DatabaseSink:
             raise SinkRetry(f"database did not answer within {self.timeout_s:g}s; connecting again") from exc
         except psycopg.Error as exc:
             await self._fail(exc)
+            if lost_partition(exc):  # made again before the retry, which builds the batch again
+                self.known_days.clear()
+                raise SinkRetry(f"a day's partition is gone (dropped by another writer's janitor "
+                                f"or by hand); making it again: {exc}") from exc
             if refuses_the_data(exc):
                 raise  # the data, not the server: the consumer isolates and dead-letters the row
             raise SinkRetry(f"database write failed: {type(exc).__name__}: {exc}") from exc
@@ -263,6 +267,12 @@ DATA_ERROR_CLASSES = frozenset({"21", "22", "23", "54"})
 """SQLSTATE classes that depend on the rows, not on the server: cardinality violation (one
 statement touching a row twice), data exception, integrity constraint violation, program limit
 exceeded (e.g. a key too large for its index)."""
+
+
+def lost_partition(exc: psycopg.Error) -> bool:
+    """PostgreSQL found no partition for a row: the sink makes each batch's days first, so one
+    was dropped after this sink made or saw it (a janitor at the retention edge, a person)."""
+    return exc.sqlstate == "23514" and "no partition of relation" in str(exc)
 
 
 def refuses_the_data(exc: psycopg.Error) -> bool:

@@ -131,6 +131,36 @@ def test_a_backfill_of_days_the_writer_never_saw_is_counted_once_the_readme_made
     assert_rollups_match_raw(db)
 
 
+def test_a_partition_dropped_under_the_writer_is_made_again_and_the_batch_stored_on_retry(db: str) -> None:
+    """Another writer's janitor (a clock a little ahead, at the retention edge) or a person drops
+    a day this sink made: the next batch of that day fails as a retry, not as bad data to
+    dead-letter, and the retry makes the partition again and stores it."""
+    start_ms = SYSTEM_CLOCK.now_ms() - 3_600_000
+    first, second = batch_of(events(0, 2, start_ms)), batch_of(events(2, 4, start_ms))
+
+    async def body() -> tuple[str, WriteResult]:
+        sink = DatabaseSink(db)
+        try:
+            await sink.write(first)
+            with psycopg.connect(db, autocommit=True) as conn:
+                named = conn.execute("SELECT liq_partition_name((%s AT TIME ZONE 'UTC')::date)",
+                                     (first.events[0][0],)).fetchone()
+                part = str(named[0]) if named else ""
+                conn.execute(f'DROP TABLE "{part}"')
+            with pytest.raises(SinkRetry, match="partition is gone"):
+                await sink.write(second)
+            return part, await sink.write(second)
+        finally:
+            await sink.aclose()
+
+    part, result = asyncio.run(body())
+    assert part.startswith("liquidations_significant_p")
+    assert result.inserted == 2
+    assert rows(db, "SELECT event_id FROM liquidations_significant ORDER BY event_id") == [("e2",), ("e3",)]
+    # The rollups outlive a dropped day's rows (as after the janitor's drop): each row counted once.
+    assert rows(db, "SELECT sum(event_count)::int FROM liquidations_hourly") == [(4,)]
+
+
 def test_a_database_with_the_pre_release_numeric_schema_is_refused_with_the_fix(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute("ALTER TABLE liquidations_significant ALTER value_usd TYPE numeric(20, 2)")
