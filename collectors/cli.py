@@ -29,7 +29,7 @@ from shared import keys, logs, runtime
 from shared.clock import SYSTEM_CLOCK
 from shared.discovery import Discovered, discover, require_redis
 from shared.errors import ConfigError, ParseError
-from shared.metrics import start_metrics_server
+from shared.metrics import serve_collector_metrics
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
@@ -118,12 +118,10 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
     base_url = url or settings.venue_urls.get(venue) or spec.live_url
     record_path = _record_target(record_path, settings.record_dir, venue)
     symbol_list = [s for s in symbols.split(",") if s] or list(spec.default_symbols)
-    port = settings.metrics_port
-    if port is None:
-        port = METRICS_PORT_BASE + list(VENUES).index(venue)
+    default_port = METRICS_PORT_BASE + list(VENUES).index(venue)
 
     async def main(stop: asyncio.Event) -> None:
-        start_metrics_server(settings.metrics_host, port)
+        serve_collector_metrics(settings.metrics_host, settings.metrics_port, default_port)
         redis = make_async_redis(settings.redis_url)
         config = CollectorConfig(venue=spec, redis=redis, shards=settings.shards, base_url=base_url,
                                  symbols=symbol_list, record_path=record_path,

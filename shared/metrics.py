@@ -46,15 +46,19 @@ SPARE_PORTS = 9
 """A consumer's default port is followed by this many spares, for more of it on one host."""
 
 
-def start_metrics_server(host: str, port: int | None, spare: int = 0) -> int | None:
-    """Serve /metrics on ``host:port``, else on the first free of the ``spare`` ports after it;
-    returns the bound port, or None when none could be bound.
+def start_metrics_server(host: str, port: int | None, spare: int = 0, then_any: bool = False) -> int | None:
+    """Serve /metrics on ``host:port``, else on the first free of the ``spare`` ports after it,
+    else (``then_any``) on any free port; returns the bound port (logged), or None when none
+    could be bound.
 
     A busy port is logged and skipped: metrics must never stop a collector or consumer.
     """
     if port is None:
         return None
-    for candidate in range(port, port + spare + 1) if port else [0]:
+    candidates = list(range(port, port + spare + 1)) if port else [0]
+    if then_any and port:
+        candidates.append(0)
+    for candidate in candidates:
         try:
             server, _thread = start_http_server(candidate, addr=host)
         except OSError as exc:
@@ -66,6 +70,15 @@ def start_metrics_server(host: str, port: int | None, spare: int = 0) -> int | N
     ports = f"{port}-{port + spare}" if spare else str(port)
     logger.warning("metrics disabled: cannot bind %s:%s (%s)", host, ports, failure)
     return None
+
+
+def serve_collector_metrics(host: str, configured: int | None, default: int) -> int | None:
+    """A collector's endpoint: ``LIQ_METRICS_PORT`` exactly when set; otherwise its default
+    port, or any free port when that is taken (a second ``liq up`` on the host: the collectors'
+    defaults are consecutive, so there is no spare after each)."""
+    if configured is not None:
+        return start_metrics_server(host, configured)
+    return start_metrics_server(host, default, then_any=True)
 
 
 def serve_consumer_metrics(host: str, configured: int | None, default: int) -> int | None:

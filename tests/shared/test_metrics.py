@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from shared.metrics import SPARE_PORTS, serve_consumer_metrics, start_metrics_server
+from shared.metrics import SPARE_PORTS, serve_collector_metrics, serve_consumer_metrics, start_metrics_server
 from shared.servers import free_port
 
 
@@ -38,3 +38,20 @@ def test_a_configured_port_is_used_exactly_and_a_busy_one_is_reported(
 
 def test_no_metrics_without_a_port() -> None:
     assert start_metrics_server("127.0.0.1", None, SPARE_PORTS) is None
+
+
+def test_a_collector_whose_default_port_is_taken_serves_on_a_free_port_and_says_which(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A second ``liq up`` on the host: collector k's default is taken (by the first one's), and
+    k + 1 is the next venue's default, so the collector takes any free port, never none."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with caplog.at_level(logging.INFO):
+            bound = serve_collector_metrics("127.0.0.1", None, busy)
+            assert bound is not None and bound != busy
+            assert "liq_events_in" in _scrape(bound)
+            assert serve_collector_metrics("127.0.0.1", busy, busy + 1) is None  # configured: exactly
+    assert f"metrics on http://127.0.0.1:{bound}/metrics" in caplog.text
+    assert f"metrics disabled: cannot bind 127.0.0.1:{busy} (" in caplog.text
