@@ -60,7 +60,7 @@ def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
         "dead_letters": [d for d in (_dead_letters(client, s) for s in streams) if d],
         "venues": _venues(client, now_ms),
         "keys": {kind: _count_keys(client, pattern) for kind, pattern in keys.KEY_KINDS.items()},
-        "cascades": _cascade_states(client),
+        "cascades": _cascade_states(client, _detected_shards(client), shards),
         "shards": shards,
         "stray_streams": _stray_streams(client, shards),
         "memory_bytes": int(client.info("memory")["used_memory"]),
@@ -135,12 +135,29 @@ def _count_keys(client: redis.Redis, pattern: str) -> int:
     return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
 
 
-def _cascade_states(client: redis.Redis) -> list[dict[str, str]]:
-    out = []
+NO_DETECTOR = "no detector runs on its shard: as the last one left it"
+
+
+def _detected_shards(client: redis.Redis) -> set[int]:
+    """The shards a running detector consumes, from the detectors' heartbeats (``liq:proc:detect-*``,
+    gone 15 s after the process stops)."""
+    shards: set[int] = set()
+    for key in client.scan_iter(match=keys.process_heartbeat("detect-*"), count=1000):
+        listed = reply_text(client.hget(key, "shards") or b"")
+        shards.update(int(k) for k in listed.split(",") if k.strip().isdigit())
+    return shards
+
+
+def _cascade_states(client: redis.Redis, detected: set[int], shards: int) -> list[dict[str, Any]]:
+    """Each symbol's status hash, and whether a detector runs on its shard now: with none, the
+    hash is what the last one left (``active`` included) until one starts and carries on."""
+    out: list[dict[str, Any]] = []
     for key in client.scan_iter(match=keys.KEY_KINDS["cascade_status"], count=1000):
         fields = {reply_text(k): reply_text(v) for k, v in client.hgetall(key).items()}
-        out.append({"symbol": reply_text(key).rsplit(":", 1)[-1], **fields})
-    return sorted(out, key=lambda r: r["symbol"])
+        symbol = reply_text(key).rsplit(":", 1)[-1]
+        running = keys.shard_of(symbol, shards) in detected
+        out.append({"symbol": symbol, **fields, "detector_running": running})
+    return sorted(out, key=lambda r: str(r["symbol"]))
 
 
 def database_status(pg_dsn: str) -> dict[str, Any]:
@@ -266,7 +283,9 @@ def _redis_lines(report: dict[str, Any]) -> list[str]:
     lines.append("\nKEYS  " + "  ".join(f"{k}={n}" for k, n in report.get("keys", {}).items()))
     lines.append("\nCASCADES")
     for c in report.get("cascades", []):
-        lines.append(f"  {c['symbol']:<12} " + " ".join(f"{k}={v}" for k, v in c.items() if k != "symbol"))
+        shown = " ".join(f"{k}={v}" for k, v in c.items() if k not in ("symbol", "detector_running"))
+        stale = "" if c.get("detector_running", True) else f"  ({NO_DETECTOR})"
+        lines.append(f"  {c['symbol']:<12} {shown}{stale}")
     return lines
 
 

@@ -226,3 +226,27 @@ def test_status_shows_the_memory_redis_uses(redis_url: str) -> None:
     report = collect_status(redis_url, None, 4)
     assert report["memory_bytes"] - before >= 20_000 * 200
     assert f"STREAMS (Redis memory {report['memory_bytes'] / 1e6:,.1f} MB)" in render(report).splitlines()
+
+
+def test_a_cascade_status_no_detector_runs_for_is_marked_as_left_behind(redis_url: str) -> None:
+    """A stopped detector leaves its last state (``active`` too): status says so for the shards
+    no live detector heartbeat lists, and only for those."""
+    import redis as syncredis
+
+    from shared import keys
+    from shared.status import NO_DETECTOR, collect_status
+
+    btc, eth = "BTCUSDT", "ETHUSDT"
+    assert keys.shard_of(btc, 4) != keys.shard_of(eth, 4)
+    client = syncredis.Redis.from_url(redis_url)
+    for symbol in (btc, eth):
+        client.hset(keys.cascade_status(symbol), mapping={"state": "active", "cascade_id": f"{symbol}-1"})
+    client.hset(keys.process_heartbeat(f"detect-s{keys.shard_of(btc, 4)}"),
+                mapping={"updated_ms": 1, "shards": str(keys.shard_of(btc, 4))})
+    client.close()
+    report = collect_status(redis_url, None, 4)
+    assert [(c["symbol"], c["state"], c["detector_running"]) for c in report["cascades"]] == [
+        (btc, "active", True), (eth, "active", False)]
+    lines = [line for line in render(report).splitlines() if "cascade_id=" in line]
+    assert [NO_DETECTOR in line for line in lines] == [False, True]
+    assert "detector_running" not in render(report)
