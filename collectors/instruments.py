@@ -29,7 +29,7 @@ from shared.models import MarketType
 logger = logging.getLogger(__name__)
 
 ASSET_ALIASES = {"XBT": "BTC", "UST": "USDT", "USTF0": "USDT"}
-USD_QUOTES = frozenset({"USD", "USDT", "USDC", "UST", "FDUSD", "USD1", "DAI"})
+USD_QUOTES = frozenset({"USD", "USDT", "USDC", "UST", "FDUSD", "USD1", "DAI", "BUSD"})
 
 
 def canonical_asset(code: str) -> str:

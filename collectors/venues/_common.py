@@ -39,7 +39,7 @@ The API is small and stable; venue modules import only these names:
     base = value / price, notional = value when the code is USD-like.
 
   A notional is only known in USD when the quote (or the value unit) is USD-like
-  (``instruments.USD_QUOTES``: USDT and USDC count as 1 USD).
+  (``instruments.USD_QUOTES``: USDT, USDC and the other USD coins count as 1 USD).
 - ``yymmdd_expiry("200925")`` → ``"2020-09-25"``; ``ddmmmyy_expiry("27DEC25")`` → ``"2025-12-27"``;
   ``month_code_expiry("Z", "25")`` → last Friday of that month (BitMEX/Bybit quarterlies);
   ``iso_ms("2020-12-18T00:30:58.559Z")`` → ms; ``ms_date(1758873600000)`` → ``"2025-09-26"`` (UTC).

@@ -132,6 +132,12 @@ def test_binance_usdm_dated_symbol_and_fallback_quantity() -> None:
     assert liq.quantity == 0.5  # z == 0 -> q
 
 
+def test_binance_usdm_busd_margined_contracts_have_a_usd_notional() -> None:
+    """Binance USD-M listed BUSD-margined contracts (recordings hold them): BUSD is a USD coin."""
+    (liq,) = feed(parser("binance_usdm"), force_order("BTCBUSD"))
+    assert (liq.symbol, liq.quote, liq.notional_known, liq.notional_usd) == ("BTCBUSD", "BUSD", True, 30000.0)
+
+
 def test_an_event_time_in_microseconds_makes_the_frame_malformed() -> None:
     micro = force_order()
     micro["o"]["T"] = 1_700_000_000_123_000
