@@ -41,7 +41,9 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import backlog, codec, keys
 from shared.backoff import Backoff, Outage
@@ -229,6 +231,11 @@ class StreamConsumer(Generic[T]):
     """The handler XACKs its entries itself, atomically with its side effect (the aggregator's
     Lua script): the loop then sends no second XACK."""
     start_id: str = "0"
+    redis_outage: Outage | None = None
+    """Where Redis being unreachable (connection, timeout) is logged, when several loops of one
+    process share Redis (the writer's readers and heartbeat): one outage, two lines. Other
+    failures (a lost group, the handler's database) stay in this consumer's own log: they hold
+    it while the others run."""
     backoff: Backoff = field(default_factory=Backoff)
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     _pending_first: bool = True
@@ -280,10 +287,14 @@ class StreamConsumer(Generic[T]):
             except TRANSIENT_ERRORS as exc:
                 await stopped_within(stop, self._failed(exc))  # a stop cuts the pause short
                 continue
-            if self._outage.since is not None:
-                self._outage.up()
-                self.backoff.reset()
+            for outage in self._outages():
+                if outage.since is not None:
+                    outage.up()
+            self.backoff.reset()
             return
+
+    def _outages(self) -> list[Outage]:
+        return [self._outage] if self.redis_outage is None else [self._outage, self.redis_outage]
 
     def _failed(self, exc: BaseException) -> float:
         """Count and log (once per outage) a server failure; returns the pause before the retry,
@@ -292,7 +303,9 @@ class StreamConsumer(Generic[T]):
         delay = self.backoff.next_delay()
         self.stats.retries += 1
         ERRORS.labels(self.component, error_kind(exc)).inc()
-        self._outage.down(exc, delay)
+        redis_failed = isinstance(exc, RedisConnectionError | RedisTimeoutError)  # not a NOGROUP
+        outage = self.redis_outage if redis_failed and self.redis_outage is not None else self._outage
+        outage.down(exc, delay)
         self._pending_first = True
         return delay
 

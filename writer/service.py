@@ -66,6 +66,8 @@ class Writer:
         self.lock = asyncio.Lock()
         self.name = name or consumer_name()
         self.skipped = {"insignificant": 0, "expired": 0, "invalid": 0}
+        self.redis_outage = Outage("writer: redis", logger)
+        """A Redis outage, logged once for the three readers and the heartbeat."""
         self.consumers = [
             self._consumer(keys.event_streams(settings.shards), codec.decode_liquidation,
                            settings.event_read_count),
@@ -80,7 +82,7 @@ class Writer:
 
         return StreamConsumer(redis=self.redis, group=keys.WRITER_GROUP, consumer=self.name,
                               streams=streams, decode=decode, handler=handle, component=COMPONENT,
-                              count=read_count)
+                              count=read_count, redis_outage=self.redis_outage)
 
     async def handle(self, messages: list[Message[Payload]], read_count: int) -> None:
         """Commit the rows of one read in transactions of at most ``batch_size`` rows; then,
@@ -143,14 +145,16 @@ class Writer:
         """Consume every stream until ``stop``; the janitor and heartbeat run alongside."""
         await asyncio.gather(*(c.run(stop) for c in self.consumers),
                              self._every(stop, self.settings.janitor_interval_s, self.maintain),
-                             self._every(stop, HEARTBEAT_S, self._heartbeat))
+                             self._every(stop, HEARTBEAT_S, self._heartbeat, self.redis_outage))
         logger.info("writer: %d batches, %d rows inserted, %d upgraded to cascade, %d cascade upserts, "
                     "skipped %s", self.sink.stats.batches, self.sink.stats.inserted,
                     self.sink.stats.upgraded, self.sink.stats.cascades, self.skipped)
 
-    async def _every(self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]]) -> None:
-        """Run ``job`` every ``seconds``; a server outage is logged when it begins and ends."""
-        outage = Outage(f"writer: {job.__name__.lstrip('_')}", logger)
+    async def _every(self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]],
+                     outage: Outage | None = None) -> None:
+        """Run ``job`` every ``seconds``; a server outage is logged (in ``outage``, else the job's
+        own) when it begins and ends."""
+        outage = outage or Outage(f"writer: {job.__name__.lstrip('_')}", logger)
         while not stop.is_set():
             try:
                 await job()
