@@ -58,7 +58,7 @@ from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DROPPED, EVE
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import group_info, reply_text
 from shared.runtime import stopped_within
-from shared.streams import Message, StreamConsumer, streams_check_lua
+from shared.streams import Message, StreamConsumer, redis_unreachable, streams_check_lua
 
 logger = logging.getLogger(__name__)
 
@@ -136,13 +136,15 @@ class Detector:
         self.clock = clock
         self.engine = Engine(settings, clock)
         self.lock = asyncio.Lock()
+        self.name = "detect-s" + ",".join(str(k) for k in self.shards)
+        self.redis_outage = Outage(f"{self.name}: redis", logger)
+        """Redis unreachable: one outage for the shards' consumers and the ticker, two lines."""
         self.consumers = [
             StreamConsumer(redis=redis, group=keys.DETECTOR_GROUP, consumer=consumer_name(k),
                            streams=[keys.event_stream(k)], decode=codec.decode_liquidation,
-                           handler=self.handle, component=COMPONENT)
+                           handler=self.handle, component=COMPONENT, redis_outage=self.redis_outage)
             for k in self.shards
         ]
-        self.name = "detect-s" + ",".join(str(k) for k in self.shards)
         self.warmed = False
         self.rebuilt = 0
         self.published: dict[str, int] = {"start": 0, "escalate": 0, "end": 0, "member": 0}
@@ -454,19 +456,20 @@ class Detector:
         logger.info("%s: %d events, published %s", self.name, self.engine.events, self.published)
 
     async def _ticker(self, stop: asyncio.Event) -> None:
-        outage = Outage(f"{self.name}: tick", logger)
+        own = Outage(f"{self.name}: tick", logger)
         while not stop.is_set():
             await stopped_within(stop, self.settings.tick_s)
             try:
                 await self.tick()
                 await self._heartbeat()
             except (RedisError, OSError) as exc:  # the next tick retries: one line per outage
-                outage.down(exc, self.settings.tick_s)
+                (self.redis_outage if redis_unreachable(exc) else own).down(exc, self.settings.tick_s)
                 continue
             except Exception:  # a bug: logged, and the consumers keep running; next tick retries
                 logger.exception("%s: tick failed", self.name)
                 continue
-            outage.up()
+            own.up()
+            self.redis_outage.up()
 
     async def _heartbeat(self) -> None:
         key = keys.process_heartbeat(self.name)

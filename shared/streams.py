@@ -78,6 +78,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 """Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
+def redis_unreachable(exc: BaseException) -> bool:
+    """Redis itself failed (no connection, no answer in time), not a command: what a process's
+    loops sharing that Redis log as one outage (``StreamConsumer.redis_outage``)."""
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
+
+
 def error_kind(exc: BaseException) -> str:
     """The ``kind`` label of ``liq_errors_total``: what failed, so a :class:`SinkRetry` is
     labelled with the error it wraps (``OperationalError``); this loop is the one place a
@@ -303,9 +309,8 @@ class StreamConsumer(Generic[T]):
         delay = self.backoff.next_delay()
         self.stats.retries += 1
         ERRORS.labels(self.component, error_kind(exc)).inc()
-        redis_failed = isinstance(exc, RedisConnectionError | RedisTimeoutError)  # not a NOGROUP
-        outage = self.redis_outage if redis_failed and self.redis_outage is not None else self._outage
-        outage.down(exc, delay)
+        shared = self.redis_outage if redis_unreachable(exc) else None
+        (shared or self._outage).down(exc, delay)
         self._pending_first = True
         return delay
 

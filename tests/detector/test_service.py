@@ -572,8 +572,9 @@ async def _warm(det: Detector) -> Detector:
     return det
 
 
-def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
+def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick_or_shard(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The shard's consumer and the ticker both lose Redis: one outage, two lines."""
     server = servers.start_redis(tmp_path)
 
     async def body() -> None:
@@ -591,15 +592,17 @@ def test_a_redis_outage_under_a_running_detector_is_two_lines_not_one_per_tick(
         await client.aclose()
 
     try:
-        with caplog.at_level(logging.INFO, logger="detector.service"):
+        with caplog.at_level(logging.INFO):
             asyncio.run(body())
     finally:
         server.stop()
     assert outage_lines(caplog, "detector.service") == [
-        ("WARNING", f"detect-s3: tick: unavailable {RETRYING}"),
-        ("INFO", "detect-s3: tick: available again after …s and … failed tries"),
+        ("WARNING", f"detect-s3: redis: unavailable {RETRYING}"),
+        ("INFO", "detect-s3: redis: available again after …s and … failed tries"),
         ("INFO", "detect-s3: 0 events, published {'start': 0, 'escalate': 0, 'end': 0, 'member': 0}"),
     ]
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "shared.streams" and "ConnectionError" in r.getMessage()] == []
 
 
 def test_a_detector_started_while_redis_is_down_warms_up_once_it_answers_with_two_lines(
