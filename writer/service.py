@@ -34,7 +34,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.metrics import DROPPED
 from shared.runtime import stopped_within
-from shared.streams import Message, SinkRetry, StreamConsumer
+from shared.streams import Message, SinkRetry, StreamConsumer, redis_unreachable
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
@@ -145,23 +145,25 @@ class Writer:
         """Consume every stream until ``stop``; the janitor and heartbeat run alongside."""
         await asyncio.gather(*(c.run(stop) for c in self.consumers),
                              self._every(stop, self.settings.janitor_interval_s, self.maintain),
-                             self._every(stop, HEARTBEAT_S, self._heartbeat, self.redis_outage))
+                             self._every(stop, HEARTBEAT_S, self._heartbeat, on_redis=True))
         logger.info("writer: %d batches, %d rows inserted, %d upgraded to cascade, %d cascade upserts, "
                     "skipped %s", self.sink.stats.batches, self.sink.stats.inserted,
                     self.sink.stats.upgraded, self.sink.stats.cascades, self.skipped)
 
     async def _every(self, stop: asyncio.Event, seconds: float, job: Callable[[], Awaitable[Any]],
-                     outage: Outage | None = None) -> None:
-        """Run ``job`` every ``seconds``; a server outage is logged (in ``outage``, else the job's
-        own) when it begins and ends."""
-        outage = outage or Outage(f"writer: {job.__name__.lstrip('_')}", logger)
+                     on_redis: bool = False) -> None:
+        """Run ``job`` every ``seconds``; a server outage is logged when it begins and ends: for a
+        job ``on_redis``, Redis unreachable in the writer's one Redis outage, else in the job's own."""
+        own = Outage(f"writer: {job.__name__.lstrip('_')}", logger)
+        shared = self.redis_outage if on_redis else None
         while not stop.is_set():
             try:
                 await job()
             except (psycopg.Error, RedisError, OSError) as exc:
-                outage.down(exc, seconds)
+                (shared if shared and redis_unreachable(exc) else own).down(exc, seconds)
             else:
-                outage.up()
+                for outage in (own, shared) if shared else (own,):
+                    outage.up()
             await stopped_within(stop, seconds)
 
     async def _heartbeat(self) -> None:
