@@ -35,15 +35,17 @@ class Backoff:
 @dataclass
 class Outage:
     """What a retry loop logs about ``what`` (``"writer: liq:cascades"``): one warning when it
-    fails first, one when it fails for another reason (an exception of another class), one when
-    it works again, and a reminder every ``remind_s`` while it lasts; the retries in between are
-    logged at debug level only."""
+    fails first, one when it fails for a reason not seen yet in this outage (an exception of
+    another class), one when it works again, and a reminder every ``remind_s`` while it lasts;
+    the retries in between are logged at debug level only. Causes that take turns (the loops of
+    a process sharing one outage, each seeing the dead server its own way) are one line each."""
 
     what: str
     log: logging.Logger
     since: float | None = None
     """When the outage began (monotonic); None while all is well."""
-    cause: str = ""
+    causes: set[str] = field(default_factory=set)
+    """The causes logged since the outage began."""
     failures: int = 0
     monotonic: Callable[[], float] = time.monotonic
     remind_s: float = 600.0
@@ -56,7 +58,7 @@ class Outage:
         said = exc if isinstance(exc, str) else f"{cause}: {exc}"
         self.failures += 1
         now = self.monotonic()
-        if self.since is not None and cause == self.cause:
+        if self.since is not None and cause in self.causes:
             if now - self._reminded >= self.remind_s:
                 self._reminded = now
                 self.log.warning("%s: still unavailable after %.0fs and %d failed tries (%s)", self.what,
@@ -66,7 +68,7 @@ class Outage:
             return
         self.since = self.since if self.since is not None else now
         self._reminded = now
-        self.cause = cause
+        self.causes.add(cause)
         self.log.warning("%s: unavailable (%s); retrying with backoff (first in %.1fs), logged "
                          "again when it works", self.what, said, delay)
 
@@ -76,4 +78,5 @@ class Outage:
             return
         self.log.info("%s: available again after %.0fs and %d failed tries", self.what,
                       self.monotonic() - self.since, self.failures)
-        self.since, self.cause, self.failures = None, "", 0
+        self.since, self.failures = None, 0
+        self.causes.clear()

@@ -66,6 +66,24 @@ def test_an_outage_is_logged_when_it_begins_when_its_cause_changes_and_when_it_e
     assert outage.since is None and outage.failures == 0
 
 
+def test_causes_that_take_turns_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    """Loops sharing one outage (the writer's readers and heartbeat) can each see the dead server
+    their own way, in turns: each cause is one line, not one per change of turn."""
+    outage = Outage("writer: redis", logging.getLogger("test.outage"), monotonic=FakeClock().monotonic)
+    with caplog.at_level(logging.INFO, logger="test.outage"):
+        for _ in range(4):
+            outage.down(ConnectionError("Connection refused"), 1.0)
+            outage.down(TimeoutError("Timeout reading"), 1.0)
+        outage.up()
+        outage.down(ConnectionError("Connection refused"), 1.0)  # a new outage: logged again
+    said = [r.getMessage() for r in caplog.records]
+    assert [line.split(";")[0] for line in said] == [
+        "writer: redis: unavailable (ConnectionError: Connection refused)",
+        "writer: redis: unavailable (TimeoutError: Timeout reading)",
+        "writer: redis: available again after 0s and 8 failed tries",
+        "writer: redis: unavailable (ConnectionError: Connection refused)"]
+
+
 def test_a_long_outage_is_recalled_every_ten_minutes_not_at_every_retry(
         caplog: pytest.LogCaptureFixture) -> None:
     """A setting the writer holds its batches on (retried "loudly" until fixed) must not go quiet
