@@ -54,11 +54,11 @@ from detector.lifecycle import Output
 from shared import codec, keys
 from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
-from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DROPPED, EVENTS_OUT
+from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DETECT_TIMED_EVERY, DROPPED, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import group_info, reply_text
 from shared.runtime import stopped_within
-from shared.streams import Message, StreamConsumer, redis_unreachable, streams_check_lua
+from shared.streams import Message, StreamConsumer, outage_of, streams_check_lua
 
 logger = logging.getLogger(__name__)
 
@@ -98,9 +98,6 @@ return 1
 """
 REBUILD_SLACK_MS = 10_000
 PAGE = 1000
-TIMED_EVERY = 8
-"""Every this many events one is timed into ``liq_detect_event_seconds``: observing every one
-cost about 6 % of the detector's time, and a sample shows the same distribution."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +155,6 @@ class Detector:
         self.committed: dict[str, tuple[int, int]] = {}
         """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
         self.skipped = 0
-        self.fed_count = 0
         self.outbox: list[Output] = []
         """Outputs produced and not yet sent."""
         self.outbox_symbols: set[str] = set()
@@ -203,7 +199,8 @@ class Detector:
         keys of entries an earlier, failed call already fed go to ``fed_before``. Returns how
         many entries were skipped as published before a restart."""
         outputs, touched = self.outbox, self.outbox_symbols
-        feed, unpublished, lane_of = self.engine.feed, self.fed_unpublished, self.lane_of
+        engine, unpublished, lane_of = self.engine, self.fed_unpublished, self.lane_of
+        feed = engine.feed
         lanes: set[int] = set()
         from_future, published_before = self.engine.from_future, 0
         for m in messages:
@@ -218,8 +215,7 @@ class Detector:
                 continue
             lane = lane_of.get(m.stream, 0)
             lanes.add(lane)
-            self.fed_count += 1
-            if self.fed_count % TIMED_EVERY:
+            if (engine.events + 1) % DETECT_TIMED_EVERY:
                 out = feed(m.value, lane)
             else:  # timed
                 started = time.perf_counter()
@@ -463,7 +459,7 @@ class Detector:
                 await self.tick()
                 await self._heartbeat()
             except (RedisError, OSError) as exc:  # the next tick retries: one line per outage
-                (self.redis_outage if redis_unreachable(exc) else own).down(exc, self.settings.tick_s)
+                outage_of(exc, own, self.redis_outage).down(exc, self.settings.tick_s)
                 continue
             except Exception:  # a bug: logged, and the consumers keep running; next tick retries
                 logger.exception("%s: tick failed", self.name)

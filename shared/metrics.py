@@ -35,9 +35,12 @@ ALERT_SECONDS = Histogram(
     "From a collector receiving the liquidation that starts a cascade to the start being published",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+DETECT_TIMED_EVERY = 8
+"""One event in this many is timed into ``liq_detect_event_seconds``: observing every one cost
+about 6 % of the detector's hot path, and a sample shows the same distribution."""
 DETECT_SECONDS = Histogram(
     "liq_detect_event_seconds",
-    "Detector hot-path time per event (every 8th event is timed)",
+    f"Detector hot-path time per event (one event in {DETECT_TIMED_EVERY} is timed)",
     buckets=(1e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3),
 )
 

@@ -78,10 +78,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 """Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
-def redis_unreachable(exc: BaseException) -> bool:
-    """Redis itself failed (no connection, no answer in time), not a command: what a process's
-    loops sharing that Redis log as one outage (``StreamConsumer.redis_outage``)."""
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
+def outage_of(exc: BaseException, own: Outage, redis_outage: Outage | None) -> Outage:
+    """Where a loop logs the failure ``exc``: Redis itself unreachable (no connection, no answer
+    in time) in ``redis_outage``, the one its process's loops share, when it has one; anything
+    else (a command's error, a lost group, the database) in the loop's ``own``."""
+    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+    return redis_outage if unreachable and redis_outage is not None else own
 
 
 def error_kind(exc: BaseException) -> str:
@@ -293,14 +295,11 @@ class StreamConsumer(Generic[T]):
             except TRANSIENT_ERRORS as exc:
                 await stopped_within(stop, self._failed(exc))  # a stop cuts the pause short
                 continue
-            for outage in self._outages():
-                if outage.since is not None:
-                    outage.up()
+            self._outage.up()
+            if self.redis_outage is not None:
+                self.redis_outage.up()
             self.backoff.reset()
             return
-
-    def _outages(self) -> list[Outage]:
-        return [self._outage] if self.redis_outage is None else [self._outage, self.redis_outage]
 
     def _failed(self, exc: BaseException) -> float:
         """Count and log (once per outage) a server failure; returns the pause before the retry,
@@ -309,8 +308,7 @@ class StreamConsumer(Generic[T]):
         delay = self.backoff.next_delay()
         self.stats.retries += 1
         ERRORS.labels(self.component, error_kind(exc)).inc()
-        shared = self.redis_outage if redis_unreachable(exc) else None
-        (shared or self._outage).down(exc, delay)
+        outage_of(exc, self._outage, self.redis_outage).down(exc, delay)
         self._pending_first = True
         return delay
 

@@ -55,7 +55,6 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
                 raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
 
 
-
 def require_dsn(settings: WriterSettings) -> str:
     """The DSN, or a :class:`ConfigError` naming ``LIQ_PG_DSN``."""
     if not settings.pg_dsn.strip():

@@ -34,7 +34,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.metrics import DROPPED
 from shared.runtime import stopped_within
-from shared.streams import Message, SinkRetry, StreamConsumer, redis_unreachable
+from shared.streams import Message, SinkRetry, StreamConsumer, outage_of
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
@@ -160,10 +160,11 @@ class Writer:
             try:
                 await job()
             except (psycopg.Error, RedisError, OSError) as exc:
-                (shared if shared and redis_unreachable(exc) else own).down(exc, seconds)
+                outage_of(exc, own, shared).down(exc, seconds)
             else:
-                for outage in (own, shared) if shared else (own,):
-                    outage.up()
+                own.up()
+                if shared is not None:
+                    shared.up()
             await stopped_within(stop, seconds)
 
     async def _heartbeat(self) -> None:

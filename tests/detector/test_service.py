@@ -696,10 +696,10 @@ def test_the_detectors_endpoint_counts_events_cascades_and_drops_exactly(redis_u
 
 
 def test_every_eighth_event_fed_is_timed_into_the_hot_path_histogram(redis_url: str) -> None:
-    """17 events fed: the 8th and the 16th are timed (``TIMED_EVERY``), not one per event."""
+    """17 events fed: the 8th and the 16th are timed (``DETECT_TIMED_EVERY``), not one per event."""
     from prometheus_client import REGISTRY
 
-    from detector.service import TIMED_EVERY
+    from shared.metrics import DETECT_TIMED_EVERY
 
     def timed() -> float:
         return REGISTRY.get_sample_value("liq_detect_event_seconds_count") or 0.0
@@ -710,11 +710,11 @@ def test_every_eighth_event_fed_is_timed_into_the_hot_path_histogram(redis_url: 
         await put(client, events)
         det = detector(client, [BTC_SHARD])
         await det.run_until_idle()
-        return det.fed_count
+        return det.engine.events
 
     before = timed()
     assert run(redis_url, body) == 17
-    assert TIMED_EVERY == 8
+    assert DETECT_TIMED_EVERY == 8
     assert timed() - before == 2
 
 

@@ -254,4 +254,3 @@ def copy_rows(h: Harness, copy_from_stdin: str, types: Sequence[str],
     formatter = BinaryFormatter(transformer)
     data = b"".join(bytes(formatter.write_row(row)) for row in rows) + bytes(formatter.end())
     return h.copy(copy_from_stdin.replace("FROM STDIN", "FROM '/dev/blob'"), data)
-
