@@ -291,3 +291,20 @@ def test_sums_over_random_batches_match_pythons_exact_sums(redis_url: str) -> No
             checked += 1
     r.close()
     assert checked > 50
+
+
+@pytest.mark.parametrize(("stored", "after"), [
+    ("999999999999999", "1000000000000000"),  # 15 digits: added in the script, still exact
+    ("9007199254740993", "9007199254740994"),  # past a double's exact integers: HINCRBY adds it
+    ("999999999999999999", "1000000000000000000"),  # the longest count HINCRBY takes
+])
+def test_a_count_of_any_length_redis_can_add_to_goes_up_by_exactly_one(
+        redis_url: str, stored: str, after: str) -> None:
+    event = liq(price=67_210.0, quantity=1.0, timestamp_ms=1_729_512_000_000, event_id="c")
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    r.hset("liq:levels:BTCUSDT:67200:LONG", "count", stored)
+
+    _apply_in_batches(redis_url, [[event]])
+    level = r.hgetall("liq:levels:BTCUSDT:67200:LONG")
+    assert (level["count"], level["count:bybit"]) == (after, "1")
+    r.close()
