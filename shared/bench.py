@@ -43,6 +43,7 @@ from shared import codec, keys, logs
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
+from shared.runtime import settle_gc
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from shared.settings import CommonSettings, load
 from shared.streams import publish
@@ -105,7 +106,10 @@ def bare_loop(url: str, payloads: list[bytes]) -> float:
     return len(payloads) / elapsed
 
 
-def _consumer_factories(redis_url: str, pg_dsn: str | None) -> dict[str, Callable[[Any], Any]]:
+def _consumer_factories(redis_url: str, pg_dsn: str | None,
+                        live: bool = False) -> dict[str, Callable[[Any], Any]]:
+    """Each consumer as ``liq bench`` runs it: ``live`` for the end-to-end processes, with the
+    writer's batch age as deployed; a stage drained alone reads without pausing."""
     aggregator = importlib.import_module("aggregator.service")
     detector = importlib.import_module("detector.service")
     factories: dict[str, Callable[[Any], Any]] = {
@@ -114,7 +118,7 @@ def _consumer_factories(redis_url: str, pg_dsn: str | None) -> dict[str, Callabl
     }
     if pg_dsn:
         writer = importlib.import_module("writer.service")
-        factories["writer"] = lambda r: writer.bench_consumer(r, 1, pg_dsn)
+        factories["writer"] = lambda r: writer.bench_consumer(r, 1, pg_dsn, live)
     return factories
 
 
@@ -137,7 +141,8 @@ def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any, stop_f
                      cpu_report: Any) -> None:
     """One consumer process running its real loop (blocking reads) until ``stop_flag`` is set;
     it then reports the CPU seconds it used after start-up."""
-    make = _consumer_factories(url, pg_dsn)[name]
+    make = _consumer_factories(url, pg_dsn, live=True)[name]
+    settle_gc()  # as run_service does in the deployed process
 
     async def loop() -> None:
         client = make_async_redis(url)
@@ -161,6 +166,7 @@ def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any, stop_f
 
 def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> dict[str, Any]:
     n = len(events)
+    settle_gc()  # the baseline, the producer and each stage alone run here: as a deployed process
     baseline = bare_loop(url, [codec.encode(e) for e in events])
     result: dict[str, Any] = {"events": n, "bare_xadd_xreadgroup_per_s": round(baseline)}
     client = redis.Redis.from_url(url)

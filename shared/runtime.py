@@ -1,7 +1,8 @@
 """Process lifecycle: SIGINT/SIGTERM become a stop event; services drain, then log a summary.
 
 ``run_service(name, main)`` is what every ``liq <process>`` command calls: it configures logs,
-runs ``main(stop)`` under asyncio, and returns the exit code. ``main`` must return soon after
+settles the garbage collector (``settle_gc``), runs ``main(stop)`` under asyncio, and returns
+the exit code. ``main`` must return soon after
 ``stop`` is set, having finished (and acked) the batch in hand.
 
 ``die_with_parent`` is given to the processes ``liq up`` (and the test servers) start: if their
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import signal
 import sys
@@ -25,6 +27,24 @@ logger = logging.getLogger(__name__)
 
 ServiceMain = Callable[[asyncio.Event], Awaitable[None]]
 PR_SET_PDEATHSIG = 1
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The cyclic collector's thresholds in a running process (CPython's defaults: 700, 10, 10)."""
+
+
+def settle_gc() -> None:
+    """Take everything built so far (modules, settings) out of the cyclic garbage collector's
+    walks, and make its collections rarer.
+
+    A consumer makes thousands of short-lived objects per read (entries, events, rows). With
+    CPython's defaults, a collection every 700 of them walked the whole start-up heap (numpy,
+    redis, psycopg and their modules) again and again: measured with ``liq bench``'s market
+    events, each consumer alone, that was about half the writer's CPU (10.9 → 5.5 µs per
+    event), a third of the aggregator's (11.4 → 7.6) and a sixth of the detector's (14.5 →
+    10.1). Reference counting frees acyclic objects at once, as before; cycles are still
+    collected, less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:
@@ -74,6 +94,7 @@ def run_service(name: str, main: ServiceMain, log_level: str = "INFO") -> int:
     """Run a long-lived process until SIGINT/SIGTERM; 0 on a clean stop."""
     logs.configure(log_level, name)
     logger.info("%s starting", name)
+    settle_gc()
     try:
         asyncio.run(_main(main))
     except KeyboardInterrupt:

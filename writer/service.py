@@ -182,7 +182,12 @@ class Writer:
         await self.sink.aclose()
 
 
-def bench_consumer(redis: aioredis.Redis, shards: int, dsn: str) -> Writer:
-    """The writer over ``shards`` shard streams, for ``liq bench`` (default significance rules)."""
-    settings = WriterSettings(shards=shards, pg_dsn=dsn, batch_age_ms=0)
+def bench_consumer(redis: aioredis.Redis, shards: int, dsn: str, live: bool = False) -> Writer:
+    """The writer over ``shards`` shard streams, for ``liq bench`` (default significance rules).
+
+    ``live``: as deployed, a read that was not full waits out the batch age before the next
+    (a commit per batch age, not per read, while events trickle in); otherwise (a stage drained
+    alone) the reads follow each other."""
+    settings = WriterSettings(shards=shards, pg_dsn=dsn) if live else WriterSettings(
+        shards=shards, pg_dsn=dsn, batch_age_ms=0)
     return Writer(redis, settings, dsn, name="bench")
