@@ -185,6 +185,12 @@ class Engine:
         det.adopt(fields)
         self._activate(symbol, det, self.lane(lane))
 
+    def resume_ended(self, symbol: str, fields: dict[str, str]) -> None:
+        """Carry on after a cascade that a previous run ended (from its idle status hash)."""
+        through = fields.get("ended_through_ms")
+        if through:
+            self.detector(symbol).resume_ended(int(through))
+
     def fence(self, symbol: str) -> None:
         """Drop a rebuilt window and cascade without publishing anything."""
         det = self.symbols.get(symbol)

@@ -257,12 +257,22 @@ class SymbolDetector:
             }
         _, value = self.score_window()
         names = sorted({item.exchange for item in self.ring.live_items()})
-        return {
+        idle = {
             "state": "idle", "cascade_id": self.last_cascade_id, "risk_score": f"{value:.4f}",
             "band": scoring.band(value, self.params.band_edges), "count": str(len(self.ring)),
             "total_usd": f"{self.ring.total_usd:.2f}", "venues": ",".join(names),
             "updated_ms": str(updated_ms),
         }
+        if self.last_cascade_id:
+            idle["ended_through_ms"] = str(self.ended_through_ms)
+        return idle
+
+    def resume_ended(self, ended_through_ms: int) -> None:
+        """A cascade ended through ``ended_through_ms`` before a warm restart (its idle status
+        hash says so): its events the rebuild put back in the window leave it, and later copies
+        are refused, as after ``end`` (the rebuild may not reach back far enough to end it)."""
+        self.ended_through_ms = max(self.ended_through_ms, ended_through_ms)
+        self.ring.evict(self.ended_through_ms)
 
     def adopt(self, fields: dict[str, str]) -> None:
         """Continue the active cascade a status hash describes (published before a restart)."""

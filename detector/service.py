@@ -21,7 +21,10 @@ publishing anything:
    continues that cascade under its published id, totals and band, so neither the start nor
    an escalation already announced is published again, and its end will be;
 3. a cascade the rebuild opened that no active status hash confirms was published and ended
-   before (or never reached the rule live), so it is dropped with its window, silently.
+   before (or never reached the rule live), so it is dropped with its window, silently;
+4. an idle status hash names, as ``ended_through_ms``, the last event time of its symbol's last
+   ended cascade: the rebuilt events up to it leave the window, as that end had cleared them
+   (the rebuild's reach may start inside that cascade, too late to end it itself).
 
 Exactly-once publication across a crash: each status hash carries ``entry_id``, the newest
 stream entry of that symbol whose outputs it was written with (same script). An entry
@@ -349,6 +352,9 @@ class Detector:
                 adopted.add(symbol)
         for symbol in [s for s in self.engine.active if s not in adopted]:
             self.engine.fence(symbol)
+        for symbol, fields in statuses.items():
+            if symbol not in adopted:
+                self.engine.resume_ended(symbol, fields)
         self._anchor(self.shards)
         self.warmed = True
         if self.rebuilt or adopted:

@@ -105,7 +105,8 @@ def test_start_members_status_and_end(redis_url: str, r: syncredis.Redis) -> Non
     assert [(m.cascade_id, m.liquidation) for m in members(r)] == [(start.cascade_id, e) for e in BTC]
     assert status(r, "BTCUSDT") == {
         "state": "idle", "cascade_id": start.cascade_id, "risk_score": "0.0000", "band": "low", "count": "0",
-        "total_usd": "0.00", "venues": "", "updated_ms": str(CLOCK_START + 40_000), "entry_id": ids[-1]}
+        "total_usd": "0.00", "venues": "", "updated_ms": str(CLOCK_START + 40_000), "entry_id": ids[-1],
+        "ended_through_ms": str(T0 + 20_000)}
     assert 0 < r.ttl(keys.cascade_status("BTCUSDT")) <= keys.L2_TTL_SECONDS
     assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
 
@@ -741,3 +742,38 @@ def test_the_rebuild_reads_back_a_window_and_a_quiet_period_and_its_slack_no_fur
         return first.engine.events, restarted.rebuilt
 
     assert run(redis_url, body) == (4, 3)
+
+
+def test_a_restart_does_not_start_a_cascade_from_the_tail_of_one_that_ended_before_it(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """A cascade whose window begins before the rebuild's reach ended before the restart: its
+    later events, rebuilt into the window, are not counted again with the events after its end
+    (the end had cleared them, and refuses them as late)."""
+    from detector import service
+
+    settings = DetectorSettings(shards=4)
+    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
+    stream = keys.event_stream(BTC_SHARD)
+    last = T0 + 10 * reach
+    ended = [last - 103_000, last - 80_000, last - 70_000, last - 60_000, last - 50_000]
+    after_end = [last - 15_000, last]  # the first one ends the cascade (quiet since last - 50 s)
+    cascade_id = f"BTCUSDT-{ended[0]}"
+
+    def add(times: list[int], venue: str) -> None:
+        for ms in times:
+            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
+            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+
+    async def body(client: aioredis.Redis) -> None:
+        add(ended, "okx")
+        add(after_end, "bybit")
+        await detector(client, [BTC_SHARD]).run_until_idle()
+        restarted = detector(client, [BTC_SHARD])
+        await restarted.warm_start()
+        add([last + 5_000, last + 6_000], "gate")  # four events since the end: no rule
+        await restarted.run_until_idle()
+
+    run(redis_url, body)
+    assert [(c.phase, c.cascade_id, c.count) for c in cascades(r)] == [
+        ("start", cascade_id, 5), ("end", cascade_id, 5)]
+    assert len(members(r)) == 5
