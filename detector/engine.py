@@ -187,9 +187,8 @@ class Engine:
 
     def resume_ended(self, symbol: str, fields: dict[str, str]) -> None:
         """Carry on after a cascade that a previous run ended (from its idle status hash)."""
-        through = fields.get("ended_through_ms")
-        if through:
-            self.detector(symbol).resume_ended(int(through))
+        if fields.get("cascade_id") or fields.get("ended_through_ms"):
+            self.detector(symbol).resume_ended(fields)
 
     def fence(self, symbol: str) -> None:
         """Drop a rebuilt window and cascade without publishing anything."""

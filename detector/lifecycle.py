@@ -44,6 +44,8 @@ def ended_cascades(outputs: Iterable[Output], starts: dict[str, CascadeEvent]
         elif o.phase == "end":
             yield o, starts.pop(o.cascade_id, None)
 NO_OUTPUT: tuple[Output, ...] = ()
+NEVER = -(2**62)
+"""``ended_through_ms`` of a symbol none of whose cascades has ended."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class SymbolDetector:
         self.duplicates = 0
         self.cleared_ids: dict[str, int] = {}
         """Ids of events dropped by ``end``/``fence`` → their time, while they could be redelivered."""
-        self.ended_through_ms = -(2**62)
+        self.ended_through_ms = NEVER
         """The last event time of the cascade that ended last: an event at or before it arrives
         after its cascade, and must not start another (another venue's late copy of the same
         burst would otherwise start a second cascade with the same id)."""
@@ -234,8 +236,7 @@ class SymbolDetector:
     def fence(self) -> None:
         """Forget the window and any cascade without a message (used after a warm restart). A
         fenced cascade has ended: late copies of its events are refused as after its end."""
-        if self.cascade is not None:
-            self.last_cascade_id = self.cascade.cascade_id
+        if self.cascade is not None:  # its id may never have been published: the status hash's stays
             self.ended_through_ms = max(self.ended_through_ms, self.cascade.last_event_ms)
         self.cascade = None
         self._clear_window()
@@ -263,15 +264,18 @@ class SymbolDetector:
             "total_usd": f"{self.ring.total_usd:.2f}", "venues": ",".join(names),
             "updated_ms": str(updated_ms),
         }
-        if self.last_cascade_id:
+        if self.ended_through_ms > NEVER:
             idle["ended_through_ms"] = str(self.ended_through_ms)
         return idle
 
-    def resume_ended(self, ended_through_ms: int) -> None:
-        """A cascade ended through ``ended_through_ms`` before a warm restart (its idle status
-        hash says so): its events the rebuild put back in the window leave it, and later copies
-        are refused, as after ``end`` (the rebuild may not reach back far enough to end it)."""
-        self.ended_through_ms = max(self.ended_through_ms, ended_through_ms)
+    def resume_ended(self, fields: dict[str, str]) -> None:
+        """Carry on after the cascade an idle status hash names (ended before a warm restart):
+        the hash keeps naming it, its events the rebuild put back in the window leave it, and
+        later copies are refused, as after ``end`` (the rebuild may not reach back far enough
+        to end it, or may open and fence a piece of it under another id)."""
+        self.last_cascade_id = fields.get("cascade_id") or self.last_cascade_id
+        through = int(fields.get("ended_through_ms") or NEVER)
+        self.ended_through_ms = max(self.ended_through_ms, through)
         self.ring.evict(self.ended_through_ms)
 
     def adopt(self, fields: dict[str, str]) -> None:

@@ -777,3 +777,38 @@ def test_a_restart_does_not_start_a_cascade_from_the_tail_of_one_that_ended_befo
     assert [(c.phase, c.cascade_id, c.count) for c in cascades(r)] == [
         ("start", cascade_id, 5), ("end", cascade_id, 5)]
     assert len(members(r)) == 5
+
+
+def test_a_restarted_detector_keeps_naming_the_last_ended_cascade_in_the_idle_status(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """The idle status hash names the symbol's last cascade; a restart whose rebuild no longer
+    reaches that cascade's window (or opens and fences a piece of it under another id) keeps
+    the published id, and its end time, when it rewrites the hash."""
+    from detector import service
+
+    settings = DetectorSettings(shards=4)
+    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
+    stream = keys.event_stream(BTC_SHARD)
+    last = T0 + 10 * reach
+    burst = [last - 103_000 + k * 1_000 for k in range(8)]  # $200K in 8 s: its piece in reach holds
+    cascade_id = f"BTCUSDT-{burst[0]}"
+
+    def add(times: list[int], venue: str) -> None:
+        for ms in times:
+            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
+            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+
+    async def body(client: aioredis.Redis) -> None:
+        add(burst, "okx")
+        add([last], "bybit")  # ends the cascade
+        await detector(client, [BTC_SHARD]).run_until_idle()
+        restarted = detector(client, [BTC_SHARD])
+        await restarted.warm_start()  # rebuilds BTCUSDT-<burst[3]> from the burst's last 5, fences it
+        add([last + 5_000], "gate")
+        await restarted.run_until_idle()
+
+    run(redis_url, body)
+    assert [(c.phase, c.cascade_id) for c in cascades(r)] == [("start", cascade_id), ("end", cascade_id)]
+    shown = status(r, "BTCUSDT")
+    assert (shown["state"], shown["cascade_id"], shown["ended_through_ms"], shown["count"]) == (
+        "idle", cascade_id, str(burst[-1]), "2")
