@@ -244,36 +244,45 @@ class SymbolDetector:
     # -- the status hash ----------------------------------------------------------------------
 
     def status(self, updated_ms: int) -> dict[str, str]:
-        """The ``liq:cascade:status:{SYMBOL}`` fields (cascade totals while active, else window's)."""
+        """The ``liq:cascade:status:{SYMBOL}`` fields (cascade totals while active, else window's),
+        with ``ended_through_ms`` once a cascade has ended (a warm restart carries it on)."""
         c = self.cascade
-        if c is not None:
-            return {
-                "state": "active", "cascade_id": c.cascade_id, "risk_score": f"{c.score:.4f}",
-                "peak_risk_score": f"{c.peak:.4f}", "band": scoring.band(c.score, self.params.band_edges),
-                "published_band": BANDS[c.band_rank], "count": str(c.count),
-                "total_usd": f"{c.total_usd:.2f}", "long_usd": f"{c.long_usd:.2f}",
-                "short_usd": f"{c.short_usd:.2f}", "venues": ",".join(sorted(c.venues)),
-                "start_ms": str(c.start_ms), "detected_ms": str(c.detected_ms),
-                "last_event_ms": str(c.last_event_ms), "updated_ms": str(updated_ms),
-            }
+        fields = self._idle_status(updated_ms) if c is None else self._active_status(c, updated_ms)
+        if self.ended_through_ms > NEVER:
+            fields["ended_through_ms"] = str(self.ended_through_ms)
+        return fields
+
+    def _active_status(self, c: Cascade, updated_ms: int) -> dict[str, str]:
+        return {
+            "state": "active", "cascade_id": c.cascade_id, "risk_score": f"{c.score:.4f}",
+            "peak_risk_score": f"{c.peak:.4f}", "band": scoring.band(c.score, self.params.band_edges),
+            "published_band": BANDS[c.band_rank], "count": str(c.count),
+            "total_usd": f"{c.total_usd:.2f}", "long_usd": f"{c.long_usd:.2f}",
+            "short_usd": f"{c.short_usd:.2f}", "venues": ",".join(sorted(c.venues)),
+            "start_ms": str(c.start_ms), "detected_ms": str(c.detected_ms),
+            "last_event_ms": str(c.last_event_ms), "updated_ms": str(updated_ms),
+        }
+
+    def _idle_status(self, updated_ms: int) -> dict[str, str]:
         _, value = self.score_window()
         names = sorted({item.exchange for item in self.ring.live_items()})
-        idle = {
+        return {
             "state": "idle", "cascade_id": self.last_cascade_id, "risk_score": f"{value:.4f}",
             "band": scoring.band(value, self.params.band_edges), "count": str(len(self.ring)),
             "total_usd": f"{self.ring.total_usd:.2f}", "venues": ",".join(names),
             "updated_ms": str(updated_ms),
         }
-        if self.ended_through_ms > NEVER:
-            idle["ended_through_ms"] = str(self.ended_through_ms)
-        return idle
 
     def resume_ended(self, fields: dict[str, str]) -> None:
         """Carry on after the cascade an idle status hash names (ended before a warm restart):
-        the hash keeps naming it, its events the rebuild put back in the window leave it, and
-        later copies are refused, as after ``end`` (the rebuild may not reach back far enough
-        to end it, or may open and fence a piece of it under another id)."""
+        the hash keeps naming it (the rebuild may not reach back far enough to end it, or may
+        open and fence a piece of it under another id), and its end is restored."""
         self.last_cascade_id = fields.get("cascade_id") or self.last_cascade_id
+        self._restore_end(fields)
+
+    def _restore_end(self, fields: dict[str, str]) -> None:
+        """As after the end a status hash's ``ended_through_ms`` records: the ended cascade's
+        events the rebuild put back in the window leave it, and later copies are refused."""
         through = int(fields.get("ended_through_ms") or NEVER)
         self.ended_through_ms = max(self.ended_through_ms, through)
         self.ring.evict(self.ended_through_ms)
@@ -294,3 +303,4 @@ class SymbolDetector:
         if self.cascade is not None:
             c.factors = self.cascade.factors
         self.cascade = c
+        self._restore_end(fields)  # the window held the cascade's own events only

@@ -22,7 +22,7 @@ publishing anything:
    an escalation already announced is published again, and its end will be;
 3. a cascade the rebuild opened that no active status hash confirms was published and ended
    before (or never reached the rule live), so it is dropped with its window, silently;
-4. an idle status hash names, as ``ended_through_ms``, the last event time of its symbol's last
+4. a status hash names, as ``ended_through_ms``, the last event time of its symbol's last
    ended cascade: the rebuilt events up to it leave the window, as that end had cleared them
    (the rebuild's reach may start inside that cascade, too late to end it itself).
 

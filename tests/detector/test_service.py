@@ -812,3 +812,43 @@ def test_a_restarted_detector_keeps_naming_the_last_ended_cascade_in_the_idle_st
     shown = status(r, "BTCUSDT")
     assert (shown["state"], shown["cascade_id"], shown["ended_through_ms"], shown["count"]) == (
         "idle", cascade_id, str(burst[-1]), "2")
+
+
+def test_a_late_copy_of_an_ended_cascades_event_joins_no_cascade_continued_after_a_restart(
+        redis_url: str, r: syncredis.Redis) -> None:
+    """A cascade ended, another started on the same symbol, the detector restarted and continued
+    it: a late copy of the first cascade's burst (another venue's) is refused, as it was before
+    the restart, instead of joining the continued cascade and moving its start back."""
+    from detector import service
+
+    settings = DetectorSettings(shards=4)
+    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
+    stream = keys.event_stream(BTC_SHARD)
+    last = T0 + 10 * reach
+    first = [last - 103_000, last - 80_000, last - 70_000, last - 60_000, last - 50_000]
+    second = [last - 15_000 + k * 1_000 for k in range(5)] + [last - 5_000, last]  # ends the first
+    first_id, second_id = f"BTCUSDT-{first[0]}", f"BTCUSDT-{second[0]}"
+
+    def add(times: list[int], venue: str) -> None:
+        for ms in times:
+            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
+            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+
+    async def body(client: aioredis.Redis) -> None:
+        add(first, "okx")
+        add(second, "bybit")
+        await detector(client, [BTC_SHARD]).run_until_idle()
+        restarted = detector(client, [BTC_SHARD])
+        await restarted.warm_start()
+        late = ev((first[-1] - 2_000 - T0) / 1000, venue="gate", event_id="gate-late")
+        r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(late)}, id=f"{last + 1_000}-0")
+        await restarted.run_until_idle()
+
+    run(redis_url, body)
+    assert [(c.phase, c.cascade_id) for c in cascades(r)] == [
+        ("start", first_id), ("end", first_id), ("start", second_id)]
+    assert [m.liquidation.event_id for m in members(r) if m.cascade_id == second_id] == [
+        f"bybit-{ms}" for ms in second]
+    shown = status(r, "BTCUSDT")
+    assert (shown["state"], shown["cascade_id"], shown["count"], shown["start_ms"]) == (
+        "active", second_id, "7", str(second[0]))
