@@ -21,6 +21,7 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 from redis.connection import parse_url
@@ -94,11 +95,16 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def check_redis_url(url: str, variable: str = "LIQ_REDIS_URL") -> None:
-    """A :class:`ConfigError` naming ``variable`` unless redis-py can connect with ``url``."""
+    """A :class:`ConfigError` naming ``variable`` unless redis-py can connect with ``url`` as
+    written: it would read database 0 for a path that is no number (``/db1``), and refuse a
+    negative database or a protocol other than 2 or 3 only when it connects, at every retry."""
     try:
-        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]  # untyped in redis-py
     except ValueError as exc:
         raise ConfigError(variable, REDIS_URL_FORM, url) from exc
+    ignored_path = "db" not in options and url.startswith("redis") and urlsplit(url).path.strip("/")
+    if ignored_path or options.get("db", 0) < 0 or options.get("protocol", 2) not in (2, 3):
+        raise ConfigError(variable, REDIS_URL_FORM, url)
 
 
 def check_dsn(dsn: str) -> None:

@@ -28,6 +28,7 @@ BAD_VALUES = [
     ("LIQ_REDIS_URL", "", ["collect", "okx"], "a Redis URL"),
     ("LIQ_REDIS_URL", "", ["status"], "a Redis URL"),
     ("LIQ_REDIS_URL", "redis://127.0.0.1:port/0", ["aggregate"], "a Redis URL"),
+    ("LIQ_REDIS_URL", "redis://127.0.0.1:6379/db1", ["dlq", "list"], "a Redis URL"),
     ("LIQ_PG_DSN", "nonsense", ["write"], "a PostgreSQL connection string"),
     ("LIQ_PG_DSN", "nonsense", ["migrate"], "a PostgreSQL connection string"),
     ("LIQ_PG_DSN", "nonsense", ["status"], "a PostgreSQL connection string"),

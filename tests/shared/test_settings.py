@@ -130,3 +130,24 @@ def test_a_bound_names_the_form_the_bound_and_the_value(cls: type[msgspec.Struct
     with pytest.raises(ConfigError) as raised:
         load(cls, env)
     assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/db1", "redis://127.0.0.1:6379/-1", "redis://127.0.0.1:6379/0?db=-2",
+    "unix:///run/redis.sock?db=x", "redis://127.0.0.1:6379/0?protocol=4",
+])
+def test_a_redis_url_whose_database_or_protocol_redis_py_would_ignore_or_refuse_is_refused(url: str) -> None:
+    """redis-py drops a database that is no number (``/db1`` reads database 0: another system's
+    data) and meets a negative one or a protocol it lacks only when it connects, for ever."""
+    with pytest.raises(ConfigError) as err:
+        load(CommonSettings, {"LIQ_REDIS_URL": url})
+    assert (err.value.variable, err.value.got) == ("LIQ_REDIS_URL", url)
+    assert str(err.value).startswith("LIQ_REDIS_URL: expected a Redis URL: redis://HOST:PORT/DB")
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h:6379/15", "rediss://:pw@h:6380/2",
+    "unix:///run/redis.sock", "unix:///run/redis.sock?db=3", "redis://h/0?protocol=2",
+])
+def test_every_redis_url_form_redis_py_reads_as_written_is_taken(url: str) -> None:
+    assert load(CommonSettings, {"LIQ_REDIS_URL": url}).redis_url == url
