@@ -213,11 +213,10 @@ def status(as_json: bool, check: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render(report))
-    if "redis_error" in report or "error" in report.get("database", {}):
-        sys.exit(1)  # a server of the system does not answer
-    if check and report["problems"]:
+    if check:  # a server that does not answer is one of them
         for problem in report["problems"]:
             click.echo(f"problem: {problem}", err=True)
+    if "redis_error" in report or "error" in report.get("database", {}) or (check and report["problems"]):
         sys.exit(1)
 
 

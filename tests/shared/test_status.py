@@ -296,3 +296,30 @@ def test_a_group_is_flagged_when_redis_7_cannot_tell_its_lag(redis_url: str) -> 
     groups = {g["group"]: g for g in collect_status(redis_url, None, 1)["streams"][0]["groups"]}
     assert {name: (g["lag"], g["stalled"]) for name, g in groups.items()} == {
         keys.WRITER_GROUP: (None, True), keys.AGGREGATOR_GROUP: (0, False)}
+
+
+def test_status_check_lists_every_problem_when_a_server_does_not_answer(redis_url: str) -> None:
+    """A probe reading --check's stderr learns that Redis is down, and what else needs someone
+    (here dead letters, in the Redis that answers while PostgreSQL does not)."""
+    import redis as syncredis
+    from click.testing import CliRunner
+
+    from shared import keys
+    from shared.servers import free_port
+    from shared.status import status
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    result = CliRunner().invoke(status, ["--check"], env={"LIQ_REDIS_URL": down, "LIQ_PG_DSN": ""})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("problem: redis: Error 111 connecting to")
+    assert result.stderr.count("\n") == 1
+    client = syncredis.Redis.from_url(redis_url)
+    client.xadd(keys.dead_letter_stream(keys.event_stream(0)), {"reason": "bad", "group": "writer"})
+    client.close()
+    pg_down = f"postgresql://liq@127.0.0.1:{free_port()}/liq"
+    env = {"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": pg_down, "LIQ_SHARDS": "1"}
+    result = CliRunner().invoke(status, ["--check"], env=env)
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+    assert result.exit_code == 1 and len(problems) == 2
+    assert problems[0].startswith("problem: database: connection failed")
+    assert problems[1] == "problem: liq:{s0}:events:dlq: 1 dead letters (bad)"
