@@ -88,7 +88,11 @@ REPLACE_AT = 0.75
 """A venue that ends connections at a fixed age (``VenueSpec.max_connection_s``) gets a new
 connection at this fraction of it; the old one is closed once the new one is subscribed."""
 REMEMBER_ENTRIES = 5000
-"""Entries read from the tail of each event stream at start, for venues that replay on subscribe."""
+"""The venue's own liquidations read back from the tail of each event stream at start, for
+venues that replay on subscribe."""
+REMEMBER_SCAN = 50_000
+"""Entries of every venue looked at, at most, back from the end of each event stream to find
+them: other venues' liquidations share the streams (Bitfinex replays a row up to about 12 h old)."""
 PARSE_LOG_EVERY_S = 10.0
 
 
@@ -109,6 +113,14 @@ def closed_by_server(closed: ConnectionClosedOK) -> str:
         return "closed by server"
     detail = f"{frame.code} {frame.reason}".strip()
     return f"closed by server ({detail})"[:300]
+
+
+def _decoded(entry: Any) -> Liquidation | None:
+    """The liquidation of an event stream entry (``(id, fields)``); None when it does not decode."""
+    try:
+        return codec.decode_liquidation(codec.entry_payload(entry[1]))
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+        return None
 
 
 @dataclass
@@ -311,15 +323,24 @@ class Collector:
         """Seed the duplicate filter from the tail of each event stream; returns how many were new."""
         remembered = 0
         for stream in keys.event_streams(self.config.shards):
-            entries: Any = await self.config.redis.xrevrange(stream, count=REMEMBER_ENTRIES)
-            for _entry_id, fields in reversed(entries):
-                try:
-                    liq = codec.decode_liquidation(codec.entry_payload(fields))
-                except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-                    continue
-                if liq.exchange == self.config.venue.name and not self.dedupe.seen_before(liq):
-                    remembered += 1
+            for liq in reversed(await self._published_to(stream)):  # oldest first
+                remembered += not self.dedupe.seen_before(liq)
         return remembered
+
+    async def _published_to(self, stream: str) -> list[Liquidation]:
+        """This venue's newest liquidations in ``stream``, newest first: at most
+        ``REMEMBER_ENTRIES``, among at most ``REMEMBER_SCAN`` entries back from its end."""
+        mine: list[Liquidation] = []
+        newest, scanned = "+", 0
+        while len(mine) < REMEMBER_ENTRIES and scanned < REMEMBER_SCAN:
+            entries: Any = await self.config.redis.xrevrange(stream, max=newest, count=REMEMBER_ENTRIES)
+            scanned += len(entries)
+            decoded = (_decoded(entry) for entry in entries)
+            mine += [liq for liq in decoded if liq is not None and liq.exchange == self.config.venue.name]
+            if len(entries) < REMEMBER_ENTRIES:
+                break
+            newest = f"({reply_text(entries[-1][0])}"
+        return mine[:REMEMBER_ENTRIES]
 
     async def _relist_loop(self, stop: asyncio.Event, every_s: float) -> None:
         """Every ``every_s``, and after each instruments refresh (Lighter's markets come from its

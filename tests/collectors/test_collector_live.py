@@ -36,6 +36,7 @@ from shared.market import MarketEvent
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
+from tests import factories
 from tests.redistypes import Entries
 
 pytestmark = pytest.mark.integration
@@ -601,6 +602,50 @@ def test_a_restarted_collector_does_not_publish_the_replayed_snapshot_again(venu
     again = asyncio.run(run())
     assert again.published == 0
     assert len(stream_contents(redis_url)) == 4
+
+
+def _publish_other_venue(url: str, per_stream: int) -> None:
+    """``per_stream`` Bybit liquidations at the end of every event stream."""
+    client = syncredis.Redis.from_url(url)
+    pipe = client.pipeline(transaction=False)
+    for shard in range(SHARDS):
+        for n in range(per_stream):
+            other = factories.liq(exchange="bybit", timestamp_ms=T0 + n, event_id=f"other-{shard}-{n}")
+            pipe.xadd(keys.event_stream(shard), {codec.PAYLOAD_FIELD: codec.encode(other)})
+    pipe.execute()
+    client.close()
+
+
+def test_a_restarted_collector_remembers_what_it_published_behind_other_venues_liquidations(
+        redis_url: str) -> None:
+    """Bitfinex replays a row up to about 12 h old on subscribe; the other venues' liquidations
+    published since (many on a busy day, in the same shard streams) must not hide it from what a
+    restarted collector reads back: it is not published a second time."""
+    venue = "bitfinex"
+
+    async def one_run(exchange: ExchangeSimulator, emit: int) -> Collector:
+        config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
+                                 shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
+                                 instruments_every_s=None)
+        collector = Collector(config)
+        async with _running(collector):
+            await exchange.wait_subscribed(venue, len(collector.plans))
+            if emit:
+                sent = await exchange.emit(events(venue, T0, emit))
+                await collector.wait_until(lambda c: c.published == len(sent))
+            else:  # the row replayed on subscribe, judged one way or the other
+                await collector.wait_until(lambda c: c.health.events + c.health.duplicates == 1)
+        return collector
+
+    async def run() -> Collector:
+        async with ExchangeSimulator([venue]) as exchange:
+            await one_run(exchange, 4)
+            _publish_other_venue(redis_url, base_module.REMEMBER_ENTRIES)
+            return await one_run(exchange, 0)
+
+    again = asyncio.run(run())
+    assert (again.health.duplicates, again.published) == (1, 0)
+    assert len(stream_contents(redis_url)) == 4 + SHARDS * base_module.REMEMBER_ENTRIES
 
 
 def test_a_spool_the_disk_refused_is_used_again_once_it_can_be(
