@@ -93,6 +93,10 @@ venues that replay on subscribe."""
 REMEMBER_SCAN = 50_000
 """Entries of every venue looked at, at most, back from the end of each event stream to find
 them: other venues' liquidations share the streams (Bitfinex replays a row up to about 12 h old)."""
+RELIST_FIRST_S = 60.0
+"""A venue that ``relists`` is asked for its listing again this soon after the start, then twice
+as late each time up to the refresh period: a listing that failed at the start (the venue's few
+default symbols subscribed instead) is not left so for a whole period (6 h)."""
 PARSE_LOG_EVERY_S = 10.0
 
 
@@ -343,15 +347,18 @@ class Collector:
         return mine[:REMEMBER_ENTRIES]
 
     async def _relist_loop(self, stop: asyncio.Event, every_s: float) -> None:
-        """Every ``every_s``, and after each instruments refresh (Lighter's markets come from its
-        table), ask the venue's listing again and open connections (:meth:`_start`) for the
-        symbols listed since: a new listing is covered without a restart.
+        """Every ``every_s`` (sooner after the start, see ``RELIST_FIRST_S``), and after each
+        instruments refresh (Lighter's markets come from its table), ask the venue's listing again
+        and open connections (:meth:`_start`) for the symbols listed since: a new listing is
+        covered without a restart.
         The running connections stay as they are (a delisted symbol's topic just stays quiet)."""
         generation = 0
+        wait_s = min(RELIST_FIRST_S, every_s)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):  # a stop cancels this task
-                await asyncio.wait_for(self._relist_now.wait(), timeout=every_s)
+                await asyncio.wait_for(self._relist_now.wait(), timeout=wait_s)
             self._relist_now.clear()
+            wait_s = min(2 * wait_s, every_s)
             extra = await self._newly_listed(generation + 1)
             if extra:
                 generation += 1

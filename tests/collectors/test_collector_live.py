@@ -890,6 +890,37 @@ def test_a_symbol_the_venue_lists_after_the_start_is_subscribed_without_a_restar
     assert got == sorted(normalized(x).event_id for x in sent)
 
 
+def test_a_listing_that_failed_at_the_start_is_asked_again_soon(redis_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bybit's instruments-info failing once at the start (a timeout, a rate limit) leaves the
+    collector on its few default symbols; the listing is asked again within a minute, not after
+    the 6 h period, and the symbols it names are subscribed."""
+    from collectors.venues import bybit
+
+    calls: list[str] = []
+
+    def fetch_symbols(category: str, *_: Any) -> list[str]:
+        calls.append(category)
+        if len(calls) == 1:
+            raise OSError("instruments-info timed out")
+        return ["BTCUSDT", "NEWUSDT"] if category == "linear" else []
+
+    monkeypatch.setattr(bybit, "rest_url", lambda _base_url: "https://api.bybit.invalid")
+    monkeypatch.setattr(bybit, "fetch_symbols", fetch_symbols)
+    monkeypatch.setattr(base_module, "RELIST_FIRST_S", 0.05)
+
+    async def run() -> None:
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            config = CollectorConfig(venue=load_venue("bybit"), redis=make_async_redis(redis_url),
+                                     shards=SHARDS, base_url=exchange.urls["bybit"], health_every_s=0.05,
+                                     instruments_every_s=6 * 3600.0)
+            async with _running(Collector(config)) as collector:
+                assert "allLiquidation.NEWUSDT" not in collector.plans[0].new_session().on_open()[0]
+                await exchange.wait_subscribed("bybit", 1, topic="allLiquidation.NEWUSDT", timeout=10)
+
+    asyncio.run(run())
+
+
 def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Not a line per retry: an outage of an hour would otherwise log one every 30 s."""
