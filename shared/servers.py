@@ -236,6 +236,9 @@ class PostgresServer:
     data_dir: Path
     bin_dir: Path
     run_as: str | None
+    remove_on_stop: bool = False
+    """The data is throwaway and lives in a fallback folder of its own (``/var/lib/liq/pg-…``),
+    which ``stop`` removes: the caller removes the folder it asked for, never that one."""
 
     def _cmd(self, *args: str) -> list[str]:
         return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
@@ -251,6 +254,8 @@ class PostgresServer:
         pg_ctl = str(self.bin_dir / "pg_ctl")
         subprocess.run(self._cmd(pg_ctl, "-D", str(self.data_dir / "data"), "-m", "fast", "-w", "stop"),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=60)
+        if self.remove_on_stop:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def postgres_bin_dir() -> Path:
@@ -340,17 +345,20 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False,
 
     ``durable``: PostgreSQL's own defaults (fsync, full-page writes, synchronous commit), so a
     committed batch survives a crash of the machine, as the writer's XACK after commit assumes
-    (``liq up``). Otherwise those are off, for tests and benchmarks on throwaway data.
+    (``liq up``). Otherwise those are off, for tests and benchmarks on throwaway data, and a
+    fallback folder the data went to (see the module's docstring) is removed by ``stop``.
     """
     bin_dir = bin_dir or postgres_bin_dir()
     run_as = PG_SUPERUSER if os.geteuid() == 0 else None
     data_dir.mkdir(parents=True, exist_ok=True)
+    asked = data_dir
     if run_as:
         data_dir = _owned_data_dir(data_dir, run_as)
         bin_dir = _runnable_by(run_as, bin_dir)
     port = port or free_port()
     server = PostgresServer(dsn=f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}",
-                            port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as)
+                            port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as,
+                            remove_on_stop=not durable and data_dir != asked)
     pgdata = data_dir / "data"
     if not (pgdata / "PG_VERSION").exists():
         _run(server._cmd(str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",

@@ -347,3 +347,27 @@ def test_a_redis_restarted_on_its_data_is_ready_for_commands_when_start_returns(
     finally:
         slow.terminate()
         slow.wait(timeout=30)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_throwaway_postgres_in_the_fallback_folder_removes_it_when_stopped(
+        reachable_dir: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
+    """A folder the ``postgres`` user cannot reach (a private TMPDIR, a project under /root)
+    sends the data to ``/var/lib/liq/pg-…``. A throwaway server (``liq bench``, tests) left 50 MB
+    there at every run: its stop now removes it. ``liq up``'s durable data stays."""
+    from shared import servers
+
+    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
+    asked = reachable_dir / "private" / "pg"
+    reachable = servers._reachable
+    monkeypatch.setattr(servers, "_reachable",  # as if the folder were mode 0700, under /root
+                        lambda user, path, write=True: path != asked and reachable(user, path, write))
+    server = start_postgres(asked, durable=durable)
+    try:
+        assert server.data_dir.parent == reachable_dir / "fallback"
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        server.stop()
+    assert server.data_dir.exists() is durable
+    assert asked.is_dir(), "the folder asked for is the caller's to remove"
