@@ -575,29 +575,35 @@ def test_the_collector_keeps_the_heartbeat_rules_the_simulated_venue_enforces(ve
     asyncio.run(run())
 
 
+async def _one_run(redis_url: str, exchange: ExchangeSimulator, venue: str, emit: int,
+                   judged: Callable[[Collector], bool] | None = None) -> Collector:
+    """One collector process's life: subscribe, then publish ``emit`` new liquidations, or
+    (``emit`` 0) wait until ``judged`` holds for what the venue replayed on subscribe."""
+    config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
+                             shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
+                             instruments_every_s=None)
+    collector = Collector(config)
+    async with _running(collector):
+        await exchange.wait_subscribed(venue, len(collector.plans))
+        if emit:
+            sent = await exchange.emit(events(venue, T0, emit))
+            await collector.wait_until(lambda c: c.published == len(sent))
+        elif judged is not None:
+            await collector.wait_until(judged)
+    return collector
+
+
 @pytest.mark.parametrize("venue", sorted(REPLAYING))
 def test_a_restarted_collector_does_not_publish_the_replayed_snapshot_again(venue: str,
                                                                             redis_url: str) -> None:
     """OKX and Bitfinex send recent liquidations again on each subscribe; a new process has
     forgotten what it published, unless it reads it back from the streams first."""
-    async def one_run(exchange: ExchangeSimulator, emit: int) -> Collector:
-        config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
-                                 shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
-                                 instruments_every_s=None)
-        collector = Collector(config)
-        async with _running(collector):
-            await exchange.wait_subscribed(venue, len(collector.plans))
-            if emit:
-                sent = await exchange.emit(events(venue, T0, emit))
-                await collector.wait_until(lambda c: c.published == len(sent))
-            else:  # the snapshot replayed on subscribe (OKX: all four, Bitfinex: the last) is judged
-                await collector.wait_until(lambda c: c.health.duplicates >= 1)
-        return collector
-
     async def run() -> Collector:
         async with ExchangeSimulator([venue]) as exchange:
-            await one_run(exchange, 4)
-            return await one_run(exchange, 0)  # a new process; the venue sent nothing new
+            await _one_run(redis_url, exchange, venue, 4)
+            # a new process; the venue sent nothing new. The snapshot replayed on subscribe
+            # (OKX: all four, Bitfinex: the last) is judged
+            return await _one_run(redis_url, exchange, venue, 0, lambda c: c.health.duplicates >= 1)
 
     again = asyncio.run(run())
     assert again.published == 0
@@ -623,25 +629,13 @@ def test_a_restarted_collector_remembers_what_it_published_behind_other_venues_l
     restarted collector reads back: it is not published a second time."""
     venue = "bitfinex"
 
-    async def one_run(exchange: ExchangeSimulator, emit: int) -> Collector:
-        config = CollectorConfig(venue=load_venue(venue), redis=make_async_redis(redis_url),
-                                 shards=SHARDS, base_url=exchange.urls[venue], health_every_s=0.05,
-                                 instruments_every_s=None)
-        collector = Collector(config)
-        async with _running(collector):
-            await exchange.wait_subscribed(venue, len(collector.plans))
-            if emit:
-                sent = await exchange.emit(events(venue, T0, emit))
-                await collector.wait_until(lambda c: c.published == len(sent))
-            else:  # the row replayed on subscribe, judged one way or the other
-                await collector.wait_until(lambda c: c.health.events + c.health.duplicates == 1)
-        return collector
-
     async def run() -> Collector:
         async with ExchangeSimulator([venue]) as exchange:
-            await one_run(exchange, 4)
+            await _one_run(redis_url, exchange, venue, 4)
             _publish_other_venue(redis_url, base_module.REMEMBER_ENTRIES)
-            return await one_run(exchange, 0)
+            # the row replayed on subscribe, judged one way or the other
+            return await _one_run(redis_url, exchange, venue, 0,
+                                  lambda c: c.health.events + c.health.duplicates == 1)
 
     again = asyncio.run(run())
     assert (again.health.duplicates, again.published) == (1, 0)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -15,7 +16,7 @@ import redis as syncredis
 import redis.asyncio as aioredis
 
 from detector.config import DetectorSettings
-from detector.service import Detector, consumer_name
+from detector.service import REBUILD_SLACK_MS, Detector, consumer_name
 from shared import codec, keys, servers
 from shared.backoff import Backoff
 from shared.clock import FakeClock
@@ -723,12 +724,7 @@ def test_the_rebuild_reads_back_a_window_and_a_quiet_period_and_its_slack_no_fur
         redis_url: str, r: syncredis.Redis) -> None:
     """The warm restart feeds the entries from ``window + quiet + 10 s`` before the group's last
     delivered one (that edge included), not one millisecond older."""
-    from detector import service
-
-    settings = DetectorSettings(shards=4)
-    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
-    stream = keys.event_stream(BTC_SHARD)
-    last = T0 + 10 * reach
+    stream, last, reach = BTC_SHARD_STREAM, far_past_reach(), REBUILD_REACH_MS
     times = [last - reach - 1, last - reach, last - 1, last]
 
     async def body(client: aioredis.Redis) -> tuple[int, int]:
@@ -744,32 +740,49 @@ def test_the_rebuild_reads_back_a_window_and_a_quiet_period_and_its_slack_no_fur
     assert run(redis_url, body) == (4, 3)
 
 
+BTC_SHARD_STREAM = keys.event_stream(BTC_SHARD)
+
+
+REBUILD_REACH_MS = (DetectorSettings().window_ms + DetectorSettings().quiet_ms + REBUILD_SLACK_MS)
+"""How far back the warm start rebuilds: the window, the quiet period and the slack."""
+
+
+def far_past_reach() -> int:
+    """A time for the last event far enough from T0 that the rebuild reaches back past T0."""
+    return T0 + 10 * REBUILD_REACH_MS
+
+
+async def drained_then_restarted(client: aioredis.Redis) -> Detector:
+    """A detector drains the BTC shard; a new one (the restart) warm-starts after it."""
+    await detector(client, [BTC_SHARD]).run_until_idle()
+    restarted = detector(client, [BTC_SHARD])
+    await restarted.warm_start()
+    return restarted
+
+
+def add_at(r: syncredis.Redis, stream: str, times: list[int], venue: str) -> None:
+    """One ``venue`` liquidation at each of ``times`` (ms), that time its entry id too."""
+    for ms in times:
+        entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
+        r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+
+
 def test_a_restart_does_not_start_a_cascade_from_the_tail_of_one_that_ended_before_it(
         redis_url: str, r: syncredis.Redis) -> None:
     """A cascade whose window begins before the rebuild's reach ended before the restart: its
     later events, rebuilt into the window, are not counted again with the events after its end
     (the end had cleared them, and refuses them as late)."""
-    from detector import service
-
-    settings = DetectorSettings(shards=4)
-    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
-    stream = keys.event_stream(BTC_SHARD)
-    last = T0 + 10 * reach
+    stream, last = BTC_SHARD_STREAM, far_past_reach()
     ended = [last - 103_000, last - 80_000, last - 70_000, last - 60_000, last - 50_000]
     after_end = [last - 15_000, last]  # the first one ends the cascade (quiet since last - 50 s)
     cascade_id = f"BTCUSDT-{ended[0]}"
 
-    def add(times: list[int], venue: str) -> None:
-        for ms in times:
-            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
-            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+    add = partial(add_at, r, stream)
 
     async def body(client: aioredis.Redis) -> None:
         add(ended, "okx")
         add(after_end, "bybit")
-        await detector(client, [BTC_SHARD]).run_until_idle()
-        restarted = detector(client, [BTC_SHARD])
-        await restarted.warm_start()
+        restarted = await drained_then_restarted(client)
         add([last + 5_000, last + 6_000], "gate")  # four events since the end: no rule
         await restarted.run_until_idle()
 
@@ -784,19 +797,11 @@ def test_a_restarted_detector_keeps_naming_the_last_ended_cascade_in_the_idle_st
     """The idle status hash names the symbol's last cascade; a restart whose rebuild no longer
     reaches that cascade's window (or opens and fences a piece of it under another id) keeps
     the published id, and its end time, when it rewrites the hash."""
-    from detector import service
-
-    settings = DetectorSettings(shards=4)
-    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
-    stream = keys.event_stream(BTC_SHARD)
-    last = T0 + 10 * reach
+    stream, last = BTC_SHARD_STREAM, far_past_reach()
     burst = [last - 103_000 + k * 1_000 for k in range(8)]  # $200K in 8 s: its piece in reach holds
     cascade_id = f"BTCUSDT-{burst[0]}"
 
-    def add(times: list[int], venue: str) -> None:
-        for ms in times:
-            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
-            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+    add = partial(add_at, r, stream)
 
     async def body(client: aioredis.Redis) -> None:
         add(burst, "okx")
@@ -819,27 +824,17 @@ def test_a_late_copy_of_an_ended_cascades_event_joins_no_cascade_continued_after
     """A cascade ended, another started on the same symbol, the detector restarted and continued
     it: a late copy of the first cascade's burst (another venue's) is refused, as it was before
     the restart, instead of joining the continued cascade and moving its start back."""
-    from detector import service
-
-    settings = DetectorSettings(shards=4)
-    reach = settings.window_ms + settings.quiet_ms + service.REBUILD_SLACK_MS
-    stream = keys.event_stream(BTC_SHARD)
-    last = T0 + 10 * reach
+    stream, last = BTC_SHARD_STREAM, far_past_reach()
     first = [last - 103_000, last - 80_000, last - 70_000, last - 60_000, last - 50_000]
     second = [last - 15_000 + k * 1_000 for k in range(5)] + [last - 5_000, last]  # ends the first
     first_id, second_id = f"BTCUSDT-{first[0]}", f"BTCUSDT-{second[0]}"
 
-    def add(times: list[int], venue: str) -> None:
-        for ms in times:
-            entry = ev((ms - T0) / 1000, venue=venue, event_id=f"{venue}-{ms}")
-            r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(entry)}, id=f"{ms}-0")
+    add = partial(add_at, r, stream)
 
     async def body(client: aioredis.Redis) -> None:
         add(first, "okx")
         add(second, "bybit")
-        await detector(client, [BTC_SHARD]).run_until_idle()
-        restarted = detector(client, [BTC_SHARD])
-        await restarted.warm_start()
+        restarted = await drained_then_restarted(client)
         late = ev((first[-1] - 2_000 - T0) / 1000, venue="gate", event_id="gate-late")
         r.xadd(stream, {codec.PAYLOAD_FIELD: codec.encode(late)}, id=f"{last + 1_000}-0")
         await restarted.run_until_idle()
