@@ -4,7 +4,9 @@ Columns (one numpy array each, allocated once): exchange time, notional, price, 
 (1 = long liquidated), venue index, and the event's weight for the count rule (1.0, or more
 for a sampled feed whose 1-per-second cap is binding, see ``detector.scoring``). A parallel
 Python list keeps the Liquidation objects, so the detector can publish a window's events as
-cascade members without copying them.
+cascade members without copying them, and another each event's contribution to the running
+sums as one tuple, which an eviction takes back (reading six numpy scalars one at a time cost
+more than the rest of an eviction).
 
 Running sums move by O(1) on every push and eviction, so neither the cascade rule nor the
 risk score scans an array: weighted count, notional (total, long, short, institutional),
@@ -42,13 +44,17 @@ IntArray = npt.NDArray[np.int64]
 G = TypeVar("G", bound=np.generic)
 _NEVER = -(2**62)
 INITIAL_SLOTS = 64
+Part = tuple[float, float, bool, int, float, int]
+"""An event's contribution: USD (0 when unknown), price, long, venue, weight, time (ms)."""
+_NO_PART: Part = (0.0, 0.0, False, 0, 0.0, _NEVER)
 
 
 class Ring:
     """The live window of one symbol."""
 
     __slots__ = (
-        "_alloc", "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_t0", "_venue_n", "_venue_t",
+        "_alloc", "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_parts", "_t0", "_venue_n",
+        "_venue_t",
         "capacity", "count",
         "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
         "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
@@ -70,6 +76,8 @@ class Ring:
         self.venue: npt.NDArray[np.int16] = np.zeros(self._alloc, dtype=np.int16)
         self.weight: FloatArray = np.zeros(self._alloc, dtype=np.float64)
         self.items: list[Liquidation | None] = [None] * self._alloc
+        self._parts: list[Part] = [_NO_PART] * self._alloc
+        """Per slot, what its event added to the running sums (``_move``'s arguments)."""
         self.last_sampled: list[int] = [_NEVER] * n_venues
         self._venue_n: list[int] = [0] * n_venues
         self._venue_t: list[float] = [0.0] * n_venues
@@ -128,6 +136,7 @@ class Ring:
         self.venue[i] = venue
         self.weight[i] = weight
         self.items[i] = item
+        self._parts[i] = (usd, item.price, is_long, venue, weight, ts)
         self._ids.add(item.event_id)
         self.size += 1
         self._move(usd, item.price, is_long, venue, weight, ts, 1)
@@ -173,6 +182,8 @@ class Ring:
             setattr(self, name, new)
         live = [self.items[(self.tail + k) % self._alloc] for k in range(self.size)]
         self.items = [*live, *([None] * (size - self.size))]
+        parts = [self._parts[(self.tail + k) % self._alloc] for k in range(self.size)]
+        self._parts = [*parts, *([_NO_PART] * (size - self.size))]
         self.tail = 0
         self._alloc = size
 
@@ -187,8 +198,8 @@ class Ring:
         if self.size == 0:
             self._zero_sums()  # exact zeros: no drift from float subtraction
             return
-        self._move(float(self.notional[i]), float(self.price[i]), bool(self.is_long[i]), int(self.venue[i]),
-                   float(self.weight[i]), int(self.ts[i]), -1)
+        usd, price, is_long, venue, weight, ts = self._parts[i]
+        self._move(usd, price, is_long, venue, weight, ts, -1)
 
     def evict(self, cutoff_ms: int) -> int:
         """Drop the events whose time is <= ``cutoff_ms``; return how many left.
@@ -197,7 +208,7 @@ class Ring:
         the window is compacted, since a late event behind a newer one would otherwise stay
         counted after its time left the window."""
         dropped = 0
-        while self.size and self.ts[self.tail] <= cutoff_ms:
+        while self.size and self._parts[self.tail][5] <= cutoff_ms:
             self._drop_tail()
             dropped += 1
         if self._late_live and self.size and bool((self.column(self.ts) <= cutoff_ms).any()):
