@@ -9,8 +9,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from shared import keys
-from shared.levels import DEFAULT_LEVEL_SIZES, level_of
-from shared.models import Liquidation
+from shared.levels import DEFAULT_LEVEL_SIZES, level_index, level_size, price_level
+from shared.models import Liquidation, Side
+
+LEVEL_KEYS_KEPT = 100_000
+"""Level keys :class:`LevelKeys` remembers at most (then it starts again): about 20 MB."""
 
 
 def bucket_start(timestamp_ms: int, bucket_ms: int = keys.BUCKET_MS) -> int:
@@ -30,8 +33,27 @@ SIDE_FIELDS: dict[str, tuple[str, str]] = {
 """A bucket's per-side field names."""
 
 
-def fold(liquidations: Iterable[Liquidation],
-         sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> dict[str, HashDelta]:
+class LevelKeys:
+    """The ``liq:levels:*`` key of a liquidation, remembered by symbol, side and level: building
+    it (the level to 12 significant digits, then the key) was the larger part of folding, and
+    prices keep landing on the same levels."""
+
+    def __init__(self, sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES) -> None:
+        self.sizes = sizes
+        self._known: dict[tuple[str, Side, float, int], str] = {}
+
+    def of(self, liq: Liquidation) -> str:
+        size = level_size(liq.base, liq.price, self.sizes)
+        level = (liq.symbol, liq.side, size, level_index(liq.price, size))
+        key = self._known.get(level)
+        if key is None:
+            if len(self._known) >= LEVEL_KEYS_KEPT:
+                self._known.clear()
+            key = self._known[level] = keys.price_level(liq.symbol, price_level(liq.price, size), liq.side)
+        return key
+
+
+def fold(liquidations: Iterable[Liquidation], level_keys: LevelKeys | None = None) -> dict[str, HashDelta]:
     """All hash increments a batch causes, one entry per Redis key.
 
     Per liquidation, its price-level hash gets ``count``, ``count:{exchange}``, ``value_usd``,
@@ -42,13 +64,14 @@ def fold(liquidations: Iterable[Liquidation],
     """
     deltas: dict[str, HashDelta] = {}
     per_exchange: dict[str, tuple[str, str]] = {}
+    level_key_of = (level_keys or LevelKeys()).of
     for liq in liquidations:
         value = liq.notional_usd if liq.notional_known else 0.0
         names = per_exchange.get(liq.exchange)
         if names is None:
             names = per_exchange[liq.exchange] = (f"count:{liq.exchange}", f"value_usd:{liq.exchange}")
         exchange_count, exchange_value = names
-        level_key = keys.price_level(liq.symbol, level_of(liq.base, liq.price, sizes), liq.side)
+        level_key = level_key_of(liq)
         level = deltas.get(level_key) or deltas.setdefault(level_key, HashDelta())
         counts, sums = level.counts, level.sums
         counts["count"] = counts.get("count", 0) + 1

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from msgspec.msgpack import encode as msgpack_encode
 from redis.exceptions import ResponseError
 
-from aggregator.buckets import fold
+from aggregator.buckets import LevelKeys, fold
 from shared import codec, keys
 from shared.levels import DEFAULT_LEVEL_SIZES
 from shared.metrics import EVENTS_OUT
@@ -177,14 +177,14 @@ class Aggregator:
     def __init__(self, redis: aioredis.Redis, level_sizes: Mapping[str, float] = DEFAULT_LEVEL_SIZES,
                  ttl_s: int = keys.L2_TTL_SECONDS, consumer: str | None = None) -> None:
         self.redis = redis
-        self.level_sizes = level_sizes
+        self.level_keys = LevelKeys(level_sizes)
         self.ttl_s = ttl_s
         self.consumer = consumer or consumer_name()
         """The consumer whose entries the batches are (the script claims them for it)."""
         self.apply_batch = redis.register_script(APPLY_BATCH_LUA)
 
     async def handle(self, messages: list[Message[Liquidation]]) -> None:
-        deltas = fold((m.value for m in messages), self.level_sizes)
+        deltas = fold((m.value for m in messages), self.level_keys)
         by_stream: dict[str, list[str]] = {}
         for m in messages:
             by_stream.setdefault(m.stream, []).append(m.id)

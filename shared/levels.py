@@ -25,11 +25,15 @@ def level_size(base: str, price: float, overrides: Mapping[str, float] = DEFAULT
     return float(10.0 ** (math.floor(math.log10(price)) - 2))
 
 
+def level_index(price: float, size: float) -> int:
+    """Which level of ``size`` holds ``price``, counted from 0 (67234.5 with size 100 → 672)."""
+    return math.floor(price / size + 1e-9)
+
+
 def price_level(price: float, size: float) -> float:
     """Start of the level containing ``price`` (67234.5 with size 100 → 67200). Rounded to 12
     significant digits (not decimal places: a level of 4e-11 must not become 0)."""
-    level = math.floor(price / size + 1e-9) * size
-    return float(f"{level:.12g}")
+    return float(f"{level_index(price, size) * size:.12g}")
 
 
 def check_level_sizes(sizes: Mapping[str, float], variable: str = "LIQ_LEVEL_SIZES") -> None:

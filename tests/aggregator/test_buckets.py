@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 import pytest
 
-from aggregator.buckets import bucket_start, fold
-from shared.levels import level_size, price_level
+from aggregator import buckets
+from aggregator.buckets import LevelKeys, bucket_start, fold
+from shared import keys
+from shared.levels import level_of, level_size, price_level
 from tests.factories import liq
 
 
@@ -88,3 +92,21 @@ def test_level_size_settings_name_base_assets_in_any_case_for_both_consumers() -
     assert level_of("BTC", 67_260.0, sizes) == 67_250.0
     writer = Writer(None, load(WriterSettings, env), "postgresql://unused", name="t")  # type: ignore[arg-type]
     assert writer.level_sizes == sizes
+
+
+def test_a_remembered_level_key_is_the_key_the_level_rule_makes_even_when_the_memory_restarts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Property: over prices spanning 16 orders of magnitude, on levels hit again and again
+    and with a memory that fills and starts again, every key is the one ``shared.levels``
+    and ``shared.keys`` make without it."""
+    monkeypatch.setattr(buckets, "LEVEL_KEYS_KEPT", 50)
+    rng = random.Random(20261202)
+    sizes = {"BTC": 100.0, "ETH": 10.0, "PEPE": 1e-9}
+    level_keys = LevelKeys(sizes)
+    for k in range(5000):
+        symbol = rng.choice(["BTCUSDT", "ETHUSDT", "PEPEUSDT", "DOGEUSDT", "DUSTUSDT"])
+        price = rng.choice([67_200.0, 99.999999999, 1e-7 * 3]) if k % 3 == 0 else 10 ** rng.uniform(-8, 8)
+        event = liq(symbol=symbol, price=price, side=rng.choice(["long", "short"]))
+        expected = keys.price_level(event.symbol, level_of(event.base, event.price, sizes), event.side)
+        assert level_keys.of(event) == expected, (symbol, price)
+    assert len(level_keys._known) <= 50
