@@ -19,7 +19,8 @@ publishing anything:
    that were never published, which the consumer re-reads and publishes as usual;
 2. then every ``state=active`` status hash of the process's shards is *adopted*: the engine
    continues that cascade under its published id, totals and band, so neither the start nor
-   an escalation already announced is published again, and its end will be;
+   an escalation already announced is published again, and its end will be (on a shard
+   the rebuild fed nothing, its stream trimmed or deleted, timed by the clock less the lag);
 3. a cascade the rebuild opened that no active status hash confirms was published and ended
    before (or never reached the rule live), so it is dropped with its window, silently;
 4. a status hash names, as ``ended_through_ms``, the last event time of its symbol's last
@@ -246,6 +247,15 @@ class Detector:
         for shard in shards:
             self._anchors[shard] = (self.engine.lane(shard).watermark, now)
 
+    def _anchor_to_clock(self, adopted: Iterable[str]) -> None:
+        """A shard the rebuild fed nothing (its stream trimmed or deleted) has no event time to
+        carry forward: where it holds an adopted cascade, its time is the clock's less the lag,
+        where live ticks bring an idle shard's time, so the cascade ends on that schedule."""
+        lag_ms = int(self.settings.tick_lag_s * 1000)
+        for shard in {keys.shard_of(symbol, self.settings.shards) for symbol in adopted}:
+            if self.engine.lane(shard).watermark == 0:
+                self._anchors[shard] = (self.clock.now_ms() - lag_ms, self.clock.monotonic())
+
     def tick_time(self, shard: int) -> int:
         """A shard's exchange time now: its lane's watermark at its last feed, carried forward
         by the clock since then (not from the watermark earlier ticks moved: that would count
@@ -356,6 +366,7 @@ class Detector:
             if symbol not in adopted:
                 self.engine.resume_ended(symbol, fields)
         self._anchor(self.shards)
+        self._anchor_to_clock(adopted)
         self.warmed = True
         if self.rebuilt or adopted:
             logger.info("%s: rebuilt windows from %d entries, continuing %d active cascade(s)",

@@ -312,6 +312,41 @@ def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_
     assert [c.phase for c in cascades(r)] == ["start", "end"]
 
 
+@pytest.mark.parametrize("lose", ["deleted", "trimmed"])
+def test_an_adopted_cascade_on_a_shard_with_no_entries_left_ends_on_the_live_schedule_once(
+        redis_url: str, r: syncredis.Redis, lose: str) -> None:
+    """The shard's stream was deleted or trimmed before a restart: the rebuild feeds nothing, but
+    the cascade its status hash keeps active ends after 30 s of quiet on the live ticks' clock
+    (the wall clock less the lag, as without the restart: second 31), once."""
+    clock = FakeClock(T0 + 21_000)  # the last event is at T0 + 20 s
+    stream = keys.event_stream(BTC_SHARD)
+
+    async def ticks(det: Detector) -> list[int]:
+        await det.run_until_idle()
+        ended_at = []
+        for second in range(1, 41):
+            clock.advance(1.0)
+            if await det.tick():
+                ended_at.append(second)
+        return ended_at
+
+    async def body(client: aioredis.Redis) -> tuple[list[int], list[int]]:
+        await put(client, BTC)
+        await detector(client, [BTC_SHARD], clock).run_until_idle()
+        if lose == "deleted":
+            r.delete(stream)
+        else:
+            r.xtrim(stream, maxlen=0)
+        first = await ticks(detector(client, [BTC_SHARD], clock))
+        return first, await ticks(detector(client, [BTC_SHARD], clock))
+
+    assert run(redis_url, body) == ([31], [])
+    cascade_id = f"BTCUSDT-{T0}"
+    assert [(c.phase, c.cascade_id, c.count) for c in cascades(r)] == [
+        ("start", cascade_id, 5), ("end", cascade_id, 5)]
+    assert (status(r, "BTCUSDT")["state"], status(r, "BTCUSDT")["cascade_id"]) == ("idle", cascade_id)
+
+
 def test_an_entry_replayed_for_another_group_is_neither_fed_nor_rebuilt(redis_url: str,
                                                                          r: syncredis.Redis) -> None:
     """``liq dlq replay --group writer`` adds the event back with ``for=writer``: the detector
