@@ -15,6 +15,8 @@ Events older than the window (relative to the newest one of the symbol) and repe
 ``event_id`` values are ignored (``late``/``duplicates`` count them): an id is remembered
 while it is in the window, and after the window is cleared (end, fence) for as long as it
 could still be inside one, so a redelivered event of an ended cascade cannot start another.
+An event whose scoring raises is taken back out of the window, so its redelivery fails again
+and the consumer dead-letters it (``shared.streams``) instead of acking it as a duplicate.
 """
 
 from __future__ import annotations
@@ -170,19 +172,24 @@ class SymbolDetector:
     # -- the lifecycle ------------------------------------------------------------------------
 
     def on_event(self, liq: Liquidation, venue: int) -> tuple[Output, ...] | list[Output]:
+        sampled_ms = self.ring.last_sampled[venue]
         if not self._admit(liq, venue):
             return NO_OUTPUT
-        c = self.cascade
-        holds = self.holds()
-        if c is None:
-            return self._start() if holds else NO_OUTPUT
+        try:  # the cascade changes only once the score is known: a failure leaves it as it was
+            c = self.cascade
+            holds = self.holds()
+            if c is None:
+                return self._start() if holds else NO_OUTPUT
+            f, value = self.score_window()
+            rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
+        except Exception:
+            self._withdraw(liq, venue, sampled_ms)
+            raise
         c.add(liq)
         if holds and self.ring.newest_ms > c.last_hold_ms:  # the window's time, even for a late event
             c.last_hold_ms = self.ring.newest_ms
-        f, value = self.score_window()
         c.rescore(f, value)
         out: list[Output] = [CascadeMember(cascade_id=c.cascade_id, risk_score=value, liquidation=liq)]
-        rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
         if rank > c.band_rank:
             c.band_rank = rank
             out.append(c.message("escalate", liq.timestamp_ms, self.params.band_edges))
@@ -199,10 +206,23 @@ class SymbolDetector:
         f, value = self.score_window()
         c.rescore(f, value)
         c.band_rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
-        self.cascade = c
         out: list[Output] = [c.message("start", ts, self.params.band_edges)]
         out += [CascadeMember(cascade_id=c.cascade_id, risk_score=value, liquidation=item) for item in items]
+        self.cascade = c
         return out
+
+    def _withdraw(self, liq: Liquidation, venue: int, sampled_ms: int) -> None:
+        """Take back an event whose handling failed after it entered the window, so that its
+        redelivery is handled (and fails) again, to be dead-lettered, instead of being refused
+        as a duplicate. Its time stays seen, as by its lane: what it evicted stays out."""
+        ring = self.ring
+        kept = [(item, int(v), float(w)) for item, v, w in zip(
+            ring.live_items(), ring.column(ring.venue), ring.column(ring.weight), strict=True)
+            if item.event_id != liq.event_id]
+        ring.clear()
+        for item, v, w in kept:
+            ring.push(item, v, w)
+        ring.last_sampled[venue] = sampled_ms
 
     def due(self, now_ms: int) -> bool:
         c = self.cascade

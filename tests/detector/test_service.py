@@ -538,6 +538,36 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_no_other_is_fed_twice
     assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
 
 
+@pytest.mark.parametrize("bad_at", [4, 5], ids=["would-start", "would-join"])
+def test_an_event_scoring_fails_on_is_dead_lettered_not_acked_as_a_duplicate(
+        redis_url: str, r: syncredis.Redis, monkeypatch: pytest.MonkeyPatch, bad_at: int) -> None:
+    """Scoring raises on every window holding one event (a bug it alone triggers), after the
+    event entered the window: its redelivery must fail again, to be dead-lettered, and the
+    window and the cascade must not count it."""
+    from detector.lifecycle import SymbolDetector
+
+    bad = ev(21, venue="deribit")
+    real_score = SymbolDetector.score_window
+
+    def score_window(self: SymbolDetector) -> Any:
+        if bad.event_id in self.ring:
+            raise ValueError("a scoring bug")
+        return real_score(self)
+    monkeypatch.setattr(SymbolDetector, "score_window", score_window)
+
+    async def body(client: aioredis.Redis) -> int:
+        await put(client, [*BTC[:bad_at], bad, *BTC[bad_at:]])
+        return await detector(client, [BTC_SHARD]).run_until_idle()
+
+    assert run(redis_url, body) == 5
+    assert [(c.phase, c.count, c.total_notional_usd) for c in cascades(r)] == [("start", 5, 125_000.0)]
+    assert [m.liquidation.event_id for m in members(r)] == [e.event_id for e in BTC]
+    assert (status(r, "BTCUSDT")["count"], status(r, "BTCUSDT")["venues"]) == ("5", "bybit,okx")
+    (_, fields), = cast(Entries, r.xrange(keys.dead_letter_stream(keys.event_stream(BTC_SHARD))))
+    assert codec.decode_liquidation(fields[b"d"]) == bad and fields[b"reason"] == b"ValueError: a scoring bug"
+    assert r.xpending(keys.event_stream(BTC_SHARD), keys.DETECTOR_GROUP)["pending"] == 0
+
+
 def test_a_restart_skips_the_event_the_engine_failed_on_instead_of_crash_looping(
         redis_url: str, r: syncredis.Redis) -> None:
     """The rebuild reads the entries the live loop handled, dead-lettered ones included."""
