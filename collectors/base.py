@@ -47,7 +47,14 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import BusyLoadingError, RedisError
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosedOK, InvalidHandshake, InvalidURI, WebSocketException
+from websockets.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    WebSocketException,
+)
 
 from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import TwinWatch, VenueHealth
@@ -98,6 +105,8 @@ RELIST_FIRST_S = 60.0
 as late each time up to the refresh period: a listing that failed at the start (the venue's few
 default symbols subscribed instead) is not left so for a whole period (6 h)."""
 PARSE_LOG_EVERY_S = 10.0
+NO_CLOSE_FRAME = 1006
+"""The close code of a connection that ended without a close frame from the venue (RFC 6455)."""
 
 
 def silence_limit_s(spec: VenueSpec, app_pings: bool) -> float | None:
@@ -117,6 +126,20 @@ def closed_by_server(closed: ConnectionClosedOK) -> str:
         return "closed by server"
     detail = f"{frame.code} {frame.reason}".strip()
     return f"closed by server ({detail})"[:300]
+
+
+def failure_kind(failure: BaseException | str) -> str:
+    """What makes a connection failure news within one outage (:class:`Outage` logs each kind
+    once): its class, with the HTTP status of a refused handshake (503, then a geo-block's 451
+    or 403) or the venue's close code of a dropped connection (1006: none, then 1008)."""
+    if isinstance(failure, str):
+        return failure
+    name = type(failure).__name__
+    if isinstance(failure, InvalidStatus):
+        return f"{name} {failure.response.status_code}"
+    if isinstance(failure, ConnectionClosed):
+        return f"{name} {failure.rcvd.code if failure.rcvd is not None else NO_CLOSE_FRAME}"
+    return name
 
 
 def _decoded(entry: Any) -> Liquidation | None:
@@ -421,7 +444,7 @@ class Collector:
                 logger.info("%s[%s]: %s; reconnecting now", self.config.venue.name, plan.label, failure)
                 continue
             delay = backoff.next_delay()
-            outage.down(failure, delay)  # logged when the connection is lost, not at every retry
+            outage.down(failure, delay, failure_kind(failure))  # logged once per kind, not per retry
             await stopped_within(stop, delay)
 
     async def _attempt(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> BaseException | str:

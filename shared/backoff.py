@@ -36,9 +36,10 @@ class Backoff:
 class Outage:
     """What a retry loop logs about ``what`` (``"writer: liq:cascades"``): one warning when it
     fails first, one when it fails for a reason not seen yet in this outage (an exception of
-    another class), one when it works again, and a reminder every ``remind_s`` while it lasts;
-    the retries in between are logged at debug level only. Causes that take turns (the loops of
-    a process sharing one outage, each seeing the dead server its own way) are one line each."""
+    another class, or another ``kind`` the caller names: an HTTP status, a close code), one when
+    it works again, and a reminder every ``remind_s`` while it lasts; the retries in between are
+    logged at debug level only. Causes that take turns (the loops of a process sharing one
+    outage, each seeing the dead server its own way) are one line each."""
 
     what: str
     log: logging.Logger
@@ -51,11 +52,11 @@ class Outage:
     remind_s: float = 600.0
     _reminded: float = 0.0
 
-    def down(self, exc: BaseException | str, delay: float) -> None:
+    def down(self, exc: BaseException | str, delay: float, kind: str | None = None) -> None:
         """A try failed with ``exc`` (or for the reason given as text); the next one is in
-        ``delay`` seconds."""
-        cause = exc if isinstance(exc, str) else type(exc).__name__
-        said = exc if isinstance(exc, str) else f"{cause}: {exc}"
+        ``delay`` seconds. ``kind`` names the cause when its class (or text) is not enough."""
+        cause = kind or (exc if isinstance(exc, str) else type(exc).__name__)
+        said = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.failures += 1
         now = self.monotonic()
         if self.since is not None and cause in self.causes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from http import HTTPStatus
 from types import TracebackType
 from typing import Self
 
@@ -159,10 +160,12 @@ class ExchangeSimulator:
         """Abort the frozen connections of ``venue`` and wait until they are forgotten; how many."""
         return await self.venue(venue).thaw()
 
-    async def refuse(self, venue: str, drop: bool = True) -> None:
-        """The venue is down: handshakes get HTTP 503; with ``drop`` current clients are aborted too."""
+    async def refuse(self, venue: str, drop: bool = True,
+                     status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
+        """The venue is down: handshakes get HTTP ``status``; with ``drop`` current clients are
+        aborted too."""
         server = self.venue(venue)
-        server.refusing = True
+        server.refusing, server.refusal_status = True, status
         if drop:
             await server.drop()
 

@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, cast
 
@@ -981,6 +982,45 @@ def test_a_venue_that_refuses_connections_is_logged_once_when_down_and_once_when
         f"bybit[{label}]: unavailable (ConnectionClosedError …); {again}",
         f"bybit[{label}]: unavailable (InvalidStatus …); {again}",
         f"bybit[{label}]: available again … failed tries",
+    ]
+
+
+def test_a_venue_refusing_with_another_http_status_is_logged_again_once_per_status(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A venue down (503) that starts answering 451 (a geo-block) within the same outage says
+    so: the status is what a user acts on. Statuses taking turns are still a line each."""
+    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.002))
+
+    async def refused_with(collector: Collector, exchange: ExchangeSimulator, status: HTTPStatus) -> None:
+        await exchange.refuse("bybit", status=status)
+        seen = collector.health.reconnects
+        await collector.wait_until(lambda c: c.health.reconnects >= seen + 3)  # the status is retried
+
+    async def run() -> str:
+        async with ExchangeSimulator(["bybit"]) as exchange:
+            collector = Collector(CollectorConfig(
+                venue=load_venue("bybit"), redis=make_async_redis(redis_url), shards=SHARDS,
+                base_url=exchange.urls["bybit"], symbols=["BTCUSDT"]))
+            async with _running(collector):
+                await exchange.wait_subscribed("bybit", 1)
+                for status in (503, 451, 503, 451):
+                    await refused_with(collector, exchange, HTTPStatus(status))
+                exchange.accept("bybit")
+                await collector.wait_until(lambda c: bool(c.health.connections_up))
+            return collector.plans[0].label
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        label = asyncio.run(run())
+    lines = [re.sub(r" \(first in [\d.]+s\)| after \d+s and \d+ failed tries| to ws://.*", "", r.getMessage())
+             for r in caplog.records if r.getMessage().startswith(f"bybit[{label}]")]
+    again = "retrying with backoff, logged again when it works"
+    refused = "InvalidStatus: server rejected WebSocket connection: HTTP"
+    assert lines == [
+        f"bybit[{label}]: connected",
+        f"bybit[{label}]: unavailable (ConnectionClosedError: no close frame received or sent); {again}",
+        f"bybit[{label}]: unavailable ({refused} 503); {again}",
+        f"bybit[{label}]: unavailable ({refused} 451); {again}",
+        f"bybit[{label}]: available again",
     ]
 
 
