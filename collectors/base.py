@@ -105,6 +105,8 @@ RELIST_FIRST_S = 60.0
 as late each time up to the refresh period: a listing that failed at the start (the venue's few
 default symbols subscribed instead) is not left so for a whole period (6 h)."""
 PARSE_LOG_EVERY_S = 10.0
+BODY_EXCERPT_CHARS = 200
+"""Characters of a refused handshake's body kept in the venue's reason and the log."""
 NO_CLOSE_FRAME = 1006
 """The close code of a connection that ended without a close frame from the venue (RFC 6455)."""
 
@@ -126,6 +128,26 @@ def closed_by_server(closed: ConnectionClosedOK) -> str:
         return "closed by server"
     detail = f"{frame.code} {frame.reason}".strip()
     return f"closed by server ({detail})"[:300]
+
+
+def failure_text(failure: BaseException | str) -> str:
+    """How a connection failure reads in the venue's health reason and the log: a refused
+    handshake with the start of the venue's answer, which may say why (Binance's geo-block 451:
+    "Service unavailable from a restricted location")."""
+    if isinstance(failure, str):
+        return failure
+    text = f"{type(failure).__name__}: {failure}"
+    if isinstance(failure, InvalidStatus) and (body := one_line(failure.response.body)):
+        text += f", body: {body}"
+    return text
+
+
+def one_line(raw: bytes | bytearray, limit: int = BODY_EXCERPT_CHARS) -> str:
+    """``raw`` as one line of printable text (any run of blanks and control characters is one
+    space), cut at ``limit`` characters, the last one then "…"."""
+    text = "".join(c if c.isprintable() else " " for c in raw.decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def failure_kind(failure: BaseException | str) -> str:
@@ -444,7 +466,7 @@ class Collector:
                 logger.info("%s[%s]: %s; reconnecting now", self.config.venue.name, plan.label, failure)
                 continue
             delay = backoff.next_delay()
-            outage.down(failure, delay, failure_kind(failure))  # logged once per kind, not per retry
+            outage.down(failure_text(failure), delay, failure_kind(failure))  # once per kind, not per retry
             await stopped_within(stop, delay)
 
     async def _attempt(self, plan: ConnectionPlan, outage: Outage, handover: Handover) -> BaseException | str:
@@ -461,8 +483,7 @@ class Collector:
     async def _lost(self, label: str, failure: BaseException | str) -> None:
         """Connection ``label`` is down: its health, gauge and the reconnect count say so."""
         venue = self.config.venue.name
-        reason = failure if isinstance(failure, str) else f"{type(failure).__name__}: {failure}"[:300]
-        self.health.disconnected(label, reason)
+        self.health.disconnected(label, failure_text(failure)[:300])
         await self._notify()
         VENUE_CONNECTED.labels(venue, label).set(0)
         RECONNECTS.labels(venue).inc()

@@ -161,11 +161,11 @@ class ExchangeSimulator:
         return await self.venue(venue).thaw()
 
     async def refuse(self, venue: str, drop: bool = True,
-                     status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE) -> None:
-        """The venue is down: handshakes get HTTP ``status``; with ``drop`` current clients are
-        aborted too."""
+                     status: HTTPStatus = HTTPStatus.SERVICE_UNAVAILABLE, body: str = "") -> None:
+        """The venue is down: handshakes get HTTP ``status`` with ``body`` (by default ``<venue>
+        is down``); with ``drop`` current clients are aborted too."""
         server = self.venue(venue)
-        server.refusing, server.refusal_status = True, status
+        server.refusing, server.refusal_status, server.refusal_body = True, status, body
         if drop:
             await server.drop()
 

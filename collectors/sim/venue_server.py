@@ -76,6 +76,8 @@ class VenueServer:
         self.refusing = False
         self.refusal_status = HTTPStatus.SERVICE_UNAVAILABLE
         """The HTTP status handshakes get while ``refusing`` (a geo-block: 451 or 403)."""
+        self.refusal_body = ""
+        """The body of that answer ("": ``<venue> is down``)."""
         self.frozen: set[ServerConnection] = set()
         """Connections whose venue end stopped reading and sending, WebSocket pongs included: a
         half-open link. Only these; later connections work."""
@@ -102,7 +104,7 @@ class VenueServer:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if self.refusing:
-            return conn.respond(self.refusal_status, f"{self.name} is down\n")
+            return conn.respond(self.refusal_status, self.refusal_body or f"{self.name} is down\n")
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None
         return self._rest(conn, request.path)

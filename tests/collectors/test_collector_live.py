@@ -1018,10 +1018,42 @@ def test_a_venue_refusing_with_another_http_status_is_logged_again_once_per_stat
     assert lines == [
         f"bybit[{label}]: connected",
         f"bybit[{label}]: unavailable (ConnectionClosedError: no close frame received or sent); {again}",
-        f"bybit[{label}]: unavailable ({refused} 503); {again}",
-        f"bybit[{label}]: unavailable ({refused} 451); {again}",
+        f"bybit[{label}]: unavailable ({refused} 503, body: bybit is down); {again}",
+        f"bybit[{label}]: unavailable ({refused} 451, body: bybit is down); {again}",
         f"bybit[{label}]: available again",
     ]
+
+
+def test_a_geo_blocked_handshake_gives_the_start_of_the_venues_answer_as_the_reason(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Binance answers a restricted region's handshake HTTP 451 with a body saying why: the status
+    alone does not tell a geo-block from an outage. The body is one line, cut at 200 characters."""
+    monkeypatch.setattr(base_module, "Backoff", lambda **_: Backoff(base_s=0.001, cap_s=0.002))
+    msg = ("Service unavailable from a restricted location according to 'b. Eligibility' in "
+           "https://www.binance.com/en/terms. Please contact customer service if you believe you "
+           "received this message in error.")
+    body = json.dumps({"code": 0, "msg": msg}, indent=2)  # several lines
+
+    async def run() -> tuple[str, str]:
+        async with ExchangeSimulator(["binance_usdm"]) as exchange:
+            collector = Collector(CollectorConfig(
+                venue=load_venue("binance_usdm"), redis=make_async_redis(redis_url), shards=SHARDS,
+                base_url=exchange.urls["binance_usdm"], instruments_every_s=None))
+            await exchange.refuse("binance_usdm", status=HTTPStatus.UNAVAILABLE_FOR_LEGAL_REASONS, body=body)
+            async with _running(collector):
+                await collector.wait_until(lambda c: c.health.reconnects >= 2)
+                return collector.plans[0].label, collector.health.reason
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        label, reason = asyncio.run(run())
+    excerpt = ('{ "code": 0, "msg": "Service unavailable from a restricted location according to '
+               "'b. Eligibility' in https://www.binance.com/en/terms. Please contact customer service "
+               'if you believe you received this…')
+    assert len(excerpt) == 200
+    assert reason == f"InvalidStatus: server rejected WebSocket connection: HTTP 451, body: {excerpt}"
+    assert [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()] == [
+        f"binance_usdm[{label}]: unavailable ({reason}); retrying with backoff (first in 0.0s), "
+        "logged again when it works"]
 
 
 def test_a_collector_started_while_redis_loads_its_data_waits_to_remember_what_it_published(

@@ -8,7 +8,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import Close
 
-from collectors.base import failure_kind
+from collectors.base import failure_kind, one_line
 from shared.backoff import Outage
 from shared.clock import FakeClock
 
@@ -31,3 +31,12 @@ def test_a_new_close_code_within_an_outage_is_logged_once_each(caplog: pytest.Lo
     ]
     kinds = (failure_kind(dropped), failure_kind(banned))
     assert kinds == ("ConnectionClosedError 1006", "ConnectionClosedError 1008")
+
+
+def test_a_body_excerpt_is_one_printable_line() -> None:
+    """A venue's answer goes into a log line and ``liq status``: no line breaks, no terminal escapes."""
+    page = b"<html>\r\n  <title>403\tForbidden</title>\x1b[2J\x00\n"
+    assert one_line(page) == "<html> <title>403 Forbidden</title> [2J"
+    assert one_line(b"\xffok") == "\ufffdok"
+    assert (one_line(b"a" * 200), one_line(b"a" * 201)) == ("a" * 200, "a" * 199 + "…")
+    assert one_line(b" \n ") == ""
