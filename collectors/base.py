@@ -164,6 +164,11 @@ def failure_kind(failure: BaseException | str) -> str:
     return name
 
 
+def _text(value: Any) -> str:
+    """A Redis reply's value as text, whatever its bytes ("" for none)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+
 def _decoded(entry: Any) -> Liquidation | None:
     """The liquidation of an event stream entry (``(id, fields)``); None when it does not decode."""
     try:
@@ -245,6 +250,8 @@ class Collector:
     twins: TwinWatch = field(init=False)
     _last_parse_log: float = 0.0
     _logged_state: str = ""
+    _malformed_logged: bool = False
+    """A malformed value in the venue's health hash was logged (it is, once per process)."""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -655,8 +662,21 @@ class Collector:
         pipe.hset(key, mapping=fields)
         pipe.expire(key, keys.VENUE_HEALTH_TTL_SECONDS)
         (writer, updated), *_ = await pipe.execute()
-        self._note_twin(reply_text(writer or ""), int(updated or 0), now_ms)
+        self._note_twin(*self._last_write(writer, updated), now_ms)
         await self._notify()
+
+    def _last_write(self, writer: Any, updated: Any) -> tuple[str, int]:
+        """Who wrote the venue's health hash last, and when: ``updated_ms``, 0 when absent or not
+        a number (another tool's value: logged once, and overwritten by this write)."""
+        try:
+            return _text(writer), int(updated or 0)
+        except ValueError:
+            if not self._malformed_logged:
+                self._malformed_logged = True
+                logger.warning("%s: %s holds updated_ms %r, not a time in ms (another tool writing it?): "
+                               "read as absent and overwritten; logged once", self.config.venue.name,
+                               keys.venue_health(self.config.venue.name), _text(updated))
+            return _text(writer), 0
 
     def _note_twin(self, writer_id: str, writer_updated_ms: int, now_ms: int) -> None:
         """One log line when another collector of this venue starts or stops publishing into

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
+from shared import keys
 from shared.clock import FakeClock
 from shared.redisconn import make_async_redis
 from shared.status import collect_status, problems, render
@@ -61,3 +64,44 @@ def test_two_collectors_of_a_venue_are_named_until_one_stops(redis_url: str,
         "okx: no other collector of this venue publishes into this Redis any more",
     ]
     assert problems(collect_status(redis_url, None, 4)) == []
+
+
+def test_a_health_hash_another_tool_wrote_badly_is_overwritten_and_the_reports_go_on(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Values no collector writes in ``liq:venue:okx`` (``updated_ms`` not a number, bytes that
+    are not UTF-8): the collector reads such a time as absent, says so once and goes on
+    writing its health each second. It used to stop writing for good (the venue then showed as
+    ``stopped``)."""
+
+    writes: list[tuple[str | bytes, str | bytes, str]] = [  # collector, updated_ms, the writer read
+        ("a-tool", "yesterday", "a-tool"), ("b-tool", "1.5", "b-tool"),
+        (b"\xff-tool", "7", "\ufffd-tool"), ("c-tool", b"\xff", "c-tool")]
+
+    def saw(writer: str) -> Callable[[Collector], bool]:
+        return lambda c: writer in c.twins.last_seen
+
+    async def run() -> tuple[dict[str, int], dict[Any, Any], str]:
+        redis = make_async_redis(redis_url)
+        collector = Collector(CollectorConfig(venue=load_venue("okx"), redis=redis, shards=4,
+                                              base_url="ws://127.0.0.1:1", health_every_s=0.01))
+        key, stop = keys.venue_health("okx"), asyncio.Event()
+        loop = asyncio.create_task(collector._health_loop(stop))
+        try:
+            async with asyncio.timeout(10):
+                for writer, updated, seen in writes:  # each read once the one before is seen
+                    await redis.hset(key, mapping={"collector": writer, "updated_ms": updated})
+                    await collector.wait_until(saw(seen))
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, 10)
+        fields = await redis.hgetall(key)
+        await redis.aclose()
+        return collector.twins.last_seen, fields, collector.health.collector_id
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        last_seen, fields, own_id = asyncio.run(run())
+    assert last_seen == {"a-tool": 0, "b-tool": 0, "\ufffd-tool": 7, "c-tool": 0}
+    assert fields[b"collector"] == own_id.encode() and fields[b"updated_ms"].isdigit()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "okx: liq:venue:okx holds updated_ms 'yesterday', not a time in ms (another tool writing it?): "
+        "read as absent and overwritten; logged once"]
