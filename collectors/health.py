@@ -2,7 +2,7 @@
 
 States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq status``):
 
-- ``connecting``: no connection up yet (first attempt, or reconnecting after a drop);
+- ``connecting``: no connection up yet and none failed: the start, before a first attempt ends;
 - ``up``: every connection is open and its subscriptions sent. The venue's ack is not awaited:
   a refusal makes it ``degraded`` (below), and a venue that acks and then sends nothing (the
   failure mode that matters, see ``suspect``) looks the same with or without acks;
@@ -12,8 +12,10 @@ States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq statu
   usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
   acking subscriptions and sent nothing) shows up here; ``liq status`` shows its last-event
   age beside the other venues';
-- ``down``: nothing connected and the last attempt failed, or the collector was stopped;
-  ``reason`` says why.
+- ``down``: nothing connected and a connection was lost or an attempt failed (it is retried
+  with backoff meanwhile: reconnecting after a drop is ``down`` until a connection is up
+  again, so ``liq status --check`` reports it), or the collector was stopped; ``reason`` says
+  why.
 """
 
 from __future__ import annotations
