@@ -37,6 +37,10 @@ EVENT_STREAM_MAXLEN = 1_000_000
 """The default of ``LIQ_STREAM_MAXLEN``: entries each event stream keeps (about 320 MB of Redis
 memory per stream when full)."""
 MIN_EVENT_STREAM_MAXLEN = 100_000
+MAX_EVENT_STREAM_MAXLEN = 100_000_000
+"""The most ``LIQ_STREAM_MAXLEN`` may be: about 32 GB of Redis memory per stream when full."""
+MAX_SHARDS = 256
+"""The most ``LIQ_SHARDS`` may be: every consumer reads, and reports the backlog of, each shard."""
 CASCADE_STREAM_MAXLEN = 100_000
 DEAD_LETTER_MAXLEN = 100_000
 """A dead-letter stream keeps about this many entries (the consumer logs an error once it is

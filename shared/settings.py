@@ -80,12 +80,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
         if not self.data_dir.strip():  # "" would put the servers' data and the spools in the cwd
             raise ConfigError("LIQ_DATA_DIR", "a folder for the embedded servers' data, caches and spools, "
                               "e.g. .liq", self.data_dir)
-        if self.shards < 1:
-            raise ConfigError("LIQ_SHARDS", "a whole number >= 1", str(self.shards))
-        if self.stream_maxlen < keys.MIN_EVENT_STREAM_MAXLEN:
-            raise ConfigError("LIQ_STREAM_MAXLEN", f"a whole number >= {keys.MIN_EVENT_STREAM_MAXLEN:,}"
-                              " (entries kept per event stream; fewer would trim what a consumer has"
-                              " not read yet during a burst)", str(self.stream_maxlen))
+        _within("LIQ_SHARDS", self.shards, 1, keys.MAX_SHARDS, "event streams; every consumer reads each one")
+        _within("LIQ_STREAM_MAXLEN", self.stream_maxlen, keys.MIN_EVENT_STREAM_MAXLEN,
+                keys.MAX_EVENT_STREAM_MAXLEN, "entries kept per event stream, about 320 bytes of Redis memory"
+                " each; fewer would trim what a consumer has not read yet during a burst")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError("LIQ_LOG_LEVEL", "one of " + ", ".join(LOG_LEVELS), self.log_level)
         for name in ("embedded_redis_port", "embedded_pg_port", "metrics_port"):
@@ -157,6 +155,13 @@ def at_least(settings: msgspec.Struct, field: str, minimum: float, *, above: boo
     form = _expected_form(typing.get_type_hints(type(settings))[field])
     limit = f"{bound} ({minimum:g})" if bound else f"{minimum:g}"
     raise ConfigError(env_name(field), f"{form} {'>' if above else '>='} {limit}", f"{value:g}")
+
+
+def _within(variable: str, value: int, low: int, high: int, why: str) -> None:
+    """A :class:`ConfigError` naming ``variable`` unless ``low <= value <= high``: a huge value
+    would hang the process (a stream per shard) or fail every command that takes it."""
+    if not low <= value <= high:
+        raise ConfigError(variable, f"a whole number from {low:,} to {high:,} ({why})", str(value))
 
 
 def _expected_form(tp: Any, variable: str = "") -> str:

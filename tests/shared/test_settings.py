@@ -120,8 +120,16 @@ def test_log_level_and_embedded_ports_name_their_variable() -> None:
      "LIQ_ROLLUP_RETENTION_DAYS: expected a whole number >= LIQ_RETENTION_DAYS (90) (got '30')"),
     (DetectorSettings, {"LIQ_QUIET_S": "0"}, "LIQ_QUIET_S: expected a number > 0 (got '0')"),
     (CommonSettings, {"LIQ_STREAM_MAXLEN": "5000"},
-     "LIQ_STREAM_MAXLEN: expected a whole number >= 100,000 (entries kept per event stream; fewer would"
-     " trim what a consumer has not read yet during a burst) (got '5000')"),
+     "LIQ_STREAM_MAXLEN: expected a whole number from 100,000 to 100,000,000 (entries kept per event stream,"
+     " about 320 bytes of Redis memory each; fewer would trim what a consumer has not read yet during a"
+     " burst) (got '5000')"),
+    (CommonSettings, {"LIQ_STREAM_MAXLEN": "99999999999999999999999"},
+     "LIQ_STREAM_MAXLEN: expected a whole number from 100,000 to 100,000,000 (entries kept per event stream,"
+     " about 320 bytes of Redis memory each; fewer would trim what a consumer has not read yet during a"
+     " burst) (got '99999999999999999999999')"),
+    (CommonSettings, {"LIQ_SHARDS": "99999999999999999999999"},
+     "LIQ_SHARDS: expected a whole number from 1 to 256 (event streams; every consumer reads each one)"
+     " (got '99999999999999999999999')"),
     (DetectorSettings, {"LIQ_VOLUME_CAP_USD": "5000"},
      "LIQ_VOLUME_CAP_USD: expected a number > LIQ_VOLUME_FLOOR_USD (10000) (got '5000')"),
 ])
