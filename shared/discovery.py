@@ -7,17 +7,26 @@ commands too, so it loads neither psycopg nor numpy.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import msgspec
 
 from shared.settings import CommonSettings
 
 UP_FILE = "up.json"
 """The file in ``<data_dir>`` where ``liq up`` writes the URLs in use, its pid and shard count."""
+
+
+class UpFile(msgspec.Struct):
+    """What the tools read of :data:`UP_FILE` (``liq up`` writes more)."""
+
+    redis_url: str | None = None
+    pg_dsn: str | None = None
+    shards: int | None = None
+    pid: int = 0
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,8 @@ class Discovered:
     pg_dsn: str | None
     shards: int
     stale_up: str | None = None
-    """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers."""
+    """Why ``liq up``'s file was ignored: its process is gone (killed), so are its servers; or the
+    file is not what ``liq up`` writes (cut short, another program's)."""
     looked_in: str = ""
     """The folder where ``liq up``'s file was looked for (``LIQ_DATA_DIR``, resolved)."""
 
@@ -49,15 +59,18 @@ def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
     up_file = folder / UP_FILE
     if not up_file.exists():
         return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder))
-    info = json.loads(up_file.read_text())
-    pid = int(info.get("pid", 0) or 0)
-    if pid and not _alive(pid):
+    try:
+        info = msgspec.json.decode(up_file.read_bytes(), type=UpFile)
+    except msgspec.DecodeError as exc:  # liq up replaces it whole: not one of its files
         return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder),
-                          stale_up=f"liq up (pid {pid}) is not running: {up_file} is left from it")
-    if "LIQ_SHARDS" not in environ:
-        shards = int(info.get("shards", shards))
-    return Discovered(redis_url or info.get("redis_url"), pg_dsn or info.get("pg_dsn"), shards,
-                      looked_in=str(folder))
+                          stale_up=f"{up_file} is not liq up's file as it writes it ({exc}): remove it if "
+                                   "no liq up runs there")
+    if info.pid and not _alive(info.pid):
+        return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder),
+                          stale_up=f"liq up (pid {info.pid}) is not running: {up_file} is left from it")
+    if "LIQ_SHARDS" not in environ and info.shards is not None:
+        shards = info.shards
+    return Discovered(redis_url or info.redis_url, pg_dsn or info.pg_dsn, shards, looked_in=str(folder))
 
 
 def _alive(pid: int) -> bool:

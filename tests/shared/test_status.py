@@ -323,3 +323,18 @@ def test_status_check_lists_every_problem_when_a_server_does_not_answer(redis_ur
     assert result.exit_code == 1 and len(problems) == 2
     assert problems[0].startswith("problem: database: connection failed")
     assert problems[1] == "problem: liq:{s0}:events:dlq: 1 dead letters (bad)"
+
+
+@pytest.mark.parametrize("text", ['{"redis_url": "redis://127.0.0.1:1/0", "pg_d', "", "[]", '{"pid": "x"}'])
+def test_an_up_json_liq_up_did_not_write_whole_is_said_not_raised(tmp_path: Path, text: str) -> None:
+    """A truncated or foreign up.json (a disk full, an older liq up killed while writing it) is
+    ignored with the reason: liq status says so in one line instead of a JSON traceback."""
+    from shared.discovery import discover
+    from shared.settings import CommonSettings
+
+    (tmp_path / "up.json").write_text(text)
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert (found.redis_url, found.pg_dsn, found.shards) == (None, None, 4)
+    assert found.stale_up is not None
+    assert found.not_found().startswith(f"{tmp_path / 'up.json'} is not liq up's file as it writes it (")
+    assert found.not_found().endswith("): remove it if no liq up runs there")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared import up
+from shared.discovery import UP_FILE
 
 ENV = {"LIQ_REDIS_URL": "redis://127.0.0.1:1/0", "LIQ_METRICS_PORT": "9300"}
 
@@ -84,3 +86,21 @@ def test_servers_env_gives_the_processes_the_shard_count_liq_status_expects(tmp_
 
     up._write_servers_env(tmp_path, {"LIQ_REDIS_URL": "redis://127.0.0.1:1/0"}, shards=8)
     assert parse((tmp_path / up.SERVERS_ENV_FILE).read_text())["LIQ_SHARDS"] == "8"
+
+
+def test_up_json_and_servers_env_are_replaced_whole_leaving_no_temporary_file(tmp_path: Path) -> None:
+    """liq status and honcho read these files while liq up writes them: written in place, a
+    reader could get half a file. Each is written aside and renamed over the old one, so a
+    reader that opened the old one reads it whole, and nothing else is left in the folder."""
+    options = up.UpOptions(venues=["okx"], simulate=False, duration=None, seed=0, speed=1.0)
+    up._write_up_file(tmp_path, "redis://127.0.0.1:1/0", "", options, shards=4)
+    up._write_servers_env(tmp_path, {"LIQ_REDIS_URL": "redis://127.0.0.1:1/0"}, shards=4)
+    old_up = (tmp_path / UP_FILE).read_text()
+    old_env = (tmp_path / up.SERVERS_ENV_FILE).read_text()
+    with (tmp_path / UP_FILE).open() as up_reader, (tmp_path / up.SERVERS_ENV_FILE).open() as env_reader:
+        up._write_up_file(tmp_path, "redis://127.0.0.1:2/0", "", options, shards=8)
+        up._write_servers_env(tmp_path, {"LIQ_REDIS_URL": "redis://127.0.0.1:2/0"}, shards=8)
+        assert (up_reader.read(), env_reader.read()) == (old_up, old_env)
+    assert json.loads((tmp_path / UP_FILE).read_text())["redis_url"] == "redis://127.0.0.1:2/0"
+    assert (tmp_path / up.SERVERS_ENV_FILE).read_text() == "LIQ_REDIS_URL=redis://127.0.0.1:2/0\nLIQ_SHARDS=8\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [up.SERVERS_ENV_FILE, UP_FILE]
