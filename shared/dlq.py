@@ -8,7 +8,8 @@ the payload back to its stream with a ``for`` field naming that group
 writer refused is not counted a second time by the aggregator. Entries move atomically: each
 one's XDEL from the dead-letter stream and XADD to its stream run in one script (1,000 entries
 per run), and the XADD happens only if that XDEL removed the entry, so a replay interrupted at
-any point, or two replays at once, neither lose nor double an entry.
+any point, or two replays at once, neither lose nor double an entry. A run whose keys are not
+all streams (one another program overwrote) fails before its first XDEL, moving nothing.
 ``liq dlq drop`` deletes entries that are not worth keeping.
 """
 
@@ -27,6 +28,7 @@ from shared import codec, keys
 from shared.discovery import discover, require_redis
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
+from shared.streams import streams_check_lua
 
 PAGE = 1000
 
@@ -86,9 +88,11 @@ def read(client: redis.Redis, streams: Sequence[str]) -> Iterator[DeadLetter]:
 
 
 # Each entry moves only if this run is the one that deletes it from the dead-letter stream, so
-# two replays running at once move it once. KEYS: per entry, its dead-letter stream then its
-# stream; ARGV: payload field, group field, then per entry: its id, payload, group.
-REPLAY_LUA = """
+# two replays running at once move it once. Redis does not undo the XDELs a script made before an
+# XADD failed, so the key types are checked before the first one. KEYS: per entry, its
+# dead-letter stream then its stream; ARGV: payload field, group field, then per entry: its id,
+# payload, group.
+REPLAY_LUA = streams_check_lua("#KEYS") + """
 local moved = 0
 for k = 1, #KEYS, 2 do
   local a = 3 + (k - 1) / 2 * 3
@@ -205,7 +209,13 @@ def replay_command(stream: str | None, group: str | None, ids: tuple[str, ...]) 
     client, streams = _client()
     letters = _selected(client, streams, stream, group, ids)
     many = len(letters) > PAGE
-    moved, unusable = replay(client, letters, lambda n: click.echo(f"  {n} replayed") if many else None)
+    try:
+        moved, unusable = replay(client, letters, lambda n: click.echo(f"  {n} replayed") if many else None)
+    except redis.ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        raise click.ClickException(f"{exc}: no dead letter of that page moved (the script checks the key "
+                                   "types first); delete or rename that key, then replay again") from exc
     click.echo(f"replayed {moved} of {len(letters)} dead letters")
     for letter in unusable:
         click.echo(f"  not replayable (trimmed before it was processed; drop it): {letter.dlq} {letter.id}")

@@ -145,3 +145,18 @@ def test_two_replays_of_the_same_dead_letters_move_each_once(r: syncredis.Redis)
     assert dlq.replay(r, letters) == (3, [])
     assert dlq.replay(r, letters) == (0, []), "another run had moved them already"
     assert r.xlen(STREAM) == 3 and r.xlen(DLQ) == 0
+
+
+def test_a_replay_to_a_key_of_another_type_fails_and_keeps_the_dead_letters(redis_url: str,
+                                                                           r: syncredis.Redis) -> None:
+    """Redis does not undo a script's writes when a later command fails: the XDEL ran, the XADD
+    to a stream key another program had overwritten failed, and the dead letter was lost."""
+    for i in range(2):
+        r.xadd(DLQ, {"d": codec.encode(EVENTS[i]), "group": "writer", "reason": "x", "stage": "handle"})
+    r.set(STREAM, "another program's")
+    result = CliRunner().invoke(liq, ["dlq", "replay"], env={"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": "1"})
+    assert result.exit_code == 1
+    assert result.output == (f"Error: WRONGTYPE {STREAM} holds a string, not a stream: no dead letter of "
+                             "that page moved (the script checks the key types first); delete or rename that "
+                             "key, then replay again\n")
+    assert r.xlen(DLQ) == 2 and r.get(STREAM) == b"another program's"
