@@ -19,7 +19,9 @@ from typing import Any
 
 import click
 import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import dlq as dead_letters
 from shared import keys
@@ -41,15 +43,24 @@ show the group as stalled for that long."""
 def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:
     report: dict[str, Any] = {"redis_url": redis_url, "pg_dsn": pg_dsn}
     if redis_url:
-        try:
-            client = make_sync_redis(redis_url)
-            report.update(redis_status(client, shards))
-            client.close()
-        except (RedisError, OSError) as exc:
-            report["redis_error"] = str(exc)
+        report.update(_redis_report(redis_url, shards))
     if pg_dsn:
         report["database"] = database_status(pg_dsn)
     return report
+
+
+def _redis_report(redis_url: str, shards: int) -> dict[str, Any]:
+    """:func:`redis_status`, or why there is none: ``redis_error`` when Redis does not answer,
+    ``redis_failed`` when it answers with an error (a ``liq:*`` key of another type, say)."""
+    client = make_sync_redis(redis_url)
+    try:
+        return redis_status(client, shards)
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        return {"redis_error": str(exc)}
+    except RedisError as exc:
+        return {"redis_failed": f"{type(exc).__name__}: {exc}"}
+    finally:
+        client.close()
 
 
 def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
@@ -216,7 +227,8 @@ def status(as_json: bool, check: bool) -> None:
     if check:  # a server that does not answer is one of them
         for problem in report["problems"]:
             click.echo(f"problem: {problem}", err=True)
-    if "redis_error" in report or "error" in report.get("database", {}) or (check and report["problems"]):
+    no_redis_report = "redis_error" in report or "redis_failed" in report  # Redis silent, or failing
+    if no_redis_report or "error" in report.get("database", {}) or (check and report["problems"]):
         sys.exit(1)
 
 
@@ -225,7 +237,7 @@ def problems(report: dict[str, Any]) -> list[str]:
     reads, dead letters, a venue down or degraded, or whose collector died (not one whose
     collector was asked to stop), a venue two collectors publish, event
     streams outside ``LIQ_SHARDS``. A quiet (``suspect``) venue is not one: markets go quiet."""
-    found = [f"redis: {report['redis_error']}"] if "redis_error" in report else []
+    found = [f"redis: {report[key]}" for key in ("redis_error", "redis_failed") if key in report]
     if "error" in report.get("database", {}):
         found.append(f"database: {report['database']['error']}")
     for stream in report.get("streams", []):
@@ -257,6 +269,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"redis: {report.get('redis_url')}   postgres: {report.get('pg_dsn')}"]
     if "redis_error" in report:
         lines.append(f"REDIS UNREACHABLE: {report['redis_error']}")
+    if "redis_failed" in report:
+        lines.append(f"REDIS ERROR: {report['redis_failed']}")
     if "streams" in report:  # Redis answered: its sections, none over nothing when it did not
         lines += _redis_lines(report)
     db = report.get("database")

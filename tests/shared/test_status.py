@@ -338,3 +338,23 @@ def test_an_up_json_liq_up_did_not_write_whole_is_said_not_raised(tmp_path: Path
     assert found.stale_up is not None
     assert found.not_found().startswith(f"{tmp_path / 'up.json'} is not liq up's file as it writes it (")
     assert found.not_found().endswith("): remove it if no liq up runs there")
+
+
+def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis_url: str) -> None:
+    """A liq:* key of another type (another program's) fails a command of Redis, which answers:
+    that is said as the error it is, and --check still fails; only a silent Redis is unreachable."""
+    import redis as syncredis
+    from click.testing import CliRunner
+
+    from shared import keys
+    from shared.status import status
+
+    client = syncredis.Redis.from_url(redis_url)
+    client.set(keys.venue_health("okx"), "another program's")
+    client.close()
+    env = {"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": "1", "LIQ_PG_DSN": ""}
+    checked = CliRunner().invoke(status, ["--check"], env=env)
+    error = "ResponseError: WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert checked.exit_code == 1
+    assert checked.stdout == f"redis: {redis_url}   postgres: None\nREDIS ERROR: {error}\n"
+    assert checked.stderr == f"problem: redis: {error}\n"
