@@ -4,12 +4,13 @@ Every consumer reports the backlog of every group on its streams every few secon
 and one XINFO GROUPS per stream), so an alert on ``liq_stream_lag`` or ``liq_stream_pending``
 needs no extra process, and still fires for a group whose own consumers are all dead.
 ``lag`` is what Redis (7+) counts as not yet delivered to the group;
-``pending`` is delivered but not acked yet.
+``pending`` is delivered but not acked yet. A series Redis no longer gives (a lag it cannot count
+any more, a group or stream deleted) is removed rather than left at its last value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +54,12 @@ async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> l
         try:
             length = int(await redis.xlen(stream))
             groups: list[dict[Any, Any]] = await redis.xinfo_groups(stream)
-        except ResponseError:
-            continue  # the stream does not exist yet
+        except ResponseError:  # the stream does not exist (yet, or any more)
+            STREAM_LENGTH.remove(stream)
+            _forget_groups(stream, keep=())
+            continue
         STREAM_LENGTH.labels(stream).set(length)
+        _forget_groups(stream, keep=group_names(groups))
         for name in group_names(groups):
             backlog = group_backlog(stream, name, length, groups)
             if backlog is None:
@@ -68,5 +72,15 @@ async def report(redis: aioredis.Redis, group: str, streams: Sequence[str]) -> l
 
 def _publish(backlog: Backlog) -> None:
     STREAM_PENDING.labels(backlog.stream, backlog.group).set(backlog.pending)
-    if backlog.lag is not None:
+    if backlog.lag is None:
+        STREAM_LAG.remove(backlog.stream, backlog.group)
+    else:
         STREAM_LAG.labels(backlog.stream, backlog.group).set(backlog.lag)
+
+
+def _forget_groups(stream: str, keep: Collection[str]) -> None:
+    """Remove the pending and lag series of ``stream``'s groups that are not in ``keep``."""
+    for gauge in (STREAM_PENDING, STREAM_LAG):
+        samples = (s for m in gauge.collect() for s in m.samples if s.labels["stream"] == stream)
+        for group in {s.labels["group"] for s in samples}.difference(keep):
+            gauge.remove(stream, group)

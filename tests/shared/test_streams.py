@@ -856,3 +856,38 @@ def test_a_consumer_that_reads_while_the_idle_ones_are_forgotten_keeps_its_entry
     assert read == [1]
     held = {c["name"]: c["pending"] for c in cast(Any, r.xpending(STREAM, "g"))["consumers"]}
     assert held == {b"other": 1}
+
+
+
+def test_a_backlog_redis_no_longer_tells_is_no_longer_shown(redis_url: str, r: syncredis.Redis) -> None:
+    """A lag Redis cannot count any more (an entry deleted before the group read it), a group or
+    a stream gone: the series is removed, not left at its last value for an alert to fire on."""
+    from prometheus_client import REGISTRY
+
+    stream = "liq:test:backlog-gone"
+    ids = [r.xadd(stream, {"k": str(k)}) for k in range(5)]
+    for group in ("a", "b"):
+        r.xgroup_create(stream, group, id="0")
+
+    def reported() -> dict[str, float | None]:
+        asyncio.run(_report(redis_url, stream))
+        series = {f"{name} {group}": REGISTRY.get_sample_value(f"liq_stream_{name}",
+                                                               {"stream": stream, "group": group})
+                  for name in ("lag", "pending") for group in ("a", "b")}
+        return {**series, "length": REGISTRY.get_sample_value("liq_stream_length", {"stream": stream})}
+
+    assert reported() == {"lag a": 5, "lag b": 5, "pending a": 0, "pending b": 0, "length": 5}
+    r.xdel(stream, ids[2])
+    assert reported() == {"lag a": None, "lag b": None, "pending a": 0, "pending b": 0, "length": 4}
+    r.xgroup_destroy(stream, "b")
+    assert reported() == {"lag a": None, "lag b": None, "pending a": 0, "pending b": None, "length": 4}
+    r.delete(stream)
+    assert reported() == {"lag a": None, "lag b": None, "pending a": None, "pending b": None, "length": None}
+
+
+async def _report(url: str, stream: str) -> None:
+    from shared import backlog
+
+    client = make_async_redis(url)
+    await backlog.report(client, "a", [stream])
+    await client.aclose()
