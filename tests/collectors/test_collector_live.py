@@ -949,6 +949,13 @@ def test_a_redis_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
     ]
 
 
+def _bybit_btc(redis_url: str, exchange: ExchangeSimulator) -> Collector:
+    """A Bybit collector of BTCUSDT alone, on the simulator."""
+    return Collector(CollectorConfig(
+        venue=load_venue("bybit"), redis=make_async_redis(redis_url), shards=SHARDS,
+        base_url=exchange.urls["bybit"], symbols=["BTCUSDT"]))
+
+
 def test_a_venue_that_refuses_connections_is_logged_once_when_down_and_once_when_back(
         redis_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Not a line per reconnect attempt: a venue down for an hour would otherwise log one every
@@ -957,9 +964,7 @@ def test_a_venue_that_refuses_connections_is_logged_once_when_down_and_once_when
 
     async def run() -> str:
         async with ExchangeSimulator(["bybit"]) as exchange:
-            collector = Collector(CollectorConfig(
-                venue=load_venue("bybit"), redis=make_async_redis(redis_url), shards=SHARDS,
-                base_url=exchange.urls["bybit"], symbols=["BTCUSDT"]))
+            collector = _bybit_btc(redis_url, exchange)
             async with _running(collector):
                 await exchange.wait_subscribed("bybit", 1)
                 await exchange.refuse("bybit")
@@ -998,9 +1003,7 @@ def test_a_venue_refusing_with_another_http_status_is_logged_again_once_per_stat
 
     async def run() -> str:
         async with ExchangeSimulator(["bybit"]) as exchange:
-            collector = Collector(CollectorConfig(
-                venue=load_venue("bybit"), redis=make_async_redis(redis_url), shards=SHARDS,
-                base_url=exchange.urls["bybit"], symbols=["BTCUSDT"]))
+            collector = _bybit_btc(redis_url, exchange)
             async with _running(collector):
                 await exchange.wait_subscribed("bybit", 1)
                 for status in (503, 451, 503, 451):

@@ -291,6 +291,16 @@ def test_a_restarted_detector_keeps_the_entry_mark_of_a_status_it_rewrites_unfed
     assert status(r, "ETHUSDT")["state"] == "idle" and status(r, "ETHUSDT")["entry_id"] == "1000-5"
 
 
+async def seconds_with_an_end(det: Detector, clock: FakeClock, seconds: int = 40) -> list[int]:
+    """Tick once a second for ``seconds`` seconds; the seconds whose tick published an end."""
+    ended_at = []
+    for second in range(1, seconds + 1):
+        clock.advance(1.0)
+        if await det.tick():
+            ended_at.append(second)
+    return ended_at
+
+
 def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_url: str,
                                                                           r: syncredis.Redis) -> None:
     """Event time 40 s behind the wall clock (a backlog): a tick a second ends the cascade after
@@ -301,12 +311,7 @@ def test_ticks_carry_event_time_from_the_last_feed_not_from_earlier_ticks(redis_
         await put(client, BTC)
         det = detector(client, [BTC_SHARD], clock)
         await det.run_until_idle()
-        ended_at = []
-        for second in range(1, 41):
-            clock.advance(1.0)
-            if await det.tick():
-                ended_at.append(second)
-        return ended_at
+        return await seconds_with_an_end(det, clock)
 
     assert run(redis_url, body) == [30]
     assert [c.phase for c in cascades(r)] == ["start", "end"]
@@ -323,12 +328,7 @@ def test_an_adopted_cascade_on_a_shard_with_no_entries_left_ends_on_the_live_sch
 
     async def ticks(det: Detector) -> list[int]:
         await det.run_until_idle()
-        ended_at = []
-        for second in range(1, 41):
-            clock.advance(1.0)
-            if await det.tick():
-                ended_at.append(second)
-        return ended_at
+        return await seconds_with_an_end(det, clock)
 
     async def body(client: aioredis.Redis) -> tuple[list[int], list[int]]:
         await put(client, BTC)
