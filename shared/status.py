@@ -28,7 +28,7 @@ from shared import keys
 from shared.discovery import discover
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, check_dsn, load
-from shared.venue_health import STOPPED_REASON, venue_healths, venue_row
+from shared.venue_health import STOPPED_REASON, int_field, venue_healths, venue_row
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
@@ -145,9 +145,9 @@ def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
     for name, h in venue_healths(client).items():
         rows.append({
             "venue": name, **venue_row(h, now_ms), "connections": h.get("connections", ""),
-            "parse_errors": int(h.get("parse_errors", "0") or 0),
-            "duplicates": int(h.get("duplicates", "0") or 0),
-            "reconnects": int(h.get("reconnects", "0") or 0),
+            "parse_errors": int_field(h, "parse_errors"),
+            "duplicates": int_field(h, "duplicates"),
+            "reconnects": int_field(h, "reconnects"),
         })
     return rows
 

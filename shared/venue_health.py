@@ -19,12 +19,21 @@ STOPPED_REASON = "collector stopped"
 """The reason a venue is down once its collector was asked to stop (not a failure)."""
 
 
+def int_field(health: Mapping[str, str], name: str) -> int:
+    """A number field of a health hash; 0 when absent or not an integer (another tool wrote
+    the hash: the collector's next write puts it right, and liq status must not fail meanwhile)."""
+    try:
+        return int(health.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
 def venue_state(health: Mapping[str, str], now_ms: int) -> str:
     """A venue's state from its ``liq:venue:*`` hash: ``stopped`` when its collector has not
     written it for :data:`STALE_HEALTH_MS` (killed, or gone without a word)."""
     if not health:
         return "not running"
-    if now_ms - int(health.get("updated_ms", "0") or 0) > STALE_HEALTH_MS:
+    if now_ms - int_field(health, "updated_ms") > STALE_HEALTH_MS:
         return "stopped"
     return health.get("state", "?")
 
@@ -44,12 +53,12 @@ def venue_row(health: Mapping[str, str], now_ms: int) -> dict[str, Any]:
     the events it published, the age of its last liquidation in seconds (None: none yet; never
     negative, whatever the skew between the collector's clock and this one), and the collectors
     writing it (two: both publish into this Redis, see ``collectors.health.TwinWatch``)."""
-    last = int(health.get("last_liquidation_received_ms", "0") or 0)
-    twin_seen = int(health.get("twin_seen_ms", "0") or 0)
+    last = int_field(health, "last_liquidation_received_ms")
+    twin_seen = int_field(health, "twin_seen_ms")
     twin = health.get("twin", "") if now_ms - twin_seen <= STALE_HEALTH_MS else ""
     return {
         "state": venue_state(health, now_ms), "reason": health.get("reason", ""),
-        "events": int(health.get("events", "0") or 0),
+        "events": int_field(health, "events"),
         "last_event_age_s": round(max(0, now_ms - last) / 1000, 1) if last else None,
         "collectors": [c for c in (health.get("collector", ""), twin) if c],
     }

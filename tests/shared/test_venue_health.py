@@ -31,3 +31,12 @@ def test_a_twin_is_listed_while_it_was_seen_lately() -> None:
               "twin_seen_ms": str(NOW - STALE_HEALTH_MS)}
     assert venue_row(health, NOW)["collectors"] == ["h:1:aa", "h:2:bb"]
     assert venue_row(health, NOW + 1)["collectors"] == ["h:1:aa"]
+
+
+def test_a_hash_another_tool_wrote_badly_reads_as_stopped_with_no_numbers_instead_of_failing() -> None:
+    """``liq status`` must still print the rest when a ``liq:venue:*`` field holds no integer
+    (a collector puts it right with its next write; a stopped one never would)."""
+    health = {"state": "up", "updated_ms": "soon", "events": "12.5", "last_liquidation_received_ms": "",
+              "twin_seen_ms": "x", "twin": "h:2:bb", "collector": "h:1:aa"}
+    assert venue_row(health, NOW) == {"state": "stopped", "reason": "", "events": 0, "last_event_age_s": None,
+                                      "collectors": ["h:1:aa"]}
