@@ -45,7 +45,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
@@ -252,6 +252,8 @@ class Collector:
     _logged_state: str = ""
     _malformed_logged: bool = False
     """A malformed value in the venue's health hash was logged (it is, once per process)."""
+    _health_refused: str = ""
+    """Why Redis refused the last health write (a key of another type): logged when it changes."""
     _progress: asyncio.Condition = field(default_factory=asyncio.Condition)
     _plans: list[ConnectionPlan] | None = None
     _plans_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -640,10 +642,34 @@ class Collector:
         await self._notify()
 
     async def _health_loop(self, stop: asyncio.Event) -> None:
+        """Write the venue's health every ``health_every_s``. Redis out of reach is the
+        publisher's to report; Redis refusing the write (the key holds another type) is this
+        loop's, one line when it starts and one when it ends."""
         while not stop.is_set():
-            with contextlib.suppress(RedisError, OSError):
-                await self._write_health()
+            await self._health_step()
             await stopped_within(stop, self.config.health_every_s)
+
+    async def _health_step(self) -> None:
+        try:
+            await self._write_health()
+        except ResponseError as exc:  # redis-py wraps the reply in the pipeline's words
+            self._health_write_refused("it holds another type, not a hash" if "WRONGTYPE" in str(exc)
+                                       else str(exc))
+        except (RedisError, OSError):
+            pass
+        else:
+            self._health_write_refused("")
+
+    def _health_write_refused(self, why: str) -> None:
+        if why == self._health_refused:
+            return
+        key = keys.venue_health(self.config.venue.name)
+        if why:
+            logger.error("%s: Redis refuses the health write to %s (%s): liq status cannot show this "
+                         "venue; delete or rename that key", self.config.venue.name, key, why)
+        else:
+            logger.info("%s: health written to %s again", self.config.venue.name, key)
+        self._health_refused = why
 
     async def _write_health(self) -> None:
         now_ms = self.config.clock.now_ms()

@@ -105,3 +105,33 @@ def test_a_health_hash_another_tool_wrote_badly_is_overwritten_and_the_reports_g
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "okx: liq:venue:okx holds updated_ms 'yesterday', not a time in ms (another tool writing it?): "
         "read as absent and overwritten; logged once"]
+
+
+def test_a_health_key_of_another_type_is_logged_once_and_once_when_it_is_written_again(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Another program SET ``liq:venue:okx`` to a string: every health write fails with
+    WRONGTYPE, which the loop kept to itself (liq status showed the venue not running, the log
+    nothing). One error line names the key; one line says when the writes work again."""
+    async def run() -> dict[Any, Any]:
+        redis = make_async_redis(redis_url)
+        collector = Collector(CollectorConfig(venue=load_venue("okx"), redis=redis, shards=4,
+                                              base_url="ws://127.0.0.1:1"))
+        key = keys.venue_health("okx")
+        await redis.set(key, "not a hash")
+        for _ in range(3):  # the loop's steps, a second apart live: refused each time
+            await collector._health_step()
+        await redis.delete(key)
+        for _ in range(2):
+            await collector._health_step()
+        fields = await redis.hgetall(key)
+        await redis.aclose()
+        return fields
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        fields = asyncio.run(run())
+    assert fields[b"state"] == b"connecting"
+    lines = [r.getMessage() for r in caplog.records if "liq:venue:okx" in r.getMessage()]
+    assert lines == [
+        "okx: Redis refuses the health write to liq:venue:okx (it holds another type, not a hash): "
+        "liq status cannot show this venue; delete or rename that key",
+        "okx: health written to liq:venue:okx again"]
