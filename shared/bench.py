@@ -43,7 +43,7 @@ from shared import codec, keys, logs
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
-from shared.runtime import settle_gc
+from shared.runtime import settle_gc, settled_gc
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from shared.settings import CommonSettings, load
 from shared.streams import publish
@@ -166,7 +166,7 @@ def _consume_process(url: str, pg_dsn: str | None, name: str, ready: Any, stop_f
 
 def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> dict[str, Any]:
     n = len(events)
-    settle_gc()  # the baseline, the producer and each stage alone run here: as a deployed process
+    settle_gc()  # the workload just built lives through the section: out of the collector's walks
     baseline = bare_loop(url, [codec.encode(e) for e in events])
     result: dict[str, Any] = {"events": n, "bare_xadd_xreadgroup_per_s": round(baseline)}
     client = redis.Redis.from_url(url)
@@ -430,10 +430,10 @@ def bench(events: int, rows: int, only: str, as_json: bool, no_db: bool) -> None
     workdir = Path(tempfile.mkdtemp(prefix="liq-bench-"))
     workdir.chmod(0o755)  # the postgres user (when run as root) must reach its data dir
     try:
-        with servers(workdir, with_db=not no_db) as (redis_url, pg_dsn):
+        # every section measures code as a deployed process runs it (shared.runtime.settle_gc)
+        with servers(workdir, with_db=not no_db) as (redis_url, pg_dsn), settled_gc():
             if pg_dsn:
                 importlib.import_module("writer.migrate").migrate_dsn(pg_dsn)
-            settle_gc()  # every section measures code as a deployed process runs it
             if "parsers" in wanted:
                 report["parsers"] = importlib.import_module("collectors.bench").run()
             if "detector" in wanted:

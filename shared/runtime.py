@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from shared import logs
@@ -45,6 +45,19 @@ def settle_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+@contextlib.contextmanager
+def settled_gc() -> Iterator[None]:
+    """:func:`settle_gc` for a stretch of a process that goes on afterwards (``liq bench`` run
+    in a test session): the collector is as it was before when the stretch ends."""
+    before = gc.get_threshold()
+    settle_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 async def stopped_within(stop: asyncio.Event, seconds: float) -> bool:

@@ -3,6 +3,7 @@ every section runs, counts what it must, and leaves no rows or tables behind."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -67,11 +68,13 @@ def test_bench_refuses_a_redis_database_that_holds_data(redis_url: str) -> None:
 
 
 def test_bench_without_the_database_measures_the_redis_stages_alone(redis_url: str) -> None:
+    collector_before = gc.get_threshold(), gc.get_freeze_count()
     result = CliRunner().invoke(
         bench, ["--only", "streams", "--events", "1000", "--no-db", "--json"],
         env={"LIQ_REDIS_URL": redis_url, "LIQ_PG_DSN": "postgresql://nobody@127.0.0.1:1/none"},
         catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert (gc.get_threshold(), gc.get_freeze_count()) == collector_before, "this process goes on"
     streams = json.loads(result.stdout)["streams"]
     assert "writer_per_s" not in streams and streams["events"] == 1000
     assert list(streams["end_to_end_cpu_us_per_event"]) == [

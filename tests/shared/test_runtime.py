@@ -30,3 +30,17 @@ def test_a_service_runs_with_its_start_up_heap_frozen_and_rarer_collections() ->
     seen = json.loads(result.stdout.splitlines()[0])
     assert tuple(seen["thresholds"]) == GC_THRESHOLDS != (700, 10, 10)
     assert seen["frozen"] > 1000, "the interpreter and shared's modules hold thousands of objects"
+
+
+def test_a_settled_stretch_leaves_the_collector_as_it_found_it() -> None:
+    """``liq bench`` run inside a test session (or any process that goes on): the heap frozen and
+    the thresholds ours only while it runs."""
+    import gc
+
+    from shared.runtime import settled_gc
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with settled_gc():
+        assert gc.get_threshold() == GC_THRESHOLDS != before
+        assert gc.get_freeze_count() > frozen
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (before, frozen)
