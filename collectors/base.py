@@ -652,9 +652,9 @@ class Collector:
     async def _health_step(self) -> None:
         try:
             await self._write_health()
-        except ResponseError as exc:  # redis-py wraps the reply in the pipeline's words
+        except ResponseError as exc:  # Redis' own reply (see _write_health), the same at each write
             self._health_write_refused("it holds another type, not a hash" if "WRONGTYPE" in str(exc)
-                                       else str(exc))
+                                       else f"{type(exc).__name__}: {exc}")
         except (RedisError, OSError):
             pass
         else:
@@ -665,8 +665,9 @@ class Collector:
             return
         key = keys.venue_health(self.config.venue.name)
         if why:
+            remedy = "; delete or rename that key" if why.startswith("it holds another type") else ""
             logger.error("%s: Redis refuses the health write to %s (%s): liq status cannot show this "
-                         "venue; delete or rename that key", self.config.venue.name, key, why)
+                         "venue%s", self.config.venue.name, key, why, remedy)
         else:
             logger.info("%s: health written to %s again", self.config.venue.name, key)
         self._health_refused = why
@@ -687,7 +688,12 @@ class Collector:
         fields: dict[Any, Any] = dict(self.health.as_fields(now_ms))
         pipe.hset(key, mapping=fields)
         pipe.expire(key, keys.VENUE_HEALTH_TTL_SECONDS)
-        (writer, updated), *_ = await pipe.execute()
+        # Redis' replies as they are: redis-py's wording of a failed pipeline quotes the command,
+        # whose fields change at each write, and the refusal is logged when its text changes.
+        replies = await pipe.execute(raise_on_error=False)
+        if error := next((r for r in replies if isinstance(r, ResponseError)), None):
+            raise error
+        (writer, updated), *_ = replies
         self._note_twin(*self._last_write(writer, updated), now_ms)
         await self._notify()
 

@@ -135,3 +135,36 @@ def test_a_health_key_of_another_type_is_logged_once_and_once_when_it_is_written
         "okx: Redis refuses the health write to liq:venue:okx (it holds another type, not a hash): "
         "liq status cannot show this venue; delete or rename that key",
         "okx: health written to liq:venue:okx again"]
+
+
+def test_a_health_write_refused_for_another_reason_is_logged_once_too(
+        redis62_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis out of memory (``maxmemory`` reached, ``noeviction``) refuses each health write
+    of a venue that is up with the same OOM error: one line while it lasts, naming the error,
+    not one per second because redis-py's wording of a pipeline's error quotes the write's
+    fields (``silent_s`` changes at each write), and not the remedy of a key of another type.
+    The test's own server (the 6.2 one), whose memory limit it lowers."""
+    clock = FakeClock(start_ms=time.time_ns() // 1_000_000)
+
+    async def run() -> None:
+        redis = make_async_redis(redis62_url)
+        collector = Collector(CollectorConfig(venue=load_venue("okx"), redis=redis, shards=4,
+                                              base_url="ws://127.0.0.1:1", clock=clock))
+        collector.health.connections_total = 1
+        collector.health.connected("c0", clock.now_ms())
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", 1)
+        for _ in range(3):  # the loop's steps, a second apart
+            await collector._health_step()
+            clock.advance(1)
+        await redis.config_set("maxmemory", 0)
+        await collector._health_step()
+        await redis.aclose()
+
+    with caplog.at_level(logging.INFO, logger="collectors.base"):
+        asyncio.run(run())
+    lines = [r.getMessage() for r in caplog.records if "health" in r.getMessage()]
+    assert lines == [
+        "okx: Redis refuses the health write to liq:venue:okx (OutOfMemoryError: command not allowed "
+        "when used memory > 'maxmemory'.): liq status cannot show this venue",
+        "okx: health written to liq:venue:okx again"]
