@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from shared.venue_health import STALE_HEALTH_MS, venue_row
+import redis
+
+from shared import keys
+from shared.venue_health import STALE_HEALTH_MS, venue_healths, venue_row
 
 NOW = 1_700_000_000_000
 
@@ -40,3 +43,13 @@ def test_a_hash_another_tool_wrote_badly_reads_as_stopped_with_no_numbers_instea
               "twin_seen_ms": "x", "twin": "h:2:bb", "collector": "h:1:aa"}
     assert venue_row(health, NOW) == {"state": "stopped", "reason": "", "events": 0, "last_event_age_s": None,
                                       "collectors": ["h:1:aa"]}
+
+
+def test_a_hash_another_tool_wrote_in_bytes_that_are_not_text_reads_as_stopped_too(r: redis.Redis) -> None:
+    """The same with values that are not UTF-8 (the collector reads those in its health loop
+    too): ``liq status`` and ``liq venues`` read the hash, and the venue shows as stopped."""
+    r.hset(keys.venue_health("okx"), mapping={"state": "up", "updated_ms": b"\xff", "collector": b"h:\xfe",
+                                              "reason": b"\xff\xfe"})
+    health = venue_healths(r)["okx"]
+    assert venue_row(health, NOW) == {"state": "stopped", "reason": "\ufffd\ufffd", "events": 0,
+                                      "last_event_age_s": None, "collectors": ["h:\ufffd"]}
