@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from shared.metrics import SPARE_PORTS, serve_collector_metrics, serve_consumer_metrics, start_metrics_server
-from shared.servers import free_port
+from shared.servers import free_port_range
 
 
 def _scrape(port: int) -> str:
@@ -18,7 +18,7 @@ def _scrape(port: int) -> str:
 
 
 def test_a_second_consumer_takes_the_next_spare_port() -> None:
-    default = free_port()
+    default = free_port_range(2)  # two consecutive free ports: the second consumer takes the next one
     first = serve_consumer_metrics("127.0.0.1", None, default)
     second = serve_consumer_metrics("127.0.0.1", None, default)
     assert (first, second) == (default, default + 1)
