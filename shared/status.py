@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 import redis
+from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import dlq as dead_letters
@@ -55,6 +55,8 @@ def _redis_report(redis_url: str, shards: int) -> dict[str, Any]:
     client = make_sync_redis(redis_url)
     try:
         return redis_status(client, shards)
+    except (AuthenticationError, AuthorizationError) as exc:  # it answered: no, to these credentials
+        return {"redis_failed": f"{type(exc).__name__}: {exc}"}
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         return {"redis_error": str(exc)}
     except RedisError as exc:

@@ -358,3 +358,24 @@ def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis
     assert checked.exit_code == 1
     assert checked.stdout == f"redis: {redis_url}   postgres: None\nREDIS ERROR: {error}\n"
     assert checked.stderr == f"problem: redis: {error}\n"
+
+
+@pytest.mark.parametrize("password", ["", "wrong"])
+def test_a_redis_that_refuses_the_credentials_is_said_so_not_unreachable(
+        tmp_path: Path, password: str) -> None:
+    """A Redis with a password (``requirepass``) answers a URL without it, or with another one:
+    that is an error to fix in LIQ_REDIS_URL, not a server down."""
+    import redis as syncredis
+
+    from shared import servers
+    from shared.status import collect_status
+
+    server = servers.start_redis(tmp_path / "redis")
+    try:
+        syncredis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+        url = server.url.replace("redis://", f"redis://:{password}@") if password else server.url
+        report = collect_status(url, None, 1)
+    finally:
+        server.stop()
+    assert "redis_error" not in report
+    assert report["redis_failed"].startswith("AuthenticationError: ")
