@@ -237,8 +237,9 @@ class PostgresServer:
     bin_dir: Path
     run_as: str | None
     remove_on_stop: bool = False
-    """The data is throwaway and lives in a fallback folder of its own (``/var/lib/liq/pg-…``),
-    which ``stop`` removes: the caller removes the folder it asked for, never that one."""
+    """The data is throwaway, created by this start, and lives in a fallback folder of its own
+    (``/var/lib/liq/pg-…``), which ``stop`` removes: the caller removes the folder it asked for,
+    never that one."""
 
     def _cmd(self, *args: str) -> list[str]:
         return (["runuser", "-u", self.run_as, "--"] if self.run_as else []) + list(args)
@@ -346,7 +347,8 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False,
     ``durable``: PostgreSQL's own defaults (fsync, full-page writes, synchronous commit), so a
     committed batch survives a crash of the machine, as the writer's XACK after commit assumes
     (``liq up``). Otherwise those are off, for tests and benchmarks on throwaway data, and a
-    fallback folder the data went to (see the module's docstring) is removed by ``stop``.
+    fallback folder the data went to (see the module's docstring) is removed by ``stop`` when
+    this start created the data (never data found there: ``liq up``'s, or a leftover server's).
     """
     bin_dir = bin_dir or postgres_bin_dir()
     run_as = PG_SUPERUSER if os.geteuid() == 0 else None
@@ -357,12 +359,13 @@ def start_postgres(data_dir: Path, port: int = 0, durable: bool = False,
         bin_dir = _runnable_by(run_as, bin_dir)
     port = port or free_port()
     server = PostgresServer(dsn=f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{PG_DATABASE}",
-                            port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as,
-                            remove_on_stop=not durable and data_dir != asked)
+                            port=port, data_dir=data_dir, bin_dir=bin_dir, run_as=run_as)
     pgdata = data_dir / "data"
     if not (pgdata / "PG_VERSION").exists():
         _run(server._cmd(str(bin_dir / "initdb"), "-D", str(pgdata), "--auth=trust",
                          "-U", PG_SUPERUSER, "-E", "UTF8", "--no-sync"), "initdb")
+        # only data this start created: the fallback may hold liq up's, or a server's left running
+        server.remove_on_stop = not durable and data_dir != asked
     elif _pg_running(server, pgdata):
         logger.warning("stopping the PostgreSQL left running on %s by an earlier run", pgdata)
         server.stop()

@@ -371,3 +371,33 @@ def test_a_throwaway_postgres_in_the_fallback_folder_removes_it_when_stopped(
         server.stop()
     assert server.data_dir.exists() is durable
     assert asked.is_dir(), "the folder asked for is the caller's to remove"
+
+
+def test_a_throwaway_start_on_data_it_did_not_create_in_the_fallback_folder_keeps_it(
+        reachable_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``liq up``'s durable data in the fallback folder, its server left running (``liq up``
+    killed), then a throwaway start on the same folder (as after a kill): that start stops the
+    leftover server and serves the data, and neither that stop nor its own removes the data it
+    did not create."""
+    from shared import servers
+
+    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
+    asked = reachable_dir / "private" / "pg"
+    reachable = servers._reachable
+    monkeypatch.setattr(servers, "_reachable",  # as if the folder were mode 0700, under /root
+                        lambda user, path, write=True: path != asked and reachable(user, path, write))
+    durable = start_postgres(asked, durable=True)
+    try:
+        with psycopg.connect(durable.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+        again = start_postgres(asked)
+        try:
+            assert again.data_dir == durable.data_dir
+            with psycopg.connect(again.dsn) as conn:
+                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+        finally:
+            again.stop()
+        assert (durable.data_dir / "data" / "PG_VERSION").exists(), "liq up's durable data is kept"
+    finally:
+        durable.stop()
