@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 import pytest
 
@@ -124,3 +126,65 @@ def test_a_ring_starts_small_and_grows_to_its_capacity_keeping_order_and_sums() 
 def test_capacity_below_two_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         Ring(1, 1, 100_000.0)
+
+
+class ColumnRing(Ring):
+    """The ring as it was before ``_parts``: an eviction reads the event's contribution back from
+    the columns (the reference the per-slot tuples must match exactly)."""
+
+    __slots__ = ()
+
+    def _drop_tail(self) -> None:
+        i = self.tail
+        item = self.items[i]
+        if item is not None:
+            self._ids.discard(item.event_id)
+        self.items[i] = None
+        self.tail = (i + 1) % self._alloc
+        self.size -= 1
+        if self.size == 0:
+            self._zero_sums()
+            return
+        self._move(float(self.notional[i]), float(self.price[i]), bool(self.is_long[i]), int(self.venue[i]),
+                   float(self.weight[i]), int(self.ts[i]), -1)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_pushes_evictions_clears_and_overflows_keep_each_slots_part_its_columns(seed: int) -> None:
+    """Property: whatever the order of pushes (late ones too), evictions, clears, growth,
+    wraparound and overflow, each live slot's part is what its columns hold, the running sums
+    are to the bit those of a ring reading the columns back, and they match the columns
+    recomputed (the price spread to float noise: running sums of squares cancel)."""
+    rng = random.Random(seed)
+    capacity = rng.choice([2, 5, 64, 100, 300])
+    ring, reference = Ring(capacity, 4, 100_000.0), ColumnRing(capacity, 4, 100_000.0)
+    newest = 0.0
+    for k in range(1500):
+        action = rng.random()
+        if action < 0.75:
+            newest += rng.choice([0.0, 0.1, 1.0, 3.0])
+            second = newest - (rng.uniform(0, 20) if rng.random() < 0.1 else 0.0)  # some late
+            usd = rng.choice([0.0, 50.0, 20_000.0, 150_000.0, rng.uniform(1, 300_000)])
+            event = ev(second, usd, price=rng.choice([50_000.0, rng.uniform(49_000, 51_000)]),
+                       side=rng.choice(["long", "short"]), event_id=f"e{k}")
+            venue, weight = rng.randrange(4), rng.choice([1.0, 1.0, 2.5])
+            ring.push(event, venue=venue, weight=weight)
+            reference.push(event, venue=venue, weight=weight)
+        elif action < 0.97:
+            cutoff = T0 + int((newest - rng.uniform(0, 60)) * 1000)
+            assert ring.evict(cutoff) == reference.evict(cutoff)
+        else:
+            ring.clear()
+            reference.clear()
+        live = [(ring.tail + j) % len(ring.ts) for j in range(len(ring))]
+        assert [ring._parts[i] for i in live] == [
+            (float(ring.notional[i]), float(ring.price[i]), bool(ring.is_long[i]), int(ring.venue[i]),
+             float(ring.weight[i]), int(ring.ts[i])) for i in live]
+        stats, columns = ring.stats(), stats_from_columns(ring)
+        assert stats == reference.stats()
+        assert (stats.size, stats.count, stats.long_count) == (
+            columns.size, columns.count, columns.long_count)
+        for name in ("total_usd", "long_usd", "short_usd", "inst_usd"):
+            assert getattr(stats, name) == pytest.approx(getattr(columns, name), rel=1e-9, abs=1e-6), name
+        assert stats.price_rel_std == pytest.approx(columns.price_rel_std, abs=1e-6)
+        assert sorted(stats.venue_times) == pytest.approx(sorted(columns.venue_times))
