@@ -308,3 +308,58 @@ def test_a_count_of_any_length_redis_can_add_to_goes_up_by_exactly_one(
     level = r.hgetall("liq:levels:BTCUSDT:67200:LONG")
     assert (level["count"], level["count:bybit"]) == (after, "1")
     r.close()
+
+
+def test_the_script_adds_random_increments_to_any_counts_and_sums_it_finds_as_redis_would(
+        redis_url: str) -> None:
+    """Property, on the script itself (increments zero and negative too, which ``fold`` never
+    makes): every count comes out as HINCRBY would write it (exact, up to 18 digits, past a
+    double's exact integers), every sum as the double sum to 15 significant digits; fields
+    absent, a sum without its count, a hash without counts or absent; fields not in the batch
+    kept; every key given the TTL."""
+    from msgspec.msgpack import encode
+
+    from aggregator.service import APPLY_BATCH_LUA
+
+    rng = random.Random(20261202)
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    script = r.register_script(APPLY_BATCH_LUA)
+    stored_counts = ["0", "1", "-1", "42", "99999999999999", "-99999999999999", "999999999999999",
+                     "-999999999999999", "1000000000000000", "9007199254740991", "9007199254740992",
+                     "9007199254740993", "-9007199254740993", "123456789012345678"]
+    stored_sums = ["0", "1.5", "-2.25", "62807.6837", "0.00001", "123456789.123", "1e20", "-7"]
+    for _ in range(300):
+        r.flushdb()
+        hashes: list[tuple[str, dict[str, int], dict[str, float]]] = []
+        expected: dict[str, dict[str, str | float]] = {}
+        for k in range(rng.randint(1, 4)):
+            key = f"h{k}"
+            counts = {f"c{j}": rng.choice([0, 1, -1, 2, 7, 500, -3, 10**12])
+                      for j in range(rng.randint(0, 3))}
+            sums = {f"s{j}": rng.choice([0.0, -0.0, 5.0, 0.1, -12.5, rng.uniform(-1e6, 1e6)])
+                    for j in range(rng.randint(0 if counts else 1, 3))}
+            before = {field: rng.choice(stored_counts) for field in [*counts, "other"] if rng.random() < 0.6}
+            before |= {field: rng.choice(stored_sums) for field in sums if rng.random() < 0.6}
+            for field, value in before.items():
+                r.hset(key, field, value)
+            after: dict[str, str | float] = dict(before)
+            for field, inc in counts.items():
+                after[field] = str(int(before.get(field, "0")) + inc)
+            for field, add in sums.items():
+                after[field] = float(before.get(field, "0")) + add
+            hashes.append((key, counts, sums))
+            expected[key] = after
+        document = encode([3600, keys.AGGREGATOR_GROUP, "a1",
+                           [[len(c), [*c, *s], [*c.values(), *s.values()]] for _, c, s in hashes], []])
+        assert script(keys=[key for key, _, _ in hashes], args=[document]) == len(hashes)
+        for key, after in expected.items():
+            got = r.hgetall(key)
+            assert got.keys() == after.keys(), key
+            for field, want in after.items():
+                if isinstance(want, str):
+                    assert got[field] == want, (key, field)
+                else:  # a sum: the double, written without exponent to 15 significant digits
+                    assert "e" not in got[field], (key, field)
+                    assert float(got[field]) == pytest.approx(want, rel=1e-14, abs=1e-300), (key, field)
+            assert 0 < r.ttl(key) <= 3600
+    r.close()
