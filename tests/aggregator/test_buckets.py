@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import msgspec
@@ -110,3 +111,32 @@ def test_a_remembered_level_key_is_the_key_the_level_rule_makes_even_when_the_me
         expected = keys.price_level(event.symbol, level_of(event.base, event.price, sizes), event.side)
         assert level_keys.of(event) == expected, (symbol, price)
     assert len(level_keys._known) <= 50
+
+
+def test_a_remembered_level_key_is_the_uncached_one_at_level_boundaries_and_odd_prices() -> None:
+    """Property: prices on a level's start, a float step either side, at the rule's 1e-9 nudge,
+    zero, negative; each asked twice (the second answer from the memory); a price with no
+    level (NaN, infinite) raises as the rule does, remembering nothing."""
+    rng = random.Random(7)
+    sizes = {"BTC": 100.0, "ETH": 10.0, "PEPE": 1e-9, "ODD": 0.3}
+    level_keys = LevelKeys(sizes)
+    prices = [0.0, -0.0, -5.0, -67_234.5, 1e-300, 0.1 + 0.2, 0.3, 0.6, 0.9]
+    for _ in range(400):
+        size = rng.choice([100.0, 10.0, 1e-9, 0.3, 1.0, 0.01, 1e-6, 1e-3])
+        start = rng.randint(-50, 10**6) * size
+        prices += [start, math.nextafter(start, math.inf), math.nextafter(start, -math.inf),
+                   start - size * 1e-9, start - size * 2e-9, start + size * (1 - 1e-9)]
+    for symbol in ["BTCUSDT", "ETHUSDT", "PEPEUSDT", "ODDUSDT", "DOGEUSDT"]:
+        for price in [*prices, *prices]:
+            event = liq(symbol=symbol, price=price)
+            expected = keys.price_level(symbol, level_of(event.base, price, sizes), event.side)
+            assert level_keys.of(event) == expected, (symbol, price)
+    known = len(level_keys._known)
+    for price in [math.nan, math.inf, -math.inf]:
+        for symbol in ["BTCUSDT", "DOGEUSDT"]:
+            event = liq(symbol=symbol, price=price)
+            with pytest.raises((ValueError, OverflowError)) as uncached:
+                level_of(event.base, price, sizes)
+            with pytest.raises(uncached.type):
+                level_keys.of(event)
+    assert len(level_keys._known) == known
