@@ -120,21 +120,29 @@ def test_a_redis_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept
         leftover.stop()
 
 
+def _keep_a_row(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (v int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+
+
+def _kept_rows(dsn: str) -> list[tuple[int]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT v FROM kept").fetchall()
+
+
 def test_a_postgres_left_running_by_a_killed_run_is_stopped_first_and_its_data_kept(
         reachable_dir: Path) -> None:
     base = reachable_dir / "pg"
     leftover = start_postgres(base)
     try:
-        with psycopg.connect(leftover.dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kept (v int)")
-            conn.execute("INSERT INTO kept VALUES (42)")
+        _keep_a_row(leftover.dsn)
         again = start_postgres(base)
         try:
             assert again.port != leftover.port
             with pytest.raises(psycopg.OperationalError):
                 psycopg.connect(leftover.dsn, connect_timeout=2).close()
-            with psycopg.connect(again.dsn) as conn:
-                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+            assert _kept_rows(again.dsn) == [(42,)]
         finally:
             again.stop()
     finally:
@@ -349,19 +357,26 @@ def test_a_redis_restarted_on_its_data_is_ready_for_commands_when_start_returns(
         slow.wait(timeout=30)
 
 
+def unreachable_pg_dir(reachable_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder the ``postgres`` user is taken to be unable to reach (as if mode 0700, under
+    /root), so its data goes to the fallback folder, here ``reachable_dir / "fallback"``."""
+    from shared import servers
+
+    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
+    asked = reachable_dir / "private" / "pg"
+    reachable = servers._reachable
+    monkeypatch.setattr(servers, "_reachable",
+                        lambda user, path, write=True: path != asked and reachable(user, path, write))
+    return asked
+
+
 @pytest.mark.parametrize("durable", [False, True])
 def test_a_throwaway_postgres_in_the_fallback_folder_removes_it_when_stopped(
         reachable_dir: Path, monkeypatch: pytest.MonkeyPatch, durable: bool) -> None:
     """A folder the ``postgres`` user cannot reach (a private TMPDIR, a project under /root)
     sends the data to ``/var/lib/liq/pg-…``. A throwaway server (``liq bench``, tests) left 50 MB
     there at every run: its stop now removes it. ``liq up``'s durable data stays."""
-    from shared import servers
-
-    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
-    asked = reachable_dir / "private" / "pg"
-    reachable = servers._reachable
-    monkeypatch.setattr(servers, "_reachable",  # as if the folder were mode 0700, under /root
-                        lambda user, path, write=True: path != asked and reachable(user, path, write))
+    asked = unreachable_pg_dir(reachable_dir, monkeypatch)
     server = start_postgres(asked, durable=durable)
     try:
         assert server.data_dir.parent == reachable_dir / "fallback"
@@ -379,23 +394,14 @@ def test_a_throwaway_start_on_data_it_did_not_create_in_the_fallback_folder_keep
     killed), then a throwaway start on the same folder (as after a kill): that start stops the
     leftover server and serves the data, and neither that stop nor its own removes the data it
     did not create."""
-    from shared import servers
-
-    monkeypatch.setattr(servers, "FALLBACK_PG_ROOT", reachable_dir / "fallback")
-    asked = reachable_dir / "private" / "pg"
-    reachable = servers._reachable
-    monkeypatch.setattr(servers, "_reachable",  # as if the folder were mode 0700, under /root
-                        lambda user, path, write=True: path != asked and reachable(user, path, write))
+    asked = unreachable_pg_dir(reachable_dir, monkeypatch)
     durable = start_postgres(asked, durable=True)
     try:
-        with psycopg.connect(durable.dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kept (v int)")
-            conn.execute("INSERT INTO kept VALUES (42)")
+        _keep_a_row(durable.dsn)
         again = start_postgres(asked)
         try:
             assert again.data_dir == durable.data_dir
-            with psycopg.connect(again.dsn) as conn:
-                assert conn.execute("SELECT v FROM kept").fetchall() == [(42,)]
+            assert _kept_rows(again.dsn) == [(42,)]
         finally:
             again.stop()
         assert (durable.data_dir / "data" / "PG_VERSION").exists(), "liq up's durable data is kept"

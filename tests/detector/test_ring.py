@@ -135,18 +135,10 @@ class ColumnRing(Ring):
     __slots__ = ()
 
     def _drop_tail(self) -> None:
-        i = self.tail
-        item = self.items[i]
-        if item is not None:
-            self._ids.discard(item.event_id)
-        self.items[i] = None
-        self.tail = (i + 1) % self._alloc
-        self.size -= 1
-        if self.size == 0:
-            self._zero_sums()
-            return
-        self._move(float(self.notional[i]), float(self.price[i]), bool(self.is_long[i]), int(self.venue[i]),
-                   float(self.weight[i]), int(self.ts[i]), -1)
+        i = self.tail  # the part the eviction takes back, read from the columns first
+        self._parts[i] = (float(self.notional[i]), float(self.price[i]), bool(self.is_long[i]),
+                          int(self.venue[i]), float(self.weight[i]), int(self.ts[i]))
+        super()._drop_tail()
 
 
 @pytest.mark.parametrize("seed", range(8))
