@@ -164,11 +164,6 @@ def failure_kind(failure: BaseException | str) -> str:
     return name
 
 
-def _text(value: Any) -> str:
-    """A Redis reply's value as text, whatever its bytes ("" for none)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-
-
 def _decoded(entry: Any) -> Liquidation | None:
     """The liquidation of an event stream entry (``(id, fields)``); None when it does not decode."""
     try:
@@ -701,14 +696,14 @@ class Collector:
         """Who wrote the venue's health hash last, and when: ``updated_ms``, 0 when absent or not
         a number (another tool's value: logged once, and overwritten by this write)."""
         try:
-            return _text(writer), int(updated or 0)
+            return reply_text(writer or b""), int(updated or 0)
         except ValueError:
             if not self._malformed_logged:
                 self._malformed_logged = True
                 logger.warning("%s: %s holds updated_ms %r, not a time in ms (another tool writing it?): "
                                "read as absent and overwritten; logged once", self.config.venue.name,
-                               keys.venue_health(self.config.venue.name), _text(updated))
-            return _text(writer), 0
+                               keys.venue_health(self.config.venue.name), reply_text(updated or b""))
+            return reply_text(writer or b""), 0
 
     def _note_twin(self, writer_id: str, writer_updated_ms: int, now_ms: int) -> None:
         """One log line when another collector of this venue starts or stops publishing into

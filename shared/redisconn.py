@@ -107,8 +107,10 @@ def fast_connection(connection_class: type[Any]) -> type[Any]:
 
 
 def reply_text(value: Any) -> str:
-    """A value from a Redis reply as text, whether the client decodes responses or not."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    """A value from a Redis reply as text, whether the client decodes responses or not. Bytes
+    that are not UTF-8 (another program's value in one of our keys) are replaced, not raised:
+    what reads them (``liq status``, a collector's health loop) shows the rest."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def group_names(groups: Sequence[Mapping[Any, Any]]) -> list[str]:

@@ -44,14 +44,8 @@ def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
     for name in VENUE_NAMES:
         raw: Any = client.hgetall(keys.venue_health(name))
         if raw:
-            out[name] = {_text(k): _text(v) for k, v in raw.items()}
+            out[name] = {reply_text(k): reply_text(v) for k, v in raw.items()}
     return out
-
-
-def _text(value: Any) -> str:
-    """A health hash's field or value as text; bytes that are not UTF-8 (another tool wrote
-    them) replaced, so that the rest of the hash is still shown."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else reply_text(value)
 
 
 def venue_row(health: Mapping[str, str], now_ms: int) -> dict[str, Any]:
