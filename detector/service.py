@@ -60,7 +60,7 @@ from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DETECT_TIMED_EVERY, DROPPED, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
-from shared.redisconn import group_info, reply_text
+from shared.redisconn import entry_key, group_info, reply_text
 from shared.runtime import stopped_within
 from shared.streams import Message, StreamConsumer, outage_of, streams_check_lua
 
@@ -123,12 +123,6 @@ class Publication:
 def consumer_name(shard: int) -> str:
     return f"detector-s{shard}"
 
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """A stream entry id as a sortable pair (``"1700-3"`` → (1700, 3))."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Detector:
@@ -385,7 +379,7 @@ class Detector:
             return 0
         pending = await self._pending(stream)
         reach_ms = self.settings.window_ms + self.settings.quiet_ms + REBUILD_SLACK_MS
-        since_ms = int(last_id.split("-")[0]) - reach_ms
+        since_ms = entry_key(last_id)[0] - reach_ms
         fed = 0
         async for entry_id, fields in self._range(stream, f"{max(0, since_ms)}-0", last_id):
             try:

@@ -113,6 +113,13 @@ def reply_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def entry_key(entry_id: Any) -> tuple[int, int]:
+    """A stream entry id (text or bytes) as a pair that sorts as Redis orders the entries
+    (``"1700-3"`` → (1700, 3))."""
+    ms, _, seq = reply_text(entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def group_names(groups: Sequence[Mapping[Any, Any]]) -> list[str]:
     """The group names of an XINFO GROUPS reply, whether its field names are text or bytes."""
     return [reply_text({reply_text(k): v for k, v in info.items()}.get("name", "")) for info in groups]

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import dlq as dead_letters
 from shared import keys
 from shared.discovery import discover
-from shared.redisconn import make_sync_redis, reply_text
+from shared.redisconn import entry_key, make_sync_redis, reply_text
 from shared.settings import CommonSettings, check_dsn, load
 from shared.venue_health import STOPPED_REASON, int_field, venue_healths, venue_row
 
@@ -98,19 +98,13 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
         name, pending, lag = reply_text(group["name"]), int(group["pending"]), group.get("lag")
         lag = None if lag is None else int(lag)
         idle_ms = _least_idle_ms(client, stream, name)
-        unread = bool(newest) and _id(newest[0][0]) > _id(group["last-delivered-id"])
+        unread = bool(newest) and entry_key(newest[0][0]) > entry_key(group["last-delivered-id"])
         info["groups"].append({
             "group": name, "consumers": int(group["consumers"]), "pending": pending, "lag": lag,
             "idle_s": None if idle_ms is None else round(idle_ms / 1000, 1),
             "stalled": group_stalled(pending, lag, idle_ms, unread),
         })
     return info
-
-
-def _id(entry_id: Any) -> tuple[int, int]:
-    """A stream entry id as a number pair, in the order Redis gives them."""
-    ms, _, seq = reply_text(entry_id).partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _least_idle_ms(client: redis.Redis, stream: str, group: str) -> int | None:
