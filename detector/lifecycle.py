@@ -215,14 +215,8 @@ class SymbolDetector:
         """Take back an event whose handling failed after it entered the window, so that its
         redelivery is handled (and fails) again, to be dead-lettered, instead of being refused
         as a duplicate. Its time stays seen, as by its lane: what it evicted stays out."""
-        ring = self.ring
-        kept = [(item, int(v), float(w)) for item, v, w in zip(
-            ring.live_items(), ring.column(ring.venue), ring.column(ring.weight), strict=True)
-            if item.event_id != liq.event_id]
-        ring.clear()
-        for item, v, w in kept:
-            ring.push(item, v, w)
-        ring.last_sampled[venue] = sampled_ms
+        self.ring.withdraw(liq.event_id)
+        self.ring.last_sampled[venue] = sampled_ms
 
     def due(self, now_ms: int) -> bool:
         c = self.cascade

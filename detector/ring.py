@@ -31,6 +31,7 @@ window of ``capacity`` events that all arrived late is not worth a scan).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -216,12 +217,22 @@ class Ring:
         return dropped
 
     def _compact(self, cutoff_ms: int) -> int:
-        """Keep only the events after ``cutoff_ms``, in arrival order, with exact sums."""
+        """Keep only the events after ``cutoff_ms``."""
+        return self._keep_only(lambda item: item.timestamp_ms > cutoff_ms)
+
+    def withdraw(self, event_id: str) -> int:
+        """Take the event ``event_id`` back out of the window (its handling failed after it was
+        pushed); returns how many left. What it evicted on its way in stays out."""
+        return self._keep_only(lambda item: item.event_id != event_id)
+
+    def _keep_only(self, keep: Callable[[Liquidation], bool]) -> int:
+        """Keep only the live events ``keep`` accepts, in arrival order, with exact sums;
+        returns how many left."""
         kept = []
         for k in range(self.size):
             i = (self.tail + k) % self._alloc
             item = self.items[i]
-            if item is not None and item.timestamp_ms > cutoff_ms:
+            if item is not None and keep(item):
                 kept.append((item, int(self.venue[i]), float(self.weight[i])))
         dropped = self.size - len(kept)
         self.clear()
