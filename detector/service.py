@@ -62,7 +62,7 @@ from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DETECT_TIMED
 from shared.models import CascadeEvent, Liquidation
 from shared.redisconn import entry_key, group_info, reply_text
 from shared.runtime import stopped_within
-from shared.streams import Message, StreamConsumer, outage_of, streams_check_lua
+from shared.streams import Message, StreamConsumer, outage_of, outages_up, streams_check_lua
 
 logger = logging.getLogger(__name__)
 
@@ -482,8 +482,7 @@ class Detector:
             except Exception:  # a bug: logged, and the consumers keep running; next tick retries
                 logger.exception("%s: tick failed", self.name)
                 continue
-            own.up()
-            self.redis_outage.up()
+            outages_up(own, self.redis_outage)
 
     async def _heartbeat(self) -> None:
         key = keys.process_heartbeat(self.name)

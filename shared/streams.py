@@ -86,6 +86,14 @@ def outage_of(exc: BaseException, own: Outage, redis_outage: Outage | None) -> O
     return redis_outage if unreachable and redis_outage is not None else own
 
 
+def outages_up(own: Outage, redis_outage: Outage | None) -> None:
+    """A try worked: the loop's own outage is over, and so is the Redis outage its process's
+    loops share (when it has one): Redis answered."""
+    own.up()
+    if redis_outage is not None:
+        redis_outage.up()
+
+
 def error_kind(exc: BaseException) -> str:
     """The ``kind`` label of ``liq_errors_total``: what failed, so a :class:`SinkRetry` is
     labelled with the error it wraps (``OperationalError``); this loop is the one place a
@@ -295,9 +303,7 @@ class StreamConsumer(Generic[T]):
             except TRANSIENT_ERRORS as exc:
                 await stopped_within(stop, self._failed(exc))  # a stop cuts the pause short
                 continue
-            self._outage.up()
-            if self.redis_outage is not None:
-                self.redis_outage.up()
+            outages_up(self._outage, self.redis_outage)
             self.backoff.reset()
             return
 

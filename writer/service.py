@@ -34,7 +34,7 @@ from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.metrics import DROPPED
 from shared.runtime import stopped_within
-from shared.streams import Message, SinkRetry, StreamConsumer, outage_of
+from shared.streams import Message, SinkRetry, StreamConsumer, outage_of, outages_up
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
@@ -162,9 +162,7 @@ class Writer:
             except (psycopg.Error, RedisError, OSError) as exc:
                 outage_of(exc, own, shared).down(exc, seconds)
             else:
-                own.up()
-                if shared is not None:
-                    shared.up()
+                outages_up(own, shared)
             await stopped_within(stop, seconds)
 
     async def _heartbeat(self) -> None:
