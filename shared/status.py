@@ -93,8 +93,10 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     info: dict[str, Any] = {"stream": stream, "length": int(client.xlen(stream)), "groups": []}
     if not client.exists(stream):
         return info
-    newest: Any = client.xrevrange(stream, count=1)
-    for group in client.xinfo_groups(stream):
+    groups: list[dict[Any, Any]] = client.xinfo_groups(stream)
+    # the newest entry tells whether entries wait only where Redis cannot count a group's lag
+    newest: Any = client.xrevrange(stream, count=1) if any(g.get("lag") is None for g in groups) else []
+    for group in groups:
         name, pending, lag = reply_text(group["name"]), int(group["pending"]), group.get("lag")
         lag = None if lag is None else int(lag)
         idle_ms = _least_idle_ms(client, stream, name)
