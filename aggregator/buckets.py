@@ -64,6 +64,7 @@ def fold(liquidations: Iterable[Liquidation], level_keys: LevelKeys | None = Non
     """
     deltas: dict[str, HashDelta] = {}
     per_exchange: dict[str, tuple[str, str]] = {}
+    buckets: dict[tuple[str, int], HashDelta] = {}  # by symbol and minute: the key built once
     level_key_of = (level_keys or LevelKeys()).of
     for liq in liquidations:
         value = liq.notional_usd if liq.notional_known else 0.0
@@ -80,8 +81,11 @@ def fold(liquidations: Iterable[Liquidation], level_keys: LevelKeys | None = Non
         if liq.quantity_unit == "base":  # contracts of unknown size are no quantity of the asset
             sums["quantity"] = sums.get("quantity", 0.0) + liq.quantity
         sums[exchange_value] = sums.get(exchange_value, 0.0) + value
-        bucket_key = keys.time_bucket(liq.symbol, bucket_start(liq.timestamp_ms))
-        bucket = deltas.get(bucket_key) or deltas.setdefault(bucket_key, HashDelta())
+        minute = (liq.symbol, liq.timestamp_ms // keys.BUCKET_MS)
+        bucket = buckets.get(minute)
+        if bucket is None:
+            bucket_key = keys.time_bucket(liq.symbol, bucket_start(liq.timestamp_ms))
+            bucket = buckets[minute] = deltas.get(bucket_key) or deltas.setdefault(bucket_key, HashDelta())
         side_count, side_usd = SIDE_FIELDS[liq.side]
         counts, sums = bucket.counts, bucket.sums
         counts["count"] = counts.get("count", 0) + 1

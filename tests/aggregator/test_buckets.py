@@ -59,6 +59,17 @@ def test_fold_sums_per_key_and_side() -> None:
         "value_usd:bybit": 67234.5, "value_usd:okx": 168125.0})
 
 
+def test_one_fold_keeps_each_symbol_and_minute_in_its_own_bucket() -> None:
+    """Events of two symbols around a minute's edge, interleaved, in one read."""
+    edge = 1_700_000_040_000
+    times = [edge - 1, edge, edge - 2, edge + 59_999, edge + 60_000, edge - 60_000]
+    batch = [liq(symbol=symbol, timestamp_ms=ts, price=100.0, quantity=1.0)
+             for ts in times for symbol in ("BTCUSDT", "ETHUSDT")]
+    counts = {key: d.counts["count"] for key, d in fold(batch).items() if key.startswith("liq:agg:")}
+    assert counts == {keys.time_bucket(symbol, start): n for symbol in ("BTCUSDT", "ETHUSDT")
+                      for start, n in ((edge - 60_000, 3), (edge, 2), (edge + 60_000, 1))}
+
+
 def test_a_quantity_in_contracts_of_unknown_size_is_not_added_to_base_quantities() -> None:
     known = liq(price=67_210.0, quantity=0.5)
     contracts = msgspec.structs.replace(liq(price=67_250.0, quantity=1_000.0), quantity_unit="contracts",

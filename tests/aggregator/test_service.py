@@ -12,7 +12,7 @@ import pytest
 import redis as syncredis
 
 from aggregator.buckets import fold
-from aggregator.service import Aggregator, StaleBatch, make_consumer
+from aggregator.service import READ_COUNT, Aggregator, StaleBatch, make_consumer
 from shared import codec, keys
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
@@ -48,6 +48,34 @@ def test_aggregates_exact_sums_and_sets_ttl(redis_url: str) -> None:
     assert int(bucket["short_count"]) == sum(1 for e in first_minute if e.side == "short")
     assert 0 < r.ttl("liq:agg:BTCUSDT:60s:1729512000000") <= keys.L2_TTL_SECONDS
     assert int(r.hgetall("liq:agg:BTCUSDT:60s:1729512060000")["count"]) == 30
+
+
+def test_a_full_read_is_applied_whole_with_every_entry_claimed_and_acked(redis_url: str) -> None:
+    """A read of READ_COUNT entries is one script (its ids claimed and acked 500 at a time),
+    then the rest: exact counts and sums, nothing left pending."""
+    n = READ_COUNT + 345
+    events = [liq(price=67_200.0 + (i % 7) * 100, quantity=0.25 + (i % 3), event_id=f"f{i}",
+                  side="long" if i % 4 else "short", timestamp_ms=1_729_512_000_000 + i * 50)
+              for i in range(n)]
+
+    async def run() -> tuple[int, int]:
+        client = make_async_redis(redis_url)
+        await publish(client, [(keys.event_stream(0), e) for e in events], keys.EVENT_STREAM_MAXLEN)
+        consumer = make_consumer(client, 1, Aggregator(client), name="full")
+        handled = await consumer.run_until_idle()
+        await client.aclose()
+        return handled, consumer.stats.batches
+
+    handled, batches = asyncio.run(run())
+    assert (handled, batches) == (n, 2)
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    assert cast(dict[str, int], r.xpending(keys.event_stream(0), keys.AGGREGATOR_GROUP))["pending"] == 0
+    for key, delta in fold(events).items():
+        stored = cast(dict[str, str], r.hgetall(key))
+        assert {f: int(stored[f]) for f in delta.counts} == delta.counts, key
+        for name, value in delta.sums.items():
+            assert float(stored[name]) == pytest.approx(value, rel=1e-12), (key, name)
+    r.close()
 
 
 def _apply_in_batches(redis_url: str, batches: list[list[Liquidation]]) -> None:
