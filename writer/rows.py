@@ -32,9 +32,9 @@ from datetime import UTC, date, datetime, timedelta
 from shared.errors import ConfigError
 from shared.levels import DEFAULT_LEVEL_SIZES, level_of
 from shared.models import MAX_AMOUNT, CascadeEvent, CascadeMember, Liquidation
-from writer.significance import SignificanceRules
+from writer.significance import Insignificant, SignificanceRules
 
-Payload = Liquidation | CascadeEvent | CascadeMember
+Payload = Liquidation | Insignificant | CascadeEvent | CascadeMember
 
 DAY_MS = 86_400_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -240,6 +240,9 @@ def build_batch(payloads: Sequence[Payload], rules: SignificanceRules, now_ms: i
                 batch.invalid += 1
             else:
                 cascades.append(payload)
+            continue
+        if isinstance(payload, Insignificant):  # decoded as such: only its significance read
+            batch.insignificant += 1
             continue
         member = payload if isinstance(payload, CascadeMember) else None
         liq = payload.liquidation if isinstance(payload, CascadeMember) else payload

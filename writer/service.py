@@ -69,7 +69,7 @@ class Writer:
         self.redis_outage = Outage("writer: redis", logger)
         """A Redis outage, logged once for the three readers and the heartbeat."""
         self.consumers = [
-            self._consumer(keys.event_streams(settings.shards), codec.decode_liquidation,
+            self._consumer(keys.event_streams(settings.shards), self.rules.decode_event,
                            settings.event_read_count),
             self._consumer([keys.CASCADE_STREAM], codec.decode_cascade, settings.batch_size),
             self._consumer([keys.CASCADE_MEMBER_STREAM], codec.decode_member, settings.batch_size),

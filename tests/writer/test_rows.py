@@ -8,6 +8,7 @@ from typing import cast
 import msgspec
 import pytest
 
+from shared import codec
 from shared.clock import FakeClock
 from shared.errors import ConfigError
 from shared.models import CascadeEvent, CascadeMember, FactorScores
@@ -17,7 +18,7 @@ from writer.batcher import Batcher
 from writer.config import WriterSettings
 from writer.janitor import plan_run
 from writer.rows import DAY_MS, EVENT_COLUMNS, build_batch, expired, latest_cascades, stored_days, utc_day
-from writer.significance import SignificanceRules
+from writer.significance import Insignificant, SignificanceRules
 
 NOW = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 
@@ -38,6 +39,28 @@ def test_significance_threshold_default_and_per_symbol() -> None:
     assert not rules.is_significant(liq(symbol="BTCUSDT", price=100_000.0, quantity=2.0))
     unknown = msgspec.structs.replace(liq(price=1e6, quantity=1.0), notional_known=False)
     assert not rules.is_significant(unknown), "an unknown notional is never significant by size"
+
+
+def test_an_event_is_decoded_whole_only_when_it_is_to_be_stored() -> None:
+    settings = load(WriterSettings, {"LIQ_SIGNIFICANT_USD_BY_SYMBOL": "BTCUSDT=250000"})
+    rules = SignificanceRules.from_settings(settings)
+    big = liq(symbol="ETHUSDT", price=1000.0, quantity=100.0, event_id="big")
+    assert rules.decode_event(codec.encode(big)) == big, "significant: the whole liquidation"
+    small = liq(symbol="BTCUSDT", price=100_000.0, quantity=2.0)  # under BTCUSDT's own threshold
+    assert rules.decode_event(codec.encode(small)) == Insignificant(symbol="BTCUSDT", notional_usd=200_000.0)
+    unknown = msgspec.structs.replace(liq(price=1e6, quantity=1.0), notional_known=False)
+    assert isinstance(rules.decode_event(codec.encode(unknown)), Insignificant)
+    # What decides is checked as strictly as in the whole decode: such an entry is dead-lettered.
+    for bad in (b'{"symbol":"BTCUSDT","notional_usd":-1.0}', b'{"notional_usd":5e5}', b"[1]"):
+        with pytest.raises((msgspec.ValidationError, msgspec.DecodeError)):
+            rules.decode_event(bad)
+    # A field it does not read is not checked: the entry is skipped, not dead-lettered.
+    broken_rest = codec.encode(small).replace(b'"side":"long"', b'"side":"sideways"')
+    assert isinstance(rules.decode_event(broken_rest), Insignificant)
+    with pytest.raises(msgspec.ValidationError):
+        rules.decode_event(codec.encode(big).replace(b'"side":"long"', b'"side":"sideways"'))
+    batch = build_batch([rules.decode_event(codec.encode(e)) for e in (big, small, unknown)], rules, NOW, 90)
+    assert (batch.insignificant, batch.expired) == (2, 1), "the significant one is read whole, then too old"
 
 
 def test_bad_writer_settings_name_the_variable() -> None:
