@@ -148,8 +148,9 @@ class SymbolDetector:
         f = scoring.factors(self.ring.stats(), self.params)
         return f, scoring.score(f, self.params)
 
-    def _admit(self, liq: Liquidation, venue: int) -> bool:
-        """Put the event in the window; False when it is a duplicate or too late."""
+    def _admit(self, liq: Liquidation, venue: int, sampled_cap: int) -> bool:
+        """Put the event in the window; False when it is a duplicate or too late. A sampled event
+        is weighed by the gap since the last one of its cap, ``sampled_cap`` (-1: not sampled)."""
         ring = self.ring
         if liq.event_id in ring or liq.event_id in self.cleared_ids:
             self.duplicates += 1
@@ -161,19 +162,20 @@ class SymbolDetector:
             return False
         ring.evict(newest - self.rules.window_ms)
         weight = 1.0
-        if liq.sampled:
-            gap = abs(ts - ring.last_sampled[venue])
+        if sampled_cap >= 0:
+            gap = abs(ts - ring.last_sampled[sampled_cap])
             weight = scoring.sampled_weight(True, gap, self.rules.sampled_gap_ms, self.rules.sampled_weight)
-            if ts > ring.last_sampled[venue]:
-                ring.last_sampled[venue] = ts
+            if ts > ring.last_sampled[sampled_cap]:
+                ring.last_sampled[sampled_cap] = ts
         ring.push(liq, venue, weight)
         return True
 
     # -- the lifecycle ------------------------------------------------------------------------
 
     def on_event(self, liq: Liquidation, venue: int) -> tuple[Output, ...] | list[Output]:
-        sampled_ms = self.ring.last_sampled[venue]
-        if not self._admit(liq, venue):
+        cap = scoring.sampled_cap(venue, liq.exchange, liq.side) if liq.sampled else -1
+        sampled_ms = self.ring.last_sampled[cap] if cap >= 0 else 0
+        if not self._admit(liq, venue, cap):
             return NO_OUTPUT
         try:  # the cascade changes only once the score is known: a failure leaves it as it was
             c = self.cascade
@@ -183,7 +185,7 @@ class SymbolDetector:
             f, value = self.score_window()
             rank = BAND_RANK[scoring.band(value, self.params.band_edges)]
         except Exception:
-            self._withdraw(liq, venue, sampled_ms)
+            self._withdraw(liq, cap, sampled_ms)
             raise
         c.add(liq)
         if holds and self.ring.newest_ms > c.last_hold_ms:  # the window's time, even for a late event
@@ -211,12 +213,14 @@ class SymbolDetector:
         self.cascade = c
         return out
 
-    def _withdraw(self, liq: Liquidation, venue: int, sampled_ms: int) -> None:
+    def _withdraw(self, liq: Liquidation, sampled_cap: int, sampled_ms: int) -> None:
         """Take back an event whose handling failed after it entered the window, so that its
         redelivery is handled (and fails) again, to be dead-lettered, instead of being refused
-        as a duplicate. Its time stays seen, as by its lane: what it evicted stays out."""
+        as a duplicate; its cap's last sampled time is put back to ``sampled_ms``. Its time stays
+        seen, as by its lane: what it evicted stays out."""
         self.ring.withdraw(liq.event_id)
-        self.ring.last_sampled[venue] = sampled_ms
+        if sampled_cap >= 0:
+            self.ring.last_sampled[sampled_cap] = sampled_ms
 
     def due(self, now_ms: int) -> bool:
         c = self.cascade

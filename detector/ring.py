@@ -79,7 +79,9 @@ class Ring:
         self.items: list[Liquidation | None] = [None] * self._alloc
         self._parts: list[Part] = [_NO_PART] * self._alloc
         """Per slot, what its event added to the running sums (``_move``'s arguments)."""
-        self.last_sampled: list[int] = [_NEVER] * n_venues
+        self.last_sampled: list[int] = [_NEVER] * (2 * n_venues)
+        """Per sampling cap (``detector.scoring.sampled_cap``: venue, and side where the cap is
+        per side), the newest time of a sampled event pushed; ``clear`` keeps it."""
         self._venue_n: list[int] = [0] * n_venues
         self._venue_t: list[float] = [0.0] * n_venues
         self.venues_live: set[int] = set()

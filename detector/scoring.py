@@ -48,7 +48,8 @@ Bands (the original system's): ``[0, 0.7)`` low, ``[0.7, 1.0)`` moderate, ``[1.0
 
 Sampled feeds (``Liquidation.sampled``, e.g. Binance: at most one liquidation per symbol per
 second) report a lower bound of the true count. A sampled event counts 1 when the previous
-sampled event of the same venue and symbol is more than ``sampled_gap_ms`` (1.5 s) older, and
+sampled event of the same cap (venue and symbol, and side for a venue in
+:data:`SAMPLED_PER_SIDE`) is more than ``sampled_gap_ms`` (1.5 s) older, and
 ``sampled_weight`` (2.0) when it follows within that gap: then the cap was binding and at
 least one more liquidation was most likely hidden. The weighted count feeds both the
 "≥ 5 liquidations" rule and time_compression; notional sums are never scaled (they are
@@ -185,6 +186,18 @@ def band(value: float, edges: tuple[float, ...] = DEFAULT_BAND_EDGES) -> RiskBan
         if value >= edge:
             rank += 1
     return BANDS[rank]
+
+
+SAMPLED_PER_SIDE = frozenset({"bitget"})
+"""Sampled venues whose cap is per symbol *and side*: Bitget sends at most one long and one short
+record per symbol per second (``reference/exchanges.md`` §1.11), so a long and a short a few ms
+apart say nothing about hidden events. Binance's cap is per symbol whatever the side (§1.1)."""
+
+
+def sampled_cap(venue: int, exchange: str, side: str) -> int:
+    """The index of the cap a sampled event falls under, among ``2 × venues``: ``venue * 2``, plus
+    1 for a long of a venue whose cap is per side (:data:`SAMPLED_PER_SIDE`)."""
+    return 2 * venue + (side == "long" and exchange in SAMPLED_PER_SIDE)
 
 
 def sampled_weight(sampled: bool, gap_ms: int, max_gap_ms: int, weight: float) -> float:

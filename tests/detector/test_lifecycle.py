@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import pytest
@@ -227,6 +228,45 @@ def test_sampled_feed_counts_double_when_the_cap_binds() -> None:
     spaced = Engine()
     assert feed_all(spaced, [ev(2 * k, 40_000.0, venue="binance_usdm", sampled=True) for k in range(4)]) == []
     assert spaced.symbols["BTCUSDT"].ring.count == 4.0  # 2 s gaps: the cap did not bind
+
+
+def test_bitgets_cap_is_per_side_binances_per_symbol() -> None:
+    """Bitget sends a long and a short per symbol per second: a long and a short a few ms apart
+    each count 1, a second long within the gap 2. Binance's cap binds whatever the side."""
+    engine = Engine()
+    feed_all(engine, [ev(0, venue="bitget", side="long", sampled=True),
+                      ev(0.005, venue="bitget", side="short", sampled=True)])
+    assert engine.symbols["BTCUSDT"].ring.count == 2.0
+    feed_all(engine, [ev(1, venue="bitget", side="long", sampled=True)])
+    assert engine.symbols["BTCUSDT"].ring.count == 4.0  # 1 + 1 + 2
+    binance = Engine()
+    feed_all(binance, [ev(0, venue="binance_usdm", side="long", sampled=True),
+                       ev(0.005, venue="binance_usdm", side="short", sampled=True)])
+    assert binance.symbols["BTCUSDT"].ring.count == 3.0  # 1 + 2
+
+
+def test_a_withdrawn_sampled_event_puts_back_its_own_sides_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Bitget long whose scoring fails is taken back: its redelivery weighs as if it had never
+    come (1: no long before it), not by the failed attempt's time nor by the short's."""
+    from detector.lifecycle import SymbolDetector
+
+    bad = ev(0.5, venue="bitget", side="long", sampled=True)
+    real_score = SymbolDetector.score_window
+    failing = True
+
+    def score_window(self: SymbolDetector) -> Any:
+        if failing and bad.event_id in self.ring:
+            raise ValueError("a scoring bug")
+        return real_score(self)
+    monkeypatch.setattr(SymbolDetector, "score_window", score_window)
+    monkeypatch.setattr(SymbolDetector, "holds", lambda self: True)  # scored from the first event
+    engine = Engine()
+    feed_all(engine, [ev(0, 200_000.0, venue="bitget", side="short", sampled=True)])
+    with pytest.raises(ValueError, match="a scoring bug"):
+        engine.feed(bad)
+    failing = False
+    engine.feed(bad)
+    assert engine.symbols["BTCUSDT"].ring.count == 2.0  # 1 + 1
 
 
 def test_a_late_member_older_than_the_start_is_inside_the_published_span() -> None:
