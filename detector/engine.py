@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from detector.config import DetectorSettings
-from detector.lifecycle import NO_OUTPUT, Output, Rules, SymbolDetector
+from detector.lifecycle import NEVER, NO_OUTPUT, Output, Rules, SavedStatus, SymbolDetector
 from shared.clock import Clock
 from shared.models import CascadeEvent, Liquidation
 
@@ -179,16 +179,20 @@ class Engine:
 
     # -- warm restart -------------------------------------------------------------------------
 
-    def adopt(self, symbol: str, fields: dict[str, str], lane: int = 0) -> None:
-        """Continue a cascade that a previous run published (from its status hash)."""
+    def adopt(self, symbol: str, saved: SavedStatus, lane: int = 0) -> bool:
+        """Continue the cascade that a previous run published, if its status hash is active;
+        returns whether it was."""
+        if saved.active is None:
+            return False
         det = self.detector(symbol)
-        det.adopt(fields)
+        det.adopt(saved.active, saved.ended_through_ms)
         self._activate(symbol, det, self.lane(lane))
+        return True
 
-    def resume_ended(self, symbol: str, fields: dict[str, str]) -> None:
+    def resume_ended(self, symbol: str, saved: SavedStatus) -> None:
         """Carry on after a cascade that a previous run ended (from its idle status hash)."""
-        if fields.get("cascade_id") or fields.get("ended_through_ms"):
-            self.detector(symbol).resume_ended(fields)
+        if saved.cascade_id or saved.ended_through_ms > NEVER:
+            self.detector(symbol).resume_ended(saved)
 
     def fence(self, symbol: str) -> None:
         """Drop a rebuilt window and cascade without publishing anything."""

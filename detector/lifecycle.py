@@ -1,4 +1,5 @@
-"""One symbol's cascade rule and lifecycle (idle → start → escalate* → end); pure.
+"""One symbol's cascade rule and lifecycle (idle → start → escalate* → end), and its status
+hash, written (``status``) and read back for a warm restart (``read_status``); pure.
 
 - **Start**: an event makes the window hold the rule (weighted count ≥ ``min_count`` and
   notional ≥ ``min_usd``). The cascade's id is ``SYMBOL-<time of the window's oldest event>``;
@@ -22,13 +23,15 @@ and the consumer dead-letters it (``shared.streams``) instead of acking it as a 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from detector import scoring
 from detector.ring import Ring
 from detector.scoring import BAND_RANK, BANDS, ScoringParams
 from shared.models import CascadeEvent, CascadeMember, CascadePhase, FactorScores, Liquidation
+from shared.redisconn import entry_key
 
 Output = CascadeEvent | CascadeMember
 
@@ -291,34 +294,126 @@ class SymbolDetector:
             "updated_ms": str(updated_ms),
         }
 
-    def resume_ended(self, fields: dict[str, str]) -> None:
+    def resume_ended(self, saved: SavedStatus) -> None:
         """Carry on after the cascade an idle status hash names (ended before a warm restart):
         the hash keeps naming it (the rebuild may not reach back far enough to end it, or may
         open and fence a piece of it under another id), and its end is restored."""
-        self.last_cascade_id = fields.get("cascade_id") or self.last_cascade_id
-        self._restore_end(fields)
+        self.last_cascade_id = saved.cascade_id or self.last_cascade_id
+        self._restore_end(saved.ended_through_ms)
 
-    def _restore_end(self, fields: dict[str, str]) -> None:
+    def _restore_end(self, through: int) -> None:
         """As after the end a status hash's ``ended_through_ms`` records: the ended cascade's
         events the rebuild put back in the window leave it, and later copies are refused."""
-        through = int(fields.get("ended_through_ms") or NEVER)
         self.ended_through_ms = max(self.ended_through_ms, through)
         self.ring.evict(self.ended_through_ms)
 
-    def adopt(self, fields: dict[str, str]) -> None:
+    def adopt(self, active: SavedCascade, ended_through_ms: int) -> None:
         """Continue the active cascade a status hash describes (published before a restart)."""
-        last = int(fields.get("last_event_ms") or fields.get("updated_ms") or 0)
+        last = active.last_event_ms
         c = Cascade(
-            cascade_id=fields["cascade_id"], symbol=self.symbol, start_ms=int(fields.get("start_ms") or last),
-            detected_ms=int(fields.get("detected_ms") or last), last_event_ms=last,
+            cascade_id=active.cascade_id, symbol=self.symbol, start_ms=active.start_ms,
+            detected_ms=active.detected_ms, last_event_ms=last,
             last_hold_ms=max(last, self.cascade.last_hold_ms if self.cascade else last),
-            count=int(fields.get("count") or 0), total_usd=float(fields.get("total_usd") or 0.0),
-            long_usd=float(fields.get("long_usd") or 0.0), short_usd=float(fields.get("short_usd") or 0.0),
-            venues={v for v in (fields.get("venues") or "").split(",") if v},
-            score=float(fields.get("risk_score") or 0.0), peak=float(fields.get("peak_risk_score") or 0.0),
-            band_rank=BAND_RANK.get(fields.get("published_band") or fields.get("band") or "low", 0),
+            count=active.count, total_usd=active.total_usd, long_usd=active.long_usd,
+            short_usd=active.short_usd, venues=set(active.venues), score=active.score,
+            peak=active.peak, band_rank=active.band_rank,
         )
         if self.cascade is not None:
             c.factors = self.cascade.factors
         self.cascade = c
-        self._restore_end(fields)  # the window held the cascade's own events only
+        self._restore_end(ended_through_ms)  # the window held the cascade's own events only
+
+
+# -- reading a status hash back (warm restart) ----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SavedCascade:
+    """The active cascade a ``state=active`` status hash describes, as :meth:`SymbolDetector.adopt`
+    continues it (a missing time is the last event's, or the hash's ``updated_ms``)."""
+
+    cascade_id: str
+    start_ms: int
+    detected_ms: int
+    last_event_ms: int
+    count: int
+    total_usd: float
+    long_usd: float
+    short_usd: float
+    venues: frozenset[str]
+    score: float
+    peak: float
+    band_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class SavedStatus:
+    """What a warm restart reads from a ``liq:cascade:status:{SYMBOL}`` hash."""
+
+    cascade_id: str
+    ended_through_ms: int
+    entry_id: str
+    """The newest stream entry published with the hash ("" when it has none)."""
+    entry: tuple[int, int] | None
+    """``entry_id`` as it sorts (``shared.redisconn.entry_key``)."""
+    active: SavedCascade | None
+    """Set for a ``state=active`` hash that names its cascade."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A status hash field whose value is not what the detector writes there (another program
+    or a hand edit wrote it)."""
+
+    field: str
+    value: str
+
+
+class _Unreadable(ValueError):
+    def __init__(self, name: str, value: str) -> None:
+        super().__init__(name, value)
+        self.unreadable = Unreadable(name, value)
+
+
+N = TypeVar("N")
+
+
+def _read(fields: dict[str, str], name: str, parse: Callable[[str], N], default: N) -> N:
+    raw = fields.get(name)
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise _Unreadable(name, raw) from None
+
+
+def read_status(fields: dict[str, str]) -> SavedStatus | Unreadable:
+    """A status hash's fields as the warm restart uses them, or the first one it cannot read."""
+    try:
+        return _read_status(fields)
+    except _Unreadable as bad:
+        return bad.unreadable
+
+
+def _read_status(fields: dict[str, str]) -> SavedStatus:
+    cascade_id = fields.get("cascade_id") or ""
+    entry_id = fields.get("entry_id") or ""
+    return SavedStatus(
+        cascade_id=cascade_id, ended_through_ms=_read(fields, "ended_through_ms", int, NEVER),
+        entry_id=entry_id, entry=_read(fields, "entry_id", entry_key, (0, 0)) if entry_id else None,
+        active=_read_cascade(cascade_id, fields) if fields.get("state") == "active" and cascade_id else None,
+    )
+
+
+def _read_cascade(cascade_id: str, fields: dict[str, str]) -> SavedCascade:
+    last = _read(fields, "last_event_ms" if fields.get("last_event_ms") else "updated_ms", int, 0)
+    return SavedCascade(
+        cascade_id=cascade_id, start_ms=_read(fields, "start_ms", int, last),
+        detected_ms=_read(fields, "detected_ms", int, last), last_event_ms=last,
+        count=_read(fields, "count", int, 0), total_usd=_read(fields, "total_usd", float, 0.0),
+        long_usd=_read(fields, "long_usd", float, 0.0), short_usd=_read(fields, "short_usd", float, 0.0),
+        venues=frozenset(v for v in (fields.get("venues") or "").split(",") if v),
+        score=_read(fields, "risk_score", float, 0.0), peak=_read(fields, "peak_risk_score", float, 0.0),
+        band_rank=BAND_RANK.get(fields.get("published_band") or fields.get("band") or "low", 0),
+    )

@@ -25,7 +25,9 @@ publishing anything:
    before (or never reached the rule live), so it is dropped with its window, silently;
 4. a status hash names, as ``ended_through_ms``, the last event time of its symbol's last
    ended cascade: the rebuilt events up to it leave the window, as that end had cleared them
-   (the rebuild's reach may start inside that cascade, too late to end it itself).
+   (the rebuild's reach may start inside that cascade, too late to end it itself);
+5. a status hash with a field the detector cannot read (another program or a hand edit wrote
+   it) is logged once and left out: its symbol starts fresh, as if it had none.
 
 Exactly-once publication across a crash: each status hash carries ``entry_id``, the newest
 stream entry of that symbol whose outputs it was written with (same script). An entry
@@ -54,7 +56,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from detector.config import DetectorSettings
 from detector.engine import Engine
-from detector.lifecycle import Output
+from detector.lifecycle import Output, SavedStatus, Unreadable, read_status
 from shared import codec, keys
 from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
@@ -159,6 +161,8 @@ class Detector:
         """Per symbol, the newest stream entry fed (written to its status hash as ``entry_id``)."""
         self.committed: dict[str, tuple[int, int]] = {}
         """Per symbol, the ``entry_id`` its status hash had at warm start (already published)."""
+        self.unreadable: dict[str, Unreadable] = {}
+        """Per symbol whose status hash the warm start could not read, the field it could not."""
         self.skipped = 0
         self.outbox: list[Output] = []
         """Outputs produced and not yet sent."""
@@ -349,23 +353,20 @@ class Detector:
             return
         published: Any = await self.redis.get(keys.detector_publications(self.name))
         self.next_seq = int(published or 0) + 1
-        statuses = {symbol: fields async for symbol, fields in self._statuses()}
-        self.committed = {s: entry_key(f["entry_id"]) for s, f in statuses.items() if f.get("entry_id")}
+        statuses = await self._saved_statuses()
+        self.committed = {s: saved.entry for s, saved in statuses.items() if saved.entry is not None}
         # A status hash rewritten before its symbol is fed again (its cascade ended by another
         # symbol's event, or by a tick) keeps the mark it had.
-        self.entry_ids.update({s: f["entry_id"] for s, f in statuses.items() if f.get("entry_id")})
+        self.entry_ids.update({s: saved.entry_id for s, saved in statuses.items() if saved.entry_id})
         for shard in self.shards:
             self.rebuilt += await self._rebuild(keys.event_stream(shard))
-        adopted: set[str] = set()
-        for symbol, fields in statuses.items():
-            if fields.get("state") == "active" and fields.get("cascade_id"):
-                self.engine.adopt(symbol, fields, keys.shard_of(symbol, self.settings.shards))
-                adopted.add(symbol)
+        adopted = {symbol for symbol, saved in statuses.items()
+                   if self.engine.adopt(symbol, saved, keys.shard_of(symbol, self.settings.shards))}
         for symbol in [s for s in self.engine.active if s not in adopted]:
             self.engine.fence(symbol)
-        for symbol, fields in statuses.items():
+        for symbol, saved in statuses.items():
             if symbol not in adopted:
-                self.engine.resume_ended(symbol, fields)
+                self.engine.resume_ended(symbol, saved)
         self._anchor(self.shards)
         self._anchor_to_clock(adopted)
         self.warmed = True
@@ -428,6 +429,26 @@ class Detector:
             if len(rows) < PAGE:
                 return
             start = "(" + reply_text(rows[-1][0])
+
+    async def _saved_statuses(self) -> dict[str, SavedStatus]:
+        """The status hashes of this process's shards, read (``lifecycle.read_status``). A hash
+        with a field the detector cannot read (another program or a hand edit wrote it) is left
+        out, as if absent: its symbol starts fresh, and the field is logged once."""
+        statuses: dict[str, SavedStatus] = {}
+        async for symbol, fields in self._statuses():
+            saved = read_status(fields)
+            if isinstance(saved, Unreadable):
+                self._report_unreadable(symbol, saved)
+            else:
+                statuses[symbol] = saved
+        return statuses
+
+    def _report_unreadable(self, symbol: str, bad: Unreadable) -> None:
+        if self.unreadable.get(symbol) == bad:
+            return  # logged by an earlier try of the warm start
+        self.unreadable[symbol] = bad
+        logger.warning("%s: %s: cannot read %s=%r, so %s starts fresh, as if it had no status",
+                       self.name, keys.cascade_status(symbol), bad.field, bad.value, symbol)
 
     async def _statuses(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
         prefix = keys.cascade_status("")

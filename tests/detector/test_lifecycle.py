@@ -11,7 +11,7 @@ import pytest
 
 from detector.config import DetectorSettings
 from detector.engine import WATERMARK_LEAD_MS, Engine
-from detector.lifecycle import Output
+from detector.lifecycle import NEVER, Output, SavedCascade, SavedStatus, Unreadable, read_status
 from shared.models import CascadeEvent, CascadeMember, Liquidation
 from tests.detector.helpers import T0, ev
 
@@ -314,3 +314,29 @@ def test_a_cascade_started_later_does_not_delay_the_end_of_an_earlier_one() -> N
     assert [(o.phase, o.symbol) for o in ended if isinstance(o, CascadeEvent)] == [("end", "BTCUSDT")]
     flushed = [(o.phase, o.symbol) for o in engine.flush() if isinstance(o, CascadeEvent)]
     assert flushed == [("end", "ADAUSDT"), ("end", "ETHUSDT")]
+
+
+def active_status() -> dict[str, str]:
+    """The status hash of an active BTCUSDT cascade, as the service writes it."""
+    engine = Engine()
+    feed_all(engine, [ev(k * 5, venue="bybit" if k % 2 else "okx") for k in range(5)])
+    return {**engine.status("BTCUSDT", T0 + 30_000), "entry_id": "1700000020000-3"}
+
+
+def test_a_status_hash_reads_back_as_the_warm_start_continues_it() -> None:
+    fields = {**active_status(), "ended_through_ms": str(T0 - 1)}
+    assert read_status(fields) == SavedStatus(
+        cascade_id="BTCUSDT-1700000000000", ended_through_ms=T0 - 1, entry_id="1700000020000-3",
+        entry=(1700000020000, 3), active=SavedCascade(
+            cascade_id="BTCUSDT-1700000000000", start_ms=T0, detected_ms=T0 + 20_000,
+            last_event_ms=T0 + 20_000, count=5, total_usd=125_000.0, long_usd=125_000.0, short_usd=0.0,
+            venues=frozenset({"bybit", "okx"}), score=1.0095, peak=1.0095, band_rank=2))  # high
+    assert read_status({"state": "idle", "count": "many"}) == SavedStatus(
+        cascade_id="", ended_through_ms=NEVER, entry_id="", entry=None, active=None)  # count unused
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ended_through_ms", "soon"), ("entry_id", "x-1"), ("count", "many"), ("total_usd", "$1M"),
+    ("last_event_ms", "1.5e12"), ("start_ms", "12:00"), ("peak_risk_score", "high")])
+def test_a_status_field_another_program_wrote_is_named_not_raised(name: str, value: str) -> None:
+    assert read_status({**active_status(), name: value}) == Unreadable(name, value)

@@ -217,6 +217,45 @@ def test_warm_restart_rebuilds_window_without_a_second_start(redis_url: str, r: 
     assert len(members(r)) == 7
 
 
+def test_a_status_hash_another_program_wrote_lets_the_other_symbols_warm_start(
+        redis_url: str, r: syncredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """ETHUSDT's active status hash says ``count=many``: the warm start (tried twice, Redis failing
+    the first time after the hashes were read) logs it once, ETHUSDT starts fresh (its rebuilt
+    cascade, unconfirmed, is fenced) and BTCUSDT's cascade is continued and ends once."""
+    from detector.lifecycle import Unreadable
+
+    clock = FakeClock(CLOCK_START)
+    eth = [ev(k, 30_000.0, symbol="ETHUSDT") for k in range(5)]
+
+    async def body(client: aioredis.Redis) -> Detector:
+        await put(client, BTC + eth)
+        await detector(client, [BTC_SHARD, ETH_SHARD], clock).run_until_idle()
+        r.hset(keys.cascade_status("ETHUSDT"), "count", "many")
+        again = detector(client, [BTC_SHARD, ETH_SHARD], clock)
+        rebuild = again._rebuild
+
+        async def fails_once(stream: str) -> int:
+            again._rebuild = rebuild  # type: ignore[method-assign]
+            raise syncredis.exceptions.ConnectionError("gone")
+        again._rebuild = fails_once  # type: ignore[method-assign]
+        with pytest.raises(syncredis.exceptions.ConnectionError):
+            await again.warm_start()
+        await again.warm_start()
+        assert again.engine.active.keys() == {"BTCUSDT"}
+        clock.advance(40.0)
+        assert await again.tick() == 1
+        return again
+
+    with caplog.at_level(logging.WARNING, logger="detector.service"):
+        again = run(redis_url, body)
+    assert again.unreadable == {"ETHUSDT": Unreadable("count", "many")}
+    assert [(rec.levelname, rec.getMessage()) for rec in caplog.records] == [
+        ("WARNING", "detect-s0,3: liq:cascade:status:ETHUSDT: cannot read count='many', so ETHUSDT "
+                    "starts fresh, as if it had no status")]
+    assert sorted((c.symbol, c.phase) for c in cascades(r)) == [
+        ("BTCUSDT", "end"), ("BTCUSDT", "start"), ("ETHUSDT", "start")]
+
+
 def test_late_copies_of_an_ended_cascade_start_nothing_after_a_restart(redis_url: str,
                                                                        r: syncredis.Redis) -> None:
     clock = FakeClock(CLOCK_START)
