@@ -73,6 +73,9 @@ class Engine:
         self.lanes: dict[int, Lane] = {}
         self.venues: dict[str, int] = {}
         self.events = 0
+        """Distinct events fed: each event once, when its feed returned (late ones and those dropped
+        as from the future included). A feed that raised (its event is delivered again, or
+        dead-lettered) and a duplicate (an id the window holds, or held before an end) do not count."""
         self.from_future = 0
         """Events dropped for a time after their receipt (see :data:`FUTURE_TOLERANCE_MS`)."""
         self.carried: list[Output] = []
@@ -109,10 +112,10 @@ class Engine:
 
     def feed(self, liq: Liquidation, lane: int = 0) -> list[Output] | tuple[Output, ...]:
         """Process one liquidation from ``lane``; returns the messages it caused (usually none)."""
-        self.events += 1
         ts = liq.timestamp_ms
         if liq.received_ms and ts > liq.received_ms + FUTURE_TOLERANCE_MS:
             self.from_future += 1
+            self.events += 1
             return NO_OUTPUT
         ln = self.lanes.get(lane) or self.lane(lane)
         ended: list[Output] | None = None
@@ -124,12 +127,14 @@ class Engine:
         if self.carried:
             ended, self.carried = [*self.carried, *(ended or ())], []
         det = self.symbols.get(liq.symbol) or self.detector(liq.symbol)
-        before = det.cascade
+        before, duplicates = det.cascade, det.duplicates
         try:
             out = det.on_event(liq, self.venues.get(liq.exchange) or self.venue_index(liq.exchange))
         except Exception:
             self.carried = ended or []
             raise
+        if det.duplicates == duplicates:
+            self.events += 1
         if det.cascade is not None and det.cascade is not before:  # a cascade started
             self._activate(liq.symbol, det, ln)
         if not out and not ended:

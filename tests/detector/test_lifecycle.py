@@ -104,6 +104,7 @@ def test_an_end_due_when_the_next_event_fails_is_carried_not_lost() -> None:
     fails (a bug this event triggers; the loop dead-letters it), the end goes out next time."""
     class Broken:
         cascade = None
+        duplicates = 0
 
         def on_event(self, liq: Liquidation, venue: int) -> Sequence[Output]:
             raise KeyError("a bug")
@@ -216,6 +217,33 @@ def test_duplicates_and_late_events_are_ignored() -> None:
     end = engine.tick(T0 + 200_000)
     assert phases(end) == ["end"] and end[0].count == 5  # type: ignore[union-attr]
     assert engine.feed(events[2]) == () and det.duplicates == 3  # redelivered after the end
+
+
+def test_events_counts_each_distinct_event_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event whose feed raised (twice) and then went through counts once; a duplicate, of
+    an event in the window or of one cleared by an end, counts none; late ones count."""
+    from detector.lifecycle import SymbolDetector
+
+    bad = ev(21, venue="okx")
+    real_score = SymbolDetector.score_window
+    failing = True
+
+    def score_window(self: SymbolDetector) -> Any:
+        if failing and bad.event_id in self.ring:
+            raise ValueError("a scoring bug")
+        return real_score(self)
+    monkeypatch.setattr(SymbolDetector, "score_window", score_window)
+    engine = Engine()
+    events = [ev(k * 5) for k in range(5)]
+    feed_all(engine, events)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="a scoring bug"):
+            engine.feed(bad)
+    failing = False
+    feed_all(engine, [bad, events[0], bad])
+    engine.tick(T0 + 200_000)
+    feed_all(engine, [events[1], ev(-100)])  # cleared by the end; late
+    assert (engine.events, engine.symbols["BTCUSDT"].duplicates) == (7, 3)
 
 
 def test_sampled_feed_counts_double_when_the_cap_binds() -> None:
