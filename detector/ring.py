@@ -20,7 +20,8 @@ window is ``(newest - window, newest]``). Events leave from the tail in arrival 
 late event arrived (inside the window, but older than events ahead of it), the window is
 compacted whenever one behind the tail has left it. When more than
 ``capacity`` events are live, the oldest is overwritten (wraparound keeps the newest) and
-``overflowed`` counts it.
+``overflowed`` counts it; its id stays known (``in``, through ``clear`` too) until its time
+leaves the window, so that its redelivery is still a duplicate.
 
 ``newest_ms`` is the newest time ever pushed (it survives ``clear``, so the caller can keep
 rejecting late events); the window's span is measured from the newest time pushed since the
@@ -31,6 +32,7 @@ window of ``capacity`` events that all arrived late is not worth a scan).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -54,8 +56,8 @@ class Ring:
     """The live window of one symbol."""
 
     __slots__ = (
-        "_alloc", "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_p0", "_parts", "_t0", "_venue_n",
-        "_venue_t",
+        "_alloc", "_ids", "_late_live", "_m", "_max_ms", "_mq", "_mqq", "_overwritten", "_p0", "_parts",
+        "_t0", "_venue_n", "_venue_t",
         "capacity", "count",
         "inst_usd", "institutional_usd", "is_long", "items", "last_sampled", "long_count", "long_usd",
         "newest_ms", "notional", "overflowed", "price", "short_usd", "size", "tail", "total_usd", "ts",
@@ -86,6 +88,9 @@ class Ring:
         self._venue_t: list[float] = [0.0] * n_venues
         self.venues_live: set[int] = set()
         self._ids: set[str] = set()
+        """The ids of the live events, and of the overwritten ones still in the window."""
+        self._overwritten: deque[tuple[int, str]] = deque()
+        """(time, id) of the events overflow overwrote whose id is still in ``_ids``, in order."""
         self.tail = 0
         self.size = 0
         self.overflowed = 0
@@ -123,8 +128,7 @@ class Ring:
             if self._alloc < self.capacity:
                 self._grow()
             else:
-                self._drop_tail()
-                self.overflowed += 1
+                self._overwrite_tail()
         if self.size == 0:
             self._p0 = item.price if item.price > 0 else 1.0
             self._t0 = item.timestamp_ms
@@ -190,10 +194,18 @@ class Ring:
         self.tail = 0
         self._alloc = size
 
-    def _drop_tail(self) -> None:
+    def _overwrite_tail(self) -> None:
+        """Drop the oldest event to make room, keeping its id until its time leaves the window."""
+        item = self.items[self.tail]
+        self._drop_tail(forget=False)
+        self.overflowed += 1
+        if item is not None:
+            self._overwritten.append((item.timestamp_ms, item.event_id))
+
+    def _drop_tail(self, forget: bool = True) -> None:
         i = self.tail
         item = self.items[i]
-        if item is not None:
+        if item is not None and forget:
             self._ids.discard(item.event_id)
         self.items[i] = None
         self.tail = (i + 1) % self._alloc
@@ -214,9 +226,18 @@ class Ring:
         while self.size and self._parts[self.tail][5] <= cutoff_ms:
             self._drop_tail()
             dropped += 1
+        if self._overwritten:
+            self._forget_overwritten(cutoff_ms)
         if self._late_live and self.size and bool((self.column(self.ts) <= cutoff_ms).any()):
             dropped += self._compact(cutoff_ms)
         return dropped
+
+    def _forget_overwritten(self, cutoff_ms: int) -> None:
+        """Forget the ids of overwritten events in overflow order up to the first one still in
+        the window (one overwritten after it, older, goes with it or later: never too early)."""
+        overwritten, ids = self._overwritten, self._ids
+        while overwritten and overwritten[0][0] <= cutoff_ms:
+            ids.discard(overwritten.popleft()[1])
 
     def _compact(self, cutoff_ms: int) -> int:
         """Keep only the events after ``cutoff_ms``."""

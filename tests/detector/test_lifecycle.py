@@ -246,6 +246,19 @@ def test_events_counts_each_distinct_event_once(monkeypatch: pytest.MonkeyPatch)
     assert (engine.events, engine.symbols["BTCUSDT"].duplicates) == (7, 3)
 
 
+def test_a_redelivered_event_the_full_ring_overwrote_is_still_a_duplicate() -> None:
+    """A ring of 16: the 17th event overwrites the first, whose redelivery (inside the window)
+    is refused as a duplicate, not counted again; once its time has left the window it is late."""
+    engine = Engine(DetectorSettings(ring_capacity=16))
+    events = [ev(k, 1_000.0) for k in range(17)]
+    feed_all(engine, events)
+    det = engine.symbols["BTCUSDT"]
+    assert (det.ring.overflowed, len(det.ring), engine.events) == (1, 16, 17)
+    assert engine.feed(events[0]) == () and (det.duplicates, det.ring.count, engine.events) == (1, 16.0, 17)
+    feed_all(engine, [ev(60, 1_000.0), events[0]])  # the window is now (0 s, 60 s]: second 0 left it
+    assert (det.duplicates, det.late, engine.events) == (1, 1, 19)
+
+
 def test_sampled_feed_counts_double_when_the_cap_binds() -> None:
     engine = Engine()
     binance = [ev(k, 40_000.0, venue="binance_usdm", sampled=True) for k in range(3)]  # 1 s apart
