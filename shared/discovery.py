@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import click
 import msgspec
 
+from shared import keys
 from shared.settings import CommonSettings
 
 UP_FILE = "up.json"
@@ -21,11 +23,12 @@ UP_FILE = "up.json"
 
 
 class UpFile(msgspec.Struct):
-    """What the tools read of :data:`UP_FILE` (``liq up`` writes more)."""
+    """What the tools read of :data:`UP_FILE` (``liq up`` writes more). The shard count is
+    bounded as ``LIQ_SHARDS`` is: a file with another one is not what ``liq up`` writes."""
 
     redis_url: str | None = None
     pg_dsn: str | None = None
-    shards: int | None = None
+    shards: Annotated[int, msgspec.Meta(ge=1, le=keys.MAX_SHARDS)] | None = None
     pid: int = 0
 
 

@@ -209,10 +209,13 @@ def test_a_url_no_collector_could_open_is_refused_as_an_option(url: str, problem
     assert f"Invalid value for '--url': {url!r} is not a WebSocket URL: {problem}" in result.stderr
 
 
-def test_an_up_json_cut_short_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ['{"redis_url": "redis://127.0.0.1:1/0", "pg_d',
+                                  '{"redis_url": "redis://127.0.0.1:1/0", "shards": 100000000}'],
+                         ids=["cut short", "shard count out of range"])
+def test_an_up_json_cut_short_is_one_line(tmp_path: Path, text: str) -> None:
     up_file = tmp_path / ".liq" / "up.json"
     up_file.parent.mkdir()
-    up_file.write_text('{"redis_url": "redis://127.0.0.1:1/0", "pg_d')
+    up_file.write_text(text)
     result = run_liq(["status"], {}, tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1

@@ -340,6 +340,35 @@ def test_an_up_json_liq_up_did_not_write_whole_is_said_not_raised(tmp_path: Path
     assert found.not_found().endswith("): remove it if no liq up runs there")
 
 
+@pytest.mark.parametrize("shards", [0, -1, 257, 10**9, True, 4.5, "4"])
+def test_an_up_json_whose_shard_count_liq_shards_would_refuse_is_not_liq_ups_file(
+        tmp_path: Path, shards: object) -> None:
+    """liq up writes its LIQ_SHARDS, 1 to 256: another count (0 read no stream, a huge one hung
+    the tools building a stream name per shard) or type is said as a cut-short file is."""
+    import json
+
+    from shared.discovery import discover
+    from shared.settings import CommonSettings
+
+    (tmp_path / "up.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "shards": shards}))
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert (found.redis_url, found.shards) == (None, 4)
+    assert found.not_found().startswith(f"{tmp_path / 'up.json'} is not liq up's file as it writes it (")
+    assert found.not_found().endswith("): remove it if no liq up runs there")
+
+
+@pytest.mark.parametrize("shards", [1, 256])
+def test_an_up_json_shard_count_at_either_bound_is_taken(tmp_path: Path, shards: int) -> None:
+    import json
+
+    from shared.discovery import discover
+    from shared.settings import CommonSettings
+
+    (tmp_path / "up.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "shards": shards}))
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert (found.redis_url, found.shards, found.stale_up) == ("redis://127.0.0.1:1/0", shards, None)
+
+
 def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis_url: str) -> None:
     """A liq:* key of another type (another program's) fails a command of Redis, which answers:
     that is said as the error it is, and --check still fails; only a silent Redis is unreachable."""
