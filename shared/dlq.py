@@ -9,7 +9,8 @@ writer refused is not counted a second time by the aggregator. Entries move atom
 one's XDEL from the dead-letter stream and XADD to its stream run in one script (1,000 entries
 per run), and the XADD happens only if that XDEL removed the entry, so a replay interrupted at
 any point, or two replays at once, neither lose nor double an entry. A run whose keys are not
-all streams (one another program overwrote) fails before its first XDEL, moving nothing.
+all streams (one another program overwrote) fails before its first XDEL, moving nothing, and
+:func:`replay` raises :class:`ReplayRefused` saying so.
 ``liq dlq drop`` deletes entries that are not worth keeping.
 """
 
@@ -26,11 +27,22 @@ import redis
 
 from shared import codec, keys
 from shared.discovery import discover, require_redis
+from shared.errors import LiqError
 from shared.redisconn import make_sync_redis, reply_text
 from shared.settings import CommonSettings, load
 from shared.streams import streams_check_lua
 
 PAGE = 1000
+
+
+class ReplayRefused(LiqError):
+    """A replay run found a key of another type than a stream (``WRONGTYPE``): none of that
+    run's entries moved. ``moved``: how many the runs before it had moved."""
+
+    def __init__(self, reason: str, moved: int) -> None:
+        self.moved = moved
+        super().__init__(f"{reason}: no dead letter of that page moved (the script checks the key types "
+                         "first); delete or rename that key, then replay again")
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,8 @@ def replay(client: redis.Redis, letters: Sequence[DeadLetter],
            progress: Callable[[int], None] | None = None) -> tuple[int, list[DeadLetter]]:
     """Move each entry back to its stream for its group, :data:`PAGE` entries per script run;
     returns how many moved and the entries that cannot be replayed (trimmed before they were
-    processed: only ``drop`` applies). ``progress`` gets the running count after each run."""
+    processed: only ``drop`` applies). ``progress`` gets the running count after each run.
+    A key of another type stops it with :class:`ReplayRefused`."""
     usable: list[DeadLetter] = []
     unusable: list[DeadLetter] = []
     for letter in letters:
@@ -122,10 +135,20 @@ def replay(client: redis.Redis, letters: Sequence[DeadLetter],
         args: list[Any] = [codec.PAYLOAD_FIELD, codec.TARGET_GROUP_FIELD]
         for d in page:
             args += [d.id, d.payload or b"", d.group]
-        moved += int(script(keys=script_keys, args=args))
+        moved += _run(script, script_keys, args, moved)
         if progress is not None:
             progress(moved)
     return moved, unusable
+
+
+def _run(script: Any, script_keys: list[str], args: list[Any], moved: int) -> int:
+    """One run of :data:`REPLAY_LUA`: how many entries it moved."""
+    try:
+        return int(script(keys=script_keys, args=args))
+    except redis.ResponseError as exc:
+        if not str(exc).startswith("WRONGTYPE"):
+            raise
+        raise ReplayRefused(str(exc), moved) from exc
 
 
 def drop(client: redis.Redis, letters: Sequence[DeadLetter]) -> int:
@@ -211,11 +234,8 @@ def replay_command(stream: str | None, group: str | None, ids: tuple[str, ...]) 
     many = len(letters) > PAGE
     try:
         moved, unusable = replay(client, letters, lambda n: click.echo(f"  {n} replayed") if many else None)
-    except redis.ResponseError as exc:
-        if not str(exc).startswith("WRONGTYPE"):
-            raise
-        raise click.ClickException(f"{exc}: no dead letter of that page moved (the script checks the key "
-                                   "types first); delete or rename that key, then replay again") from exc
+    except ReplayRefused as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"replayed {moved} of {len(letters)} dead letters")
     for letter in unusable:
         click.echo(f"  not replayable (trimmed before it was processed; drop it): {letter.dlq} {letter.id}")

@@ -15,6 +15,7 @@ from aggregator.service import Aggregator
 from aggregator.service import make_consumer as make_aggregator
 from shared import codec, dlq, keys
 from shared.cli import cli as liq
+from shared.errors import LiqError
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
 from shared.streams import Message, StreamConsumer, publish
@@ -160,3 +161,25 @@ def test_a_replay_to_a_key_of_another_type_fails_and_keeps_the_dead_letters(redi
                              "that page moved (the script checks the key types first); delete or rename that "
                              "key, then replay again\n")
     assert r.xlen(DLQ) == 2 and r.get(STREAM) == b"another program's"
+
+
+def test_replay_as_a_library_says_a_key_of_another_type_with_its_own_error(
+        r: syncredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The function raised redis-py's ResponseError where the command said one line: a caller got
+    two error types for one failure. It raises the line the command shows, and how many moved
+    before (a first page whose keys were streams)."""
+    monkeypatch.setattr(dlq, "PAGE", 2)
+    other = keys.event_stream(1)
+    for i in range(2):
+        r.xadd(DLQ, {"d": codec.encode(EVENTS[i]), "group": "writer", "reason": "x", "stage": "handle"})
+    r.xadd(keys.dead_letter_stream(other), {"d": codec.encode(EVENTS[2]), "group": "writer", "reason": "x",
+                                            "stage": "handle"})
+    r.set(other, "another program's")
+    letters = list(dlq.read(r, [STREAM, other]))
+    with pytest.raises(dlq.ReplayRefused) as refused:
+        dlq.replay(r, letters)
+    assert str(refused.value) == (f"WRONGTYPE {other} holds a string, not a stream: no dead letter of that "
+                                  "page moved (the script checks the key types first); delete or rename that "
+                                  "key, then replay again")
+    assert refused.value.moved == 2 and isinstance(refused.value, LiqError)
+    assert r.xlen(STREAM) == 2 and r.xlen(keys.dead_letter_stream(other)) == 1
