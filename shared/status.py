@@ -19,15 +19,14 @@ from typing import Any
 
 import click
 import redis
-from redis.exceptions import AuthenticationError, AuthorizationError, RedisError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from shared import dlq as dead_letters
 from shared import keys
 from shared.discovery import discover
 from shared.redisconn import entry_key, make_sync_redis, reply_text
 from shared.settings import CommonSettings, check_dsn, load
+from shared.streams import RedisFailureKind, redis_failure
 from shared.venue_health import STOPPED_REASON, int_field, venue_healths, venue_row
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
@@ -40,6 +39,15 @@ dead consumer's entries waiting to be claimed (up to ``claim_every_s``) on a qui
 show the group as stalled for that long."""
 
 
+REDIS_FAILURES: dict[RedisFailureKind, tuple[str, str]] = {
+    "unreachable": ("redis_error", "REDIS UNREACHABLE"),
+    "loading": ("redis_loading", "REDIS LOADING"),
+    "error": ("redis_failed", "REDIS ERROR"),
+}
+"""Each kind of Redis failure (``shared.streams.redis_failure``): its key in the report, and the
+heading ``liq status`` shows it under."""
+
+
 def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> dict[str, Any]:
     report: dict[str, Any] = {"redis_url": redis_url, "pg_dsn": pg_dsn}
     if redis_url:
@@ -50,17 +58,15 @@ def collect_status(redis_url: str | None, pg_dsn: str | None, shards: int) -> di
 
 
 def _redis_report(redis_url: str, shards: int) -> dict[str, Any]:
-    """:func:`redis_status`, or why there is none: ``redis_error`` when Redis does not answer,
+    """:func:`redis_status`, or why there is none under the key :data:`REDIS_FAILURES` gives its
+    kind: ``redis_error`` when Redis does not answer, ``redis_loading`` while it loads its data,
     ``redis_failed`` when it answers with an error (a ``liq:*`` key of another type, say)."""
     client = make_sync_redis(redis_url)
     try:
         return redis_status(client, shards)
-    except (AuthenticationError, AuthorizationError) as exc:  # it answered: no, to these credentials
-        return {"redis_failed": f"{type(exc).__name__}: {exc}"}
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        return {"redis_error": str(exc)}
-    except RedisError as exc:
-        return {"redis_failed": f"{type(exc).__name__}: {exc}"}
+    except (RedisError, OSError) as exc:
+        failure = redis_failure(exc)
+        return {REDIS_FAILURES[failure.kind][0]: failure.text}
     finally:
         client.close()
 
@@ -225,7 +231,7 @@ def status(as_json: bool, check: bool) -> None:
     if check:  # a server that does not answer is one of them
         for problem in report["problems"]:
             click.echo(f"problem: {problem}", err=True)
-    no_redis_report = "redis_error" in report or "redis_failed" in report  # Redis silent, or failing
+    no_redis_report = any(key in report for key, _ in REDIS_FAILURES.values())  # silent, loading, failing
     if no_redis_report or "error" in report.get("database", {}) or (check and report["problems"]):
         sys.exit(1)
 
@@ -235,7 +241,7 @@ def problems(report: dict[str, Any]) -> list[str]:
     reads, dead letters, a venue down or degraded, or whose collector died (not one whose
     collector was asked to stop), a venue two collectors publish, event
     streams outside ``LIQ_SHARDS``. A quiet (``suspect``) venue is not one: markets go quiet."""
-    found = [f"redis: {report[key]}" for key in ("redis_error", "redis_failed") if key in report]
+    found = [f"redis: {report[key]}" for key, _ in REDIS_FAILURES.values() if key in report]
     if "error" in report.get("database", {}):
         found.append(f"database: {report['database']['error']}")
     for stream in report.get("streams", []):
@@ -265,10 +271,7 @@ def _group_text(group: dict[str, Any]) -> str:
 
 def render(report: dict[str, Any]) -> str:
     lines = [f"redis: {report.get('redis_url')}   postgres: {report.get('pg_dsn')}"]
-    if "redis_error" in report:
-        lines.append(f"REDIS UNREACHABLE: {report['redis_error']}")
-    if "redis_failed" in report:
-        lines.append(f"REDIS ERROR: {report['redis_failed']}")
+    lines += [f"{heading}: {report[key]}" for key, heading in REDIS_FAILURES.values() if key in report]
     if "streams" in report:  # Redis answered: its sections, none over nothing when it did not
         lines += _redis_lines(report)
     db = report.get("database")

@@ -37,12 +37,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import backlog, codec, keys
@@ -78,12 +85,40 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, SinkRe
 """Failures of a server, not of the data: the batch is retried with backoff, never dropped."""
 
 
+RedisFailureKind = Literal["unreachable", "loading", "error"]
+
+
+@dataclass(frozen=True)
+class RedisFailure:
+    """What a failure met talking to Redis means, as :func:`redis_failure` reads it."""
+
+    kind: RedisFailureKind
+    text: str
+    """The error's message; with its type in front for an ``error``."""
+
+
+def redis_failure(exc: BaseException) -> RedisFailure:
+    """The one reading of a failure met talking to Redis (``liq status`` shows it, the loops log it
+    where :func:`outage_of` says): ``loading``, Redis reads its data back after a restart and
+    answers nothing else until done (redis-py's ``BusyLoadingError``, a ``ConnectionError``);
+    ``unreachable``, no connection or no answer in time; ``error``, Redis answered with an error
+    (credentials refused, also ``ConnectionError`` subclasses; a key of another type; out of
+    memory), or the failure is not one of redis-py's (redis-py wraps its socket's own errors)."""
+    if isinstance(exc, BusyLoadingError):
+        return RedisFailure("loading", str(exc))
+    answered = isinstance(exc, AuthenticationError | AuthorizationError)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError) and not answered:
+        return RedisFailure("unreachable", str(exc))
+    return RedisFailure("error", f"{type(exc).__name__}: {exc}")
+
+
 def outage_of(exc: BaseException, own: Outage, redis_outage: Outage | None) -> Outage:
-    """Where a loop logs the failure ``exc``: Redis itself unreachable (no connection, no answer
-    in time) in ``redis_outage``, the one its process's loops share, when it has one; anything
-    else (a command's error, a lost group, the database) in the loop's ``own``."""
-    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
-    return redis_outage if unreachable and redis_outage is not None else own
+    """Where a loop logs the failure ``exc``: Redis out of service (:func:`redis_failure`:
+    unreachable, or loading its data) in ``redis_outage``, the one its process's loops share, when
+    it has one; anything else (a command's error, credentials refused, a lost group, the
+    database) in the loop's ``own``."""
+    out_of_service = redis_failure(exc).kind != "error"
+    return redis_outage if out_of_service and redis_outage is not None else own
 
 
 def outages_up(own: Outage, redis_outage: Outage | None) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socketserver
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -408,3 +412,40 @@ def test_a_redis_that_refuses_the_credentials_is_said_so_not_unreachable(
         server.stop()
     assert "redis_error" not in report
     assert report["redis_failed"].startswith("AuthenticationError: ")
+
+
+@contextlib.contextmanager
+def _loading_redis() -> Iterator[str]:
+    """A server that answers every command as a Redis loading its data after a restart does (a
+    real one is in that state for as long as its data takes to read, too short to catch)."""
+    class Loading(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            while self.request.recv(65536):
+                self.request.sendall(b"-LOADING Redis is loading the dataset in memory\r\n")
+
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Loading) as server:
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"redis://127.0.0.1:{server.server_address[1]}/0"
+        finally:
+            server.shutdown()
+
+
+def test_a_redis_loading_its_data_is_said_so_not_unreachable() -> None:
+    """It was shown as REDIS UNREACHABLE (redis-py's BusyLoadingError is a ConnectionError): it
+    answers, and will serve once its data is read back."""
+    from click.testing import CliRunner
+
+    from shared.status import collect_status, status
+
+    with _loading_redis() as url:
+        report = collect_status(url, None, 1)
+        checked = CliRunner().invoke(status, ["--check"], env={"LIQ_REDIS_URL": url, "LIQ_PG_DSN": ""})
+    assert report == {"redis_url": url, "pg_dsn": None,
+                      "redis_loading": "Redis is loading the dataset in memory"}
+    assert checked.exit_code == 1
+    loading = "Redis is loading the dataset in memory"
+    assert checked.stdout == f"redis: {url}   postgres: None\nREDIS LOADING: {loading}\n"
+    assert checked.stderr == "problem: redis: Redis is loading the dataset in memory\n"

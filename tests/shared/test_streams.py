@@ -891,3 +891,27 @@ async def _report(url: str, stream: str) -> None:
     client = make_async_redis(url)
     await backlog.report(client, "a", [stream])
     await client.aclose()
+
+
+@pytest.mark.parametrize(("exc", "kind", "text"), [
+    (syncredis.ConnectionError("Error 111 connecting"), "unreachable", "Error 111 connecting"),
+    (syncredis.TimeoutError("Timeout reading"), "unreachable", "Timeout reading"),
+    (syncredis.BusyLoadingError("Redis is loading"), "loading", "Redis is loading"),
+    (syncredis.AuthenticationError("invalid password"), "error", "AuthenticationError: invalid password"),
+    (syncredis.exceptions.AuthorizationError("no perm"), "error", "AuthorizationError: no perm"),
+    (syncredis.ResponseError("WRONGTYPE x"), "error", "ResponseError: WRONGTYPE x"),
+    (OSError(28, "No space left on device"), "error", "OSError: [Errno 28] No space left on device"),
+    (SinkRetry("database down"), "error", "SinkRetry: database down"),
+])
+def test_a_redis_failure_is_read_one_way_and_only_redis_out_of_service_is_the_shared_outage(
+        exc: BaseException, kind: str, text: str) -> None:
+    """liq status and the loops' outages read a failure with one function: redis-py's
+    AuthenticationError and BusyLoadingError are ConnectionErrors, yet Redis answered; outage_of
+    had put a refused password in the shared "Redis unreachable" outage, status a loading Redis."""
+    from shared.backoff import Outage
+    from shared.streams import outage_of, redis_failure
+
+    own, shared = Outage("own", logging.getLogger("test")), Outage("redis", logging.getLogger("test"))
+    assert (redis_failure(exc).kind, redis_failure(exc).text) == (kind, text)
+    assert outage_of(exc, own, shared) is (own if kind == "error" else shared)
+    assert outage_of(exc, own, None) is own
