@@ -14,6 +14,10 @@
    period), then the servers. The URLs in use are written to ``.liq/up.json`` so that
    ``liq status`` finds a running system.
 
+Before any of it, the settings of every process it will start are loaded as each process loads
+them (:func:`check_settings`): a bad one stops ``liq up`` with that process's one line, exit code
+78 (EX_CONFIG), before a server starts.
+
 ``--servers-only`` stops after step 3 (no pipeline process) and writes the variables those
 processes need to ``.liq/servers.env``, for honcho or supervisord to run them.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib
 import json
 import logging
 import os
@@ -30,12 +35,13 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import click
+import msgspec
 
 from shared import logs
 from shared.backoff import Backoff, Outage
@@ -141,6 +147,7 @@ def up(simulate: bool, venues: str, duration: float | None, seed: int, speed: fl
         raise click.BadParameter(str(exc), param_hint="--venues") from exc
     data_dir = writable_folder(settings.data_dir).resolve()
     options = UpOptions(chosen, simulate, duration, seed, speed, servers_only)
+    check_settings(options, os.environ)
     with only_one_up(data_dir):
         code = asyncio.run(_up(data_dir, options, settings))
     sys.exit(code)
@@ -156,6 +163,36 @@ class UpOptions:
     seed: int
     speed: float
     servers_only: bool = False
+
+
+PROCESS_SETTINGS = {
+    "migrate": ("writer.config", "WriterSettings"),
+    "collect": ("collectors.cli", "CollectorSettings"),
+    "detect": ("detector.config", "DetectorSettings"),
+    "aggregate": ("aggregator.cli", "AggregatorSettings"),
+    "write": ("writer.config", "WriterSettings"),
+}
+"""The settings class each process ``liq up`` starts loads first (the simulator's are
+``liq up``'s own, CommonSettings)."""
+
+
+def check_settings(options: UpOptions, environ: Mapping[str, str]) -> None:
+    """Load the settings of every process ``liq up`` will start, from the environment it gets:
+    the first bad one raises the :class:`~shared.errors.ConfigError` that process would stop
+    with, before a server starts. ``liq up`` replaces LIQ_REDIS_URL and LIQ_PG_DSN only with
+    values of its own when they are unset, and LIQ_VENUE_URLS with the simulator's."""
+    env = {k: v for k, v in environ.items() if not (options.simulate and k == "LIQ_VENUE_URLS")}
+    for command in _started(options):
+        module, name = PROCESS_SETTINGS[command]
+        settings_class: type[msgspec.Struct] = getattr(importlib.import_module(module), name)
+        load(settings_class, env)
+
+
+def _started(options: UpOptions) -> list[str]:
+    """The commands ``liq up`` runs, in the order it starts them, each once."""
+    if options.servers_only:
+        return ["migrate"]
+    return ["migrate", *(["collect"] if options.venues else []), "detect", "aggregate", "write"]
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ NAMES_COMPONENTS = {
     "shared/cli.py",
     # ``liq bench`` drives every stage's real consumer; it belongs above the components.
     "shared/bench.py",
+    # ``liq up`` loads the settings of every process it starts, before it starts a server; it runs
+    # them all, above the components.
+    "shared/up.py",
 }
 
 

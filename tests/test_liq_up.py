@@ -25,6 +25,7 @@ import pytest
 import redis
 from honcho.environ import parse as honcho_parse
 
+from shared.errors import EX_CONFIG
 from shared.servers import free_port_range, start_redis
 from shared.settings import CommonSettings
 from shared.venues import VENUE_NAMES
@@ -325,35 +326,101 @@ def _cmdline(process: psutil.Process) -> str:
 
 
 def test_a_process_refusing_its_settings_stops_liq_up_instead_of_a_restart_loop(reachable_dir: Path) -> None:
-    """A bad value only the detector reads (LIQ_WEIGHTS) stops ``liq detect`` with exit code 78
-    (EX_CONFIG): restarting it can never help, so ``liq up`` says so once and stops, exit 1."""
+    """A folder the collector cannot write its frames to (LIQ_RECORD_DIR under a file), which it
+    finds only when it starts, stops ``liq collect`` with exit code 78 (EX_CONFIG): restarting it
+    can never help, so ``liq up`` says so once and stops, exit 1."""
+    (reachable_dir / "a file").write_text("")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
     env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
-                "LIQ_WEIGHTS": "nonsense=1"})
+                "LIQ_RECORD_DIR": str(reachable_dir / "a file" / "frames")})
     result = subprocess.run([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "90"],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1, result.stdout[-3000:]
     output = result.stdout + result.stderr
-    assert "Error: LIQ_WEIGHTS: expected FACTOR=WEIGHT pairs" in output
-    assert "detect: its settings are wrong (the line above says which); not restarting it" in output
+    assert "Error: LIQ_RECORD_DIR: expected a folder liq collect can write" in output
+    assert "collect-bybit: its settings are wrong (the line above says which); not restarting it" in output
     assert "restart 1 in" not in output
     assert "stopping" in output
 
 
-def test_a_setting_that_liq_migrate_refuses_is_reported_as_a_setting_not_as_failed_migrations(
-        reachable_dir: Path) -> None:
-    """``liq migrate`` exits 78 (EX_CONFIG) on a bad value: nothing was migrated, and nothing failed
-    in the database; ``liq up`` says the settings are wrong, as for any other process."""
+def test_a_setting_a_process_would_refuse_stops_liq_up_before_it_starts_a_server(tmp_path: Path) -> None:
+    """LIQ_LEVEL_SIZES, read by ``liq migrate``, the aggregator and the writer, was refused by
+    ``liq migrate`` once Redis and PostgreSQL had started (and were stopped again): it is now the
+    migration's one line at once, exit code 78 (EX_CONFIG), and the data folder stays empty
+    (no redis/ nor pg/, no lock: nothing ran)."""
+    data_dir = tmp_path / "liq"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIQ_")}
-    env.update({"LIQ_DATA_DIR": str(reachable_dir / "liq"), "LIQ_METRICS_PORT": "0",
-                "LIQ_LEVEL_SIZES": "BTC=abc"})
+    env.update({"LIQ_DATA_DIR": str(data_dir), "LIQ_LEVEL_SIZES": "BTC=abc"})
     result = subprocess.run([sys.executable, "-m", "shared", "up", "--venues", "bybit", "--for", "90"],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 1, result.stdout[-3000:]
-    output = result.stdout + result.stderr
-    assert "Error: LIQ_LEVEL_SIZES: expected comma-separated KEY=VALUE pairs" in output
-    assert "migrate: its settings are wrong (the line above says which); not starting the pipeline" in output
-    assert "migrations failed" not in output
+    assert result.returncode == EX_CONFIG, result.stdout[-3000:]
+    assert result.stdout == ""
+    assert result.stderr == ("Error: LIQ_LEVEL_SIZES: expected comma-separated KEY=VALUE pairs, e.g. "
+                             "BTC=100,ETH=10,SOL=1 (got 'BTC=abc')\n")
+    assert list(data_dir.iterdir()) == []
+
+
+REFUSED_BEFORE_SERVERS = [
+    ({"LIQ_WEIGHTS": "nonsense=1"}, [], "LIQ_WEIGHTS: expected FACTOR=WEIGHT pairs for "),
+    ({"LIQ_VENUE_URLS": "okx=http://x"}, [], "LIQ_VENUE_URLS: expected comma-separated VENUE=ws://"),
+    ({"LIQ_INSTRUMENTS_REFRESH_S": "1"}, [], "LIQ_INSTRUMENTS_REFRESH_S: expected 0 (never) or seconds >= "),
+    ({"LIQ_SIGNIFICANT_USD": "-1"}, ["--servers-only"], "LIQ_SIGNIFICANT_USD: expected a number >= 0"),
+    ({"LIQ_DETECT_SHARDS": "7"}, [], "LIQ_DETECT_SHARDS: expected shard numbers in 0..3"),
+]
+
+
+@pytest.mark.parametrize(("env", "args", "line"), REFUSED_BEFORE_SERVERS,
+                         ids=[next(iter(env)) for env, _a, _l in REFUSED_BEFORE_SERVERS])
+def test_each_process_settings_are_checked_before_a_server_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str],
+        line: str) -> None:
+    """The collectors', detector's, aggregator's and writer's own settings, each refused with the
+    line that process gives, before liq up starts Redis or PostgreSQL."""
+    started = _servers_started(monkeypatch)
+    result = _invoke_up(tmp_path, env, args)
+    assert (result.exit_code, started) == (EX_CONFIG, []), result.output
+    assert result.output.startswith(f"Error: {line}")
+
+
+@pytest.mark.parametrize(("env", "args"), [({"LIQ_VENUE_URLS": "garbage"}, ["--simulate"]),
+                                           ({"LIQ_WEIGHTS": "nonsense=1"}, ["--servers-only"])],
+                         ids=["simulated venues", "no detector"])
+def test_a_setting_no_process_liq_up_starts_reads_as_given_is_not_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str]) -> None:
+    """With --simulate the collectors get the simulator's LIQ_VENUE_URLS; with --servers-only
+    liq up starts no detector (honcho does, with its own environment)."""
+    started = _servers_started(monkeypatch)
+    result = _invoke_up(tmp_path, env, args)
+    assert (result.exit_code, started) == (1, ["redis"]), result.output
+    assert "Error: no server in this test" in result.output
+
+
+def _servers_started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The servers liq up starts from now on (in this process), each start refused."""
+    from shared import up
+    from shared.errors import ServerError
+
+    started: list[str] = []
+
+    def refuse(name: str) -> Any:
+        def start(*_args: Any, **_kwargs: Any) -> None:
+            started.append(name)
+            raise ServerError("no server in this test")
+        return start
+
+    monkeypatch.setattr(up, "start_redis", refuse("redis"))
+    monkeypatch.setattr(up, "start_postgres", refuse("postgresql"))
+    return started
+
+
+def _invoke_up(tmp_path: Path, env: dict[str, str], args: list[str]) -> Any:
+    from click.testing import CliRunner
+
+    from shared.cli import cli
+
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LIQ_")}
+    return CliRunner().invoke(cli, ["up", "--venues", "bybit", *args, "--for", "1"],
+                              env={**unset, "LIQ_DATA_DIR": str(tmp_path / "liq"), **env})
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout_s: float) -> str:
