@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import secrets
@@ -199,6 +200,10 @@ class Handover:
     def replaced(self) -> bool:
         """The replacement is subscribed: this connection ending is no outage."""
         return self.successor is not None and self.successor.subscribed.is_set()
+
+
+class NothingLeftToSubscribe(Exception):
+    """The venue refused every symbol of a connection: it is closed, and not reopened."""
 
 
 class VenueAskedReconnect(Exception):
@@ -453,7 +458,10 @@ class Collector:
         while not stop.is_set():
             opened_at = time.monotonic()
             handover = Handover(relay)
+            plan = self._current(plan)  # without the symbols the venue refused
             failure = await self._attempt(plan, outage, handover)
+            if isinstance(failure, NothingLeftToSubscribe):
+                return
             if handover.successor is not None:
                 handover.successor.old_open = False
             if handover.replaced():
@@ -478,7 +486,7 @@ class Collector:
         try:
             return await self._session(plan, outage, handover)
         except (OSError, WebSocketException, InvalidHandshake, InvalidURI, TimeoutError,
-                VenueAskedReconnect) as exc:
+                VenueAskedReconnect, NothingLeftToSubscribe) as exc:
             return exc
         except Exception as exc:  # a bug: logged whole, and the connection is opened again
             logger.exception("%s[%s]: connection failed", self.config.venue.name, plan.label)
@@ -582,6 +590,8 @@ class Collector:
             return
         for row_error in output.rejected:  # the frame's other rows are kept
             self._parse_error(row_error)
+        if output.refused:
+            self._drop_refused(label, output.refused)
         if output.error:
             self.health.refused(label, output.error)
         for reply in output.replies:
@@ -590,6 +600,36 @@ class Collector:
         await self._notify()
         if output.reconnect:
             raise VenueAskedReconnect(output.reconnect)
+
+    def _current(self, plan: ConnectionPlan) -> ConnectionPlan:
+        """The plan labelled as ``plan`` now (narrowed by :meth:`_drop_refused` since)."""
+        with self._plans_lock:
+            return next((p for p in self._plans or [] if p.label == plan.label), plan)
+
+    def _drop_refused(self, label: str, refused: Sequence[str]) -> None:
+        """Take the symbols the venue refused out of connection ``label``'s plan: its reconnects
+        do not ask for them again, and a relisting that names them again brings them back. A
+        connection left with nothing is closed for good (raises NothingLeftToSubscribe)."""
+        with self._plans_lock:
+            plans = self._plans or []
+            index = next(i for i, p in enumerate(plans) if p.label == label)
+            kept = tuple(s for s in plans[index].symbols if s not in refused)
+            if kept:
+                plans[index] = self._narrowed(plans[index], kept)
+                return
+            del plans[index]
+            self.health.retire(label, len(plans))
+        logger.info("%s[%s]: the venue refused every symbol of this connection; closed",
+                    self.config.venue.name, label)
+        VENUE_CONNECTED.labels(self.config.venue.name, label).set(0)
+        raise NothingLeftToSubscribe(label)
+
+    @staticmethod
+    def _narrowed(plan: ConnectionPlan, kept: tuple[str, ...]) -> ConnectionPlan:
+        """``plan`` subscribing only ``kept`` of its symbols."""
+        if plan.session_for is None:
+            raise TypeError(f"{plan.label}: a session reported refused symbols, its plan has no session_for")
+        return dataclasses.replace(plan, symbols=kept, new_session=functools.partial(plan.session_for, kept))
 
     async def _notify(self) -> None:
         async with self._progress:

@@ -4,8 +4,10 @@ States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq statu
 
 - ``connecting``: no connection up yet and none failed: the start, before a first attempt ends;
 - ``up``: every connection is open and its subscriptions sent. The venue's ack is not awaited:
-  a refusal makes it ``degraded`` (below), and a venue that acks and then sends nothing (the
-  failure mode that matters, see ``suspect``) looks the same with or without acks;
+  a refusal makes it ``degraded`` (below), except one naming symbols of the connection (Bybit:
+  one delisted since the listing), which are dropped while the others keep it up; and a venue
+  that acks and then sends nothing (the failure mode that matters, see ``suspect``) looks the
+  same with or without acks;
 - ``degraded``: some connections of a sharded venue are up, some are not; or every one is up
   but the venue answered one with an error (a refused subscription), until that one reconnects;
 - ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
@@ -77,6 +79,15 @@ class VenueHealth:
         """The venue answered connection ``label`` with ``error``: it misses what it asked for."""
         self.venue_errors += 1
         self.refusals[label] = f"venue error: {error}"
+        self.reason = self._reason_text()
+
+    def retire(self, label: str, connections_total: int) -> None:
+        """Connection ``label`` is closed for good (the venue refused all it asked for): the
+        venue has ``connections_total`` connections now."""
+        self.connections_total = connections_total
+        self.connections_up.discard(label)
+        self.down_reasons.pop(label, None)
+        self.refusals.pop(label, None)
         self.reason = self._reason_text()
 
     def disconnected(self, label: str, reason: str) -> None:

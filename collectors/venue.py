@@ -18,6 +18,9 @@ Rules every session follows:
   its rows raw (``list[msgspec.Raw]``) and each row is typed on its own (``_common.decode_row``).
 - Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output;
   an error reply returns ``_common.server_error(...)``, which logs it and carries it in ``error``.
+  A refusal naming some of the connection's own symbols (Bybit: a symbol delisted since the
+  listing) returns them in ``refused`` instead: the collector drops them from the connection's
+  plan (``ConnectionPlan.session_for``) and the other symbols keep the venue up.
 - A replayed snapshot on (re)subscribe is returned like any other data; the loop removes
   duplicates by ``Liquidation.event_id`` across reconnects (``collectors.dedupe``). Only
   frames that a venue documents as history-only snapshots (Lighter ``subscribed/trade``,
@@ -50,6 +53,11 @@ class SessionOutput:
     error: str = ""
     """What the venue answered with an error (a refused subscription): the connection's health
     says so (``degraded``) until it is reopened."""
+    refused: tuple[str, ...] = ()
+    """Native symbols of the connection the venue refused by name (the session has logged it):
+    the collector drops them from the connection's plan, so no reconnect asks for them again
+    (a later listing that names them brings them back); only from sessions whose plans have
+    ``session_for``."""
     reconnect: str = ""
     """Why the venue wants a new connection (OKX notice 64008 before an upgrade closes it,
     Bitfinex info 20051 before a restart): the collector reopens it at once."""
@@ -83,6 +91,9 @@ class ConnectionPlan:
     new_session: Callable[[], VenueSession]
     symbols: tuple[str, ...] = ()
     """The symbols it subscribes, where a listing chose them (``VenueSpec.relists``)."""
+    session_for: Callable[[tuple[str, ...]], VenueSession] | None = None
+    """A session subscribing only the given ones of ``symbols`` (where a session can report
+    symbols the venue refused, ``SessionOutput.refused``)."""
 
 
 @dataclass(frozen=True)

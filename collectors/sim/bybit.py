@@ -5,7 +5,9 @@ one frame per topic with every item of the push in ``data``. ``{"op":"subscribe"
 v5 ack, ``{"op":"ping"}`` the linear/inverse pong. No replay, no server heartbeat. As on the
 live venue, the path picks the category: a topic of the other endpoint (an inverse ``BTCUSD`` on
 ``/v5/public/linear``) is refused with ``handler not found``, and a subscription taking the
-connection's ``args`` past 21,000 characters is refused whole (``success: false``).
+connection's ``args`` past 21,000 characters is refused whole (``success: false``). A
+``BybitSim(delisted=…)`` refuses those topics too (a symbol delisted since the collector's listing),
+in the same reply, and subscribes the request's other topics.
 
 Expected Liquidation: ``S`` is the position side (Buy = long); quantity = ``v`` (base, lot
 rounded); price = ``p``; notional = v × p; timestamp = ``T``; event_id = digest of
@@ -15,7 +17,7 @@ rounded); price = ``p``; notional = v × p; timestamp = ``T``; event_id = digest
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from collectors.sim._numbers import base_step, lots, tick, wire
 from collectors.sim.protocol import Outgoing, SimClient, SimItem
@@ -31,6 +33,10 @@ class BybitSim:
     name = "bybit"
     gzip = False
     heartbeat_s = 0.0
+
+    def __init__(self, delisted: Iterable[str] = ()) -> None:
+        self.delisted = frozenset(delisted)
+        """Topics refused as Bybit refuses a symbol it no longer lists."""
 
     def materialize(self, event: MarketEvent, seq: int) -> SimItem | None:
         symbol, price = f"{event.base}USDT", tick(event.price)
@@ -51,7 +57,7 @@ class BybitSim:
         op = request["op"]
         error = ""
         if op == "subscribe":
-            error = _subscribe(client, request["args"])
+            error = _subscribe(client, request["args"], self.delisted)
         elif op == "unsubscribe":
             client.subscriptions.difference_update(request["args"])
         elif op != "ping":
@@ -95,14 +101,15 @@ def endpoint_category(topic: str) -> str:
     return "linear" if linear else "inverse"
 
 
-def _subscribe(client: SimClient, args: list[str]) -> str:
+def _subscribe(client: SimClient, args: list[str], delisted: frozenset[str]) -> str:
     """Subscribe ``args``; the error message when the request is refused (whole or in part)."""
     category = client.path.rstrip("/").rpartition("/")[2]
     total = sorted(client.subscriptions | set(args))
     if len(json.dumps(total)) > ARGS_LIMIT:
         return f"error:args size exceeds {ARGS_LIMIT} characters"
     wrong = [topic for topic in args
-             if not topic.startswith("allLiquidation.") or endpoint_category(topic) != category]
+             if not topic.startswith("allLiquidation.") or endpoint_category(topic) != category
+             or topic in delisted]
     client.subscriptions.update(topic for topic in args if topic not in wrong)
     return f"error:handler not found,topic:{','.join(wrong)}" if wrong else ""
 

@@ -9,6 +9,10 @@ topics are sharded so that one connection's ``args`` stay within 21,000 characte
     {"topic":"allLiquidation.ROSEUSDT","type":"snapshot","ts":1739502303204,
      "data":[{"T":1739502302929,"s":"ROSEUSDT","S":"Sell","v":"20000","p":"0.04499"}]}
 
+A subscribe refused for topics Bybit's ``ret_msg`` names (a symbol delisted between the listing
+and the subscribe) drops those topics (``SessionOutput.refused``, one warning); a refusal naming
+none of the session's topics (the args limit, a stray request) degrades the connection.
+
 Side rule: Bybit ``S`` (and the old ``side``) is the POSITION side: Buy means a long was liquidated.
 
 Quantity: linear ``v`` is base coin; inverse ``v`` is USD contracts (1 USD each), base = v / p.
@@ -21,6 +25,7 @@ envelopes (data array with an ``id``) are still parsed because recorded data con
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -62,6 +67,8 @@ DEFAULT_SYMBOLS = (
     "APTUSDT", "ARBUSDT", "OPUSDT", "WIFUSDT", "ENAUSDT", "1000PEPEUSDT", "HYPEUSDT", "BTCPERP",
     "ETHPERP", "BTCUSD", "ETHUSD", "XRPUSD", "SOLUSD", "ADAUSD", "DOTUSD", "LTCUSD", "EOSUSD",
 )  # fmt: skip
+_TOPIC_WORDS = re.compile(r"[\w.\-]+")
+"""The words of a ``ret_msg`` that may be topics (``error:handler not found,topic:a.B,a.C``)."""
 _INVERSE_FUTURE = re.compile(r"^([A-Z0-9]+)USD([FGHJKMNQUVXZ])(\d\d)$")
 
 
@@ -86,6 +93,7 @@ class Row(msgspec.Struct):
 class Frame(msgspec.Struct):
     topic: str | None = None
     op: str | None = None
+    req_id: str | None = None
     success: bool | None = None
     ret_msg: Any = None
     ts: int | None = None
@@ -142,7 +150,7 @@ class BybitSession:
         frame = decode(_frame, raw, NAME)
         if frame.topic is None:
             if frame.success is False:
-                return server_error(NAME, f"{frame.op}: {frame.ret_msg}")
+                return self._refusal(frame)
             if frame.op is not None or frame.success is not None:
                 return EMPTY
             raise ParseError(NAME, "neither a topic frame nor an op reply", raw)
@@ -152,6 +160,18 @@ class BybitSession:
         ts = frame.ts if frame.topic.startswith("liquidation.") else None
         return each_row(NAME, raw, rows, lambda row: self._liquidation(
             row if isinstance(row, Row) else decode_row(_row, row, NAME), ts, received_ms))
+
+    def _refusal(self, frame: Frame) -> SessionOutput:
+        """A refused request: the session's topics its message names are refused alone (logged
+        once, here); a refusal naming none of them is an error of the connection."""
+        named = set(_TOPIC_WORDS.findall(str(frame.ret_msg))) if frame.op == "subscribe" else set()
+        refused = [topic for topic in self.topics if topic in named]
+        if not refused:
+            return server_error(NAME, f"{frame.op}: {frame.ret_msg}")
+        logger.warning("%s: Bybit refused topic(s) %s (%s); dropped from the subscriptions until a "
+                       "listing names them again", NAME, ", ".join(refused), str(frame.ret_msg)[:200])
+        self.topics = [topic for topic in self.topics if topic not in refused]
+        return SessionOutput(refused=tuple(topic.removeprefix(TOPIC) for topic in refused))
 
     def _liquidation(self, row: Row, frame_ts: int | None, received_ms: int) -> Liquidation:
         symbol, side = row.s or row.symbol, row.S or row.side
@@ -259,8 +279,9 @@ def _plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
     for category, names in symbols_by_category.items():
         topics = [f"{TOPIC}{s}" for s in names]
         for n, shard in enumerate(shard_topics(topics)):
+            symbols_ = tuple(t.removeprefix(TOPIC) for t in shard)
             plans.append(ConnectionPlan(category_url(base_url, category), f"{NAME}:{category}:{n}",
-                                        _factory(shard), symbols=tuple(t.removeprefix(TOPIC) for t in shard)))
+                                        functools.partial(session_for, symbols_), symbols_, session_for))
     return plans
 
 
@@ -271,8 +292,9 @@ def _parse_or_none(symbol: str) -> Instrument | None:
         return None
 
 
-def _factory(topics: list[str]) -> Callable[[], BybitSession]:
-    return lambda: BybitSession(topics)
+def session_for(symbols: Sequence[str]) -> BybitSession:
+    """A session subscribing ``symbols``' topics (a plan's, or what is left of them)."""
+    return BybitSession([f"{TOPIC}{s}" for s in symbols])
 
 
 TABLE = InstrumentTable.load(NAME)

@@ -28,6 +28,7 @@ from collectors import base as base_module
 from collectors import load_venue
 from collectors import publisher as publisher_module
 from collectors.base import Collector, CollectorConfig
+from collectors.sim.bybit import BybitSim
 from collectors.sim.protocol import SimClient
 from collectors.sim.server import ExchangeSimulator, load_sim
 from collectors.venues import okx
@@ -1111,6 +1112,78 @@ class RefusedOnce:
     def on_open(self) -> list[str | bytes]:
         frames: list[str | bytes] = self.inner.on_open()
         return [*frames, self.extra] if self.first else frames
+
+
+def _bybit_refusing(redis_url: str, exchange: ExchangeSimulator, symbols: list[str]) -> Collector:
+    config = CollectorConfig(venue=load_venue("bybit"), shards=SHARDS, redis=make_async_redis(redis_url),
+                             base_url=exchange.urls["bybit"], symbols=symbols, health_every_s=0.05,
+                             instruments_every_s=None)
+    return Collector(config)
+
+
+def _now_up(collector: Collector) -> bool:
+    return collector.health.compute_state(collector.config.clock.now_ms()) == "up"
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "refused topic" in r.getMessage()]
+
+
+def test_a_topic_bybit_refuses_is_dropped_logged_once_and_the_venue_is_up(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A symbol delisted between the listing and the subscribe: Bybit refuses its topic in the
+    request's ack and subscribes the others. The venue is up on those, the refusal is one
+    warning naming the topic and Bybit's message, and a reconnect does not ask for it again."""
+    refused = "allLiquidation.SOLUSDT"
+
+    async def run() -> None:
+        async with ExchangeSimulator([BybitSim(delisted={refused})]) as exchange:
+            collector = _bybit_refusing(redis_url, exchange, ["BTCUSDT", "SOLUSDT", "ETHUSDT"])
+            async with _running(collector) as collector:
+                await collector.wait_until(lambda c: c.plans[0].symbols == ("BTCUSDT", "ETHUSDT")
+                                           and c.health.state == "up")
+                assert assert_alone(exchange.clients("bybit")).subscriptions == {
+                    "allLiquidation.BTCUSDT", "allLiquidation.ETHUSDT"}
+                assert await exchange.drop_connections("bybit") == 1
+                await collector.wait_until(lambda c: c.health.reconnects == 1 and _now_up(c))
+                await exchange.wait_subscribed("bybit", 1)
+                sent = await exchange.emit(events("bybit", T0, 2))  # after the new subscribe's ack
+                await collector.wait_until(lambda c: c.published == len(sent) == 2)
+                assert _now_up(collector) and collector.health.reason == ""
+                assert collector.health.venue_errors == 0
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(run())
+    assert _refusals(caplog) == [
+        f"bybit: Bybit refused topic(s) {refused} (error:handler not found,topic:{refused}); "
+        "dropped from the subscriptions until a listing names them again"]
+
+
+def test_a_connection_whose_every_topic_bybit_refuses_is_closed_and_the_venue_is_up(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The inverse endpoint's only symbol is delisted: that connection is closed for good (not
+    reopened to be refused again) and the venue is up on the linear one."""
+    refused = "allLiquidation.BTCUSD"
+
+    async def run() -> None:
+        async with ExchangeSimulator([BybitSim(delisted={refused})]) as exchange:
+            collector = _bybit_refusing(redis_url, exchange, ["BTCUSDT", "BTCUSD"])
+            async with _running(collector) as collector:
+                await collector.wait_until(lambda c: len(c.plans) == 1 and c.health.state == "up")
+                assert (collector.health.connections_total, collector.health.reason) == (1, "")
+                assert [p.symbols for p in collector.plans] == [("BTCUSDT",)]
+                sent = await exchange.emit(events("bybit", T0, 1))  # BTC
+                await collector.wait_until(lambda c: c.published == len(sent) == 1)
+                assert len(exchange.clients("bybit")) == 1 and collector.health.reconnects == 0
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(run())
+    assert len(_refusals(caplog)) == 1
+
+
+def assert_alone(clients: list[SimClient]) -> SimClient:
+    assert len(clients) == 1, clients
+    return clients[0]
 
 
 def test_a_refused_subscription_degrades_the_venue_until_the_connection_is_reopened(redis_url: str) -> None:

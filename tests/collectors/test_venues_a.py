@@ -553,3 +553,21 @@ def test_a_refused_subscription_or_error_reply_is_logged_not_mistaken_for_a_quie
         output = parser(venue).on_message(json.dumps(frame), RX)
     assert f"{venue}: the venue answered with an error" in caplog.text and detail in caplog.text
     assert detail in output.error, "the collector marks the venue degraded with it"
+
+
+def test_a_bybit_refusal_naming_its_own_topics_refuses_those_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """Bybit refuses a symbol delisted since the listing by name: that topic is refused alone
+    (one warning with Bybit's words), not the connection; a refusal naming none of the session's
+    topics (the args limit) stays an error of the connection."""
+    session = bybit.session_for(("BTCUSDT", "ETHUSDT", "ETHUSDT-26DEC25"))
+    ret_msg = "error:handler not found,topic:allLiquidation.ETHUSDT,allLiquidation.XRPUSDT"
+    frame = {"success": False, "ret_msg": ret_msg, "op": "subscribe", "req_id": "liq0"}
+    with caplog.at_level("WARNING"):
+        output = session.on_message(json.dumps(frame), RX)
+    assert (output.refused, output.error) == (("ETHUSDT",), "")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"bybit: Bybit refused topic(s) allLiquidation.ETHUSDT ({ret_msg}); dropped from the "
+        "subscriptions until a listing names them again"]
+    whole = {"success": False, "ret_msg": "error:args size exceeds 21000 characters", "op": "subscribe"}
+    output = session.on_message(json.dumps(whole), RX)
+    assert (output.refused, output.error) == ((), "subscribe: error:args size exceeds 21000 characters")
