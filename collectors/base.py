@@ -61,7 +61,7 @@ from collectors.dedupe import RecentIds, number_repeats
 from collectors.health import TwinWatch, VenueHealth
 from collectors.publisher import Publisher
 from collectors.recording import FrameRecorder
-from collectors.refresh import DEFAULT_EVERY_S, load_cached, refresh_loop
+from collectors.refresh import DEFAULT_EVERY_S, blocking_call, load_cached, refresh_loop
 from collectors.spool import Spool
 from collectors.venue import ConnectionPlan, VenueSession, VenueSpec
 from collectors.venues._common import inflate
@@ -424,7 +424,7 @@ class Collector:
         listing fails: what runs stays)."""
         venue = self.config.venue
         try:
-            listed = await asyncio.to_thread(venue.plans, self.config.base_url, ())
+            listed = await blocking_call(functools.partial(venue.plans, self.config.base_url, ()))
         except Exception as exc:  # noqa: BLE001 - a failed listing keeps what runs
             logger.warning("%s: symbol listing failed (%s); subscriptions unchanged", venue.name, exc)
             return []

@@ -14,15 +14,23 @@ A failed fetch or an unreadable body is logged once per failure and changes noth
 keeps what it had. The REST host is the venue's own for a live collector; for a collector
 pointed at another server (the simulator at ``ws://127.0.0.1:PORT``) it is that server, over
 http, on the same host and port.
+
+Every blocking REST call of a collector (this refresh, a venue's symbol listing) runs through
+:func:`blocking_call`: in a daemon thread a stop abandons, so a REST server that never answers
+holds neither the stop nor the process's exit (the thread pool asyncio joins at exit would).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import threading
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from collectors.instruments import Instrument
@@ -32,11 +40,40 @@ from shared.runtime import stopped_within
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DEFAULT_EVERY_S = 6 * 3600.0
 TIMEOUT_S = 10.0
 
 Fetch = Callable[[str, bytes | None], bytes]
 OnRefresh = Callable[[int], Awaitable[None]]
+
+
+async def blocking_call(fn: Callable[[], T]) -> T:
+    """``fn()`` (blocking I/O) run in a daemon thread of its own, awaited. A cancel abandons it:
+    its result is dropped, and neither the event loop's shutdown nor the interpreter's exit
+    waits for it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: abandoned
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]  # None only beside an error
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name=f"blocking-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 def rest_base(source: InstrumentSource, ws_url: str) -> str:
@@ -67,7 +104,7 @@ def fetch_all(source: InstrumentSource, base: str, fetch: Fetch = http_fetch) ->
 async def refresh_once(venue: str, source: InstrumentSource, ws_url: str, cache_dir: Path | None,
                        fetch: Fetch = http_fetch) -> int:
     """One refresh; returns how many instruments the endpoint listed (raises on failure)."""
-    listed = await asyncio.to_thread(fetch_all, source, rest_base(source, ws_url), fetch)
+    listed = await blocking_call(functools.partial(fetch_all, source, rest_base(source, ws_url), fetch))
     if not listed:
         raise ValueError("the instruments endpoint listed nothing")
     source.table.update(listed)

@@ -11,6 +11,8 @@ import dataclasses
 import http.client
 import json
 import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,8 @@ from collectors.base import Collector, CollectorConfig
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.refresh import load_cached, refresh_loop, refresh_once, rest_base
 from collectors.sim.server import ExchangeSimulator, load_sim
-from collectors.venue import InstrumentRequest, InstrumentSource, VenueSpec
+from collectors.venue import ConnectionPlan, InstrumentRequest, InstrumentSource, VenueSpec
+from collectors.venues._common import get_json
 from shared.backoff import Backoff
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
@@ -197,3 +200,72 @@ def test_a_cache_row_not_an_instrument_is_ignored(tmp_path: Path, caplog: pytest
     with caplog.at_level(logging.WARNING):
         assert table.load_cache(tmp_path) is False
     assert len(table) == 0 and "ignoring unreadable instrument cache" in caplog.text
+
+
+@asynccontextmanager
+async def never_answering(path: str) -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A server on 127.0.0.1 that accepts every connection, reads, and never answers; the event
+    is set once a request for ``path`` arrived. Its connections are closed on exit."""
+    asked, held = asyncio.Event(), set[asyncio.StreamWriter]()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.add(writer)
+        if path in (await reader.readline()).decode("latin-1"):
+            asked.set()
+        await reader.read()  # until the client (or the exit below) closes it
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], asked
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+
+
+async def stops_promptly(collector: Collector, asked: asyncio.Event) -> None:
+    """Run ``collector`` until ``asked`` (its REST call hangs), stop it: ``run()`` and the event
+    loop's shutdown (what ``asyncio.run`` does before the process exits) both return within 5 s,
+    which one request's 10 s timeout would exceed."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(stop))
+    await asyncio.wait_for(asked.wait(), timeout=20)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), timeout=5)
+    await collector.config.redis.aclose()
+
+
+@pytest.mark.integration
+def test_a_stop_during_an_instruments_refresh_that_never_answers_is_prompt(redis_url: str) -> None:
+    spec = fresh(load_venue("okx"))
+
+    async def run() -> None:
+        async with never_answering("/api/v5/public/instruments") as (port, asked):
+            await stops_promptly(Collector(CollectorConfig(
+                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}",
+                instruments_every_s=3600.0)), asked)
+
+    asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_a_stop_during_a_symbol_listing_that_never_answers_is_prompt(redis_url: str) -> None:
+    """Bybit lists its symbols again periodically; this listing asks a server that never answers."""
+    bybit = load_venue("bybit")
+
+    async def run() -> None:
+        async with never_answering("/v5/market/instruments-info") as (port, asked):
+            def plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+                if not symbols and asked_once:  # the relisting: hangs
+                    get_json(f"http://127.0.0.1:{port}/v5/market/instruments-info?category=linear")
+                asked_once.append(True)
+                return bybit.plans(base_url, symbols or ["BTCUSDT"])
+
+            asked_once: list[bool] = []
+            spec = dataclasses.replace(bybit, plans=plans)
+            await stops_promptly(Collector(CollectorConfig(
+                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}",
+                instruments_every_s=0.01)), asked)
+
+    asyncio.run(run())
