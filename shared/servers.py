@@ -55,9 +55,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+"""Where Linux says which ports it gives outgoing connections (32768-60999 unless changed)."""
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel may give an outgoing connection: Linux's setting, else IANA's
+    dynamic range (49152), which other systems use."""
+    try:
+        return int(EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
+
+
 def free_port_range(count: int, low: int = 20_000, high: int = 60_000) -> int:
     """The first of ``count`` consecutive ports free on 127.0.0.1, searched from a random start
-    (a process restarted on them finds the same ports: ``liq up`` restarts its simulator so)."""
+    (a process restarted on them finds the same ports: ``liq up`` restarts its simulator so).
+
+    Below the ports outgoing connections are given (:func:`ephemeral_low`), when the range
+    leaves room: a port free now but in that range can be taken, before the server meant for it
+    binds, by any connection made meanwhile (the pipeline's own, to Redis or the simulator)."""
+    below = ephemeral_low()
+    if below - low > 2 * count:
+        high = min(high, below)
     start = random.randrange(low, high - count)
     for base in [*range(start, high - count, count), *range(low, start, count)]:
         if all(_port_free(port) for port in range(base, base + count)):

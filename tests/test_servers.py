@@ -182,6 +182,24 @@ def test_a_free_port_range_is_free_and_consecutive() -> None:
     assert 20_000 <= base <= 60_000 - 14 and all(_port_free(p) for p in range(base, base + 14))
 
 
+def test_a_free_port_range_stays_below_the_ports_outgoing_connections_get(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A free port the kernel may give a connection could be taken before its server binds."""
+    from shared import servers
+
+    assert servers.ephemeral_low() == int(servers.EPHEMERAL_PORTS.read_text().split()[0])
+    monkeypatch.setattr(servers, "EPHEMERAL_PORTS", tmp_path / "absent")
+    assert servers.ephemeral_low() == 49_152
+    setting = tmp_path / "ip_local_port_range"
+    setting.write_text("32768\t60999\n")
+    monkeypatch.setattr(servers, "EPHEMERAL_PORTS", setting)
+    assert servers.ephemeral_low() == 32_768
+    bases = {servers.free_port_range(17) for _ in range(200)}
+    assert all(20_000 <= b and b + 17 <= 32_768 for b in bases), sorted(bases)[-3:]
+    setting.write_text("20010 60999\n")  # no room below: the whole range is searched, as before
+    assert any(b + 17 > 20_010 for b in {servers.free_port_range(17) for _ in range(200)})
+
+
 def test_a_client_only_postgresql_version_is_not_taken_for_a_server(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared import servers
