@@ -23,8 +23,9 @@ the publisher (``collectors.publisher``).
   (``collectors.recording``).
 - For a venue with an instruments endpoint, contract sizes are refreshed beside the
   connections (``collectors.refresh``) and cached on disk.
-- The connection plans are built by ``run()`` in a worker thread: a venue may need the network
-  for them (Bybit lists its instruments over HTTP), which must not block the event loop.
+- The connection plans are built by ``run()`` in a daemon thread (``collectors.refresh.blocking_call``):
+  a venue may need the network for them (Bybit lists its instruments over HTTP), which must
+  neither block the event loop nor hold a stop.
 """
 
 from __future__ import annotations
@@ -296,21 +297,44 @@ class Collector:
         here, synchronously (instant for every venue except a live Bybit listing its symbols).
         """
         with self._plans_lock:
+            plans = self._plans
+        return plans if plans is not None else self._adopted(self._build_plans())
+
+    def _build_plans(self) -> list[ConnectionPlan]:
+        """The venue's connections for the configured symbols (blocking: may list them over REST)."""
+        return self.config.venue.plans(self.config.base_url, self.config.symbols)
+
+    def _adopted(self, plans: list[ConnectionPlan]) -> list[ConnectionPlan]:
+        """``plans`` as the venue's connections, unless some were adopted already (those, then)."""
+        with self._plans_lock:
             if self._plans is None:
-                self._plans = self.config.venue.plans(self.config.base_url, self.config.symbols)
-                self.health.connections_total = len(self._plans)
+                self._plans = plans
+                self.health.connections_total = len(plans)
             return self._plans
+
+    async def _first_plans(self, stop: asyncio.Event) -> list[ConnectionPlan] | None:
+        """The venue's connections, built in a daemon thread a stop abandons (a live Bybit lists
+        its symbols over REST, up to 10 s per request); None when ``stop`` came first."""
+        build = asyncio.create_task(blocking_call(self._build_plans))
+        if not await done_before_stop(build, stop):
+            build.cancel()
+            return None
+        return self._adopted(build.result())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every connection, the publisher and the health reporter until ``stop``."""
         source, every_s = self.config.venue.instruments, self.config.instruments_every_s
         if source is not None:  # first: a venue's plans may come from its table (Lighter's markets)
             await asyncio.to_thread(load_cached, self.config.venue.name, source, self.config.instruments_dir)
+        plans: list[ConnectionPlan] | None = None
         try:
-            plans = await asyncio.to_thread(lambda: self.plans)
-        except BaseException:
-            self.recorder.close()
-            raise
+            plans = await self._first_plans(stop)
+        finally:
+            if plans is None:  # failed, or stopped before the venue listed its connections
+                self.recorder.close()
+        if plans is None:
+            logger.info("%s: stopped before its connections were listed", self.config.venue.name)
+            return
         if self.config.venue.replays_on_subscribe:
             await self._remember_published(stop)
         await self._notify()

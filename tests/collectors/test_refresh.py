@@ -269,3 +269,24 @@ def test_a_stop_during_a_symbol_listing_that_never_answers_is_prompt(redis_url: 
                 instruments_every_s=0.01)), asked)
 
     asyncio.run(run())
+
+
+@pytest.mark.integration
+def test_a_stop_during_the_first_symbol_listing_that_never_answers_is_prompt(redis_url: str) -> None:
+    """A live Bybit lists its symbols before its first connection; this listing asks a server
+    that never answers."""
+    bybit = load_venue("bybit")
+
+    async def run() -> None:
+        async with never_answering("/v5/market/instruments-info") as (port, asked):
+            def plans(base_url: str, symbols: Sequence[str]) -> list[ConnectionPlan]:
+                get_json(f"http://127.0.0.1:{port}/v5/market/instruments-info?category=linear")
+                return bybit.plans(base_url, symbols)
+
+            spec = dataclasses.replace(bybit, plans=plans)
+            collector = Collector(CollectorConfig(
+                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}"))
+            await stops_promptly(collector, asked)
+            assert collector.health.connections_total == 0
+
+    asyncio.run(run())
