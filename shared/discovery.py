@@ -22,14 +22,19 @@ UP_FILE = "up.json"
 """The file in ``<data_dir>`` where ``liq up`` writes the URLs in use, its pid and shard count."""
 
 
+PID_MAX = 2**31 - 1
+"""The largest process id (``pid_t`` is a signed 32-bit int; ``os.kill`` overflows past it)."""
+
+
 class UpFile(msgspec.Struct):
     """What the tools read of :data:`UP_FILE` (``liq up`` writes more). The shard count is
-    bounded as ``LIQ_SHARDS`` is: a file with another one is not what ``liq up`` writes."""
+    bounded as ``LIQ_SHARDS`` is, the pid to a process's (``os.kill`` reads 0 and a negative
+    one as process groups): a file with another one is not what ``liq up`` writes."""
 
     redis_url: str | None = None
     pg_dsn: str | None = None
     shards: Annotated[int, msgspec.Meta(ge=1, le=keys.MAX_SHARDS)] | None = None
-    pid: int = 0
+    pid: Annotated[int, msgspec.Meta(ge=1, le=PID_MAX)] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def discover(settings: CommonSettings, environ: dict[str, str]) -> Discovered:
         return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder),
                           stale_up=f"{up_file} is not liq up's file as it writes it ({exc}): remove it if "
                                    "no liq up runs there")
-    if info.pid and not _alive(info.pid):
+    if info.pid is not None and not _alive(info.pid):
         return Discovered(redis_url, pg_dsn, shards, looked_in=str(folder),
                           stale_up=f"liq up (pid {info.pid}) is not running: {up_file} is left from it")
     if "LIQ_SHARDS" not in environ and info.shards is not None:

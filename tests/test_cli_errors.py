@@ -210,8 +210,9 @@ def test_a_url_no_collector_could_open_is_refused_as_an_option(url: str, problem
 
 
 @pytest.mark.parametrize("text", ['{"redis_url": "redis://127.0.0.1:1/0", "pg_d',
-                                  '{"redis_url": "redis://127.0.0.1:1/0", "shards": 100000000}'],
-                         ids=["cut short", "shard count out of range"])
+                                  '{"redis_url": "redis://127.0.0.1:1/0", "shards": 100000000}',
+                                  '{"redis_url": "redis://127.0.0.1:1/0", "pid": 0}'],
+                         ids=["cut short", "shard count out of range", "pid not a process id"])
 def test_an_up_json_cut_short_is_one_line(tmp_path: Path, text: str) -> None:
     up_file = tmp_path / ".liq" / "up.json"
     up_file.parent.mkdir()

@@ -373,6 +373,41 @@ def test_an_up_json_shard_count_at_either_bound_is_taken(tmp_path: Path, shards:
     assert (found.redis_url, found.shards, found.stale_up) == ("redis://127.0.0.1:1/0", shards, None)
 
 
+@pytest.mark.parametrize("pid", [0, -1, -os.getpgrp(), 2**31, True, 1.5, "1"],
+                         ids=["0", "-1", "-own group", "2**31", "true", "1.5", "'1'"])
+def test_an_up_json_whose_pid_is_no_process_id_is_not_liq_ups_file(tmp_path: Path, pid: object) -> None:
+    """liq up writes its own pid: 0 or a negative one would have os.kill probe a process group
+    (0 this one's, which is alive), one past pid_t's range raised OverflowError; such a file is
+    said as a cut-short file is, not taken for a running liq up."""
+    import json
+
+    from shared.discovery import discover
+    from shared.settings import CommonSettings
+
+    (tmp_path / "up.json").write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "pid": pid}))
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert found.redis_url is None
+    assert found.not_found().startswith(f"{tmp_path / 'up.json'} is not liq up's file as it writes it (")
+    assert found.not_found().endswith("): remove it if no liq up runs there")
+
+
+def test_an_up_json_pid_at_either_bound_is_a_process_id(tmp_path: Path) -> None:
+    """pid 1 is a running process (init); 2**31 - 1, pid_t's largest, is none (Linux's pid_max
+    is at most 2**22): liq up's file, from a liq up running or gone."""
+    import json
+
+    from shared.discovery import PID_MAX, discover
+    from shared.settings import CommonSettings
+
+    up = tmp_path / "up.json"
+    up.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "pid": 1}))
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert (found.redis_url, found.stale_up) == ("redis://127.0.0.1:1/0", None)
+    up.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "pid": PID_MAX}))
+    found = discover(CommonSettings(data_dir=str(tmp_path)), {})
+    assert found.not_found() == f"liq up (pid {PID_MAX}) is not running: {up} is left from it"
+
+
 def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis_url: str) -> None:
     """A liq:* key of another type (another program's) fails a command of Redis, which answers:
     that is said as the error it is, and --check still fails; only a silent Redis is unreachable."""
