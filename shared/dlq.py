@@ -10,7 +10,8 @@ one's XDEL from the dead-letter stream and XADD to its stream run in one script 
 per run), and the XADD happens only if that XDEL removed the entry, so a replay interrupted at
 any point, or two replays at once, neither lose nor double an entry. A run whose keys are not
 all streams (one another program overwrote) fails before its first XDEL, moving nothing, and
-:func:`replay` raises :class:`ReplayRefused` saying so.
+:func:`replay` raises :class:`ReplayRefused` saying so. A dead-letter stream's key of another
+type cannot be read: :func:`read` raises :class:`DeadLettersUnreadable` naming it.
 ``liq dlq drop`` deletes entries that are not worth keeping.
 """
 
@@ -43,6 +44,16 @@ class ReplayRefused(LiqError):
         self.moved = moved
         super().__init__(f"{reason}: no dead letter of that page moved (the script checks the key types "
                          "first); delete or rename that key, then replay again")
+
+
+class DeadLettersUnreadable(LiqError):
+    """A dead-letter stream's key holds another type than a stream (``WRONGTYPE``): its entries
+    cannot be read, so none can be listed, replayed or dropped. ``dlq``: that key."""
+
+    def __init__(self, dlq: str, kind: str) -> None:
+        self.dlq = dlq
+        super().__init__(f"WRONGTYPE {dlq} holds a {kind}, not a stream: no dead letter can be read from it; "
+                         "delete or rename that key")
 
 
 @dataclass(frozen=True)
@@ -91,12 +102,29 @@ def read(client: redis.Redis, streams: Sequence[str]) -> Iterator[DeadLetter]:
         dlq = keys.dead_letter_stream(stream)
         start = "-"
         while True:
-            page: Any = client.xrange(dlq, min=start, count=PAGE)
+            page = _page(client, dlq, start)
             for entry_id, fields in page:
                 yield parse(dlq, reply_text(entry_id), fields)
             if len(page) < PAGE:
                 break
             start = "(" + reply_text(page[-1][0])
+
+
+def _page(client: redis.Redis, dlq: str, start: str) -> Any:
+    """Up to :data:`PAGE` entries of ``dlq`` from ``start``; a key of another type raises
+    :class:`DeadLettersUnreadable`."""
+    try:
+        return client.xrange(dlq, min=start, count=PAGE)
+    except redis.ResponseError as exc:
+        if not _wrong_type(exc):
+            raise
+        raise DeadLettersUnreadable(dlq, reply_text(client.type(dlq))) from exc
+
+
+def _wrong_type(exc: redis.ResponseError) -> bool:
+    """Redis refused a command for a key of another type (its own reply, or the key check of
+    :func:`shared.streams.streams_check_lua`)."""
+    return str(exc).startswith("WRONGTYPE")
 
 
 # Each entry moves only if this run is the one that deletes it from the dead-letter stream, so
@@ -146,7 +174,7 @@ def _run(script: Any, script_keys: list[str], args: list[Any], moved: int) -> in
     try:
         return int(script(keys=script_keys, args=args))
     except redis.ResponseError as exc:
-        if not str(exc).startswith("WRONGTYPE"):
+        if not _wrong_type(exc):
             raise
         raise ReplayRefused(str(exc), moved) from exc
 
@@ -188,7 +216,10 @@ def _selected(client: redis.Redis, streams: list[str], stream: str | None, group
         if stream not in streams:
             raise click.BadParameter(f"expected one of: {', '.join(streams)}", param_hint="--stream")
         streams = [stream]
-    letters = select(read(client, streams), group, ids)
+    try:
+        letters = select(read(client, streams), group, ids)
+    except DeadLettersUnreadable as exc:
+        raise click.ClickException(str(exc)) from exc
     missing = sorted(set(ids) - {d.id for d in letters})
     if missing:
         click.echo(f"not found: {', '.join(missing)}", err=True)

@@ -7,6 +7,7 @@
     ├── ParseError         a venue frame could not be decoded (counted and skipped)
     ├── ServerError        an embedded Redis/PostgreSQL server could not be started
     ├── ReplayRefused      (``shared.dlq``) a dead-letter replay met a key of another type
+    ├── DeadLettersUnreadable (``shared.dlq``) a dead-letter stream's key holds another type
     └── MigrationError     (``writer.migrate``) the schema cannot be migrated as asked
 
 A consumer's handler signals a transient failure of its side effect with

@@ -183,3 +183,31 @@ def test_replay_as_a_library_says_a_key_of_another_type_with_its_own_error(
                                   "key, then replay again")
     assert refused.value.moved == 2 and isinstance(refused.value, LiqError)
     assert r.xlen(STREAM) == 2 and r.xlen(keys.dead_letter_stream(other)) == 1
+
+
+@pytest.mark.parametrize("command", [["list"], ["list", "--json"], ["replay"], ["drop", "--yes"]])
+def test_a_dead_letter_stream_key_of_another_type_is_one_line(
+        redis_url: str, r: syncredis.Redis, command: list[str]) -> None:
+    """Reading the dead letters raised redis-py's ResponseError (a traceback) when their own key
+    held another type: each command says so in one line, naming the key, and changes nothing."""
+    r.set(DLQ, "another program's")
+    result = CliRunner().invoke(liq, ["dlq", *command], env={"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": "1"})
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output == (f"Error: WRONGTYPE {DLQ} holds a string, not a stream: no dead letter can be "
+                             "read from it; delete or rename that key\n")
+    assert r.get(DLQ) == b"another program's"
+
+
+def test_reading_a_dead_letter_stream_key_of_another_type_raises_its_own_error(r: syncredis.Redis) -> None:
+    """As a library, read() raises a LiqError naming the key (the other streams' entries before it
+    were read), not redis-py's ResponseError."""
+    other = keys.event_stream(1)
+    r.xadd(DLQ, {"d": codec.encode(EVENTS[0]), "group": "writer", "reason": "x", "stage": "handle"})
+    r.hset(keys.dead_letter_stream(other), "a", "hash")
+    letters = dlq.read(r, [STREAM, other])
+    assert next(letters).dlq == DLQ
+    with pytest.raises(dlq.DeadLettersUnreadable) as unreadable:
+        next(letters)
+    other_dlq = keys.dead_letter_stream(other)
+    assert unreadable.value.dlq == other_dlq and isinstance(unreadable.value, LiqError)
+    assert str(unreadable.value).startswith(f"WRONGTYPE {other_dlq} holds a hash, not a stream: ")
