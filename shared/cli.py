@@ -83,10 +83,24 @@ class LazyGroup(click.Group):
         except ServerError as exc:
             raise click.ClickException(str(exc)) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:  # a one-shot tool meeting no Redis
-            raise click.ClickException(f"Redis does not answer: {exc}") from exc
+            raise click.ClickException(redis_failure_line(exc)) from exc
         except BrokenPipeError:  # the reader left (`liq parse … | head`): stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush fails too
             raise SystemExit(0) from None
+
+
+def redis_failure_line(exc: BaseException) -> str:
+    """A one-shot tool's line for a Redis failure, read as ``liq status`` reads it
+    (``shared.streams.redis_failure``): a refused password or a Redis loading its data is a
+    redis-py ConnectionError too, but that Redis answered."""
+    from shared.streams import redis_failure  # the stream machinery only when a command met one
+
+    failure = redis_failure(exc)
+    if failure.kind == "unreachable":
+        return f"Redis does not answer: {failure.text}"
+    if failure.kind == "loading":
+        return f"Redis is loading its data (it answers once done; try again): {failure.text}"
+    return f"Redis refused the request: {failure.text}"
 
 
 @click.group(cls=LazyGroup)

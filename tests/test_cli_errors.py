@@ -223,3 +223,32 @@ def test_an_up_json_cut_short_is_one_line(tmp_path: Path, text: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"Error: {up_file} is not liq up's file as it writes it ("), lines
+
+
+def test_a_redis_that_answers_no_is_not_said_not_to_answer(tmp_path: Path) -> None:
+    """A one-shot tool meeting a Redis that refuses the password, or that is loading its data,
+    says so (as ``liq status`` does, ``shared.streams.redis_failure``), not "does not answer":
+    both are redis-py ConnectionErrors, but the server answered."""
+    import redis as syncredis
+
+    from shared import servers
+    from tests.shared.test_status import _loading_redis
+
+    server = servers.start_redis(tmp_path / "redis")
+    try:
+        syncredis.Redis.from_url(server.url).config_set("requirepass", "s3cret")
+        wrong = server.url.replace("redis://", "redis://:wrong@")
+        refused = run_liq(["dlq", "list"], {"LIQ_REDIS_URL": wrong}, tmp_path)
+    finally:
+        server.stop()
+    with _loading_redis() as url:
+        loading = run_liq(["dlq", "list"], {"LIQ_REDIS_URL": url}, tmp_path)
+    for result in (refused, loading):
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 1, (result.returncode, result.stderr)
+    assert refused.stderr.strip().splitlines() == [
+        "Error: Redis refused the request: AuthenticationError: "
+        "invalid username-password pair or user is disabled."]
+    assert loading.stderr.strip().splitlines() == [
+        "Error: Redis is loading its data (it answers once done; try again): "
+        "Redis is loading the dataset in memory"]
