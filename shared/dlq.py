@@ -29,7 +29,7 @@ import redis
 from shared import codec, keys
 from shared.discovery import discover, require_redis
 from shared.errors import LiqError
-from shared.redisconn import make_sync_redis, reply_text
+from shared.redisconn import make_sync_redis, reply_text, wrong_type
 from shared.settings import CommonSettings, load
 from shared.streams import streams_check_lua
 
@@ -116,15 +116,9 @@ def _page(client: redis.Redis, dlq: str, start: str) -> Any:
     try:
         return client.xrange(dlq, min=start, count=PAGE)
     except redis.ResponseError as exc:
-        if not _wrong_type(exc):
+        if not wrong_type(exc):
             raise
         raise DeadLettersUnreadable(dlq, reply_text(client.type(dlq))) from exc
-
-
-def _wrong_type(exc: redis.ResponseError) -> bool:
-    """Redis refused a command for a key of another type (its own reply, or the key check of
-    :func:`shared.streams.streams_check_lua`)."""
-    return str(exc).startswith("WRONGTYPE")
 
 
 # Each entry moves only if this run is the one that deletes it from the dead-letter stream, so
@@ -174,7 +168,7 @@ def _run(script: Any, script_keys: list[str], args: list[Any], moved: int) -> in
     try:
         return int(script(keys=script_keys, args=args))
     except redis.ResponseError as exc:
-        if not _wrong_type(exc):
+        if not wrong_type(exc):
             raise
         raise ReplayRefused(str(exc), moved) from exc
 

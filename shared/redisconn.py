@@ -113,6 +113,12 @@ def reply_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def wrong_type(exc: BaseException) -> bool:
+    """Redis refused a command for a key of another type (its own ``WRONGTYPE`` reply, or the
+    key check of ``shared.streams.streams_check_lua``): another program wrote that key."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
 def entry_key(entry_id: Any) -> tuple[int, int]:
     """A stream entry id (text or bytes) as a pair that sorts as Redis orders the entries
     (``"1700-3"`` → (1700, 3))."""

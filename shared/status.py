@@ -15,7 +15,9 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import click
 import redis
@@ -24,10 +26,11 @@ from redis.exceptions import RedisError
 from shared import dlq as dead_letters
 from shared import keys
 from shared.discovery import discover
-from shared.redisconn import entry_key, make_sync_redis, reply_text
+from shared.redisconn import entry_key, make_sync_redis, reply_text, wrong_type
 from shared.settings import CommonSettings, check_dsn, load
 from shared.streams import RedisFailureKind, redis_failure
-from shared.venue_health import STOPPED_REASON, int_field, venue_healths, venue_row
+from shared.venue_health import STOPPED_REASON, int_field, venue_health, venue_row
+from shared.venues import VENUE_NAMES
 
 TABLES = ("liquidations_significant", "cascade_events", "liquidations_hourly", "liquidation_heatmap",
           "exchange_comparison", "liquidation_cascades")
@@ -71,27 +74,60 @@ def _redis_report(redis_url: str, shards: int) -> dict[str, Any]:
         client.close()
 
 
+R = TypeVar("R")
+
+
+def _present(found: list[R | None]) -> list[R]:
+    return [x for x in found if x]
+
+
+class _Misplaced(list[dict[str, str]]):
+    """The ``liq:*`` keys a report found holding another type than the project writes there
+    (another program, a hand edit): each is named, and the rest of the report still shown."""
+
+    def read(self, client: redis.Redis, key: str, expected: str, read: Callable[[], R]) -> R | None:
+        """``read()`` of ``key``, or None (the key noted here) when it holds another type."""
+        try:
+            return read()
+        except redis.ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+        self.append({"key": key, "type": reply_text(client.type(key)), "expected": expected})
+        return None
+
+
 def redis_status(client: redis.Redis, shards: int) -> dict[str, Any]:
     now_ms = time.time_ns() // 1_000_000
     streams = keys.all_streams(shards)
-    return {
-        "streams": [_stream_info(client, s) for s in streams],
-        "dead_letters": [d for d in (_dead_letters(client, s) for s in streams) if d],
-        "venues": _venues(client, now_ms),
+    misplaced = _Misplaced()
+    dead = [misplaced.read(client, keys.dead_letter_stream(s), "stream", partial(_dead_letters, client, s))
+            for s in streams]
+    stray = [misplaced.read(client, s, "stream", partial(_stray, client, s))
+             for s in _stray_stream_keys(client, shards)]
+    report = {
+        "streams": _present([misplaced.read(client, s, "stream", partial(_stream_info, client, s))
+                             for s in streams]),
+        "dead_letters": _present(dead),
+        "venues": _venues(client, now_ms, misplaced),
         "keys": {kind: _count_keys(client, pattern) for kind, pattern in keys.KEY_KINDS.items()},
-        "cascades": _cascade_states(client, _detected_shards(client), shards),
+        "cascades": _cascade_states(client, _detected_shards(client), shards, misplaced),
         "shards": shards,
-        "stray_streams": _stray_streams(client, shards),
+        "stray_streams": _present(stray),
         "memory_bytes": int(client.info("memory")["used_memory"]),
     }
+    return {**report, "misplaced": list(misplaced)}
 
 
-def _stray_streams(client: redis.Redis, shards: int) -> list[dict[str, Any]]:
+def _stray_stream_keys(client: redis.Redis, shards: int) -> list[str]:
     """Event streams beyond ``shards``: written by a process run with a larger LIQ_SHARDS, read
     by no consumer of this one."""
     known = set(keys.event_streams(shards))
     found = {reply_text(k) for k in client.scan_iter(match=keys.EVENT_STREAM_PATTERN, count=1000)}
-    return [{"stream": s, "length": int(client.xlen(s))} for s in sorted(found - known)]
+    return sorted(found - known)
+
+
+def _stray(client: redis.Redis, stream: str) -> dict[str, Any]:
+    return {"stream": stream, "length": int(client.xlen(stream))}
 
 
 
@@ -144,9 +180,12 @@ def _dead_letters(client: redis.Redis, stream: str) -> dict[str, Any] | None:
             "last_reason": last.reason if last else ""}
 
 
-def _venues(client: redis.Redis, now_ms: int) -> list[dict[str, Any]]:
+def _venues(client: redis.Redis, now_ms: int, misplaced: _Misplaced) -> list[dict[str, Any]]:
     rows = []
-    for name, h in venue_healths(client).items():
+    for name in VENUE_NAMES:
+        h = misplaced.read(client, keys.venue_health(name), "hash", partial(venue_health, client, name))
+        if not h:
+            continue
         rows.append({
             "venue": name, **venue_row(h, now_ms), "connections": h.get("connections", ""),
             "parse_errors": int_field(h, "parse_errors"),
@@ -173,13 +212,18 @@ def _detected_shards(client: redis.Redis) -> set[int]:
     return shards
 
 
-def _cascade_states(client: redis.Redis, detected: set[int], shards: int) -> list[dict[str, Any]]:
+def _cascade_states(client: redis.Redis, detected: set[int], shards: int,
+                    misplaced: _Misplaced) -> list[dict[str, Any]]:
     """Each symbol's status hash, and whether a detector runs on its shard now: with none, the
     hash is what the last one left (``active`` included) until one starts and carries on."""
     out: list[dict[str, Any]] = []
-    for key in client.scan_iter(match=keys.KEY_KINDS["cascade_status"], count=1000):
-        fields = {reply_text(k): reply_text(v) for k, v in client.hgetall(key).items()}
-        symbol = reply_text(key).rsplit(":", 1)[-1]
+    for raw_key in client.scan_iter(match=keys.KEY_KINDS["cascade_status"], count=1000):
+        key = reply_text(raw_key)
+        raw: Any = misplaced.read(client, key, "hash", partial(client.hgetall, key))
+        if raw is None:
+            continue
+        fields = {reply_text(k): reply_text(v) for k, v in raw.items()}
+        symbol = key.rsplit(":", 1)[-1]
         running = keys.shard_of(symbol, shards) in detected
         out.append({"symbol": symbol, **fields, "detector_running": running})
     return sorted(out, key=lambda r: str(r["symbol"]))
@@ -257,7 +301,13 @@ def problems(report: dict[str, Any]) -> list[str]:
               if len(v.get("collectors", ())) > 1]
     found += [f"{s['stream']}: {s['length']} entries outside LIQ_SHARDS={report['shards']}"
               for s in report.get("stray_streams", [])]
+    found += [_misplaced_text(m) for m in report.get("misplaced", [])]
     return found
+
+
+def _misplaced_text(key: dict[str, str]) -> str:
+    return (f"{key['key']} holds a {key['type']}, not a {key['expected']}: not readable by liq (another "
+            "program's key?); delete or rename it")
 
 
 def _group_text(group: dict[str, Any]) -> str:
@@ -291,6 +341,10 @@ def _redis_lines(report: dict[str, Any]) -> list[str]:
         listed = ", ".join(f"{x['stream']} ({x['length']} entries)" for x in stray)
         lines.append(f"\nSHARDS: {listed} are outside LIQ_SHARDS={report['shards']}: no consumer reads them; "
                      "a process runs with another LIQ_SHARDS")
+    misplaced = report.get("misplaced", [])
+    if misplaced:
+        lines.append("\nKEYS OF ANOTHER TYPE (left out of this report)")
+        lines += [f"  {_misplaced_text(m)}" for m in misplaced]
     dead = report.get("dead_letters", [])
     if dead:
         lines.append("\nDEAD LETTERS (entries set aside: liq dlq list, liq dlq replay, liq dlq drop)")

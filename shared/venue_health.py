@@ -42,10 +42,16 @@ def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
     """Each venue's ``liq:venue:*`` health hash, as text, for the venues that have one."""
     out = {}
     for name in VENUE_NAMES:
-        raw: Any = client.hgetall(keys.venue_health(name))
-        if raw:
-            out[name] = {reply_text(k): reply_text(v) for k, v in raw.items()}
+        health = venue_health(client, name)
+        if health:
+            out[name] = health
     return out
+
+
+def venue_health(client: redis.Redis, venue: str) -> dict[str, str]:
+    """``venue``'s ``liq:venue:*`` health hash, as text (empty when it has none)."""
+    raw: Any = client.hgetall(keys.venue_health(venue))
+    return {reply_text(k): reply_text(v) for k, v in raw.items()}
 
 
 def venue_row(health: Mapping[str, str], now_ms: int) -> dict[str, Any]:

@@ -408,9 +408,13 @@ def test_an_up_json_pid_at_either_bound_is_a_process_id(tmp_path: Path) -> None:
     assert found.not_found() == f"liq up (pid {PID_MAX}) is not running: {up} is left from it"
 
 
-def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis_url: str) -> None:
-    """A liq:* key of another type (another program's) fails a command of Redis, which answers:
-    that is said as the error it is, and --check still fails; only a silent Redis is unreachable."""
+def test_a_liq_key_of_another_type_is_named_and_the_rest_still_shown(redis_url: str) -> None:
+    """A ``liq:*`` key another program wrote with another type (a stream, a dead-letter stream,
+    a stray shard stream, a venue or cascade status hash): each is named with its type, --check
+    fails on it, and every other part of the report is still read (it was one REDIS ERROR line)."""
+    import json
+    import time
+
     import redis as syncredis
     from click.testing import CliRunner
 
@@ -418,14 +422,38 @@ def test_a_redis_command_that_fails_is_reported_as_such_not_as_unreachable(redis
     from shared.status import status
 
     client = syncredis.Redis.from_url(redis_url)
+    client.set(keys.CASCADE_STREAM, "another program's")
+    client.rpush(keys.dead_letter_stream(keys.event_stream(0)), "a list")
+    client.set(keys.event_stream(3), "beyond LIQ_SHARDS=1")
     client.set(keys.venue_health("okx"), "another program's")
+    client.sadd(keys.cascade_status("ETHUSDT"), "a set")
+    client.xadd(keys.event_stream(0), {"k": "1"})
+    now_ms = str(int(time.time() * 1000))
+    client.hset(keys.venue_health("bybit"), mapping={"state": "up", "updated_ms": now_ms})
+    client.hset(keys.cascade_status("BTCUSDT"), mapping={"state": "idle"})
     client.close()
     env = {"LIQ_REDIS_URL": redis_url, "LIQ_SHARDS": "1", "LIQ_PG_DSN": ""}
-    checked = CliRunner().invoke(status, ["--check"], env=env)
-    error = "ResponseError: WRONGTYPE Operation against a key holding the wrong kind of value"
-    assert checked.exit_code == 1
-    assert checked.stdout == f"redis: {redis_url}   postgres: None\nREDIS ERROR: {error}\n"
-    assert checked.stderr == f"problem: redis: {error}\n"
+    checked = CliRunner().invoke(status, ["--check", "--json"], env=env)
+    assert checked.exit_code == 1, checked.output
+    report = json.loads(checked.stdout)
+    assert sorted((m["key"], m["type"], m["expected"]) for m in report["misplaced"]) == sorted([
+        (keys.CASCADE_STREAM, "string", "stream"),
+        (keys.dead_letter_stream(keys.event_stream(0)), "list", "stream"),
+        (keys.event_stream(3), "string", "stream"),
+        (keys.venue_health("okx"), "string", "hash"),
+        (keys.cascade_status("ETHUSDT"), "set", "hash")])
+    assert [(s["stream"], s["length"]) for s in report["streams"]] == [
+        (keys.event_stream(0), 1), (keys.CASCADE_MEMBER_STREAM, 0)]
+    assert [v["venue"] for v in report["venues"]] == ["bybit"]
+    assert [c["symbol"] for c in report["cascades"]] == ["BTCUSDT"]
+    assert report["dead_letters"] == [] and report["stray_streams"] == []
+    assert (f"problem: {keys.venue_health('okx')} holds a string, not a hash: not readable by liq "
+            "(another program's key?); delete or rename it\n") in checked.stderr
+    assert checked.stderr.count("problem: ") == 5
+    text = CliRunner().invoke(status, [], env=env).stdout
+    assert "\nKEYS OF ANOTHER TYPE (left out of this report)\n" in text
+    assert "\n  liq:cascades holds a string, not a stream: not readable by liq" in text
+    assert "REDIS ERROR" not in text
 
 
 @pytest.mark.parametrize("password", ["", "wrong"])
