@@ -89,6 +89,9 @@ PUBLISHER_DIED_REASON = "collector failed: the publisher stopped unexpectedly"
 logger = logging.getLogger(__name__)
 
 HEALTHY_AFTER_S = 30.0
+CONFIRM_TIMEOUT_S = 30.0
+"""A connection whose subscriptions the venue has not confirmed this long after it sent them is
+``degraded`` ("subscription not confirmed after 30 s") until the venue does, or it reconnects."""
 SILENT_PINGS = 3
 """A connection is reopened after this many ping intervals without any frame, where a frame is
 due every interval: the venue answers each application ping (``answers_pings``) or pings by
@@ -190,6 +193,36 @@ class Relay:
 
 
 @dataclass
+class Pending:
+    """The confirmations (``SessionOutput.confirmed``) one connection still awaits."""
+
+    left: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.left <= 0:
+            self.done.set()
+
+    def take(self, confirmed: int) -> bool:
+        """Count ``confirmed`` more; True when that completes them."""
+        if self.done.is_set() or confirmed <= 0:
+            return False
+        self.left -= confirmed
+        if self.left <= 0:
+            self.done.set()
+        return self.done.is_set()
+
+    async def within(self, timeout_s: float) -> bool:
+        """Whether all confirmations arrive within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.done.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
 class Handover:
     """One connection's part in replacing a connection before the venue ends it at its age limit."""
 
@@ -228,6 +261,9 @@ class CollectorConfig:
     """WebSocket ping interval where the venue gets application pings (else its ``heartbeat_s``),
     and the shortest wait for a pong: a link that returns none is dead, and is reopened."""
     health_every_s: float = 1.0
+    confirm_timeout_s: float = CONFIRM_TIMEOUT_S
+    """How long a connection may await the venue's confirmation of its subscriptions before it
+    is ``degraded``."""
     instruments_dir: Path | None = None
     """Disk cache of the venue's instruments (``<data_dir>/instruments``); None: no cache."""
     instruments_every_s: float | None = DEFAULT_EVERY_S
@@ -536,7 +572,7 @@ class Collector:
                            close_timeout=2, additional_headers=list(spec.headers) or None) as ws:
             for frame in session.on_open():
                 await ws.send(frame)
-            self.health.connected(plan.label, self.config.clock.now_ms())
+            pending = self._subscribed(plan.label, session)
             await self._notify()
             VENUE_CONNECTED.labels(spec.name, plan.label).set(1)
             if outage.since is None:
@@ -546,6 +582,7 @@ class Collector:
                 handover.relay.subscribed.set()
             heartbeat = asyncio.create_task(self._heartbeat(ws, session))
             replace = asyncio.create_task(self._replace_before_the_end(ws, plan, handover))
+            confirm = asyncio.create_task(self._confirm_within(plan.label, pending))
             silence_s = silence_limit_s(spec, app_pings)
             try:
                 while True:
@@ -558,12 +595,29 @@ class Collector:
                         limit = silence_s or 0.0
                         raise TimeoutError(f"no frame for {limit:g}s although one is due every "
                                            f"{limit / SILENT_PINGS:g}s") from None
-                    await self._on_frame(ws, session, plan.label, raw)
+                    await self._on_frame(ws, session, plan.label, raw, pending)
             finally:
-                for task in (heartbeat, replace):
+                for task in (heartbeat, replace, confirm):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+
+    def _subscribed(self, label: str, session: VenueSession) -> Pending:
+        """Connection ``label`` is open and sent its subscriptions: ``subscribing`` until the
+        venue confirms them (``up`` at once where there is nothing to confirm)."""
+        pending = Pending(session.confirmations())
+        self.health.connected(label, self.config.clock.now_ms())
+        if not pending.done.is_set():
+            self.health.awaiting(label)
+        return pending
+
+    async def _confirm_within(self, label: str, pending: Pending) -> None:
+        """Mark connection ``label`` unconfirmed (``degraded``) if the venue has not confirmed its
+        subscriptions within ``confirm_timeout_s``; a later confirmation clears it."""
+        timeout_s = self.config.confirm_timeout_s
+        if not await pending.within(timeout_s):
+            self.health.not_confirmed(label, timeout_s)
+            await self._notify()
 
     def _start(self, loop: Coroutine[Any, Any, None]) -> None:
         """Run ``loop`` beside the other connections; it is cancelled with them."""
@@ -595,7 +649,7 @@ class Collector:
             await ws.send(ping)
 
     async def _on_frame(self, ws: ClientConnection, session: VenueSession, label: str,
-                        raw: str | bytes) -> None:
+                        raw: str | bytes, pending: Pending) -> None:
         now_ms = self.config.clock.now_ms()
         venue = self.config.venue.name
         self.health.last_message_ms = now_ms
@@ -618,6 +672,8 @@ class Collector:
             self._drop_refused(label, output.refused)
         if output.error:
             self.health.refused(label, output.error)
+        if pending.take(output.confirmed):
+            self.health.confirmed(label)
         for reply in output.replies:
             await ws.send(reply)
         self._accept(number_repeats(output.liquidations), now_ms)
@@ -737,7 +793,8 @@ class Collector:
         self.health.state = state
         if state != self._logged_state:
             stopping = self.health.reason == STOPPED_REASON  # asked for: not a warning
-            level = logging.INFO if state in ("up", "connecting") or stopping else logging.WARNING
+            calm = state in ("up", "connecting", "subscribing") or stopping
+            level = logging.INFO if calm else logging.WARNING
             logger.log(level, "%s: state %s%s", self.config.venue.name, state,
                        f" ({self.health.reason})" if self.health.reason and state != "up" else "")
             self._logged_state = state

@@ -3,13 +3,16 @@
 States (one log line per change, stored in ``liq:venue:{VENUE}`` for ``liq status``):
 
 - ``connecting``: no connection up yet and none failed: the start, before a first attempt ends;
-- ``up``: every connection is open and its subscriptions sent. The venue's ack is not awaited:
-  a refusal makes it ``degraded`` (below), except one naming symbols of the connection (Bybit:
-  one delisted since the listing), which are dropped while the others keep it up; and a venue
-  that acks and then sends nothing (the failure mode that matters, see ``suspect``) looks the
-  same with or without acks;
-- ``degraded``: some connections of a sharded venue are up, some are not; or every one is up
+- ``subscribing``: every connection is open and has sent its subscriptions, and the venue has
+  not confirmed them all yet (its acks, ``SessionOutput.confirmed``);
+- ``up``: every connection is open and the venue confirmed its subscriptions. A refusal makes
+  it ``degraded`` (below), except one naming symbols of the connection (Bybit: one delisted
+  since the listing), which are dropped while the others keep it up; and a venue that acks and
+  then sends nothing (the failure mode that matters, see ``suspect``) looks ``up`` until then;
+- ``degraded``: some connections of a sharded venue are up, some are not; or every one is open
   but the venue answered one with an error (a refused subscription), until that one reconnects;
+  or it did not confirm one's subscriptions within ``confirm_timeout_s`` (reason "subscription
+  not confirmed after N s"), until it does or that one reconnects;
 - ``suspect``: connected, but no liquidation for longer than ``suspect_factor`` × the venue's
   usual gap. A venue that silently stopped delivering (Binance's 2026-04 endpoint move kept
   acking subscriptions and sent nothing) shows up here; ``liq status`` shows its last-event
@@ -66,14 +69,35 @@ class VenueHealth:
     another's reason)."""
     refusals: dict[str, str] = field(default_factory=dict)
     """The last error reply each open connection got from the venue (cleared when it reopens)."""
+    subscribing: set[str] = field(default_factory=set)
+    """Open connections whose subscriptions the venue has not confirmed yet."""
+    unconfirmed: dict[str, str] = field(default_factory=dict)
+    """Open connections still unconfirmed past the bound, and the reason that says so."""
 
     def connected(self, label: str, now_ms: int) -> None:
         if not self.connections_up:
             self.up_since_ms = now_ms
         self.connections_up.add(label)
         self.down_reasons.pop(label, None)
-        self.refusals.pop(label, None)
+        self._forget(label)
         self.reason = self._reason_text()
+
+    def awaiting(self, label: str) -> None:
+        """Connection ``label`` is open and sent its subscriptions: the venue's ack is awaited."""
+        self.subscribing.add(label)
+        self.reason = self._reason_text()
+
+    def confirmed(self, label: str) -> None:
+        """The venue confirmed every subscription of connection ``label``."""
+        self.subscribing.discard(label)
+        self.unconfirmed.pop(label, None)
+        self.reason = self._reason_text()
+
+    def not_confirmed(self, label: str, after_s: float) -> None:
+        """Connection ``label`` is still unconfirmed ``after_s`` after it subscribed."""
+        if label in self.subscribing:
+            self.unconfirmed[label] = f"subscription not confirmed after {after_s:g} s"
+            self.reason = self._reason_text()
 
     def refused(self, label: str, error: str) -> None:
         """The venue answered connection ``label`` with ``error``: it misses what it asked for."""
@@ -87,17 +111,25 @@ class VenueHealth:
         self.connections_total = connections_total
         self.connections_up.discard(label)
         self.down_reasons.pop(label, None)
-        self.refusals.pop(label, None)
+        self._forget(label)
         self.reason = self._reason_text()
 
     def disconnected(self, label: str, reason: str) -> None:
         self.connections_up.discard(label)
+        self.subscribing.discard(label)
+        self.unconfirmed.pop(label, None)
         self.down_reasons[label] = reason
         self.reason = self._reason_text()
         self.reconnects += 1
 
+    def _forget(self, label: str) -> None:
+        """Drop what connection ``label``'s last open connection got from the venue."""
+        self.refusals.pop(label, None)
+        self.subscribing.discard(label)
+        self.unconfirmed.pop(label, None)
+
     def _reason_text(self) -> str:
-        reasons = {**self.refusals, **self.down_reasons}
+        reasons = {**self.unconfirmed, **self.refusals, **self.down_reasons}
         if self.connections_total <= 1:
             return next(iter(reasons.values()), "")
         return "; ".join(f"{label}: {why}" for label, why in sorted(reasons.items()))
@@ -113,8 +145,11 @@ class VenueHealth:
         up = len(self.connections_up)
         if up == 0:
             return "down" if self.reason else "connecting"
-        if up < self.connections_total or self.refusals.keys() & self.connections_up:
+        troubled = self.refusals.keys() | self.unconfirmed.keys()
+        if up < self.connections_total or troubled & self.connections_up:
             return "degraded"
+        if self.subscribing:
+            return "subscribing"
         silent_since = max(self.last_liquidation_received_ms, self.up_since_ms)
         if now_ms - silent_since > SUSPECT_FACTOR * self.usual_gap_s * 1000:
             return "suspect"

@@ -16,7 +16,10 @@ Rules every session follows:
   way), the others kept (``_common.each_row``); a frame none of whose rows is valid raises.
   That holds for a row of the wrong type as for a row of bad values: the frame's struct keeps
   its rows raw (``list[msgspec.Raw]``) and each row is typed on its own (``_common.decode_row``).
-- Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output;
+- Control frames (acks, pongs, heartbeats, non-liquidation trades) return an empty output,
+  except the venue's confirmation of a subscribe request the session sent (its ack), which
+  returns ``CONFIRMED`` (``SessionOutput.confirmed``): a connection is ``up`` once it has seen
+  as many as the session's ``confirmations()`` (``subscribing`` until then);
   an error reply returns ``_common.server_error(...)``, which logs it and carries it in ``error``.
   A refusal naming some of the connection's own symbols (Bybit: a symbol delisted since the
   listing) returns them in ``refused`` instead: the collector drops them from the connection's
@@ -58,12 +61,17 @@ class SessionOutput:
     the collector drops them from the connection's plan, so no reconnect asks for them again
     (a later listing that names them brings them back); only from sessions whose plans have
     ``session_for``."""
+    confirmed: int = 0
+    """How many of the subscribe requests ``on_open`` sent this frame confirms (the venue's ack;
+    a refusal naming only ``refused`` symbols answers its request too)."""
     reconnect: str = ""
     """Why the venue wants a new connection (OKX notice 64008 before an upgrade closes it,
     Bitfinex info 20051 before a restart): the collector reopens it at once."""
 
 
 EMPTY = SessionOutput()
+CONFIRMED = SessionOutput(confirmed=1)
+"""The output of a frame that is the venue's ack of one subscribe request and nothing else."""
 
 
 class VenueSession(Protocol):
@@ -75,6 +83,11 @@ class VenueSession(Protocol):
 
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
         """Decode one frame (already decompressed) into liquidations and replies."""
+        ...
+
+    def confirmations(self) -> int:
+        """How many confirmations (``SessionOutput.confirmed``) the requests of ``on_open`` await
+        before the connection is ``up`` (0: it is up once open)."""
         ...
 
     def heartbeat(self) -> Outgoing | None:

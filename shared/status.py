@@ -355,7 +355,7 @@ def _redis_lines(report: dict[str, Any]) -> list[str]:
     for v in report.get("venues", []):
         age = "-" if v["last_event_age_s"] is None else f"{v['last_event_age_s']}s"
         reason = f"  reason: {v['reason']}" if v["reason"] else ""
-        lines.append(f"  {v['venue']:<15} {v['state']:<10} conn={v['connections']:<5} events={v['events']:<7}"
+        lines.append(f"  {v['venue']:<15} {v['state']:<11} conn={v['connections']:<5} events={v['events']:<7}"
                      f" last={age:<8} parse_errors={v['parse_errors']} dups={v['duplicates']}"
                      f" reconnects={v['reconnects']}{reason}{_twin_text(v)}")
     lines.append("\nKEYS  " + "  ".join(f"{k}={n}" for k, n in report.get("keys", {}).items()))

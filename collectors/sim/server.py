@@ -150,6 +150,11 @@ class ExchangeSimulator:
         server = self.venue(venue)
         server.paused = server.muted = muted
 
+    def ignore_subscribes(self, venue: str, ignoring: bool = True) -> None:
+        """``venue`` silently ignores subscribe requests (no ack, no data), as a venue that never
+        confirms a subscription; pings are still answered."""
+        self.venue(venue).ignoring_subscribes = ignoring
+
     def freeze(self, venue: str) -> int:
         """Make the current connections of ``venue`` half-open: its end stops reading and sending,
         WebSocket pongs included, as when a link dies without a FIN. Frozen connections count no

@@ -73,6 +73,9 @@ class VenueServer:
         self.paused = False
         self.muted = False
         """Connected but dead silent: not even acks or application pongs (WebSocket pongs still flow)."""
+        self.ignoring_subscribes = False
+        """Subscribe requests are silently ignored: no ack, no subscription, no data (other
+        requests, pings among them, are answered as usual)."""
         self.refusing = False
         self.refusal_status = HTTPStatus.SERVICE_UNAVAILABLE
         """The HTTP status handshakes get while ``refusing`` (a geo-block: 451 or 403)."""
@@ -162,7 +165,11 @@ class VenueServer:
     async def _after_change(
         self, conn: ServerConnection, client: SimClient, before: set[str], replies: Sequence[Outgoing]
     ) -> None:
-        """Send replies; on new subscriptions replay the snapshot and wake ``wait_subscribed``."""
+        """Send replies; on new subscriptions replay the snapshot and wake ``wait_subscribed``
+        (unless ``ignoring_subscribes``: then the subscribe is undone and unanswered)."""
+        if self.ignoring_subscribes and client.subscriptions - before:
+            client.subscriptions.intersection_update(before)
+            replies = []
         for reply in [] if self.muted else replies:
             await self.send(conn, reply)
         if client.subscriptions - before and not self.paused:

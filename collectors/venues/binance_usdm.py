@@ -9,6 +9,10 @@ One liquidation per frame; combined streams wrap it as ``{"stream": ..., "data":
     {"e":"forceOrder","E":1568014460893,"o":{"s":"BTCUSDT","S":"SELL","o":"LIMIT","f":"IOC",
      "q":"0.014","p":"9910","ap":"9910","X":"FILLED","l":"0.014","z":"0.014","T":1568014460893}}
 
+Subscription: the streams are in the URL; the one request sent is ``LIST_SUBSCRIPTIONS``, whose
+answer naming them (``{"result":["!forceOrder@arr"],"id":1}``) confirms them (the venue sends no
+other ack, and no frame of its own: WebSocket pings only).
+
 Side rule: Binance ``o.S`` is the liquidation ORDER side: SELL means a long was liquidated.
 
 Feed semantics: sampled. Only the latest liquidation per symbol per 1000 ms is pushed, so every
@@ -18,13 +22,22 @@ event carries ``sampled=True``. Normalization (peer-corpus README): price = ``o.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSession, VenueSpec
+from collectors.venue import (
+    CONFIRMED,
+    EMPTY,
+    ConnectionPlan,
+    Outgoing,
+    SessionOutput,
+    VenueSession,
+    VenueSpec,
+)
 from collectors.venues._common import (
     decode,
     frame_errors,
@@ -73,14 +86,24 @@ class Frame(msgspec.Struct):
     e: str | None = None
     o: Order | None = None
     id: int | str | None = None
+    result: list[str] | None = None
+    """The streams a ``LIST_SUBSCRIPTIONS`` answer names (null in a SUBSCRIBE ack)."""
 
+
+LIST_ID = 1
+"""The id of the ``LIST_SUBSCRIPTIONS`` request a connection sends once open."""
+LIST_SUBSCRIPTIONS = json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": LIST_ID})
 
 _frame = msgspec.json.Decoder(Frame)
 
 
-def force_order(raw: bytes | str, venue: str) -> Order | None:
+def lists_streams(frame: Frame) -> bool:
+    """The frame answers the connection's ``LIST_SUBSCRIPTIONS`` with some stream: confirmed."""
+    return frame.id == LIST_ID and bool(frame.result)
+
+
+def force_order(frame: Frame, raw: bytes | str, venue: str) -> Order | None:
     """The forceOrder ``o`` of a frame; None for control replies and other event types."""
-    frame = decode(_frame, raw, venue)
     event = frame.data if frame.data is not None else Event(e=frame.e or "", o=frame.o)
     if event.e == "forceOrder":
         if event.o is None:
@@ -144,7 +167,8 @@ def stream_plans(
 
 
 class ForceOrderSession:
-    """Binance USD-M and COIN-M: streams are in the URL, so nothing to send; WebSocket pings only.
+    """Binance USD-M and COIN-M: streams are in the URL, so only ``LIST_SUBSCRIPTIONS`` is sent,
+    its answer the confirmation; WebSocket pings only.
 
     Subclasses set ``venue`` and turn one ``forceOrder`` into a Liquidation (``_liquidation``).
     """
@@ -152,13 +176,19 @@ class ForceOrderSession:
     venue = NAME
 
     def on_open(self) -> list[Outgoing]:
-        return []
+        return [LIST_SUBSCRIPTIONS]
+
+    def confirmations(self) -> int:
+        return 1
 
     def heartbeat(self) -> Outgoing | None:
         return None
 
     def on_message(self, raw: bytes | str, received_ms: int) -> SessionOutput:
-        order = force_order(raw, self.venue)
+        frame = decode(_frame, raw, self.venue)
+        if lists_streams(frame):
+            return CONFIRMED
+        order = force_order(frame, raw, self.venue)
         if order is None:
             return EMPTY
         with frame_errors(self.venue, raw):

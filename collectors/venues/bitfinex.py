@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import decode, each_row, make_liquidation, server_error, with_default_path
 from shared.errors import ParseError
 from shared.models import Liquidation
@@ -118,6 +118,9 @@ class BitfinexSession:
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"event": "subscribe", "channel": "status", "key": KEY})]
 
+    def confirmations(self) -> int:
+        return 1
+
     def heartbeat(self) -> Outgoing | None:
         return json.dumps({"event": "ping", "cid": 1})
 
@@ -126,6 +129,7 @@ class BitfinexSession:
         if isinstance(frame, Event):
             if frame.event == "subscribed" and frame.chanId is not None:
                 self.channels[frame.chanId] = frame.key or ""
+                return CONFIRMED if frame.key == KEY else EMPTY
             elif frame.event == "error":
                 return server_error(NAME, f"{frame.code}: {frame.msg}")
             elif frame.event == "info" and frame.code in RECONNECT_CODES:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
     decode_row,
@@ -92,6 +92,10 @@ class BitgetSession:
         args = [{"instType": t, "topic": TOPIC} for t in self.inst_types]
         return [json.dumps({"op": "subscribe", "args": args})]
 
+    def confirmations(self) -> int:
+        """One ack per instrument type (``{"event":"subscribe","arg":…}``)."""
+        return len(self.inst_types)
+
     def heartbeat(self) -> Outgoing | None:
         return "ping"
 
@@ -101,6 +105,8 @@ class BitgetSession:
         frame = decode(_frame, raw, NAME)
         if frame.event == "error":
             return server_error(NAME, frame.msg)
+        if frame.event == "subscribe" and frame.arg is not None and frame.arg.topic == TOPIC:
+            return CONFIRMED
         if frame.arg is None or frame.arg.topic != TOPIC or not frame.data or frame.action == "snapshot":
             return EMPTY  # a snapshot (on subscribe) is history; tardis maps only "update"
         inst_type = frame.arg.instType

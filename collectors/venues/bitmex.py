@@ -32,6 +32,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import (
+    CONFIRMED,
     EMPTY,
     ConnectionPlan,
     InstrumentRequest,
@@ -77,6 +78,8 @@ class Frame(msgspec.Struct):
     """Rows kept raw: each is typed on its own (a wrong-typed row costs only itself)."""
     info: str | None = None
     success: bool | None = None
+    subscribe: str | None = None
+    """The argument a subscribe ack confirms."""
     error: str | None = None
 
 
@@ -112,6 +115,10 @@ class BitmexSession:
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"op": "subscribe", "args": self.args})]
 
+    def confirmations(self) -> int:
+        """One ack per argument (``{"success":true,"subscribe":"liquidation",…}``)."""
+        return len(self.args)
+
     def heartbeat(self) -> Outgoing | None:
         return "ping"
 
@@ -124,7 +131,7 @@ class BitmexSession:
                 raise ParseError(NAME, "neither a table frame nor a control reply", raw)
             if frame.error is not None:
                 return server_error(NAME, frame.error)
-            return EMPTY
+            return CONFIRMED if frame.success and frame.subscribe in self.args else EMPTY
         if frame.table != "liquidation" or frame.action != "insert":
             return EMPTY
         return each_row(NAME, raw, frame.data or [], lambda row: self._liquidation(row, received_ms))

@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
@@ -143,6 +143,11 @@ class BybitSession:
             for i in range(0, len(self.topics), step)
         ]
 
+    def confirmations(self) -> int:
+        """One ack per request (``{"success":true,"op":"subscribe",…}``); a refusal naming only
+        this connection's topics answers its request too."""
+        return len(self.on_open())
+
     def heartbeat(self) -> Outgoing | None:
         return '{"op":"ping"}'
 
@@ -152,7 +157,7 @@ class BybitSession:
             if frame.success is False:
                 return self._refusal(frame)
             if frame.op is not None or frame.success is not None:
-                return EMPTY
+                return CONFIRMED if frame.op == "subscribe" and frame.success else EMPTY
             raise ParseError(NAME, "neither a topic frame nor an op reply", raw)
         if not frame.topic.startswith(("allLiquidation.", "liquidation.")) or frame.data is None:
             return EMPTY
@@ -171,7 +176,7 @@ class BybitSession:
         logger.warning("%s: Bybit refused topic(s) %s (%s); dropped from the subscriptions until a "
                        "listing names them again", NAME, ", ".join(refused), str(frame.ret_msg)[:200])
         self.topics = [topic for topic in self.topics if topic not in refused]
-        return SessionOutput(refused=tuple(topic.removeprefix(TOPIC) for topic in refused))
+        return SessionOutput(refused=tuple(topic.removeprefix(TOPIC) for topic in refused), confirmed=1)
 
     def _liquidation(self, row: Row, frame_ts: int | None, received_ms: int) -> Liquidation:
         symbol, side = row.s or row.symbol, row.S or row.side

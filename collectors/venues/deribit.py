@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     ddmmmyy_expiry,
     decode,
@@ -112,15 +112,23 @@ class DeribitSession:
         self.channels = channels(symbols)
         self.table = TABLE if table is None else table
         self._ids = itertools.count(1)
+        self._opening: set[int | str] = set()
+        """Ids of the requests ``on_open`` sent that the venue has not answered yet."""
 
     def _rpc(self, method: str, params: dict[str, Any]) -> str:
         return json.dumps({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
 
     def on_open(self) -> list[Outgoing]:
-        return [
+        requests = [
             self._rpc("public/set_heartbeat", {"interval": HEARTBEAT_INTERVAL_S}),
             self._rpc("public/subscribe", {"channels": self.channels}),
         ]
+        self._opening = {json.loads(request)["id"] for request in requests}
+        return list(requests)
+
+    def confirmations(self) -> int:
+        """The answers (``result``, no ``error``) to set_heartbeat and subscribe."""
+        return 2
 
     def heartbeat(self) -> Outgoing | None:
         return None
@@ -137,6 +145,9 @@ class DeribitSession:
         if frame.id is not None or frame.method is not None:
             if frame.error is not None:
                 return server_error(NAME, frame.error)
+            if frame.id in self._opening:
+                self._opening.discard(frame.id)
+                return CONFIRMED
             return EMPTY
         raise ParseError(NAME, "neither a subscription, a heartbeat nor an RPC reply", raw)
 

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
     decode_row,
@@ -105,6 +105,10 @@ class DydxSession:
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"type": "subscribe", "channel": CHANNEL, "id": m}) for m in self.markets]
 
+    def confirmations(self) -> int:
+        """One ``subscribed`` reply (the history snapshot) per market."""
+        return len(self.markets)
+
     def heartbeat(self) -> Outgoing | None:
         return None
 
@@ -112,6 +116,8 @@ class DydxSession:
         frame = decode(_frame, raw, NAME)
         if frame.type == "error":
             return server_error(NAME, frame.message)
+        if frame.type == "subscribed" and frame.channel == CHANNEL:
+            return CONFIRMED
         if frame.type in _CONTROL or frame.channel != CHANNEL or frame.contents is None:
             return EMPTY
         batches = frame.contents if isinstance(frame.contents, list) else [frame.contents]

@@ -41,6 +41,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import (
+    CONFIRMED,
     EMPTY,
     ConnectionPlan,
     InstrumentRequest,
@@ -113,6 +114,10 @@ class GateSession:
         return [json.dumps({"time": int(time.time()), "channel": CHANNEL, "event": "subscribe",
                             "payload": self.contracts})]
 
+    def confirmations(self) -> int:
+        """The one ``{"event":"subscribe","result":{"status":"success"}}`` reply."""
+        return 1
+
     def heartbeat(self) -> Outgoing | None:
         return json.dumps({"time": int(time.time()), "channel": "futures.ping"})
 
@@ -120,6 +125,8 @@ class GateSession:
         frame = decode(_frame, raw, NAME)
         if frame.error is not None:
             return server_error(NAME, frame.error)
+        if frame.channel == CHANNEL and frame.event == "subscribe":
+            return CONFIRMED
         if frame.channel != CHANNEL or frame.event != "update" or not isinstance(frame.result, list):
             return EMPTY
         return each_row(NAME, raw, frame.result, lambda row: self._liquidation(row, received_ms))

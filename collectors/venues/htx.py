@@ -42,6 +42,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import (
+    CONFIRMED,
     EMPTY,
     ConnectionPlan,
     InstrumentRequest,
@@ -143,6 +144,10 @@ class HtxSession:
             for n, code in enumerate(self.codes, start=1)
         ]
 
+    def confirmations(self) -> int:
+        """One ``{"op":"sub","err-code":0,…}`` reply per contract code."""
+        return len(self.codes)
+
     def heartbeat(self) -> Outgoing | None:
         return None
 
@@ -154,6 +159,8 @@ class HtxSession:
             return SessionOutput(replies=[json.dumps({"pong": frame.ping})])
         if frame.err_code or frame.op in ("error", "close"):
             return server_error(NAME, f"{frame.op} {frame.err_code}: {frame.err_msg}")
+        if frame.op == "sub":
+            return CONFIRMED
         if frame.op != "notify" or not frame.topic.endswith(".liquidation_orders") or not frame.data:
             return EMPTY
         return each_row(NAME, raw, frame.data, lambda order: self._liquidation(order, received_ms))

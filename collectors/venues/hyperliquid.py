@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
     decode_row,
@@ -133,6 +133,10 @@ class HyperliquidSession:
         sub = {"type": "userEvents", "user": self.address}
         return [json.dumps({"method": "subscribe", "subscription": sub})]
 
+    def confirmations(self) -> int:
+        """The ``subscriptionResponse`` to the one subscribe (none without an address)."""
+        return 1 if self.address else 0
+
     def heartbeat(self) -> Outgoing | None:
         return PING
 
@@ -140,6 +144,8 @@ class HyperliquidSession:
         frame = decode(_frame, raw, NAME)
         if frame.channel == "error":
             return server_error(NAME, bytes(frame.data).decode(errors="replace"))
+        if frame.channel == "subscriptionResponse":
+            return CONFIRMED
         if frame.channel not in FILL_CHANNELS:
             return EMPTY
         data = decode(_fill_data, bytes(frame.data), NAME)

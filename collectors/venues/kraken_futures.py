@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
-from collectors.venue import EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
+from collectors.venue import CONFIRMED, EMPTY, ConnectionPlan, Outgoing, SessionOutput, VenueSpec
 from collectors.venues._common import (
     decode,
     frame_errors,
@@ -106,6 +106,10 @@ class KrakenFuturesSession:
             json.dumps({"event": "subscribe", "feed": "heartbeat"}),
         ]
 
+    def confirmations(self) -> int:
+        """The ``subscribed`` replies to the trade and heartbeat subscriptions."""
+        return 2
+
     def heartbeat(self) -> Outgoing | None:
         return None
 
@@ -113,6 +117,8 @@ class KrakenFuturesSession:
         envelope = decode(_envelope, raw, NAME)
         if envelope.event in ("alert", "error", "subscribed_failed"):
             return server_error(NAME, f"{envelope.event}: {envelope.message}")
+        if envelope.event == "subscribed":
+            return CONFIRMED
         if envelope.feed != "trade" or envelope.type != "liquidation":
             return EMPTY
         trade = decode(_trade, raw, NAME)

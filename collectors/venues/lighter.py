@@ -34,6 +34,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable
 from collectors.venue import (
+    CONFIRMED,
     EMPTY,
     ConnectionPlan,
     InstrumentRequest,
@@ -120,6 +121,10 @@ class LighterSession:
     def on_open(self) -> list[Outgoing]:
         return [json.dumps({"type": "subscribe", "channel": f"trade/{m}"}) for m in self.markets]
 
+    def confirmations(self) -> int:
+        """One ``subscribed/trade`` reply (the history snapshot) per market."""
+        return len(self.markets)
+
     def heartbeat(self) -> Outgoing | None:
         return PING
 
@@ -129,6 +134,8 @@ class LighterSession:
             return server_error(NAME, frame.error)
         if frame.type == "ping":
             return SessionOutput(replies=[PONG])
+        if frame.type == "subscribed/trade":
+            return CONFIRMED
         if frame.type != "update/trade" or not frame.liquidation_trades:
             return EMPTY
         trades = frame.liquidation_trades

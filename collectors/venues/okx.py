@@ -40,6 +40,7 @@ import msgspec
 
 from collectors.instruments import Instrument, InstrumentTable, canonical_asset
 from collectors.venue import (
+    CONFIRMED,
     EMPTY,
     ConnectionPlan,
     InstrumentRequest,
@@ -163,6 +164,10 @@ class OkxSession:
         args = [{"channel": "liquidation-orders", "instType": t} for t in INST_TYPES]
         return [json.dumps({"id": "liq", "op": "subscribe", "args": args})]
 
+    def confirmations(self) -> int:
+        """One ``{"event":"subscribe","arg":…}`` reply per instrument type."""
+        return len(INST_TYPES)
+
     def heartbeat(self) -> Outgoing | None:
         return "ping"
 
@@ -179,7 +184,7 @@ class OkxSession:
                 return server_error(NAME, f"{frame.code}: {frame.msg}")
             if frame.event == "notice" and str(frame.code) == UPGRADE_NOTICE:
                 return SessionOutput(reconnect=f"notice {frame.code}: {frame.msg}")
-            return EMPTY
+            return CONFIRMED if frame.event == "subscribe" else EMPTY
         data = frame.data or []
         if frame.table in V3_TABLES:
             return each_row(NAME, raw, data, lambda item: self._v3(item, received_ms))

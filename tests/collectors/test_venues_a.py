@@ -110,7 +110,9 @@ def test_binance_usdm_url_is_market_endpoint() -> None:
     )
     url = spec.plans("wss://fstream.binance.com/market", ["BTCUSDT", "ETHUSDT"])[0].url
     assert url == "wss://fstream.binance.com/market/stream?streams=btcusdt@forceOrder/ethusdt@forceOrder"
-    assert spec.semantics == "sampled" and parser("binance_usdm").on_open() == []
+    # streams are in the URL: the one request only asks the venue to list them (its confirmation)
+    opening = [json.loads(m) for m in parser("binance_usdm").on_open()]
+    assert spec.semantics == "sampled" and opening == [{"method": "LIST_SUBSCRIPTIONS", "id": 1}]
 
 
 @pytest.mark.parametrize(("side", "position"), [("SELL", "long"), ("BUY", "short")])

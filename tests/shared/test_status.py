@@ -512,3 +512,14 @@ def test_a_redis_loading_its_data_is_said_so_not_unreachable() -> None:
     loading = "Redis is loading the dataset in memory"
     assert checked.stdout == f"redis: {url}   postgres: None\nREDIS LOADING: {loading}\n"
     assert checked.stderr == "problem: redis: Redis is loading the dataset in memory\n"
+
+
+def test_venue_lines_keep_their_columns_for_every_state() -> None:
+    """``subscribing``, the longest state, does not push a venue's columns out of line."""
+    venue = {"connections": "1/1", "events": 0, "last_event_age_s": None, "reason": "", "parse_errors": 0,
+             "duplicates": 0, "reconnects": 0}
+    states = ("subscribing", "up", "degraded")
+    venues = [{**venue, "venue": "okx", "state": state} for state in states]
+    report: dict[str, Any] = {"streams": [], "venues": venues}
+    lines = [line for line in render(report).splitlines() if line.startswith("  okx ")]
+    assert len(lines) == 3 and len({line.index("conn=") for line in lines}) == 1, lines
