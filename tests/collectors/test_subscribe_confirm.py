@@ -18,7 +18,7 @@ from collectors import load_venue
 from collectors.base import Collector, CollectorConfig
 from collectors.health import VenueHealth
 from collectors.sim.server import ExchangeSimulator
-from collectors.venues import bitfinex, deribit
+from collectors.venues import binance_usdm, bitfinex, deribit
 from shared.redisconn import make_async_redis
 from shared.venues import VENUE_NAMES
 
@@ -142,3 +142,18 @@ def test_bitfinex_counts_only_the_ack_of_its_own_channel() -> None:
     other = {"event": "subscribed", "channel": "status", "chanId": 5, "key": "deriv:tBTCF0:USTF0"}
     own = {"event": "subscribed", "channel": "status", "chanId": 6, "key": bitfinex.KEY}
     assert [session.on_message(json.dumps(f), 0).confirmed for f in (other, own)] == [0, 1]
+
+
+def test_binance_is_confirmed_by_its_list_answer_naming_streams() -> None:
+    """Its streams are in the URL: the answer to its LIST_SUBSCRIPTIONS naming them confirms the
+    connection; an empty list (the legacy path, which delivers nothing), an answer to another id
+    or a SUBSCRIBE-style ack does not."""
+    session = binance_usdm.UsdmSession()
+    (request,) = [json.loads(frame) for frame in session.on_open()]
+    assert request == {"method": "LIST_SUBSCRIPTIONS", "id": binance_usdm.LIST_ID}
+    answers = [{"result": [], "id": binance_usdm.LIST_ID},
+               {"result": ["!forceOrder@arr"], "id": binance_usdm.LIST_ID + 1},
+               {"result": None, "id": binance_usdm.LIST_ID},
+               {"result": ["!forceOrder@arr"], "id": binance_usdm.LIST_ID}]
+    assert [session.on_message(json.dumps(a), 0).confirmed for a in answers] == [0, 0, 0, 1]
+    assert session.confirmations() == 1
