@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -223,6 +224,12 @@ async def never_answering(path: str) -> AsyncIterator[tuple[int, asyncio.Event]]
             writer.close()
 
 
+def hanging_collector(spec: VenueSpec, redis_url: str, port: int, **config: Any) -> Collector:
+    """A collector of ``spec`` whose venue (and REST server) is the never-answering ``port``."""
+    return Collector(CollectorConfig(venue=spec, redis=make_async_redis(redis_url), shards=4,
+                                     base_url=f"ws://127.0.0.1:{port}", **config))
+
+
 async def stops_promptly(collector: Collector, asked: asyncio.Event) -> None:
     """Run ``collector`` until ``asked`` (its REST call hangs), stop it: ``run()`` and the event
     loop's shutdown (what ``asyncio.run`` does before the process exits) both return within 5 s,
@@ -242,9 +249,7 @@ def test_a_stop_during_an_instruments_refresh_that_never_answers_is_prompt(redis
 
     async def run() -> None:
         async with never_answering("/api/v5/public/instruments") as (port, asked):
-            await stops_promptly(Collector(CollectorConfig(
-                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}",
-                instruments_every_s=3600.0)), asked)
+            await stops_promptly(hanging_collector(spec, redis_url, port, instruments_every_s=3600.0), asked)
 
     asyncio.run(run())
 
@@ -264,9 +269,7 @@ def test_a_stop_during_a_symbol_listing_that_never_answers_is_prompt(redis_url: 
 
             asked_once: list[bool] = []
             spec = dataclasses.replace(bybit, plans=plans)
-            await stops_promptly(Collector(CollectorConfig(
-                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}",
-                instruments_every_s=0.01)), asked)
+            await stops_promptly(hanging_collector(spec, redis_url, port, instruments_every_s=0.01), asked)
 
     asyncio.run(run())
 
@@ -284,8 +287,7 @@ def test_a_stop_during_the_first_symbol_listing_that_never_answers_is_prompt(red
                 return bybit.plans(base_url, symbols)
 
             spec = dataclasses.replace(bybit, plans=plans)
-            collector = Collector(CollectorConfig(
-                venue=spec, redis=make_async_redis(redis_url), shards=4, base_url=f"ws://127.0.0.1:{port}"))
+            collector = hanging_collector(spec, redis_url, port)
             await stops_promptly(collector, asked)
             assert collector.health.connections_total == 0
 

@@ -219,27 +219,34 @@ def test_duplicates_and_late_events_are_ignored() -> None:
     assert engine.feed(events[2]) == () and det.duplicates == 3  # redelivered after the end
 
 
-def test_events_counts_each_distinct_event_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An event whose feed raised (twice) and then went through counts once; a duplicate, of
-    an event in the window or of one cleared by an end, counts none; late ones count."""
+def scoring_fails_while_in_window(monkeypatch: pytest.MonkeyPatch, bad: Liquidation) -> list[bool]:
+    """Scoring raises ValueError while ``bad`` is in the window, until the returned list is
+    cleared."""
     from detector.lifecycle import SymbolDetector
 
-    bad = ev(21, venue="okx")
+    failing = [True]
     real_score = SymbolDetector.score_window
-    failing = True
 
     def score_window(self: SymbolDetector) -> Any:
         if failing and bad.event_id in self.ring:
             raise ValueError("a scoring bug")
         return real_score(self)
     monkeypatch.setattr(SymbolDetector, "score_window", score_window)
+    return failing
+
+
+def test_events_counts_each_distinct_event_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event whose feed raised (twice) and then went through counts once; a duplicate, of
+    an event in the window or of one cleared by an end, counts none; late ones count."""
+    bad = ev(21, venue="okx")
+    failing = scoring_fails_while_in_window(monkeypatch, bad)
     engine = Engine()
     events = [ev(k * 5) for k in range(5)]
     feed_all(engine, events)
     for _ in range(2):
         with pytest.raises(ValueError, match="a scoring bug"):
             engine.feed(bad)
-    failing = False
+    failing.clear()
     feed_all(engine, [bad, events[0], bad])
     engine.tick(T0 + 200_000)
     feed_all(engine, [events[1], ev(-100)])  # cleared by the end; late
@@ -292,20 +299,13 @@ def test_a_withdrawn_sampled_event_puts_back_its_own_sides_time(monkeypatch: pyt
     from detector.lifecycle import SymbolDetector
 
     bad = ev(0.5, venue="bitget", side="long", sampled=True)
-    real_score = SymbolDetector.score_window
-    failing = True
-
-    def score_window(self: SymbolDetector) -> Any:
-        if failing and bad.event_id in self.ring:
-            raise ValueError("a scoring bug")
-        return real_score(self)
-    monkeypatch.setattr(SymbolDetector, "score_window", score_window)
+    failing = scoring_fails_while_in_window(monkeypatch, bad)
     monkeypatch.setattr(SymbolDetector, "holds", lambda self: True)  # scored from the first event
     engine = Engine()
     feed_all(engine, [ev(0, 200_000.0, venue="bitget", side="short", sampled=True)])
     with pytest.raises(ValueError, match="a scoring bug"):
         engine.feed(bad)
-    failing = False
+    failing.clear()
     engine.feed(bad)
     assert engine.symbols["BTCUSDT"].ring.count == 2.0  # 1 + 1
 
