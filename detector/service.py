@@ -62,7 +62,7 @@ from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.metrics import ALERT_SECONDS, CASCADES, DETECT_SECONDS, DETECT_TIMED_EVERY, DROPPED, EVENTS_OUT
 from shared.models import CascadeEvent, Liquidation
-from shared.redisconn import entry_key, group_info, reply_text
+from shared.redisconn import entry_key, group_info, hash_text, reply_text
 from shared.runtime import stopped_within
 from shared.streams import Message, StreamConsumer, outage_of, outages_up, streams_check_lua
 
@@ -457,7 +457,7 @@ class Detector:
             if keys.shard_of(symbol, self.settings.shards) not in self.shards:
                 continue
             raw: dict[Any, Any] = await self.redis.hgetall(raw_key)
-            yield symbol, {reply_text(k): reply_text(v) for k, v in raw.items()}
+            yield symbol, hash_text(raw)
 
     # -- running ------------------------------------------------------------------------------
 

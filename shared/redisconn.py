@@ -113,6 +113,11 @@ def reply_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def hash_text(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """An HGETALL reply as text, field and value (see :func:`reply_text`)."""
+    return {reply_text(k): reply_text(v) for k, v in raw.items()}
+
+
 def wrong_type(exc: BaseException) -> bool:
     """Redis refused a command for a key of another type (its own ``WRONGTYPE`` reply, or the
     key check of ``shared.streams.streams_check_lua``): another program wrote that key."""

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from shared import dlq as dead_letters
 from shared import keys
 from shared.discovery import discover
-from shared.redisconn import entry_key, make_sync_redis, reply_text, wrong_type
+from shared.redisconn import entry_key, hash_text, make_sync_redis, reply_text, wrong_type
 from shared.settings import CommonSettings, check_dsn, load
 from shared.streams import RedisFailureKind, redis_failure
 from shared.venue_health import STOPPED_REASON, int_field, venue_health, venue_row
@@ -222,7 +222,7 @@ def _cascade_states(client: redis.Redis, detected: set[int], shards: int,
         raw: Any = misplaced.read(client, key, "hash", partial(client.hgetall, key))
         if raw is None:
             continue
-        fields = {reply_text(k): reply_text(v) for k, v in raw.items()}
+        fields = hash_text(raw)
         symbol = key.rsplit(":", 1)[-1]
         running = keys.shard_of(symbol, shards) in detected
         out.append({"symbol": symbol, **fields, "detector_running": running})

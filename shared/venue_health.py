@@ -9,7 +9,7 @@ from typing import Any
 import redis
 
 from shared import keys
-from shared.redisconn import reply_text
+from shared.redisconn import hash_text
 from shared.venues import VENUE_NAMES
 
 STALE_HEALTH_MS = 10_000
@@ -51,7 +51,7 @@ def venue_healths(client: redis.Redis) -> dict[str, dict[str, str]]:
 def venue_health(client: redis.Redis, venue: str) -> dict[str, str]:
     """``venue``'s ``liq:venue:*`` health hash, as text (empty when it has none)."""
     raw: Any = client.hgetall(keys.venue_health(venue))
-    return {reply_text(k): reply_text(v) for k, v in raw.items()}
+    return hash_text(raw)
 
 
 def venue_row(health: Mapping[str, str], now_ms: int) -> dict[str, Any]:
