@@ -451,9 +451,8 @@ class Detector:
                        self.name, keys.cascade_status(symbol), bad.field, bad.value, symbol)
 
     async def _statuses(self) -> AsyncIterator[tuple[str, dict[str, str]]]:
-        prefix = keys.cascade_status("")
         async for raw_key in self.redis.scan_iter(match=keys.cascade_status("*"), count=500):
-            symbol = reply_text(raw_key)[len(prefix):]
+            symbol = keys.status_symbol(reply_text(raw_key))
             if keys.shard_of(symbol, self.settings.shards) not in self.shards:
                 continue
             raw: dict[Any, Any] = await self.redis.hgetall(raw_key)

@@ -97,6 +97,12 @@ def cascade_status(symbol: str) -> str:
     return f"{PREFIX}:cascade:status:{symbol}"
 
 
+def status_symbol(key: str) -> str:
+    """The symbol of a :func:`cascade_status` key, whole: a symbol may hold ':' (Hyperliquid's
+    ``dex:COIN`` markets)."""
+    return key.removeprefix(cascade_status(""))
+
+
 def price_level(symbol: str, level: int | float, side: Side) -> str:
     level_text = str(int(level)) if float(level).is_integer() else repr(float(level))
     return f"{PREFIX}:levels:{symbol}:{level_text}:{side.upper()}"

@@ -223,7 +223,7 @@ def _cascade_states(client: redis.Redis, detected: set[int], shards: int,
         if raw is None:
             continue
         fields = hash_text(raw)
-        symbol = key.rsplit(":", 1)[-1]
+        symbol = keys.status_symbol(key)
         running = keys.shard_of(symbol, shards) in detected
         out.append({"symbol": symbol, **fields, "detector_running": running})
     return sorted(out, key=lambda r: str(r["symbol"]))

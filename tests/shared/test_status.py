@@ -256,6 +256,25 @@ def test_a_cascade_status_no_detector_runs_for_is_marked_as_left_behind(redis_ur
     assert "detector_running" not in render(report)
 
 
+def test_a_cascade_status_is_shown_under_its_whole_symbol_colon_included(redis_url: str) -> None:
+    """Hyperliquid's ``dex:COIN`` markets make symbols with a ':' (``xyz:TSLAUSDC``): the symbol
+    is the key after its prefix, as the detector reads it, not the key's last ':'-part."""
+    import redis as syncredis
+
+    from shared import keys
+    from shared.status import collect_status
+
+    symbol = "xyz:TSLAUSDC"
+    client = syncredis.Redis.from_url(redis_url)
+    client.hset(keys.cascade_status(symbol), mapping={"state": "idle"})
+    client.hset(keys.process_heartbeat("detect-s0"),
+                mapping={"updated_ms": 1, "shards": str(keys.shard_of(symbol, 4))})
+    client.close()
+    report = collect_status(redis_url, None, 4)
+    assert [(c["symbol"], c["detector_running"]) for c in report["cascades"]] == [(symbol, True)]
+    assert keys.status_symbol(keys.cascade_status(symbol)) == symbol
+
+
 def _group_after_reading_one_of_three(url: str) -> tuple[str, Any]:
     """A writer group whose consumer read and acked the first of three entries, then died."""
     import redis as syncredis
