@@ -79,7 +79,7 @@ from shared.metrics import (
     VENUE_LAST_EVENT_MS,
 )
 from shared.models import Liquidation
-from shared.redisconn import reply_text
+from shared.redisconn import reply_text, wrong_type
 from shared.runtime import done_before_stop, stopped_within
 from shared.venue_health import STOPPED_REASON
 
@@ -768,7 +768,7 @@ class Collector:
         try:
             await self._write_health()
         except ResponseError as exc:  # Redis' own reply (see _write_health), the same at each write
-            self._health_write_refused("it holds another type, not a hash" if "WRONGTYPE" in str(exc)
+            self._health_write_refused("it holds another type, not a hash" if wrong_type(exc)
                                        else f"{type(exc).__name__}: {exc}")
         except (RedisError, OSError):
             pass

@@ -116,8 +116,7 @@ class VenueHealth:
 
     def disconnected(self, label: str, reason: str) -> None:
         self.connections_up.discard(label)
-        self.subscribing.discard(label)
-        self.unconfirmed.pop(label, None)
+        self._forget(label)
         self.down_reasons[label] = reason
         self.reason = self._reason_text()
         self.reconnects += 1
