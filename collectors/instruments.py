@@ -24,6 +24,7 @@ from pathlib import Path
 
 import msgspec
 
+from shared.files import write_whole
 from shared.models import MarketType
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,7 @@ class InstrumentTable:
     def save(self, cache_dir: Path) -> Path:
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"{self.venue}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(i) for i in self._by_native.values()], indent=0))
-        tmp.replace(path)
+        write_whole(path, json.dumps([asdict(i) for i in self._by_native.values()], indent=0))
         return path
 
     def load_cache(self, cache_dir: Path) -> bool:

@@ -47,6 +47,7 @@ from shared import logs
 from shared.backoff import Backoff, Outage
 from shared.discovery import UP_FILE
 from shared.errors import EX_CONFIG
+from shared.files import write_whole
 from shared.runtime import die_with_parent, done_before_stop, stopped_within
 from shared.servers import PostgresServer, RedisServer, free_port_range, start_postgres, start_redis
 from shared.settings import CommonSettings, check_dsn, load, writable_folder
@@ -440,7 +441,7 @@ def _write_up_file(data_dir: Path, redis_url: str, pg_dsn: str, options: UpOptio
     info = {"redis_url": redis_url, "pg_dsn": pg_dsn, "simulate": options.simulate,
             "venues": [] if options.servers_only else options.venues, "servers_only": options.servers_only,
             "shards": shards, "pid": os.getpid(), "started_ms": time.time_ns() // 1_000_000}
-    _write_whole(data_dir / UP_FILE, json.dumps(info, indent=2))
+    write_whole(data_dir / UP_FILE, json.dumps(info, indent=2))
 
 
 SERVERS_ENV_FILE = "servers.env"
@@ -455,18 +456,8 @@ def _write_servers_env(data_dir: Path, env: dict[str, str], shards: int) -> None
     reads back the same: a user's DSN may hold '&', ';', '#', '$' or spaces (a key=value DSN)."""
     env = {**env, "LIQ_SHARDS": str(shards)}
     lines = [f"{name}={shlex.quote(env[name])}" for name in SERVERS_ENV if name in env]
-    _write_whole(data_dir / SERVERS_ENV_FILE, "\n".join(lines) + "\n")
+    write_whole(data_dir / SERVERS_ENV_FILE, "\n".join(lines) + "\n")
 
-
-def _write_whole(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it over ``path``: a reader (``liq status``,
-    honcho) gets the old file or the new one, never half of one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _print_banner(redis_url: str, pg_dsn: str, options: UpOptions, data_dir: Path) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import IO, Protocol
 import msgspec
 
 from shared.clock import SYSTEM_CLOCK, Clock
+from shared.files import write_whole
 from shared.market import MarketEvent
 from shared.models import Liquidation
 
@@ -83,9 +83,7 @@ def read_truth(path: Path) -> list[Liquidation]:
 def write_ports(path: Path, urls: dict[str, str]) -> None:
     """Write ``{venue: url}`` atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(urls, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_whole(path, json.dumps(urls, indent=2, sort_keys=True) + "\n")
 
 
 def remove_ports(path: Path) -> None:
