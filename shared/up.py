@@ -166,6 +166,9 @@ class UpOptions:
     servers_only: bool = False
 
 
+CONSUMERS = ("detect", "aggregate", "write")
+"""The pipeline's consumer commands, in the order ``liq up`` starts them (after the collectors)."""
+
 PROCESS_SETTINGS = {
     "migrate": ("writer.config", "WriterSettings"),
     "collect": ("collectors.cli", "CollectorSettings"),
@@ -193,7 +196,7 @@ def _started(options: UpOptions) -> list[str]:
     """The commands ``liq up`` runs, in the order it starts them, each once."""
     if options.servers_only:
         return ["migrate"]
-    return ["migrate", *(["collect"] if options.venues else []), "detect", "aggregate", "write"]
+    return ["migrate", *(["collect"] if options.venues else []), *CONSUMERS]
 
 
 @contextlib.contextmanager
@@ -302,8 +305,7 @@ def _pipeline_children(venues: list[str], env: dict[str, str],
     gets its own port from it on, in this order (the same port for all would let only the first
     bind it)."""
     names_args = [(f"collect-{v}", liq_command("collect", v)) for v in venues]
-    names_args += [("detect", liq_command("detect")), ("aggregate", liq_command("aggregate")),
-                   ("write", liq_command("write"))]
+    names_args += [(command, liq_command(command)) for command in CONSUMERS]
     if metrics_port is not None and metrics_port + len(names_args) - 1 > MAX_PORT:
         logger.error("LIQ_METRICS_PORT=%d leaves no room for %d consecutive ports (the last must be at "
                      "most %d); each process uses its default port", metrics_port, len(names_args), MAX_PORT)
