@@ -81,6 +81,7 @@ from shared.metrics import (
 from shared.models import Liquidation
 from shared.redisconn import reply_text, wrong_type
 from shared.runtime import done_before_stop, stopped_within
+from shared.significance import SignificanceRules
 from shared.venue_health import STOPPED_REASON
 
 PUBLISHER_DIED_REASON = "collector failed: the publisher stopped unexpectedly"
@@ -273,6 +274,8 @@ class CollectorConfig:
     """Where liquidations wait while Redis is unreachable (``<data_dir>/spool``); None: in memory."""
     stream_maxlen: int = keys.EVENT_STREAM_MAXLEN
     """Entries each event stream keeps (``LIQ_STREAM_MAXLEN``)."""
+    significance: SignificanceRules = field(default_factory=SignificanceRules)
+    """Which liquidations are also published to ``liq:significant`` (``LIQ_SIGNIFICANT_USD*``)."""
 
 
 @dataclass
@@ -307,7 +310,8 @@ class Collector:
                                   collector_id=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
         self.twins = TwinWatch(self.health.collector_id)
         self.publisher = Publisher(spec.name, self.config.redis, self.config.shards, self._notify,
-                                   self.config.spool_dir, self.config.stream_maxlen)
+                                   self.config.spool_dir, self.config.stream_maxlen,
+                                   self.config.significance)
         self.recorder = FrameRecorder(spec.name, self.config.record_path)
 
     @property

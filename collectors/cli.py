@@ -25,7 +25,7 @@ from collectors.dedupe import RecentIds, number_repeats
 from collectors.recording import FrameRecord
 from collectors.venue import VenueSession
 from collectors.venues._common import inflate
-from shared import keys, logs, runtime
+from shared import logs, runtime
 from shared.clock import SYSTEM_CLOCK
 from shared.discovery import Discovered, discover, require_redis
 from shared.errors import ConfigError, ParseError
@@ -33,6 +33,7 @@ from shared.metrics import serve_collector_metrics
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis, make_sync_redis
 from shared.settings import CommonSettings, load
+from shared.significance import SignificanceRules, publication
 from shared.streams import publish
 from shared.venue_health import venue_healths, venue_row
 
@@ -128,7 +129,8 @@ def collect(venue: str, url: str | None, symbols: str, record_path: Path | None)
                                  instruments_dir=Path(settings.data_dir) / "instruments",
                                  spool_dir=Path(settings.data_dir) / "spool",
                                  instruments_every_s=settings.instruments_refresh_s or None,
-                                 stream_maxlen=settings.stream_maxlen)
+                                 stream_maxlen=settings.stream_maxlen,
+                                 significance=SignificanceRules.from_settings(settings))
         try:
             await Collector(config).run(stop)
         finally:
@@ -268,7 +270,8 @@ def replay(file: Path, speed: float, to_stdout: bool) -> None:
     settings = load(CommonSettings)
     logs.configure(settings.log_level, "replay")
     found = discover(settings, dict(os.environ))
-    target = None if to_stdout else Target(require_redis(found), found.shards, settings.stream_maxlen)
+    target = None if to_stdout else Target(require_redis(found), found.shards, settings.stream_maxlen,
+                                           SignificanceRules.from_settings(settings))
     try:
         counts = asyncio.run(_replay(file, speed, target))
     except RedisError as exc:
@@ -287,6 +290,8 @@ class Target:
     shards: int
     maxlen: int
     """Entries each event stream keeps (``LIQ_STREAM_MAXLEN``)."""
+    significance: SignificanceRules
+    """Which liquidations are copied to ``liq:significant``, as the collectors do."""
 
 
 async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, Any]:
@@ -327,7 +332,7 @@ async def _replay(file: Path, speed: float, target: Target | None) -> dict[str, 
                         click.echo(json.dumps(liquidation_to_row(liq), separators=(",", ":")))
                 else:
                     assert target is not None
-                    items = [(keys.event_stream_of(liq.symbol, target.shards), liq) for liq in fresh]
+                    items = publication(fresh, target.shards, target.significance)
                     await publish(redis, items, target.maxlen)
     finally:
         if redis is not None:

@@ -2,7 +2,8 @@
 
 The connections hand it each venue's new liquidations (:meth:`Publisher.put`); one task
 (:meth:`Publisher.run`) drains the queue in pipelined batches of XADD (``MAXLEN ~``) into the
-event shard of each liquidation's symbol, retrying with backoff while Redis is unreachable (the
+event shard of each liquidation's symbol, and a significant one's copy into ``liq:significant``
+(``shared.significance.publication``), retrying with backoff while Redis is unreachable (the
 outage logged once when it begins and once when it ends, ``shared.backoff``).
 
 - While Redis is unreachable, the failed batch and the queue go to the disk spool
@@ -37,6 +38,7 @@ from shared.backoff import Backoff, Outage
 from shared.metrics import ERRORS, EVENTS_OUT, PUBLISH_SECONDS, SPOOLED
 from shared.models import Liquidation
 from shared.runtime import done_before_stop, stopped_within
+from shared.significance import SignificanceRules, publication
 from shared.streams import publish
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class Publisher:
     """Where liquidations wait while Redis is unreachable; None: in memory."""
     maxlen: int = keys.EVENT_STREAM_MAXLEN
     """Entries each event stream keeps (``XADD MAXLEN ~``)."""
+    significance: SignificanceRules = field(default_factory=SignificanceRules)
+    """Which liquidations are copied to ``liq:significant`` (``LIQ_SIGNIFICANT_USD*``)."""
     queue: asyncio.Queue[Liquidation] = field(default_factory=asyncio.Queue)
     published: int = 0
     spool: Spool | None = field(init=False)
@@ -234,14 +238,14 @@ class Publisher:
         return batch
 
     async def _publish(self, batch: list[Liquidation]) -> None:
-        items = [(keys.event_stream_of(liq.symbol, self.shards), liq) for liq in batch]
+        items = publication(batch, self.shards, self.significance)
         started = time.perf_counter()
         mark = keys.publisher_mark(self.venue)
         added = len(await publish(self.redis, items, self.maxlen, mark))
         PUBLISH_SECONDS.labels(self.venue).observe(time.perf_counter() - started)
-        if added < len(batch):
+        if added < len(items):  # the skipped prefix: count its events, not their copies
+            again = sum(stream != keys.SIGNIFICANT_STREAM for stream, _ in items[:len(items) - added])
             logger.info("%s: %d liquidations sent again were in redis already (its reply was lost, or "
-                        "the collector stopped before its spool knew); added once", self.venue,
-                        len(batch) - added)
+                        "the collector stopped before its spool knew); added once", self.venue, again)
         self.published += len(batch)  # all of it is in Redis now, once
         EVENTS_OUT.labels("collector", self.venue).inc(len(batch))

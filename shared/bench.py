@@ -8,10 +8,11 @@ baseline measured in the same run, and the ratio between them.
   simulator sends: quiet periods, cross-venue cascades, about 2 % of events significant), and
   as ``streams_stress`` on 20 symbols that are in a cascade all the time, where nearly every
   event is also a cascade member that the detector publishes and the writer stores. The stages
-  are measured through the real code: ``publish`` (what collectors do), then the aggregator,
-  detector and writer consumers each draining the stream alone, then **end to end**: the
-  producer and the three consumers as separate processes at once, timed until every group has
-  acked every event.
+  are measured through the real code: ``publish`` (what collectors do: each event to its shard,
+  a significant one's copy to ``liq:significant``), then the aggregator, detector and writer
+  consumers each draining what they read alone, then **end to end**: the producer and the
+  three consumers as separate processes at once, timed until every group has acked every
+  event it reads (the detector and the aggregator the shard, the writer the significant copies).
 - **parsers**: frames/s per venue parser on single-event frames (target > 100k on one core).
 - **detector**: per-event hot-path latency p50/p99 and events/s of the pure engine.
 - **writer**: rows/s of the writer's COPY + ON CONFLICT path against a bare binary COPY.
@@ -46,6 +47,7 @@ from shared.redisconn import make_async_redis
 from shared.runtime import settle_gc, settled_gc
 from shared.servers import PostgresServer, RedisServer, start_postgres, start_redis
 from shared.settings import CommonSettings, load
+from shared.significance import SignificanceRules, publication
 from shared.streams import publish
 
 BATCH = 500
@@ -170,14 +172,14 @@ def stream_section(url: str, pg_dsn: str | None, events: list[Liquidation]) -> d
     baseline = bare_loop(url, [codec.encode(e) for e in events])
     result: dict[str, Any] = {"events": n, "bare_xadd_xreadgroup_per_s": round(baseline)}
     client = redis.Redis.from_url(url)
-    stream = keys.event_stream(0)
+    rules = SignificanceRules()
 
     async def produce() -> float:
         r = make_async_redis(url)
         started = time.perf_counter()
-        for i in range(0, n, BATCH):
-            await publish(r, [(stream, e) for e in events[i:i + BATCH]], keys.EVENT_STREAM_MAXLEN,
-                          keys.publisher_mark("bench"))  # as a collector publishes
+        for i in range(0, n, BATCH):  # as a collector publishes: significant ones copied
+            await publish(r, publication(events[i:i + BATCH], 1, rules), keys.EVENT_STREAM_MAXLEN,
+                          keys.publisher_mark("bench"))
         elapsed = time.perf_counter() - started
         await r.aclose()
         return n / elapsed
@@ -249,7 +251,7 @@ def _end_to_end(url: str, pg_dsn: str | None, n: int, produce: Callable[[], Any]
         started, producer_before = time.perf_counter(), time.process_time()
         asyncio.run(produce())
         producer_cpu = time.process_time() - producer_before
-        while not _all_acked(client, keys.event_stream(0), len(names)):
+        while not _all_acked(client, _readers(names)):
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
         servers_used = _ServerCpu.now(client, postmaster).since(before)
@@ -366,11 +368,22 @@ def _machine_cpu() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
-def _all_acked(client: redis.Redis, stream: str, groups: int) -> bool:
-    """Every one of ``groups`` groups has been delivered the stream's last entry and acked all."""
-    last = client.xinfo_stream(stream)["last-generated-id"]
-    info: list[dict[str, Any]] = client.xinfo_groups(stream)
-    return len(info) == groups and all(g["pending"] == 0 and g["last-delivered-id"] == last for g in info)
+def _readers(consumers: list[str]) -> dict[str, int]:
+    """How many groups read each stream the events go to: the detector's and the aggregator's
+    the event shard, the writer's the significant copies."""
+    shard = sum(name in ("aggregator", "detector") for name in consumers)
+    return {keys.event_stream(0): shard, **({keys.SIGNIFICANT_STREAM: 1} if "writer" in consumers else {})}
+
+
+def _all_acked(client: redis.Redis, readers: dict[str, int]) -> bool:
+    """Each stream's groups (as many as ``readers`` says) have been delivered its last entry
+    and have acked them all."""
+    for stream, groups in readers.items():
+        last = client.xinfo_stream(stream)["last-generated-id"]
+        info: list[dict[str, Any]] = client.xinfo_groups(stream)
+        if len(info) != groups or any(g["pending"] or g["last-delivered-id"] != last for g in info):
+            return False
+    return True
 
 
 @contextmanager

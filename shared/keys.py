@@ -3,6 +3,7 @@
 No other module builds a key with an f-string. Keys readable with plain ``redis-cli``:
 
 - ``liq:{s<k>}:events``                      event stream of shard k (hash tag = one cluster slot)
+- ``liq:significant``                        significant liquidations (the writer's; ``shared.significance``)
 - ``liq:cascades``                           cascade lifecycle stream (start/escalate/end)
 - ``liq:cascade:members``                    liquidations that belong to a cascade
 - ``<stream>:dlq``                           entries a group set aside (``liq dlq``)
@@ -26,6 +27,7 @@ from shared.models import Side
 
 PREFIX = "liq"
 CASCADE_STREAM = "liq:cascades"
+SIGNIFICANT_STREAM = "liq:significant"
 CASCADE_MEMBER_STREAM = "liq:cascade:members"
 DEAD_LETTER_SUFFIX = ":dlq"
 
@@ -74,8 +76,9 @@ def event_streams(shards: int) -> list[str]:
 
 
 def all_streams(shards: int) -> list[str]:
-    """Every stream a consumer group reads: the event shards, cascades and cascade members."""
-    return [*event_streams(shards), CASCADE_STREAM, CASCADE_MEMBER_STREAM]
+    """Every stream a consumer group reads: the event shards, the significant liquidations,
+    cascades and cascade members."""
+    return [*event_streams(shards), SIGNIFICANT_STREAM, CASCADE_STREAM, CASCADE_MEMBER_STREAM]
 
 
 def dead_letter_stream(stream: str) -> str:

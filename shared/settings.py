@@ -37,7 +37,7 @@ S = TypeVar("S", bound=msgspec.Struct)
 SETTING_NAMES = frozenset({
     "LIQ_BAND_EDGES", "LIQ_BATCH_AGE_MS", "LIQ_BATCH_SIZE", "LIQ_COMPRESS_AFTER_DAYS",
     "LIQ_CROSS_FULL_VENUES", "LIQ_CROSS_TAU_S", "LIQ_DATA_DIR", "LIQ_DB_TIMEOUT_S", "LIQ_DETECT_SHARDS",
-    "LIQ_EMBEDDED_PG_PORT", "LIQ_EMBEDDED_REDIS_PORT", "LIQ_EVENT_READ_COUNT", "LIQ_INSTITUTIONAL_USD",
+    "LIQ_EMBEDDED_PG_PORT", "LIQ_EMBEDDED_REDIS_PORT", "LIQ_INSTITUTIONAL_USD",
     "LIQ_INSTRUMENTS_REFRESH_S", "LIQ_JANITOR_INTERVAL_S", "LIQ_LEVEL_SIZES", "LIQ_LOG_LEVEL",
     "LIQ_METRICS_HOST", "LIQ_METRICS_PORT", "LIQ_MIN_COUNT", "LIQ_MIN_USD", "LIQ_PARTITIONS_AHEAD_DAYS",
     "LIQ_PG_DSN", "LIQ_PRICE_BAND_BPS", "LIQ_QUIET_S", "LIQ_RATE_CAP_PER_MIN", "LIQ_RECORD_DIR",
@@ -71,6 +71,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
     """``liq up``'s own Redis listens here (0: a free port)."""
     embedded_pg_port: int = 0
     """``liq up``'s own PostgreSQL listens here (0: a free port)."""
+    significant_usd: float = 100_000.0
+    significant_usd_by_symbol: dict[str, float] = {}
+    """What the writer stores (``shared.significance``): read by the collectors, which route
+    significant liquidations to ``liq:significant``, and by the writer, which keeps them."""
 
     def __post_init__(self) -> None:
         check_redis_url(self.redis_url)
@@ -86,6 +90,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True):
                 " each; fewer would trim what a consumer has not read yet during a burst")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError("LIQ_LOG_LEVEL", "one of " + ", ".join(LOG_LEVELS), self.log_level)
+        at_least(self, "significant_usd", 0)
+        for symbol, usd in self.significant_usd_by_symbol.items():
+            if usd < 0:
+                raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
         for name in ("embedded_redis_port", "embedded_pg_port", "metrics_port"):
             port = getattr(self, name)
             if port is not None and not 0 <= port <= 65535:

@@ -127,7 +127,11 @@ def test_simulator_to_every_storage_level(redis_url: str, pg_dsn: str) -> None:
         members = [codec.decode_member(f[b"d"])
                    for _i, f in cast(Entries, client.xrange(keys.CASCADE_MEMBER_STREAM))]
         assert sorted(m.liquidation.event_id for m in members) == sorted(s.event_id for s in btc)
-        assert handled["writer"] == len(sent) + len(cascades) + len(members) == 12 + 2 + 9
+        # The writer reads the collectors' copies of the significant liquidations, not the shards.
+        copies = [codec.decode_liquidation(f[b"d"]).event_id
+                  for _i, f in cast(Entries, client.xrange(keys.SIGNIFICANT_STREAM))]
+        assert sorted(copies) == sorted(s.event_id for s in sent if s.notional_usd >= 100_000)
+        assert handled["writer"] == len(copies) + len(cascades) + len(members) == 6 + 2 + 9
         assert handled["ended"] == 1
         status = redis_hashes(client, keys.cascade_status("BTCUSDT"))[keys.cascade_status("BTCUSDT")]
         assert status["state"] == "idle" and status["cascade_id"] == end.cascade_id  # the last one

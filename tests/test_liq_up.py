@@ -25,6 +25,7 @@ import pytest
 import redis
 from honcho.environ import parse as honcho_parse
 
+from shared import keys
 from shared.errors import EX_CONFIG
 from shared.servers import free_port_range, start_redis
 from shared.settings import CommonSettings
@@ -44,9 +45,10 @@ def _status(env: dict[str, str]) -> dict[str, Any] | None:
 def _ready(report: dict[str, Any] | None) -> bool:
     if not report or "streams" not in report:
         return False
-    every_stream = all(s["length"] > 0 for s in report["streams"])  # the shards and both cascade streams
+    # the shards, the significant copies and both cascade streams
+    every_stream = all(s["length"] > 0 for s in report["streams"])
     rows = report.get("database", {}).get("rows", {})
-    return (len(report["streams"]) == CommonSettings().shards + 2 and every_stream
+    return (len(report["streams"]) == CommonSettings().shards + 3 and every_stream
             and report["keys"]["levels"] > 0 and report["keys"]["agg"] > 0
             and report["keys"]["cascade_status"] > 0
             and rows.get("liquidations_significant", 0) > 0 and rows.get("cascade_events", 0) > 0)
@@ -123,8 +125,8 @@ def _assert_redis_kept_its_data(redis_dir: Path, report: dict[str, Any]) -> None
         for stream in report["streams"]:
             assert client.xlen(stream["stream"]) >= stream["length"], stream["stream"]
         events = [s["stream"] for s in report["streams"] if s["stream"].endswith(":events")]
-        assert {g["name"] for s in events for g in client.xinfo_groups(s)} == {
-            b"detector", b"aggregator", b"writer"}
+        assert {g["name"] for s in events for g in client.xinfo_groups(s)} == {b"detector", b"aggregator"}
+        assert {g["name"] for g in client.xinfo_groups(keys.SIGNIFICANT_STREAM)} == {b"writer"}
         assert len(client.keys("liq:cascade:status:*")) >= report["keys"]["cascade_status"]
         client.close()
     finally:
@@ -504,8 +506,11 @@ def test_servers_only_gives_honcho_what_it_needs_to_run_the_processes(reachable_
 
 
 def _honcho_processes_seen(report: dict[str, Any]) -> bool:
-    """okx's collector up, and each event stream read by a detector, an aggregator and a writer."""
+    """okx's collector up, each event stream read by a detector and an aggregator, and the
+    significant copies by a writer."""
     okx_up = any(v["venue"] == "okx" and v["state"] in ("up", "suspect") for v in report.get("venues", []))
-    groups = [{g["group"] for g in s["groups"] if g["consumers"] > 0}
-              for s in report.get("streams", []) if s["stream"].endswith(":events")]
-    return okx_up and len(groups) == 4 and all(g == {"detector", "aggregator", "writer"} for g in groups)
+    readers = {s["stream"]: {g["group"] for g in s["groups"] if g["consumers"] > 0}
+               for s in report.get("streams", [])}
+    shards = [groups for stream, groups in readers.items() if stream.endswith(":events")]
+    return (okx_up and len(shards) == 4 and all(g == {"detector", "aggregator"} for g in shards)
+            and readers.get(keys.SIGNIFICANT_STREAM) == {"writer"})

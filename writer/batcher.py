@@ -5,9 +5,7 @@ after COMMIT, so entries never wait in memory across reads. Batching by age ther
 in Redis, and by size in the handler:
 
 - **size**: the rows of one read are committed in transactions of at most ``batch_size`` rows
-  (``writer.rows.Batch.split``). The event streams are read ``event_read_count`` entries at a
-  time: most entries are not significant, so a read the size of one batch would commit a
-  handful of rows per transaction;
+  (``writer.rows.Batch.split``); each stream is read ``batch_size`` entries at a time;
 - **age**: after a read that was not full, the writer pauses until ``max_age_ms`` has passed
   since that read started, so that the next read collects everything that arrived in the
   meantime. Under load (full reads) there is no pause; when quiet, at most one commit per

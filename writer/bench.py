@@ -33,9 +33,9 @@ from shared.bench import relabel
 from shared.clock import SYSTEM_CLOCK
 from shared.market_model import last_liquidations
 from shared.models import Liquidation
+from shared.significance import SignificanceRules
 from writer import statements as sql
 from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
-from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
 BARE_TABLE = "liq_bench_bare"

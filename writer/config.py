@@ -10,20 +10,15 @@ from typing import Literal
 
 from shared.errors import ConfigError
 from shared.levels import check_level_sizes
-from shared.settings import DSN_FORM, CommonSettings, at_least, check_dsn, env_name
+from shared.settings import DSN_FORM, CommonSettings, at_least, check_dsn
 
 StorageMode = Literal["auto", "timescale", "native"]
 
 
 class WriterSettings(CommonSettings, frozen=True, kw_only=True):
     storage_mode: StorageMode = "auto"
-    significant_usd: float = 100_000.0
-    significant_usd_by_symbol: dict[str, float] = {}
     batch_size: int = 500
     batch_age_ms: int = 100
-    event_read_count: int = 5000
-    """Entries read from the event streams at once: most are not significant, so a read of
-    ``batch_size`` entries would commit only a few rows per transaction."""
     retention_days: int = 90
     rollup_retention_days: int = 365
     compress_after_days: int = 7
@@ -40,7 +35,6 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         check_dsn(self.pg_dsn)
         at_least(self, "batch_size", 1)
         at_least(self, "batch_age_ms", 0)
-        at_least(self, "event_read_count", 1)
         at_least(self, "retention_days", 1)
         # rollups must outlive their raw rows
         at_least(self, "rollup_retention_days", self.retention_days, bound="LIQ_RETENTION_DAYS")
@@ -48,11 +42,7 @@ class WriterSettings(CommonSettings, frozen=True, kw_only=True):
         at_least(self, "partitions_ahead_days", 0)
         at_least(self, "janitor_interval_s", 1)
         at_least(self, "db_timeout_s", 0.1)
-        at_least(self, "significant_usd", 0)
         check_level_sizes(self.level_sizes)
-        for symbol, usd in self.significant_usd_by_symbol.items():
-            if usd < 0:
-                raise ConfigError(env_name("significant_usd_by_symbol"), "amounts >= 0", f"{symbol}={usd}")
 
 
 def require_dsn(settings: WriterSettings) -> str:

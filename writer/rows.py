@@ -1,6 +1,6 @@
 """Decoded stream payloads → staging rows for one database batch (pure).
 
-Rules applied here, besides significance (``writer.significance``):
+Rules applied here, besides significance (``shared.significance``):
 
 - a liquidation whose UTC day lies entirely before ``now - retention_days`` is not stored: its
   partition/chunk is (or is about to be) dropped by retention, and re-creating it would resurrect
@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 from shared.errors import ConfigError
 from shared.levels import DEFAULT_LEVEL_SIZES, level_of
 from shared.models import MAX_AMOUNT, CascadeEvent, CascadeMember, Liquidation
-from writer.significance import Insignificant, SignificanceRules
+from shared.significance import Insignificant, SignificanceRules
 
 Payload = Liquidation | Insignificant | CascadeEvent | CascadeMember
 

@@ -1,13 +1,20 @@
-"""The writer process: event shards, cascades and cascade members → PostgreSQL/TimescaleDB.
+"""The writer process: significant liquidations, cascades and cascade members → PostgreSQL/TimescaleDB.
 
-Three consumers in group ``writer`` (one per payload type: the event shard streams,
-``liq:cascades`` and ``liq:cascade:members``) share one :class:`~writer.sink.DatabaseSink`
-behind a lock. Each read is turned into rows (``writer.rows.build_batch``: significance,
-retention cutoff, validity), committed in transactions of at most ``batch_size`` rows before
-the handler returns; the consumer acks only then. The event streams are read
-``event_read_count`` entries at a time, since most events are not stored. After a read that was
-not full, the handler waits out the rest of ``batch_age_ms`` (:class:`~writer.batcher.Batcher`)
-so that quiet periods commit at most once per batch age.
+Three consumers in group ``writer`` (one per payload type: ``liq:significant``, where the
+collectors copy each significant liquidation (``shared.significance``), ``liq:cascades`` and
+``liq:cascade:members``) share one :class:`~writer.sink.DatabaseSink` behind a lock. Each read
+is turned into rows (``writer.rows.build_batch``: significance, retention cutoff, validity),
+committed in transactions of at most ``batch_size`` rows before the handler returns; the
+consumer acks only then. After a read that was not full, the handler waits out the rest of
+``batch_age_ms`` (:class:`~writer.batcher.Batcher`) so that quiet periods commit at most once
+per batch age.
+
+The writer does not read the event shards. A writer group left on them by an earlier version
+(which read every event to pick the significant ones) is drained first, its significant
+entries stored, and then removed (:meth:`Writer.retire_event_group`): what collectors of that
+version published is stored, and ``liq status`` shows no group there that nobody reads.
+Collectors of the earlier version must not run beside this writer: they publish no copy to
+``liq:significant``.
 
 Any number of writers can share the group: the natural keys make every insert idempotent and an
 advisory lock serializes cascade writes. In native mode the writer also runs the janitor
@@ -29,22 +36,26 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared import codec, keys
-from shared.backoff import Outage
+from shared.backoff import Backoff, Outage
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.levels import level_sizes
 from shared.metrics import DROPPED
+from shared.redisconn import reply_text
 from shared.runtime import stopped_within
-from shared.streams import Message, SinkRetry, StreamConsumer, outage_of, outages_up
+from shared.significance import SignificanceRules
+from shared.streams import TRANSIENT_ERRORS, Message, SinkRetry, StreamConsumer, outage_of, outages_up
 from writer import janitor
 from writer.batcher import Batcher
 from writer.config import WriterSettings
 from writer.rows import Batch, Payload, build_batch, stored_days, timescale_retention_error
-from writer.significance import SignificanceRules
 from writer.sink import COMPONENT, DatabaseSink
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
+EVENT_GROUP_READ_COUNT = 5000
+"""Entries read at once from the event shards while the group an earlier writer left there is
+drained: most are not significant, so a read of ``batch_size`` would commit few rows."""
 
 
 def consumer_name() -> str:
@@ -69,8 +80,7 @@ class Writer:
         self.redis_outage = Outage("writer: redis", logger)
         """A Redis outage, logged once for the three readers and the heartbeat."""
         self.consumers = [
-            self._consumer(keys.event_streams(settings.shards), self.rules.decode_event,
-                           settings.event_read_count),
+            self._consumer([keys.SIGNIFICANT_STREAM], codec.decode_liquidation, settings.batch_size),
             self._consumer([keys.CASCADE_STREAM], codec.decode_cascade, settings.batch_size),
             self._consumer([keys.CASCADE_MEMBER_STREAM], codec.decode_member, settings.batch_size),
         ]
@@ -113,9 +123,45 @@ class Writer:
         for consumer in self.consumers:
             await consumer.ensure_groups()
 
+    async def retire_event_group(self) -> int:
+        """Drain the writer group an earlier version left on the event shards, then remove it;
+        returns the entries read there (0 when there is no such group)."""
+        streams = [s for s in keys.event_streams(self.settings.shards) if await self._has_group(s)]
+        if not streams:
+            return 0
+        logger.info("writer: reading what its group on %d event streams holds from before "
+                    "liq:significant; the group is removed after", len(streams))
+        consumer = self._consumer(streams, self.rules.decode_event, EVENT_GROUP_READ_COUNT)
+        handled = await consumer.run_until_idle()
+        for stream in streams:
+            await self.redis.xgroup_destroy(stream, keys.WRITER_GROUP)
+        logger.info("writer: %d entries read from the event streams; its group there is removed", handled)
+        return handled
+
+    async def _has_group(self, stream: str) -> bool:
+        if not await self.redis.exists(stream):
+            return False
+        groups: list[dict[Any, Any]] = await self.redis.xinfo_groups(stream)
+        return any(reply_text(g["name"]) == keys.WRITER_GROUP for g in groups)
+
+    async def _retire_event_group_until_done(self, stop: asyncio.Event) -> None:
+        """:meth:`retire_event_group`, retried with backoff through a Redis or database outage
+        (logged when it begins and ends)."""
+        backoff, own = Backoff(), Outage("writer: the event streams' old group", logger)
+        while not stop.is_set():
+            try:
+                await self.retire_event_group()
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff.next_delay()
+                outage_of(exc, own, self.redis_outage).down(exc, delay)
+                await stopped_within(stop, delay)
+            else:
+                outages_up(own, self.redis_outage)
+                return
+
     async def run_until_idle(self) -> int:
         """Drain every stream the writer reads (tests, backfills); returns the entries handled."""
-        total = 0
+        total = await self.retire_event_group()
         while True:
             handled = 0
             for consumer in self.consumers:
@@ -142,7 +188,9 @@ class Writer:
             return report
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume every stream until ``stop``; the janitor and heartbeat run alongside."""
+        """Consume every stream until ``stop``; the janitor and heartbeat run alongside. A group an
+        earlier writer left on the event shards is drained and removed first."""
+        await self._retire_event_group_until_done(stop)
         await asyncio.gather(*(c.run(stop) for c in self.consumers),
                              self._every(stop, self.settings.janitor_interval_s, self.maintain),
                              self._every(stop, HEARTBEAT_S, self._heartbeat, on_redis=True))
@@ -181,7 +229,8 @@ class Writer:
 
 
 def bench_consumer(redis: aioredis.Redis, shards: int, dsn: str, live: bool = False) -> Writer:
-    """The writer over ``shards`` shard streams, for ``liq bench`` (default significance rules).
+    """The writer, for ``liq bench`` (default significance rules: the bench publishes each
+    significant liquidation's copy as collectors do).
 
     ``live``: as deployed, a read that was not full waits out the batch age before the next
     (a commit per batch age, not per read, while events trickle in); otherwise (a stage drained

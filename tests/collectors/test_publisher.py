@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
@@ -15,7 +16,8 @@ from collectors.publisher import Publisher
 from shared import codec, keys
 from shared.models import Liquidation
 from shared.redisconn import make_async_redis
-from shared.streams import PUBLISH_LUA
+from shared.significance import SignificanceRules, publication
+from shared.streams import PUBLISH_LUA, publish
 from tests.factories import liq
 from tests.redisproxy import CuttingProxy
 from tests.redistypes import Entries
@@ -165,3 +167,71 @@ def test_the_publisher_keeps_each_stream_to_its_maxlen(redis_url: str, r: syncre
     ids = _published_ids(r)
     assert 100 <= len(ids) < 200
     assert ids == [f"e{i}" for i in range(1000 - len(ids), 1000)]
+
+
+def _sized(usd: list[float]) -> list[Liquidation]:
+    """One liquidation per amount, in order (BTCUSDT at a price of 50,000)."""
+    return [liq(event_id=f"s{i}", price=50_000.0, quantity=v / 50_000.0, timestamp_ms=1_700_000_000_000 + i)
+            for i, v in enumerate(usd)]
+
+
+def _significant_ids(r: syncredis.Redis) -> list[str]:
+    return [codec.decode_liquidation(fields[b"d"]).event_id
+            for _, fields in cast(Entries, r.xrange(keys.SIGNIFICANT_STREAM))]
+
+
+def test_publication_copies_each_significant_liquidation_right_after_its_event() -> None:
+    batch = _sized([99_999.0, 100_000.0, 5_000.0, 250_000.0])
+    shard = keys.event_stream_of("BTCUSDT", 4)
+    assert [(s, x.event_id) for s, x in publication(batch, 4, SignificanceRules())] == [
+        (shard, "s0"), (shard, "s1"), (keys.SIGNIFICANT_STREAM, "s1"), (shard, "s2"),
+        (shard, "s3"), (keys.SIGNIFICANT_STREAM, "s3")]
+    by_symbol = SignificanceRules(by_symbol={"BTCUSDT": 200_000.0})
+    assert [x.event_id for s, x in publication(batch, 4, by_symbol) if s == keys.SIGNIFICANT_STREAM] == ["s3"]
+    unknown = msgspec.structs.replace(batch[3], notional_known=False)
+    assert publication([unknown], 4, SignificanceRules()) == [(shard, unknown)]
+
+
+@pytest.mark.integration
+def test_a_longer_batch_sent_again_adds_its_new_events_and_copies_once(redis_url: str,
+                                                                      r: syncredis.Redis) -> None:
+    """The mark skips the prefix Redis ran before: copies follow their events, so the pairs of
+    the shorter batch are the longer one's prefix, and no copy is added twice or lost."""
+    batch = _sized([150_000.0, 1_000.0, 2_000.0, 300_000.0, 120_000.0, 10.0, 400_000.0])
+    rules = SignificanceRules()
+
+    async def run() -> list[int]:
+        client = make_async_redis(redis_url)
+        mark = keys.publisher_mark("okx")
+        first = await publish(client, publication(batch[:4], 4, rules), 1000, mark)
+        again = await publish(client, publication(batch, 4, rules), 1000, mark)
+        await client.aclose()
+        return [len(first), len(again)]
+
+    assert asyncio.run(run()) == [4 + 2, 3 + 2]
+    assert sorted(_published_ids(r)) == sorted(x.event_id for x in batch)
+    assert _significant_ids(r) == ["s0", "s3", "s4", "s6"]
+
+
+@pytest.mark.integration
+def test_the_collectors_threshold_decides_what_is_copied(redis_url: str, r: syncredis.Redis) -> None:
+    """``LIQ_SIGNIFICANT_USD*`` reach the publisher through the collector's config."""
+    from collectors import load_venue
+    from collectors.base import Collector, CollectorConfig
+
+    async def run() -> None:
+        client = make_async_redis(redis_url)
+        config = CollectorConfig(venue=load_venue("okx"), redis=client, shards=4, base_url="ws://127.0.0.1:1",
+                                 significance=SignificanceRules(default_usd=50_000.0))
+        collector = Collector(config)
+        collector.publisher.put(_sized([49_999.0, 50_000.0, 75_000.0]))
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.publisher.run(stop))
+        await asyncio.wait_for(collector.wait_until(lambda c: c.publisher.published == 3), 30)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+
+    asyncio.run(run())
+    assert sorted(_published_ids(r)) == ["s0", "s1", "s2"]
+    assert _significant_ids(r) == ["s1", "s2"]

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from shared.clock import SYSTEM_CLOCK
+from shared.significance import SignificanceRules
 from shared.status import TABLES, database_status, render
 from tests.factories import liq
 from writer.migrate import migrate_dsn
 from writer.rows import build_batch
-from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
 pytestmark = pytest.mark.integration
@@ -462,7 +462,7 @@ def test_a_liq_key_of_another_type_is_named_and_the_rest_still_shown(redis_url: 
         (keys.venue_health("okx"), "string", "hash"),
         (keys.cascade_status("ETHUSDT"), "set", "hash")])
     assert [(s["stream"], s["length"]) for s in report["streams"]] == [
-        (keys.event_stream(0), 1), (keys.CASCADE_MEMBER_STREAM, 0)]
+        (keys.event_stream(0), 1), (keys.SIGNIFICANT_STREAM, 0), (keys.CASCADE_MEMBER_STREAM, 0)]
     assert [v["venue"] for v in report["venues"]] == ["bybit"]
     assert [c["symbol"] for c in report["cascades"]] == ["BTCUSDT"]
     assert report["dead_letters"] == [] and report["stray_streams"] == []

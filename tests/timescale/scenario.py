@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
+from shared.significance import SignificanceRules
 from tests.factories import liq
 from writer.rows import Batch, Payload, build_batch, ms_to_datetime
-from writer.significance import SignificanceRules
 
 MIN = 60_000
 HOUR = 60 * MIN

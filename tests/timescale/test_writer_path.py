@@ -236,9 +236,9 @@ def test_upgrading_a_recent_member_leaves_the_compressed_chunks_compressed(ts: H
     """The upgrade bounds its time with constants: TimescaleDB decompressed every compressed
     chunk for each batch of members when the only conditions were the join's."""
     from shared.models import CascadeMember
+    from shared.significance import SignificanceRules
     from tests.factories import liq
     from writer.rows import build_batch
-    from writer.significance import SignificanceRules
 
     rules, day, t = SignificanceRules(), 86_400_000, now_ms(ts)
     olds = [liq(exchange=ex, price=60_000.0 + i, quantity=3.0, timestamp_ms=t - d * day,

@@ -16,11 +16,11 @@ import pytest
 
 from shared.clock import SYSTEM_CLOCK
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation, Side
+from shared.significance import SignificanceRules
 from tests.factories import liq
 from tests.readme import original_queries, our_queries
 from writer.migrate import MigrationError, migrate_dsn
 from writer.rows import build_batch, ms_to_datetime
-from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink
 
 pytestmark = pytest.mark.integration

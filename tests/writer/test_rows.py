@@ -13,12 +13,12 @@ from shared.clock import FakeClock
 from shared.errors import ConfigError
 from shared.models import CascadeEvent, CascadeMember, FactorScores
 from shared.settings import load
+from shared.significance import Insignificant, SignificanceRules
 from tests.factories import liq
 from writer.batcher import Batcher
 from writer.config import WriterSettings
 from writer.janitor import plan_run
 from writer.rows import DAY_MS, EVENT_COLUMNS, build_batch, expired, latest_cascades, stored_days, utc_day
-from writer.significance import Insignificant, SignificanceRules
 
 NOW = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 

@@ -13,6 +13,7 @@ import pytest
 
 from shared.clock import SYSTEM_CLOCK
 from shared.models import CascadeMember
+from shared.significance import SignificanceRules
 from shared.streams import SinkRetry
 from tests.factories import liq
 from tests.readme import OURS, inline_code
@@ -20,7 +21,6 @@ from tests.writer.test_writer_service import assert_rollups_match_raw, rows
 from writer import statements as sql
 from writer.migrate import MigrationError, migrate_dsn
 from writer.rows import EVENT_COLUMNS, EVENT_TYPES, Batch, build_batch
-from writer.significance import SignificanceRules
 from writer.sink import DatabaseSink, WriteResult
 
 EVERYTHING = SignificanceRules(default_usd=0.0)

@@ -25,6 +25,7 @@ from shared.backoff import Backoff
 from shared.clock import FakeClock
 from shared.models import CascadeEvent, CascadeMember, FactorScores, Liquidation
 from shared.redisconn import make_async_redis
+from shared.significance import SignificanceRules, publication
 from shared.streams import Message, SinkRetry, publish
 from tests.conftest import server_dir
 from tests.factories import liq
@@ -83,6 +84,19 @@ async def publish_all(url: str, items: list[tuple[str, Any]]) -> None:
 
 
 def to_shard(events_: list[Liquidation]) -> list[tuple[str, Any]]:
+    """What collectors publish for ``events_``: each to its shard, a significant one's copy to
+    ``liq:significant`` (the default threshold)."""
+    return publication(events_, SHARDS, SignificanceRules())
+
+
+def to_writer(events_: list[Liquidation]) -> list[tuple[str, Any]]:
+    """Every one of ``events_`` in ``liq:significant``, as collectors with a lower threshold than
+    the writer's would publish them: the writer applies its own rules again."""
+    return [(keys.SIGNIFICANT_STREAM, e) for e in events_]
+
+
+def to_shard_only(events_: list[Liquidation]) -> list[tuple[str, Any]]:
+    """What collectors before ``liq:significant`` published: each event to its shard alone."""
     return [(keys.event_stream(keys.shard_of(e.symbol, SHARDS)), e) for e in events_]
 
 
@@ -150,7 +164,7 @@ def test_significant_events_are_stored_once_and_rollups_match(redis_url: str, db
     writer = asyncio.run(drain(redis_url, db))
     significant = [e for e in evs if e.notional_usd >= 100_000]
     assert len(significant) == 8
-    assert writer.skipped["insignificant"] == 4
+    assert writer.skipped["insignificant"] == 0, "the collectors copied the significant ones only"
     stored = rows(db, "SELECT event_id, exchange, symbol, side, value_usd, is_cascade"
                       " FROM liquidations_significant ORDER BY time")
     assert [r[0] for r in stored] == [e.event_id for e in significant]
@@ -164,14 +178,45 @@ def test_significant_events_are_stored_once_and_rollups_match(redis_url: str, db
     assert_rollups_match_raw(db)
 
 
-def test_a_read_of_many_entries_commits_full_transactions_of_batch_size_rows(redis_url: str, db: str) -> None:
-    """The event streams are read ``event_read_count`` entries at a time; their significant rows
-    go out in transactions of ``batch_size`` rows, not one small transaction per few entries."""
+def test_the_writer_reads_the_significant_copies_not_the_event_shards(redis_url: str, db: str) -> None:
+    """Its rows go out in transactions of ``batch_size`` rows; the 4 insignificant events stay
+    in the shards, never read by the writer (no writer group there)."""
+    import redis
+
     asyncio.run(publish_all(redis_url, to_shard(events())))
-    writer = asyncio.run(drain(redis_url, db, batch_size=3, event_read_count=100))
+    writer = asyncio.run(drain(redis_url, db, batch_size=3))
     assert (writer.sink.stats.batches, writer.sink.stats.inserted) == (3, 8), "8 rows: 3 + 3 + 2"
-    assert writer.skipped["insignificant"] == 4
+    assert writer.skipped["insignificant"] == 0
     assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert sum(int(client.xlen(s)) for s in keys.event_streams(SHARDS)) == 12
+        shards = [s for s in keys.event_streams(SHARDS) if client.exists(s)]
+        assert [g for s in shards for g in client.xinfo_groups(s)] == []
+    finally:
+        client.close()
+
+
+def test_a_writer_group_left_on_the_event_shards_is_drained_then_removed(redis_url: str, db: str) -> None:
+    """An earlier writer read every event from the shards: what its group there still holds
+    (published with no copy to liq:significant) is stored, then the group removed."""
+    import redis
+
+    evs = events()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for stream in keys.event_streams(SHARDS):
+            client.xgroup_create(stream, keys.WRITER_GROUP, id="0", mkstream=True)
+        asyncio.run(publish_all(redis_url, to_shard_only(evs[:6])))  # before the upgrade
+        asyncio.run(publish_all(redis_url, to_shard(evs[6:])))  # after: both ways, stored once
+        writer = asyncio.run(drain(redis_url, db))
+        assert writer.skipped["insignificant"] == sum(e.notional_usd < 100_000 for e in evs)
+        assert rows(db, "SELECT count(*) FROM liquidations_significant") == [(8,)]
+        assert [g for s in keys.event_streams(SHARDS) for g in client.xinfo_groups(s)] == []
+        assert asyncio.run(drain(redis_url, db)).sink.stats.inserted == 0, "nothing left to read"
+    finally:
+        client.close()
+    assert_rollups_match_raw(db)
 
 
 def test_per_symbol_threshold(redis_url: str, db: str) -> None:
@@ -334,7 +379,7 @@ def test_database_outage_holds_entries_and_resumes_without_loss(redis_url: str) 
         asyncio.run(publish_all(redis_url, to_shard(evs[6:])))
         with pytest.raises(SinkRetry):
             asyncio.run(drain(redis_url, server.dsn))
-        assert pending(redis_url) == 6, "entries must stay un-acked while the database is down"
+        assert pending(redis_url) == 4, "entries must stay un-acked while the database is down"
         server = servers.start_postgres(base, port=server.port)
         asyncio.run(drain(redis_url, server.dsn))
         assert pending(redis_url) == 0
@@ -350,7 +395,8 @@ def pending(url: str) -> int:
 
     client = redis.Redis.from_url(url)
     try:
-        return sum(int(client.xpending(s, keys.WRITER_GROUP)["pending"]) for s in keys.event_streams(SHARDS))
+        return sum(int(client.xpending(s, keys.WRITER_GROUP)["pending"])
+                   for s in (keys.SIGNIFICANT_STREAM, keys.CASCADE_STREAM, keys.CASCADE_MEMBER_STREAM))
     finally:
         client.close()
 
@@ -381,8 +427,7 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored_once(redi
     assert sum(c.stats.dead_lettered for c in writer.consumers) == 1
     client = redis.Redis.from_url(redis_url)
     try:
-        stream = keys.event_stream(keys.shard_of(poison.symbol, SHARDS))
-        (_, fields), = cast(Entries, client.xrange(keys.dead_letter_stream(stream)))
+        (_, fields), = cast(Entries, client.xrange(keys.dead_letter_stream(keys.SIGNIFICANT_STREAM)))
     finally:
         client.close()
     assert fields[b"stage"] == b"handle" and fields[b"group"] == keys.WRITER_GROUP.encode()
@@ -626,7 +671,7 @@ def test_a_database_that_stops_answering_without_closing_is_given_up_on_and_retr
         await publish(client, to_shard(evs[6:]), keys.EVENT_STREAM_MAXLEN)
         with pytest.raises(SinkRetry, match="did not answer within 0.5s"):
             await asyncio.wait_for(writer.run_until_idle(), 30)
-        assert pending(redis_url) == 6, "held, not acked"
+        assert pending(redis_url) == 4, "held, not acked: the significant of the 6"
         await asyncio.wait_for(writer.run_until_idle(), 30)  # a new connection
         await writer.aclose()
         await client.aclose()
@@ -679,7 +724,7 @@ def test_the_writers_endpoint_counts_rows_and_what_it_drops_exactly(redis_url: s
                event_id=f"old{k}") for k in range(2)]
     future = [liq(symbol="ETHUSDT", price=3_400.0, quantity=100.0, timestamp_ms=NOW_MS + 30 * HOUR_MS,
                   event_id="future")]
-    asyncio.run(publish_all(redis_url, to_shard(events() + old + future)))
+    asyncio.run(publish_all(redis_url, to_writer(events() + old + future)))
     before = scrape(metrics_port)
     writer = asyncio.run(drain(redis_url, db))
     after = scrape(metrics_port)
@@ -748,7 +793,7 @@ def test_entries_dropped_in_a_batch_the_database_refused_are_counted_once_when_i
     drops (below the threshold) counts once, when the batch commits, not once per attempt."""
     from tests.scrape import scrape, value
 
-    asyncio.run(publish_all(redis_url, to_shard(events()[:3])))  # e0 is below $100K
+    asyncio.run(publish_all(redis_url, to_writer(events()[:3])))  # e0 is below $100K
     dead = f"postgresql://liq@127.0.0.1:{servers.free_port()}/liq"  # nothing listens there
 
     async def refused_three_times() -> None:
