@@ -5,7 +5,7 @@ baseline measured in the same run, and the ratio between them.
 
 - **streams**: a bare redis-py loop (pipelined XADD of the same payloads, then XREADGROUP
   COUNT 500 + XACK) is the baseline. Run twice: on the market model's liquidations (what the
-  simulator sends: quiet periods, cross-venue cascades, about 2 % of events significant), and
+  simulator sends: quiet periods, cross-venue cascades, 0.3 % of events significant), and
   as ``streams_stress`` on 20 symbols that are in a cascade all the time, where nearly every
   event is also a cascade member that the detector publishes and the writer stores. The stages
   are measured through the real code: ``publish`` (what collectors do: each event to its shard,

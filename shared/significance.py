@@ -9,8 +9,8 @@
 Routing at the source (:func:`publication`): a collector publishes each liquidation to its
 symbol's event shard and, when it is significant, a copy to ``liq:significant`` right after it,
 in the same script run (both or neither). The writer reads that stream, not the shards: on the
-market load about 2 % of events are significant, and reading every event only to skip 98 % of
-them cost the writer 4.4 µs of Python and Redis about 1.5 µs per event (``BENCHMARKS.md``).
+market load 612 of 200,000 events (0.3 %) are significant, and reading every event to skip the
+rest cost the writer 4.4 µs of Python and Redis about 1.5 µs per event (``BENCHMARKS.md``).
 The writer applies the rules again to what it reads, so a writer given a higher threshold than
 the collectors stores only what its own threshold keeps.
 
